@@ -1,0 +1,1 @@
+"""Compiled extensions of scanstream (built by setup.py from the .pyx sources here)."""
