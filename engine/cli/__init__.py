@@ -1,0 +1,41 @@
+"""The ``scanstream`` command: one sub-command module per job, dispatched from here."""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from engine.cli import codes
+from engine.config import CONFIG_ENV, ConfigError
+
+COMMANDS = (codes,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scanstream",
+        description="Streaming engine for one-item-one-code programs: verdicts, prizes, alerts, dashboards.",
+    )
+    parser.add_argument("--config", metavar="FILE",
+                        help=f"deployment configuration (default: ${CONFIG_ENV}, else config/local.toml)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMANDS:
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``scanstream`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except ConfigError as exc:
+        print(f"scanstream: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # e.g. `scanstream codes mint ... | head`
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

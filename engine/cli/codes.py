@@ -1,0 +1,109 @@
+"""``scanstream codes mint`` and ``scanstream codes verify``."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import BinaryIO
+
+import orjson
+
+from engine import config as config_mod
+from engine.codec import KIND_CASE, KIND_NAMES, KIND_UNIT, SERIAL_MAX
+from engine.verdicts import Verdict
+from ext import codec
+
+#: Codes minted per block: large enough to amortise the call, small enough to bound memory.
+MINT_BLOCK = 1 << 20
+KINDS = {"unit": KIND_UNIT, "case": KIND_CASE}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    codes = sub.add_parser("codes", help="mint and verify codes").add_subparsers(dest="codes_command",
+                                                                                 required=True, metavar="ACTION")
+    mint = codes.add_parser("mint", help="write codes (or QR URLs) one per line")
+    mint.add_argument("--tenant", type=int, required=True)
+    mint.add_argument("--batch", type=int, required=True)
+    mint.add_argument("--count", type=int, required=True)
+    mint.add_argument("--start", type=int, default=0, help="first serial (default 0)")
+    mint.add_argument("--kind", choices=sorted(KINDS), default="unit")
+    mint.add_argument("--key-id", type=int, default=None,
+                      help="which of the tenant's keys signs (default: the highest configured)")
+    mint.add_argument("--url-prefix", default="", help="write URLs: PREFIX + code, e.g. https://q.example.cn/c/")
+    mint.add_argument("--out", metavar="FILE", help="output file (default: standard output)")
+    mint.set_defaults(handler=run_mint)
+
+    verify = codes.add_parser("verify", help="print each code's verdict and fields")
+    verify.add_argument("codes", nargs="*", metavar="CODE", help="codes or QR URLs (default: one per line on stdin)")
+    verify.add_argument("--json", action="store_true", help="one JSON object per code")
+    verify.set_defaults(handler=run_verify)
+
+
+def _choose_key_id(cfg: config_mod.Config, tenant: int, key_id: int | None) -> int:
+    configured = [k for t, k in cfg.keys.pairs() if t == tenant]
+    if not configured:
+        raise config_mod.ConfigError(f"tenants: no key is configured for tenant {tenant}; configured tenants: "
+                                     f"{cfg.keys.tenants()}")
+    if key_id is None:
+        return max(configured)  # the newest key signs new codes; older ones still verify
+    if key_id not in configured:
+        raise config_mod.ConfigError(f"tenants: tenant {tenant} has no key_id {key_id}; configured: {configured}")
+    return key_id
+
+
+def mint_to(out: BinaryIO, key: bytes, tenant: int, batch: int, start: int, count: int, kind: int, key_id: int,
+            url_prefix: str = "") -> None:
+    """Write ``count`` codes from serial ``start`` to ``out``, one per line, in bounded blocks."""
+    prefix = url_prefix.encode("utf-8")
+    done = 0
+    while done < count:
+        n = min(MINT_BLOCK, count - done)
+        out.write(codec.mint(key, tenant, batch, start + done, n, kind=kind, key_id=key_id, prefix=prefix))
+        done += n
+
+
+def run_mint(args: argparse.Namespace) -> int:
+    if args.count < 0:
+        print(f"scanstream: --count {args.count} must not be negative", file=sys.stderr)
+        return 2
+    if not 0 <= args.start or args.start + args.count - 1 > SERIAL_MAX:
+        print(f"scanstream: serials {args.start}..{args.start + args.count - 1} must lie in 0..{SERIAL_MAX}",
+              file=sys.stderr)
+        return 2
+    cfg = config_mod.load(args.config)
+    key_id = _choose_key_id(cfg, args.tenant, args.key_id)
+    key = cfg.keys.get(args.tenant, key_id)
+    assert key is not None
+    try:
+        if args.out:
+            with open(args.out, "wb") as out:
+                mint_to(out, key, args.tenant, args.batch, args.start, args.count, KINDS[args.kind], key_id,
+                        args.url_prefix)
+        else:
+            mint_to(sys.stdout.buffer, key, args.tenant, args.batch, args.start, args.count, KINDS[args.kind],
+                    key_id, args.url_prefix)
+            sys.stdout.buffer.flush()
+    except ValueError as exc:  # a field out of range: the codec names it
+        print(f"scanstream: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    cfg = config_mod.load(args.config)
+    inputs = args.codes or [line.rstrip("\r\n") for line in sys.stdin]
+    result = codec.verify_batch(inputs, cfg.keys)
+    failed = 0
+    for i, text in enumerate(inputs):
+        verdict = Verdict(int(result.verdict[i]))
+        failed += verdict is not Verdict.OK
+        row = {"code": text, "verdict": verdict.label}
+        if verdict is not Verdict.MALFORMED:
+            row.update(kind=KIND_NAMES.get(int(result.kind[i]), int(result.kind[i])),
+                       key_id=int(result.key_id[i]), tenant=int(result.tenant[i]),
+                       batch=int(result.batch[i]), serial=int(result.serial[i]))
+        if args.json:
+            sys.stdout.write(orjson.dumps(row).decode() + "\n")
+        else:
+            fields = " ".join(f"{k}={v}" for k, v in row.items() if k not in ("code", "verdict"))
+            print(f"{text}  {verdict.label}  {fields}".rstrip())
+    return 1 if failed else 0

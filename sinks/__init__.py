@@ -1,0 +1,1 @@
+"""Outputs of the engine: ClickHouse (server and embedded), Kafka topics, alert notifiers."""
