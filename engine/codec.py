@@ -126,7 +126,7 @@ def _check_fields(kind: int, key_id: int, tenant: int, batch: int, serial: int) 
 def encode(key: bytes, tenant: int, batch: int, serial: int, kind: int = KIND_UNIT, key_id: int = 0) -> str:
     """The 24-character code of the given fields, signed with ``key``."""
     _check_fields(kind, key_id, tenant, batch, serial)
-    payload = payload_bytes(kind, key_id, tenant, batch, serial)
+    payload = payload_bytes(int(kind), int(key_id), int(tenant), int(batch), int(serial))
     value = int.from_bytes(payload, "big") << MAC_BITS | mac40(key, payload)
     return "".join(ALPHABET[(value >> (5 * (CODE_CHARS - 1 - i))) & 31] for i in range(CODE_CHARS))
 

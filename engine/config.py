@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import os
 import tomllib
+from datetime import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.diversion import DiversionSettings
 from engine.keys import KEY_BYTES, KEY_ID_MAX, TENANT_MAX, KeyTable
+from engine.lottery import Campaign, Tier
 
 #: Environment variable naming the configuration file when ``--config`` is not given.
 CONFIG_ENV = "SCANSTREAM_CONFIG"
@@ -75,10 +78,12 @@ class Reader:
         return float(value)
 
     def text(self, name: str, default: str | None = None, *, choices: tuple[str, ...] | None = None,
-            required: bool = False) -> str:
+             required: bool = False, secret: bool = False) -> str:
+        """A string; with ``secret`` an error shows the value's type, never the value."""
         value = self._get(name, default, required)
         if not isinstance(value, str):
-            raise ConfigError(f"{self.key(name)}: expected a string, got {value!r}")
+            shown = type(value).__name__ if secret else repr(value)
+            raise ConfigError(f"{self.key(name)}: expected a string, got {shown}")
         if choices is not None and value not in choices:
             raise ConfigError(f"{self.key(name)}: {value!r} is not one of {list(choices)}")
         return value
@@ -89,10 +94,18 @@ class Reader:
             raise ConfigError(f"{self.key(name)}: expected true or false, got {value!r}")
         return value
 
-    def path(self, name: str, default: str | None = None, *, required: bool = False) -> Path:
+    def filepath(self, name: str, default: str | None = None, *, required: bool = False) -> Path:
         """A path, resolved against the configuration file's folder."""
         value = self.text(name, default, required=required)
         return (self.base_dir / os.path.expanduser(value)).resolve()
+
+    def epoch_ms(self, name: str, *, required: bool = False) -> int:
+        """A TOML date-time with a zone offset, as epoch milliseconds."""
+        value = self._get(name, None, required)
+        if not isinstance(value, datetime) or value.tzinfo is None:
+            raise ConfigError(f"{self.key(name)}: expected a TOML date-time with a zone, e.g. "
+                              f"2026-01-01T00:00:00+08:00; got {value!r}")
+        return int(value.timestamp() * 1000)
 
     def texts(self, name: str, default: list[str] | None = None, *, required: bool = False) -> list[str]:
         value = self._get(name, default, required)
@@ -126,12 +139,35 @@ class Tenant:
 
 
 @dataclass(frozen=True)
+class EngineSettings:
+    batch_size: int = 5000  # scans per pipeline batch
+    replay_ttl_hours: int = 168  # how long a scan_id's answer is remembered
+    resolve_gps: bool = True  # GPS -> adcode when an event has no region
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    webhooks: bool = True  # deliver to the dealers' webhooks (else log only)
+    timeout_s: float = 5.0
+    retries: int = 3
+    backoff_s: float = 0.5
+
+
+@dataclass(frozen=True)
 class Config:
     """A validated deployment configuration."""
 
     source: Path
     tenants: dict[int, Tenant]
     keys: KeyTable = field(repr=False)
+    engine: EngineSettings = EngineSettings()
+    registry_dir: Path | None = None
+    state_backend: str = "memory"
+    clickhouse: str = ""  # 'chdb:PATH' or an http(s) URL; '' for no ClickHouse sink
+    database: str = "scanstream"
+    diversion: DiversionSettings = DiversionSettings()
+    campaigns: tuple[Campaign, ...] = ()
+    alerts: AlertSettings = AlertSettings()
 
 
 def _read_key(r: Reader, tenant: int) -> tuple[int, bytes]:
@@ -141,14 +177,14 @@ def _read_key(r: Reader, tenant: int) -> tuple[int, bytes]:
         raise ConfigError(f"{r.path}: give the key exactly one way, as one of hex, env or file; got {given or 'none'}")
     source = given[0]
     if source == "hex":
-        text, where = r.text("hex"), r.key("hex")
+        text, where = r.text("hex", secret=True), r.key("hex")
     elif source == "env":
         name = r.text("env")
         if name not in os.environ:
             raise ConfigError(f"{r.key('env')}: environment variable {name!r} is not set")
         text, where = os.environ[name], f"{r.key('env')} (variable {name})"
     else:
-        path = r.path("file")
+        path = r.filepath("file")
         try:
             text = path.read_text(encoding="ascii")
         except (OSError, UnicodeDecodeError) as exc:
@@ -156,10 +192,11 @@ def _read_key(r: Reader, tenant: int) -> tuple[int, bytes]:
         where = f"{r.key('file')} ({path})"
     r.done()
     text = text.strip()
-    try:
-        key = bytes.fromhex(text)
-    except ValueError:
-        raise ConfigError(f"{where}: expected {2 * KEY_BYTES} hex digits; the value holds other characters") from None
+    if any(c not in "0123456789abcdefABCDEF" for c in text):
+        raise ConfigError(f"{where}: expected {2 * KEY_BYTES} hex digits; the value holds other characters")
+    if len(text) != 2 * KEY_BYTES:
+        raise ConfigError(f"{where}: expected {2 * KEY_BYTES} hex digits ({KEY_BYTES} bytes), got {len(text)} characters")
+    key = bytes.fromhex(text)
     if len(key) != KEY_BYTES:
         raise ConfigError(f"{where}: expected {2 * KEY_BYTES} hex digits ({KEY_BYTES} bytes), got {len(text)} characters")
     return key_id, key
@@ -188,12 +225,131 @@ def _read_tenants(root: Reader) -> tuple[dict[int, Tenant], KeyTable]:
     return tenants, KeyTable(keys)
 
 
+ROLES = ("consumer", "store", "dealer")
+STATE_BACKENDS = ("memory", "redis")
+
+
+def _read_engine(r: Reader) -> EngineSettings:
+    d = EngineSettings()
+    out = EngineSettings(
+        batch_size=r.integer("batch_size", d.batch_size, lo=1, hi=1_000_000),
+        replay_ttl_hours=r.integer("replay_ttl_hours", d.replay_ttl_hours, lo=1),
+        resolve_gps=r.flag("resolve_gps", d.resolve_gps),
+    )
+    r.done()
+    return out
+
+
+def _read_diversion(r: Reader, clones: Reader) -> DiversionSettings:
+    d = DiversionSettings()
+    t = r.sub("thresholds")
+    thresholds = {role: t.integer(role, d.thresholds[role], lo=1) for role in ROLES}
+    t.done()
+    out = DiversionSettings(
+        window_minutes=r.integer("window_minutes", d.window_minutes, lo=1, hi=7 * 24 * 60),
+        thresholds=thresholds,
+        clone_window_minutes=clones.integer("window_minutes", d.clone_window_minutes, lo=1, hi=7 * 24 * 60),
+        clone_max_users=clones.integer("max_users", d.clone_max_users, lo=1),
+    )
+    r.done()
+    clones.done()
+    return out
+
+
+
+
+def _read_campaign(r: Reader, tenants: dict[int, Tenant]) -> Campaign:
+    cid = r.text("id", required=True)
+    if not cid:
+        raise ConfigError(f"{r.key('id')}: must not be empty")
+    tenant = r.integer("tenant", required=True, lo=0, hi=TENANT_MAX)
+    if tenant not in tenants:
+        raise ConfigError(f"{r.key('tenant')}: tenant {tenant} is not configured under [[tenants]]")
+    start, end = r.epoch_ms("start", required=True), r.epoch_ms("end", required=True)
+    if end <= start:
+        raise ConfigError(f"{r.key('end')}: must be after start")
+    if r.has("seed") == r.has("seed_env"):
+        raise ConfigError(f"{r.path}: give the draw seed exactly one way, as seed or seed_env")
+    if r.has("seed"):
+        seed = r.text("seed")
+    else:
+        var = r.text("seed_env")
+        if var not in os.environ:
+            raise ConfigError(f"{r.key('seed_env')}: environment variable {var!r} is not set")
+        seed = os.environ[var]
+    if not seed:
+        raise ConfigError(f"{r.path}: the draw seed must not be empty")
+    tiers = []
+    for tr in r.subs("tiers", required=True):
+        tier = Tier(name=tr.text("name", required=True), cents=tr.integer("cents", required=True, lo=1),
+                    probability=tr.number("probability", required=True, lo=0.0, hi=1.0),
+                    stock=tr.integer("stock", required=True, lo=0))
+        if tier.probability <= 0:
+            raise ConfigError(f"{tr.key('probability')}: must be above 0")
+        if any(t.name == tier.name for t in tiers):
+            raise ConfigError(f"{tr.key('name')}: tier {tier.name!r} is listed twice")
+        tr.done()
+        tiers.append(tier)
+    if not tiers:
+        raise ConfigError(f"{r.key('tiers')}: a campaign needs at least one tier")
+    total = sum(t.probability for t in tiers)
+    if total > 1 + 1e-9:
+        raise ConfigError(f"{r.key('tiers')}: probabilities add up to {total:.6g}; at most 1 allowed")
+    regions = r.texts("regions", [])
+    for p in regions:
+        if not (p.isdigit() and len(p) in (2, 4, 6)):
+            raise ConfigError(f"{r.key('regions')}: {p!r} is not an adcode prefix of 2, 4 or 6 digits")
+    c = Campaign(id=cid, tenant=tenant, start_ms=start, end_ms=end,
+                 budget_cents=r.integer("budget_cents", required=True, lo=0),
+                 daily_cap=r.integer("daily_cap", required=True, lo=1),
+                 tiers=tuple(tiers), seed=seed, skus=tuple(r.texts("skus", [])), regions=tuple(regions),
+                 utc_offset_minutes=r.integer("utc_offset_minutes", 480, lo=-12 * 60, hi=14 * 60))
+    r.done()
+    return c
+
+
+def _read_alerts(r: Reader) -> AlertSettings:
+    d = AlertSettings()
+    out = AlertSettings(webhooks=r.flag("webhooks", d.webhooks),
+                        timeout_s=r.number("timeout_s", d.timeout_s, lo=0.1, hi=120),
+                        retries=r.integer("retries", d.retries, lo=0, hi=20),
+                        backoff_s=r.number("backoff_s", d.backoff_s, lo=0, hi=60))
+    r.done()
+    return out
+
+
 def parse(data: dict[str, Any], source: Path) -> Config:
     """Validate an already-parsed TOML document; ``source`` locates relative paths."""
     root = Reader(data, "", source.parent)
     tenants, keys = _read_tenants(root)
+    engine = _read_engine(root.sub("engine"))
+    reg = root.sub("registry")
+    registry_dir = reg.filepath("dir") if reg.has("dir") else None
+    reg.done()
+    state = root.sub("state")
+    state_backend = state.text("backend", "memory", choices=STATE_BACKENDS)
+    state.done()
+    sink = root.sub("sink")
+    clickhouse = sink.text("clickhouse", "")
+    if clickhouse.startswith("chdb:"):
+        # an embedded data path is relative to the configuration file, like every other path
+        clickhouse = "chdb:" + str((source.parent / clickhouse[len("chdb:"):]).resolve())
+    elif clickhouse and not clickhouse.startswith(("http://", "https://")):
+        raise ConfigError(f"sink.clickhouse: expected 'chdb:PATH' or an http(s):// URL, got {clickhouse.split('@')[-1]!r}")
+    database = sink.text("database", "scanstream")
+    sink.done()
+    diversion = _read_diversion(root.sub("diversion"), root.sub("clones"))
+    campaigns = []
+    for cr in root.subs("campaigns"):
+        c = _read_campaign(cr, tenants)
+        if any(o.id == c.id for o in campaigns):
+            raise ConfigError(f"{cr.key('id')}: campaign {c.id!r} is configured twice")
+        campaigns.append(c)
+    alerts = _read_alerts(root.sub("alerts"))
     root.done()
-    return Config(source=source, tenants=tenants, keys=keys)
+    return Config(source=source, tenants=tenants, keys=keys, engine=engine, registry_dir=registry_dir,
+                  state_backend=state_backend, clickhouse=clickhouse, database=database, diversion=diversion,
+                  campaigns=tuple(campaigns), alerts=alerts)
 
 
 def load(path: str | os.PathLike[str] | None = None) -> Config:

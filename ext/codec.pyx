@@ -75,8 +75,8 @@ cdef inline void _sipround(uint64_t* v0, uint64_t* v1, uint64_t* v2, uint64_t* v
     v2[0] += v1[0]; v1[0] = _rotl(v1[0], 17); v1[0] ^= v2[0]; v2[0] = _rotl(v2[0], 32)
 
 
-cdef inline uint64_t _mac40(uint64_t k0, uint64_t k1, uint64_t head, uint64_t tail16) noexcept nogil:
-    """SipHash-2-4 of the 10-byte payload, first five output bytes read big-endian.
+cdef inline uint64_t _siphash_payload(uint64_t k0, uint64_t k1, uint64_t head, uint64_t tail16) noexcept nogil:
+    """SipHash-2-4 of a 10-byte payload, as the integer of its little-endian output bytes.
 
     ``head`` is the payload's first 8 bytes as a big-endian integer, ``tail16`` its last 2.
     """
@@ -97,8 +97,12 @@ cdef inline uint64_t _mac40(uint64_t k0, uint64_t k1, uint64_t head, uint64_t ta
     v2 ^= 0xFF
     _sipround(&v0, &v1, &v2, &v3); _sipround(&v0, &v1, &v2, &v3)
     _sipround(&v0, &v1, &v2, &v3); _sipround(&v0, &v1, &v2, &v3)
-    # output bytes are little-endian; the MAC is the first five of them, read big-endian
-    return _bswap64(v0 ^ v1 ^ v2 ^ v3) >> 24
+    return v0 ^ v1 ^ v2 ^ v3
+
+
+cdef inline uint64_t _mac40(uint64_t k0, uint64_t k1, uint64_t head, uint64_t tail16) noexcept nogil:
+    """The MAC: the first five SipHash-2-4 output bytes (little-endian order), read big-endian."""
+    return _bswap64(_siphash_payload(k0, k1, head, tail16)) >> 24
 
 
 cdef inline bint _is_space(uint8_t c) noexcept nogil:
@@ -291,40 +295,68 @@ cdef uint64_t _head(int kind, int key_id, uint32_t tenant, uint32_t batch, uint3
             | (<uint64_t>tenant << 40) | (<uint64_t>batch << 16) | (serial >> 16))
 
 
-def encode(key, int tenant, int batch, long long serial, int kind=0, int key_id=0):
+def encode(key, tenant, batch, serial, kind=0, key_id=0):
     """The 24-character code of the given fields (same contract as ``engine.codec.encode``)."""
-    _check_fields(kind, key_id, tenant, batch, serial)
+    _check_fields(kind, key_id, tenant, batch, serial)  # before any conversion to a C integer
     k0, k1 = _key_halves(key)
     cdef char out[24]
     _write_code(k0, k1, _head(kind, key_id, tenant, batch, <uint32_t>serial), <uint32_t>serial, out)
     return out[:24].decode("ascii")
 
 
-def mint(key, int tenant, int batch, long long start, Py_ssize_t count, int kind=0, int key_id=0,
-         bytes prefix=b"", bytes suffix=b"\n"):
+def mint(key, tenant, batch, start, count, kind=0, key_id=0, bytes prefix=b"", bytes suffix=b"\n"):
     """``count`` consecutive codes from serial ``start``, as one bytes block.
 
     Each code is written as ``prefix + code + suffix``: with the defaults, one code per line;
     with a URL prefix, one QR URL per line.
     """
-    if count < 0:
-        raise ValueError(f"count {count} must not be negative")
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 0:
+        raise ValueError(f"count {count!r} must be a non-negative integer")
+    _check_fields(kind, key_id, tenant, batch, start)  # before any conversion to a C integer
     if count and start + count - 1 > 0xFFFFFFFF:
         raise ValueError(f"serials {start}..{start + count - 1} exceed the maximum serial {0xFFFFFFFF}")
-    _check_fields(kind, key_id, tenant, batch, start)
     k0, k1 = _key_halves(key)
     cdef uint64_t ck0 = k0, ck1 = k1
-    cdef Py_ssize_t plen = len(prefix), slen = len(suffix), width = plen + N_CHARS + slen, i
-    out = PyBytes_FromStringAndSize(NULL, width * count)
+    cdef Py_ssize_t plen = len(prefix), slen = len(suffix), width = plen + N_CHARS + slen, i, n = count
+    cdef int c_kind = kind, c_key_id = key_id
+    cdef uint32_t c_tenant = tenant, c_batch = batch
+    out = PyBytes_FromStringAndSize(NULL, width * n)
     cdef char* buf = PyBytes_AS_STRING(out)
     cdef const char* pp = prefix
     cdef const char* sp = suffix
     cdef uint32_t serial
     cdef uint64_t base = start
     with nogil:
-        for i in range(count):
+        for i in range(n):
             serial = <uint32_t>(base + i)
             memcpy(buf + i * width, pp, plen)
-            _write_code(ck0, ck1, _head(kind, key_id, tenant, batch, serial), serial, buf + i * width + plen)
+            _write_code(ck0, ck1, _head(c_kind, c_key_id, c_tenant, c_batch, serial), serial, buf + i * width + plen)
             memcpy(buf + i * width + plen + N_CHARS, sp, slen)
+    return out
+
+
+def keyed_hash(key, tenant, kind, batch, serial):
+    """SipHash-2-4 under ``key`` of each code's identity (tenant, kind, batch, serial).
+
+    The identity is packed like a code's payload with key_id 0, so the hash does not change
+    when a brand rotates its signing key.  Used for the lottery draw: deterministic,
+    unpredictable without the key, and the same on every worker.
+    """
+    k0, k1 = _key_halves(key)
+    cdef uint64_t ck0 = k0, ck1 = k1
+    cdef const uint16_t[::1] t = np.ascontiguousarray(tenant, np.uint16)
+    cdef const uint8_t[::1] k = np.ascontiguousarray(kind, np.uint8)
+    cdef const uint32_t[::1] b = np.ascontiguousarray(batch, np.uint32)
+    cdef const uint32_t[::1] s = np.ascontiguousarray(serial, np.uint32)
+    cdef Py_ssize_t n = t.shape[0], i
+    if not (k.shape[0] == n and b.shape[0] == n and s.shape[0] == n):
+        raise ValueError(f"columns differ in length: tenant {n}, kind {k.shape[0]}, batch {b.shape[0]}, "
+                         f"serial {s.shape[0]}")
+    out = np.empty(n, np.uint64)
+    cdef uint64_t[::1] o = out
+    cdef uint64_t head, h
+    with nogil:
+        for i in range(n):
+            head = _head(k[i] & 3, 0, t[i], b[i] & 0xFFFFFF, s[i])
+            o[i] = _siphash_payload(ck0, ck1, head, s[i] & 0xFFFF)
     return out

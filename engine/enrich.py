@@ -1,0 +1,64 @@
+"""The enrich stage: registry facts per scan (sku, activation, dealer, store, place, channel).
+
+Verdicts decided here: ``unknown_batch`` and ``not_activated``.  A scan's place is its event's
+``region``, else its store's registered region, else the district nearest to its GPS fix; its
+channel is its store's channel, else the event's.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.registry import Registry
+from engine.verdicts import Verdict
+
+
+@dataclass
+class Enriched:
+    verdict: np.ndarray  # uint8, after the registry checks
+    sku: np.ndarray  # object
+    dealer: np.ndarray  # int32 dealer index, -1 when unknown
+    dealer_id: np.ndarray  # object
+    region: np.ndarray  # object adcode, '' when unknown
+    channel: np.ndarray  # object
+
+
+def enrich(registry: Registry, cols: dict[str, np.ndarray], verdict: np.ndarray, resolve_gps=None) -> Enriched:
+    """Registry lookups for a verified batch; ``resolve_gps(lat, lon) -> adcodes`` when GPS is used."""
+    n = len(verdict)
+    tenant, kind, batch, serial = cols["tenant"], cols["kind"], cols["batch"], cols["serial"]
+    decoded = verdict == Verdict.OK  # only codes that passed the MAC check name a real batch
+    b = np.full(n, -1, np.int64)
+    b[decoded] = registry.lookup_batches(tenant[decoded], kind[decoded], batch[decoded])
+    verdict = verdict.copy()
+    verdict[decoded & (b < 0)] = Verdict.UNKNOWN_BATCH
+    known = b >= 0
+    verdict[known & ~registry.batches.activated[np.maximum(b, 0)]] = Verdict.NOT_ACTIVATED
+    sku = np.empty(n, dtype=object)
+    sku[:] = ""
+    sku[known] = registry.batches.sku[b[known]]
+
+    dealer = np.full(n, -1, np.int32)
+    dealer[known] = registry.lookup_dealers(tenant[known], kind[known], batch[known], serial[known])
+
+    store = registry.lookup_stores(tenant, cols["store_id"])
+    has_store = store >= 0
+    region = cols["region"].copy()
+    fill = (region == "") & has_store
+    region[fill] = registry.stores.region[store[fill]]
+    if resolve_gps is not None:
+        gps = (region == "") & ~np.isnan(cols["lat"]) & ~np.isnan(cols["lon"])
+        if gps.any():
+            region[gps] = resolve_gps(cols["lat"][gps], cols["lon"][gps])
+    channel = cols["channel"].copy()
+    store_channel = np.where(has_store, registry.stores.channel[np.maximum(store, 0)] if len(registry.stores.channel)
+                             else "", "")
+    use_store = has_store & (store_channel != "")
+    channel[use_store] = store_channel[use_store]
+
+    dealer_id = np.empty(n, dtype=object)
+    dealer_id[:] = ""
+    has_dealer = dealer >= 0
+    dealer_id[has_dealer] = registry.dealers.dealer_id[dealer[has_dealer]]
+    return Enriched(verdict, sku, dealer, dealer_id, region, channel)

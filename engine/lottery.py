@@ -1,0 +1,161 @@
+"""The red-packet lottery (DESIGN.md "Campaign"): who may draw, what they draw, what is paid.
+
+The draw is a pure function of (campaign seed, code): SipHash-2-4 keyed by the seed over the
+code's identity, read as a uniform number in [0, 1) and mapped to a tier by cumulative
+probability.  Anyone holding the configuration can re-derive a draw (``scanstream audit``),
+and a redelivered scan draws the same tier.  Whether a drawn prize is *paid* is the state
+store's decision (stock, budget, daily cap, one prize per code), taken atomically per batch.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from engine.registry import batch_key
+from engine.state import CampaignLimits, DrawStatus, GrantRequests, StateStore
+from engine.verdicts import Verdict
+from ext import codec
+
+MS_PER_DAY = 86_400_000
+MS_PER_MINUTE = 60_000
+#: The draw uses the top 53 bits of the hash: exactly representable as a float64 in [0, 1).
+DRAW_BITS = 53
+#: Personalisation of the seed -> key derivation, so a seed reused elsewhere gives another key.
+SEED_PERSON = b"scanstream-draw"
+
+
+@dataclass(frozen=True)
+class Tier:
+    name: str
+    cents: int
+    probability: float
+    stock: int
+
+
+@dataclass(frozen=True)
+class Campaign:
+    """One campaign of the configuration; ``seed`` never appears in ``repr``."""
+
+    id: str
+    tenant: int
+    start_ms: int
+    end_ms: int  # exclusive
+    budget_cents: int
+    daily_cap: int
+    tiers: tuple[Tier, ...]
+    seed: str = field(repr=False)
+    skus: tuple[str, ...] = ()
+    regions: tuple[str, ...] = ()
+    utc_offset_minutes: int = 480  # China Standard Time: a user's "day" ends at local midnight
+
+    @property
+    def key(self) -> bytes:
+        """The 16-byte draw key derived from the seed."""
+        return hashlib.blake2b(self.seed.encode("utf-8"), digest_size=16, person=SEED_PERSON).digest()
+
+    @property
+    def limits(self) -> CampaignLimits:
+        return CampaignLimits(self.id, self.budget_cents, tuple(t.stock for t in self.tiers), self.daily_cap)
+
+    def cumulative(self) -> np.ndarray:
+        return np.cumsum([t.probability for t in self.tiers])
+
+
+def draw_numbers(campaign: Campaign, tenant: np.ndarray, kind: np.ndarray, batch: np.ndarray,
+                 serial: np.ndarray) -> np.ndarray:
+    """Each code's draw in [0, 1) for this campaign."""
+    h = codec.keyed_hash(campaign.key, tenant, kind, batch, serial)
+    return (h >> np.uint64(64 - DRAW_BITS)).astype(np.float64) / float(1 << DRAW_BITS)
+
+
+def draw_tiers(campaign: Campaign, numbers: np.ndarray) -> np.ndarray:
+    """Tier index for each draw number, -1 when it falls past the last tier (no prize)."""
+    tier = np.searchsorted(campaign.cumulative(), numbers, side="right")
+    return np.where(tier < len(campaign.tiers), tier, -1).astype(np.int16)
+
+
+@dataclass
+class LotteryResult:
+    campaign: np.ndarray  # object: campaign id or ''
+    draw: np.ndarray  # uint8 DrawStatus
+    tier: np.ndarray  # object: tier name or ''
+    cents: np.ndarray  # uint32
+    awarded: np.ndarray  # bool: rows that hold a prize (new or given back on replay)
+
+
+class Lottery:
+    """The lottery stage: eligibility and draw (pure), payment (state store)."""
+
+    def __init__(self, campaigns: list[Campaign], state: StateStore):
+        self.campaigns = campaigns
+        self.state = state
+        state.define_campaigns([c.limits for c in campaigns])
+
+    def run(self, tenant: np.ndarray, kind: np.ndarray, batch: np.ndarray, serial: np.ndarray, ts: np.ndarray,
+            verdict: np.ndarray, role: np.ndarray, sku: np.ndarray, region: np.ndarray, user: np.ndarray,
+            blocked: np.ndarray | None = None) -> LotteryResult:
+        n = len(tenant)
+        campaign_idx = np.full(n, -1, np.int64)
+        eligible_idx = np.full(n, -1, np.int64)
+        may_win = (verdict == Verdict.OK) & (role == "consumer")
+        if blocked is not None:
+            may_win &= ~blocked
+        for ci, c in enumerate(self.campaigns):
+            applies = (tenant == c.tenant) & (ts >= c.start_ms) & (ts < c.end_ms)
+            if not applies.any():
+                continue
+            eligible = applies & may_win
+            if c.skus:
+                eligible &= np.isin(sku, np.array(c.skus, dtype=object))
+            if c.regions:
+                eligible &= _under_any(region, c.regions)
+            # the first campaign (in configuration order) that a scan may win takes it
+            take = eligible & (eligible_idx < 0)
+            eligible_idx[take] = ci
+            campaign_idx[(campaign_idx < 0) & applies] = ci
+        campaign_idx = np.where(eligible_idx >= 0, eligible_idx, campaign_idx)
+
+        draw = np.full(n, DrawStatus.NONE, np.uint8)
+        draw[campaign_idx >= 0] = DrawStatus.INELIGIBLE
+        tier_name = _strings(n)
+        cents = np.zeros(n, np.uint32)
+        rows = np.nonzero(eligible_idx >= 0)[0]
+        if len(rows):
+            tiers = np.full(len(rows), -1, np.int16)
+            amounts = np.zeros(len(rows), np.int64)
+            day = np.zeros(len(rows), np.int64)
+            for ci in np.unique(eligible_idx[rows]):
+                c = self.campaigns[ci]
+                sel = eligible_idx[rows] == ci
+                r = rows[sel]
+                tiers[sel] = draw_tiers(c, draw_numbers(c, tenant[r], kind[r], batch[r], serial[r]))
+                amounts[sel] = np.array([t.cents for t in c.tiers] + [0], np.int64)[tiers[sel]]
+                day[sel] = (ts[r] + c.utc_offset_minutes * MS_PER_MINUTE) // MS_PER_DAY
+            grants = self.state.grant(GrantRequests(
+                campaign=eligible_idx[rows], code=batch_key(tenant[rows], kind[rows], batch[rows]),
+                serial=serial[rows], user=user[rows], day=day, tier=tiers, cents=amounts))
+            draw[rows] = grants.status
+            won = grants.tier >= 0
+            for ci in np.unique(eligible_idx[rows][won]):
+                names = np.array([t.name for t in self.campaigns[ci].tiers], dtype=object)
+                sel = won & (eligible_idx[rows] == ci)
+                tier_name[rows[sel]] = names[grants.tier[sel]]
+            cents[rows[won]] = grants.cents[won]
+        camp = _strings(n)
+        ids = np.array([c.id for c in self.campaigns] + [""], dtype=object)
+        camp[:] = ids[campaign_idx]
+        return LotteryResult(camp, draw, tier_name, cents, draw == DrawStatus.WON)
+
+
+def _strings(n: int) -> np.ndarray:
+    out = np.empty(n, dtype=object)
+    out[:] = ""
+    return out
+
+
+def _under_any(region: np.ndarray, prefixes: tuple[str, ...]) -> np.ndarray:
+    uniq, inverse = np.unique(region, return_inverse=True)
+    hit = np.array([any(r.startswith(p) for p in prefixes) if r else False for r in uniq], bool)
+    return hit[inverse] if len(region) else np.zeros(0, bool)

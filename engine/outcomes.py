@@ -1,0 +1,112 @@
+"""The output contracts: one row per scan, per alert and per award, as named, typed columns.
+
+Every sink (results file, ClickHouse, chdb, Kafka) writes these columns and nothing else, so
+the column lists below are the single place where an output field is defined.  A batch is a
+dict of column name -> numpy array (strings are object arrays of ``str``), all of one length.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+#: Per-scan outcome: DESIGN.md "Outputs", then fields kept for fraud analysis and audit.
+#: (name, numpy dtype, ClickHouse type)
+SCAN_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("scan_id", "O", "String"),
+    ("ts", "int64", "DateTime64(3, 'UTC')"),  # epoch milliseconds
+    ("tenant", "uint16", "UInt16"),
+    ("kind", "uint8", "UInt8"),
+    ("batch", "uint32", "UInt32"),
+    ("serial", "uint32", "UInt32"),
+    ("code", "O", "String"),
+    ("user_id", "O", "String"),
+    ("role", "O", "LowCardinality(String)"),
+    ("region", "O", "LowCardinality(String)"),
+    ("channel", "O", "LowCardinality(String)"),
+    ("sku", "O", "LowCardinality(String)"),
+    ("dealer_id", "O", "LowCardinality(String)"),
+    ("verdict", "O", "LowCardinality(String)"),
+    ("diversion", "O", "LowCardinality(String)"),
+    ("campaign", "O", "LowCardinality(String)"),
+    ("prize_tier", "O", "LowCardinality(String)"),
+    ("prize_cents", "uint32", "UInt32"),
+    # why the lottery did or did not pay: won, no_prize, out_of_stock, budget, cap, ineligible, none
+    ("draw", "O", "LowCardinality(String)"),
+    ("store_id", "O", "String"),
+    ("device_id", "O", "String"),
+    ("ip", "O", "String"),
+    ("replay", "uint8", "UInt8"),  # 1 when this scan_id had been seen before
+    ("reason", "O", "String"),  # why an event is invalid_event; empty otherwise
+    ("raw", "O", "String"),  # the original line of an invalid_event; empty otherwise
+)
+
+#: One fired alert (diversion, cloned code, ...).
+ALERT_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("alert_id", "O", "String"),  # deterministic: the same evidence gives the same id
+    ("ts", "int64", "DateTime64(3, 'UTC')"),  # event time of the scan that fired it
+    ("tenant", "uint16", "UInt16"),
+    ("alert", "O", "LowCardinality(String)"),  # diversion | cloned_code
+    ("subtype", "O", "LowCardinality(String)"),  # region | channel | region+channel | users | provinces
+    ("dealer_id", "O", "LowCardinality(String)"),
+    ("manager", "O", "String"),
+    ("city", "O", "LowCardinality(String)"),  # adcode prefix of the scan city (4 digits)
+    ("code", "O", "String"),  # the code, for cloned_code alerts
+    ("window_start", "int64", "DateTime64(3, 'UTC')"),
+    ("window_end", "int64", "DateTime64(3, 'UTC')"),
+    ("count", "uint32", "UInt32"),
+    ("detail", "O", "String"),  # JSON with the evidence (regions, roles, users ...)
+)
+
+#: One granted prize.
+AWARD_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("scan_id", "O", "String"),
+    ("ts", "int64", "DateTime64(3, 'UTC')"),
+    ("tenant", "uint16", "UInt16"),
+    ("campaign", "O", "LowCardinality(String)"),
+    ("kind", "uint8", "UInt8"),
+    ("batch", "uint32", "UInt32"),
+    ("serial", "uint32", "UInt32"),
+    ("user_id", "O", "String"),
+    ("prize_tier", "O", "LowCardinality(String)"),
+    ("prize_cents", "uint32", "UInt32"),
+)
+
+Columns = dict[str, np.ndarray]
+
+
+def names(columns: tuple[tuple[str, str, str], ...]) -> list[str]:
+    """Column names in contract order."""
+    return [c[0] for c in columns]
+
+
+def empty(columns: tuple[tuple[str, str, str], ...], n: int = 0) -> Columns:
+    """A batch of ``n`` rows: zeros and empty strings."""
+    out: Columns = {}
+    for name, dtype, _ in columns:
+        if dtype == "O":
+            arr = np.empty(n, dtype=object)
+            arr[:] = ""
+        else:
+            arr = np.zeros(n, dtype=dtype)
+        out[name] = arr
+    return out
+
+
+def concat(columns: tuple[tuple[str, str, str], ...], parts: list[Columns]) -> Columns:
+    """Rows of several batches, in order."""
+    if not parts:
+        return empty(columns)
+    return {name: np.concatenate([p[name] for p in parts]) for name, _, _ in columns}
+
+
+def rows(batch: Columns, columns: tuple[tuple[str, str, str], ...]) -> list[dict[str, Any]]:
+    """The batch as a list of plain dicts (for JSON outputs), ``ts`` fields left as epoch ms."""
+    cols = [(name, batch[name].tolist()) for name, _, _ in columns]
+    n = len(cols[0][1]) if cols else 0
+    return [{name: values[i] for name, values in cols} for i in range(n)]
+
+
+def length(batch: Columns) -> int:
+    """Rows in a batch."""
+    return len(next(iter(batch.values()))) if batch else 0

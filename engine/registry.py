@@ -1,0 +1,331 @@
+"""Reference data (DESIGN.md "Reference data"): batches, dealers, shipments and stores.
+
+Loaded from the four CSV files into sorted numpy arrays, so that the enrich stage looks up a
+whole batch of scans with ``searchsorted`` instead of one dict lookup per scan.  Errors name
+the file, the line and the column.
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine.codec import BATCH_MAX, KIND_CASE, KIND_UNIT, SERIAL_MAX
+
+FILES = ("batches.csv", "dealers.csv", "shipments.csv", "stores.csv")
+KIND_BY_NAME = {"unit": KIND_UNIT, "case": KIND_CASE, "": KIND_UNIT}
+#: Lengths of an adcode prefix: province, city, district.
+ADCODE_LEVELS = (2, 4, 6)
+
+
+class RegistryError(ValueError):
+    """A registry file is missing or holds a bad row; the message names file, line and column."""
+
+
+def batch_key(tenant: np.ndarray | int, kind: np.ndarray | int, batch: np.ndarray | int) -> np.ndarray:
+    """One uint64 per (tenant, kind, batch): 16 + 2 + 24 bits, ordered like the tuple."""
+    return (np.asarray(tenant, np.uint64) << np.uint64(26)) | (np.asarray(kind, np.uint64) << np.uint64(24)) \
+        | np.asarray(batch, np.uint64)
+
+
+def region_keys(owner: np.ndarray, prefixes: np.ndarray) -> np.ndarray:
+    """Keys of (owner index, adcode prefix) pairs; '' or non-adcode prefixes give -1.
+
+    The key holds the prefix length, so "44" and "440000" stay different authorisations.
+    """
+    out = np.full(len(prefixes), -1, dtype=np.int64)
+    if not len(prefixes):
+        return out
+    uniq, inverse = np.unique(prefixes.astype(str), return_inverse=True)
+    code = np.array([int(p) if p.isdigit() and len(p) in ADCODE_LEVELS else -1 for p in uniq], np.int64)
+    level = np.array([len(p) for p in uniq], np.int64)
+    ok = code[inverse] >= 0
+    out[ok] = (np.asarray(owner, np.int64)[ok] << 24) | (level[inverse][ok] << 20) | code[inverse][ok]
+    return out
+
+
+@dataclass
+class Batches:
+    key: np.ndarray  # uint64 batch_key, sorted
+    sku: np.ndarray  # object
+    product: np.ndarray  # object
+    activated: np.ndarray  # bool
+    size: np.ndarray  # int64 codes issued in the batch
+
+
+@dataclass
+class Dealers:
+    dealer_id: np.ndarray  # object, row order = dealer index
+    tenant: np.ndarray  # uint16
+    name: np.ndarray
+    channel: np.ndarray
+    regions: list[list[str]]
+    manager: np.ndarray
+    webhook: np.ndarray
+    auth_keys: np.ndarray  # sorted int64 region_keys(dealer index, prefix)
+    has_regions: np.ndarray  # bool: a dealer without regions is authorised everywhere
+
+
+@dataclass
+class Shipments:
+    group_key: np.ndarray  # uint64 batch_key of each distinct shipped batch, sorted
+    start: np.ndarray  # uint64 (group index << 32 | serial_from), sorted
+    end: np.ndarray  # uint64 (group index << 32 | serial_to)
+    dealer: np.ndarray  # int32 dealer index
+
+
+@dataclass
+class Stores:
+    index: dict[tuple[int, str], int]  # (tenant, store_id) -> row
+    dealer: np.ndarray  # int32 dealer index, -1 when unknown
+    region: np.ndarray
+    channel: np.ndarray
+
+
+def _read(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            header = reader.fieldnames or []
+            missing = [c for c in required if c not in header]
+            if missing:
+                raise RegistryError(f"{path}: missing column(s) {missing}; header is {header}")
+            return [(reader.line_num, {k: (v or "").strip() for k, v in row.items() if k is not None})
+                    for row in reader]
+    except OSError as exc:
+        raise RegistryError(f"{path}: cannot read registry file: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise RegistryError(f"{path}: not UTF-8 text") from None
+
+
+def _int(path: Path, line: int, row: dict[str, str], column: str, hi: int) -> int:
+    text = row.get(column, "")
+    try:
+        value = int(text)
+    except ValueError:
+        raise RegistryError(f"{path}:{line}: column {column}: {text!r} is not an integer") from None
+    if not 0 <= value <= hi:
+        raise RegistryError(f"{path}:{line}: column {column}: {value} out of range 0..{hi}")
+    return value
+
+
+def _kind(path: Path, line: int, row: dict[str, str]) -> int:
+    text = row.get("kind", "").lower()
+    if text not in KIND_BY_NAME:
+        raise RegistryError(f"{path}:{line}: column kind: {text!r} is not unit or case")
+    return KIND_BY_NAME[text]
+
+
+def _objects(values: list[str]) -> np.ndarray:
+    arr = np.empty(len(values), dtype=object)
+    arr[:] = values
+    return arr
+
+
+class Registry:
+    """All reference data of a deployment, indexed for batch lookups."""
+
+    def __init__(self, batches: Batches, dealers: Dealers, shipments: Shipments, stores: Stores):
+        self.batches = batches
+        self.dealers = dealers
+        self.shipments = shipments
+        self.stores = stores
+        self.dealer_index = {d: i for i, d in enumerate(dealers.dealer_id)}
+
+    @classmethod
+    def empty(cls) -> Registry:
+        return cls.from_rows([], [], [], [])
+
+    @classmethod
+    def load(cls, directory: Path) -> Registry:
+        """Read ``batches.csv``, ``dealers.csv``, ``shipments.csv`` and ``stores.csv``."""
+        directory = Path(directory)
+        return cls.from_rows(
+            _read(directory / "batches.csv", ("tenant", "batch", "sku", "activated")),
+            _read(directory / "dealers.csv", ("dealer_id", "tenant", "channel", "regions")),
+            _read(directory / "shipments.csv", ("tenant", "batch", "serial_from", "serial_to", "dealer_id")),
+            _read(directory / "stores.csv", ("store_id", "tenant", "region", "channel")),
+            directory,
+        )
+
+    @classmethod
+    def from_rows(cls, batch_rows, dealer_rows, shipment_rows, store_rows, directory: Path = Path(".")) -> Registry:
+        """Build from parsed CSV rows: lists of (line number, {column: text})."""
+        dealers = cls._dealers(directory / "dealers.csv", dealer_rows)
+        index = {d: i for i, d in enumerate(dealers.dealer_id)}
+        return cls(cls._batches(directory / "batches.csv", batch_rows), dealers,
+                   cls._shipments(directory / "shipments.csv", shipment_rows, index),
+                   cls._stores(directory / "stores.csv", store_rows, index))
+
+    @staticmethod
+    def _batches(path: Path, rows) -> Batches:
+        seen: dict[int, int] = {}
+        keys, sku, product, activated, size = [], [], [], [], []
+        for line, row in rows:
+            tenant = _int(path, line, row, "tenant", 0xFFFF)
+            batch = _int(path, line, row, "batch", BATCH_MAX)
+            kind = _kind(path, line, row)
+            key = int(batch_key(tenant, kind, batch))
+            if key in seen:
+                raise RegistryError(f"{path}:{line}: batch {batch} of tenant {tenant} already on line {seen[key]}")
+            seen[key] = line
+            act = row.get("activated", "")
+            if act not in ("0", "1"):
+                raise RegistryError(f"{path}:{line}: column activated: {act!r} is not 0 or 1")
+            keys.append(key)
+            sku.append(row.get("sku", ""))
+            product.append(row.get("product", ""))
+            activated.append(act == "1")
+            size.append(_int(path, line, row, "size", SERIAL_MAX + 1) if row.get("size") else 0)
+        order = np.argsort(np.array(keys, np.uint64), kind="stable")
+        return Batches(np.array(keys, np.uint64)[order], _objects(sku)[order], _objects(product)[order],
+                       np.array(activated, bool)[order], np.array(size, np.int64)[order])
+
+    @staticmethod
+    def _dealers(path: Path, rows) -> Dealers:
+        ids, tenants, names, channels, regions, managers, hooks = [], [], [], [], [], [], []
+        seen: dict[str, int] = {}
+        for line, row in rows:
+            dealer_id = row.get("dealer_id", "")
+            if not dealer_id:
+                raise RegistryError(f"{path}:{line}: column dealer_id is empty")
+            if dealer_id in seen:
+                raise RegistryError(f"{path}:{line}: dealer {dealer_id!r} already on line {seen[dealer_id]}")
+            seen[dealer_id] = line
+            prefixes = [p.strip() for p in row.get("regions", "").split(";") if p.strip()]
+            for p in prefixes:
+                if not (p.isdigit() and len(p) in ADCODE_LEVELS):
+                    raise RegistryError(f"{path}:{line}: column regions: {p!r} is not an adcode prefix of "
+                                        f"{'/'.join(map(str, ADCODE_LEVELS))} digits")
+            ids.append(dealer_id)
+            tenants.append(_int(path, line, row, "tenant", 0xFFFF))
+            names.append(row.get("name", ""))
+            channels.append(row.get("channel", ""))
+            regions.append(prefixes)
+            managers.append(row.get("manager", ""))
+            hooks.append(row.get("webhook", ""))
+        owner = np.array([i for i, ps in enumerate(regions) for _ in ps], np.int64)
+        flat = _objects([p for ps in regions for p in ps])
+        return Dealers(_objects(ids), np.array(tenants, np.uint16), _objects(names), _objects(channels), regions,
+                       _objects(managers), _objects(hooks), np.unique(region_keys(owner, flat)),
+                       np.array([bool(ps) for ps in regions], bool))
+
+    @staticmethod
+    def _shipments(path: Path, rows, dealer_index: dict[str, int]) -> Shipments:
+        bkeys, starts, ends, dealers, lines = [], [], [], [], []
+        for line, row in rows:
+            tenant = _int(path, line, row, "tenant", 0xFFFF)
+            batch = _int(path, line, row, "batch", BATCH_MAX)
+            lo = _int(path, line, row, "serial_from", SERIAL_MAX)
+            hi = _int(path, line, row, "serial_to", SERIAL_MAX)
+            if hi < lo:
+                raise RegistryError(f"{path}:{line}: serial_to {hi} is below serial_from {lo}")
+            dealer_id = row.get("dealer_id", "")
+            if dealer_id not in dealer_index:
+                raise RegistryError(f"{path}:{line}: column dealer_id: {dealer_id!r} is not in dealers.csv")
+            bkeys.append(int(batch_key(tenant, _kind(path, line, row), batch)))
+            starts.append(lo)
+            ends.append(hi)
+            dealers.append(dealer_index[dealer_id])
+            lines.append(line)
+        bk = np.array(bkeys, np.uint64)
+        groups, group_of = np.unique(bk, return_inverse=True)
+        g = group_of.astype(np.uint64) << np.uint64(32)
+        start = g | np.array(starts, np.uint64)
+        end = g | np.array(ends, np.uint64)
+        order = np.argsort(start, kind="stable")
+        start, end = start[order], end[order]
+        overlap = np.nonzero(start[1:] <= end[:-1])[0]
+        if len(overlap):
+            a, b = order[overlap[0]], order[overlap[0] + 1]
+            raise RegistryError(f"{path}:{lines[b]}: serial range {starts[b]}..{ends[b]} overlaps the range "
+                                f"{starts[a]}..{ends[a]} on line {lines[a]} of the same batch")
+        return Shipments(groups, start, end, np.array(dealers, np.int32)[order])
+
+    @staticmethod
+    def _stores(path: Path, rows, dealer_index: dict[str, int]) -> Stores:
+        index: dict[tuple[int, str], int] = {}
+        dealer, region, channel = [], [], []
+        for line, row in rows:
+            store_id = row.get("store_id", "")
+            tenant = _int(path, line, row, "tenant", 0xFFFF)
+            if not store_id:
+                raise RegistryError(f"{path}:{line}: column store_id is empty")
+            if (tenant, store_id) in index:
+                raise RegistryError(f"{path}:{line}: store {store_id!r} of tenant {tenant} is listed twice")
+            reg = row.get("region", "")
+            if reg and not (reg.isdigit() and len(reg) in ADCODE_LEVELS):
+                raise RegistryError(f"{path}:{line}: column region: {reg!r} is not an adcode")
+            d = row.get("dealer_id", "")
+            if d and d not in dealer_index:
+                raise RegistryError(f"{path}:{line}: column dealer_id: {d!r} is not in dealers.csv")
+            index[(tenant, store_id)] = len(dealer)
+            dealer.append(dealer_index.get(d, -1))
+            region.append(reg)
+            channel.append(row.get("channel", ""))
+        return Stores(index, np.array(dealer, np.int32), _objects(region), _objects(channel))
+
+    # -- batch lookups ---------------------------------------------------------------------
+
+    def lookup_batches(self, tenant: np.ndarray, kind: np.ndarray, batch: np.ndarray) -> np.ndarray:
+        """Row in ``self.batches`` of each scan's batch, -1 when not registered."""
+        return _find(self.batches.key, batch_key(tenant, kind, batch))
+
+    def lookup_dealers(self, tenant: np.ndarray, kind: np.ndarray, batch: np.ndarray,
+                       serial: np.ndarray) -> np.ndarray:
+        """Dealer index each code was shipped to, -1 when no shipment covers it."""
+        s = self.shipments
+        out = np.full(len(serial), -1, np.int32)
+        group = _find(s.group_key, batch_key(tenant, kind, batch))
+        has = group >= 0
+        if not has.any() or not len(s.start):
+            return out
+        probe = (group[has].astype(np.uint64) << np.uint64(32)) | np.asarray(serial, np.uint64)[has]
+        row = np.searchsorted(s.start, probe, side="right") - 1
+        hit = (row >= 0) & (probe <= s.end[np.maximum(row, 0)])
+        found = np.full(len(probe), -1, np.int32)
+        found[hit] = s.dealer[row[hit]]
+        out[has] = found
+        return out
+
+    def lookup_stores(self, tenant: np.ndarray, store_id: np.ndarray) -> np.ndarray:
+        """Row in ``self.stores`` of each scan's store, -1 when unknown or absent."""
+        out = np.full(len(store_id), -1, np.int64)
+        if not self.stores.index:
+            return out
+        present = store_id != ""
+        # a batch names few tenants and few stores: look up each distinct pair once
+        for t in np.unique(tenant[present]):
+            sel = np.nonzero(present & (tenant == t))[0]
+            uniq, inverse = np.unique(store_id[sel], return_inverse=True)
+            rows = np.array([self.stores.index.get((int(t), s), -1) for s in uniq], np.int64)
+            out[sel] = rows[inverse]
+        return out
+
+    def authorised(self, dealer: np.ndarray, region: np.ndarray) -> np.ndarray:
+        """Whether each scan region lies under one of its dealer's region prefixes.
+
+        ``dealer`` holds dealer indexes (>= 0) and ``region`` adcodes of 2, 4 or 6 digits.
+        A dealer without any region is authorised everywhere.
+        """
+        d = self.dealers
+        if not len(dealer):
+            return np.zeros(0, bool)
+        result = ~d.has_regions[dealer]
+        uniq, inverse = np.unique(region, return_inverse=True)
+        for level in ADCODE_LEVELS:
+            prefix = _objects([r[:level] if len(r) >= level else "" for r in uniq])[inverse]
+            keys = region_keys(dealer, prefix)
+            result |= (keys >= 0) & (_find(d.auth_keys, keys) >= 0)
+        return result
+
+
+def _find(sorted_keys: np.ndarray, probe: np.ndarray) -> np.ndarray:
+    """Index of each probe in ``sorted_keys``, -1 when absent."""
+    if not len(sorted_keys):
+        return np.full(len(probe), -1, np.int64)
+    pos = np.searchsorted(sorted_keys, probe)
+    pos_c = np.minimum(pos, len(sorted_keys) - 1)
+    return np.where(sorted_keys[pos_c] == probe, pos_c, -1)

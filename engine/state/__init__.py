@@ -1,0 +1,126 @@
+"""The state store: everything the engine must remember between batches, behind one interface.
+
+Two backends implement it: ``engine.state.memory`` (in-process, the embedded default) and the
+Redis store (production).  Every method takes and returns whole batches, and each call is
+atomic for its batch: a backend that talks to a server makes one round trip per call, not
+one per scan.  The engine's promises rest on these methods being idempotent under
+redelivery: a scan_id seen before gets its first answer back, and a code that won keeps its
+prize however often it is scanned or replayed.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from enum import IntEnum
+
+import numpy as np
+
+
+class DrawStatus(IntEnum):
+    """Why a lottery draw did or did not pay (the ``draw`` output column)."""
+
+    NONE = 0  # not a lottery scan: no campaign applies
+    WON = 1
+    NO_PRIZE = 2  # the draw fell outside every tier
+    OUT_OF_STOCK = 3
+    BUDGET = 4
+    CAP = 5  # the user reached the campaign's daily cap
+    INELIGIBLE = 6  # a campaign applies but the scan may not win (not ok, not a consumer, blocked)
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+DRAW_LABELS = np.array([s.label for s in DrawStatus], dtype=object)
+
+
+@dataclass(frozen=True)
+class CampaignLimits:
+    """What the state store enforces for one campaign."""
+
+    id: str
+    budget_cents: int
+    stocks: tuple[int, ...]  # per tier
+    daily_cap: int  # prizes per user per day
+
+
+@dataclass
+class Claims:
+    """Result of ``claim``: per scan, OK or REPEAT (engine.verdicts codes), and replay flags."""
+
+    verdict: np.ndarray  # uint8
+    replay: np.ndarray  # bool: the scan_id had been claimed before; verdict is the first answer
+
+
+@dataclass
+class GrantRequests:
+    """Lottery draws to settle, in scan order; all arrays of one length."""
+
+    campaign: np.ndarray  # int: index into the campaigns given to ``define_campaigns``
+    code: np.ndarray  # uint64: registry.batch_key(tenant, kind, batch)
+    serial: np.ndarray  # uint32
+    user: np.ndarray  # object: user_id
+    day: np.ndarray  # int64: the scan's day number in the campaign's time zone
+    tier: np.ndarray  # int16: drawn tier, -1 for no prize
+    cents: np.ndarray  # int64: the drawn tier's amount
+
+
+@dataclass
+class Grants:
+    """Result of ``grant``: per request, the status and the prize actually paid."""
+
+    status: np.ndarray  # uint8 DrawStatus
+    tier: np.ndarray  # int16, -1 when nothing was paid
+    cents: np.ndarray  # int64
+
+
+@dataclass(frozen=True)
+class CampaignState:
+    """What is left of a campaign, for summaries and dashboards."""
+
+    budget_left: int
+    stock_left: tuple[int, ...]
+    prizes: int
+
+
+class StateStore(ABC):
+    """Batch-atomic state primitives used by the dedup, diversion and lottery stages."""
+
+    @abstractmethod
+    def claim(self, scan_id: np.ndarray, code: np.ndarray, serial: np.ndarray) -> Claims:
+        """Test-and-set one bit per code, in order, and remember each scan_id's answer.
+
+        A code's first scan is OK, every later one REPEAT.  A scan_id claimed before (in an
+        earlier call or earlier in this batch) gets its first answer again, with ``replay``
+        set, and does not touch the bits.
+        """
+
+    @abstractmethod
+    def define_campaigns(self, campaigns: list[CampaignLimits]) -> None:
+        """Make the campaigns' budgets and stocks known; existing counters are kept as they are."""
+
+    @abstractmethod
+    def grant(self, requests: GrantRequests) -> Grants:
+        """Pay each drawn prize if the code never won in this campaign and stock, budget and the
+        user's daily cap allow, in request order, atomically for the batch.  A code that won
+        before gets its prize back (WON, same tier) without paying again."""
+
+    @abstractmethod
+    def campaign_state(self, campaign: str) -> CampaignState:
+        """Budget and stock left, prizes paid so far."""
+
+    @abstractmethod
+    def count(self, keys: np.ndarray, amounts: np.ndarray, ttl_s: int) -> np.ndarray:
+        """Add ``amounts`` to the counters ``keys`` (which may repeat); totals after each add."""
+
+    @abstractmethod
+    def distinct(self, keys: np.ndarray, members: np.ndarray, ttl_s: int) -> np.ndarray:
+        """Add each member to the set ``keys[i]``; the set's size after each add."""
+
+    @abstractmethod
+    def mark_once(self, keys: np.ndarray, ttl_s: int) -> np.ndarray:
+        """True for each key not marked before (the first time it appears, in order)."""
+
+    def close(self) -> None:
+        """Release connections; the memory store keeps nothing to release."""

@@ -1,0 +1,239 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Scan events (JSON lines) into columns: the parse stage's per-event loop, compiled.
+
+There is no vectorised form of "decode one JSON object and check its fields", so this loop
+is the one place where the engine touches events one by one.  It never raises for a bad
+event: the event's ``reason`` column says what is wrong and the pipeline turns it into an
+``invalid_event`` outcome that carries the original text.
+"""
+from libc.stdint cimport int64_t
+from libc.math cimport NAN, isfinite
+
+import numpy as np
+import orjson
+
+from cpython.dict cimport PyDict_GetItem
+from cpython.object cimport PyObject
+
+#: An event larger than this is not parsed (a scan event is a few hundred bytes).
+MAX_EVENT_BYTES = 65536
+#: Identifiers (scan_id, user_id, store_id, ...) longer than this make the event invalid.
+MAX_ID_CHARS = 256
+ROLES = ("consumer", "store", "dealer")
+#: Accepted event times: 2000-01-01 .. 2100-01-01 UTC, in epoch milliseconds.
+TS_MIN_MS = 946684800000
+TS_MAX_MS = 4102444800000
+
+cdef int64_t _TS_MIN = TS_MIN_MS
+cdef int64_t _TS_MAX = TS_MAX_MS
+
+
+cdef inline int64_t _days_from_civil(int64_t y, int64_t m, int64_t d) noexcept nogil:
+    # proleptic Gregorian calendar date -> days since 1970-01-01
+    y -= m <= 2
+    cdef int64_t era = (y if y >= 0 else y - 399) // 400
+    cdef int64_t yoe = y - era * 400
+    cdef int64_t doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
+    cdef int64_t doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
+
+
+cdef inline int _digits(const unsigned char* s, Py_ssize_t n, Py_ssize_t at, int count, int64_t* out) noexcept nogil:
+    cdef int64_t v = 0
+    cdef int i
+    if at + count > n:
+        return -1
+    for i in range(count):
+        if s[at + i] < 48 or s[at + i] > 57:
+            return -1
+        v = v * 10 + (s[at + i] - 48)
+    out[0] = v
+    return 0
+
+
+cdef int _rfc3339_ms(const unsigned char* s, Py_ssize_t n, int64_t* out) noexcept nogil:
+    """``YYYY-MM-DD[T ]HH:MM:SS[.fraction](Z|+HH:MM|-HH:MM)`` -> epoch ms; -1 if not that."""
+    cdef int64_t year, month, day, hour, minute, second, frac = 0, oh, om, sign
+    cdef Py_ssize_t i = 19
+    cdef int fdigits = 0
+    if n < 20 or s[4] != 45 or s[7] != 45 or s[13] != 58 or s[16] != 58:
+        return -1
+    if s[10] != 84 and s[10] != 116 and s[10] != 32:  # 'T', 't' or ' '
+        return -1
+    if (_digits(s, n, 0, 4, &year) or _digits(s, n, 5, 2, &month) or _digits(s, n, 8, 2, &day)
+            or _digits(s, n, 11, 2, &hour) or _digits(s, n, 14, 2, &minute) or _digits(s, n, 17, 2, &second)):
+        return -1
+    if month < 1 or month > 12 or day < 1 or day > 31 or hour > 23 or minute > 59 or second > 60:
+        return -1
+    if s[i] == 46:  # '.': keep milliseconds, drop finer digits
+        i += 1
+        while i < n and 48 <= s[i] <= 57:
+            if fdigits < 3:
+                frac = frac * 10 + (s[i] - 48)
+            fdigits += 1
+            i += 1
+        if fdigits == 0:
+            return -1
+        while fdigits < 3:
+            frac *= 10
+            fdigits += 1
+    if i == n - 1 and (s[i] == 90 or s[i] == 122):  # 'Z' / 'z'
+        oh = 0; om = 0; sign = 1
+    elif i == n - 6 and (s[i] == 43 or s[i] == 45) and s[i + 3] == 58:
+        sign = 1 if s[i] == 43 else -1
+        if _digits(s, n, i + 1, 2, &oh) or _digits(s, n, i + 4, 2, &om) or oh > 23 or om > 59:
+            return -1
+    else:
+        return -1
+    if second == 60:  # a leap second is read as the last millisecond of its minute
+        second = 59
+        frac = 999
+    out[0] = ((_days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60 + second
+               - sign * (oh * 3600 + om * 60)) * 1000 + frac)
+    return 0
+
+
+cdef str _ident(dict event, str field, bint required, list problems):
+    """An identifier field as str ('' when absent); records a problem when unusable."""
+    cdef PyObject* p = PyDict_GetItem(event, field)
+    if p == NULL or <object>p is None:
+        if required:
+            problems.append(f"missing required field {field!r}")
+        return ""
+    value = <object>p
+    if type(value) is str:
+        if required and not value:
+            problems.append(f"{field} is empty")
+        elif len(value) > MAX_ID_CHARS:
+            problems.append(f"{field} has {len(value)} characters; at most {MAX_ID_CHARS} allowed")
+            return ""
+        return value
+    if type(value) is int:  # numeric ids are common in scan APIs: keep them, as text
+        return str(value)
+    problems.append(f"{field} must be a string, got {type(value).__name__}")
+    return ""
+
+
+cdef inline bint _number(dict event, str field, double* out, list problems):
+    """Read an optional number field into ``out``; False (with a problem) when unusable."""
+    cdef PyObject* p = PyDict_GetItem(event, field)
+    if p == NULL or <object>p is None:
+        return True
+    value = <object>p
+    if (type(value) is float or type(value) is int) and isfinite(<double>value):
+        out[0] = <double>value
+        return True
+    problems.append(f"{field} must be a number, got {str(value)[:40]!r}")
+    return False
+
+
+def parse_events(list lines):
+    """Columns of the events in ``lines`` (each ``bytes`` or ``str``, one JSON object).
+
+    Returns a dict of numpy columns: scan_id, ts (epoch ms), code, user_id, role, store_id,
+    channel, region, lat, lon, ip, device_id, and ``reason`` ('' for a usable event, else
+    why it is an ``invalid_event``).  ``raw`` holds the original text of invalid events only.
+    """
+    cdef Py_ssize_t n = len(lines), i
+    cdef object line, value, text
+    cdef dict event
+    cdef PyObject* p
+    cdef int64_t ms
+    cdef double coord
+    cdef const unsigned char* buf
+    cdef list problems = []
+    names = ("scan_id", "code", "user_id", "role", "store_id", "channel", "region", "ip", "device_id", "reason", "raw")
+    cols = {}
+    for name in names:
+        cols[name] = np.empty(n, dtype=object)
+        cols[name][:] = ""
+    cols["role"][:] = "consumer"
+    ts = np.zeros(n, dtype=np.int64)
+    lat = np.full(n, np.nan)
+    lon = np.full(n, np.nan)
+    cdef int64_t[::1] ts_v = ts
+    cdef double[::1] lat_v = lat
+    cdef double[::1] lon_v = lon
+    cdef object[::1] scan_id_c = cols["scan_id"], code_c = cols["code"], user_c = cols["user_id"]
+    cdef object[::1] role_c = cols["role"], store_c = cols["store_id"], channel_c = cols["channel"]
+    cdef object[::1] region_c = cols["region"], ip_c = cols["ip"], device_c = cols["device_id"]
+    cdef object[::1] reason_c = cols["reason"], raw_c = cols["raw"]
+    for i in range(n):
+        line = lines[i]
+        event = None
+        if type(line) is not bytes and type(line) is not str:
+            problems.append(f"event must be bytes or str, got {type(line).__name__}")
+        elif len(line) > MAX_EVENT_BYTES:
+            problems.append(f"event of {len(line)} bytes exceeds the limit of {MAX_EVENT_BYTES}")
+        else:
+            try:
+                value = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                problems.append(f"not JSON: {exc}")
+            else:
+                if type(value) is dict:
+                    event = value
+                else:
+                    problems.append(f"not a JSON object but {type(value).__name__}")
+        if event is not None:
+            scan_id_c[i] = _ident(event, "scan_id", True, problems)
+            user_c[i] = _ident(event, "user_id", True, problems)
+            p = PyDict_GetItem(event, "code")
+            if p == NULL or <object>p is None:
+                problems.append("missing required field 'code'")
+            elif type(<object>p) is str:
+                code_c[i] = <object>p  # the codec judges it; a bad code is 'malformed', not invalid
+            else:
+                problems.append(f"code must be a string, got {type(<object>p).__name__}")
+            p = PyDict_GetItem(event, "ts")
+            if p == NULL or <object>p is None:
+                problems.append("missing required field 'ts'")
+            else:
+                value = <object>p
+                if type(value) is int:
+                    if _TS_MIN <= value < _TS_MAX:
+                        ts_v[i] = value
+                    else:
+                        problems.append(f"ts {value} is not epoch milliseconds in 2000..2100")
+                elif type(value) is str:
+                    text = (<str>value).encode("utf-8", "replace")
+                    buf = text
+                    if _rfc3339_ms(buf, len(text), &ms) != 0:
+                        problems.append(f"ts {value[:40]!r} is not an RFC 3339 time with a zone")
+                    elif not (_TS_MIN <= ms < _TS_MAX):
+                        problems.append(f"ts {value[:40]!r} is not in 2000..2100")
+                    else:
+                        ts_v[i] = ms
+                else:
+                    problems.append(f"ts must be an RFC 3339 string or epoch milliseconds, got {type(value).__name__}")
+            p = PyDict_GetItem(event, "role")
+            if p != NULL and <object>p is not None:
+                if <object>p in ROLES:
+                    role_c[i] = <object>p
+                else:
+                    problems.append(f"role {str(<object>p)[:40]!r} is not one of {list(ROLES)}")
+            if PyDict_GetItem(event, "store_id") != NULL:
+                store_c[i] = _ident(event, "store_id", False, problems)
+            if PyDict_GetItem(event, "channel") != NULL:
+                channel_c[i] = _ident(event, "channel", False, problems)
+            if PyDict_GetItem(event, "region") != NULL:
+                region = _ident(event, "region", False, problems)
+                if region and not (len(region) in (2, 4, 6) and region.isdigit() and region.isascii()):
+                    problems.append(f"region {region[:40]!r} is not an adcode of 2, 4 or 6 digits")
+                region_c[i] = region
+            if PyDict_GetItem(event, "ip") != NULL:
+                ip_c[i] = _ident(event, "ip", False, problems)
+            if PyDict_GetItem(event, "device_id") != NULL:
+                device_c[i] = _ident(event, "device_id", False, problems)
+            if _number(event, "lat", &coord, problems) and PyDict_GetItem(event, "lat") != NULL:
+                lat_v[i] = coord
+            if _number(event, "lon", &coord, problems) and PyDict_GetItem(event, "lon") != NULL:
+                lon_v[i] = coord
+        if problems:
+            reason_c[i] = "; ".join(problems)
+            raw_c[i] = line.decode("utf-8", "replace") if isinstance(line, bytes) else str(line)
+            problems.clear()
+    cols["ts"] = ts
+    cols["lat"] = lat
+    cols["lon"] = lon
+    return cols
