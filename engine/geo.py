@@ -105,7 +105,7 @@ class AdcodeIndex:
         for array in (self.adcodes, self.lat, self.lon):
             array.flags.writeable = False
         self._xyz = _unit_vectors(lat_a, lon_a)
-        # one past the last centroid: the kernel's "no centroid" row -1 indexes it
+        # a trailing "": the kernel's "no centroid" row, -1, indexes the last element
         self._codes_or_blank = np.array(codes + [""], dtype=object)
         max_angle = max_km / EARTH_RADIUS_KM
         self._min_dot = math.cos(max_angle) if max_angle < math.pi else -2.0  # -2: below any dot
@@ -144,7 +144,7 @@ class AdcodeIndex:
                              f"and lon of length {_describe(lon_a)}")
         rows = np.empty(lat_a.shape[0], dtype=np.int32)
         _kernel.nearest_rows(lat_a, lon_a, self._xyz, self._offsets, self._members, self._lat_lo, self._lon_lo,
-                     self._lat_step, self._lon_step, self._nrows, self._ncols, self._min_dot, rows)
+                             self._lat_step, self._lon_step, self._nrows, self._ncols, self._min_dot, rows)
         return rows
 
     def _build_grid(self, max_angle: float) -> None:
