@@ -72,6 +72,18 @@ AWARD_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("prize_cents", "uint32", "UInt32"),
 )
 
+#: One webhook delivery of an alert (written by the notifiers, table ``alert_deliveries``).
+DELIVERY_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("alert_id", "O", "String"),
+    ("ts", "int64", "DateTime64(3, 'UTC')"),  # when the last attempt ended
+    ("channel_format", "O", "LowCardinality(String)"),  # generic | wecom | dingtalk
+    ("url", "O", "String"),  # secrets in the query string redacted
+    ("status", "O", "LowCardinality(String)"),  # delivered | failed
+    ("attempts", "uint8", "UInt8"),
+    ("http_status", "uint16", "UInt16"),
+    ("error", "O", "String"),
+)
+
 Columns = dict[str, np.ndarray]
 
 
