@@ -15,6 +15,7 @@ driver and under a Faust worker, with the memory or the Redis state store.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -53,12 +54,19 @@ class Pipeline:
         self.lottery = Lottery(list(config.campaigns), state)
         self.windows = div.AlertWindows(config.diversion, registry, state)
 
-    def process(self, lines: Sequence[bytes | str]) -> BatchResult:
+    def process(self, lines: Sequence[bytes | str], positions: np.ndarray | None = None) -> BatchResult:
+        """Outcomes of one batch of raw events (one JSON object each).
+
+        ``positions`` names where each line came from (``file:line``, ``topic/partition@offset``);
+        an event without a usable scan_id is stored under ``pos:<position>`` so that it keeps
+        its own row, and the same row when it is delivered again.
+        """
         lines = lines if isinstance(lines, list) else list(lines)
         n = len(lines)
         # 1 parse
         cols = parse_events(lines)
         valid = cols["reason"] == ""
+        _name_anonymous(cols, lines, positions)
         # 2 verify
         v = codec.verify_batch(cols["code"], self.config.keys)
         verdict = np.where(valid, v.verdict, Verdict.INVALID_EVENT).astype(np.uint8)
@@ -103,3 +111,15 @@ class Pipeline:
             "prize_cents": lot.cents[won],
         }
         return BatchResult(scans, alerts, awards)
+
+
+def _name_anonymous(cols: dict[str, np.ndarray], lines: list, positions: np.ndarray | None) -> None:
+    missing = np.nonzero(cols["scan_id"] == "")[0]
+    if not len(missing):
+        return
+    if positions is not None:
+        cols["scan_id"][missing] = ["pos:" + str(positions[i]) for i in missing]
+    else:  # without positions, the content is the only stable name
+        cols["scan_id"][missing] = ["raw:" + hashlib.blake2b(
+            lines[i] if isinstance(lines[i], bytes) else str(lines[i]).encode("utf-8", "replace"),
+            digest_size=12).hexdigest() for i in missing]

@@ -127,8 +127,11 @@ def _objects(values: list[str]) -> np.ndarray:
 class Registry:
     """All reference data of a deployment, indexed for batch lookups."""
 
-    def __init__(self, batches: Batches, dealers: Dealers, shipments: Shipments, stores: Stores):
+    def __init__(self, batches: Batches, dealers: Dealers, shipments: Shipments, stores: Stores,
+                 rows: dict[str, list[dict[str, str]]] | None = None):
         self.batches = batches
+        #: the validated CSV rows per file name, for copying the registry to ClickHouse
+        self.rows = rows or {name: [] for name in FILES}
         self.dealers = dealers
         self.shipments = shipments
         self.stores = stores
@@ -155,9 +158,11 @@ class Registry:
         """Build from parsed CSV rows: lists of (line number, {column: text})."""
         dealers = cls._dealers(directory / "dealers.csv", dealer_rows)
         index = {d: i for i, d in enumerate(dealers.dealer_id)}
+        rows = {name: [r for _, r in given] for name, given in
+                zip(FILES, (batch_rows, dealer_rows, shipment_rows, store_rows))}
         return cls(cls._batches(directory / "batches.csv", batch_rows), dealers,
                    cls._shipments(directory / "shipments.csv", shipment_rows, index),
-                   cls._stores(directory / "stores.csv", store_rows, index))
+                   cls._stores(directory / "stores.csv", store_rows, index), rows)
 
     @staticmethod
     def _batches(path: Path, rows) -> Batches:

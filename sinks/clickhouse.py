@@ -398,7 +398,7 @@ class ClickHouseSink:
         """Raise ``SinkError`` when an outcome table's columns differ from its contract."""
         _, rows = self.query(
             "SELECT table, name, type FROM system.columns WHERE database = currentDatabase() "
-            "AND table IN {tables:Array(String)} ORDER BY table, position",
+            "AND table IN {tables:Array(String)} AND default_kind != 'MATERIALIZED' ORDER BY table, position",
             {"tables": list(CONTRACT_TABLES)},
         )
         found: dict[str, list[tuple[str, str]]] = {}

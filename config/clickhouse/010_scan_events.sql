@@ -37,9 +37,12 @@ CREATE TABLE IF NOT EXISTS scan_events
     ip          String,
     replay      UInt8,
     reason      String,
-    raw         String
+    raw         String,
+    -- the version of ReplacingMergeTree: the first delivery of a scan (replay = 0) is the row
+    -- that stays, so a redelivered copy never hides the original outcome's replay flag
+    original    UInt8 MATERIALIZED replay = 0
 )
-ENGINE = ReplacingMergeTree
+ENGINE = ReplacingMergeTree(original)
 PARTITION BY toYYYYMM(ts)
 ORDER BY (tenant, scan_id)
 SETTINGS non_replicated_deduplication_window = 1000;

@@ -5,19 +5,20 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from engine.cli import codes
-from engine.config import CONFIG_ENV, ConfigError
+from engine.cli import audit, codes, demo, query, run
+from engine.cli.common import config_option
+from engine.config import ConfigError
+from engine.registry import RegistryError
+from sinks.exceptions import SinkError
 
-COMMANDS = (codes,)
+COMMANDS = (demo, run, query, audit, codes)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="scanstream",
+        prog="scanstream", parents=[config_option()],
         description="Streaming engine for one-item-one-code programs: verdicts, prizes, alerts, dashboards.",
     )
-    parser.add_argument("--config", metavar="FILE",
-                        help=f"deployment configuration (default: ${CONFIG_ENV}, else config/local.toml)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMANDS:
         module.register(sub)
@@ -33,6 +34,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"scanstream: configuration error: {exc}", file=sys.stderr)
         return 2
+    except RegistryError as exc:
+        print(f"scanstream: registry error: {exc}", file=sys.stderr)
+        return 2
+    except SinkError as exc:
+        print(f"scanstream: ClickHouse error: {exc}", file=sys.stderr)
+        return 1
     except BrokenPipeError:  # e.g. `scanstream codes mint ... | head`
         return 0
 

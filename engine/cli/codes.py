@@ -8,6 +8,7 @@ from typing import BinaryIO
 import orjson
 
 from engine import config as config_mod
+from engine.cli.common import config_option, load_config
 from engine.codec import KIND_CASE, KIND_NAMES, KIND_UNIT, SERIAL_MAX
 from engine.verdicts import Verdict
 from ext import codec
@@ -20,7 +21,7 @@ KINDS = {"unit": KIND_UNIT, "case": KIND_CASE}
 def register(sub: argparse._SubParsersAction) -> None:
     codes = sub.add_parser("codes", help="mint and verify codes").add_subparsers(dest="codes_command",
                                                                                  required=True, metavar="ACTION")
-    mint = codes.add_parser("mint", help="write codes (or QR URLs) one per line")
+    mint = codes.add_parser("mint", parents=[config_option()], help="write codes (or QR URLs) one per line")
     mint.add_argument("--tenant", type=int, required=True)
     mint.add_argument("--batch", type=int, required=True)
     mint.add_argument("--count", type=int, required=True)
@@ -32,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     mint.add_argument("--out", metavar="FILE", help="output file (default: standard output)")
     mint.set_defaults(handler=run_mint)
 
-    verify = codes.add_parser("verify", help="print each code's verdict and fields")
+    verify = codes.add_parser("verify", parents=[config_option()], help="print each code's verdict and fields")
     verify.add_argument("codes", nargs="*", metavar="CODE", help="codes or QR URLs (default: one per line on stdin)")
     verify.add_argument("--json", action="store_true", help="one JSON object per code")
     verify.set_defaults(handler=run_verify)
@@ -69,7 +70,7 @@ def run_mint(args: argparse.Namespace) -> int:
         print(f"scanstream: serials {args.start}..{args.start + args.count - 1} must lie in 0..{SERIAL_MAX}",
               file=sys.stderr)
         return 2
-    cfg = config_mod.load(args.config)
+    cfg = load_config(args)
     key_id = _choose_key_id(cfg, args.tenant, args.key_id)
     key = cfg.keys.get(args.tenant, key_id)
     assert key is not None
@@ -89,7 +90,7 @@ def run_mint(args: argparse.Namespace) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    cfg = config_mod.load(args.config)
+    cfg = load_config(args)
     inputs = args.codes or [line.rstrip("\r\n") for line in sys.stdin]
     result = codec.verify_batch(inputs, cfg.keys)
     failed = 0

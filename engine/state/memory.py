@@ -82,7 +82,8 @@ class MemoryStateStore(StateStore):
             bits = self._bitset(int(key), int(s.max()))
             byte, mask = s >> 3, (1 << (s & 7)).astype(np.uint8)
             new = (bits[byte] & mask) == 0
-            bits[byte[new]] |= mask[new]  # distinct serials: no two writes share a bit
+            # several serials can share a byte: an unbuffered OR keeps every bit
+            np.bitwise_or.at(bits, byte[new], mask[new])
             out[sel[new]] = Verdict.OK
         return out
 

@@ -1,0 +1,64 @@
+"""``scanstream run``: the local driver over a file or stdin, on the configured backends."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from engine.cli.common import config_option, load_config, open_clickhouse
+from engine.config import Config
+from engine.summary import Summary
+from engine.wiring import build_pipeline, build_registry, build_state
+from sinks.notifiers import WebhookNotifier
+from sinks.outputs import Outputs, ResultsFile, routes_from_registry
+from streams.local import Progress, run as drive
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", parents=[config_option()], help="run scans (JSON lines) through the pipeline")
+    p.add_argument("--input", required=True, metavar="FILE", help="JSON lines, one scan event each; - for stdin")
+    p.add_argument("--results", metavar="FILE", help="write one JSON outcome per input line, in input order")
+    p.set_defaults(handler=main)
+
+
+def execute(config: Config, source, source_name: str, results: Path | None, progress_total: int | None = None,
+            out=sys.stdout) -> Summary:
+    """Run ``source`` through a pipeline built from ``config``; prints and returns the summary."""
+    registry = build_registry(config)
+    state = build_state(config)
+    pipeline = build_pipeline(config, registry, state)
+    clickhouse = open_clickhouse(config)
+    if clickhouse is not None:
+        from sinks.registry_tables import publish_registry
+        publish_registry(clickhouse, registry)
+    notifier = None
+    if config.alerts.webhooks:
+        notifier = WebhookNotifier(timeout_s=config.alerts.timeout_s, retries=config.alerts.retries,
+                                   backoff_s=config.alerts.backoff_s)
+    outputs = Outputs(ResultsFile(results) if results else None, clickhouse, notifier,
+                      routes_from_registry(registry))
+    try:
+        summary = drive(pipeline, source, outputs, config.engine.batch_size, source_name,
+                        Progress(progress_total))
+    finally:
+        outputs.close()
+        if clickhouse is not None:
+            clickhouse.close()
+    print(summary.render(state, config.campaigns), file=out)
+    return summary
+
+
+def main(args: argparse.Namespace) -> int:
+    config = load_config(args)
+    results = Path(args.results) if args.results else None
+    if args.input == "-":
+        execute(config, sys.stdin.buffer, "stdin", results)
+    else:
+        try:
+            source = open(args.input, "rb")
+        except OSError as exc:
+            print(f"scanstream: cannot read --input {args.input!r}: {exc.strerror}", file=sys.stderr)
+            return 2
+        with source:
+            execute(config, source, Path(args.input).name, results)
+    return 0

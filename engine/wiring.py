@@ -1,0 +1,37 @@
+"""Builds a ready Pipeline from a configuration: registry, state store and GPS resolver.
+
+The only place that turns configuration choices (``state.backend = "memory"`` ...) into
+objects, so the local driver and the Faust worker assemble the engine the same way.
+"""
+from __future__ import annotations
+
+from engine.config import Config, ConfigError
+from engine.pipeline import Pipeline
+from engine.registry import Registry
+from engine.state import StateStore
+
+
+def build_registry(config: Config) -> Registry:
+    """The registry named by ``[registry] dir``, or an empty one when none is configured."""
+    if config.registry_dir is None:
+        return Registry.empty()
+    if not config.registry_dir.is_dir():
+        raise ConfigError(f"registry.dir: {str(config.registry_dir)!r} is not a folder; it must hold batches.csv, "
+                          f"dealers.csv, shipments.csv and stores.csv (scanstream demo writes a sample)")
+    return Registry.load(config.registry_dir)
+
+
+def build_state(config: Config) -> StateStore:
+    if config.state_backend == "memory":
+        from engine.state.memory import MemoryStateStore
+        return MemoryStateStore(replay_ttl_s=config.engine.replay_ttl_hours * 3600)
+    raise ConfigError(f"state.backend: {config.state_backend!r} is not available in this build")
+
+
+def build_pipeline(config: Config, registry: Registry | None = None, state: StateStore | None = None) -> Pipeline:
+    resolve = None
+    if config.engine.resolve_gps:
+        from engine.geo import AdcodeIndex
+        resolve = AdcodeIndex.load().resolve
+    return Pipeline(config, registry if registry is not None else build_registry(config),
+                    state if state is not None else build_state(config), resolve_gps=resolve)

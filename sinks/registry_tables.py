@@ -1,0 +1,61 @@
+"""Copies the registry (batches, dealers, shipments, stores) into ClickHouse's registry tables.
+
+Dashboards join scans to the registry there (scan conversion rate needs each batch's size).
+The registry files are the source of truth, so each copy replaces the tables' contents.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from engine.registry import Registry
+from sinks.clickhouse import ClickHouseSink
+
+#: (table, registry file, columns as (name, numpy dtype, ClickHouse type))
+TABLES = (
+    ("registry_batches", "batches.csv", (
+        ("tenant", "uint16", "UInt16"), ("batch", "uint32", "UInt32"), ("kind", "O", "String"),
+        ("sku", "O", "String"), ("product", "O", "String"), ("activated", "uint8", "UInt8"),
+        ("size", "uint64", "UInt64"))),
+    ("registry_dealers", "dealers.csv", (
+        ("dealer_id", "O", "String"), ("tenant", "uint16", "UInt16"), ("name", "O", "String"),
+        ("channel", "O", "String"), ("regions", "O", "Array(String)"), ("manager", "O", "String"),
+        ("webhook", "O", "String"))),
+    ("registry_shipments", "shipments.csv", (
+        ("tenant", "uint16", "UInt16"), ("batch", "uint32", "UInt32"), ("kind", "O", "String"),
+        ("serial_from", "uint32", "UInt32"), ("serial_to", "uint32", "UInt32"), ("dealer_id", "O", "String"),
+        ("shipped_at", "O", "String"))),
+    ("registry_stores", "stores.csv", (
+        ("store_id", "O", "String"), ("tenant", "uint16", "UInt16"), ("dealer_id", "O", "String"),
+        ("region", "O", "String"), ("channel", "O", "String"))),
+)
+
+
+def _value(row: dict[str, str], name: str, dtype: str):
+    text = row.get(name, "")
+    if name == "regions":
+        return [p.strip() for p in text.split(";") if p.strip()]
+    if name == "kind":
+        return text.lower() or "unit"
+    if dtype != "O":
+        return int(text or 0)
+    return text
+
+
+def publish_registry(sink: ClickHouseSink, registry: Registry) -> dict[str, int]:
+    """Replace the registry tables' contents with ``registry``; rows written per table."""
+    written = {}
+    for table, file, spec in TABLES:
+        rows = registry.rows.get(file, [])
+        batch = {}
+        for name, dtype, _ in spec:
+            values = [_value(r, name, dtype) for r in rows]
+            if dtype == "O":
+                arr = np.empty(len(values), dtype=object)
+                for i, v in enumerate(values):  # element-wise: a list value must stay one element
+                    arr[i] = v
+            else:
+                arr = np.array(values, dtype=dtype)
+            batch[name] = arr
+        sink.client.command(f"TRUNCATE TABLE IF EXISTS {table}")
+        written[table] = sink.insert(table, batch, spec)
+    return written
