@@ -16,11 +16,14 @@ import orjson
 
 from engine import outcomes
 from engine.registry import Registry
+from engine.state import STATE_HASH_KEY, StateStore, fold, state_keys
 from engine.verdicts import Verdict
+from ext import codec
 
 DIVERSION_LABELS = np.array(["none", "region", "channel", "region+channel"], dtype=object)
 REGION, CHANNEL = 1, 2
 MS_PER_MINUTE = 60_000
+ROLES = ("consumer", "dealer", "store")  # sorted: searchsorted gives each role its number
 #: Window state lives this many windows past its end, so late scans still count.
 WINDOW_RETENTION = 2
 
@@ -59,10 +62,14 @@ def _city(region: str) -> str:
     return region[:4] if len(region) >= 4 else region
 
 
+#: Namespaces of the windowed state keys, folded into each key.
+NS_DIVERSION, NS_DIVERSION_FIRED, NS_CLONE_USERS, NS_CLONE_PROVINCES, NS_CLONE_FIRED = 1, 2, 3, 4, 5
+
+
 class AlertWindows:
     """Counts evidence per key and window in the state store and builds the alerts that fire."""
 
-    def __init__(self, settings: DiversionSettings, registry: Registry, state):
+    def __init__(self, settings: DiversionSettings, registry: Registry, state: StateStore):
         self.settings = settings
         self.registry = registry
         self.state = state
@@ -74,26 +81,29 @@ class AlertWindows:
         if not len(rows):
             return outcomes.empty(outcomes.ALERT_COLUMNS)
         window_ms = s.window_minutes * MS_PER_MINUTE
+        ttl = (WINDOW_RETENTION + 1) * window_ms // 1000
         ts, tenant, role = cols["ts"][rows], cols["tenant"][rows], cols["role"][rows]
         region, d, kind = cols["region"][rows], dealer[rows], DIVERSION_LABELS[diversion[rows]]
         window = ts // window_ms
         dealer_ids = self.registry.dealers.dealer_id[d]
         cities = np.array([_city(r) for r in region.tolist()], dtype=object)
-        base = [f"div|{t}|{di}|{k}|{c}|{w}" for t, di, k, c, w in
+        # diverted scans are few: readable string keys, hashed to the store's uint64 keys
+        base = [f"{t}|{di}|{k}|{c}|{w}" for t, di, k, c, w in
                 zip(tenant.tolist(), dealer_ids.tolist(), kind.tolist(), cities.tolist(), window.tolist())]
-        counter_keys = np.array([f"{b}|{r}" for b, r in zip(base, role.tolist())], dtype=object)
-        totals = self.state.count(counter_keys, np.ones(len(rows), np.int64), (WINDOW_RETENTION + 1) * window_ms // 1000)
+        alert_key = state_keys(base)
+        role_no = np.searchsorted(np.array(ROLES, dtype=object), role)
+        totals = self.state.count(fold(alert_key, role_no, np.full(len(rows), NS_DIVERSION)), ttl)
         threshold = np.array([s.thresholds[r] for r in role.tolist()], np.int64)
         crossing = np.nonzero(totals == threshold)[0]
         if not len(crossing):
             return outcomes.empty(outcomes.ALERT_COLUMNS)
-        fire_keys = np.array([base[i] for i in crossing], dtype=object)
-        fired = crossing[self.state.mark_once(fire_keys, (WINDOW_RETENTION + 1) * window_ms // 1000)]
+        fired = crossing[self.state.mark_once(fold(alert_key[crossing], np.full(len(crossing), NS_DIVERSION_FIRED)),
+                                              ttl)]
         out = outcomes.empty(outcomes.ALERT_COLUMNS, len(fired))
         dl = self.registry.dealers
         for j, i in enumerate(fired.tolist()):
             di = int(d[i])
-            out["alert_id"][j] = _alert_id(base[i])
+            out["alert_id"][j] = _alert_id("diversion", base[i])
             out["ts"][j] = ts[i]
             out["tenant"][j] = tenant[i]
             out["alert"][j] = "diversion"
@@ -121,41 +131,44 @@ class AlertWindows:
         ttl = (WINDOW_RETENTION + 1) * window_ms // 1000
         ts, region = cols["ts"][rows], cols["region"][rows]
         window = ts // window_ms
-        code_keys = [f"{t}|{k}|{b}|{sr}|{w}" for t, k, b, sr, w in zip(
-            cols["tenant"][rows].tolist(), cols["kind"][rows].tolist(), cols["batch"][rows].tolist(),
-            cols["serial"][rows].tolist(), window.tolist())]
-        users = self.state.distinct(np.array([f"cu|{c}" for c in code_keys], dtype=object), cols["user_id"][rows], ttl)
-        has_province = region != ""
+        ident = codec.keyed_hash(STATE_HASH_KEY, cols["tenant"][rows], cols["kind"][rows], cols["batch"][rows],
+                                 cols["serial"][rows])
+        code_window = fold(ident, window)
+        ones = np.ones(len(rows), np.int64)
+        users = self.state.distinct(fold(code_window, ones * NS_CLONE_USERS), state_keys(cols["user_id"][rows]), ttl)
         provinces = np.zeros(len(rows), np.int64)
-        if has_province.any():
-            sel = np.nonzero(has_province)[0]
-            provinces[sel] = self.state.distinct(np.array([f"cp|{code_keys[i]}" for i in sel], dtype=object),
-                                                 np.array([r[:2] for r in region[sel].tolist()], dtype=object), ttl)
+        sel = np.nonzero(region != "")[0]
+        if len(sel):
+            uniq, inverse = np.unique(region[sel], return_inverse=True)
+            province = np.array([int(r[:2]) for r in uniq], np.uint64)[inverse]
+            provinces[sel] = self.state.distinct(fold(code_window[sel], ones[sel] * NS_CLONE_PROVINCES), province, ttl)
         by_users = users == s.clone_max_users + 1
         by_provinces = provinces == 2
         crossing = np.nonzero(by_users | by_provinces)[0]
         if not len(crossing):
             return outcomes.empty(outcomes.ALERT_COLUMNS)
-        fired = crossing[self.state.mark_once(np.array([f"clone|{code_keys[i]}" for i in crossing], dtype=object), ttl)]
+        fired = crossing[self.state.mark_once(fold(code_window[crossing], ones[crossing] * NS_CLONE_FIRED), ttl)]
         out = outcomes.empty(outcomes.ALERT_COLUMNS, len(fired))
         dl = self.registry.dealers
         for j, i in enumerate(fired.tolist()):
-            di = int(dealer[rows][i])
+            r = rows[i]
+            di = int(dealer[r])
             subtype = "users" if by_users[i] else "provinces"
-            out["alert_id"][j] = _alert_id("clone", code_keys[i])
+            out["alert_id"][j] = _alert_id("clone", cols["tenant"][r], cols["kind"][r], cols["batch"][r],
+                                           cols["serial"][r], window[i])
             out["ts"][j] = ts[i]
-            out["tenant"][j] = cols["tenant"][rows][i]
+            out["tenant"][j] = cols["tenant"][r]
             out["alert"][j] = "cloned_code"
             out["subtype"][j] = subtype
             out["dealer_id"][j] = dl.dealer_id[di] if di >= 0 else ""
             out["manager"][j] = dl.manager[di] if di >= 0 else ""
             out["city"][j] = _city(region[i])
-            out["code"][j] = cols["code"][rows][i]
+            out["code"][j] = cols["code"][r]
             out["window_start"][j] = window[i] * window_ms
             out["window_end"][j] = (window[i] + 1) * window_ms
             out["count"][j] = users[i] if subtype == "users" else provinces[i]
             out["detail"][j] = orjson.dumps({
                 "distinct_users": int(users[i]), "provinces": int(provinces[i]),
-                "max_users": s.clone_max_users, "scan_id": cols["scan_id"][rows][i],
+                "max_users": s.clone_max_users, "scan_id": cols["scan_id"][r],
             }).decode()
         return out

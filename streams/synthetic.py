@@ -21,7 +21,7 @@ from engine.geo import AdcodeIndex
 from ext import codec
 
 #: 2026-11-20T08:00:00+08:00: the demo day starts at 8 in the morning, China time.
-DEMO_START_MS = 1795651200000
+DEMO_START_MS = 1795132800000
 DEMO_SPAN_MS = 14 * 3600 * 1000
 
 BATCHES = [  # tenant, batch, kind, sku, product, activated, size
@@ -204,10 +204,12 @@ def generate_scans(world: World, n: int, seed: int = 7) -> list[bytes]:
         elif kind == "bot":
             st.genuine(user=BOT_USER)
         elif kind == "invalid":
-            junk.append((len(st.events), (b"not json at all", b'{"scan_id": "x-1"}', b"[1, 2, 3]",
-                                           b'{"scan_id": "x-2", "ts": "yesterday", "code": "A", "user_id": "u"}',
-                                           b'{"scan_id": "x-3", "ts": 1795651200000, "code": 42, "user_id": "u"}')
-                         [int(rng.integers(5))]))
+            bad_id = f"bad-{len(junk):06d}"  # the scan API's request ids are unique, bad events' too
+            junk.append((len(st.events), (
+                b"not json at all", b"[1, 2, 3]", orjson.dumps({"scan_id": bad_id}),
+                orjson.dumps({"scan_id": bad_id, "ts": "yesterday", "code": "A", "user_id": "u"}),
+                orjson.dumps({"scan_id": bad_id, "ts": DEMO_START_MS, "code": 42, "user_id": "u"}),
+            )[int(rng.integers(5))]))
         elif kind == "redelivered":
             if st.events:
                 redeliver.append(int(rng.integers(len(st.events))))

@@ -34,6 +34,29 @@ class DrawStatus(IntEnum):
 
 DRAW_LABELS = np.array([s.label for s in DrawStatus], dtype=object)
 
+#: Key of the hash that turns logical state keys (``div|7|D-1|region|4401|...``, a user id)
+#: into uint64 keys and members: fixed-size keys for every backend, equal on every worker.
+#: Not a secret: it only spreads keys evenly.
+STATE_HASH_KEY = b"scanstream-state"
+_FOLD = np.uint64(0x100000001B3)
+
+
+def state_keys(strings: list[str] | np.ndarray) -> np.ndarray:
+    """uint64 state keys (or set members) of strings."""
+    from ext.codec import hash_strings
+    return hash_strings(strings if isinstance(strings, list) else list(strings), STATE_HASH_KEY)
+
+
+def fold(keys: np.ndarray, *values: np.ndarray) -> np.ndarray:
+    """Derive keys from uint64 ``keys`` and integer columns (e.g. a window number), vectorised.
+
+    The inputs are already uniform hashes, so a multiply-xor fold keeps them uniform.
+    """
+    out = np.asarray(keys, np.uint64).copy()
+    for v in values:
+        out = (out ^ np.asarray(v).astype(np.uint64)) * _FOLD
+    return out
+
 
 @dataclass(frozen=True)
 class CampaignLimits:
@@ -110,13 +133,16 @@ class StateStore(ABC):
     def campaign_state(self, campaign: str) -> CampaignState:
         """Budget and stock left, prizes paid so far."""
 
+    # Windowed state.  Keys are uint64 (``state_keys``/``fold``) and carry their window, so a
+    # key is never reused for another window: the time to live only bounds memory.
+
     @abstractmethod
-    def count(self, keys: np.ndarray, amounts: np.ndarray, ttl_s: int) -> np.ndarray:
-        """Add ``amounts`` to the counters ``keys`` (which may repeat); totals after each add."""
+    def count(self, keys: np.ndarray, ttl_s: int) -> np.ndarray:
+        """Add one to the counter of each key, in order (keys may repeat); totals after each add."""
 
     @abstractmethod
     def distinct(self, keys: np.ndarray, members: np.ndarray, ttl_s: int) -> np.ndarray:
-        """Add each member to the set ``keys[i]``; the set's size after each add."""
+        """Add each uint64 member to the set ``keys[i]``, in order; the set's size after each add."""
 
     @abstractmethod
     def mark_once(self, keys: np.ndarray, ttl_s: int) -> np.ndarray:

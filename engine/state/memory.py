@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
+from collections import deque
+from itertools import repeat
 from collections.abc import Callable
 
 import numpy as np
@@ -29,43 +30,43 @@ class MemoryStateStore(StateStore):
         self._clock = clock
         self._lock = threading.Lock()
         self._bits: dict[int, np.ndarray] = {}  # batch key -> packed bits, bit = serial
-        self._answers: OrderedDict[str, tuple[int, float]] = OrderedDict()  # scan_id -> (verdict, expiry)
+        self._answers: dict[str, int] = {}  # scan_id -> verdict of its first claim
+        self._answer_expiry: deque[tuple[float, list[str]]] = deque()  # (expiry, scan_ids), oldest first
         self._campaigns: dict[str, dict] = {}
         self._campaign_ids: list[str] = []
-        self._awards: dict[tuple[int, int, int], tuple[int, int]] = {}  # (campaign, code, serial) -> (tier, cents)
+        self._awards: dict[str, dict[int, tuple[int, int]]] = {}  # campaign -> code -> (tier, cents)
         self._user_day: dict[tuple[int, str, int], int] = {}
-        self._expiring: dict[str, tuple[object, float]] = {}  # counters, sets and marks
+        # counters (int), sets (a lone member as int, else a set) and marks (True), by uint64 key;
+        # one dict because the three kinds never share a key
+        self._windows: dict[int, object] = {}
+        self._window_expiry: deque[tuple[float, list[int]]] = deque()
 
     # -- dedup -----------------------------------------------------------------------------
 
     def claim(self, scan_id: np.ndarray, code: np.ndarray, serial: np.ndarray) -> Claims:
         n = len(scan_id)
-        verdict = np.zeros(n, np.uint8)
-        replay = np.zeros(n, bool)
+        ids = scan_id.tolist()
         with self._lock:
             now = self._clock()
             self._expire_answers(now)
-            known = [self._answers.get(s) for s in scan_id.tolist()]
-            for i, k in enumerate(known):
-                if k is not None:
-                    verdict[i] = k[0]
-                    replay[i] = True
+            known = np.fromiter(map(self._answers.get, ids, repeat(0)), np.uint8, n)
+            replay = known > 0
+            verdict = known.copy()
             # a scan_id repeated inside the batch is a replay of its first occurrence
-            _, first = np.unique(scan_id, return_index=True)
-            fresh = np.zeros(n, bool)
-            fresh[first] = True
-            fresh &= ~replay
+            fresh = ~replay
+            if len(set(ids)) < n:  # rare: find the later copies
+                _, first = np.unique(scan_id, return_index=True)
+                fresh[np.setdiff1d(np.arange(n), first)] = False
             rows = np.nonzero(fresh)[0]
             verdict[rows] = self._test_and_set(code[rows], serial[rows])
-            expiry = now + self.replay_ttl_s
-            for s, v in zip(scan_id[rows].tolist(), verdict[rows].tolist()):
-                self._answers[s] = (v, expiry)
-            dup = ~fresh & ~replay
-            if dup.any():
-                answer = dict(zip(scan_id[rows].tolist(), verdict[rows].tolist()))
-                for i in np.nonzero(dup)[0]:
-                    verdict[i] = answer[scan_id[i]]
-                    replay[i] = True
+            new_ids = [ids[i] for i in rows.tolist()]
+            self._answers.update(zip(new_ids, verdict[rows].tolist()))
+            self._answer_expiry.append((now + self.replay_ttl_s, new_ids))
+            dup = np.nonzero(~fresh & ~replay)[0]
+            if len(dup):
+                answer = dict(zip(new_ids, verdict[rows].tolist()))
+                verdict[dup] = [answer[ids[i]] for i in dup.tolist()]
+                replay[dup] = True
         return Claims(verdict, replay)
 
     def _test_and_set(self, code: np.ndarray, serial: np.ndarray) -> np.ndarray:
@@ -74,8 +75,9 @@ class MemoryStateStore(StateStore):
             return out
         serial = serial.astype(np.int64)
         # within the batch, only the first scan of a code can be its first scan ever
-        pair = np.stack([code.astype(np.uint64), serial.astype(np.uint64)], axis=1)
-        _, first = np.unique(pair, axis=0, return_index=True)
+        order = np.lexsort((np.arange(len(code)), serial, code))
+        same = (code[order][1:] == code[order][:-1]) & (serial[order][1:] == serial[order][:-1])
+        first = order[np.concatenate([[True], ~same])]
         for key in np.unique(code[first]):
             sel = first[code[first] == key]
             s = serial[sel]
@@ -98,11 +100,9 @@ class MemoryStateStore(StateStore):
         return bits
 
     def _expire_answers(self, now: float) -> None:
-        while self._answers:
-            scan, (_, expiry) = next(iter(self._answers.items()))
-            if expiry > now:
-                break
-            self._answers.popitem(last=False)
+        while self._answer_expiry and self._answer_expiry[0][0] <= now:
+            for scan in self._answer_expiry.popleft()[1]:
+                self._answers.pop(scan, None)
 
     def dedup_bytes(self) -> int:
         """Bytes held by the dedup bitsets (for memory reports)."""
@@ -125,22 +125,27 @@ class MemoryStateStore(StateStore):
         status = np.full(n, DrawStatus.NO_PRIZE, np.uint8)
         tier = np.full(n, -1, np.int16)
         cents = np.zeros(n, np.int64)
+        # a code's identity as one exact integer: tenant|kind|batch (42 bits) and serial (32)
+        codes = [(c << 32) | s for c, s in zip(requests.code.tolist(), requests.serial.tolist())]
+        campaigns = requests.campaign.tolist()
         with self._lock:
-            for i in range(n):  # order matters: the earlier scan takes the last prize
-                camp = int(requests.campaign[i])
-                cid = self._campaign_ids[camp]
-                state = self._campaigns[cid]
-                award_key = (camp, int(requests.code[i]), int(requests.serial[i]))
-                if award_key in self._awards:
+            awards = [self._awards.setdefault(self._campaign_ids[c], {}) for c in range(len(self._campaign_ids))]
+            prior = [awards[c].get(code) for c, code in zip(campaigns, codes)]
+            for i, p in enumerate(prior):
+                if p is not None:  # the code won before: give the same prize back, pay nothing
                     status[i] = DrawStatus.WON
-                    tier[i], cents[i] = self._awards[award_key]
-                    continue
+                    tier[i], cents[i] = p
+            # only drawn prizes need the sequential check: the earlier scan takes the last one
+            for i in np.nonzero((requests.tier >= 0) & (status != DrawStatus.WON))[0].tolist():
+                camp = campaigns[i]
+                state = self._campaigns[self._campaign_ids[camp]]
                 t = int(requests.tier[i])
-                if t < 0:
-                    continue
                 amount = int(requests.cents[i])
                 user_key = (camp, requests.user[i], int(requests.day[i]))
-                if state["stock"][t] <= 0:
+                if codes[i] in awards[camp]:  # drawn twice in this batch: the first scan won it
+                    status[i] = DrawStatus.WON
+                    tier[i], cents[i] = awards[camp][codes[i]]
+                elif state["stock"][t] <= 0:
                     status[i] = DrawStatus.OUT_OF_STOCK
                 elif state["budget"] < amount:
                     status[i] = DrawStatus.BUDGET
@@ -151,7 +156,7 @@ class MemoryStateStore(StateStore):
                     state["budget"] -= amount
                     state["prizes"] += 1
                     self._user_day[user_key] = self._user_day.get(user_key, 0) + 1
-                    self._awards[award_key] = (t, amount)
+                    awards[camp][codes[i]] = (t, amount)
                     status[i], tier[i], cents[i] = DrawStatus.WON, t, amount
         return Grants(status, tier, cents)
 
@@ -164,47 +169,71 @@ class MemoryStateStore(StateStore):
 
     # -- windows ---------------------------------------------------------------------------
 
-    def _live(self, key: str, now: float, fresh: Callable[[], object], ttl_s: int) -> object:
-        entry = self._expiring.get(key)
-        if entry is None or entry[1] <= now:
-            entry = (fresh(), now + ttl_s)
-            self._expiring[key] = entry
-        return entry[0]
+    def _track(self, new_keys: list[int], ttl_s: int, now: float) -> None:
+        if new_keys:
+            self._window_expiry.append((now + ttl_s, new_keys))
+        # expiry only bounds memory (keys carry their window), so sweeping now and then is enough
+        while self._window_expiry and self._window_expiry[0][0] <= now:
+            for key in self._window_expiry.popleft()[1]:
+                self._windows.pop(key, None)
 
-    def _sweep(self, now: float) -> None:
-        # dropping expired windows keeps memory bounded by what is live
-        dead = [k for k, (_, expiry) in self._expiring.items() if expiry <= now]
-        for k in dead:
-            del self._expiring[k]
-
-    def count(self, keys: np.ndarray, amounts: np.ndarray, ttl_s: int) -> np.ndarray:
+    def count(self, keys: np.ndarray, ttl_s: int) -> np.ndarray:
         totals = np.zeros(len(keys), np.int64)
         with self._lock:
             now = self._clock()
-            self._sweep(now)
-            for i, (k, a) in enumerate(zip(keys.tolist(), amounts.tolist())):
-                cell = self._live(k, now, lambda: [0], ttl_s)
-                cell[0] += a
-                totals[i] = cell[0]
+            store, new = self._windows, []
+            for i, k in enumerate(keys.tolist()):
+                total = store.get(k, 0) + 1
+                if total == 1:
+                    new.append(k)
+                store[k] = total
+                totals[i] = total
+            self._track(new, ttl_s, now)
         return totals
 
     def distinct(self, keys: np.ndarray, members: np.ndarray, ttl_s: int) -> np.ndarray:
-        sizes = np.zeros(len(keys), np.int64)
+        sizes = np.ones(len(keys), np.int64)
         with self._lock:
             now = self._clock()
-            for i, (k, m) in enumerate(zip(keys.tolist(), members.tolist())):
-                members_set = self._live(k, now, set, ttl_s)
-                members_set.add(m)
-                sizes[i] = len(members_set)
+            store = self._windows
+            key_list, member_list = keys.tolist(), members.tolist()
+            # most keys are new and appear once in the batch (a code's first scan): add those
+            # in one step; walk the rest in order
+            present = store.keys() & key_list
+            slow = np.zeros(len(keys), bool)
+            if present:
+                slow |= np.isin(keys, np.fromiter(present, np.uint64, len(present)))
+            _, first, counts = np.unique(keys, return_index=True, return_counts=True)
+            if (counts > 1).any():
+                slow |= np.isin(keys, keys[first[counts > 1]])
+            bulk = np.nonzero(~slow)[0].tolist()
+            new = [key_list[i] for i in bulk]
+            store.update(zip(new, [member_list[i] for i in bulk]))
+            for i in np.nonzero(slow)[0].tolist():
+                k, m = key_list[i], member_list[i]
+                cur = store.get(k)
+                if cur is None:  # a set with one member is kept as the member
+                    store[k] = m
+                    new.append(k)
+                elif type(cur) is int:
+                    if cur != m:
+                        store[k] = {cur, m}
+                        sizes[i] = 2
+                else:
+                    cur.add(m)
+                    sizes[i] = len(cur)
+            self._track(new, ttl_s, now)
         return sizes
 
     def mark_once(self, keys: np.ndarray, ttl_s: int) -> np.ndarray:
         first = np.zeros(len(keys), bool)
         with self._lock:
             now = self._clock()
+            store, new = self._windows, []
             for i, k in enumerate(keys.tolist()):
-                entry = self._expiring.get(k)
-                if entry is None or entry[1] <= now:
-                    self._expiring[k] = (True, now + ttl_s)
+                if k not in store:
+                    store[k] = True
+                    new.append(k)
                     first[i] = True
+            self._track(new, ttl_s, now)
         return first
