@@ -75,14 +75,10 @@ class Pipeline:
         # 3 enrich
         e = enrich(self.registry, cols, verdict, self.resolve_gps)
         verdict, cols["region"], cols["channel"] = e.verdict, e.region, e.channel
-        # 4 dedup: only valid, activated codes get a bit
-        replay = np.zeros(n, bool)
-        rows = np.nonzero(verdict == Verdict.OK)[0]
-        if len(rows):
-            claims = self.state.claim(cols["scan_id"][rows], batch_key(cols["tenant"][rows], cols["kind"][rows],
-                                                                       cols["batch"][rows]), cols["serial"][rows])
-            verdict[rows] = claims.verdict
-            replay[rows] = claims.replay
+        # 4 dedup: valid, activated codes get a bit; every scan_id has its answer remembered
+        claims = self.state.claim(cols["scan_id"], batch_key(cols["tenant"], cols["kind"], cols["batch"]),
+                                  cols["serial"], verdict)
+        verdict, replay = claims.verdict, claims.replay
         # 5 diversion
         diversion = div.judge(self.registry, e.dealer, e.region, e.channel, verdict)
         verified = ((verdict == Verdict.OK) | (verdict == Verdict.REPEAT)) & ~replay

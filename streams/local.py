@@ -6,6 +6,7 @@ events); every other line gets exactly one outcome, in input order.
 """
 from __future__ import annotations
 
+import hashlib
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -78,7 +79,9 @@ def run(pipeline: Pipeline, source: BinaryIO, outputs: Outputs, batch_size: int,
     for numbers, chunk in batches(read_lines(source), batch_size):
         positions = np.char.add(f"{source_name}:", numbers.astype(str)).astype(object)
         result = pipeline.process(chunk, positions=positions)
-        outputs.write(result, token=f"{source_name}:{numbers[0]}-{numbers[-1]}")
+        # the same lines give the same token (a re-sent batch is dropped), other lines another
+        content = hashlib.blake2b(b"\n".join(chunk), digest_size=8).hexdigest()
+        outputs.write(result, token=f"{source_name}:{numbers[0]}-{numbers[-1]}:{content}")
         summary.add(result)
         done += len(chunk)
         if progress is not None:

@@ -27,6 +27,7 @@ def execute(config: Config, source, source_name: str, results: Path | None, prog
     registry = build_registry(config)
     state = build_state(config)
     pipeline = build_pipeline(config, registry, state)
+    results_file = ResultsFile(results) if results else None  # fails here, before anything is written
     clickhouse = open_clickhouse(config)
     if clickhouse is not None:
         from sinks.registry_tables import publish_registry
@@ -35,7 +36,7 @@ def execute(config: Config, source, source_name: str, results: Path | None, prog
     if config.alerts.webhooks:
         notifier = WebhookNotifier(timeout_s=config.alerts.timeout_s, retries=config.alerts.retries,
                                    backoff_s=config.alerts.backoff_s)
-    outputs = Outputs(ResultsFile(results) if results else None, clickhouse, notifier,
+    outputs = Outputs(results_file, clickhouse, notifier,
                       routes_from_registry(registry))
     try:
         summary = drive(pipeline, source, outputs, config.engine.batch_size, source_name,
@@ -51,6 +52,10 @@ def execute(config: Config, source, source_name: str, results: Path | None, prog
 def main(args: argparse.Namespace) -> int:
     config = load_config(args)
     results = Path(args.results) if args.results else None
+    if results is not None and not results.parent.is_dir():
+        print(f"scanstream: cannot write --results {args.results!r}: folder {str(results.parent)!r} does not exist",
+              file=sys.stderr)
+        return 2
     if args.input == "-":
         execute(config, sys.stdin.buffer, "stdin", results)
     else:

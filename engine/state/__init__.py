@@ -111,12 +111,13 @@ class StateStore(ABC):
     """Batch-atomic state primitives used by the dedup, diversion and lottery stages."""
 
     @abstractmethod
-    def claim(self, scan_id: np.ndarray, code: np.ndarray, serial: np.ndarray) -> Claims:
+    def claim(self, scan_id: np.ndarray, code: np.ndarray, serial: np.ndarray, verdict: np.ndarray) -> Claims:
         """Test-and-set one bit per code, in order, and remember each scan_id's answer.
 
-        A code's first scan is OK, every later one REPEAT.  A scan_id claimed before (in an
-        earlier call or earlier in this batch) gets its first answer again, with ``replay``
-        set, and does not touch the bits.
+        ``verdict`` is each scan's verdict so far: rows at OK are valid, activated codes, whose
+        first scan stays OK and every later one becomes REPEAT; other rows keep their verdict
+        and only have it remembered.  A scan_id claimed before (in an earlier call or earlier
+        in this batch) gets its first answer again, with ``replay`` set, and touches no bit.
         """
 
     @abstractmethod

@@ -43,7 +43,7 @@ class MemoryStateStore(StateStore):
 
     # -- dedup -----------------------------------------------------------------------------
 
-    def claim(self, scan_id: np.ndarray, code: np.ndarray, serial: np.ndarray) -> Claims:
+    def claim(self, scan_id: np.ndarray, code: np.ndarray, serial: np.ndarray, verdict: np.ndarray) -> Claims:
         n = len(scan_id)
         ids = scan_id.tolist()
         with self._lock:
@@ -51,14 +51,16 @@ class MemoryStateStore(StateStore):
             self._expire_answers(now)
             known = np.fromiter(map(self._answers.get, ids, repeat(0)), np.uint8, n)
             replay = known > 0
-            verdict = known.copy()
+            given = verdict
+            verdict = np.where(replay, known, given).astype(np.uint8)
             # a scan_id repeated inside the batch is a replay of its first occurrence
             fresh = ~replay
             if len(set(ids)) < n:  # rare: find the later copies
                 _, first = np.unique(scan_id, return_index=True)
                 fresh[np.setdiff1d(np.arange(n), first)] = False
             rows = np.nonzero(fresh)[0]
-            verdict[rows] = self._test_and_set(code[rows], serial[rows])
+            valid = rows[given[rows] == Verdict.OK]
+            verdict[valid] = self._test_and_set(code[valid], serial[valid])
             new_ids = [ids[i] for i in rows.tolist()]
             self._answers.update(zip(new_ids, verdict[rows].tolist()))
             self._answer_expiry.append((now + self.replay_ttl_s, new_ids))

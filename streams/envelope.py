@@ -1,0 +1,48 @@
+"""How scans travel on the ``scans`` topic: one scan per message, or a batch envelope.
+
+A batch envelope is one Kafka message whose value holds many scan events as JSON lines and
+whose ``content-type`` header is ``application/x-ndjson``.  It is the fast path: a Faust agent
+pays its per-message cost once per envelope instead of once per scan.  A message without that
+header is one scan event (``application/json``).  The publisher puts only scans of one
+partition into an envelope, so per-code ordering holds either way.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+CONTENT_TYPE = "content-type"
+SINGLE = "application/json"
+ENVELOPE = "application/x-ndjson"
+#: An envelope larger than this is refused by the publisher (brokers cap messages at ~1 MB).
+MAX_ENVELOPE_BYTES = 900_000
+
+
+class EnvelopeError(ValueError):
+    """A message that cannot be read as scans; the worker dead-letters it with this reason."""
+
+
+def header(headers: Sequence[tuple[str, bytes]] | dict | None) -> str:
+    """The content type named by a message's headers (default: a single scan)."""
+    if not headers:
+        return SINGLE
+    items = headers.items() if isinstance(headers, dict) else headers
+    for name, value in items:
+        if str(name).lower() == CONTENT_TYPE:
+            return (value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)).strip().lower()
+    return SINGLE
+
+
+def encode(lines: Iterable[bytes]) -> bytes:
+    """An envelope value from serialised scan events (each one JSON object, no newline)."""
+    return b"\n".join(lines)
+
+
+def decode(value: bytes | None, content_type: str) -> list[bytes]:
+    """The scan events carried by one message; ``EnvelopeError`` when it carries none."""
+    if value is None:
+        raise EnvelopeError("message has no value (a tombstone)")
+    if content_type == ENVELOPE:
+        return [line for line in value.split(b"\n") if line.strip()]
+    if content_type in (SINGLE, "application/json; charset=utf-8", "text/plain"):
+        return [value]
+    raise EnvelopeError(f"content-type {content_type[:60]!r} is not {SINGLE!r} or {ENVELOPE!r}")
