@@ -154,6 +154,30 @@ class AlertSettings:
 
 
 @dataclass(frozen=True)
+class RedisSettings:
+    url: str = "redis://127.0.0.1:6379/0"
+    prefix: str = "scanstream:"  # every key starts with it, so deployments and tests can share a server
+    result_ttl_s: int = 300  # how long a scan's outcome waits for the scan API's await_result
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    bootstrap: str = "127.0.0.1:9092"
+    scans_topic: str = "scans"
+    results_topic: str = "scan-results"
+    awards_topic: str = "awards"
+    alerts_topic: str = "alerts"
+    dlq_topic: str = "scans-dlq"
+    group: str = "scanstream"
+    partitions: int = 8
+    take: int = 64  # messages per batch the worker takes (an envelope holds many scans)
+    within_ms: int = 50  # ... or whatever arrived within this time
+    session_timeout_s: float = 10.0
+    linger_ms: int = 5  # the publisher's wait to fill an envelope
+    web_port: int = 6066  # the worker's web/metrics port
+
+
+@dataclass(frozen=True)
 class Config:
     """A validated deployment configuration."""
 
@@ -168,6 +192,8 @@ class Config:
     diversion: DiversionSettings = DiversionSettings()
     campaigns: tuple[Campaign, ...] = ()
     alerts: AlertSettings = AlertSettings()
+    redis: RedisSettings = RedisSettings()
+    kafka: KafkaSettings = KafkaSettings()
 
 
 def _read_key(r: Reader, tenant: int) -> tuple[int, bytes]:
@@ -318,6 +344,37 @@ def _read_alerts(r: Reader) -> AlertSettings:
     return out
 
 
+def _read_redis(r: Reader) -> RedisSettings:
+    d = RedisSettings()
+    url = r.text("url", d.url)
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"{r.key('url')}: expected a redis://, rediss:// or unix:// URL, got {url.split('@')[-1]!r}")
+    out = RedisSettings(url=url, prefix=r.text("prefix", d.prefix),
+                        result_ttl_s=r.integer("result_ttl_s", d.result_ttl_s, lo=1))
+    r.done()
+    return out
+
+
+def _read_kafka(r: Reader) -> KafkaSettings:
+    d = KafkaSettings()
+    out = KafkaSettings(
+        bootstrap=r.text("bootstrap", d.bootstrap),
+        scans_topic=r.text("scans_topic", d.scans_topic), results_topic=r.text("results_topic", d.results_topic),
+        awards_topic=r.text("awards_topic", d.awards_topic), alerts_topic=r.text("alerts_topic", d.alerts_topic),
+        dlq_topic=r.text("dlq_topic", d.dlq_topic), group=r.text("group", d.group),
+        partitions=r.integer("partitions", d.partitions, lo=1, hi=10_000),
+        take=r.integer("take", d.take, lo=1, hi=100_000),
+        within_ms=r.integer("within_ms", d.within_ms, lo=1, hi=60_000),
+        session_timeout_s=r.number("session_timeout_s", d.session_timeout_s, lo=1, hi=300),
+        linger_ms=r.integer("linger_ms", d.linger_ms, lo=0, hi=10_000),
+        web_port=r.integer("web_port", d.web_port, lo=1, hi=65535),
+    )
+    if not out.bootstrap or any(not h.rpartition(":")[2].isdigit() for h in out.bootstrap.split(",")):
+        raise ConfigError(f"{r.key('bootstrap')}: expected host:port[,host:port...], got {out.bootstrap!r}")
+    r.done()
+    return out
+
+
 def parse(data: dict[str, Any], source: Path) -> Config:
     """Validate an already-parsed TOML document; ``source`` locates relative paths."""
     root = Reader(data, "", source.parent)
@@ -346,10 +403,12 @@ def parse(data: dict[str, Any], source: Path) -> Config:
             raise ConfigError(f"{cr.key('id')}: campaign {c.id!r} is configured twice")
         campaigns.append(c)
     alerts = _read_alerts(root.sub("alerts"))
+    redis = _read_redis(root.sub("redis"))
+    kafka = _read_kafka(root.sub("kafka"))
     root.done()
     return Config(source=source, tenants=tenants, keys=keys, engine=engine, registry_dir=registry_dir,
                   state_backend=state_backend, clickhouse=clickhouse, database=database, diversion=diversion,
-                  campaigns=tuple(campaigns), alerts=alerts)
+                  campaigns=tuple(campaigns), alerts=alerts, redis=redis, kafka=kafka)
 
 
 def load(path: str | os.PathLike[str] | None = None) -> Config:

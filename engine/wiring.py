@@ -25,7 +25,9 @@ def build_state(config: Config) -> StateStore:
     if config.state_backend == "memory":
         from engine.state.memory import MemoryStateStore
         return MemoryStateStore(replay_ttl_s=config.engine.replay_ttl_hours * 3600)
-    raise ConfigError(f"state.backend: {config.state_backend!r} is not available in this build")
+    from engine.state.redis import RedisStateStore
+    return RedisStateStore.from_url(config.redis.url, prefix=config.redis.prefix,
+                                    replay_ttl_s=config.engine.replay_ttl_hours * 3600)
 
 
 def build_pipeline(config: Config, registry: Registry | None = None, state: StateStore | None = None) -> Pipeline:
