@@ -158,6 +158,7 @@ class RedisSettings:
     url: str = "redis://127.0.0.1:6379/0"
     prefix: str = "scanstream:"  # every key starts with it, so deployments and tests can share a server
     result_ttl_s: int = 300  # how long a scan's outcome waits for the scan API's await_result
+    replies: bool = True  # a worker pushes each outcome to Redis for await_result
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,8 @@ class Config:
     keys: KeyTable = field(repr=False)
     engine: EngineSettings = EngineSettings()
     registry_dir: Path | None = None
+    registry_source: str = "files"  # files: registry.dir; clickhouse: the registry_* tables
+    registry_reload_s: int = 30  # a worker looks for registry changes this often
     state_backend: str = "memory"
     clickhouse: str = ""  # 'chdb:PATH' or an http(s) URL; '' for no ClickHouse sink
     database: str = "scanstream"
@@ -253,6 +256,7 @@ def _read_tenants(root: Reader) -> tuple[dict[int, Tenant], KeyTable]:
 
 ROLES = ("consumer", "store", "dealer")
 STATE_BACKENDS = ("memory", "redis")
+REGISTRY_SOURCES = ("files", "clickhouse")
 
 
 def _read_engine(r: Reader) -> EngineSettings:
@@ -350,7 +354,8 @@ def _read_redis(r: Reader) -> RedisSettings:
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(f"{r.key('url')}: expected a redis://, rediss:// or unix:// URL, got {url.split('@')[-1]!r}")
     out = RedisSettings(url=url, prefix=r.text("prefix", d.prefix),
-                        result_ttl_s=r.integer("result_ttl_s", d.result_ttl_s, lo=1))
+                        result_ttl_s=r.integer("result_ttl_s", d.result_ttl_s, lo=1),
+                        replies=r.flag("replies", d.replies))
     r.done()
     return out
 
@@ -382,6 +387,8 @@ def parse(data: dict[str, Any], source: Path) -> Config:
     engine = _read_engine(root.sub("engine"))
     reg = root.sub("registry")
     registry_dir = reg.filepath("dir") if reg.has("dir") else None
+    registry_source = reg.text("source", "files", choices=REGISTRY_SOURCES)
+    registry_reload_s = reg.integer("reload_seconds", 30, lo=1, hi=86_400)
     reg.done()
     state = root.sub("state")
     state_backend = state.text("backend", "memory", choices=STATE_BACKENDS)
@@ -406,7 +413,10 @@ def parse(data: dict[str, Any], source: Path) -> Config:
     redis = _read_redis(root.sub("redis"))
     kafka = _read_kafka(root.sub("kafka"))
     root.done()
+    if registry_source == "clickhouse" and not clickhouse:
+        raise ConfigError("registry.source: 'clickhouse' needs sink.clickhouse to name a ClickHouse")
     return Config(source=source, tenants=tenants, keys=keys, engine=engine, registry_dir=registry_dir,
+                  registry_source=registry_source, registry_reload_s=registry_reload_s,
                   state_backend=state_backend, clickhouse=clickhouse, database=database, diversion=diversion,
                   campaigns=tuple(campaigns), alerts=alerts, redis=redis, kafka=kafka)
 

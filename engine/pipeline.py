@@ -54,6 +54,11 @@ class Pipeline:
         self.lottery = Lottery(list(config.campaigns), state)
         self.windows = div.AlertWindows(config.diversion, registry, state)
 
+    def set_registry(self, registry: Registry) -> None:
+        """Use ``registry`` from the next batch on (registry updates without a restart)."""
+        self.registry = registry
+        self.windows.registry = registry
+
     def process(self, lines: Sequence[bytes | str], positions: np.ndarray | None = None) -> BatchResult:
         """Outcomes of one batch of raw events (one JSON object each).
 

@@ -11,8 +11,13 @@ from engine.registry import Registry
 from engine.state import StateStore
 
 
-def build_registry(config: Config) -> Registry:
-    """The registry named by ``[registry] dir``, or an empty one when none is configured."""
+def build_registry(config: Config, clickhouse=None) -> Registry:
+    """The registry of ``[registry]``: the CSV folder, the ClickHouse tables, or empty."""
+    if config.registry_source == "clickhouse":
+        from sinks.registry_tables import read_registry
+        if clickhouse is None:
+            raise ConfigError("registry.source: reading the registry from ClickHouse needs an open sink")
+        return read_registry(clickhouse)
     if config.registry_dir is None:
         return Registry.empty()
     if not config.registry_dir.is_dir():

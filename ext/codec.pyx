@@ -23,6 +23,7 @@ cdef extern from *:
     uint64_t _bswap64 "__builtin_bswap64"(uint64_t x) noexcept nogil
 
 cdef extern from "Python.h":
+    const char* PyUnicode_AsUTF8AndSize(object o, Py_ssize_t* size) except NULL
     int PyUnicode_READY(object o) except -1
     bint PyUnicode_IS_ASCII(object o)
     void* PyUnicode_DATA(object o)
@@ -359,4 +360,57 @@ def keyed_hash(key, tenant, kind, batch, serial):
         for i in range(n):
             head = _head(k[i] & 3, 0, t[i], b[i] & 0xFFFFFF, s[i])
             o[i] = _siphash_payload(ck0, ck1, head, s[i] & 0xFFFF)
+    return out
+
+
+cdef uint64_t _siphash_bytes(uint64_t k0, uint64_t k1, const uint8_t* data, Py_ssize_t n) noexcept nogil:
+    """SipHash-2-4 of ``n`` bytes, as the integer of its little-endian output bytes."""
+    cdef uint64_t v0 = k0 ^ 0x736F6D6570736575ULL
+    cdef uint64_t v1 = k1 ^ 0x646F72616E646F6DULL
+    cdef uint64_t v2 = k0 ^ 0x6C7967656E657261ULL
+    cdef uint64_t v3 = k1 ^ 0x7465646279746573ULL
+    cdef uint64_t m
+    cdef Py_ssize_t i, j, full = n - n % 8
+    for i in range(0, full, 8):
+        m = 0
+        for j in range(8):
+            m |= (<uint64_t>data[i + j]) << (8 * j)
+        v3 ^= m
+        _sipround(&v0, &v1, &v2, &v3); _sipround(&v0, &v1, &v2, &v3)
+        v0 ^= m
+    m = (<uint64_t>(n & 0xFF)) << 56
+    for j in range(n - full):
+        m |= (<uint64_t>data[full + j]) << (8 * j)
+    v3 ^= m
+    _sipround(&v0, &v1, &v2, &v3); _sipround(&v0, &v1, &v2, &v3)
+    v0 ^= m
+    v2 ^= 0xFF
+    _sipround(&v0, &v1, &v2, &v3); _sipround(&v0, &v1, &v2, &v3)
+    _sipround(&v0, &v1, &v2, &v3); _sipround(&v0, &v1, &v2, &v3)
+    return v0 ^ v1 ^ v2 ^ v3
+
+
+def hash_strings(strings, key):
+    """SipHash-2-4 under ``key`` of each string's UTF-8 bytes (uint64 array).
+
+    Gives state-store keys and set members a fixed size and the same value on every worker
+    and backend (Python's ``hash`` differs between processes).
+    """
+    k0, k1 = _key_halves(key)
+    cdef uint64_t ck0 = k0, ck1 = k1
+    seq = strings if isinstance(strings, (list, tuple)) else list(strings)
+    cdef Py_ssize_t n = len(seq), i, size
+    out = np.empty(n, np.uint64)
+    cdef uint64_t[::1] o = out
+    cdef const char* p
+    for i in range(n):
+        item = seq[i]
+        if isinstance(item, str):
+            p = PyUnicode_AsUTF8AndSize(item, &size)
+        elif isinstance(item, bytes):
+            p = PyBytes_AS_STRING(item)
+            size = PyBytes_GET_SIZE(item)
+        else:
+            raise TypeError(f"hash_strings: element {i} is {type(item).__name__}; expected str or bytes")
+        o[i] = _siphash_bytes(ck0, ck1, <const uint8_t*>p, size)
     return out

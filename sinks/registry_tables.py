@@ -5,6 +5,8 @@ The registry files are the source of truth, so each copy replaces the tables' co
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from engine.registry import Registry
@@ -59,3 +61,23 @@ def publish_registry(sink: ClickHouseSink, registry: Registry) -> dict[str, int]
         sink.client.command(f"TRUNCATE TABLE IF EXISTS {table}")
         written[table] = sink.insert(table, batch, spec)
     return written
+
+
+def fingerprint(sink: ClickHouseSink) -> tuple:
+    """A cheap value that changes whenever a registry table's contents change."""
+    parts = " UNION ALL ".join(
+        f"SELECT '{table}' AS t, count() AS n, sum(cityHash64(*)) AS h FROM {table} FINAL" for table, _, _ in TABLES)
+    _, rows = sink.query(f"SELECT t, n, h FROM ({parts}) ORDER BY t")
+    return tuple(rows)
+
+
+def read_registry(sink: ClickHouseSink) -> Registry:
+    """The registry as the ClickHouse registry tables hold it (for workers without the CSV files)."""
+    given = {}
+    for table, file, spec in TABLES:
+        names = [name for name, _, _ in spec]
+        _, rows = sink.query(f"SELECT {', '.join(names)} FROM {table} FINAL")
+        given[file] = [(i + 2, {name: ";".join(v) if isinstance(v, list) else str(v) for name, v in zip(names, row)})
+                       for i, row in enumerate(rows)]
+    return Registry.from_rows(given["batches.csv"], given["dealers.csv"], given["shipments.csv"],
+                              given["stores.csv"], Path(f"clickhouse:{sink.client.database}"))

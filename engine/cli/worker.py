@@ -1,0 +1,47 @@
+"""``scanstream worker``: a Faust worker consuming the ``scans`` topic."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from engine.cli.common import config_option, load_config, open_clickhouse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("worker", parents=[config_option()],
+                       help="consume scans from Kafka (Faust), write outcomes to ClickHouse, Redis and Kafka")
+    p.add_argument("--web-port", type=int, default=None, help="serve Faust's web view on this port (default: off)")
+    p.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(handler=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    try:  # uvloop before anything creates an event loop
+        import uvloop
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is a dependency; Windows has none
+        pass
+    import faust
+    import redis as redis_py
+
+    from engine.wiring import build_pipeline, build_registry, build_state
+    from streams.app import build_app
+    from streams.topics import ensure_topics
+    from streams.worker import BatchHandler, RegistryReloader
+
+    logging.basicConfig(level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = load_config(args)
+    ensure_topics(config.kafka)
+    clickhouse = open_clickhouse(config)
+    registry = build_registry(config, clickhouse)
+    if clickhouse is not None and config.registry_source == "files":
+        from sinks.registry_tables import publish_registry
+        publish_registry(clickhouse, registry)
+    pipeline = build_pipeline(config, registry, build_state(config))
+    replies = redis_py.Redis.from_url(config.redis.url) if config.redis.replies else None
+    handler = BatchHandler(config, pipeline, clickhouse, replies)
+    app, _ = build_app(config, handler, RegistryReloader(config, pipeline, clickhouse), web_port=args.web_port)
+    worker = faust.Worker(app, loglevel=args.loglevel.upper(), quiet=True)
+    worker.execute_from_commandline()  # runs until SIGINT/SIGTERM
+    return 0
