@@ -163,7 +163,7 @@ def verify(text: object, keys: KeyTable) -> Decoded:
         if digit is None:
             return Decoded(Verdict.MALFORMED)
         value = value << 5 | digit
-    if value >> 116 != VERSION:
+    if value >> 116 != VERSION or (value >> 114) & 3 > KIND_CASE:  # v1 knows kinds 0 and 1 only
         return Decoded(Verdict.MALFORMED)
     mac = value & ((1 << MAC_BITS) - 1)
     payload = value >> MAC_BITS

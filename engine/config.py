@@ -141,7 +141,7 @@ class Tenant:
 @dataclass(frozen=True)
 class EngineSettings:
     batch_size: int = 5000  # scans per pipeline batch
-    replay_ttl_hours: int = 168  # how long a scan_id's answer is remembered
+    replay_ttl_hours: int = 24  # how long a scan_id's answer is remembered (redeliveries come within hours)
     resolve_gps: bool = True  # GPS -> adcode when an event has no region
 
 

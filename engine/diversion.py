@@ -122,8 +122,13 @@ class AlertWindows:
             }).decode()
         return out
 
-    def clone_alerts(self, rows: np.ndarray, cols: dict[str, np.ndarray], dealer: np.ndarray) -> outcomes.Columns:
-        """Cloned-code alerts among the verified scans ``rows`` (ok or repeat, not replays)."""
+    def clone_alerts(self, rows: np.ndarray, cols: dict[str, np.ndarray], dealer: np.ndarray,
+                     first_scan: np.ndarray | None = None) -> outcomes.Columns:
+        """Cloned-code alerts among the verified scans ``rows`` (ok or repeat, not replays).
+
+        ``first_scan`` flags the rows that are their code's first scan ever (verdict ok): no
+        set exists for them yet, which spares the state store a look-up per scan.
+        """
         s = self.settings
         if not len(rows):
             return outcomes.empty(outcomes.ALERT_COLUMNS)
@@ -135,13 +140,16 @@ class AlertWindows:
                                  cols["serial"][rows])
         code_window = fold(ident, window)
         ones = np.ones(len(rows), np.int64)
-        users = self.state.distinct(fold(code_window, ones * NS_CLONE_USERS), state_keys(cols["user_id"][rows]), ttl)
+        new = first_scan[rows] if first_scan is not None else None
+        users = self.state.distinct(fold(code_window, ones * NS_CLONE_USERS), state_keys(cols["user_id"][rows]), ttl,
+                                    new)
         provinces = np.zeros(len(rows), np.int64)
         sel = np.nonzero(region != "")[0]
         if len(sel):
             uniq, inverse = np.unique(region[sel], return_inverse=True)
             province = np.array([int(r[:2]) for r in uniq], np.uint64)[inverse]
-            provinces[sel] = self.state.distinct(fold(code_window[sel], ones[sel] * NS_CLONE_PROVINCES), province, ttl)
+            provinces[sel] = self.state.distinct(fold(code_window[sel], ones[sel] * NS_CLONE_PROVINCES), province, ttl,
+                                                 new[sel] if new is not None else None)
         by_users = users == s.clone_max_users + 1
         by_provinces = provinces == 2
         crossing = np.nonzero(by_users | by_provinces)[0]

@@ -89,7 +89,7 @@ class Pipeline:
         verified = ((verdict == Verdict.OK) | (verdict == Verdict.REPEAT)) & ~replay
         alerts = outcomes.concat(outcomes.ALERT_COLUMNS, [
             self.windows.diversion_alerts(np.nonzero(verified & (diversion > 0))[0], cols, e.dealer, diversion),
-            self.windows.clone_alerts(np.nonzero(verified)[0], cols, e.dealer),
+            self.windows.clone_alerts(np.nonzero(verified)[0], cols, e.dealer, first_scan=verdict == Verdict.OK),
         ])
         # 6 lottery
         lot = self.lottery.run(cols["tenant"], cols["kind"], cols["batch"], cols["serial"], cols["ts"], verdict,

@@ -170,7 +170,8 @@ cdef inline void _verify_one(const uint8_t* p, Py_ssize_t n,
     for i in range(12, 24):
         b = (b << 5) | digits[i]
     # a: bits 0..59 (version .. first 12 serial bits); b: bits 60..119 (serial rest, mac)
-    if (a >> 56) != V1:
+    # v1 defines kinds 0 (unit) and 1 (case); the other two values are not a v1 code
+    if (a >> 56) != V1 or ((a >> 54) & 3) > 1:
         return
     kind[0] = (a >> 54) & 3
     key_id[0] = (a >> 52) & 3

@@ -38,6 +38,12 @@ cdef inline int64_t _days_from_civil(int64_t y, int64_t m, int64_t d) noexcept n
     return era * 146097 + doe - 719468
 
 
+cdef inline int64_t _month_days(int64_t year, int64_t month) noexcept nogil:
+    if month == 2:
+        return 29 if (year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)) else 28
+    return 30 if month in (4, 6, 9, 11) else 31
+
+
 cdef inline int _digits(const unsigned char* s, Py_ssize_t n, Py_ssize_t at, int count, int64_t* out) noexcept nogil:
     cdef int64_t v = 0
     cdef int i
@@ -63,7 +69,8 @@ cdef int _rfc3339_ms(const unsigned char* s, Py_ssize_t n, int64_t* out) noexcep
     if (_digits(s, n, 0, 4, &year) or _digits(s, n, 5, 2, &month) or _digits(s, n, 8, 2, &day)
             or _digits(s, n, 11, 2, &hour) or _digits(s, n, 14, 2, &minute) or _digits(s, n, 17, 2, &second)):
         return -1
-    if month < 1 or month > 12 or day < 1 or day > 31 or hour > 23 or minute > 59 or second > 60:
+    if month < 1 or month > 12 or day < 1 or day > _month_days(year, month) or hour > 23 or minute > 59 \
+            or second > 60:
         return -1
     if s[i] == 46:  # '.': keep milliseconds, drop finer digits
         i += 1
@@ -161,7 +168,15 @@ def parse_events(list lines):
     for i in range(n):
         line = lines[i]
         event = None
-        if type(line) is not bytes and type(line) is not str:
+        if type(line) is str:  # the size limit is in bytes, whatever form the line came in
+            try:
+                line = (<str>line).encode("utf-8")
+            except UnicodeEncodeError:
+                line = (<str>line).encode("utf-8", "replace")
+                problems.append("event is not valid Unicode text")
+        if problems:
+            pass
+        elif type(line) is not bytes:
             problems.append(f"event must be bytes or str, got {type(line).__name__}")
         elif len(line) > MAX_EVENT_BYTES:
             problems.append(f"event of {len(line)} bytes exceeds the limit of {MAX_EVENT_BYTES}")

@@ -142,8 +142,13 @@ class StateStore(ABC):
         """Add one to the counter of each key, in order (keys may repeat); totals after each add."""
 
     @abstractmethod
-    def distinct(self, keys: np.ndarray, members: np.ndarray, ttl_s: int) -> np.ndarray:
-        """Add each uint64 member to the set ``keys[i]``, in order; the set's size after each add."""
+    def distinct(self, keys: np.ndarray, members: np.ndarray, ttl_s: int, new: np.ndarray | None = None) -> np.ndarray:
+        """Add each uint64 member to the set ``keys[i]``, in order; the set's size after each add.
+
+        ``new`` may flag rows whose key the caller knows has no set yet and appears on no
+        earlier row of the batch (a code's first scan ever): a store may add those without
+        looking first.
+        """
 
     @abstractmethod
     def mark_once(self, keys: np.ndarray, ttl_s: int) -> np.ndarray:

@@ -55,9 +55,11 @@ class MemoryStateStore(StateStore):
             verdict = np.where(replay, known, given).astype(np.uint8)
             # a scan_id repeated inside the batch is a replay of its first occurrence
             fresh = ~replay
-            if len(set(ids)) < n:  # rare: find the later copies
-                _, first = np.unique(scan_id, return_index=True)
-                fresh[np.setdiff1d(np.arange(n), first)] = False
+            first_at = dict(zip(reversed(ids), range(n - 1, -1, -1)))  # id -> first row
+            if len(first_at) < n:
+                is_first = np.zeros(n, bool)
+                is_first[np.fromiter(first_at.values(), np.int64, len(first_at))] = True
+                fresh &= is_first
             rows = np.nonzero(fresh)[0]
             valid = rows[given[rows] == Verdict.OK]
             verdict[valid] = self._test_and_set(code[valid], serial[valid])
@@ -193,30 +195,21 @@ class MemoryStateStore(StateStore):
             self._track(new, ttl_s, now)
         return totals
 
-    def distinct(self, keys: np.ndarray, members: np.ndarray, ttl_s: int) -> np.ndarray:
+    def distinct(self, keys: np.ndarray, members: np.ndarray, ttl_s: int, new: np.ndarray | None = None) -> np.ndarray:
         sizes = np.ones(len(keys), np.int64)
         with self._lock:
             now = self._clock()
             store = self._windows
-            key_list, member_list = keys.tolist(), members.tolist()
-            # most keys are new and appear once in the batch (a code's first scan): add those
-            # in one step; walk the rest in order
-            present = store.keys() & key_list
-            slow = np.zeros(len(keys), bool)
-            if present:
-                slow |= np.isin(keys, np.fromiter(present, np.uint64, len(present)))
-            _, first, counts = np.unique(keys, return_index=True, return_counts=True)
-            if (counts > 1).any():
-                slow |= np.isin(keys, keys[first[counts > 1]])
-            bulk = np.nonzero(~slow)[0].tolist()
-            new = [key_list[i] for i in bulk]
-            store.update(zip(new, [member_list[i] for i in bulk]))
-            for i in np.nonzero(slow)[0].tolist():
-                k, m = key_list[i], member_list[i]
+            fresh = np.zeros(len(keys), bool) if new is None else np.asarray(new, bool)
+            # keys known to be new take one bulk insert; the rest are walked in order
+            added = keys[fresh].tolist()
+            store.update(zip(added, members[fresh].tolist()))
+            rest = np.nonzero(~fresh)[0]
+            for i, k, m in zip(rest.tolist(), keys[rest].tolist(), members[rest].tolist()):
                 cur = store.get(k)
                 if cur is None:  # a set with one member is kept as the member
                     store[k] = m
-                    new.append(k)
+                    added.append(k)
                 elif type(cur) is int:
                     if cur != m:
                         store[k] = {cur, m}
@@ -224,7 +217,7 @@ class MemoryStateStore(StateStore):
                 else:
                     cur.add(m)
                     sizes[i] = len(cur)
-            self._track(new, ttl_s, now)
+            self._track(added, ttl_s, now)
         return sizes
 
     def mark_once(self, keys: np.ndarray, ttl_s: int) -> np.ndarray:

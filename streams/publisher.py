@@ -1,0 +1,604 @@
+"""The scan API's side of the ``scans`` topic: check each scan, key it by its code, send envelopes.
+
+How a scan travels, and why per-code order holds:
+
+1. ``publish`` checks the event against the scan event schema of DESIGN.md, with the rules the
+   worker's parse stage applies (``ext.scanparse``), and raises ``InvalidEvent`` naming the
+   field and the bad value: a scan is never dropped or altered silently.  It serialises the
+   event once, as the JSON line the worker will read.
+2. The message key is the code's identity ``tenant:batch:serial``, decoded with
+   ``ext.codec`` (no signing key needed: the fields are in clear).  Every spelling of one code
+   (bare, lower case, with dashes, inside a QR URL, even with a mistyped MAC) gets the same
+   key; a code that does not decode is keyed by its normalised text.
+3. The partition is ``murmur2(key) & 0x7fffffff % partitions``, exactly what kafka-python's
+   ``DefaultPartitioner`` (and the Java client's) picks for that key, so every scan of a code
+   lands on one partition, whichever path or producer sent it.
+4. The scan waits in its partition's buffer, in publish order, until ``linger_ms`` has passed
+   since the buffer's first scan or the next scan would make the envelope larger than
+   ``max_envelope_bytes``; then the buffer is sealed as one envelope (``streams.envelope``:
+   JSON lines, header ``content-type: application/x-ndjson``) holding scans of that
+   partition only.
+5. One sender thread hands sealed envelopes to the producer in the order they were sealed.
+   The producer waits for all in-sync replicas (``acks="all"``), retries, and keeps one
+   request in flight per connection, so a retried envelope is never overtaken by the next.
+
+``publish_single`` is the slow path, one message per scan (``application/json``, keyed), kept
+for comparison and for callers that need it; it goes through the same sender, behind the
+sealed envelopes of its partition, so mixing both paths keeps per-code order too.
+
+Delivery failures (the broker did not take an envelope after all retries) are counted and
+raised as ``PublishError`` by ``flush`` and ``close``: call one of them before you tell anyone
+that a scan was accepted for good.
+"""
+from __future__ import annotations
+
+import math
+import re
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
+
+import orjson
+from kafka import KafkaAdminClient, KafkaProducer
+from kafka.errors import KafkaError, KafkaTimeoutError
+
+from engine.keys import KeyTable
+from engine.verdicts import Verdict
+from ext.codec import verify, verify_batch
+from ext.scanparse import MAX_EVENT_BYTES, MAX_ID_CHARS, ROLES, TS_MAX_MS, TS_MIN_MS
+from streams import envelope, replies
+
+#: Headers of the two message kinds (``streams.envelope``).
+ENVELOPE_HEADERS = [(envelope.CONTENT_TYPE, envelope.ENVELOPE.encode("ascii"))]
+SINGLE_HEADERS = [(envelope.CONTENT_TYPE, envelope.SINGLE.encode("ascii"))]
+#: Sealed messages waiting for the sender before ``publish`` blocks (backpressure).
+MAX_PENDING_MESSAGES = 10_000
+#: ``publish_many`` appends this many scans per lock hold, so the sender is never starved.
+APPEND_CHUNK = 2_000
+_NO_KEYS = KeyTable()
+
+
+class InvalidEvent(ValueError):
+    """A scan event that breaks the schema; ``field`` and ``value`` say where and what."""
+
+    def __init__(self, field: str, value: Any, problem: str, index: int | None = None):
+        self.field = field
+        self.value = value
+        self.problem = problem
+        self.index = index
+        shown = repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        where = f"event {index}: " if index is not None else ""
+        super().__init__(f"{where}field {field!r}: {problem} (got {shown})")
+
+    def at(self, index: int) -> InvalidEvent:
+        return InvalidEvent(self.field, self.value, self.problem, index)
+
+
+class PublishError(RuntimeError):
+    """Scans the broker did not take, or a publisher that cannot publish (no topic, closed, full)."""
+
+
+# -- the scan event schema (the worker's parse rules, ext/scanparse.pyx) ---------------------
+
+_RFC3339 = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?"
+                      r"(?:[Zz]|([+-])([0-9]{2}):([0-9]{2}))")
+_ADCODE = re.compile(r"[0-9]{2}(?:[0-9]{2}){0,2}")
+
+
+def _days_from_civil(y: int, m: int, d: int) -> int:
+    y -= m <= 2
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
+    return era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
+
+
+def rfc3339_ms(text: str) -> int | None:
+    """Epoch ms of ``YYYY-MM-DD[T ]HH:MM:SS[.frac](Z|+HH:MM|-HH:MM)``; None if not that form.
+
+    The same grammar and arithmetic as the worker's parser: day 1..31 whatever the month,
+    second 60 read as 59.999, digits after the milliseconds dropped.
+    """
+    m = _RFC3339.fullmatch(text)
+    if m is None:
+        return None
+    year, month, day, hour, minute, second = (int(g) for g in m.group(1, 2, 3, 4, 5, 6))
+    frac = m.group(7)
+    oh, om = (int(m.group(9)), int(m.group(10))) if m.group(8) else (0, 0)
+    if not (1 <= month <= 12 and 1 <= day <= 31 and hour <= 23 and minute <= 59 and second <= 60
+            and oh <= 23 and om <= 59):
+        return None
+    ms = int((frac + "00")[:3]) if frac else 0
+    if second == 60:
+        second, ms = 59, 999
+    sign = -1 if m.group(8) == "-" else 1
+    return ((_days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60 + second
+             - sign * (oh * 3600 + om * 60)) * 1000 + ms)
+
+
+def _ident(event: dict, field: str, required: bool) -> None:
+    value = event.get(field)
+    if value is None:
+        if required:
+            raise InvalidEvent(field, value, "required field is missing")
+        return
+    kind = type(value)
+    if kind is str:
+        if required and not value:
+            raise InvalidEvent(field, value, "must not be empty")
+        if len(value) > MAX_ID_CHARS:
+            raise InvalidEvent(field, value, f"has {len(value)} characters; at most {MAX_ID_CHARS} allowed")
+    elif kind is not int:  # numeric ids are kept as text by the worker; bool is not one
+        raise InvalidEvent(field, value, f"must be a string, not {kind.__name__}")
+
+
+def check_event(event: Any) -> None:
+    """Raise ``InvalidEvent`` when the worker would judge ``event`` ``invalid_event``.
+
+    Required: scan_id and user_id (non-empty string or integer, at most 256 characters),
+    code (string; one that does not decode is valid here and judged ``malformed`` later),
+    ts (RFC 3339 with a zone, or integer epoch milliseconds, in 2000..2100).  Optional, when
+    present and not null: role (consumer, store, dealer), store_id, channel, ip, device_id
+    (like ids), region (an adcode of 2, 4 or 6 digits), lat and lon (finite numbers).  Other
+    fields pass through untouched.
+    """
+    if type(event) is not dict:
+        raise InvalidEvent("event", event, f"a scan event must be a dict (a JSON object), not {type(event).__name__}")
+    _ident(event, "scan_id", True)
+    _ident(event, "user_id", True)
+    code = event.get("code")
+    if code is None:
+        raise InvalidEvent("code", code, "required field is missing")
+    if type(code) is not str:
+        raise InvalidEvent("code", code, f"must be a string (the code or its QR URL), not {type(code).__name__}")
+    ts = event.get("ts")
+    if ts is None:
+        raise InvalidEvent("ts", ts, "required field is missing")
+    if type(ts) is int:
+        if not TS_MIN_MS <= ts < TS_MAX_MS:
+            raise InvalidEvent("ts", ts, "is not epoch milliseconds in 2000..2100")
+    elif type(ts) is str:
+        ms = rfc3339_ms(ts)
+        if ms is None:
+            raise InvalidEvent("ts", ts, "is not an RFC 3339 time with a zone, e.g. 2026-11-20T10:15:00+08:00")
+        if not TS_MIN_MS <= ms < TS_MAX_MS:
+            raise InvalidEvent("ts", ts, "is not in 2000..2100")
+    else:
+        raise InvalidEvent("ts", ts, f"must be an RFC 3339 string or integer epoch milliseconds, "
+                                     f"not {type(ts).__name__}")
+    role = event.get("role")
+    if role is not None and role not in ROLES:
+        raise InvalidEvent("role", role, f"is not one of {list(ROLES)}")
+    for field in ("store_id", "channel", "ip", "device_id"):
+        if field in event:
+            _ident(event, field, False)
+    region = event.get("region")
+    if region is not None:
+        _ident(event, "region", False)
+        text = str(region)
+        if text and not (_ADCODE.fullmatch(text) and text.isascii()):
+            raise InvalidEvent("region", region, "is not an adcode of 2, 4 or 6 digits")
+    for field in ("lat", "lon"):
+        value = event.get(field)
+        if value is not None and not ((type(value) is float or type(value) is int) and math.isfinite(value)):
+            raise InvalidEvent(field, value, "must be a finite number")
+
+
+def encode_event(event: Any) -> bytes:
+    """The checked event as one JSON line (no newline): what the worker reads."""
+    check_event(event)
+    try:
+        line = orjson.dumps(event)
+    except orjson.JSONEncodeError:
+        for name, value in event.items():
+            if type(name) is not str:
+                raise InvalidEvent("event", name, "field names must be strings") from None
+            try:
+                orjson.dumps(value)
+            except orjson.JSONEncodeError as exc:
+                raise InvalidEvent(name, value, f"is not JSON serialisable ({exc})") from None
+        raise
+    if len(line) > MAX_EVENT_BYTES:
+        raise InvalidEvent("event", f"<{len(line)} bytes>", f"serialises to {len(line)} bytes; the worker takes "
+                                                           f"at most {MAX_EVENT_BYTES}")
+    return line
+
+
+# -- keys and partitions ---------------------------------------------------------------------
+
+def normalise_code(text: str) -> str:
+    """A code's text as the decoder reads it: trimmed, last URL path segment, no dashes, upper case."""
+    text = text.strip(" \t\r\n")
+    for stop in "?#":
+        text = text.split(stop, 1)[0]
+    return text.rstrip("/").rsplit("/", 1)[-1].replace("-", "").upper()
+
+
+def _key(verdict: int, tenant: int, batch: int, serial: int, code: str) -> bytes:
+    if verdict == Verdict.MALFORMED:
+        return normalise_code(code).encode("utf-8", "surrogatepass")
+    return f"{tenant}:{batch}:{serial}".encode("ascii")
+
+
+def code_key(code: str, keys: KeyTable | None = None) -> bytes:
+    """The message key of a scan of ``code``: ``b"tenant:batch:serial"``, or its normalised text."""
+    d = verify(code, keys or _NO_KEYS)
+    return _key(d.verdict, d.tenant, d.batch, d.serial, code)
+
+
+def code_keys(codes: Sequence[str], keys: KeyTable | None = None) -> list[bytes]:
+    """``code_key`` of many codes, decoded in one ``verify_batch`` call."""
+    vb = verify_batch(codes, keys or _NO_KEYS)
+    return [_key(v, t, b, s, c) for v, t, b, s, c in
+            zip(vb.verdict.tolist(), vb.tenant.tolist(), vb.batch.tolist(), vb.serial.tolist(), codes)]
+
+
+_M = 0x5BD1E995
+_MASK = 0xFFFFFFFF
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (``kafka.partitioner.default.murmur2``), with fewer Python steps per word."""
+    n = len(data)
+    h = 0x9747B28C ^ n
+    end = n & ~3
+    if end:
+        for k in struct.unpack_from(f"<{end >> 2}I", data):
+            k = (k * _M) & _MASK
+            k ^= k >> 24
+            h = ((h * _M) & _MASK) ^ ((k * _M) & _MASK)
+    rest = n & 3
+    if rest:
+        if rest == 3:
+            h ^= data[end + 2] << 16
+        if rest >= 2:
+            h ^= data[end + 1] << 8
+        h = ((h ^ data[end]) * _M) & _MASK
+    h ^= h >> 13
+    h = (h * _M) & _MASK
+    return h ^ (h >> 15)
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner picks for ``key`` among ``partitions``."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+#: Producer settings that the topic check's admin client needs too (how to reach the broker).
+_CONNECTION_SETTINGS = ("security_protocol", "ssl_", "sasl_", "client_dns_lookup", "api_version")
+
+
+def topic_partitions(bootstrap: str, topic: str, timeout_ms: int = 10_000, settings: dict | None = None) -> int:
+    """The partition count of ``topic``; ``PublishError`` when it does not exist.
+
+    Asked with an admin request that never creates the topic: kafka-python 3.0.12 producers
+    send ``allow_auto_topic_creation=True`` whatever ``allow_auto_create_topics`` says, and a
+    topic created that way gets the broker's default partition count (4 on Tansu).
+    """
+    extra = {k: v for k, v in (settings or {}).items() if k.startswith(_CONNECTION_SETTINGS)}
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="scanstream-publisher-check",
+                                 request_timeout_ms=timeout_ms, bootstrap_timeout_ms=timeout_ms, **extra)
+    except KafkaError as exc:
+        raise PublishError(f"no Kafka broker answers on {bootstrap} within {timeout_ms} ms: {exc!r}") from exc
+    try:
+        for meta in admin.describe_topics([topic]):
+            if meta.get("name") == topic and meta.get("error_code") == 0 and meta.get("partitions"):
+                return len(meta["partitions"])
+    finally:
+        admin.close()
+    raise PublishError(f"topic {topic!r} does not exist on {bootstrap}; create it first "
+                       f"(python -m streams.broker --topics {topic}:8, or kafka-topics.sh)")
+
+
+# -- the publisher ---------------------------------------------------------------------------
+
+class _Message(NamedTuple):
+    partition: int
+    key: bytes | None
+    value: bytes
+    headers: list
+    scans: int
+
+
+class _Buffer:
+    __slots__ = ("lines", "size", "deadline")
+
+    def __init__(self, deadline: float):
+        self.lines: list[bytes] = []
+        self.size = -1  # the envelope's length: lines joined by newlines
+        self.deadline = deadline
+
+
+class ScanPublisher:
+    """Publishes scan events to the ``scans`` topic for the scan API; thread-safe.
+
+    ``partitions`` is read from the topic (which must exist: the publisher never creates it,
+    since an auto-created topic gets the broker's default partition count); when given, it
+    must match the topic.  ``keys`` is accepted so that a caller holding a configuration can
+    pass ``config.keys``; keying never depends on it (the fields it decodes are in clear).
+    ``producer_config`` goes to ``kafka.KafkaProducer`` (e.g. ``compression_type``).
+    Use as a context manager, or call ``close()``: scans still buffered are sent then.
+    """
+
+    def __init__(self, bootstrap: str, topic: str = "scans", partitions: int | None = None, linger_ms: int = 5,
+                 keys: KeyTable | None = None, redis_url: str | None = None, prefix: str = "scanstream:",
+                 max_envelope_bytes: int = envelope.MAX_ENVELOPE_BYTES, *, retries: int = 5,
+                 max_block_ms: int = 10_000, max_pending: int = MAX_PENDING_MESSAGES,
+                 idempotent: bool = True, **producer_config: Any):
+        if not MAX_EVENT_BYTES <= max_envelope_bytes <= envelope.MAX_ENVELOPE_BYTES:
+            raise ValueError(f"max_envelope_bytes {max_envelope_bytes} must be in {MAX_EVENT_BYTES}.."
+                             f"{envelope.MAX_ENVELOPE_BYTES} (one event .. the envelope cap)")
+        if linger_ms < 0:
+            raise ValueError(f"linger_ms {linger_ms} must be >= 0")
+        self.topic = topic
+        self.linger_s = linger_ms / 1000
+        self.keys = keys
+        self.redis_url = redis_url
+        self.prefix = prefix
+        self.max_envelope_bytes = max_envelope_bytes
+        self.max_block_s = max_block_ms / 1000
+        self.max_pending = max_pending
+        found = topic_partitions(bootstrap, topic, max_block_ms, producer_config)
+        if partitions is not None and partitions != found:
+            raise ValueError(f"partitions={partitions} but topic {topic!r} has {found} partitions")
+        self.partitions = found
+        config = dict(bootstrap_servers=bootstrap, client_id="scanstream-publisher", acks="all", retries=retries,
+                      max_in_flight_requests_per_connection=1, enable_idempotence=idempotent, linger_ms=0,
+                      allow_auto_create_topics=False, max_block_ms=max_block_ms)
+        config.update(producer_config)
+        self._producer = KafkaProducer(**config)
+        try:
+            self._producer.partitions_for(topic)  # metadata now, not at the first send
+        except BaseException:
+            self._producer.close(0)
+            raise
+        self._redis = None
+        self._cond = threading.Condition(threading.Lock())
+        self._buffers: list[_Buffer | None] = [None] * self.partitions
+        self._ready: deque[_Message] = deque()
+        self._sender_wakes_at = 0.0  # when the idle sender wakes by itself (inf: never; 0: busy)
+        self._accepted = 0  # scans taken by publish*
+        self._handed = 0  # scans handed to the producer (or failed to be)
+        self._flush_upto = 0  # seal every buffer until _handed reaches this
+        self._closing = False
+        self._closed = False
+        self._failed = 0
+        self._reported = 0
+        self._last_error: BaseException | None = None
+        self.envelopes = 0
+        self.singles = 0
+        self._sender = threading.Thread(target=self._run, name=f"scan-publisher-{topic}", daemon=True)
+        self._sender.start()
+
+    # -- publishing --------------------------------------------------------------------------
+
+    def publish(self, event: dict) -> None:
+        """Check, key and buffer one scan; it is sent within ``linger_ms``."""
+        line = encode_event(event)
+        key = code_key(event["code"], self.keys)
+        p = partition_for(key, self.partitions)
+        with self._cond:
+            self._check_open()
+            self._append(p, line, time.monotonic())
+
+    def publish_many(self, events: Iterable[dict]) -> int:
+        """Check every event first (all or none are published), then buffer them all in order."""
+        events = events if isinstance(events, list) else list(events)
+        lines = []
+        for i, event in enumerate(events):
+            try:
+                lines.append(encode_event(event))
+            except InvalidEvent as exc:
+                raise exc.at(i) from None
+        n = self.partitions
+        parts = [partition_for(k, n) for k in code_keys([e["code"] for e in events], self.keys)]
+        for lo in range(0, len(lines), APPEND_CHUNK):
+            with self._cond:
+                self._check_open()
+                now = time.monotonic()
+                for i in range(lo, min(lo + APPEND_CHUNK, len(lines))):
+                    self._append(parts[i], lines[i], now)
+        return len(lines)
+
+    def publish_single(self, event: dict) -> None:
+        """The slow path: one keyed message per scan (``application/json``), sent without linger."""
+        line = encode_event(event)
+        key = code_key(event["code"], self.keys)
+        p = partition_for(key, self.partitions)
+        with self._cond:
+            self._check_open()
+            self._wait_for_room()
+            self._seal(p)  # scans of this partition buffered earlier go first
+            self._ready.append(_Message(p, key, line, SINGLE_HEADERS, 1))
+            self._accepted += 1
+            self.singles += 1
+            self._cond.notify_all()
+
+    def _check_open(self) -> None:
+        if self._closing:
+            raise PublishError("the publisher is closed")
+
+    def _append(self, p: int, line: bytes, now: float) -> None:
+        """Buffer one scan line of partition ``p`` (lock held)."""
+        while True:
+            buf = self._buffers[p]
+            if buf is None:
+                if len(self._ready) >= self.max_pending:
+                    self._wait_for_room()  # releases the lock: look at the buffer again
+                    continue
+                buf = self._buffers[p] = _Buffer(now + self.linger_s)
+                if buf.deadline < self._sender_wakes_at:
+                    self._cond.notify_all()
+            elif buf.size + 1 + len(line) > self.max_envelope_bytes:
+                self._seal(p)
+                continue
+            buf.lines.append(line)
+            buf.size += 1 + len(line)
+            self._accepted += 1
+            return
+
+    def _seal(self, p: int) -> None:
+        """Turn partition ``p``'s buffer into an envelope for the sender (lock held)."""
+        buf = self._buffers[p]
+        if buf is None:
+            return
+        self._buffers[p] = None
+        self._ready.append(_Message(p, None, envelope.encode(buf.lines), ENVELOPE_HEADERS, len(buf.lines)))
+        self.envelopes += 1
+        self._cond.notify_all()
+
+    def _wait_for_room(self) -> None:
+        """Backpressure: wait (bounded) while the sender is ``max_pending`` messages behind."""
+        if len(self._ready) < self.max_pending:
+            return
+        if not self._cond.wait_for(lambda: len(self._ready) < self.max_pending or self._closed, self.max_block_s):
+            raise PublishError(f"{len(self._ready)} messages wait for the broker for more than "
+                               f"{self.max_block_s} s; is it reachable?")
+
+    # -- the sender thread -------------------------------------------------------------------
+
+    def _due(self) -> list[_Message]:
+        """Everything to send now, in seal order (lock held)."""
+        now = time.monotonic()
+        seal_all = self._closing or self._flush_upto > self._handed
+        for p, buf in enumerate(self._buffers):
+            if buf is not None and (seal_all or buf.deadline <= now):
+                self._seal(p)
+        out = list(self._ready)
+        self._ready.clear()
+        return out
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                due = self._due()
+                while not due:
+                    if self._closing:
+                        return
+                    deadlines = [b.deadline for b in self._buffers if b is not None]
+                    self._sender_wakes_at = min(deadlines) if deadlines else math.inf
+                    wait = self._sender_wakes_at - time.monotonic() if deadlines else None
+                    self._cond.wait(wait)
+                    self._sender_wakes_at = 0.0
+                    due = self._due()
+                self._cond.notify_all()  # room for publishers waiting on backpressure
+            for message in due:
+                self._send(message)
+            with self._cond:
+                self._handed += sum(m.scans for m in due)
+                self._cond.notify_all()
+
+    def _send(self, m: _Message) -> None:
+        try:
+            future = self._producer.send(self.topic, value=m.value, key=m.key, partition=m.partition,
+                                         headers=m.headers)
+        except Exception as exc:  # the producer refused it (closed, buffer full past max_block_ms)
+            self._on_error(m.scans, exc)
+            return
+        future.add_errback(self._on_error, m.scans)
+
+    def _on_error(self, scans: int, exc: BaseException) -> None:
+        with self._cond:
+            self._failed += scans
+            self._last_error = exc
+
+    # -- flush, close, stats -----------------------------------------------------------------
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Send every scan published so far and wait until the broker took them (or failed).
+
+        Raises ``PublishError`` when scans failed since the last ``flush`` (all retries
+        spent), or when ``timeout`` seconds pass first.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            target = self._accepted
+            self._flush_upto = max(self._flush_upto, target)
+            self._cond.notify_all()
+            if not self._cond.wait_for(lambda: self._handed >= target or not self._sender.is_alive(),
+                                       None if deadline is None else max(deadline - time.monotonic(), 0)):
+                raise PublishError(f"flush: {target - self._handed} scans not handed to the producer "
+                                   f"within {timeout} s")
+        left = None if deadline is None else max(deadline - time.monotonic(), 0)
+        try:
+            self._producer.flush(left)
+        except KafkaTimeoutError as exc:
+            raise PublishError(f"flush: the broker did not acknowledge within {timeout} s") from exc
+        self._raise_failures()
+
+    def _raise_failures(self) -> None:
+        with self._cond:
+            failed, self._reported = self._failed - self._reported, self._failed
+            error = self._last_error
+        if failed:
+            raise PublishError(f"{failed} scans were not delivered to {self.topic!r}: {error!r}") from error
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Send what is buffered, wait for the broker, stop the sender, close the clients."""
+        if self._closed:
+            return
+        try:
+            if self._sender.is_alive():
+                self.flush(timeout)
+        finally:
+            with self._cond:
+                self._closing = True
+                self._cond.notify_all()
+            self._sender.join(timeout)
+            self._producer.close(timeout)
+            if self._redis is not None:
+                self._redis.close()
+            self._closed = True
+            with self._cond:
+                self._cond.notify_all()
+
+    def stats(self) -> dict[str, int]:
+        """Counters since start: scans accepted and handed over, messages sealed, scans failed."""
+        with self._cond:
+            return {"accepted": self._accepted, "handed": self._handed, "envelopes": self.envelopes,
+                    "singles": self.singles, "failed": self._failed, "pending": self._accepted - self._handed}
+
+    def __enter__(self) -> ScanPublisher:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- outcomes ----------------------------------------------------------------------------
+
+    def await_result(self, scan_id: str, timeout: float = 0.5) -> dict | None:
+        """The outcome of ``scan_id`` (the reply fields of ``streams.replies``), or None after ``timeout`` s.
+
+        Outcomes come back through Redis, not the ``scan-results`` topic: the worker pushes
+        each one to a list named after its scan_id (``streams.replies.push_replies``) and this
+        call blocks on that list.  Reading the topic instead would cost a consumer's fetch
+        latency on top of the worker's (too slow for an answer within a few hundred ms), and
+        since any API instance may await any scan, every instance would have to read every
+        outcome of every partition only to find its own.  The reply stays in the list until
+        its time to live ends, so a retried wait gets it again.  Each waiting call holds one
+        Redis connection for up to ``timeout``.
+        """
+        if not timeout > 0:
+            raise ValueError(f"timeout must be above 0 seconds (Redis reads 0 as 'wait forever'), got {timeout!r}")
+        return replies.wait_reply(self.redis(), self.prefix, str(scan_id), timeout)
+
+    def redis(self):
+        """The Redis client of ``await_result`` (made on first use; thread-safe)."""
+        if self._redis is None:
+            if self.redis_url is None:
+                raise PublishError("await_result needs redis_url (the Redis the workers push outcomes to)")
+            import redis
+
+            with self._cond:
+                if self._redis is None:
+                    self._redis = redis.Redis.from_url(self.redis_url)
+        return self._redis
+
+    def __repr__(self) -> str:
+        return f"ScanPublisher(topic={self.topic!r}, partitions={self.partitions}, {self.stats()})"
