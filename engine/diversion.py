@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 
-from engine import outcomes
+from engine import adcode, outcomes
 from engine.registry import Registry
 from engine.state import STATE_HASH_KEY, StateStore, fold, state_keys
 from engine.verdicts import Verdict
@@ -36,7 +36,7 @@ class DiversionSettings:
     clone_max_users: int = 3  # more distinct users than this in a window is a clone
 
 
-def judge(registry: Registry, dealer: np.ndarray, region: np.ndarray, channel: np.ndarray,
+def judge(registry: Registry, dealer: np.ndarray, place: tuple[np.ndarray, np.ndarray], channel: np.ndarray,
           verdict: np.ndarray) -> np.ndarray:
     """Diversion bits per scan (REGION | CHANNEL), for ok/repeat scans with a known dealer."""
     out = np.zeros(len(dealer), np.uint8)
@@ -44,10 +44,11 @@ def judge(registry: Registry, dealer: np.ndarray, region: np.ndarray, channel: n
     if not len(rows):
         return out
     d = dealer[rows]
-    known_region = region[rows] != ""
+    value, length = place[0][rows], place[1][rows]
+    known_region = length > 0
     bad_region = np.zeros(len(rows), bool)
     if known_region.any():
-        bad_region[known_region] = ~registry.authorised(d[known_region], region[rows][known_region])
+        bad_region[known_region] = ~registry.authorised(d[known_region], value[known_region], length[known_region])
     dealer_channel = registry.dealers.channel[d]
     bad_channel = (channel[rows] != "") & (dealer_channel != "") & (channel[rows] != dealer_channel)
     out[rows] = np.where(bad_region, REGION, 0) | np.where(bad_channel, CHANNEL, 0)
@@ -123,7 +124,7 @@ class AlertWindows:
         return out
 
     def clone_alerts(self, rows: np.ndarray, cols: dict[str, np.ndarray], dealer: np.ndarray,
-                     first_scan: np.ndarray | None = None) -> outcomes.Columns:
+                     place: tuple[np.ndarray, np.ndarray], first_scan: np.ndarray | None = None) -> outcomes.Columns:
         """Cloned-code alerts among the verified scans ``rows`` (ok or repeat, not replays).
 
         ``first_scan`` flags the rows that are their code's first scan ever (verdict ok): no
@@ -144,10 +145,10 @@ class AlertWindows:
         users = self.state.distinct(fold(code_window, ones * NS_CLONE_USERS), state_keys(cols["user_id"][rows]), ttl,
                                     new)
         provinces = np.zeros(len(rows), np.int64)
-        sel = np.nonzero(region != "")[0]
+        province_of = adcode.truncate(place[0][rows], place[1][rows], 2)
+        sel = np.nonzero(province_of >= 0)[0]
         if len(sel):
-            uniq, inverse = np.unique(region[sel], return_inverse=True)
-            province = np.array([int(r[:2]) for r in uniq], np.uint64)[inverse]
+            province = province_of[sel].astype(np.uint64)
             provinces[sel] = self.state.distinct(fold(code_window[sel], ones[sel] * NS_CLONE_PROVINCES), province, ttl,
                                                  new[sel] if new is not None else None)
         by_users = users == s.clone_max_users + 1

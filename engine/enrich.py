@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine import adcode
 from engine.registry import Registry
 from engine.verdicts import Verdict
 
@@ -21,6 +22,7 @@ class Enriched:
     dealer: np.ndarray  # int32 dealer index, -1 when unknown
     dealer_id: np.ndarray  # object
     region: np.ndarray  # object adcode, '' when unknown
+    place: tuple[np.ndarray, np.ndarray]  # the region as engine.adcode (value, length)
     channel: np.ndarray  # object
 
 
@@ -61,4 +63,4 @@ def enrich(registry: Registry, cols: dict[str, np.ndarray], verdict: np.ndarray,
     dealer_id[:] = ""
     has_dealer = dealer >= 0
     dealer_id[has_dealer] = registry.dealers.dealer_id[dealer[has_dealer]]
-    return Enriched(verdict, sku, dealer, dealer_id, region, channel)
+    return Enriched(verdict, sku, dealer, dealer_id, region, adcode.encode(region), channel)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from engine import adcode
 from engine.registry import batch_key
 from engine.state import CampaignLimits, DrawStatus, GrantRequests, StateStore
 from engine.verdicts import Verdict
@@ -94,7 +95,8 @@ class Lottery:
         state.define_campaigns([c.limits for c in campaigns])
 
     def run(self, tenant: np.ndarray, kind: np.ndarray, batch: np.ndarray, serial: np.ndarray, ts: np.ndarray,
-            verdict: np.ndarray, role: np.ndarray, sku: np.ndarray, region: np.ndarray, user: np.ndarray,
+            verdict: np.ndarray, role: np.ndarray, sku: np.ndarray, place: tuple[np.ndarray, np.ndarray],
+            user: np.ndarray,
             blocked: np.ndarray | None = None) -> LotteryResult:
         n = len(tenant)
         campaign_idx = np.full(n, -1, np.int64)
@@ -108,9 +110,10 @@ class Lottery:
                 continue
             eligible = applies & may_win
             if c.skus:
-                eligible &= np.isin(sku, np.array(c.skus, dtype=object))
+                allowed = set(c.skus)
+                eligible &= np.fromiter(map(allowed.__contains__, sku.tolist()), bool, n)
             if c.regions:
-                eligible &= _under_any(region, c.regions)
+                eligible &= adcode.under_any(place[0], place[1], c.regions)
             # the first campaign (in configuration order) that a scan may win takes it
             take = eligible & (eligible_idx < 0)
             eligible_idx[take] = ci
@@ -153,9 +156,3 @@ def _strings(n: int) -> np.ndarray:
     out = np.empty(n, dtype=object)
     out[:] = ""
     return out
-
-
-def _under_any(region: np.ndarray, prefixes: tuple[str, ...]) -> np.ndarray:
-    uniq, inverse = np.unique(region, return_inverse=True)
-    hit = np.array([any(r.startswith(p) for p in prefixes) if r else False for r in uniq], bool)
-    return hit[inverse] if len(region) else np.zeros(0, bool)

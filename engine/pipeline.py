@@ -85,15 +85,15 @@ class Pipeline:
                                   cols["serial"], verdict)
         verdict, replay = claims.verdict, claims.replay
         # 5 diversion
-        diversion = div.judge(self.registry, e.dealer, e.region, e.channel, verdict)
+        diversion = div.judge(self.registry, e.dealer, e.place, e.channel, verdict)
         verified = ((verdict == Verdict.OK) | (verdict == Verdict.REPEAT)) & ~replay
         alerts = outcomes.concat(outcomes.ALERT_COLUMNS, [
             self.windows.diversion_alerts(np.nonzero(verified & (diversion > 0))[0], cols, e.dealer, diversion),
-            self.windows.clone_alerts(np.nonzero(verified)[0], cols, e.dealer, first_scan=verdict == Verdict.OK),
+            self.windows.clone_alerts(np.nonzero(verified)[0], cols, e.dealer, e.place, first_scan=verdict == Verdict.OK),
         ])
         # 6 lottery
         lot = self.lottery.run(cols["tenant"], cols["kind"], cols["batch"], cols["serial"], cols["ts"], verdict,
-                               cols["role"], e.sku, e.region, cols["user_id"])
+                               cols["role"], e.sku, e.place, cols["user_id"])
         # 7 emit
         scans = {
             "scan_id": cols["scan_id"], "ts": cols["ts"], "tenant": cols["tenant"], "kind": cols["kind"],

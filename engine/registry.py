@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine import adcode
 from engine.codec import BATCH_MAX, KIND_CASE, KIND_UNIT, SERIAL_MAX
 
 FILES = ("batches.csv", "dealers.csv", "shipments.csv", "stores.csv")
@@ -309,21 +310,22 @@ class Registry:
             out[sel] = rows[inverse]
         return out
 
-    def authorised(self, dealer: np.ndarray, region: np.ndarray) -> np.ndarray:
-        """Whether each scan region lies under one of its dealer's region prefixes.
+    def authorised(self, dealer: np.ndarray, value: np.ndarray, length: np.ndarray) -> np.ndarray:
+        """Whether each scan's place lies under one of its dealer's region prefixes.
 
-        ``dealer`` holds dealer indexes (>= 0) and ``region`` adcodes of 2, 4 or 6 digits.
-        A dealer without any region is authorised everywhere.
+        ``dealer`` holds dealer indexes (>= 0); ``value``/``length`` the places as
+        ``engine.adcode.encode`` gives them.  A dealer without any region is authorised
+        everywhere.
         """
         d = self.dealers
         if not len(dealer):
             return np.zeros(0, bool)
         result = ~d.has_regions[dealer]
-        uniq, inverse = np.unique(region, return_inverse=True)
+        owner = np.asarray(dealer, np.int64) << 24
         for level in ADCODE_LEVELS:
-            prefix = _objects([r[:level] if len(r) >= level else "" for r in uniq])[inverse]
-            keys = region_keys(dealer, prefix)
-            result |= (keys >= 0) & (_find(d.auth_keys, keys) >= 0)
+            prefix = adcode.truncate(value, length, level)
+            keys = owner | (level << 20) | np.maximum(prefix, 0)
+            result |= (prefix >= 0) & (_find(d.auth_keys, keys) >= 0)
         return result
 
 
