@@ -17,6 +17,8 @@ What Tansu 0.6.0 does differently from Apache Kafka (measured; see also tests/co
   timeouts in tests, or ``assign()`` partitions without a group;
 - ListOffsets "latest" (end offsets) are wrong, so lag figures are meaningless: read until
   the expected count arrived, never up to the end offset;
+- on SIGTERM it waits about 5 s for clients that are still connected before it exits; on
+  SIGINT it exits at once, so ``stop()`` sends SIGINT (then SIGKILL after a bound);
 - everything is lost when it stops (memory storage).
 """
 from __future__ import annotations
@@ -231,7 +233,7 @@ class TansuBroker:
         return sorted(self.admin().list_topics())
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
-        """Stop the broker: SIGTERM, then SIGKILL when it has not exited after ``timeout_s``."""
+        """Stop the broker: SIGINT, then SIGKILL when it has not exited after ``timeout_s``."""
         if self._admin is not None:
             try:
                 self._admin.close()
@@ -252,7 +254,8 @@ class TansuBroker:
             self._finalizer.detach()
             self._finalizer = None
         if proc.poll() is None:
-            proc.terminate()
+            # SIGINT: Tansu stops at once; on SIGTERM it waits ~5 s for open client connections
+            proc.send_signal(signal.SIGINT)
             try:
                 proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
@@ -303,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background
     broker = TansuBroker(port=args.port or None, host=args.host, log_path=args.log)
     try:
         with broker:

@@ -1,0 +1,274 @@
+"""The Kafka worker: its batch step without a broker, then the whole worker on real services.
+
+The unit part drives ``streams.worker.BatchHandler`` with plain records.  The integration part
+starts ``scanstream worker`` as a process against a real Tansu broker, the machine's Redis and
+an embedded ClickHouse (chdb), publishes the demo stream, and checks the outcomes against the
+local driver's outcomes for the same stream: the same scans give the same results whichever
+driver and state store run them.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from engine.config import load
+from engine.state.memory import MemoryStateStore
+from engine.wiring import build_pipeline
+from streams import envelope
+from streams.synthetic import build_world, generate_scans
+from streams.worker import BatchHandler, Record, RegistryReloader, batch_token
+
+REPO = Path(__file__).resolve().parents[1]
+LOCAL_TOML = REPO / "config" / "local.toml"
+SCANSTREAM = shutil.which("scanstream", path=str(Path(sys.executable).parent)) or shutil.which("scanstream")
+STREAM_SCANS = 6000
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    base = tmp_path_factory.mktemp("worker-world")
+    config = load(LOCAL_TOML)
+    w = build_world(7, config.keys.get(7, 1), 1)
+    w.write_registry(base / "registry")
+    lines = generate_scans(w, STREAM_SCANS, seed=11)
+    return base, lines
+
+
+def local_config(registry: Path, **kafka):
+    config = load(LOCAL_TOML)
+    return replace(config, registry_dir=registry, clickhouse="",
+                   kafka=replace(config.kafka, **kafka) if kafka else config.kafka)
+
+
+def records_of(lines: list[bytes], per_message: int, topic: str = "scans") -> list[Record]:
+    out = []
+    for offset, start in enumerate(range(0, len(lines), per_message)):
+        out.append(Record(topic, 0, offset, envelope.encode(lines[start:start + per_message]),
+                          [(envelope.CONTENT_TYPE, envelope.ENVELOPE.encode())]))
+    return out
+
+
+# --------------------------------------------------------------------------- the batch step
+
+
+def test_handler_gives_the_local_pipelines_outcomes(world):
+    base, lines = world
+    config = local_config(base / "registry")
+    local = build_pipeline(config, state=MemoryStateStore()).process(lines)
+    handler = BatchHandler(config, build_pipeline(config, state=MemoryStateStore()))
+    handled = [handler.handle(records_of(lines[i:i + 1000], 250)) for i in range(0, len(lines), 1000)]
+    named = ~np.char.startswith(local.scans["scan_id"].astype(str), "raw:")  # events without a scan_id
+    for column in ("scan_id", "verdict", "diversion", "campaign", "prize_tier", "prize_cents", "draw", "replay"):
+        got = np.concatenate([h.result.scans[column] for h in handled])
+        assert got[named].tolist() == local.scans[column][named].tolist(), column
+    anonymous = np.concatenate([h.result.scans["scan_id"] for h in handled])[~named]
+    assert all(s.startswith("pos:scans/0@") for s in anonymous) and len(set(anonymous)) == len(anonymous)
+    assert sum(h.scans for h in handled) == len(lines)
+
+
+def test_results_are_envelopes_partitioned_by_scan_id(world):
+    base, lines = world
+    config = local_config(base / "registry", partitions=4)
+    handled = BatchHandler(config, build_pipeline(config, state=MemoryStateStore())).handle(records_of(lines[:500], 100))
+    results = [p for p in handled.produce if p.topic == config.kafka.results_topic]
+    assert 1 <= len(results) <= 4
+    assert len({p.partition for p in results}) == len(results)
+    carried = [orjson.loads(line) for p in results for line in envelope.decode(p.value, envelope.header(p.headers))]
+    assert sorted(r["scan_id"] for r in carried) == sorted(handled.result.scans["scan_id"].tolist())
+    # a scan_id's partition does not depend on the batch it came in
+    again = BatchHandler(config, build_pipeline(config, state=MemoryStateStore())).handle(records_of(lines[:10], 10))
+    where = {orjson.loads(line)["scan_id"]: p.partition for p in results for line in p.value.split(b"\n")}
+    for p in again.produce:
+        if p.topic == config.kafka.results_topic:
+            for line in p.value.split(b"\n"):
+                assert where[orjson.loads(line)["scan_id"]] == p.partition
+
+
+def test_undecodable_messages_and_invalid_events_are_dead_lettered_with_reason(world):
+    base, lines = world
+    config = local_config(base / "registry")
+    handler = BatchHandler(config, build_pipeline(config, state=MemoryStateStore()))
+    records = [
+        Record("scans", 0, 0, b"\x89PNG....", [(envelope.CONTENT_TYPE, b"image/png")]),
+        Record("scans", 0, 1, None, []),
+        Record("scans", 0, 2, b"not json", []),
+        Record("scans", 1, 7, envelope.encode([lines[0], b"{\"scan_id\": 5}"]),
+               [(envelope.CONTENT_TYPE, envelope.ENVELOPE.encode())]),
+    ]
+    handled = handler.handle(records)
+    dead = [p for p in handled.produce if p.topic == config.kafka.dlq_topic]
+    assert handled.dead_letters == len(dead) == 4
+    by_value = {p.value: dict(p.headers) for p in dead}
+    assert b"image/png" in by_value[b"\x89PNG...."]["scanstream-reason"]
+    assert b"tombstone" in by_value[b""]["scanstream-reason"]
+    assert b"not JSON" in by_value[b"not json"]["scanstream-reason"]
+    assert by_value[b"not json"]["scanstream-position"] == b"scans/0@2:0"
+    assert b"missing required field" in by_value[b"{\"scan_id\": 5}"]["scanstream-reason"]
+    # the scans that could be read are all accounted for: one good, two invalid events
+    assert sorted(handled.result.scans["verdict"].tolist()) == sorted(
+        ["invalid_event", "invalid_event", handled.result.scans["verdict"][1]])
+    assert handled.scans == 3
+
+
+def test_batch_token_names_the_offsets():
+    a = [Record("scans", 0, 5, b""), Record("scans", 1, 9, b""), Record("scans", 0, 6, b"")]
+    assert batch_token(a) == batch_token(list(reversed(a)))
+    assert batch_token(a) != batch_token(a[:2])
+    assert batch_token(a) != batch_token([Record("scans", 0, 5, b""), Record("scans", 1, 10, b""),
+                                          Record("scans", 0, 6, b"")])
+
+
+def test_registry_reload_from_files_without_restart(tmp_path, world):
+    base, lines = world
+    registry = tmp_path / "registry"
+    shutil.copytree(base / "registry", registry)
+    config = replace(local_config(registry), registry_reload_s=1)
+    pipeline = build_pipeline(config, state=MemoryStateStore())
+    now = [0.0]
+    reloader = RegistryReloader(config, pipeline, clock=lambda: now[0])
+    unknown = next(line for line in lines if b'"code"' in line
+                   and pipeline.process([line]).scans["verdict"][0] == "unknown_batch")
+    batches = (registry / "batches.csv").read_text()
+    batch = pipeline.process([unknown]).scans["batch"][0]
+    (registry / "batches.csv").write_text(batches + f"7,{batch},unit,NEW-SKU,New product,1,10000\n")
+    assert not reloader.maybe_reload()  # not due yet
+    now[0] = 5.0
+    assert reloader.maybe_reload()
+    redelivered_elsewhere = orjson.loads(unknown)
+    redelivered_elsewhere["scan_id"] += "-new"
+    out = pipeline.process([orjson.dumps(redelivered_elsewhere)]).scans
+    assert out["verdict"][0] == "ok" and out["sku"][0] == "NEW-SKU"
+    now[0] = 10.0
+    (registry / "batches.csv").write_text("tenant,batch\n7,not-a-number\n")  # half-written file
+    assert not reloader.maybe_reload()
+    assert pipeline.registry.batches.sku.tolist().count("NEW-SKU") == 1  # the good registry stays
+
+
+# --------------------------------------------------------------------------- the real worker
+
+
+def worker_config(path: Path, registry: Path, chdb: Path, bootstrap: str, names: dict[str, str], prefix: str,
+                  state: str) -> Path:
+    text = LOCAL_TOML.read_text(encoding="utf-8")
+    for pattern, repl in ((r'(?m)^dir = "[^"]*"', f"dir = {json.dumps(str(registry))}"),
+                          (r'(?m)^clickhouse = "chdb:[^"]*"', f"clickhouse = {json.dumps('chdb:' + str(chdb))}"),
+                          (r'(?m)^webhooks = true', "webhooks = false"),
+                          (r'(?m)^backend = "memory"', f"backend = {json.dumps(state)}")):
+        text, n = re.subn(pattern, repl, text)
+        assert n == 1, pattern
+    text += f"""
+[redis]
+prefix = {json.dumps(prefix)}
+
+[kafka]
+bootstrap = {json.dumps(bootstrap)}
+scans_topic = {json.dumps(names['scans'])}
+results_topic = {json.dumps(names['results'])}
+awards_topic = {json.dumps(names['awards'])}
+alerts_topic = {json.dumps(names['alerts'])}
+dlq_topic = {json.dumps(names['dlq'])}
+group = {json.dumps(names['group'])}
+partitions = 4
+take = 16
+within_ms = 50
+session_timeout_s = 4
+"""
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def consume(bootstrap: str, topic: str, want: int, timeout_s: float) -> list[bytes]:
+    """Scan lines (envelopes opened) from ``topic`` until ``want`` arrived or time is up."""
+    from kafka import KafkaConsumer
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                             consumer_timeout_ms=1000, group_id=None)
+    out: list[bytes] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(out) < want and time.monotonic() < deadline:
+            for message in consumer:
+                out.extend(envelope.decode(message.value, envelope.header(message.headers)))
+                if len(out) >= want:
+                    break
+    finally:
+        consumer.close()
+    return out
+
+
+@pytest.mark.skipif(SCANSTREAM is None, reason="the scanstream console script is not installed")
+@pytest.mark.parametrize("state", ["memory", "redis"])
+def test_worker_on_real_services_matches_the_local_driver(state, world, broker, redis_url, redis_prefix, tmp_path):
+    import redis
+    from kafka import KafkaProducer
+
+    if state == "redis":
+        pytest.importorskip("engine.state.redis")
+    base, lines = world
+    names = {k: f"{k}-{uuid.uuid4().hex[:8]}" for k in ("scans", "results", "awards", "alerts", "dlq", "group")}
+    config_path = worker_config(tmp_path / "worker.toml", base / "registry", tmp_path / "chdb", broker.bootstrap,
+                                names, redis_prefix, state)
+    expected = build_pipeline(local_config(base / "registry"), state=MemoryStateStore()).process(lines).scans
+    log = (tmp_path / "worker.log").open("wb")
+    worker = subprocess.Popen([SCANSTREAM, "--config", str(config_path), "worker", "--loglevel", "info"],
+                              stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
+        # envelopes of 200 scans, one partition each, in stream order: what the publisher sends
+        for start in range(0, len(lines), 200):
+            producer.send(names["scans"], envelope.encode(lines[start:start + 200]), partition=0,
+                          headers=[(envelope.CONTENT_TYPE, envelope.ENVELOPE.encode())])
+        producer.send(names["scans"], b"\x00 not a scan", partition=0, headers=[(envelope.CONTENT_TYPE, b"x/y")])
+        producer.flush()
+        producer.close()
+        results = consume(broker.bootstrap, names["results"], len(lines), timeout_s=120)
+        assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
+        assert len(results) == len(lines)
+        got = {}
+        for line in results:
+            row = orjson.loads(line)
+            if not row["scan_id"].startswith("pos:"):  # events without a scan_id are named by position
+                got.setdefault(row["scan_id"], row)  # a redelivered scan_id: the first row is the first outcome
+        want = {}
+        for i, sid in enumerate(expected["scan_id"].tolist()):
+            if not sid.startswith("raw:"):
+                want.setdefault(sid, {c: expected[c][i].item() if hasattr(expected[c][i], "item") else expected[c][i]
+                                      for c in ("verdict", "diversion", "prize_tier", "prize_cents", "draw")})
+        assert {s: {c: r[c] for c in want[s]} for s, r in got.items()} == want
+        # the scan API's synchronous reply, through Redis
+        client = redis.Redis.from_url(redis_url)
+        from streams.replies import wait_reply
+        sample = expected["scan_id"][123]
+        assert wait_reply(client, redis_prefix, sample, 5)["verdict"] == expected["verdict"][123]
+        dead = consume(broker.bootstrap, names["dlq"], 1 + int((expected["verdict"] == "invalid_event").sum()), 30)
+        assert b"\x00 not a scan" in dead
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+        log.close()
+    # with the worker gone, chdb is free: every scan is in scan_events exactly once
+    query = subprocess.run([SCANSTREAM, "--config", str(config_path), "query",
+                            "SELECT verdict, count() FROM scan_events FINAL GROUP BY verdict ORDER BY verdict"],
+                           capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert query.returncode == 0, query.stderr
+    rows = dict(re.findall(r"(?m)^(\w+)\s+(\d+)$", query.stdout))
+    distinct = {}
+    for i, (sid, verdict) in enumerate(zip(expected["scan_id"].tolist(), expected["verdict"].tolist())):
+        distinct.setdefault(sid if not sid.startswith("raw:") else f"line-{i}", verdict)
+    assert {k: int(v) for k, v in rows.items()} == dict(collections.Counter(distinct.values()))
