@@ -267,3 +267,14 @@ def test_repr_of_local_config_hides_test_keys():
         for h in ("000102030405060708090a0b0c0d0e0f", "f0e1d2c3b4a5968778695a4b3c2d1e0f"):
             assert h not in text and h.upper() not in text
             assert repr(bytes.fromhex(h))[2:-1] not in text
+
+
+def test_production_example_validates(monkeypatch):
+    """config/production.toml is a working template: with its secrets in the environment it loads."""
+    monkeypatch.setenv("SCANSTREAM_KEY_7_0", "00" * 16)
+    monkeypatch.setenv("SCANSTREAM_KEY_7_1", "11" * 16)
+    monkeypatch.setenv("SCANSTREAM_SEED_WINTER_2026", "a seed")
+    config = load(Path(__file__).resolve().parents[1] / "config" / "production.toml")
+    assert config.state_backend == "redis" and config.registry_source == "clickhouse"
+    assert config.clickhouse.startswith("http://") and len(config.kafka.bootstrap.split(",")) == 3
+    assert config.keys.get(7, 1) == b"\x11" * 16

@@ -272,3 +272,39 @@ def test_worker_on_real_services_matches_the_local_driver(state, world, broker, 
     for i, (sid, verdict) in enumerate(zip(expected["scan_id"].tolist(), expected["verdict"].tolist())):
         distinct.setdefault(sid if not sid.startswith("raw:") else f"line-{i}", verdict)
     assert {k: int(v) for k, v in rows.items()} == dict(collections.Counter(distinct.values()))
+
+
+@pytest.mark.skipif(SCANSTREAM is None, reason="the scanstream console script is not installed")
+def test_registry_published_to_clickhouse_reads_back_the_same(world, tmp_path):
+    """Workers with registry.source = "clickhouse" see what `scanstream registry publish` wrote."""
+    base, lines = world
+    chdb = tmp_path / "chdb"
+    config_path = tmp_path / "c.toml"
+    text = LOCAL_TOML.read_text(encoding="utf-8")
+    text = re.sub(r'(?m)^clickhouse = "chdb:[^"]*"', f"clickhouse = {json.dumps('chdb:' + str(chdb))}", text)
+    config_path.write_text(text, encoding="utf-8")
+    published = subprocess.run([SCANSTREAM, "--config", str(config_path), "registry", "publish", "--dir",
+                                str(base / "registry")], capture_output=True, text=True, timeout=120)
+    assert published.returncode == 0, published.stderr
+    assert "registry_shipments 11" in published.stdout
+    # chdb opens one data path per process: compare in a process of its own
+    probe = f"""
+import sys, numpy as np
+from engine.registry import Registry
+from sinks.clickhouse import ClickHouseSink, connect
+from sinks.registry_tables import read_registry, fingerprint
+files = Registry.load({str(base / 'registry')!r})
+sink = ClickHouseSink(connect({'chdb:' + str(chdb)!r}))
+tables = read_registry(sink)
+for name in ("key", "sku", "activated", "size"):
+    assert getattr(files.batches, name).tolist() == getattr(tables.batches, name).tolist(), name
+assert sorted(files.dealers.dealer_id.tolist()) == sorted(tables.dealers.dealer_id.tolist())
+assert files.shipments.start.tolist() == tables.shipments.start.tolist()
+assert sorted(files.stores.index) == sorted(tables.stores.index)
+first = fingerprint(sink)
+sink.client.command("INSERT INTO registry_stores VALUES ('S-NEW', 7, '', '440106', 'KA')")
+assert fingerprint(sink) != first
+print("same")
+"""
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "same", out.stderr[-2000:]
