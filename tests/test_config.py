@@ -274,7 +274,7 @@ def test_production_example_validates(monkeypatch):
     monkeypatch.setenv("SCANSTREAM_KEY_7_0", "00" * 16)
     monkeypatch.setenv("SCANSTREAM_KEY_7_1", "11" * 16)
     monkeypatch.setenv("SCANSTREAM_SEED_WINTER_2026", "a seed")
-    config = load(Path(__file__).resolve().parents[1] / "config" / "production.toml")
+    config = config_mod.load(Path(__file__).resolve().parents[1] / "config" / "production.toml")
     assert config.state_backend == "redis" and config.registry_source == "clickhouse"
     assert config.clickhouse.startswith("http://") and len(config.kafka.bootstrap.split(",")) == 3
     assert config.keys.get(7, 1) == b"\x11" * 16
