@@ -98,11 +98,17 @@ def _days_from_civil(y: int, m: int, d: int) -> int:
     return era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
 
 
+def _month_days(year: int, month: int) -> int:
+    if month == 2:
+        return 29 if year % 4 == 0 and (year % 100 != 0 or year % 400 == 0) else 28
+    return 30 if month in (4, 6, 9, 11) else 31
+
+
 def rfc3339_ms(text: str) -> int | None:
     """Epoch ms of ``YYYY-MM-DD[T ]HH:MM:SS[.frac](Z|+HH:MM|-HH:MM)``; None if not that form.
 
-    The same grammar and arithmetic as the worker's parser: day 1..31 whatever the month,
-    second 60 read as 59.999, digits after the milliseconds dropped.
+    The same grammar and arithmetic as the worker's parser: no impossible dates, second 60
+    read as 59.999, digits after the milliseconds dropped.
     """
     m = _RFC3339.fullmatch(text)
     if m is None:
@@ -110,8 +116,8 @@ def rfc3339_ms(text: str) -> int | None:
     year, month, day, hour, minute, second = (int(g) for g in m.group(1, 2, 3, 4, 5, 6))
     frac = m.group(7)
     oh, om = (int(m.group(9)), int(m.group(10))) if m.group(8) else (0, 0)
-    if not (1 <= month <= 12 and 1 <= day <= 31 and hour <= 23 and minute <= 59 and second <= 60
-            and oh <= 23 and om <= 59):
+    if not (1 <= month <= 12 and 1 <= day <= _month_days(year, month) and hour <= 23 and minute <= 59
+            and second <= 60 and oh <= 23 and om <= 59):
         return None
     ms = int((frac + "00")[:3]) if frac else 0
     if second == 60:
@@ -145,7 +151,8 @@ def check_event(event: Any) -> None:
     ts (RFC 3339 with a zone, or integer epoch milliseconds, in 2000..2100).  Optional, when
     present and not null: role (consumer, store, dealer), store_id, channel, ip, device_id
     (like ids), region (an adcode of 2, 4 or 6 digits), lat and lon (finite numbers).  Other
-    fields pass through untouched.
+    fields pass through untouched.  ``encode_event`` also checks that the event serialises
+    (valid UTF-8 text, at most ``MAX_EVENT_BYTES``).
     """
     if type(event) is not dict:
         raise InvalidEvent("event", event, f"a scan event must be a dict (a JSON object), not {type(event).__name__}")
@@ -322,8 +329,13 @@ class ScanPublisher:
     since an auto-created topic gets the broker's default partition count); when given, it
     must match the topic.  ``keys`` is accepted so that a caller holding a configuration can
     pass ``config.keys``; keying never depends on it (the fields it decodes are in clear).
-    ``producer_config`` goes to ``kafka.KafkaProducer`` (e.g. ``compression_type``).
-    Use as a context manager, or call ``close()``: scans still buffered are sent then.
+    ``retries`` and ``idempotent`` go to the producer (kafka-python's idempotence, on by
+    default there, also keeps a retried envelope from being written twice; Tansu accepts it);
+    ``max_block_ms`` bounds the topic check at start and every wait of ``publish*`` for room
+    when ``max_pending`` sealed messages are still waiting for the sender (backpressure).
+    Other ``producer_config`` goes to ``kafka.KafkaProducer`` (e.g. ``compression_type``,
+    ``delivery_timeout_ms``).  Use as a context manager, or call ``close()``: scans still
+    buffered are sent then.
     """
 
     def __init__(self, bootstrap: str, topic: str = "scans", partitions: int | None = None, linger_ms: int = 5,
@@ -371,6 +383,7 @@ class ScanPublisher:
         self._failed = 0
         self._reported = 0
         self._last_error: BaseException | None = None
+        self._sender_error: BaseException | None = None
         self.envelopes = 0
         self.singles = 0
         self._sender = threading.Thread(target=self._run, name=f"scan-publisher-{topic}", daemon=True)
@@ -388,7 +401,12 @@ class ScanPublisher:
             self._append(p, line, time.monotonic())
 
     def publish_many(self, events: Iterable[dict]) -> int:
-        """Check every event first (all or none are published), then buffer them all in order."""
+        """Check every event, then buffer them all in order; returns how many.
+
+        One invalid event raises ``InvalidEvent`` (with its index) and none is published.  A
+        ``PublishError`` for lack of room (after ``max_block_ms``) may come after some chunks
+        of ``APPEND_CHUNK`` events were buffered; ``stats()["accepted"]`` tells how many.
+        """
         events = events if isinstance(events, list) else list(events)
         lines = []
         for i, event in enumerate(events):
@@ -423,6 +441,8 @@ class ScanPublisher:
     def _check_open(self) -> None:
         if self._closing:
             raise PublishError("the publisher is closed")
+        if self._sender_error is not None:
+            raise PublishError(f"the sender thread died: {self._sender_error!r}") from self._sender_error
 
     def _append(self, p: int, line: bytes, now: float) -> None:
         """Buffer one scan line of partition ``p`` (lock held)."""
@@ -475,6 +495,15 @@ class ScanPublisher:
         return out
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # a bug; make publish and flush say so instead of hanging
+            with self._cond:
+                self._sender_error = exc
+                self._cond.notify_all()
+            raise
+
+    def _loop(self) -> None:
         while True:
             with self._cond:
                 due = self._due()
@@ -521,10 +550,13 @@ class ScanPublisher:
             target = self._accepted
             self._flush_upto = max(self._flush_upto, target)
             self._cond.notify_all()
-            if not self._cond.wait_for(lambda: self._handed >= target or not self._sender.is_alive(),
+            if not self._cond.wait_for(lambda: self._handed >= target or self._sender_error is not None,
                                        None if deadline is None else max(deadline - time.monotonic(), 0)):
                 raise PublishError(f"flush: {target - self._handed} scans not handed to the producer "
                                    f"within {timeout} s")
+            if self._handed < target:
+                raise PublishError(f"flush: {target - self._handed} scans are stuck, the sender thread died: "
+                                   f"{self._sender_error!r}") from self._sender_error
         left = None if deadline is None else max(deadline - time.monotonic(), 0)
         try:
             self._producer.flush(left)
@@ -544,8 +576,7 @@ class ScanPublisher:
         if self._closed:
             return
         try:
-            if self._sender.is_alive():
-                self.flush(timeout)
+            self.flush(timeout)
         finally:
             with self._cond:
                 self._closing = True

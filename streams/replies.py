@@ -44,6 +44,8 @@ def push_replies(client, prefix: str, scans: outcomes.Columns, ttl_s: int) -> in
 
 def wait_reply(client, prefix: str, scan_id: str, timeout_s: float) -> dict[str, Any] | None:
     """The outcome of ``scan_id``, waiting up to ``timeout_s``; None when none came in time."""
+    if not timeout_s > 0:  # Redis reads a zero timeout as "wait for ever"
+        raise ValueError(f"timeout_s {timeout_s!r} must be above 0")
     key = reply_key(prefix, scan_id)
     value = client.blmove(key, key, timeout_s, "LEFT", "RIGHT")
     return orjson.loads(value) if value is not None else None
