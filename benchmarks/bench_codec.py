@@ -47,8 +47,6 @@ import argparse
 import gc
 import hashlib
 import json
-import os
-import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -61,6 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
+from machine import machine
 from engine import codec as ref  # noqa: E402
 from engine.keys import KeyTable  # noqa: E402
 from engine.verdicts import Verdict  # noqa: E402
@@ -220,28 +219,6 @@ def check_correctness(codes: list[str], bad: np.ndarray, keys: KeyTable, sample:
 
 # ---------------------------------------------------------------------------- report
 
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or ""
-    try:
-        # platform.processor() is often empty or just "x86_64" on Linux; the model name says more
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {
-        "platform": platform.platform(),
-        "cpu": cpu or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": usable,
-        "python": platform.python_version(),
-        "python_impl": platform.python_implementation(),
-        "numpy": np.__version__,
-    }
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     p.add_argument("--codes", type=int, default=1_000_000, help="codes in the input (default 1000000)")
@@ -260,7 +237,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    info = machine()
+    info = machine("numpy")
     print(f"machine: {info['platform']}")
     print(f"cpu:     {info['cpu']}, {info['cpu_count']} CPUs ({info['cpus_usable']} usable)")
     print(f"python:  {info['python_impl']} {info['python']}, numpy {info['numpy']}")

@@ -66,7 +66,6 @@ import importlib
 import io
 import json
 import os
-import platform
 import pstats
 import subprocess
 import sys
@@ -85,6 +84,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 
 from baseline_pipeline import BaselinePipeline  # noqa: E402
+from machine import machine
 from engine.config import load as load_config  # noqa: E402
 from engine.wiring import build_pipeline, build_registry, build_state  # noqa: E402
 from streams.synthetic import build_world, generate_scans  # noqa: E402
@@ -397,34 +397,6 @@ def compare(engine: dict[str, list], baseline: dict[str, list]) -> dict[str, Any
 
 # ---------------------------------------------------------------------------- report
 
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    info = {
-        "platform": platform.platform(),
-        "cpu": cpu or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": usable,
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "python": platform.python_version(),
-        "python_impl": platform.python_implementation(),
-        "numpy": np.__version__,
-    }
-    for mod in ("orjson", "chdb"):
-        try:
-            info[mod] = importlib.import_module(mod).__version__
-        except Exception:  # noqa: BLE001 - a version string is optional information
-            info[mod] = None
-    return info
-
-
 def code_version() -> dict[str, Any]:
     """Commit and uncommitted changes of the engine being measured (it may be under work)."""
     def git(*cmd: str) -> str:
@@ -484,7 +456,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     use_gc = not args.no_gc
-    info, version = machine(), code_version()
+    info, version = machine("numpy", "orjson", "chdb"), code_version()
     load = info["load_average"]
     print(f"machine: {info['platform']}")
     print(f"cpu:     {info['cpu']}, {info['cpu_count']} CPUs ({info['cpus_usable']} usable)"

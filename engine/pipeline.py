@@ -67,7 +67,6 @@ class Pipeline:
         its own row, and the same row when it is delivered again.
         """
         lines = lines if isinstance(lines, list) else list(lines)
-        n = len(lines)
         # 1 parse
         cols = parse_events(lines)
         valid = cols["reason"] == ""

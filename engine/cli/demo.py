@@ -5,7 +5,6 @@ import argparse
 import io
 import sys
 import time
-from pathlib import Path
 
 from engine.cli.common import config_option, load_config, open_clickhouse
 from engine.cli.run import execute

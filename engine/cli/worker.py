@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
 from engine.cli.common import config_option, load_config, open_clickhouse
 
