@@ -16,6 +16,15 @@ from enum import IntEnum
 import numpy as np
 
 
+class StateUnavailable(RuntimeError):
+    """The state store's server cannot be reached or cannot take writes; nothing was decided.
+
+    The message names the server by its URL with the password redacted.  The batch may be
+    retried as a whole (the worker rewinds to its last committed offsets): every method is
+    safe under redelivery.
+    """
+
+
 class DrawStatus(IntEnum):
     """Why a lottery draw did or did not pay (the ``draw`` output column)."""
 
@@ -146,8 +155,8 @@ class StateStore(ABC):
         """Add each uint64 member to the set ``keys[i]``, in order; the set's size after each add.
 
         ``new`` may flag rows whose key the caller knows has no set yet and appears on no
-        earlier row of the batch (a code's first scan ever): a store may add those without
-        looking first.
+        earlier row of the batch (a code's first scan ever): such a row starts its set afresh
+        with its member, without the store looking first.
         """
 
     @abstractmethod

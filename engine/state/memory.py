@@ -19,7 +19,9 @@ from engine.state import (CampaignLimits, CampaignState, Claims, DrawStatus, Gra
 from engine.verdicts import Verdict
 
 #: Remember a scan_id's answer this long; a redelivery after that is a new scan.
-DEFAULT_REPLAY_TTL_S = 7 * 24 * 3600
+DEFAULT_REPLAY_TTL_S = 24 * 3600
+#: Dedup bitsets grow in steps of this many bytes (65 536 serials).
+BITSET_STEP_BYTES = 8192
 
 
 class MemoryStateStore(StateStore):
@@ -35,7 +37,7 @@ class MemoryStateStore(StateStore):
         self._campaigns: dict[str, dict] = {}
         self._campaign_ids: list[str] = []
         self._awards: dict[str, dict[int, tuple[int, int]]] = {}  # campaign -> code -> (tier, cents)
-        self._user_day: dict[tuple[int, str, int], int] = {}
+        self._user_day: dict[tuple[str, str, int], int] = {}  # (campaign, user, day) -> prizes
         # counters (int), sets (a lone member as int, else a set) and marks (True), by uint64 key;
         # one dict because the three kinds never share a key
         self._windows: dict[int, object] = {}
@@ -97,7 +99,8 @@ class MemoryStateStore(StateStore):
         bits = self._bits.get(key)
         need = (max_serial >> 3) + 1
         if bits is None or len(bits) < need:
-            grown = np.zeros(max(need, 2 * len(bits) if bits is not None else need), np.uint8)
+            # grow in steps, not by doubling: a bitset stays within one step of its highest serial
+            grown = np.zeros(-(-need // BITSET_STEP_BYTES) * BITSET_STEP_BYTES, np.uint8)
             if bits is not None:
                 grown[:len(bits)] = bits
             self._bits[key] = bits = grown
@@ -145,7 +148,8 @@ class MemoryStateStore(StateStore):
                 state = self._campaigns[self._campaign_ids[camp]]
                 t = int(requests.tier[i])
                 amount = int(requests.cents[i])
-                user_key = (camp, requests.user[i], int(requests.day[i]))
+                # by campaign id, not position: the configuration may list campaigns in another order
+                user_key = (self._campaign_ids[camp], requests.user[i], int(requests.day[i]))
                 if codes[i] in awards[camp]:  # drawn twice in this batch: the first scan won it
                     status[i] = DrawStatus.WON
                     tier[i], cents[i] = awards[camp][codes[i]]
@@ -176,7 +180,9 @@ class MemoryStateStore(StateStore):
     def _track(self, new_keys: list[int], ttl_s: int, now: float) -> None:
         if new_keys:
             self._window_expiry.append((now + ttl_s, new_keys))
-        # expiry only bounds memory (keys carry their window), so sweeping now and then is enough
+
+    def _sweep(self, now: float) -> None:
+        # before each call, as Redis expires keys: an expired key counts from zero again
         while self._window_expiry and self._window_expiry[0][0] <= now:
             for key in self._window_expiry.popleft()[1]:
                 self._windows.pop(key, None)
@@ -185,6 +191,7 @@ class MemoryStateStore(StateStore):
         totals = np.zeros(len(keys), np.int64)
         with self._lock:
             now = self._clock()
+            self._sweep(now)
             store, new = self._windows, []
             for i, k in enumerate(keys.tolist()):
                 total = store.get(k, 0) + 1
@@ -199,6 +206,7 @@ class MemoryStateStore(StateStore):
         sizes = np.ones(len(keys), np.int64)
         with self._lock:
             now = self._clock()
+            self._sweep(now)
             store = self._windows
             fresh = np.zeros(len(keys), bool) if new is None else np.asarray(new, bool)
             # keys known to be new take one bulk insert; the rest are walked in order
@@ -224,6 +232,7 @@ class MemoryStateStore(StateStore):
         first = np.zeros(len(keys), bool)
         with self._lock:
             now = self._clock()
+            self._sweep(now)
             store, new = self._windows, []
             for i, k in enumerate(keys.tolist()):
                 if k not in store:

@@ -40,11 +40,16 @@ Memory
     string greedily (doubling), so the script grows a chunk itself, by rewriting it at an
     exact length, before any SETBIT; and jemalloc rounds every allocation up to a size class
     (four per power of two), so lengths are chosen as a class minus the string header
-    (``GOOD_LENGTHS``), and a chunk holds ``2**20 - 128`` serials, not ``2**20``: a full
-    128 KiB string plus its header would take a 160 KiB block.  ``benchmarks/
-    bench_state_memory.py`` measures about 1.0 bit per issued code against ~70-90 bytes for
-    a key (or a set member) per code.  A replay record is a small key with a TTL (measured
-    there too); its value is an integer, which Redis shares.
+    (``GOOD_LENGTHS``), and a chunk holds ``2**16 - 128`` serials, not ``2**16``: a full
+    8 KiB string plus its header would take a 10 KiB block.  Small chunks bound what the
+    last, partly used chunk of a batch loses to the size classes (up to a fifth of it) to
+    1 KiB per batch, and spread a batch over many keys (slots); a chunk key's own overhead
+    (~100 bytes) is about 1 % of a full chunk.  Measured, bits per issued code: 1.01 for
+    5 M codes in 3 batches, 1.08 for batches of 100 000 and of 10 000 codes (16 KiB chunks
+    gave 1.15 for 100 000, 128 KiB chunks more).  ``benchmarks/
+    bench_state_memory.py`` compares that with 90 bytes for a key per code and 56 bytes for a
+    member of a set per batch.  The largest item is the replay record: a key with a TTL per
+    scan_id, about 130 bytes (its integer value is one of Redis's shared objects).
 
 Redis Cluster
     A script may only touch keys of one hash slot.  Every key that a script changes together
@@ -65,19 +70,22 @@ Redis Cluster
     Cluster until that split is written and tested against one.  A prefix that itself holds
     a hash tag (``{ss}:``) puts every key in one slot: correct, but nothing spreads.
 
-Expiry
+Windows
     Window keys get their TTL when they are created and keep it (like the memory store, whose
     entries expire ``ttl_s`` after they were added); ``ttl_s`` below 1 is taken as 1.  The
     memory store sweeps expired window entries after it has answered a call, so a key read in
     the very call that finds it expired still shows its old value there; keys carry their
     window and are never reused after their TTL, so no answer of the engine depends on it.
+    ``distinct``'s ``new`` flags are honoured as the memory store does: flagged rows first,
+    each starting its set afresh (DEL + SADD instead of SCARD + SADD: the same cost, and the
+    same answers even for a wrong flag).
 
 Errors
     Connection failures, timeouts, a read-only replica or an out-of-memory server raise
     ``StateUnavailable`` naming the URL without its password.  The client does not retry a
     call by itself: a script that timed out may have run, and re-running ``count`` would count
-    twice; the worker does not commit the batch's offsets, and the redelivered batch is safe
-    because claims and grants are idempotent.
+    twice.  The worker does not commit the batch's offsets, and the redelivered batch is safe:
+    claims and grants are idempotent, and the pipeline does not count replayed scans again.
 """
 from __future__ import annotations
 
@@ -90,12 +98,13 @@ import redis as redis_py
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from engine.state import CampaignLimits, CampaignState, Claims, DrawStatus, Grants, GrantRequests, StateStore
+from engine.state import (CampaignLimits, CampaignState, Claims, DrawStatus, Grants, GrantRequests, StateStore,
+                          StateUnavailable)
 from engine.verdicts import Verdict
 
-#: Serials per dedup chunk: a full chunk is a 131 056-byte string, which with its 10-byte sds
-#: header fits jemalloc's 128 KiB size class exactly (2**20 serials would need 160 KiB).
-CHUNK_BYTES = (1 << 17) - 16
+#: Serials per dedup chunk: a full chunk is an 8 176-byte string, which with its sds header
+#: fits jemalloc's 8 KiB size class exactly (2**16 serials would take a 10 KiB block).
+CHUNK_BYTES = (1 << 13) - 16
 CHUNK_SERIALS = CHUNK_BYTES * 8
 #: Remember a scan_id's answer this long; a redelivery after that is a new scan.
 DEFAULT_REPLAY_TTL_S = 7 * 24 * 3600
@@ -109,17 +118,11 @@ REDACTED = "***"
 # not leave the rest of it visible
 _URL_PASSWORD = re.compile(r"(//[^/@:]*:)([^/]*)(@)")
 _QUERY_PASSWORD = re.compile(r"(?i)([?&]password=)[^&#]*")
+#: Server replies that mean "not now" rather than "wrong": another script running too long, a
+#: replica without its primary.
+_TRANSIENT = ("BUSY", "MASTERDOWN", "LOADING", "TRYAGAIN")
 _REPLAY_FLAG = 0x80  # claim answers: verdict | flag when the scan_id was claimed before
 _GRANT_DTYPE = np.dtype([("status", "u1"), ("tier", "<i2"), ("cents", "<i8")])  # packed, 11 bytes
-
-
-class StateUnavailable(RuntimeError):
-    """The state store's server cannot be reached or cannot take writes; nothing was decided.
-
-    The message names the server by its URL with the password redacted.  The batch may be
-    retried as a whole (the worker rewinds to its last committed offsets): every method is
-    safe under redelivery.
-    """
 
 
 def _size_classes(limit: int) -> list[int]:
@@ -134,7 +137,7 @@ def _size_classes(limit: int) -> list[int]:
 
 #: Bitmap lengths that fill a size class (class minus sds header and terminator, 16 bytes of
 #: margin), from 48 bytes to a full chunk.
-GOOD_LENGTHS = np.array([c - 16 for c in _size_classes(1 << 17) if c >= 64], np.int64)
+GOOD_LENGTHS = np.array([c - 16 for c in _size_classes(CHUNK_BYTES + 16) if c >= 64], np.int64)
 assert GOOD_LENGTHS[-1] == CHUNK_BYTES
 
 
@@ -222,11 +225,11 @@ for g = 1, #KEYS do
   end
 end
 -- the answers known before this batch
-local stored = {}
+local stored, keys = {}, {}
+for i = 1, n do keys[i] = rp .. ids[i] end
 for a = 1, n, 1000 do
-  local b, keys = math.min(a + 999, n), {}
-  for i = a, b do keys[i - a + 1] = rp .. ids[i] end
-  local vals = redis.call('MGET', unpack(keys))
+  local b = math.min(a + 999, n)
+  local vals = redis.call('MGET', unpack(keys, a, b))
   for i = a, b do stored[i] = vals[i - a + 1] end
 end
 local known, out, j = {}, {}, 0
@@ -242,7 +245,7 @@ for i = 1, n do
     out[i] = first + 128
   else
     if v == OK and redis.call('SETBIT', KEYS[chunk[j] + 1], offset[j], 1) == 1 then v = REPEAT end
-    redis.call('SET', rp .. id, v, 'EX', ttl)
+    redis.call('SET', keys[i], v, 'EX', ttl)
     known[id] = v
     out[i] = v
   end
@@ -383,19 +386,39 @@ end
 return pack_ints('i8', out)
 """
 
+#: ARGV[5]: one byte per row, 1 where the caller flags the key as new (``distinct``'s ``new``).
+#: Flagged rows go first and replace whatever their key held, then the rest in order: the
+#: memory store's order, so even a wrong flag gets the same answers from both stores.
 _DISTINCT_LUA = _LUA_PRELUDE + r"""
 local pre, ttl, blob = ARGV[1], ARGV[2], ARGV[3]
-local out, size, i = {}, {}, 0
+local flagged = bytes(ARGV[5])
+local members, i = {}, 0
 for member in string.gmatch(ARGV[4], '[^,]+') do
   i = i + 1
-  local k = pre .. string.sub(blob, 8 * i - 7, 8 * i)
-  local s = size[k] or redis.call('SCARD', k)
-  if redis.call('SADD', k, member) == 1 then
-    s = s + 1
-    if s == 1 then redis.call('EXPIRE', k, ttl) end
+  members[i] = member
+end
+local out, size = {}, {}
+for i = 1, #members do
+  if flagged[i] == 1 then
+    local k = pre .. string.sub(blob, 8 * i - 7, 8 * i)
+    redis.call('DEL', k)
+    redis.call('SADD', k, members[i])
+    redis.call('EXPIRE', k, ttl)
+    size[k] = 1
+    out[i] = 1
   end
-  size[k] = s
-  out[i] = s
+end
+for i = 1, #members do
+  if flagged[i] ~= 1 then
+    local k = pre .. string.sub(blob, 8 * i - 7, 8 * i)
+    local s = size[k] or redis.call('SCARD', k)
+    if redis.call('SADD', k, members[i]) == 1 then
+      s = s + 1
+      if s == 1 then redis.call('EXPIRE', k, ttl) end
+    end
+    size[k] = s
+    out[i] = s
+  end
 end
 return pack_ints('i8', out)
 """
@@ -415,7 +438,8 @@ return chars(out)
 
 def _pack_strings(values: np.ndarray) -> tuple[bytes, bytes]:
     """uint32 lengths and the concatenation of ``values`` (str) in UTF-8."""
-    encoded = [v.encode("utf-8", "surrogatepass") if isinstance(v, str) else bytes(v) for v in values.tolist()]
+    encoded = [v.encode("utf-8", "surrogatepass") if isinstance(v, str) else v if isinstance(v, bytes)
+               else str(v).encode() for v in values.tolist()]
     return np.fromiter(map(len, encoded), np.uint32, len(encoded)).astype("<u4").tobytes(), b"".join(encoded)
 
 
@@ -471,6 +495,10 @@ class RedisStateStore(StateStore):
             raise StateUnavailable(f"Redis state store {self.url}: unavailable: {exc}") from exc
         except (redis_py.ReadOnlyError, redis_py.OutOfMemoryError) as exc:
             raise StateUnavailable(f"Redis state store {self.url}: cannot take writes: {exc}") from exc
+        except redis_py.ResponseError as exc:
+            if str(exc).startswith(_TRANSIENT):
+                raise StateUnavailable(f"Redis state store {self.url}: unavailable: {exc}") from exc
+            raise
 
     # -- dedup -----------------------------------------------------------------------------
 
@@ -486,13 +514,13 @@ class RedisStateStore(StateStore):
         lens, blob = _pack_strings(np.asarray(scan_id))
         ok = np.nonzero(given == Verdict.OK)[0]
         s = np.asarray(serial)[ok].astype(np.uint64)
-        # a chunk as one integer: batch key (42 bits) and chunk number (13 bits)
-        groups = (np.asarray(code, np.uint64)[ok] << np.uint64(13)) | (s // np.uint64(CHUNK_SERIALS))
+        # a chunk as one integer: batch key (42 bits) and chunk number (20 bits)
+        groups = (np.asarray(code, np.uint64)[ok] << np.uint64(20)) | (s // np.uint64(CHUNK_SERIALS))
         uniq, chunk = np.unique(groups, return_inverse=True)
         offset = s % np.uint64(CHUNK_SERIALS)
         last = np.zeros(len(uniq), np.int64)
         np.maximum.at(last, chunk, (offset >> np.uint64(3)).astype(np.int64))
-        keys = [self.dedup_key(int(g) >> 13, int(g) & 0x1FFF) for g in uniq.tolist()]
+        keys = [self.dedup_key(int(g) >> 20, int(g) & 0xFFFFF) for g in uniq.tolist()]
         args = [self._pre + b"rp:", self.replay_ttl_s, n, lens, blob, given.tobytes(),
                 chunk.astype("<u4").tobytes(), offset.astype("<u4").tobytes(),
                 good_length(last + 1).astype("<u4").tobytes(), int(Verdict.OK), int(Verdict.REPEAT)]
@@ -501,7 +529,7 @@ class RedisStateStore(StateStore):
 
     def dedup_bytes(self) -> int:
         """Bytes of Redis memory held by the dedup bitmaps under this prefix (for memory reports)."""
-        keys = self._scan(self._glob() + b"dd:*")
+        keys = self.keys(b"dd:*")
         pipe = self.client.pipeline(transaction=False)
         for k in keys:
             pipe.memory_usage(k, samples=0)
@@ -555,12 +583,13 @@ class RedisStateStore(StateStore):
             return np.zeros(0, np.int64)
         return np.frombuffer(self._window(self._count, keys, ttl_s), "<i8").astype(np.int64)
 
-    def distinct(self, keys: np.ndarray, members: np.ndarray, ttl_s: int) -> np.ndarray:
+    def distinct(self, keys: np.ndarray, members: np.ndarray, ttl_s: int, new: np.ndarray | None = None) -> np.ndarray:
         if not len(keys):
             return np.zeros(0, np.int64)
         # members as signed decimals: Redis keeps a set of integers as a compact intset
         text = ",".join(map(str, np.ascontiguousarray(members, np.uint64).view(np.int64).tolist())).encode()
-        return np.frombuffer(self._window(self._distinct, keys, ttl_s, text), "<i8").astype(np.int64)
+        flags = (np.zeros(len(keys), np.uint8) if new is None else np.asarray(new, bool).astype(np.uint8)).tobytes()
+        return np.frombuffer(self._window(self._distinct, keys, ttl_s, text, flags), "<i8").astype(np.int64)
 
     def mark_once(self, keys: np.ndarray, ttl_s: int) -> np.ndarray:
         if not len(keys):
@@ -569,21 +598,22 @@ class RedisStateStore(StateStore):
 
     # -- maintenance -----------------------------------------------------------------------
 
-    def _glob(self) -> bytes:
-        return re.sub(rb"([*?\[\]\\])", rb"\\\1", self._pre)
-
-    def _scan(self, pattern: bytes) -> list[bytes]:
-        return self._call(lambda: list(self.client.scan_iter(match=pattern, count=1000)))
+    def keys(self, pattern: bytes = b"*") -> list[bytes]:
+        """Keys under this store's prefix that match the glob ``pattern`` (SCAN; for operators,
+        tests and benchmarks, never on the hot path)."""
+        match = re.sub(rb"([*?\[\]\\])", rb"\\\1", self._pre) + pattern
+        # SCAN may return a key twice while the keyspace is being rehashed
+        return self._call(lambda: list(dict.fromkeys(self.client.scan_iter(match=match, count=1000))))
 
     def flush_prefix(self) -> int:
         """Delete every key under this store's prefix (SCAN + UNLINK); the number deleted.
 
         For tests and benchmarks that share a server: keys of other prefixes are untouched.
         """
-        keys = self._scan(self._glob() + b"*")
+        keys, deleted = self.keys(), 0
         for i in range(0, len(keys), 1000):
-            self._call(lambda: self.client.unlink(*keys[i:i + 1000]))
-        return len(keys)
+            deleted += self._call(lambda: self.client.unlink(*keys[i:i + 1000]))
+        return deleted
 
 
 def _describe(client: redis_py.Redis) -> str:

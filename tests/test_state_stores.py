@@ -1,0 +1,644 @@
+"""The state stores (engine.state): one contract, two backends, identical answers.
+
+Every behavioural case runs over the memory store and the Redis store (a unique key prefix
+per test, deleted afterwards).  Then differential tests feed the same random call sequences,
+and the real Pipeline the same synthetic scan stream, through both and require equal outputs,
+call by call.  The Redis cases use ``tests/conftest.py``'s ``redis_url`` (the Redis of
+``.ci/services.sh``): a Redis that does not answer fails them.
+
+Expectations come from the interface docstrings in ``engine/state/__init__.py`` and DESIGN.md
+("Verdicts", "Campaign"), worked out by hand.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engine import config as config_mod
+from engine.pipeline import Pipeline
+from engine.registry import Registry, batch_key
+from engine.state import CampaignLimits, DrawStatus, GrantRequests, StateStore
+from engine.state.memory import MemoryStateStore
+from engine.state import StateUnavailable
+from engine.state.redis import CHUNK_BYTES, CHUNK_SERIALS, RedisStateStore, good_length, redact
+from engine.verdicts import Verdict
+
+OK, REPEAT, BAD_MAC, NOT_ACTIVATED = Verdict.OK, Verdict.REPEAT, Verdict.BAD_MAC, Verdict.NOT_ACTIVATED
+WON, NO_PRIZE, OUT_OF_STOCK, BUDGET, CAP = (DrawStatus.WON, DrawStatus.NO_PRIZE, DrawStatus.OUT_OF_STOCK,
+                                             DrawStatus.BUDGET, DrawStatus.CAP)
+SERIAL_MAX = 2**32 - 1
+U64_MAX = 2**64 - 1
+CODE = int(batch_key(7, 0, 42))
+
+
+# --- stores ------------------------------------------------------------------------------------
+
+@contextmanager
+def open_store(kind: str, url: str | None = None, replay_ttl_s: int = 3600):
+    """A fresh store of ``kind``; a Redis one (on ``url``) gets a unique prefix, deleted on exit."""
+    if kind == "memory":
+        yield MemoryStateStore(replay_ttl_s=replay_ttl_s)
+        return
+    store = RedisStateStore.from_url(url, prefix=f"scanstream-test:{uuid.uuid4().hex[:12]}:",
+                                        replay_ttl_s=replay_ttl_s)
+    try:
+        yield store
+    finally:
+        store.flush_prefix()
+        store.close()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def kind(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def make_store(kind, request):
+    """``make_store(replay_ttl_s=...)``: a context manager giving a fresh store of ``kind``."""
+    url = request.getfixturevalue("redis_url") if kind == "redis" else None
+    return lambda **options: open_store(kind, url, **options)
+
+
+@pytest.fixture
+def store(make_store):
+    with make_store() as s:
+        yield s
+
+
+@pytest.fixture
+def redis_store(redis_url):
+    with open_store("redis", redis_url) as s:
+        yield s
+
+
+def claim(store: StateStore, rows: list[tuple]) -> list[tuple[int, bool]]:
+    """Claim ``(scan_id, code, serial, verdict)`` rows; (verdict, replay) per row."""
+    if rows:
+        ids, codes, serials, verdicts = zip(*rows)
+    else:
+        ids, codes, serials, verdicts = (), (), (), ()
+    c = store.claim(np.array(ids, dtype=object), np.array(codes, np.uint64), np.array(serials, np.uint32),
+                    np.array(verdicts, np.uint8))
+    assert c.verdict.dtype == np.uint8 and c.replay.dtype == bool
+    return list(zip(c.verdict.tolist(), c.replay.tolist()))
+
+
+def u64(values) -> np.ndarray:
+    return np.array(values, dtype=np.uint64)
+
+
+# --- claim -------------------------------------------------------------------------------------
+
+def test_first_scan_ok_then_repeat_across_batches(store):
+    assert claim(store, [("s1", CODE, 5, OK)]) == [(OK, False)]
+    assert claim(store, [("s2", CODE, 5, OK)]) == [(REPEAT, False)]
+    assert claim(store, [("s3", CODE, 5, OK), ("s4", CODE, 6, OK)]) == [(REPEAT, False), (OK, False)]
+
+
+def test_duplicate_codes_in_a_batch_only_the_first_is_ok(store):
+    rows = [("a", CODE, 9, OK), ("b", CODE, 9, OK), ("c", CODE, 10, OK), ("d", CODE, 9, OK)]
+    assert claim(store, rows) == [(OK, False), (REPEAT, False), (OK, False), (REPEAT, False)]
+
+
+def test_scan_id_replayed_in_the_same_batch_gets_the_first_answer_and_touches_no_bit(store):
+    # the second row is a redelivery of s1 (even with another code): s1's answer, no bit for serial 2
+    got = claim(store, [("s1", CODE, 1, OK), ("s1", CODE, 2, OK), ("s2", CODE, 1, OK), ("s1", CODE, 1, BAD_MAC)])
+    assert got == [(OK, False), (OK, True), (REPEAT, False), (OK, True)]
+    assert claim(store, [("s3", CODE, 2, OK)]) == [(OK, False)]
+
+
+def test_scan_id_replayed_in_a_later_batch_gets_the_first_answer(store):
+    claim(store, [("s1", CODE, 1, OK), ("s2", CODE, 1, OK)])
+    assert claim(store, [("s2", CODE, 1, OK), ("s1", CODE, 1, OK)]) == [(REPEAT, True), (OK, True)]
+    # whatever the verdict it comes with now
+    assert claim(store, [("s1", CODE, 1, BAD_MAC), ("s2", CODE, 7, OK)]) == [(OK, True), (REPEAT, True)]
+    assert claim(store, [("s9", CODE, 7, OK)]) == [(OK, False)]
+
+
+def test_rows_not_ok_keep_their_verdict_and_only_have_it_remembered(store):
+    assert claim(store, [("s1", CODE, 3, BAD_MAC), ("s2", CODE, 3, NOT_ACTIVATED), ("s3", 0, 0, 1)]) == \
+        [(BAD_MAC, False), (NOT_ACTIVATED, False), (1, False)]
+    # no bit was set: the code's first valid scan is still ok
+    assert claim(store, [("s4", CODE, 3, OK)]) == [(OK, False)]
+    # the remembered answer wins over the verdict of a redelivery
+    assert claim(store, [("s1", CODE, 3, OK), ("s2", CODE, 3, OK), ("s3", CODE, 3, OK)]) == \
+        [(BAD_MAC, True), (NOT_ACTIVATED, True), (1, True)]
+
+
+def test_tenant_kind_and_batch_are_part_of_a_code(store):
+    keys = [batch_key(7, 0, 42), batch_key(7, 1, 42), batch_key(7, 0, 43), batch_key(8, 0, 42),
+            batch_key(0, 0, 0), batch_key(65535, 3, 2**24 - 1), batch_key(65535, 0, 2**24 - 1)]
+    rows = [(f"a{i}-{s}", int(k), s, OK) for i, k in enumerate(keys) for s in (0, SERIAL_MAX)]
+    assert claim(store, rows) == [(OK, False)] * len(rows)
+    again = [(f"b{i}", c, s, v) for i, (_, c, s, v) in enumerate(rows)]
+    assert claim(store, again) == [(REPEAT, False)] * len(rows)
+
+
+def test_serials_at_byte_and_chunk_boundaries(store):
+    chunk = CHUNK_SERIALS  # the Redis store's chunk size; powers of two and byte edges as well
+    serials = sorted({0, 1, 7, 8, 9, 255, 256, 2**17 - 1, 2**17, 2**20 - 1, 2**20, 2**20 + 1, chunk - 1, chunk,
+                      chunk + 1, 2 * chunk - 1, 2 * chunk, 2**31, SERIAL_MAX - 1, SERIAL_MAX})
+    got = claim(store, [(f"a{s}", CODE, s, OK) for s in serials])
+    assert got == [(OK, False)] * len(serials)
+    # each bit is its own: neighbours still free
+    neighbours = sorted({s + d for s in serials for d in (-1, 1) if 0 <= s + d <= SERIAL_MAX} - set(serials))
+    assert claim(store, [(f"n{s}", CODE, s, OK) for s in neighbours]) == [(OK, False)] * len(neighbours)
+    assert claim(store, [(f"b{s}", CODE, s, OK) for s in serials + neighbours]) == \
+        [(REPEAT, False)] * (len(serials) + len(neighbours))
+
+
+def test_bits_survive_growth_of_a_chunk(store):
+    # a bitmap that grows after its first bits keeps them
+    grown = (3, 20_000, 17, 100_000, 120_000, 1_000_000, 900_000)
+    for i, s in enumerate(grown):
+        assert claim(store, [(f"a{i}", CODE, s, OK)]) == [(OK, False)]
+    assert claim(store, [(f"b{s}", CODE, s, OK) for s in sorted(grown)]) == [(REPEAT, False)] * len(grown)
+
+
+def test_empty_claim(store):
+    assert claim(store, []) == []
+
+
+def test_large_batch_in_order(store):
+    # larger than every slice the Redis scripts unpack at once; a few duplicates of both kinds
+    n = 12_345
+    serial = np.arange(n) * 3
+    serial[100] = serial[99]  # a duplicate code
+    ids = np.array([f"scan-{i}" for i in range(n)], dtype=object)
+    ids[5000] = ids[4000]  # a redelivery
+    verdict = np.full(n, OK, np.uint8)
+    verdict[::97] = BAD_MAC
+    c = store.claim(ids, np.full(n, CODE, np.uint64), serial.astype(np.uint32), verdict)
+    expect = np.where(verdict == OK, OK, BAD_MAC).astype(np.uint8)
+    expect[100] = REPEAT if verdict[100] == OK else BAD_MAC
+    expect[5000] = expect[4000]
+    assert c.verdict.tolist() == expect.tolist()
+    assert np.nonzero(c.replay)[0].tolist() == [5000]
+
+
+# --- lottery -----------------------------------------------------------------------------------
+
+def grant(store: StateStore, rows: list[tuple]) -> list[tuple[int, int, int]]:
+    """Grant ``(campaign, serial, user, day, tier, cents)`` rows of code CODE; (status, tier, cents)."""
+    camp, serial, user, day, tier, cents = zip(*rows)
+    g = store.grant(GrantRequests(
+        campaign=np.array(camp, np.int64), code=np.full(len(rows), CODE, np.uint64),
+        serial=np.array(serial, np.uint32), user=np.array(user, dtype=object), day=np.array(day, np.int64),
+        tier=np.array(tier, np.int16), cents=np.array(cents, np.int64)))
+    assert (g.status.dtype, g.tier.dtype, g.cents.dtype) == (np.uint8, np.int16, np.int64)
+    return list(zip(g.status.tolist(), g.tier.tolist(), g.cents.tolist()))
+
+
+def test_stock_runs_out_per_tier(store):
+    store.define_campaigns([CampaignLimits("c", 1_000_000, (2, 1), daily_cap=100)])
+    got = grant(store, [(0, s, f"u{s}", 1, t, 10 * (t + 1)) for s, t in enumerate((0, 1, 0, 1, 0))])
+    assert got == [(WON, 0, 10), (WON, 1, 20), (WON, 0, 10), (OUT_OF_STOCK, -1, 0), (OUT_OF_STOCK, -1, 0)]
+    assert store.campaign_state("c").stock_left == (0, 0)
+    assert grant(store, [(0, 9, "u9", 1, 1, 20)]) == [(OUT_OF_STOCK, -1, 0)]
+
+
+def test_budget_is_never_exceeded(store):
+    store.define_campaigns([CampaignLimits("c", 250, (100,), daily_cap=100)])
+    got = grant(store, [(0, 1, "a", 1, 0, 100), (0, 2, "b", 1, 0, 100), (0, 3, "c", 1, 0, 100),
+                        (0, 4, "d", 1, 0, 50), (0, 5, "e", 1, 0, 1)])
+    assert got == [(WON, 0, 100), (WON, 0, 100), (BUDGET, -1, 0), (WON, 0, 50), (BUDGET, -1, 0)]
+    assert store.campaign_state("c").budget_left == 0
+
+
+def test_daily_cap_per_user_and_day(store):
+    store.define_campaigns([CampaignLimits("c", 10_000, (100,), daily_cap=2)])
+    got = grant(store, [(0, 1, "u", 5, 0, 1), (0, 2, "u", 5, 0, 1), (0, 3, "u", 5, 0, 1),
+                        (0, 4, "v", 5, 0, 1), (0, 5, "u", 6, 0, 1)])
+    assert [g[0] for g in got] == [WON, WON, CAP, WON, WON]
+    assert grant(store, [(0, 6, "u", 5, 0, 1), (0, 7, "u", 6, 0, 1), (0, 8, "u", 6, 0, 1)]) == \
+        [(CAP, -1, 0), (WON, 0, 1), (CAP, -1, 0)]
+
+
+def test_limits_are_checked_stock_then_budget_then_cap(store):
+    store.define_campaigns([CampaignLimits("c", 5, (1, 5), daily_cap=1)])
+    assert grant(store, [(0, 1, "u", 1, 0, 5)]) == [(WON, 0, 5)]
+    # stock of tier 0, budget and cap all exhausted: out_of_stock; tier 1: budget before cap
+    assert grant(store, [(0, 2, "u", 1, 0, 5), (0, 3, "u", 1, 1, 1)]) == [(OUT_OF_STOCK, -1, 0), (BUDGET, -1, 0)]
+
+
+def test_a_code_wins_once_and_gets_its_prize_back(store):
+    store.define_campaigns([CampaignLimits("c", 1000, (10, 10), daily_cap=10)])
+    assert grant(store, [(0, 1, "u", 1, 1, 300), (0, 1, "v", 1, 0, 100)]) == [(WON, 1, 300), (WON, 1, 300)]
+    before = store.campaign_state("c")
+    assert before == type(before)(700, (10, 9), 1)
+    # later: the same prize whatever is drawn now (no prize, another tier), and nothing paid again
+    assert grant(store, [(0, 1, "w", 2, -1, 0), (0, 1, "u", 1, 0, 100)]) == [(WON, 1, 300), (WON, 1, 300)]
+    assert store.campaign_state("c") == before
+
+
+def test_a_code_drawn_without_prize_after_winning_in_the_same_batch(store):
+    # prizes won before the batch are given back to every row; within the batch, only drawn rows
+    # look at what the batch has paid so far (memory.grant's order)
+    store.define_campaigns([CampaignLimits("c", 1000, (10,), daily_cap=10)])
+    assert grant(store, [(0, 1, "u", 1, 0, 100), (0, 1, "u", 1, -1, 0), (0, 1, "u", 1, 0, 100)]) == \
+        [(WON, 0, 100), (NO_PRIZE, -1, 0), (WON, 0, 100)]
+    assert grant(store, [(0, 2, "u", 1, -1, 0)]) == [(NO_PRIZE, -1, 0)]
+
+
+def test_campaigns_are_separate(store):
+    store.define_campaigns([CampaignLimits("a", 100, (1,), daily_cap=1), CampaignLimits("b", 100, (1,), daily_cap=1)])
+    # the same code and user win once in each campaign; caps and stocks do not mix
+    assert grant(store, [(0, 1, "u", 1, 0, 10), (1, 1, "u", 1, 0, 20), (0, 2, "u", 1, 0, 10)]) == \
+        [(WON, 0, 10), (WON, 0, 20), (OUT_OF_STOCK, -1, 0)]
+    assert store.campaign_state("a").budget_left == 90 and store.campaign_state("b").budget_left == 80
+
+
+def test_define_campaigns_keeps_counters_and_updates_the_cap(store):
+    store.define_campaigns([CampaignLimits("c", 1000, (5,), daily_cap=1)])
+    grant(store, [(0, 1, "u", 1, 0, 100)])
+    # a restart with another budget and stock keeps the running counters; the cap is the new one
+    store.define_campaigns([CampaignLimits("c", 50, (1, 7), daily_cap=2)])
+    assert store.campaign_state("c") == type(store.campaign_state("c"))(900, (4, 7), 1)
+    assert grant(store, [(0, 2, "u", 1, 1, 100)]) == [(WON, 1, 100)]
+    assert grant(store, [(0, 3, "u", 1, 0, 1)]) == [(CAP, -1, 0)]
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+def test_daily_caps_follow_the_campaign_id_when_campaigns_are_reordered(make_store):
+    with make_store() as s:
+        s.define_campaigns([CampaignLimits("a", 100, (9,), daily_cap=1), CampaignLimits("b", 100, (9,), daily_cap=1)])
+        assert grant(s, [(0, 1, "u", 1, 0, 1)]) == [(WON, 0, 1)]  # u reached a's cap
+        s.define_campaigns([CampaignLimits("b", 100, (9,), daily_cap=1), CampaignLimits("a", 100, (9,), daily_cap=1)])
+        assert grant(s, [(0, 2, "u", 1, 0, 1), (1, 3, "u", 1, 0, 1)]) == [(WON, 0, 1), (CAP, -1, 0)]
+
+
+def test_campaign_state_of_an_unknown_campaign(store):
+    store.define_campaigns([CampaignLimits("c", 1, (1,), daily_cap=1)])
+    with pytest.raises(KeyError, match="nope"):
+        store.campaign_state("nope")
+
+
+def test_empty_grant(store):
+    store.define_campaigns([CampaignLimits("c", 1, (1,), daily_cap=1)])
+    g = store.grant(GrantRequests(*(np.zeros(0, t) for t in (np.int64, np.uint64, np.uint32, object, np.int64,
+                                                                np.int16, np.int64))))
+    assert len(g.status) == len(g.tier) == len(g.cents) == 0
+
+
+# --- windows -----------------------------------------------------------------------------------
+
+def test_count_totals_in_order(store):
+    assert store.count(u64([1, 2, 1, U64_MAX, 1, 0]), 60).tolist() == [1, 1, 2, 1, 3, 1]
+    assert store.count(u64([2, 1, U64_MAX]), 60).tolist() == [2, 4, 2]
+    assert store.count(u64([]), 60).tolist() == []
+
+
+def test_distinct_sizes_in_order(store):
+    keys = u64([1, 1, 1, 2, 1, 2])
+    members = u64([7, U64_MAX, 7, 7, 2**63, 0])
+    assert store.distinct(keys, members, 60).tolist() == [1, 2, 2, 1, 3, 2]
+    assert store.distinct(u64([1, 3]), u64([U64_MAX, U64_MAX]), 60).tolist() == [3, 1]
+    assert store.distinct(u64([]), u64([]), 60).tolist() == []
+
+
+def test_distinct_with_keys_flagged_new(store):
+    # the caller's hint: flagged keys have no set yet and no earlier row in the batch
+    keys, members = u64([1, 2, 1, 3, 2]), u64([5, 6, 7, 8, 6])
+    new = np.array([True, True, False, False, False])
+    assert store.distinct(keys, members, 60, new).tolist() == [1, 1, 2, 1, 1]
+    assert store.distinct(u64([1, 4]), u64([9, 9]), 60, np.array([False, True])).tolist() == [3, 1]
+
+
+def test_distinct_with_a_wrong_new_flag_replaces_the_set(store):
+    # outside the contract, but both stores must still agree: the flagged row starts the set again
+    store.distinct(u64([1, 1]), u64([5, 6]), 60)
+    assert store.distinct(u64([1, 1]), u64([7, 5]), 60, np.array([False, True])).tolist() == [2, 1]
+    assert store.distinct(u64([1]), u64([6]), 60).tolist() == [3]
+
+
+def test_mark_once(store):
+    assert store.mark_once(u64([5, 6, 5, U64_MAX]), 60).tolist() == [True, True, False, True]
+    assert store.mark_once(u64([6, 7]), 60).tolist() == [False, True]
+    assert store.mark_once(u64([]), 60).tolist() == []
+
+
+def test_answers_and_windows_expire_after_their_ttl(make_store):
+    with make_store(replay_ttl_s=1) as s:
+        assert claim(s, [("s1", CODE, 1, OK)]) == [(OK, False)]
+        assert s.count(u64([1, 1]), 1).tolist() == [1, 2]
+        assert s.mark_once(u64([2]), 1).tolist() == [True]
+        assert s.distinct(u64([3]), u64([9]), 1).tolist() == [1]
+        assert s.count(u64([4]), 3600).tolist() == [1]
+        time.sleep(2.1)
+        # the scan_id is forgotten: a new scan of a code already taken
+        assert claim(s, [("s1", CODE, 1, OK)]) == [(REPEAT, False)]
+        # the memory store sweeps expired windows after a call, so touch another key first
+        s.mark_once(u64([99]), 60)
+        assert s.count(u64([1, 4]), 1).tolist() == [1, 2]
+        assert s.mark_once(u64([2]), 1).tolist() == [True]
+        assert s.distinct(u64([3]), u64([8]), 1).tolist() == [1]
+
+
+# --- differential: random call sequences through both stores ------------------------------------
+
+CODES = [int(batch_key(7, 0, 42)), int(batch_key(7, 1, 42)), int(batch_key(65535, 3, 2**24 - 1))]
+SERIALS = [0, 1, 7, 8, CHUNK_SERIALS - 1, CHUNK_SERIALS, 2**20, 5_000_000, SERIAL_MAX]
+LIMITS = [CampaignLimits("a", 500, (3, 1), daily_cap=2), CampaignLimits("b", 41, (3,), daily_cap=1)]
+
+
+def claim_rows():
+    row = st.tuples(st.sampled_from([f"s{i}" for i in range(12)]), st.sampled_from(CODES), st.sampled_from(SERIALS),
+                    st.sampled_from([OK, OK, OK, BAD_MAC, NOT_ACTIVATED, 1]))
+    return st.tuples(st.just("claim"), st.lists(row, max_size=12))
+
+
+def grant_rows():
+    row = st.tuples(st.integers(0, 1), st.sampled_from(CODES), st.sampled_from(SERIALS[:5]),
+                    st.sampled_from(["u", "v", "微信-w"]), st.integers(0, 2), st.integers(-1, 1),
+                    st.sampled_from([0, 1, 40, 100]))
+    return st.tuples(st.just("grant"), st.lists(row, max_size=10))
+
+
+def window_rows(name: str, base: int):
+    keys = st.sampled_from([base, base + 1, base + 2, U64_MAX - base])
+    members = st.sampled_from([0, 1, 2**63, U64_MAX])
+    return st.tuples(st.just(name), st.lists(st.tuples(keys, members, st.booleans()), max_size=10))
+
+
+def apply(store: StateStore, op: str, rows: list) -> tuple:
+    """One call on ``store``; its answer as plain lists (dtypes included)."""
+    if op == "claim":
+        return tuple(claim(store, rows))
+    if op == "define":
+        store.define_campaigns(LIMITS)
+        return tuple(store.campaign_state(c.id) for c in LIMITS)
+    if op == "grant":
+        rows = [r for r in rows if r[0] == 0 or r[5] < 1]  # campaign b has one tier
+        if not rows:
+            return ()
+        c, code, serial, user, day, tier, cents = map(list, zip(*rows))
+        g = store.grant(GrantRequests(np.array(c, np.int64), u64(code), np.array(serial, np.uint32),
+                                      np.array(user, dtype=object), np.array(day, np.int64),
+                                      np.array(tier, np.int16), np.array(cents, np.int64)))
+        return (g.status.dtype.str, g.tier.dtype.str, g.cents.dtype.str, g.status.tolist(), g.tier.tolist(),
+                g.cents.tolist(), tuple(store.campaign_state(x.id) for x in LIMITS))
+    keys = u64([r[0] for r in rows])
+    if op == "count":
+        out = store.count(keys, 600)
+    elif op == "distinct":
+        out = store.distinct(keys, u64([r[1] for r in rows]), 600)
+    elif op == "distinct_new":
+        out = store.distinct(keys, u64([r[1] for r in rows]), 600, np.array([r[2] for r in rows], bool))
+    else:
+        out = store.mark_once(keys, 600)
+    return out.dtype.str, out.tolist()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(claim_rows(), grant_rows(), window_rows("count", 10), window_rows("distinct", 20),
+                          window_rows("distinct_new", 40),
+                          window_rows("mark_once", 30), st.just(("define", []))), max_size=14))
+def test_random_call_sequences_give_identical_answers(redis_url, ops):
+    with open_store("memory") as mem, open_store("redis", redis_url) as red:
+        for s in (mem, red):
+            s.define_campaigns(LIMITS)
+        for op, rows in ops:
+            assert apply(mem, op, rows) == apply(red, op, rows), (op, rows)
+
+
+def test_large_random_batches_give_identical_answers(redis_url):
+    """Batches larger than every slice of the Redis scripts, with collisions of every kind."""
+    rng = np.random.default_rng(2024)
+    with open_store("memory") as mem, open_store("redis", redis_url) as red:
+        for s in (mem, red):
+            # limits that bind during the run, so that rows fall on every side of them
+            s.define_campaigns(LIMITS[:1] + [CampaignLimits("b", 300_000, (4000, 50), daily_cap=3)])
+        for b in range(6):
+            n = 9000
+            ids = np.array([f"id-{x}" for x in rng.integers(0, 30_000, n)], dtype=object)
+            code = u64(rng.choice(CODES, n))
+            serial = rng.integers(0, 3_000_000, n).astype(np.uint32)
+            verdict = rng.choice(np.array([OK] * 8 + [BAD_MAC, NOT_ACTIVATED], np.uint8), n)
+            a, r = mem.claim(ids, code, serial, verdict), red.claim(ids, code, serial, verdict)
+            assert a.verdict.tolist() == r.verdict.tolist() and a.replay.tolist() == r.replay.tolist()
+            keys, members = u64(rng.integers(0, 2000, n)), u64(rng.integers(0, 50, n))
+            assert mem.count(keys, 600).tolist() == red.count(keys, 600).tolist()
+            assert mem.distinct(keys + u64(10**6), members, 600).tolist() == \
+                red.distinct(keys + u64(10**6), members, 600).tolist()
+            # flagged as new: keys of this batch only, first row of each (as the pipeline flags them)
+            fresh_keys = keys + u64(10**7 * (b + 1))
+            first = np.zeros(n, bool)
+            first[np.unique(fresh_keys, return_index=True)[1]] = True
+            assert mem.distinct(fresh_keys, members, 600, first).tolist() == \
+                red.distinct(fresh_keys, members, 600, first).tolist()
+            marks = keys + u64(2 * 10**6)
+            assert mem.mark_once(marks, 600).tolist() == red.mark_once(marks, 600).tolist()
+            camp = rng.integers(0, 2, n)
+            tier = rng.integers(-1, 2, n).astype(np.int16)  # both campaigns have two tiers
+            req = GrantRequests(camp, code, serial % 5000, np.array([f"u{x}" for x in rng.integers(0, 500, n)],
+                                dtype=object), rng.integers(0, 3, n), tier, rng.integers(0, 1000, n))
+            ga, gr = mem.grant(req), red.grant(req)
+            assert ga.status.tolist() == gr.status.tolist() and ga.tier.tolist() == gr.tier.tolist()
+            assert ga.cents.tolist() == gr.cents.tolist()
+            assert [mem.campaign_state(c) for c in "ab"] == [red.campaign_state(c) for c in "ab"]
+
+
+# --- the real pipeline over both stores --------------------------------------------------------
+
+KEY = bytes.fromhex("000102030405060708090a0b0c0d0e0f")
+CST = dt.timezone(dt.timedelta(hours=8))
+
+
+@pytest.fixture(scope="module")
+def synthetic_world(tmp_path_factory):
+    from streams.synthetic import build_world, generate_scans
+    world = build_world(7, KEY, 0)
+    directory = tmp_path_factory.mktemp("registry")
+    world.write_registry(directory)
+    lines = generate_scans(world, 4000, seed=5)
+    config = config_mod.parse({
+        "tenants": [{"id": 7, "name": "Test brewery", "keys": [{"key_id": 0, "hex": KEY.hex()}]}],
+        "engine": {"batch_size": 300, "resolve_gps": True},
+        "diversion": {"window_minutes": 10, "thresholds": {"consumer": 3, "store": 1, "dealer": 1}},
+        "clones": {"window_minutes": 10, "max_users": 3},
+        # limits that bind during the stream: stock, budget and the daily cap
+        "campaigns": [
+            {"id": "tight", "tenant": 7, "skus": ["BEER-500", "CRAFT-IPA"],
+             "start": dt.datetime(2026, 11, 1, tzinfo=CST), "end": dt.datetime(2027, 1, 1, tzinfo=CST),
+             "budget_cents": 60_000, "daily_cap": 1, "seed": "synthetic",
+             "tiers": [{"name": "small", "cents": 200, "probability": 0.5, "stock": 1_000},
+                       {"name": "big", "cents": 1_000, "probability": 0.05, "stock": 10}]},
+            {"id": "wide", "tenant": 7, "regions": ["44", "11"],
+             "start": dt.datetime(2026, 11, 1, tzinfo=CST), "end": dt.datetime(2027, 1, 1, tzinfo=CST),
+             "budget_cents": 1_000_000, "daily_cap": 3, "seed": "wide", "utc_offset_minutes": 0,
+             "tiers": [{"name": "any", "cents": 100, "probability": 0.3, "stock": 250}]},
+        ],
+    }, Path("/nonexistent/scanstream.toml"))
+    return config, Registry.load(directory), lines
+
+
+def run_stream(pipeline: Pipeline, lines: list[bytes], size: int) -> list[dict]:
+    out = []
+    for i in range(0, len(lines), size):
+        r = pipeline.process(lines[i:i + size])
+        out.append({part: {k: v.tolist() for k, v in getattr(r, part).items()}
+                    for part in ("scans", "alerts", "awards")})
+    return out
+
+
+def test_pipeline_gives_identical_outcomes_with_both_stores(synthetic_world, redis_url):
+    from engine.geo import AdcodeIndex
+    config, registry, lines = synthetic_world
+    resolve = AdcodeIndex.load().resolve
+    results = {}
+    with open_store("memory") as mem, open_store("redis", redis_url) as red:
+        for name, s in (("memory", mem), ("redis", red)):
+            pipeline = Pipeline(config, registry, s, resolve_gps=resolve)
+            first = run_stream(pipeline, lines, 300)
+            again = run_stream(pipeline, lines[:700], 250)  # the stream redelivered: all replays
+            results[name] = (first, again, [s.campaign_state(c.id) for c in config.campaigns])
+    assert results["memory"] == results["redis"]
+    first, again, _ = results["redis"]
+    # the stream exercised what the stores decide
+    verdicts = {v for b in first for v in b["scans"]["verdict"]}
+    draws = {d for b in first for d in b["scans"]["draw"]}
+    assert {"ok", "repeat"} <= verdicts
+    assert {"won", "out_of_stock", "budget", "cap"} <= draws, draws
+    assert sum(len(b["alerts"]["alert_id"]) for b in first) > 0
+    assert all(r == 1 for b in again for r in b["scans"]["replay"])
+
+
+# --- Redis only: layout, memory, round trips, errors ----------------------------------------
+
+def test_each_call_is_one_round_trip(redis_store):
+    calls = []
+    original = redis_store.client.execute_command
+
+    def counting(*args, **kwargs):
+        calls.append(args[0])
+        return original(*args, **kwargs)
+
+    redis_store.define_campaigns(LIMITS)
+    redis_store.client.execute_command = counting
+    n = 5000
+    ids = np.array([f"x{i}" for i in range(n)], dtype=object)
+    redis_store.claim(ids, u64(np.resize(CODES, n)), np.arange(n, dtype=np.uint32) * 997, np.full(n, OK, np.uint8))
+    redis_store.grant(GrantRequests(np.zeros(n, np.int64), u64(np.resize(CODES, n)), np.arange(n, dtype=np.uint32),
+                                    ids, np.zeros(n, np.int64), np.zeros(n, np.int16), np.full(n, 1, np.int64)))
+    keys = u64(np.arange(n))
+    redis_store.count(keys, 60)
+    redis_store.distinct(keys + u64(n), keys, 60)
+    redis_store.mark_once(keys + u64(2 * n), 60)
+    assert calls == ["EVALSHA"] * 5
+
+
+def test_dedup_chunks_are_keyed_per_code_and_chunk_with_a_hash_tag(redis_store):
+    code = int(batch_key(65535, 1, 2**24 - 1))
+    claim(redis_store, [("a", code, CHUNK_SERIALS - 1, OK), ("b", code, CHUNK_SERIALS, OK),
+                        ("c", code, SERIAL_MAX, OK)])
+    keys = sorted(set(redis_store.client.scan_iter(match=redis_store.prefix.encode() + b"dd:*")))
+    p = redis_store.prefix.encode()
+    assert keys == sorted([p + b"dd:{65535:1:16777215:0}", p + b"dd:{65535:1:16777215:1}",
+                           p + b"dd:{65535:1:16777215:%d}" % (SERIAL_MAX // CHUNK_SERIALS)])
+    assert redis_store.client.getbit(keys[0], CHUNK_SERIALS - 1) == 1
+    assert redis_store.client.getbit(p + b"dd:{65535:1:16777215:1}", 0) == 1
+
+
+def test_bitmaps_grow_to_exact_size_classes(redis_store):
+    """No greedy doubling of SETBIT: a bitmap takes about one bit per serial below its highest."""
+    n = 50_000
+    for i in range(0, n, 5_000):  # serials in order: the growth pattern that SETBIT doubles
+        s = np.arange(i, i + 5_000, dtype=np.uint32)
+        redis_store.claim(np.array([f"g{x}" for x in s.tolist()], dtype=object), np.full(len(s), CODE, np.uint64), s,
+                          np.full(len(s), OK, np.uint8))
+    key = redis_store.dedup_key(CODE, 0)
+    assert redis_store.client.strlen(key) == good_length(np.array([n // 8]))[0]
+    assert redis_store.client.memory_usage(key, samples=0) <= n // 8 * 1.25 + 200
+    assert redis_store.dedup_bytes() == redis_store.client.memory_usage(key, samples=0)
+    claim(redis_store, [("full", CODE, CHUNK_BYTES * 8 - 1, OK)])
+    assert redis_store.client.strlen(key) == CHUNK_BYTES
+    assert redis_store.client.memory_usage(key, samples=0) <= 8 * 1024 + 100
+
+
+def test_keys_have_their_ttls(redis_store):
+    r, p = redis_store.client, redis_store.prefix.encode()
+    claim(redis_store, [("scan-1", CODE, 1, OK)])
+    assert 3500 < r.ttl(p + b"rp:scan-1") <= 3600
+    assert r.ttl(redis_store.dedup_key(CODE, 0)) == -1  # a code is taken for ever
+    redis_store.count(u64([1]), 100)
+    redis_store.distinct(u64([2]), u64([U64_MAX]), 100)
+    redis_store.mark_once(u64([3]), 100)
+    for k in (1, 2, 3):
+        assert 90 < r.ttl(p + b"w:" + int(k).to_bytes(8, "little")) <= 100
+    # the TTL counts from the key's creation, as in the memory store: a later add keeps it
+    redis_store.count(u64([1]), 5000)
+    assert r.ttl(p + b"w:" + (1).to_bytes(8, "little")) <= 100
+    # distinct sets hold signed 64-bit integers: a compact intset
+    assert r.object("encoding", p + b"w:" + (2).to_bytes(8, "little")) == b"intset"
+
+
+def test_flush_prefix_deletes_only_its_own_keys(redis_url):
+    with open_store("redis", redis_url) as outer:
+        glob_prefix = outer.prefix + "x[*]?:"
+        inner = RedisStateStore(outer.client, prefix=glob_prefix)
+        claim(inner, [("a", CODE, 1, OK)])
+        inner.count(u64([1]), 60)
+        decoy = outer.prefix + "x*Z:decoy"  # matched by the prefix read as a glob pattern
+        outer.client.set(decoy, 1)
+        assert inner.flush_prefix() == 3
+        assert set(outer.client.scan_iter(match=outer.prefix + "*")) == {decoy.encode()}
+
+
+def test_unreachable_server_is_state_unavailable_without_the_password():
+    with pytest.raises(StateUnavailable) as info:
+        RedisStateStore.from_url("redis://user:s3cret-pw@127.0.0.1:1/0", prefix="t:", replay_ttl_s=60)
+    message = str(info.value)
+    assert "127.0.0.1:1" in message and "s3cret-pw" not in message and "***" in message
+    assert redact("redis://:p@ss@h:6379/0?password=x") == "redis://:***@h:6379/0?password=***"
+
+
+def test_a_server_that_goes_away_mid_stream_is_state_unavailable(tmp_path):
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed: cannot start a private server to stop")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
+                               "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"redis://:pw-never-shown@127.0.0.1:{port}/0"
+        for _ in range(100):
+            try:
+                store = RedisStateStore.from_url(url, prefix="t:", replay_ttl_s=60)
+                break
+            except StateUnavailable:
+                time.sleep(0.05)
+        else:
+            pytest.fail("the private redis-server did not start")
+        assert claim(store, [("a", CODE, 1, OK)]) == [(OK, False)]
+        server.terminate()
+        server.wait(10)
+        with pytest.raises(StateUnavailable, match=f"127.0.0.1:{port}.*unavailable") as info:
+            claim(store, [("b", CODE, 2, OK)])
+        assert "pw-never-shown" not in str(info.value)
+        store.close()
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(10)
+
+
+def test_odd_scan_ids(store):
+    # scan ids are arbitrary strings: separators, braces, NUL, non-ASCII, empty, long
+    odd = ["", ",", "a,b", "{tag}", "\x00nul", "请求-1", "x" * 300, "s1", "s1 "]
+    rows = [(s, CODE, i, OK) for i, s in enumerate(odd)]
+    assert claim(store, rows) == [(OK, False)] * len(odd)
+    assert claim(store, rows) == [(OK, True)] * len(odd)
