@@ -41,6 +41,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
+import numpy as np
 import orjson
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.errors import KafkaError, KafkaTimeoutError
@@ -48,7 +49,7 @@ from kafka.errors import KafkaError, KafkaTimeoutError
 from engine.keys import KeyTable
 from engine.verdicts import Verdict
 from ext.codec import verify, verify_batch
-from ext.scanparse import MAX_EVENT_BYTES, MAX_ID_CHARS, ROLES, TS_MAX_MS, TS_MIN_MS
+from ext.scanparse import MAX_EVENT_BYTES, parse_events
 from streams import envelope, replies
 
 #: Headers of the two message kinds (``streams.envelope``).
@@ -83,124 +84,28 @@ class PublishError(RuntimeError):
     """Scans the broker did not take, or a publisher that cannot publish (no topic, closed, full)."""
 
 
-# -- the scan event schema (the worker's parse rules, ext/scanparse.pyx) ---------------------
+# -- the scan event schema: the worker's own parse stage decides --------------------------------
 
-_RFC3339 = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?"
-                      r"(?:[Zz]|([+-])([0-9]{2}):([0-9]{2}))")
-_ADCODE = re.compile(r"[0-9]{2}(?:[0-9]{2}){0,2}")
+_FIELD = re.compile(r"missing required field '(\w+)'|^(\w+)")
 
 
-def _days_from_civil(y: int, m: int, d: int) -> int:
-    y -= m <= 2
-    era = y // 400
-    yoe = y - era * 400
-    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
-    return era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
+def _problem(event: dict, reason: str) -> InvalidEvent:
+    """An InvalidEvent from the parse stage's reason; the first problem names the field."""
+    first = reason.split("; ", 1)[0]
+    m = _FIELD.search(first)
+    field = (m.group(1) or m.group(2)) if m else "event"
+    return InvalidEvent(field, event.get(field) if field in event else None, first)
 
 
-def _month_days(year: int, month: int) -> int:
-    if month == 2:
-        return 29 if year % 4 == 0 and (year % 100 != 0 or year % 400 == 0) else 28
-    return 30 if month in (4, 6, 9, 11) else 31
-
-
-def rfc3339_ms(text: str) -> int | None:
-    """Epoch ms of ``YYYY-MM-DD[T ]HH:MM:SS[.frac](Z|+HH:MM|-HH:MM)``; None if not that form.
-
-    The same grammar and arithmetic as the worker's parser: no impossible dates, second 60
-    read as 59.999, digits after the milliseconds dropped.
-    """
-    m = _RFC3339.fullmatch(text)
-    if m is None:
-        return None
-    year, month, day, hour, minute, second = (int(g) for g in m.group(1, 2, 3, 4, 5, 6))
-    frac = m.group(7)
-    oh, om = (int(m.group(9)), int(m.group(10))) if m.group(8) else (0, 0)
-    if not (1 <= month <= 12 and 1 <= day <= _month_days(year, month) and hour <= 23 and minute <= 59
-            and second <= 60 and oh <= 23 and om <= 59):
-        return None
-    ms = int((frac + "00")[:3]) if frac else 0
-    if second == 60:
-        second, ms = 59, 999
-    sign = -1 if m.group(8) == "-" else 1
-    return ((_days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60 + second
-             - sign * (oh * 3600 + om * 60)) * 1000 + ms)
-
-
-def _ident(event: dict, field: str, required: bool) -> None:
-    value = event.get(field)
-    if value is None:
-        if required:
-            raise InvalidEvent(field, value, "required field is missing")
-        return
-    kind = type(value)
-    if kind is str:
-        if required and not value:
-            raise InvalidEvent(field, value, "must not be empty")
-        if len(value) > MAX_ID_CHARS:
-            raise InvalidEvent(field, value, f"has {len(value)} characters; at most {MAX_ID_CHARS} allowed")
-    elif kind is not int:  # numeric ids are kept as text by the worker; bool is not one
-        raise InvalidEvent(field, value, f"must be a string, not {kind.__name__}")
-
-
-def check_event(event: Any) -> None:
-    """Raise ``InvalidEvent`` when the worker would judge ``event`` ``invalid_event``.
-
-    Required: scan_id and user_id (non-empty string or integer, at most 256 characters),
-    code (string; one that does not decode is valid here and judged ``malformed`` later),
-    ts (RFC 3339 with a zone, or integer epoch milliseconds, in 2000..2100).  Optional, when
-    present and not null: role (consumer, store, dealer), store_id, channel, ip, device_id
-    (like ids), region (an adcode of 2, 4 or 6 digits), lat and lon (finite numbers).  Other
-    fields pass through untouched.  ``encode_event`` also checks that the event serialises
-    (valid UTF-8 text, at most ``MAX_EVENT_BYTES``).
-    """
+def _serialise(event: Any) -> bytes:
     if type(event) is not dict:
         raise InvalidEvent("event", event, f"a scan event must be a dict (a JSON object), not {type(event).__name__}")
-    _ident(event, "scan_id", True)
-    _ident(event, "user_id", True)
-    code = event.get("code")
-    if code is None:
-        raise InvalidEvent("code", code, "required field is missing")
-    if type(code) is not str:
-        raise InvalidEvent("code", code, f"must be a string (the code or its QR URL), not {type(code).__name__}")
-    ts = event.get("ts")
-    if ts is None:
-        raise InvalidEvent("ts", ts, "required field is missing")
-    if type(ts) is int:
-        if not TS_MIN_MS <= ts < TS_MAX_MS:
-            raise InvalidEvent("ts", ts, "is not epoch milliseconds in 2000..2100")
-    elif type(ts) is str:
-        ms = rfc3339_ms(ts)
-        if ms is None:
-            raise InvalidEvent("ts", ts, "is not an RFC 3339 time with a zone, e.g. 2026-11-20T10:15:00+08:00")
-        if not TS_MIN_MS <= ms < TS_MAX_MS:
-            raise InvalidEvent("ts", ts, "is not in 2000..2100")
-    else:
-        raise InvalidEvent("ts", ts, f"must be an RFC 3339 string or integer epoch milliseconds, "
-                                     f"not {type(ts).__name__}")
-    role = event.get("role")
-    if role is not None and role not in ROLES:
-        raise InvalidEvent("role", role, f"is not one of {list(ROLES)}")
-    for field in ("store_id", "channel", "ip", "device_id"):
-        if field in event:
-            _ident(event, field, False)
-    region = event.get("region")
-    if region is not None:
-        _ident(event, "region", False)
-        text = str(region)
-        if text and not (_ADCODE.fullmatch(text) and text.isascii()):
-            raise InvalidEvent("region", region, "is not an adcode of 2, 4 or 6 digits")
-    for field in ("lat", "lon"):
+    for field in ("lat", "lon"):  # JSON has no NaN: orjson would send it as null, i.e. absent
         value = event.get(field)
-        if value is not None and not ((type(value) is float or type(value) is int) and math.isfinite(value)):
+        if type(value) is float and not math.isfinite(value):
             raise InvalidEvent(field, value, "must be a finite number")
-
-
-def encode_event(event: Any) -> bytes:
-    """The checked event as one JSON line (no newline): what the worker reads."""
-    check_event(event)
     try:
-        line = orjson.dumps(event)
+        return orjson.dumps(event)
     except orjson.JSONEncodeError:
         for name, value in event.items():
             if type(name) is not str:
@@ -210,10 +115,40 @@ def encode_event(event: Any) -> bytes:
             except orjson.JSONEncodeError as exc:
                 raise InvalidEvent(name, value, f"is not JSON serialisable ({exc})") from None
         raise
-    if len(line) > MAX_EVENT_BYTES:
-        raise InvalidEvent("event", f"<{len(line)} bytes>", f"serialises to {len(line)} bytes; the worker takes "
-                                                           f"at most {MAX_EVENT_BYTES}")
+
+
+def encode_events(events: Sequence[Any]) -> list[bytes]:
+    """The events as JSON lines, checked by the worker's own parse stage (``ext.scanparse``).
+
+    Raises ``InvalidEvent`` (with the event's index) for the first event the worker would
+    judge ``invalid_event``: the publisher and the worker cannot disagree on the schema.
+    """
+    lines = []
+    for i, event in enumerate(events):
+        try:
+            lines.append(_serialise(event))
+        except InvalidEvent as exc:
+            raise exc.at(i) from None
+    reasons = parse_events(lines)["reason"]
+    bad = np.nonzero(reasons != "")[0]
+    if len(bad):
+        i = int(bad[0])
+        raise _problem(events[i], reasons[i]).at(i)
+    return lines
+
+
+def encode_event(event: Any) -> bytes:
+    """One checked event as a JSON line (no newline): what the worker reads."""
+    line = _serialise(event)
+    reason = parse_events([line])["reason"][0]
+    if reason:
+        raise _problem(event, reason)
     return line
+
+
+def check_event(event: Any) -> None:
+    """Raise ``InvalidEvent`` when the worker would judge ``event`` ``invalid_event``."""
+    encode_event(event)
 
 
 # -- keys and partitions ---------------------------------------------------------------------
@@ -408,12 +343,7 @@ class ScanPublisher:
         of ``APPEND_CHUNK`` events were buffered; ``stats()["accepted"]`` tells how many.
         """
         events = events if isinstance(events, list) else list(events)
-        lines = []
-        for i, event in enumerate(events):
-            try:
-                lines.append(encode_event(event))
-            except InvalidEvent as exc:
-                raise exc.at(i) from None
+        lines = encode_events(events)
         n = self.partitions
         parts = [partition_for(k, n) for k in code_keys([e["code"] for e in events], self.keys)]
         for lo in range(0, len(lines), APPEND_CHUNK):
