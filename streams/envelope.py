@@ -37,6 +37,19 @@ def encode(lines: Iterable[bytes]) -> bytes:
     return b"\n".join(lines)
 
 
+def chunks(lines: Sequence[bytes], limit: int = MAX_ENVELOPE_BYTES) -> Iterable[Sequence[bytes]]:
+    """Consecutive runs of ``lines`` whose envelopes stay within ``limit`` bytes."""
+    start, size = 0, 0
+    for i, line in enumerate(lines):
+        grown = size + len(line) + (1 if i > start else 0)
+        if grown > limit and i > start:
+            yield lines[start:i]
+            start, grown = i, len(line)
+        size = grown
+    if start < len(lines):
+        yield lines[start:]
+
+
 def decode(value: bytes | None, content_type: str) -> list[bytes]:
     """The scan events carried by one message; ``EnvelopeError`` when it carries none."""
     if value is None:

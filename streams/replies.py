@@ -8,12 +8,15 @@ returns the outcome and leaves it in place for a retried wait.
 """
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import orjson
 
 from engine import outcomes
 
+#: Longest single blocking call of ``wait_reply``.
+WAIT_SLICE_S = 1.0
 #: Fields of an outcome as the scan API receives it: the results-file fields.
 REPLY_FIELDS = ("scan_id", "ts", "tenant", "kind", "batch", "serial", "code", "user_id", "role", "region",
                 "channel", "sku", "dealer_id", "verdict", "diversion", "campaign", "prize_tier", "prize_cents",
@@ -47,5 +50,12 @@ def wait_reply(client, prefix: str, scan_id: str, timeout_s: float) -> dict[str,
     if not timeout_s > 0:  # Redis reads a zero timeout as "wait for ever"
         raise ValueError(f"timeout_s {timeout_s!r} must be above 0")
     key = reply_key(prefix, scan_id)
-    value = client.blmove(key, key, timeout_s, "LEFT", "RIGHT")
-    return orjson.loads(value) if value is not None else None
+    deadline = time.monotonic() + timeout_s
+    while True:
+        # short blocking slices: a client's socket timeout may be shorter than the whole wait
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        value = client.blmove(key, key, min(left, WAIT_SLICE_S), "LEFT", "RIGHT")
+        if value is not None:
+            return orjson.loads(value)

@@ -146,11 +146,12 @@ class BatchHandler:
             return []
         rows = replies.reply_rows(scans)
         part = (state_keys(scans["scan_id"]) % np.uint64(self.k.partitions)).astype(np.int64)
+        headers = [(envelope.CONTENT_TYPE, envelope.ENVELOPE.encode())]
         out = []
         for p in np.unique(part).tolist():
-            value = envelope.encode(orjson.dumps(rows[i]) for i in np.nonzero(part == p)[0].tolist())
-            out.append(Produce(self.k.results_topic, value, partition=int(p),
-                               headers=[(envelope.CONTENT_TYPE, envelope.ENVELOPE.encode())]))
+            lines = [orjson.dumps(rows[i]) for i in np.nonzero(part == p)[0].tolist()]
+            for chunk in envelope.chunks(lines):  # a broker takes messages of about 1 MB at most
+                out.append(Produce(self.k.results_topic, envelope.encode(chunk), partition=int(p), headers=headers))
         return out
 
     @staticmethod

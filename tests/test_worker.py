@@ -307,3 +307,13 @@ print("same")
 """
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "same", out.stderr[-2000:]
+
+
+def test_result_envelopes_stay_under_the_message_size_limit(world):
+    base, lines = world
+    config = local_config(base / "registry", partitions=1)
+    many = lines * 4  # about 24 000 scans in one batch: several MB of outcomes
+    handled = BatchHandler(config, build_pipeline(config, state=MemoryStateStore())).handle(records_of(many, 2000))
+    results = [p for p in handled.produce if p.topic == config.kafka.results_topic]
+    assert len(results) > 1 and all(len(p.value) <= envelope.MAX_ENVELOPE_BYTES for p in results)
+    assert sum(len(envelope.decode(p.value, envelope.ENVELOPE)) for p in results) == len(many)
