@@ -151,6 +151,7 @@ class AlertSettings:
     timeout_s: float = 5.0
     retries: int = 3
     backoff_s: float = 0.5
+    digest_grace_s: int = 60  # a dealer's digest for a window is sent this long after the window ends
 
 
 @dataclass(frozen=True)
@@ -343,7 +344,8 @@ def _read_alerts(r: Reader) -> AlertSettings:
     out = AlertSettings(webhooks=r.flag("webhooks", d.webhooks),
                         timeout_s=r.number("timeout_s", d.timeout_s, lo=0.1, hi=120),
                         retries=r.integer("retries", d.retries, lo=0, hi=20),
-                        backoff_s=r.number("backoff_s", d.backoff_s, lo=0, hi=60))
+                        backoff_s=r.number("backoff_s", d.backoff_s, lo=0, hi=60),
+                        digest_grace_s=r.integer("digest_grace_s", d.digest_grace_s, lo=0, hi=86_400))
     r.done()
     return out
 

@@ -65,6 +65,7 @@ class Dealers:
     regions: list[list[str]]
     manager: np.ndarray
     webhook: np.ndarray
+    secret_env: np.ndarray  # name of the variable holding the webhook's signing secret, or ''
     auth_keys: np.ndarray  # sorted int64 region_keys(dealer index, prefix)
     has_regions: np.ndarray  # bool: a dealer without regions is authorised everywhere
 
@@ -191,7 +192,7 @@ class Registry:
 
     @staticmethod
     def _dealers(path: Path, rows) -> Dealers:
-        ids, tenants, names, channels, regions, managers, hooks = [], [], [], [], [], [], []
+        ids, tenants, names, channels, regions, managers, hooks, secrets = [], [], [], [], [], [], [], []
         seen: dict[str, int] = {}
         for line, row in rows:
             dealer_id = row.get("dealer_id", "")
@@ -212,10 +213,11 @@ class Registry:
             regions.append(prefixes)
             managers.append(row.get("manager", ""))
             hooks.append(row.get("webhook", ""))
+            secrets.append(row.get("secret_env", ""))
         owner = np.array([i for i, ps in enumerate(regions) for _ in ps], np.int64)
         flat = _objects([p for ps in regions for p in ps])
         return Dealers(_objects(ids), np.array(tenants, np.uint16), _objects(names), _objects(channels), regions,
-                       _objects(managers), _objects(hooks), np.unique(region_keys(owner, flat)),
+                       _objects(managers), _objects(hooks), _objects(secrets), np.unique(region_keys(owner, flat)),
                        np.array([bool(ps) for ps in regions], bool))
 
     @staticmethod

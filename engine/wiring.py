@@ -42,3 +42,14 @@ def build_pipeline(config: Config, registry: Registry | None = None, state: Stat
         resolve = AdcodeIndex.load().resolve
     return Pipeline(config, registry if registry is not None else build_registry(config),
                     state if state is not None else build_state(config), resolve_gps=resolve)
+
+
+def build_alerting(config: Config, registry: Registry, clickhouse=None):
+    """Alert delivery: logs always, webhooks when ``alerts.webhooks`` is on."""
+    from sinks.alerting import AlertDelivery
+    from sinks.notifiers import WebhookNotifier
+    notifier = None
+    if config.alerts.webhooks:
+        notifier = WebhookNotifier(timeout_s=config.alerts.timeout_s, retries=config.alerts.retries,
+                                   backoff_s=config.alerts.backoff_s)
+    return AlertDelivery(registry, notifier, clickhouse, grace_ms=config.alerts.digest_grace_s * 1000)

@@ -13,8 +13,10 @@ A delivery must never crash or stall the engine, so ``WebhookNotifier``:
    collected by ``drain`` for the ``alert_deliveries`` table.
 
 Formats: ``generic`` (the alert as JSON, optionally HMAC-signed in a header), ``wecom``
-(WeCom / 企业微信 group robot) and ``dingtalk`` (DingTalk / 钉钉 custom robot, optionally
-signed in the query string).  A route's format, when not configured, follows from the URL's
+(WeCom / 企业微信 group robot), ``dingtalk`` (DingTalk / 钉钉 custom robot, optionally
+signed in the query string) and ``feishu`` (Feishu / 飞书 custom bot, optionally signed in
+the body).  A digest (``sinks.alert_digest``: all alerts of one dealer and window) is
+formatted like an alert, with one line per city and kind.  A route's format, when not configured, follows from the URL's
 host (``detect_format``).
 """
 from __future__ import annotations
@@ -55,9 +57,10 @@ DEFAULT_MAX_WORKERS = 4
 DEFAULT_MAX_PENDING = 10_000
 
 #: Formats ``format_message`` knows.
-FORMATS: tuple[str, ...] = ("generic", "wecom", "dingtalk")
+FORMATS: tuple[str, ...] = ("generic", "wecom", "dingtalk", "feishu")
 #: Host -> format, for routes whose format is not configured.
-FORMAT_BY_HOST: dict[str, str] = {"qyapi.weixin.qq.com": "wecom", "oapi.dingtalk.com": "dingtalk"}
+FORMAT_BY_HOST: dict[str, str] = {"qyapi.weixin.qq.com": "wecom", "oapi.dingtalk.com": "dingtalk",
+                                   "open.feishu.cn": "feishu", "open.larksuite.com": "feishu"}
 
 #: Headers of a signed ``generic`` delivery.
 SIGNATURE_HEADER = "X-Scanstream-Signature"
@@ -198,6 +201,8 @@ def _detail_text(detail: Any) -> str:
 
 def _lines(alert: Mapping[str, Any]) -> list[str]:
     """The human facts of an alert, Chinese first, one markdown line each."""
+    if alert.get("items"):
+        return _digest_lines(alert)
     lines = [
         f"**类型** kind: {_kind_text(alert)}",
         f"**经销商** dealer: {alert.get('dealer_id', '')}",
@@ -213,7 +218,23 @@ def _lines(alert: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _digest_lines(digest: Mapping[str, Any]) -> list[str]:
+    """A dealer's alerts of one window: one line per city and kind, with its count."""
+    lines = [
+        f"**经销商** dealer: {digest.get('dealer_id', '')}",
+        f"**时间窗口** window: {_window_text(digest.get('window_start', 0), digest.get('window_end', 0))}",
+    ]
+    for item in digest["items"]:
+        where = f"城市 city {item.get('city', '')}" if item.get("city") else ""
+        code = f" 码 code {item['code']}" if item.get("code") else ""
+        lines.append(f"**{_kind_label(item)}** {where}{code}: {int(item.get('count', 0))}")
+    lines.append(f"**告警编号** alert ids: {', '.join(str(i.get('alert_id', '')) for i in digest['items'])}")
+    return lines
+
+
 def _title(alert: Mapping[str, Any]) -> str:
+    if alert.get("items"):
+        return f"scanstream 告警汇总：{len(alert['items'])} 条 · {alert.get('dealer_id', '')}"
     return f"scanstream 告警：{_kind_label(alert)} · {alert.get('dealer_id', '')}"
 
 
@@ -266,6 +287,11 @@ def format_message(alert: Mapping[str, Any], fmt: str) -> dict[str, Any]:
         if manager:
             text += f"\n\n<@{manager}> 请及时核查 please check"
         return {"msgtype": "markdown", "markdown": {"content": text}}
+    if fmt == "feishu":  # a plain text message; the bot shows line breaks as they are
+        text = "\n".join([title, *(line.replace("**", "") for line in lines)])
+        if manager:
+            text += f"\n@{manager} 请及时核查 please check"
+        return {"msg_type": "text", "content": {"text": text}}
     # dingtalk: its markdown needs a blank line between paragraphs to break lines.
     text = "\n\n".join([f"### {title}", *(f"- {line}" for line in lines)])
     at: dict[str, Any] = {"isAtAll": False}
@@ -282,13 +308,19 @@ def dingtalk_sign(secret: str, timestamp_ms: int) -> str:
     return base64.b64encode(digest).decode()
 
 
+def feishu_sign(secret: str, timestamp_s: int) -> str:
+    """Feishu's signature: base64 HMAC-SHA256, keyed by ``"{timestamp}\n{secret}"``, of nothing."""
+    digest = hmac.new(f"{timestamp_s}\n{secret}".encode(), b"", hashlib.sha256).digest()
+    return base64.b64encode(digest).decode()
+
+
 def generic_signature(secret: str, body: bytes) -> str:
     """The ``X-Scanstream-Signature`` value: ``sha256=`` and the hex HMAC-SHA256 of the body."""
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-def _signed_request(route: Route, fmt: str, body: bytes) -> tuple[str, dict[str, str]]:
-    """URL and headers of one attempt; signatures carry the time, so each attempt signs anew."""
+def _signed_request(route: Route, fmt: str, body: bytes) -> tuple[str, dict[str, str], bytes]:
+    """URL, headers and body of one attempt; signatures carry the time, so each attempt signs anew."""
     url = route.webhook
     headers = {"Content-Type": "application/json; charset=utf-8", "User-Agent": USER_AGENT}
     if route.secret:
@@ -299,8 +331,13 @@ def _signed_request(route: Route, fmt: str, body: bytes) -> tuple[str, dict[str,
         elif fmt == "generic":
             headers[SIGNATURE_HEADER] = generic_signature(route.secret, body)
             headers[TIMESTAMP_HEADER] = str(now_ms)
+        elif fmt == "feishu":  # Feishu reads the signature from the message itself
+            message = orjson.loads(body)
+            message["timestamp"] = str(now_ms // 1000)
+            message["sign"] = feishu_sign(route.secret, now_ms // 1000)
+            body = orjson.dumps(message)
         # WeCom robots have no signing: the key in the URL is the credential.
-    return url, headers
+    return url, headers, body
 
 
 # --------------------------------------------------------------------------- notifiers
@@ -343,14 +380,18 @@ def _retry_after(value: str | None) -> float | None:
 
 def _reply_error(fmt: str, payload: bytes) -> str:
     """The robot's error for a 2xx reply, '' when it accepted the message."""
-    if fmt not in ("wecom", "dingtalk"):
+    if fmt not in ("wecom", "dingtalk", "feishu"):
         return ""
     try:
         reply = orjson.loads(payload)
     except orjson.JSONDecodeError:
         return ""  # a 2xx without JSON: nothing says it failed
-    if isinstance(reply, dict) and reply.get("errcode", 0) not in (0, "0"):
+    if not isinstance(reply, dict):
+        return ""
+    if reply.get("errcode", 0) not in (0, "0"):
         return f"errcode {reply.get('errcode')}: {str(reply.get('errmsg', ''))[:ERROR_BODY_CHARS]}"
+    if reply.get("code", 0) not in (0, "0"):  # Feishu says code/msg
+        return f"code {reply.get('code')}: {str(reply.get('msg', ''))[:ERROR_BODY_CHARS]}"
     return ""
 
 
@@ -453,18 +494,14 @@ class WebhookNotifier:
 
     def _record(self, alert: Mapping[str, Any], fmt: str, url: str, status: str, attempts: int,
                 http_status: int, error: str) -> None:
-        record = {
-            "alert_id": str(alert.get("alert_id", "")),
-            "ts": time.time_ns() // 1_000_000,
-            "channel_format": fmt,
-            "url": redact_url(url),
-            "status": status,
-            "attempts": attempts,
-            "http_status": http_status,
-            "error": error,
-        }
+        # a digest's delivery is the delivery of each alert it carries
+        ids = [str(i.get("alert_id", "")) for i in alert["items"]] if alert.get("items") else \
+            [str(alert.get("alert_id", ""))]
+        now = time.time_ns() // 1_000_000
+        records = [{"alert_id": alert_id, "ts": now, "channel_format": fmt, "url": redact_url(url), "status": status,
+                    "attempts": attempts, "http_status": http_status, "error": error} for alert_id in ids]
         with self._lock:
-            self._records.append(record)
+            self._records.extend(records)
 
     def _delay(self, retry: int, retry_after: float | None) -> float:
         """Seconds before retry number ``retry`` (1-based): doubling from ``backoff_s``, capped;
@@ -490,8 +527,8 @@ class WebhookNotifier:
         result = _Attempt(False, False, error="not attempted")
         while True:
             attempts += 1
-            url, headers = _signed_request(route, fmt, body)
-            result = self._attempt(url, headers, body, fmt)
+            url, headers, signed = _signed_request(route, fmt, body)
+            result = self._attempt(url, headers, signed, fmt)
             if result.ok or not result.retry or attempts > self.retries:
                 break
             if self._closing.wait(self._delay(attempts, result.retry_after)):

@@ -84,12 +84,14 @@ def batch_token(records: list[Record]) -> str:
 class BatchHandler:
     """Steps 1-4 of the commit order, and the messages of step 5."""
 
-    def __init__(self, config: Config, pipeline: Pipeline, clickhouse=None, redis_client=None):
+    def __init__(self, config: Config, pipeline: Pipeline, clickhouse=None, redis_client=None, alerting=None):
         self.config = config
         self.pipeline = pipeline
         self.clickhouse = clickhouse
         self.redis = redis_client
+        self.alerting = alerting  # sinks.alerting.AlertDelivery: logs, digests, webhooks
         self.k = config.kafka
+        self._watermark = 0
 
     def decode(self, records: list[Record]) -> tuple[list[bytes], np.ndarray, list[Produce]]:
         """Step 1: the scan lines of the batch, their positions, and dead letters."""
@@ -122,6 +124,11 @@ class BatchHandler:
             self.clickhouse.write_awards(result.awards, dedup_token=f"{token}:awards")
         if self.redis is not None and len(lines):  # 4
             replies.push_replies(self.redis, self.config.redis.prefix, result.scans, self.config.redis.result_ttl_s)
+        if self.alerting is not None:  # best effort, in the background: never holds the batch
+            valid = result.scans["reason"] == ""
+            if valid.any():
+                self._watermark = max(self._watermark, int(result.scans["ts"][valid].max()))
+            self.alerting.add(result.alerts, self._watermark)
         dead = len(produce)
         invalid = np.nonzero(result.scans["verdict"] == "invalid_event")[0]
         for i in invalid.tolist():
@@ -169,10 +176,11 @@ class RegistryReloader:
     fingerprint changes.  A registry that fails to load is logged and the old one kept.
     """
 
-    def __init__(self, config: Config, pipeline: Pipeline, clickhouse=None, clock=time.monotonic):
+    def __init__(self, config: Config, pipeline: Pipeline, clickhouse=None, clock=time.monotonic, alerting=None):
         self.config = config
         self.pipeline = pipeline
         self.clickhouse = clickhouse
+        self.alerting = alerting
         self.clock = clock
         self._next = clock() + config.registry_reload_s
         self._seen = self._fingerprint()
@@ -201,6 +209,8 @@ class RegistryReloader:
             log.warning("registry reload failed, keeping the current registry: %s", exc)
             return False
         self.pipeline.set_registry(registry)
+        if self.alerting is not None:
+            self.alerting.set_registry(registry)
         self._seen = seen
         log.info("registry reloaded: %d batches, %d dealers, %d shipments, %d stores", len(registry.batches.key),
                  len(registry.dealers.dealer_id), len(registry.shipments.start), len(registry.stores.index))

@@ -356,3 +356,58 @@ def test_log_notifier_logs_one_line_per_alert(caplog: pytest.LogCaptureFixture) 
     assert "a-0001" in lines[0] and "dealer=D-GZ-001" in lines[0] and "count=17" in lines[0]
     assert "city=1101" in lines[1]
     assert notifier.drain() == []
+
+
+# --------------------------------------------------------------------------- Feishu and digests
+
+
+def test_feishu_body_and_signature(notifier: WebhookNotifier, receiver: Receiver) -> None:
+    assert detect_format("https://open.feishu.cn/open-apis/bot/v2/hook/abc") == "feishu"
+    route = Route(receiver.url + "/open-apis/bot/v2/hook/abc", fmt="feishu", secret="feishu-secret",
+                  manager="li.na")
+    receiver.default = (200, b'{"code":0,"msg":"success"}')
+    record = deliver(notifier, diversion_alert(), route)
+    assert record["status"] == "delivered" and record["channel_format"] == "feishu"
+    body = receiver.requests[0].json()
+    assert body["msg_type"] == "text"
+    assert "D-GZ-001" in body["content"]["text"] and "3201" in body["content"]["text"]
+    assert "@li.na" in body["content"]["text"]
+    # recompute Feishu's signature from the timestamp the message carries
+    expected = base64.b64encode(hmac.new(f"{body['timestamp']}\nfeishu-secret".encode(), b"",
+                                         hashlib.sha256).digest()).decode()
+    assert body["sign"] == expected
+
+
+def test_feishu_error_code_is_a_failure(notifier: WebhookNotifier, receiver: Receiver) -> None:
+    receiver.default = (200, b'{"code":19021,"msg":"sign match fail"}')
+    record = deliver(notifier, diversion_alert(), Route(receiver.url + "/hook", fmt="feishu"))
+    assert record["status"] == "failed" and "19021" in record["error"]
+
+
+def test_a_digest_is_one_message_listing_every_city_and_one_record_per_alert(notifier: WebhookNotifier,
+                                                                             receiver: Receiver) -> None:
+    import numpy as np
+
+    from engine import outcomes
+    from sinks.alert_digest import AlertDigests
+
+    alerts = [diversion_alert(alert_id=f"a-{i}", city=city, subtype=kind, count=3)
+              for i, (city, kind) in enumerate([("3201", "region"), ("4301", "region"), ("4401", "channel")])]
+    alerts.append(diversion_alert(alert_id="a-other", dealer_id="D-OTHER", city="1101"))
+    batch = {name: np.array([a[name] for a in alerts], dtype=dtype) for name, dtype, _ in outcomes.ALERT_COLUMNS}
+    digests = AlertDigests(grace_ms=60_000)
+    assert digests.add(batch, watermark_ms=WINDOW_END) == []  # inside the grace period: still open
+    due = digests.add(outcomes.empty(outcomes.ALERT_COLUMNS), watermark_ms=WINDOW_END + 60_000)
+    assert sorted(d["dealer_id"] for d in due) == ["D-GZ-001", "D-OTHER"] and len(digests) == 0
+    mine = next(d for d in due if d["dealer_id"] == "D-GZ-001")
+    assert mine["city"] == "3201,4301,4401" and mine["count"] == 9
+    notifier.notify([mine], {"D-GZ-001": Route(receiver.url + "/hook")})
+    records = notifier.drain(timeout=10)
+    assert len(receiver.requests) == 1  # one message for the dealer's window
+    body = receiver.requests[0].json()
+    assert [i["city"] for i in body["items"]] == ["3201", "4301", "4401"]
+    assert sorted(r["alert_id"] for r in records) == ["a-0", "a-1", "a-2"]
+    assert {r["status"] for r in records} == {"delivered"}
+    for fmt in ("wecom", "dingtalk", "feishu"):
+        text = orjson.dumps(format_message(mine, fmt)).decode()
+        assert all(city in text for city in ("3201", "4301", "4401")), fmt

@@ -8,9 +8,8 @@ from pathlib import Path
 from engine.cli.common import config_option, load_config, open_clickhouse
 from engine.config import Config
 from engine.summary import Summary
-from engine.wiring import build_pipeline, build_registry, build_state
-from sinks.notifiers import WebhookNotifier
-from sinks.outputs import Outputs, ResultsFile, routes_from_registry
+from engine.wiring import build_alerting, build_pipeline, build_registry, build_state
+from sinks.outputs import Outputs, ResultsFile
 from streams.local import Progress, run as drive
 
 
@@ -32,12 +31,7 @@ def execute(config: Config, source, source_name: str, results: Path | None, prog
     if clickhouse is not None:
         from sinks.registry_tables import publish_registry
         publish_registry(clickhouse, registry)
-    notifier = None
-    if config.alerts.webhooks:
-        notifier = WebhookNotifier(timeout_s=config.alerts.timeout_s, retries=config.alerts.retries,
-                                   backoff_s=config.alerts.backoff_s)
-    outputs = Outputs(results_file, clickhouse, notifier,
-                      routes_from_registry(registry))
+    outputs = Outputs(results_file, clickhouse, build_alerting(config, registry, clickhouse))
     try:
         summary = drive(pipeline, source, outputs, config.engine.batch_size, source_name,
                         Progress(progress_total))

@@ -24,7 +24,7 @@ def main(args: argparse.Namespace) -> int:
     import faust
     import redis as redis_py
 
-    from engine.wiring import build_pipeline, build_registry, build_state
+    from engine.wiring import build_alerting, build_pipeline, build_registry, build_state
     from streams.app import build_app
     from streams.topics import ensure_topics
     from streams.worker import BatchHandler, RegistryReloader
@@ -39,8 +39,13 @@ def main(args: argparse.Namespace) -> int:
         publish_registry(clickhouse, registry)
     pipeline = build_pipeline(config, registry, build_state(config))
     replies = redis_py.Redis.from_url(config.redis.url) if config.redis.replies else None
-    handler = BatchHandler(config, pipeline, clickhouse, replies)
-    app, _ = build_app(config, handler, RegistryReloader(config, pipeline, clickhouse), web_port=args.web_port)
+    alerting = build_alerting(config, registry, clickhouse)
+    handler = BatchHandler(config, pipeline, clickhouse, replies, alerting)
+    reloader = RegistryReloader(config, pipeline, clickhouse, alerting=alerting)
+    app, _ = build_app(config, handler, reloader, web_port=args.web_port)
     worker = faust.Worker(app, loglevel=args.loglevel.upper(), quiet=True)
-    worker.execute_from_commandline()  # runs until SIGINT/SIGTERM
+    try:
+        worker.execute_from_commandline()  # runs until SIGINT/SIGTERM
+    finally:
+        alerting.close(timeout=config.alerts.timeout_s)  # open digests go out on shutdown
     return 0
