@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import csv
-import shutil
 import threading
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import numpy as np
 import orjson
 import pytest
 
