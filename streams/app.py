@@ -14,12 +14,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import faust
 
 from engine.config import Config
+from streams.metrics import WorkerMetrics
 from streams.worker import BatchHandler, Handled, Record, RegistryReloader
 
 log = logging.getLogger("scanstream.worker")
@@ -43,7 +45,7 @@ class WorkerStatus:
 
 
 def build_app(config: Config, handler: BatchHandler, reloader: RegistryReloader | None = None,
-              *, web_port: int | None = None) -> tuple[faust.App, WorkerStatus]:
+              *, web_port: int | None = None, metrics: WorkerMetrics | None = None) -> tuple[faust.App, WorkerStatus]:
     """The Faust app with the ``scans`` topic, the output topics and the agent."""
     k = config.kafka
     app = faust.App(
@@ -75,10 +77,15 @@ def build_app(config: Config, handler: BatchHandler, reloader: RegistryReloader 
                 if status.state != "running":
                     log.info("worker running (after %d retries)", status.retries)
                 status.state = "running"
+                if metrics is not None:
+                    metrics.retrying.set(0)
                 return handled
             except Exception as exc:  # a service is down: hold the batch, take nothing new
                 status.state, status.last_error = "retrying", f"{type(exc).__name__}: {exc}"[:500]
                 status.retries += 1
+                if metrics is not None:
+                    metrics.error(exc)
+                    metrics.retrying.set(1)
                 log.warning("batch of %d messages failed (%s); retrying in %.1f s", len(records),
                             status.last_error, delay)
                 await asyncio.sleep(delay)
@@ -94,6 +101,7 @@ def build_app(config: Config, handler: BatchHandler, reloader: RegistryReloader 
     @app.agent(scans, name="scanstream.process")
     async def process(stream):
         async for events in stream.take_events(k.take, within=k.within_ms / 1000):
+            started = time.perf_counter()
             records = [Record(e.message.topic, e.message.partition, e.message.offset, e.message.value,
                               list(e.message.headers.items()) if isinstance(e.message.headers, dict)
                               else list(e.message.headers or [])) for e in events]
@@ -105,18 +113,34 @@ def build_app(config: Config, handler: BatchHandler, reloader: RegistryReloader 
                     break
                 except Exception as exc:
                     status.state, status.last_error = "retrying", f"{type(exc).__name__}: {exc}"[:500]
+                    if metrics is not None:
+                        metrics.error(exc)
                     log.warning("producing outputs failed (%s); retrying in %.1f s", status.last_error, delay)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, RETRY_MAX_S)
             status.batches += 1
             status.scans += handled.scans
             status.dead_letters += handled.dead_letters
+            if metrics is not None:
+                metrics.observe_batch(Counter(handled.result.scans["verdict"].tolist()), handled.dead_letters,
+                                      time.perf_counter() - started)
             if reloader is not None:
                 await asyncio.get_running_loop().run_in_executor(executor, reloader.maybe_reload)
             # 6: returning to take_events acks these events; Faust commits acked offsets
 
     @app.timer(interval=10.0)
     async def report() -> None:
+        if metrics is not None:
+            consumer = app.consumer
+            for tp in consumer.assignment():
+                try:  # a broker without end offsets (e.g. Tansu) shows nonsense here: see README
+                    position = await consumer.position(tp)
+                    if position is not None:
+                        metrics.lag.labels(tp.topic, str(tp.partition)).set(max(consumer.highwater(tp) - position, 0))
+                except Exception:  # noqa: BLE001 - lag is information, never a reason to stop
+                    pass
+            if handler.alerting is not None:
+                metrics.pending_alerts.set(len(handler.alerting.digests))
         log.info("worker %s: %d batches, %d scans, %d dead letters, %d retries%s", status.state, status.batches,
                  status.scans, status.dead_letters, status.retries,
                  f", last error: {status.last_error}" if status.state == "retrying" else "")

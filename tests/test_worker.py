@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -29,6 +30,7 @@ from engine.state.memory import MemoryStateStore
 from engine.wiring import build_pipeline
 from streams import envelope
 from streams.synthetic import build_world, generate_scans
+from streams.broker import free_port
 from streams.worker import BatchHandler, Record, RegistryReloader, batch_token
 
 REPO = Path(__file__).resolve().parents[1]
@@ -222,8 +224,9 @@ def test_worker_on_real_services_matches_the_local_driver(state, world, broker, 
                                 names, redis_prefix, state)
     expected = build_pipeline(local_config(base / "registry"), state=MemoryStateStore()).process(lines).scans
     log = (tmp_path / "worker.log").open("wb")
-    worker = subprocess.Popen([SCANSTREAM, "--config", str(config_path), "worker", "--loglevel", "info"],
-                              stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    metrics_port = free_port()
+    worker = subprocess.Popen([SCANSTREAM, "--config", str(config_path), "worker", "--loglevel", "info",
+                               "--metrics-port", str(metrics_port)], stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
     try:
         producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
         # envelopes of 200 scans, one partition each, in stream order: what the publisher sends
@@ -254,6 +257,12 @@ def test_worker_on_real_services_matches_the_local_driver(state, world, broker, 
         assert wait_reply(client, redis_prefix, sample, 5)["verdict"] == expected["verdict"][123]
         dead = consume(broker.bootstrap, names["dlq"], 1 + int((expected["verdict"] == "invalid_event").sum()), 30)
         assert b"\x00 not a scan" in dead
+        # the worker's Prometheus metrics count what it processed
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+        scraped = {v: float(n) for v, n in re.findall(r'scanstream_scans_total\{verdict="(\w+)"\} (\S+)', text)}
+        assert scraped == {v: float(n) for v, n in collections.Counter(expected["verdict"].tolist()).items()}
+        assert float(re.search(r"(?m)^scanstream_dead_letters_total (\S+)", text).group(1)) == len(dead)
+        assert float(re.search(r"(?m)^scanstream_batch_seconds_count (\S+)", text).group(1)) >= 1
     finally:
         worker.send_signal(signal.SIGTERM)
         try:

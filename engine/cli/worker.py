@@ -11,6 +11,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("worker", parents=[config_option()],
                        help="consume scans from Kafka (Faust), write outcomes to ClickHouse, Redis and Kafka")
     p.add_argument("--web-port", type=int, default=None, help="serve Faust's web view on this port (default: off)")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="serve Prometheus metrics on 127.0.0.1:PORT/metrics (default: off)")
     p.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(handler=main)
 
@@ -26,6 +28,7 @@ def main(args: argparse.Namespace) -> int:
 
     from engine.wiring import build_alerting, build_pipeline, build_registry, build_state
     from streams.app import build_app
+    from streams.metrics import WorkerMetrics
     from streams.topics import ensure_topics
     from streams.worker import BatchHandler, RegistryReloader
 
@@ -42,7 +45,10 @@ def main(args: argparse.Namespace) -> int:
     alerting = build_alerting(config, registry, clickhouse)
     handler = BatchHandler(config, pipeline, clickhouse, replies, alerting)
     reloader = RegistryReloader(config, pipeline, clickhouse, alerting=alerting)
-    app, _ = build_app(config, handler, reloader, web_port=args.web_port)
+    metrics = WorkerMetrics()
+    if args.metrics_port:
+        metrics.serve(args.metrics_port)
+    app, _ = build_app(config, handler, reloader, web_port=args.web_port, metrics=metrics)
     worker = faust.Worker(app, loglevel=args.loglevel.upper(), quiet=True)
     try:
         worker.execute_from_commandline()  # runs until SIGINT/SIGTERM
