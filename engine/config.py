@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.diversion import DiversionSettings
+from engine.enumeration import IDENTITIES, EnumerationSettings
 from engine.keys import KEY_BYTES, KEY_ID_MAX, TENANT_MAX, KeyTable
 from engine.lottery import Campaign, Tier
 
@@ -198,6 +199,7 @@ class Config:
     alerts: AlertSettings = AlertSettings()
     redis: RedisSettings = RedisSettings()
     kafka: KafkaSettings = KafkaSettings()
+    enumeration: EnumerationSettings = EnumerationSettings()
 
 
 def _read_key(r: Reader, tenant: int) -> tuple[int, bytes]:
@@ -350,6 +352,21 @@ def _read_alerts(r: Reader) -> AlertSettings:
     return out
 
 
+def _read_enumeration(r: Reader) -> EnumerationSettings:
+    d = EnumerationSettings()
+    identities = tuple(r.texts("identities", list(d.identities)))
+    for i in identities:
+        if i not in IDENTITIES:
+            raise ConfigError(f"{r.key('identities')}: {i!r} is not one of {list(IDENTITIES)}")
+    out = EnumerationSettings(window_minutes=r.integer("window_minutes", d.window_minutes, lo=1, hi=7 * 24 * 60),
+                              threshold=r.integer("threshold", d.threshold, lo=2),
+                              block=r.flag("block", d.block),
+                              block_hours=r.integer("block_hours", d.block_hours, lo=1, hi=24 * 365),
+                              identities=identities)
+    r.done()
+    return out
+
+
 def _read_redis(r: Reader) -> RedisSettings:
     d = RedisSettings()
     url = r.text("url", d.url)
@@ -414,13 +431,15 @@ def parse(data: dict[str, Any], source: Path) -> Config:
     alerts = _read_alerts(root.sub("alerts"))
     redis = _read_redis(root.sub("redis"))
     kafka = _read_kafka(root.sub("kafka"))
+    enumeration = _read_enumeration(root.sub("enumeration"))
     root.done()
     if registry_source == "clickhouse" and not clickhouse:
         raise ConfigError("registry.source: 'clickhouse' needs sink.clickhouse to name a ClickHouse")
     return Config(source=source, tenants=tenants, keys=keys, engine=engine, registry_dir=registry_dir,
                   registry_source=registry_source, registry_reload_s=registry_reload_s,
                   state_backend=state_backend, clickhouse=clickhouse, database=database, diversion=diversion,
-                  campaigns=tuple(campaigns), alerts=alerts, redis=redis, kafka=kafka)
+                  campaigns=tuple(campaigns), alerts=alerts, redis=redis, kafka=kafka,
+                  enumeration=enumeration)
 
 
 def load(path: str | os.PathLike[str] | None = None) -> Config:

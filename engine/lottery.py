@@ -122,6 +122,8 @@ class Lottery:
 
         draw = np.full(n, DrawStatus.NONE, np.uint8)
         draw[campaign_idx >= 0] = DrawStatus.INELIGIBLE
+        if blocked is not None:  # say why: the scanner is blocked, not the scan
+            draw[(campaign_idx >= 0) & blocked & (verdict == Verdict.OK) & (role == "consumer")] = DrawStatus.BLOCKED
         tier_name = _strings(n)
         cents = np.zeros(n, np.uint32)
         rows = np.nonzero(eligible_idx >= 0)[0]

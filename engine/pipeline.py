@@ -6,7 +6,8 @@ The stages run in DESIGN.md's order, each over whole columns:
 2. verify     ``ext.codec``: base32 + SipHash MAC -> ``malformed`` / ``unknown_tenant`` / ``bad_mac``
 3. enrich     ``engine.enrich``: registry -> ``unknown_batch`` / ``not_activated``, dealer, place
 4. dedup      state store ``claim`` -> ``repeat`` / ``ok``; a known scan_id gets its first answer
-5. diversion  ``engine.diversion``: region / channel mismatch, windowed alerts, cloned codes
+5. diversion  ``engine.diversion``: region / channel mismatch, windowed alerts, cloned codes;
+              ``engine.enumeration``: scanners submitting many forged codes, block list
 6. lottery    ``engine.lottery``: draw, then pay within stock, budget and daily cap
 7. emit       the caller hands the returned batches to its sinks
 
@@ -25,6 +26,7 @@ from engine import diversion as div
 from engine import outcomes
 from engine.config import Config
 from engine.enrich import enrich
+from engine.enumeration import EnumerationGuard
 from engine.lottery import Lottery
 from engine.registry import Registry, batch_key
 from engine.state import DRAW_LABELS, StateStore
@@ -53,6 +55,7 @@ class Pipeline:
         self.resolve_gps = resolve_gps
         self.lottery = Lottery(list(config.campaigns), state)
         self.windows = div.AlertWindows(config.diversion, registry, state)
+        self.enumeration = EnumerationGuard(config.enumeration, state)
 
     def set_registry(self, registry: Registry) -> None:
         """Use ``registry`` from the next batch on (registry updates without a restart)."""
@@ -90,9 +93,12 @@ class Pipeline:
             self.windows.diversion_alerts(np.nonzero(verified & (diversion > 0))[0], cols, e.dealer, diversion),
             self.windows.clone_alerts(np.nonzero(verified)[0], cols, e.dealer, e.place, first_scan=verdict == Verdict.OK),
         ])
+        # 5b enumeration defence: many forged codes from one scanner -> alert, block list
+        guard = self.enumeration.run(cols, verdict, replay)
+        alerts = outcomes.concat(outcomes.ALERT_COLUMNS, [alerts, guard.alerts])
         # 6 lottery
         lot = self.lottery.run(cols["tenant"], cols["kind"], cols["batch"], cols["serial"], cols["ts"], verdict,
-                               cols["role"], e.sku, e.place, cols["user_id"])
+                               cols["role"], e.sku, e.place, cols["user_id"], blocked=guard.blocked)
         # 7 emit
         scans = {
             "scan_id": cols["scan_id"], "ts": cols["ts"], "tenant": cols["tenant"], "kind": cols["kind"],

@@ -34,7 +34,8 @@ class DrawStatus(IntEnum):
     OUT_OF_STOCK = 3
     BUDGET = 4
     CAP = 5  # the user reached the campaign's daily cap
-    INELIGIBLE = 6  # a campaign applies but the scan may not win (not ok, not a consumer, blocked)
+    INELIGIBLE = 6  # a campaign applies but the scan may not win (not ok, not a consumer, sku, region)
+    BLOCKED = 7  # the scanner is on the enumeration block list
 
     @property
     def label(self) -> str:
@@ -53,7 +54,7 @@ _FOLD = np.uint64(0x100000001B3)
 def state_keys(strings: list[str] | np.ndarray) -> np.ndarray:
     """uint64 state keys (or set members) of strings."""
     from ext.codec import hash_strings
-    return hash_strings(strings if isinstance(strings, list) else list(strings), STATE_HASH_KEY)
+    return hash_strings(strings if isinstance(strings, list) else strings.tolist(), STATE_HASH_KEY)
 
 
 def fold(keys: np.ndarray, *values: np.ndarray) -> np.ndarray:
@@ -162,6 +163,10 @@ class StateStore(ABC):
     @abstractmethod
     def mark_once(self, keys: np.ndarray, ttl_s: int) -> np.ndarray:
         """True for each key not marked before (the first time it appears, in order)."""
+
+    @abstractmethod
+    def marked(self, keys: np.ndarray) -> np.ndarray:
+        """True for each key that is marked (``mark_once``) and not expired; marks nothing."""
 
     def close(self) -> None:
         """Release connections; the memory store keeps nothing to release."""

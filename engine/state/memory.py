@@ -241,3 +241,9 @@ class MemoryStateStore(StateStore):
                     first[i] = True
             self._track(new, ttl_s, now)
         return first
+
+    def marked(self, keys: np.ndarray) -> np.ndarray:
+        with self._lock:
+            self._sweep(self._clock())
+            store = self._windows
+            return np.fromiter((store.get(k) is True for k in keys.tolist()), bool, len(keys))

@@ -432,6 +432,15 @@ end
 return chars(out)
 """
 
+_MARKED_LUA = _LUA_PRELUDE + r"""
+local pre, blob = ARGV[1], ARGV[3]
+local out = {}
+for i = 1, #blob / 8 do
+  out[i] = redis.call('EXISTS', pre .. string.sub(blob, 8 * i - 7, 8 * i))
+end
+return chars(out)
+"""
+
 
 # --------------------------------------------------------------------------- store
 
@@ -466,8 +475,10 @@ class RedisStateStore(StateStore):
         self._count = client.register_script(_COUNT_LUA)
         self._distinct = client.register_script(_DISTINCT_LUA)
         self._mark_once = client.register_script(_MARK_ONCE_LUA)
+        self._marked = client.register_script(_MARKED_LUA)
         # load them now: a wrong URL or a server without Lua fails at start, not mid-stream
-        scripts = (self._claim, self._define, self._grant, self._count, self._distinct, self._mark_once)
+        scripts = (self._claim, self._define, self._grant, self._count, self._distinct, self._mark_once,
+                   self._marked)
         self._call(lambda: [client.script_load(s.script) for s in scripts])
 
     @classmethod
@@ -595,6 +606,11 @@ class RedisStateStore(StateStore):
         if not len(keys):
             return np.zeros(0, bool)
         return np.frombuffer(self._window(self._mark_once, keys, ttl_s), np.uint8) == 1
+
+    def marked(self, keys: np.ndarray) -> np.ndarray:
+        if not len(keys):
+            return np.zeros(0, bool)
+        return np.frombuffer(self._window(self._marked, keys, 1), np.uint8) == 1
 
     # -- maintenance -----------------------------------------------------------------------
 
