@@ -7,6 +7,7 @@ import sys
 import time
 
 from engine.cli.common import config_option, load_config, open_clickhouse
+from engine.cli.dashboard import add_writer_options, writer_dashboard
 from engine.cli.run import execute
 from engine.config import ConfigError
 from streams.synthetic import build_world, generate_scans
@@ -22,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="build a synthetic world, run its scans through the engine, show the results")
     p.add_argument("--scans", type=int, default=DEFAULT_SCANS, help=f"scans to simulate (default {DEFAULT_SCANS:,})")
     p.add_argument("--seed", type=int, default=7, help="random seed of the world and its scans")
+    add_writer_options(p)
     p.set_defaults(handler=main)
 
 
@@ -35,6 +37,18 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError(f"tenants: the demo needs a key for tenant {DEMO_TENANT}")
     if config.registry_dir is None:
         raise ConfigError("registry.dir: the demo writes its registry there; set it (config/local.toml has it)")
+    dashboard = writer_dashboard(args, config)
+    try:
+        _demo(args, config, pairs, dashboard)
+        if dashboard is not None:
+            dashboard.serve_until_stopped()
+    finally:
+        if dashboard is not None:
+            dashboard.close()
+    return 0
+
+
+def _demo(args: argparse.Namespace, config, pairs: list[int], dashboard) -> None:
     key_id = max(pairs)
     world = build_world(DEMO_TENANT, config.keys.get(DEMO_TENANT, key_id), key_id)
     world.write_registry(config.registry_dir)
@@ -53,7 +67,7 @@ def main(args: argparse.Namespace) -> int:
     results = data_dir / "demo-results.jsonl"
     started = time.perf_counter()
     summary = execute(config, io.BytesIO(scans_file.read_bytes()), scans_file.name, results,
-                      progress_total=len(lines))
+                      progress_total=len(lines), dashboard=dashboard)
     took = time.perf_counter() - started
     print(f"\n{summary.scans:,} scans in {took:.1f} s ({summary.scans / took:,.0f} scans/s end to end, "
           f"ClickHouse writes included); outcomes per line in {results}")
@@ -64,5 +78,6 @@ Next:
   scanstream{cfg} query "SELECT alert, subtype, dealer_id, city, count, window_start FROM alerts FINAL ORDER BY ts LIMIT 20"
   scanstream{cfg} query "SELECT prize_tier, count() AS prizes, sum(prize_cents) / 100 AS yuan FROM awards FINAL GROUP BY prize_tier"
   scanstream{cfg} run --input {scans_file} --results results.jsonl    # the same scans again, your own run
-  scanstream{cfg} audit --campaign {config.campaigns[0].id if config.campaigns else 'ID'} CODE   # re-derive a prize draw""")
-    return 0
+  scanstream{cfg} audit --campaign {config.campaigns[0].id if config.campaigns else 'ID'} CODE   # re-derive a prize draw
+  scanstream{cfg} dashboard    # live charts of these tables at http://127.0.0.1:8765/ (or: demo --dashboard)""",
+          flush=True)
