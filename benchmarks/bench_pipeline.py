@@ -319,7 +319,7 @@ def chdb_passes(bench: Bench, repeat: int, use_gc: bool) -> dict[str, Any]:
         sink.ensure_schema()
         times = []
         for rep in range(repeat + 1):  # the first run warms chdb up and is not counted
-            for table in (SCAN_TABLE, ALERT_TABLE, AWARD_TABLE):
+            for table in (SCAN_TABLE, ALERT_TABLE, AWARD_TABLE, "scans_minute", "diversion_minute", "ingest_minute"):
                 sink.client.command(f"TRUNCATE TABLE IF EXISTS {table}")
             pipeline = new_pipeline(bench)
             batches = bench.batches[:WARMUP_BATCHES] if rep == 0 else bench.batches

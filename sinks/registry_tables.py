@@ -81,3 +81,28 @@ def read_registry(sink: ClickHouseSink) -> Registry:
                        for i, row in enumerate(rows)]
     return Registry.from_rows(given["batches.csv"], given["dealers.csv"], given["shipments.csv"],
                               given["stores.csv"], Path(f"clickhouse:{sink.client.database}"))
+
+
+#: The configured campaigns, for the spend-against-budget views (the budget lives in the config).
+CAMPAIGN_SPEC = (
+    ("id", "O", "String"), ("tenant", "uint16", "UInt16"), ("budget_cents", "uint64", "UInt64"),
+    ("start", "int64", "DateTime64(3, 'UTC')"), ("end", "int64", "DateTime64(3, 'UTC')"),
+    ("tiers", "O", "Array(String)"), ("tier_cents", "O", "Array(UInt32)"), ("tier_stock", "O", "Array(UInt64)"),
+)
+
+
+def publish_campaigns(sink: ClickHouseSink, campaigns) -> int:
+    """Write each configured campaign to the ``campaigns`` table (the newest row per id wins)."""
+    campaigns = list(campaigns)
+    batch = {name: np.empty(len(campaigns), dtype=object) if dtype == "O" else np.zeros(len(campaigns), dtype)
+             for name, dtype, _ in CAMPAIGN_SPEC}
+    for i, c in enumerate(campaigns):  # element by element: list values must stay one element each
+        batch["id"][i] = c.id
+        batch["tenant"][i] = c.tenant
+        batch["budget_cents"][i] = c.budget_cents
+        batch["start"][i] = c.start_ms
+        batch["end"][i] = c.end_ms
+        batch["tiers"][i] = [t.name for t in c.tiers]
+        batch["tier_cents"][i] = [t.cents for t in c.tiers]
+        batch["tier_stock"][i] = [t.stock for t in c.tiers]
+    return sink.insert("campaigns", batch, CAMPAIGN_SPEC)

@@ -96,10 +96,11 @@ def assert_same(expected: Columns, actual: Columns, spec: tuple[tuple[str, str, 
 
 
 def test_schema_applies_twice(sink: ClickHouseSink) -> None:
-    assert sink.ensure_schema() == len(TABLES)  # the fixture applied it once already
+    statements = sum(len(split_statements(p.read_text(encoding="utf-8"))) for p in DEFAULT_DDL_DIR.glob("*.sql"))
+    assert sink.ensure_schema() == statements  # the fixture applied it once already
     _, rows = sink.query("SELECT name, engine FROM system.tables WHERE database = currentDatabase()")
     engines = dict(rows)
-    assert set(engines) == TABLES
+    assert TABLES <= set(engines)
     assert engines["scan_events"] == "ReplacingMergeTree" and engines["alert_deliveries"] == "MergeTree"
 
 

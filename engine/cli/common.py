@@ -27,6 +27,8 @@ def open_clickhouse(config: Config, *, create_schema: bool = True):
     sink = ClickHouseSink(connect(config.clickhouse, database=config.database))
     if create_schema:
         sink.ensure_schema()
+        from sinks.registry_tables import publish_campaigns
+        publish_campaigns(sink, config.campaigns)  # budgets live in the config; the views need them
     return sink
 
 

@@ -15,7 +15,8 @@ from streams.synthetic import build_world, generate_scans
 DEFAULT_SCANS = 100_000
 DEMO_TENANT = 7
 #: Output tables a demo run starts empty, so that its numbers are the demo's alone.
-DEMO_TABLES = ("scan_events", "alerts", "awards", "alert_deliveries")
+DEMO_TABLES = ("scan_events", "alerts", "awards", "alert_deliveries", "scans_minute", "diversion_minute",
+               "ingest_minute")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
