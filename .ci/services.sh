@@ -20,6 +20,18 @@ _scanstream_services() {
   if command -v redis-cli >/dev/null 2>&1 && _redis_up; then
     return 0
   fi
+  # something listens but does not answer yet: a busy Redis (a long script) gets 30 s
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    local w
+    for w in $(seq 1 30); do
+      if command -v redis-cli >/dev/null 2>&1 && _redis_up; then
+        return 0
+      fi
+      sleep 1
+    done
+    echo "services.sh: port $port is taken but no Redis answers there" >&2
+    return 1
+  fi
 
   if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
     if ! command -v apt-get >/dev/null 2>&1; then
