@@ -18,6 +18,7 @@ from engine.diversion import DiversionSettings
 from engine.enumeration import IDENTITIES, EnumerationSettings
 from engine.keys import KEY_BYTES, KEY_ID_MAX, TENANT_MAX, KeyTable
 from engine.lottery import Campaign, Tier
+from engine.segments import SegmentSettings
 
 #: Environment variable naming the configuration file when ``--config`` is not given.
 CONFIG_ENV = "SCANSTREAM_CONFIG"
@@ -200,6 +201,7 @@ class Config:
     redis: RedisSettings = RedisSettings()
     kafka: KafkaSettings = KafkaSettings()
     enumeration: EnumerationSettings = EnumerationSettings()
+    segments: SegmentSettings = SegmentSettings()
 
 
 def _read_key(r: Reader, tenant: int) -> tuple[int, bytes]:
@@ -367,6 +369,34 @@ def _read_enumeration(r: Reader) -> EnumerationSettings:
     return out
 
 
+def _read_segments(r: Reader) -> SegmentSettings:
+    """``[segments]``: the RFM thresholds and lifecycle day counts (engine/segments.py)."""
+    d = SegmentSettings()
+    roles = tuple(r.texts("roles", list(d.roles)))
+    if not roles:
+        raise ConfigError(f"{r.key('roles')}: expected at least one of {list(ROLES)}")
+    for role in roles:
+        if role not in ROLES:
+            raise ConfigError(f"{r.key('roles')}: {role!r} is not one of {list(ROLES)}")
+    days = 100 * 366  # longer than any program
+    out = SegmentSettings(
+        utc_offset_minutes=r.integer("utc_offset_minutes", d.utc_offset_minutes, lo=-12 * 60, hi=14 * 60),
+        roles=roles,
+        recency_days=r.integer("recency_days", d.recency_days, lo=0, hi=days),
+        frequency=r.integer("frequency", d.frequency, lo=1, hi=1_000_000),
+        monetary_cents=r.integer("monetary_cents", d.monetary_cents, lo=1, hi=10**12),
+        new_days=r.integer("new_days", d.new_days, lo=0, hi=days),
+        mature_scans=r.integer("mature_scans", d.mature_scans, lo=1, hi=1_000_000),
+        dormant_days=r.integer("dormant_days", d.dormant_days, lo=0, hi=days),
+        churn_days=r.integer("churn_days", d.churn_days, lo=0, hi=days),
+    )
+    if out.churn_days <= out.dormant_days:
+        raise ConfigError(f"{r.key('churn_days')}: {out.churn_days} must be more than dormant_days "
+                          f"({out.dormant_days}): a scanner is dormant before churned")
+    r.done()
+    return out
+
+
 def _read_redis(r: Reader) -> RedisSettings:
     d = RedisSettings()
     url = r.text("url", d.url)
@@ -432,6 +462,7 @@ def parse(data: dict[str, Any], source: Path) -> Config:
     redis = _read_redis(root.sub("redis"))
     kafka = _read_kafka(root.sub("kafka"))
     enumeration = _read_enumeration(root.sub("enumeration"))
+    segments = _read_segments(root.sub("segments"))
     root.done()
     if registry_source == "clickhouse" and not clickhouse:
         raise ConfigError("registry.source: 'clickhouse' needs sink.clickhouse to name a ClickHouse")
@@ -439,7 +470,7 @@ def parse(data: dict[str, Any], source: Path) -> Config:
                   registry_source=registry_source, registry_reload_s=registry_reload_s,
                   state_backend=state_backend, clickhouse=clickhouse, database=database, diversion=diversion,
                   campaigns=tuple(campaigns), alerts=alerts, redis=redis, kafka=kafka,
-                  enumeration=enumeration)
+                  enumeration=enumeration, segments=segments)
 
 
 def load(path: str | os.PathLike[str] | None = None) -> Config:

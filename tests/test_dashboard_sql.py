@@ -250,6 +250,10 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loaded]:
     try:
         sink.ensure_schema()
         load_stream(sink)
+        from engine import segments as seg
+        for day in (date(2026, 11, 20), date(2026, 11, 21)):
+            counts = seg.sizes(sink.query(seg.sizes_sql(seg.SegmentSettings(), day))[1])
+            sink.insert(seg.SNAPSHOT_TABLE, seg.snapshot_batch(counts, day), seg.SNAPSHOT_COLUMNS)
         before = snapshot(sink)
         panels_before = run_all_panels(sink)
         load_duplicates(sink)
@@ -733,7 +737,7 @@ def test_panels_are_well_formed() -> None:
             assert target["format"] == (0 if series else 1)
             if series:  # a time series needs its time column
                 assert re.search(r"\bAS time\b", target["rawSql"]), panel_key(file, panel, target)
-    assert uids == {"scanstream-live", "scanstream-kpis", "scanstream-fraud"}
+    assert uids == {"scanstream-live", "scanstream-kpis", "scanstream-fraud", "scanstream-segments"}
 
 
 def test_every_panel_runs_and_returns_rows(loaded: Loaded) -> None:

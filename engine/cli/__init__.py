@@ -5,13 +5,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from engine.cli import audit, codes, dashboard, demo, query, registry, run, worker
+from engine.cli import audit, codes, dashboard, demo, query, registry, run, segments, worker
 from engine.cli.common import config_option
 from engine.config import ConfigError
 from engine.registry import RegistryError
 from sinks.exceptions import SinkError
 
-COMMANDS = (demo, run, worker, query, dashboard, audit, registry, codes)
+COMMANDS = (demo, run, worker, query, dashboard, audit, registry, codes, segments)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,7 +16,7 @@ DEFAULT_SCANS = 100_000
 DEMO_TENANT = 7
 #: Output tables a demo run starts empty, so that its numbers are the demo's alone.
 DEMO_TABLES = ("scan_events", "alerts", "awards", "alert_deliveries", "scans_minute", "diversion_minute",
-               "ingest_minute")
+               "ingest_minute", "scanner_profiles_agg")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
