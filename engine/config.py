@@ -306,7 +306,7 @@ def _read_campaign(r: Reader, tenants: dict[int, Tenant]) -> Campaign:
     if r.has("seed") == r.has("seed_env"):
         raise ConfigError(f"{r.path}: give the draw seed exactly one way, as seed or seed_env")
     if r.has("seed"):
-        seed = r.text("seed")
+        seed = r.text("seed", secret=True)
     else:
         var = r.text("seed_env")
         if var not in os.environ:
