@@ -70,6 +70,7 @@ class Pipeline:
         its own row, and the same row when it is delivered again.
         """
         lines = lines if isinstance(lines, list) else list(lines)
+        n = len(lines)
         # 1 parse
         cols = parse_events(lines)
         valid = cols["reason"] == ""
@@ -82,10 +83,17 @@ class Pipeline:
         # 3 enrich
         e = enrich(self.registry, cols, verdict, self.resolve_gps)
         verdict, cols["region"], cols["channel"] = e.verdict, e.region, e.channel
-        # 4 dedup: valid, activated codes get a bit; every scan_id has its answer remembered
-        claims = self.state.claim(cols["scan_id"], batch_key(cols["tenant"], cols["kind"], cols["batch"]),
-                                  cols["serial"], verdict)
-        verdict, replay = claims.verdict, claims.replay
+        # 4 dedup: valid, activated codes get a bit; every readable scan has its answer remembered.
+        # An invalid event is judged by its own bytes: a poison message that reuses an earlier
+        # scan_id must not pass for that scan's redelivery.
+        replay = np.zeros(n, bool)
+        readable = np.nonzero(valid)[0]
+        if len(readable):
+            claims = self.state.claim(cols["scan_id"][readable],
+                                      batch_key(cols["tenant"][readable], cols["kind"][readable],
+                                                cols["batch"][readable]),
+                                      cols["serial"][readable], verdict[readable])
+            verdict[readable], replay[readable] = claims.verdict, claims.replay
         # 5 diversion
         diversion = div.judge(self.registry, e.dealer, e.place, e.channel, verdict)
         verified = ((verdict == Verdict.OK) | (verdict == Verdict.REPEAT)) & ~replay

@@ -303,9 +303,6 @@ def test_fuzzed_records_through_a_real_worker(fuzz_world, broker, redis_url, tmp
     assert rep.extra["refused messages"] > 0 and rep.invalid_lines > 0
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a poison message that reuses the scan_id of an earlier valid scan is "
-                                       "answered as a redelivery (the earlier 'ok') and never reaches the dead-letter "
-                                       "topic")
 def test_an_invalid_event_reusing_a_scan_id_is_still_dead_lettered(fuzz_world, redis_url, redis_prefix):
     """A poison message that carries the scan_id of an earlier good scan is not a redelivery (a
     redelivery is the same message again): it must be dead-lettered like any poison message."""
