@@ -323,6 +323,23 @@ def test_distinct_with_a_wrong_new_flag_replaces_the_set(store):
     assert store.distinct(u64([1]), u64([6]), 60).tolist() == [3]
 
 
+def test_distinct_past_the_packed_size_keeps_counting_and_its_ttl(make_store):
+    # a cloned code scanned by many users: the Redis store turns its packed string into a set
+    many = np.arange(1, 101, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    with make_store() as s:
+        assert s.distinct(u64([7] * 20), many[:20], 2).tolist() == list(range(1, 21))
+        again = np.concatenate([many[:50], many[10:70]])
+        assert s.distinct(u64([7] * 110), again, 2).tolist() == [20] * 20 + list(range(21, 51)) + [50] * 40 + list(
+            range(51, 71))
+        assert s.distinct(u64([7, 7, 8]), u64([1, int(many[0]), 1]), 2).tolist() == [71, 71, 1]
+        # a flagged row replaces even a large set
+        assert s.distinct(u64([7, 7]), u64([5, 6]), 2, np.array([True, False])).tolist() == [1, 2]
+        assert s.distinct(u64([9] * 40), many[:40], 1).tolist() == list(range(1, 41))
+        time.sleep(2.1)
+        s.mark_once(u64([99]), 60)  # the memory store sweeps expired windows after a call
+        assert s.distinct(u64([7, 9]), u64([5, int(many[0])]), 60).tolist() == [1, 1]
+
+
 def test_mark_once(store):
     assert store.mark_once(u64([5, 6, 5, U64_MAX]), 60).tolist() == [True, True, False, True]
     assert store.mark_once(u64([6, 7]), 60).tolist() == [False, True]
@@ -581,8 +598,10 @@ def test_keys_have_their_ttls(redis_store):
     # the TTL counts from the key's creation, as in the memory store: a later add keeps it
     redis_store.count(u64([1]), 5000)
     assert r.ttl(p + b"w:" + (1).to_bytes(8, "little")) <= 100
-    # distinct sets hold signed 64-bit integers: a compact intset
-    assert r.object("encoding", p + b"w:" + (2).to_bytes(8, "little")) == b"intset"
+    redis_store.distinct(u64([2]), u64([5]), 5000)
+    assert r.ttl(p + b"w:" + (2).to_bytes(8, "little")) <= 100
+    # a small distinct set is one string of packed members
+    assert r.get(p + b"w:" + (2).to_bytes(8, "little")) == b"\xff" * 8 + (5).to_bytes(8, "little")
 
 
 def test_flush_prefix_deletes_only_its_own_keys(redis_url):

@@ -31,8 +31,9 @@ Keys (``P`` is the prefix; ``{...}`` is a Redis Cluster hash tag)::
                                     prize paid, so no expiry is needed to bound it)
     P campaigns             set     campaign ids, for error messages and operators
     P w:<8 bytes>           windowed state under a uint64 key, EX ttl from its creation:
-                                    a counter (count), a set of int64 members (distinct; an
-                                    intset while it holds <= set-max-intset-entries) or a mark
+                                    a counter (count), a set of uint64 members (distinct: a
+                                    string of packed 8-byte members up to PACKED_MEMBERS, then a
+                                    set of 8-byte strings) or a mark
 
 Memory
     A bitmap costs one bit per serial below the highest serial scanned in its chunk.  Two
@@ -77,8 +78,8 @@ Windows
     the very call that finds it expired still shows its old value there; keys carry their
     window and are never reused after their TTL, so no answer of the engine depends on it.
     ``distinct``'s ``new`` flags are honoured as the memory store does: flagged rows first,
-    each starting its set afresh (DEL + SADD instead of SCARD + SADD: the same cost, and the
-    same answers even for a wrong flag).
+    each starting its set afresh (one SET of its packed member, which replaces whatever the key
+    held: the same answers even for a wrong flag).
 
 Errors
     Connection failures, timeouts, a read-only replica or an out-of-memory server raise
@@ -106,6 +107,10 @@ from engine.verdicts import Verdict
 #: fits jemalloc's 8 KiB size class exactly (2**16 serials would take a 10 KiB block).
 CHUNK_BYTES = (1 << 13) - 16
 CHUNK_SERIALS = CHUNK_BYTES * 8
+#: Members of a ``distinct`` set kept as one packed string (8 bytes each); a larger set becomes a
+#: Redis set.  A code's scanners in one window are almost always one or two, and a string with
+#: its TTL is one SET where a set takes SADD and EXPIRE.
+PACKED_MEMBERS = 32
 #: Remember a scan_id's answer this long; a redelivery after that is a new scan.
 DEFAULT_REPLAY_TTL_S = 7 * 24 * 3600
 #: Client options unless the URL sets them (``?socket_timeout=...``): a large batch's script
@@ -386,38 +391,70 @@ end
 return pack_ints('i8', out)
 """
 
-#: ARGV[5]: one byte per row, 1 where the caller flags the key as new (``distinct``'s ``new``).
-#: Flagged rows go first and replace whatever their key held, then the rest in order: the
-#: memory store's order, so even a wrong flag gets the same answers from both stores.
+#: ARGV[4]: members, 8 bytes each; ARGV[5]: one byte per row, 1 where the caller flags the key
+#: as new (``distinct``'s ``new``); ARGV[6]: most members kept as a packed string.
+#: A set is a string of packed members while it is small (a code's scanners in one window are
+#: one or two): a flagged row is one SET, another row a GET and a SET, where a Redis set took
+#: DEL, SADD and EXPIRE.  Past ARGV[6] members it becomes a Redis set (a GET of it answers
+#: WRONGTYPE, which is how the script tells).  Flagged rows go first and replace whatever their
+#: key held, then the rest in order: the memory store's order, so even a wrong flag gets the
+#: same answers from both stores.
 _DISTINCT_LUA = _LUA_PRELUDE + r"""
-local pre, ttl, blob = ARGV[1], ARGV[2], ARGV[3]
-local flagged = bytes(ARGV[5])
-local members, i = {}, 0
-for member in string.gmatch(ARGV[4], '[^,]+') do
-  i = i + 1
-  members[i] = member
-end
-local out, size = {}, {}
-for i = 1, #members do
+local pre, ttl, blob, members = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local flagged, spill = bytes(ARGV[5]), tonumber(ARGV[6])
+local n = #blob / 8
+local out, held = {}, {}
+local function key(i) return pre .. string.sub(blob, 8 * i - 7, 8 * i) end
+local function member(i) return string.sub(members, 8 * i - 7, 8 * i) end
+for i = 1, n do
   if flagged[i] == 1 then
-    local k = pre .. string.sub(blob, 8 * i - 7, 8 * i)
-    redis.call('DEL', k)
-    redis.call('SADD', k, members[i])
-    redis.call('EXPIRE', k, ttl)
-    size[k] = 1
+    held[key(i)] = {packed = member(i), size = 1, fresh = true, dirty = true}
     out[i] = 1
   end
 end
-for i = 1, #members do
+for i = 1, n do
   if flagged[i] ~= 1 then
-    local k = pre .. string.sub(blob, 8 * i - 7, 8 * i)
-    local s = size[k] or redis.call('SCARD', k)
-    if redis.call('SADD', k, members[i]) == 1 then
-      s = s + 1
-      if s == 1 then redis.call('EXPIRE', k, ttl) end
+    local k, m = key(i), member(i)
+    local h = held[k]
+    if h == nil then
+      local v = redis.pcall('GET', k)
+      if type(v) == 'table' then
+        h = {set = true, size = redis.call('SCARD', k)}
+      elseif v then
+        h = {packed = v, size = #v / 8}
+      else
+        h = {packed = '', size = 0, fresh = true}
+      end
+      held[k] = h
     end
-    size[k] = s
-    out[i] = s
+    if h.set then
+      h.size = h.size + redis.call('SADD', k, m)
+    else
+      local seen = false
+      for p = 1, #h.packed, 8 do
+        if string.sub(h.packed, p, p + 7) == m then seen = true; break end
+      end
+      if not seen then
+        h.packed, h.size, h.dirty = h.packed .. m, h.size + 1, true
+      end
+    end
+    out[i] = h.size
+  end
+end
+for k, h in pairs(held) do
+  if h.dirty then
+    if h.size <= spill then
+      if h.fresh then redis.call('SET', k, h.packed, 'EX', ttl) else redis.call('SET', k, h.packed, 'KEEPTTL') end
+    else
+      local left = h.fresh and tonumber(ttl) * 1000 or redis.call('PTTL', k)
+      redis.call('DEL', k)
+      for a = 1, h.size, 500 do
+        local part = {}
+        for j = a, math.min(a + 499, h.size) do part[#part + 1] = string.sub(h.packed, 8 * j - 7, 8 * j) end
+        redis.call('SADD', k, unpack(part))
+      end
+      if left > 0 then redis.call('PEXPIRE', k, left) else redis.call('EXPIRE', k, ttl) end
+    end
   end
 end
 return pack_ints('i8', out)
@@ -597,10 +634,9 @@ class RedisStateStore(StateStore):
     def distinct(self, keys: np.ndarray, members: np.ndarray, ttl_s: int, new: np.ndarray | None = None) -> np.ndarray:
         if not len(keys):
             return np.zeros(0, np.int64)
-        # members as signed decimals: Redis keeps a set of integers as a compact intset
-        text = ",".join(map(str, np.ascontiguousarray(members, np.uint64).view(np.int64).tolist())).encode()
         flags = (np.zeros(len(keys), np.uint8) if new is None else np.asarray(new, bool).astype(np.uint8)).tobytes()
-        return np.frombuffer(self._window(self._distinct, keys, ttl_s, text, flags), "<i8").astype(np.int64)
+        return np.frombuffer(self._window(self._distinct, keys, ttl_s, _keys_blob(members), flags, PACKED_MEMBERS),
+                             "<i8").astype(np.int64)
 
     def mark_once(self, keys: np.ndarray, ttl_s: int) -> np.ndarray:
         if not len(keys):
