@@ -1,13 +1,16 @@
 """The Faust app of a scanstream worker: its topics and its one agent, declared together.
 
     scans ──▶ agent (take_events: up to kafka.take messages or kafka.within_ms)
-                 └─ BatchHandler in a worker thread: pipeline, ClickHouse, Redis replies
-              ──▶ scan-results (envelopes) · awards · alerts · scans-dlq
+                 ├─ pipeline thread: BatchHandler.process (decode, pipeline)    batch N+1
+                 └─ store thread: BatchHandler.store (ClickHouse, Redis replies) batch N
+              ──▶ scan-results (envelopes) · awards · alerts · scans-dlq, then ack batch N
 
-The pipeline and the sinks are synchronous and CPU-bound, so the agent runs them in one
-executor thread and keeps the event loop free for Faust's own work (heartbeats, fetching,
-producing).  While a service is down the agent retries the same batch with backoff and takes
-nothing new: that is the backpressure, and the consumer's offsets stay where they were.
+The pipeline and the sinks are synchronous, so the agent runs them in executor threads and
+keeps the event loop free for Faust's own work (heartbeats, fetching, producing).  The
+pipeline of a batch overlaps the storing and producing of the batch before it; a batch's
+messages are acked only when its own outputs are stored and produced.  While a service is
+down the agent retries the same step with backoff and takes nothing new: that is the
+backpressure, and the consumer's offsets stay where they were.
 """
 from __future__ import annotations
 
@@ -29,6 +32,8 @@ log = logging.getLogger("scanstream.worker")
 #: Backoff between retries of a failing batch: doubles from the first value up to the cap.
 RETRY_FIRST_S = 0.5
 RETRY_MAX_S = 15.0
+#: How long a stopping worker waits for the outputs of its last batch before leaving them.
+STOP_FINISH_S = 10.0
 
 
 @dataclass
@@ -65,31 +70,36 @@ def build_app(config: Config, handler: BatchHandler, reloader: RegistryReloader 
     )
     scans = app.topic(k.scans_topic, value_type=bytes, key_type=bytes, partitions=k.partitions)
     status = WorkerStatus()
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scanstream-batch")
+    # one thread runs the pipeline (batches in order), another stores the previous batch's
+    # outcomes: chdb and the network release the GIL, so the two overlap
+    pipeline_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scanstream-pipeline")
+    store_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scanstream-store")
 
-    async def run_batch(records: list[Record]) -> Handled:
-        """Steps 1-4 in the executor, retried with backoff until they succeed."""
-        loop = asyncio.get_running_loop()
+    async def retrying(what: str, size: int, step, *args):
+        """Await ``step(*args)`` until it succeeds, with backoff: a failing service holds the batch."""
         delay = RETRY_FIRST_S
         while True:
             try:
-                handled = await loop.run_in_executor(executor, handler.handle, records)
+                done = await step(*args)
                 if status.state != "running":
                     log.info("worker running (after %d retries)", status.retries)
                 status.state = "running"
                 if metrics is not None:
                     metrics.retrying.set(0)
-                return handled
+                return done
             except Exception as exc:  # a service is down: hold the batch, take nothing new
                 status.state, status.last_error = "retrying", f"{type(exc).__name__}: {exc}"[:500]
                 status.retries += 1
                 if metrics is not None:
                     metrics.error(exc)
                     metrics.retrying.set(1)
-                log.warning("batch of %d messages failed (%s); retrying in %.1f s", len(records),
+                log.warning("%s of a batch of %d messages failed (%s); retrying in %.1f s", what, size,
                             status.last_error, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
+
+    def in_thread(pool: ThreadPoolExecutor, fn):
+        return lambda *args: asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
     async def produce(handled: Handled) -> None:
         """Step 5: send every output and wait for the broker's acknowledgements."""
@@ -98,35 +108,47 @@ def build_app(config: Config, handler: BatchHandler, reloader: RegistryReloader 
         if futures:
             await asyncio.gather(*futures)
 
+    async def finish(stream, events, handled: Handled, started: float) -> None:
+        """Steps 3-6 of one batch: store, produce, then ack its messages."""
+        size = len(events)
+        await retrying("storing the outcomes", size, in_thread(store_thread, handler.store), handled)
+        await retrying("producing the outputs", size, produce, handled)
+        for event in events:  # 6: drops the hold taken in the agent; Faust commits acked offsets
+            await stream.ack(event)
+        status.batches += 1
+        status.scans += handled.scans
+        status.dead_letters += handled.dead_letters
+        if metrics is not None:
+            metrics.observe_batch(Counter(handled.result.scans["verdict"].tolist()), handled.dead_letters,
+                                  time.perf_counter() - started)
+
     @app.agent(scans, name="scanstream.process")
     async def process(stream):
-        async for events in stream.take_events(k.take, within=k.within_ms / 1000):
-            started = time.perf_counter()
-            records = [Record(e.message.topic, e.message.partition, e.message.offset, e.message.value,
-                              list(e.message.headers.items()) if isinstance(e.message.headers, dict)
-                              else list(e.message.headers or [])) for e in events]
-            handled = await run_batch(records)
-            delay = RETRY_FIRST_S
-            while True:
+        outputs: asyncio.Task | None = None  # steps 3-6 of the previous batch
+        try:
+            async for events in stream.take_events(k.take, within=k.within_ms / 1000):
+                started = time.perf_counter()
+                # take_events acks a batch's messages when it takes the next one; one more
+                # reference each keeps them uncommitted until ``finish`` has stored them
+                for event in events:
+                    event.message.incref()
+                records = [Record(e.message.topic, e.message.partition, e.message.offset, e.message.value,
+                                  list(e.message.headers.items()) if isinstance(e.message.headers, dict)
+                                  else list(e.message.headers or [])) for e in events]
+                handled = await retrying("the pipeline", len(records), in_thread(pipeline_thread, handler.process),
+                                         records)
+                if outputs is not None:
+                    await outputs  # one batch in each half at most: a slow sink slows the intake
+                if reloader is not None:  # while nothing else uses the ClickHouse client
+                    await asyncio.get_running_loop().run_in_executor(pipeline_thread, reloader.maybe_reload)
+                outputs = asyncio.create_task(finish(stream, events, handled, started))
+        finally:
+            if outputs is not None and not outputs.done():
+                # a stopping worker finishes the batch in hand when it can; else it is redelivered
                 try:
-                    await produce(handled)
-                    break
-                except Exception as exc:
-                    status.state, status.last_error = "retrying", f"{type(exc).__name__}: {exc}"[:500]
-                    if metrics is not None:
-                        metrics.error(exc)
-                    log.warning("producing outputs failed (%s); retrying in %.1f s", status.last_error, delay)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, RETRY_MAX_S)
-            status.batches += 1
-            status.scans += handled.scans
-            status.dead_letters += handled.dead_letters
-            if metrics is not None:
-                metrics.observe_batch(Counter(handled.result.scans["verdict"].tolist()), handled.dead_letters,
-                                      time.perf_counter() - started)
-            if reloader is not None:
-                await asyncio.get_running_loop().run_in_executor(executor, reloader.maybe_reload)
-            # 6: returning to take_events acks these events; Faust commits acked offsets
+                    await asyncio.wait_for(asyncio.shield(outputs), timeout=STOP_FINISH_S)
+                except (asyncio.TimeoutError, asyncio.CancelledError):
+                    outputs.cancel()
 
     @app.timer(interval=10.0)
     async def report() -> None:

@@ -22,14 +22,28 @@ class EnvelopeError(ValueError):
 
 
 def header(headers: Sequence[tuple[str, bytes]] | dict | None) -> str:
-    """The content type named by a message's headers (default: a single scan)."""
+    """The content type named by a message's headers (default: a single scan), as given."""
     if not headers:
         return SINGLE
     items = headers.items() if isinstance(headers, dict) else headers
     for name, value in items:
         if str(name).lower() == CONTENT_TYPE:
-            return (value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)).strip().lower()
+            return (value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)).strip()
     return SINGLE
+
+
+def media_type(content_type: str) -> str:
+    """The media type of a content-type value, or ``EnvelopeError`` for a charset other than UTF-8.
+
+    ``application/x-ndjson; charset=utf-8`` is an envelope: HTTP clients add the parameter,
+    and scans are UTF-8 JSON whatever it says, so only another charset is refused.
+    """
+    kind, *params = content_type.split(";")
+    for param in params:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            raise EnvelopeError(f"content-type {content_type[:60]!r}: scans are UTF-8 JSON, not {value.strip()[:20]!r}")
+    return kind.strip().lower()
 
 
 def encode(lines: Iterable[bytes]) -> bytes:
@@ -54,8 +68,9 @@ def decode(value: bytes | None, content_type: str) -> list[bytes]:
     """The scan events carried by one message; ``EnvelopeError`` when it carries none."""
     if value is None:
         raise EnvelopeError("message has no value (a tombstone)")
-    if content_type == ENVELOPE:
+    kind = media_type(content_type)
+    if kind == ENVELOPE:
         return [line for line in value.split(b"\n") if line.strip()]
-    if content_type in (SINGLE, "application/json; charset=utf-8", "text/plain"):
+    if kind in (SINGLE, "text/plain"):
         return [value]
     raise EnvelopeError(f"content-type {content_type[:60]!r} is not {SINGLE!r} or {ENVELOPE!r}")

@@ -2,13 +2,19 @@
 
 The scan API must answer the consumer within a few hundred milliseconds ("genuine, you won 8.8
 yuan"), so it cannot read the whole ``scan-results`` topic.  The worker therefore also pushes
-each outcome to a Redis list named after its scan_id, with a time to live, in one pipeline per
-batch; ``await_result`` blocks on that list with ``BLMOVE`` from the list to itself, which
-returns the outcome and leaves it in place for a retried wait.
+each outcome to a Redis list named after its scan_id, with a time to live; ``await_result``
+blocks on that list with ``BLMOVE`` from the list to itself, which returns the outcome and
+leaves it in place for a retried wait.
+
+The pushes of a batch go in one Lua script call per ``REPLY_CHUNK`` outcomes: a pipelined
+RPUSH and EXPIRE per scan cost the worker more Python time (command packing and reply
+parsing) than the whole pipeline.  Like the state store, the script touches keys of many hash
+slots, so it runs on a single server or a primary with replicas, not a Redis Cluster.
 """
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -17,32 +23,57 @@ from engine import outcomes
 
 #: Longest single blocking call of ``wait_reply``.
 WAIT_SLICE_S = 1.0
+#: Outcomes per script call: bounds the time one call holds the server (about 1 ms here).
+REPLY_CHUNK = 2000
 #: Fields of an outcome as the scan API receives it: the results-file fields.
 REPLY_FIELDS = ("scan_id", "ts", "tenant", "kind", "batch", "serial", "code", "user_id", "role", "region",
                 "channel", "sku", "dealer_id", "verdict", "diversion", "campaign", "prize_tier", "prize_cents",
                 "draw", "replay", "reason")
+
+#: KEYS: reply lists.  ARGV: TTL, then one outcome per key.
+_PUSH_LUA = r"""
+local ttl = ARGV[1]
+for i = 1, #KEYS do
+  redis.call('RPUSH', KEYS[i], ARGV[i + 1])
+  redis.call('EXPIRE', KEYS[i], ttl)
+end
+return #KEYS
+"""
 
 
 def reply_key(prefix: str, scan_id: str) -> str:
     return f"{prefix}reply:{scan_id}"
 
 
-def reply_rows(scans: outcomes.Columns) -> list[dict[str, Any]]:
-    cols = [(f, scans[f].tolist()) for f in REPLY_FIELDS]
-    n = len(cols[0][1])
-    return [{f: v[i] for f, v in cols} for i in range(n)]
+def reply_lines(scans: outcomes.Columns) -> list[bytes]:
+    """Each scan's outcome as one JSON object: the reply, and the line of ``scan-results``."""
+    columns = [scans[f].tolist() for f in REPLY_FIELDS]
+    return [orjson.dumps(dict(zip(REPLY_FIELDS, values))) for values in zip(*columns)]
 
 
-def push_replies(client, prefix: str, scans: outcomes.Columns, ttl_s: int) -> int:
-    """Push every outcome of a batch to its scan_id's reply list (one round trip)."""
-    pipe = client.pipeline(transaction=False)
-    rows = reply_rows(scans)
-    for row in rows:
-        key = reply_key(prefix, row["scan_id"])
-        pipe.rpush(key, orjson.dumps(row))
-        pipe.expire(key, ttl_s)
-    pipe.execute()
-    return len(rows)
+class ReplyWriter:
+    """Pushes outcomes to their scan_ids' reply lists, ``REPLY_CHUNK`` per round trip."""
+
+    def __init__(self, client, prefix: str, ttl_s: int):
+        if ttl_s < 1:
+            raise ValueError(f"reply ttl_s: expected at least 1 second, got {ttl_s}")
+        self.client = client
+        self.prefix = prefix
+        self.ttl_s = int(ttl_s)
+        self._push = client.register_script(_PUSH_LUA)
+
+    def push(self, scan_ids: Sequence[str], lines: Sequence[bytes]) -> int:
+        """Push ``lines[i]`` to the reply list of ``scan_ids[i]``; the number pushed."""
+        if len(scan_ids) != len(lines):
+            raise ValueError(f"{len(scan_ids)} scan_ids for {len(lines)} outcomes: expected one each")
+        for a in range(0, len(lines), REPLY_CHUNK):
+            keys = [reply_key(self.prefix, s) for s in scan_ids[a:a + REPLY_CHUNK]]
+            self._push(keys=keys, args=[self.ttl_s, *lines[a:a + REPLY_CHUNK]])
+        return len(lines)
+
+    def push_outcomes(self, scans: outcomes.Columns) -> int:
+        """Push every outcome of a batch (for callers that have not built the lines yet)."""
+        return self.push(scans["scan_id"].tolist(), reply_lines(scans))
 
 
 def wait_reply(client, prefix: str, scan_id: str, timeout_s: float) -> dict[str, Any] | None:

@@ -11,12 +11,14 @@ that an offset is committed only after its scans' outcomes are stored:
 4. push each outcome to its Redis reply list (the scan API's ``await_result``)
 5. (agent) produce ``scan-results``, ``awards``, ``alerts`` and dead letters, and wait for the
    broker to acknowledge them
-6. (agent) only then return to Faust, which acks the batch's messages; the consumer commits
-   acked offsets afterwards
+6. (agent) only then ack the batch's messages; the consumer commits acked offsets afterwards
 
-A crash anywhere before 6 redelivers the batch; every step is idempotent under redelivery
-(a replayed scan_id gets its first answer, a won code its prize back, ClickHouse drops or
-collapses the rows again), so delivery is at least once and the effects happen once.
+Steps 1-2 of a batch may run while steps 3-6 of the batch before it are still under way (the
+agent keeps at most one batch in each half); offsets are still acked only after step 5 of
+their own batch.  A crash anywhere before 6 redelivers the batch; every step is idempotent
+under redelivery (a replayed scan_id gets its first answer, a won code its prize back,
+ClickHouse drops or collapses the rows again), so delivery is at least once and the effects
+happen once.
 """
 from __future__ import annotations
 
@@ -66,10 +68,15 @@ class Produce:
 
 @dataclass
 class Handled:
+    """A batch after the pipeline: its outcomes, and everything still to be stored and produced."""
+
+    records: list[Record]
     result: BatchResult
     produce: list[Produce]
     dead_letters: int
     scans: int
+    token: str  # ClickHouse deduplication token of the batch (``batch_token``)
+    replies: list[bytes]  # one JSON outcome per scan, in the order of result.scans
 
 
 def batch_token(records: list[Record]) -> str:
@@ -82,13 +89,21 @@ def batch_token(records: list[Record]) -> str:
 
 
 class BatchHandler:
-    """Steps 1-4 of the commit order, and the messages of step 5."""
+    """Steps 1-4 of the commit order, and the messages of step 5.
+
+    ``process`` (steps 1-2) and ``store`` (steps 3-4) are separate so that the agent can run
+    the pipeline of one batch while the outcomes of the previous one are being stored and
+    produced; ``handle`` is both in a row.  ``process`` must be called in batch order from
+    one thread (the state store sees the batches in the order they were taken); ``store``
+    may run in another thread, and is safe to repeat.
+    """
 
     def __init__(self, config: Config, pipeline: Pipeline, clickhouse=None, redis_client=None, alerting=None):
         self.config = config
         self.pipeline = pipeline
         self.clickhouse = clickhouse
-        self.redis = redis_client
+        self.replies = (replies.ReplyWriter(redis_client, config.redis.prefix, config.redis.result_ttl_s)
+                        if redis_client is not None else None)
         self.alerting = alerting  # sinks.alerting.AlertDelivery: logs, digests, webhooks
         self.k = config.kafka
         self._watermark = 0
@@ -113,35 +128,45 @@ class BatchHandler:
                        headers=[(REASON_HEADER, reason.encode("utf-8", "replace")[:1000]),
                                 (POSITION_HEADER, position.encode())])
 
-    def handle(self, records: list[Record]) -> Handled:
-        """Steps 1-4; returns what step 5 must produce."""
+    def process(self, records: list[Record]) -> Handled:
+        """Steps 1-2: decode and run the pipeline; returns what ``store`` and step 5 need."""
         lines, positions, produce = self.decode(records)
-        result = self.pipeline.process(lines, positions=positions)  # 2
-        token = batch_token(records)
-        if self.clickhouse is not None:  # 3
-            self.clickhouse.write_scans(result.scans, dedup_token=f"{token}:scans")
-            self.clickhouse.write_alerts(result.alerts, dedup_token=f"{token}:alerts")
-            self.clickhouse.write_awards(result.awards, dedup_token=f"{token}:awards")
-        if self.redis is not None and len(lines):  # 4
-            replies.push_replies(self.redis, self.config.redis.prefix, result.scans, self.config.redis.result_ttl_s)
-        if self.alerting is not None:  # best effort, in the background: never holds the batch
-            valid = result.scans["reason"] == ""
-            if valid.any():
-                self._watermark = max(self._watermark, int(result.scans["ts"][valid].max()))
-            self.alerting.add(result.alerts, self._watermark)
+        result = self.pipeline.process(lines, positions=positions)
         dead = len(produce)
         invalid = np.nonzero(result.scans["verdict"] == "invalid_event")[0]
         for i in invalid.tolist():
             produce.append(self._dead_letter(lines[i], result.scans["reason"][i], positions[i]))
         dead += len(invalid)
-        produce.extend(self._results(result.scans))
+        outcome_lines = replies.reply_lines(result.scans)
+        produce.extend(self._results(result.scans, outcome_lines))
         produce.extend(self._rows(self.k.awards_topic, result.awards, outcomes.AWARD_COLUMNS,
                                   lambda row: f"{row['tenant']}:{row['kind']}:{row['batch']}:{row['serial']}"))
         produce.extend(self._rows(self.k.alerts_topic, result.alerts, outcomes.ALERT_COLUMNS,
                                   lambda row: row["dealer_id"] or row["alert_id"]))
-        return Handled(result, produce, dead, len(lines))
+        return Handled(records, result, produce, dead, len(lines), batch_token(records), outcome_lines)
 
-    def _results(self, scans: outcomes.Columns) -> list[Produce]:
+    def store(self, handled: Handled) -> None:
+        """Steps 3-4: outcomes into ClickHouse (deduplicated by the batch's token) and Redis."""
+        result, token = handled.result, handled.token
+        if self.clickhouse is not None:
+            self.clickhouse.write_scans(result.scans, dedup_token=f"{token}:scans")
+            self.clickhouse.write_alerts(result.alerts, dedup_token=f"{token}:alerts")
+            self.clickhouse.write_awards(result.awards, dedup_token=f"{token}:awards")
+        if self.replies is not None and handled.replies:
+            self.replies.push(result.scans["scan_id"].tolist(), handled.replies)
+        if self.alerting is not None:  # best effort, in the background: never holds the batch
+            valid = result.scans["reason"] == ""
+            if valid.any():
+                self._watermark = max(self._watermark, int(result.scans["ts"][valid].max()))
+            self.alerting.add(result.alerts, self._watermark)
+
+    def handle(self, records: list[Record]) -> Handled:
+        """Steps 1-4 in a row; returns what step 5 must produce."""
+        handled = self.process(records)
+        self.store(handled)
+        return handled
+
+    def _results(self, scans: outcomes.Columns, lines: list[bytes]) -> list[Produce]:
         """scan-results as envelopes, one per partition of the scan_id key.
 
         One message per scan would cost the producer more than the whole pipeline; an
@@ -151,13 +176,12 @@ class BatchHandler:
         """
         if not len(scans["scan_id"]):
             return []
-        rows = replies.reply_rows(scans)
         part = (state_keys(scans["scan_id"]) % np.uint64(self.k.partitions)).astype(np.int64)
         headers = [(envelope.CONTENT_TYPE, envelope.ENVELOPE.encode())]
         out = []
         for p in np.unique(part).tolist():
-            lines = [orjson.dumps(rows[i]) for i in np.nonzero(part == p)[0].tolist()]
-            for chunk in envelope.chunks(lines):  # a broker takes messages of about 1 MB at most
+            chosen = [lines[i] for i in np.nonzero(part == p)[0].tolist()]
+            for chunk in envelope.chunks(chosen):  # a broker takes messages of about 1 MB at most
                 out.append(Produce(self.k.results_topic, envelope.encode(chunk), partition=int(p), headers=headers))
         return out
 

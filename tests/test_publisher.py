@@ -33,7 +33,7 @@ from streams.publisher import (
     murmur2,
     partition_for,
 )
-from streams.replies import push_replies
+from streams.replies import ReplyWriter
 
 KEY = bytes(range(16))
 TS0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -378,7 +378,7 @@ def test_await_result_through_redis(broker, topic, redis_url, redis_prefix):
     with ScanPublisher(broker.bootstrap, topic=topic, redis_url=redis_url, prefix=redis_prefix) as pub:
         pub.publish(scan(1, codes(48, 1)[0]))
         # the worker's side answers 0.2 s later, while the API waits
-        timer = threading.Timer(0.2, push_replies, (client, redis_prefix, _outcome("s-1", "ok", 880), 60))
+        timer = threading.Timer(0.2, ReplyWriter(client, redis_prefix, 60).push_outcomes, (_outcome("s-1", "ok", 880),))
         timer.start()
         t0 = time.monotonic()
         got = pub.await_result("s-1", timeout=5)

@@ -99,6 +99,25 @@ def test_results_are_envelopes_partitioned_by_scan_id(world):
                 assert where[orjson.loads(line)["scan_id"]] == p.partition
 
 
+def test_content_type_parameters(world):
+    """HTTP clients add ``; charset=utf-8``: still an envelope; another charset is refused."""
+    base, lines = world
+    config = local_config(base / "registry")
+    handler = BatchHandler(config, build_pipeline(config, state=MemoryStateStore()))
+    carried = envelope.encode(lines[:3])
+    records = [
+        Record("scans", 0, 0, carried, [(envelope.CONTENT_TYPE, b"application/x-ndjson; charset=utf-8")]),
+        Record("scans", 0, 1, carried, [(envelope.CONTENT_TYPE, b"Application/X-NDJSON;charset=\"UTF8\"")]),
+        Record("scans", 0, 2, lines[3], [(envelope.CONTENT_TYPE, b"application/json; charset=utf-8")]),
+        Record("scans", 0, 3, carried, [(envelope.CONTENT_TYPE, b"application/x-ndjson; charset=gbk")]),
+    ]
+    handled = handler.handle(records)
+    assert handled.scans == 7
+    dead = [p for p in handled.produce if p.topic == config.kafka.dlq_topic]
+    assert len(dead) == 1 and dead[0].value == carried
+    assert b"gbk" in dict(dead[0].headers)["scanstream-reason"]
+
+
 def test_undecodable_messages_and_invalid_events_are_dead_lettered_with_reason(world):
     base, lines = world
     config = local_config(base / "registry")
@@ -210,6 +229,23 @@ def consume(bootstrap: str, topic: str, want: int, timeout_s: float) -> list[byt
     return out
 
 
+def committed_offset(bootstrap: str, group: str, topic: str, partition: int, want: int, timeout_s: float) -> int | None:
+    """The group's committed offset of one partition, polled until it is ``want`` or time is up."""
+    from kafka import KafkaAdminClient, TopicPartition
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            tp = TopicPartition(topic, partition)
+            meta = admin.list_group_offsets({group: [tp]}).get(group, {}).get(tp)
+            got = meta.offset if meta is not None else None
+            if got == want or time.monotonic() > deadline:
+                return got
+            time.sleep(0.5)
+    finally:
+        admin.close()
+
+
 @pytest.mark.skipif(SCANSTREAM is None, reason="the scanstream console script is not installed")
 @pytest.mark.parametrize("state", ["memory", "redis"])
 def test_worker_on_real_services_matches_the_local_driver(state, world, broker, redis_url, redis_prefix, tmp_path):
@@ -236,6 +272,7 @@ def test_worker_on_real_services_matches_the_local_driver(state, world, broker, 
         producer.send(names["scans"], b"\x00 not a scan", partition=0, headers=[(envelope.CONTENT_TYPE, b"x/y")])
         producer.flush()
         producer.close()
+        sent = -(-len(lines) // 200) + 1
         results = consume(broker.bootstrap, names["results"], len(lines), timeout_s=120)
         assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
         assert len(results) == len(lines)
@@ -263,6 +300,8 @@ def test_worker_on_real_services_matches_the_local_driver(state, world, broker, 
         assert scraped == {v: float(n) for v, n in collections.Counter(expected["verdict"].tolist()).items()}
         assert float(re.search(r"(?m)^scanstream_dead_letters_total (\S+)", text).group(1)) == len(dead)
         assert float(re.search(r"(?m)^scanstream_batch_seconds_count (\S+)", text).group(1)) >= 1
+        # every message's offset is committed once its outcomes are out (Faust commits every few seconds)
+        assert committed_offset(broker.bootstrap, names["group"], names["scans"], 0, sent, 30) == sent
     finally:
         worker.send_signal(signal.SIGTERM)
         try:

@@ -41,7 +41,9 @@ def main(args: argparse.Namespace) -> int:
         from sinks.registry_tables import publish_registry
         publish_registry(clickhouse, registry)
     pipeline = build_pipeline(config, registry, build_state(config))
-    replies = redis_py.Redis.from_url(config.redis.url) if config.redis.replies else None
+    from engine.state.redis import CLIENT_OPTIONS
+    # the same timeouts as the state store: a dead server fails the step (retried), never hangs it
+    replies = redis_py.Redis.from_url(config.redis.url, **CLIENT_OPTIONS) if config.redis.replies else None
     alerting = build_alerting(config, registry, clickhouse)
     handler = BatchHandler(config, pipeline, clickhouse, replies, alerting)
     reloader = RegistryReloader(config, pipeline, clickhouse, alerting=alerting)
