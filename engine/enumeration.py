@@ -83,12 +83,12 @@ class EnumerationGuard:
                 continue
             if crossed_at:
                 keys = np.fromiter(crossed_at, np.uint64, len(crossed_at))
-                self.state.mark_once(fold(keys, np.full(len(keys), NS_BLOCK)), s.block_hours * 3600)
+                self.state.block(fold(keys, np.full(len(keys), NS_BLOCK)), s.block_hours * 3600)
             candidates = need[could_win[need]]
             if len(candidates):
                 ident = identity[candidates]
                 # blocked before this scan: in an earlier batch, or at an earlier row of this one
-                listed = self.state.marked(fold(ident, np.full(len(candidates), NS_BLOCK)))
+                listed = self.state.blocked(fold(ident, np.full(len(candidates), NS_BLOCK)))
                 if crossed_at:
                     crossed = np.fromiter(crossed_at, np.uint64, len(crossed_at))
                     at = np.array([crossed_at.get(k, n) for k in ident.tolist()], np.int64)

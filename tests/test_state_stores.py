@@ -346,6 +346,21 @@ def test_mark_once(store):
     assert store.mark_once(u64([]), 60).tolist() == []
 
 
+def test_block_list(make_store):
+    with make_store() as s:
+        assert s.blocked(u64([1, 2])).tolist() == [False, False]  # an empty list
+        s.block(u64([1, U64_MAX]), 1)
+        s.block(u64([]), 1)
+        assert s.blocked(u64([1, 2, U64_MAX, 1])).tolist() == [True, False, True, True]
+        time.sleep(0.6)
+        s.block(u64([1, 2]), 1)  # 1 keeps its expiry, 2 gets a second from now
+        time.sleep(0.6)
+        assert s.blocked(u64([1, 2, U64_MAX])).tolist() == [False, True, False]
+        s.block(u64([1]), 3600)  # back on the list after its expiry
+        assert s.blocked(u64([1, 2])).tolist() == [True, True]
+        assert s.blocked(u64([])).tolist() == []
+
+
 def test_answers_and_windows_expire_after_their_ttl(make_store):
     with make_store(replay_ttl_s=1) as s:
         assert claim(s, [("s1", CODE, 1, OK)]) == [(OK, False)]
@@ -413,6 +428,11 @@ def apply(store: StateStore, op: str, rows: list) -> tuple:
         out = store.distinct(keys, u64([r[1] for r in rows]), 600)
     elif op == "distinct_new":
         out = store.distinct(keys, u64([r[1] for r in rows]), 600, np.array([r[2] for r in rows], bool))
+    elif op == "block":
+        store.block(keys, 600)
+        return ()
+    elif op == "blocked":
+        out = store.blocked(keys)
     else:
         out = store.mark_once(keys, 600)
     return out.dtype.str, out.tolist()
@@ -421,7 +441,8 @@ def apply(store: StateStore, op: str, rows: list) -> tuple:
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.one_of(claim_rows(), grant_rows(), window_rows("count", 10), window_rows("distinct", 20),
                           window_rows("distinct_new", 40),
-                          window_rows("mark_once", 30), st.just(("define", []))), max_size=14))
+                          window_rows("mark_once", 30), window_rows("block", 30), window_rows("blocked", 30),
+                          st.just(("define", []))), max_size=14))
 def test_random_call_sequences_give_identical_answers(redis_url, ops):
     with open_store("memory") as mem, open_store("redis", redis_url) as red:
         for s in (mem, red):
@@ -455,8 +476,14 @@ def test_large_random_batches_give_identical_answers(redis_url):
             first[np.unique(fresh_keys, return_index=True)[1]] = True
             assert mem.distinct(fresh_keys, members, 600, first).tolist() == \
                 red.distinct(fresh_keys, members, 600, first).tolist()
+            # a few hot keys with many members: sets past the Redis store's packed size
+            hot, many = keys % u64(20) + u64(3 * 10**6), u64(rng.integers(0, 1000, n))
+            assert mem.distinct(hot, many, 600).tolist() == red.distinct(hot, many, 600).tolist()
             marks = keys + u64(2 * 10**6)
             assert mem.mark_once(marks, 600).tolist() == red.mark_once(marks, 600).tolist()
+            for s in (mem, red):
+                s.block(marks[:b * 7], 600)
+            assert mem.blocked(marks).tolist() == red.blocked(marks).tolist()
             camp = rng.integers(0, 2, n)
             tier = rng.integers(-1, 2, n).astype(np.int16)  # both campaigns have two tiers
             req = GrantRequests(camp, code, serial % 5000, np.array([f"u{x}" for x in rng.integers(0, 500, n)],

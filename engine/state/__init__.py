@@ -164,9 +164,17 @@ class StateStore(ABC):
     def mark_once(self, keys: np.ndarray, ttl_s: int) -> np.ndarray:
         """True for each key not marked before (the first time it appears, in order)."""
 
+    # The block list: few entries (identities caught enumerating codes), asked about for every
+    # scan that could win, so a backend answers a whole batch without a look-up per key while
+    # the list is empty.
+
     @abstractmethod
-    def marked(self, keys: np.ndarray) -> np.ndarray:
-        """True for each key that is marked (``mark_once``) and not expired; marks nothing."""
+    def block(self, keys: np.ndarray, ttl_s: int) -> None:
+        """Put each uint64 key on the block list for ``ttl_s``; a key already on it keeps its expiry."""
+
+    @abstractmethod
+    def blocked(self, keys: np.ndarray) -> np.ndarray:
+        """True for each key on the block list and not expired."""
 
     def close(self) -> None:
         """Release connections; the memory store keeps nothing to release."""

@@ -42,6 +42,7 @@ class MemoryStateStore(StateStore):
         # one dict because the three kinds never share a key
         self._windows: dict[int, object] = {}
         self._window_expiry: deque[tuple[float, list[int]]] = deque()
+        self._blocks: dict[int, float] = {}  # block list: uint64 key -> expiry
 
     # -- dedup -----------------------------------------------------------------------------
 
@@ -242,8 +243,19 @@ class MemoryStateStore(StateStore):
             self._track(new, ttl_s, now)
         return first
 
-    def marked(self, keys: np.ndarray) -> np.ndarray:
+    def block(self, keys: np.ndarray, ttl_s: int) -> None:
         with self._lock:
-            self._sweep(self._clock())
-            store = self._windows
-            return np.fromiter((store.get(k) is True for k in keys.tolist()), bool, len(keys))
+            now = self._clock()
+            blocks = self._blocks
+            for k in keys.tolist():
+                if blocks.get(k, now) <= now:
+                    blocks[k] = now + ttl_s
+            for k in [k for k, until in blocks.items() if until <= now]:  # few entries: a full sweep
+                del blocks[k]
+
+    def blocked(self, keys: np.ndarray) -> np.ndarray:
+        with self._lock:
+            now, blocks = self._clock(), self._blocks
+            if not blocks:
+                return np.zeros(len(keys), bool)
+            return np.fromiter((blocks.get(k, now) > now for k in keys.tolist()), bool, len(keys))

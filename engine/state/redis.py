@@ -30,6 +30,7 @@ Keys (``P`` is the prefix; ``{...}`` is a Redis Cluster hash tag)::
     P cp:{<id>}:ud:<day>    hash    user_id -> prizes paid that day (at most one entry per
                                     prize paid, so no expiry is needed to bound it)
     P campaigns             set     campaign ids, for error messages and operators
+    P bl                    zset    the block list: 8-byte keys scored by their expiry (ms)
     P w:<8 bytes>           windowed state under a uint64 key, EX ttl from its creation:
                                     a counter (count), a set of uint64 members (distinct: a
                                     string of packed 8-byte members up to PACKED_MEMBERS, then a
@@ -469,11 +470,34 @@ end
 return chars(out)
 """
 
-_MARKED_LUA = _LUA_PRELUDE + r"""
-local pre, blob = ARGV[1], ARGV[3]
-local out = {}
+#: The block list.  KEYS[1]: the list, a sorted set of 8-byte keys scored by their expiry in
+#: milliseconds of the server's clock.  ARGV: TTL in ms, keys (8 bytes each).
+_BLOCK_LUA = r"""
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local blob, expiry = ARGV[2], now + tonumber(ARGV[1])
 for i = 1, #blob / 8 do
-  out[i] = redis.call('EXISTS', pre .. string.sub(blob, 8 * i - 7, 8 * i))
+  redis.call('ZADD', KEYS[1], 'NX', expiry, string.sub(blob, 8 * i - 7, 8 * i))
+end
+return 1
+"""
+
+#: KEYS[1]: the block list.  ARGV[1]: keys (8 bytes each).  Returns one byte per key, or an
+#: empty string when the list is empty (the usual case: one EXISTS for the whole batch).
+_BLOCKED_LUA = _LUA_PRELUDE + r"""
+if redis.call('EXISTS', KEYS[1]) == 0 then return '' end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local blob = ARGV[1]
+local n, out = #blob / 8, {}
+for a = 1, n, 1000 do
+  local b, wanted = math.min(a + 999, n), {}
+  for i = a, b do wanted[#wanted + 1] = string.sub(blob, 8 * i - 7, 8 * i) end
+  local scores = redis.call('ZMSCORE', KEYS[1], unpack(wanted))
+  for j = 1, #wanted do
+    out[a + j - 1] = (scores[j] and tonumber(scores[j]) > now) and 1 or 0
+  end
 end
 return chars(out)
 """
@@ -512,10 +536,11 @@ class RedisStateStore(StateStore):
         self._count = client.register_script(_COUNT_LUA)
         self._distinct = client.register_script(_DISTINCT_LUA)
         self._mark_once = client.register_script(_MARK_ONCE_LUA)
-        self._marked = client.register_script(_MARKED_LUA)
+        self._block = client.register_script(_BLOCK_LUA)
+        self._blocked = client.register_script(_BLOCKED_LUA)
         # load them now: a wrong URL or a server without Lua fails at start, not mid-stream
         scripts = (self._claim, self._define, self._grant, self._count, self._distinct, self._mark_once,
-                   self._marked)
+                   self._block, self._blocked)
         self._call(lambda: [client.script_load(s.script) for s in scripts])
 
     @classmethod
@@ -643,10 +668,16 @@ class RedisStateStore(StateStore):
             return np.zeros(0, bool)
         return np.frombuffer(self._window(self._mark_once, keys, ttl_s), np.uint8) == 1
 
-    def marked(self, keys: np.ndarray) -> np.ndarray:
+    def block(self, keys: np.ndarray, ttl_s: int) -> None:
+        if len(keys):
+            args = [max(int(ttl_s), 1) * 1000, _keys_blob(keys)]
+            self._call(lambda: self._block(keys=[self._pre + b"bl"], args=args))
+
+    def blocked(self, keys: np.ndarray) -> np.ndarray:
         if not len(keys):
             return np.zeros(0, bool)
-        return np.frombuffer(self._window(self._marked, keys, 1), np.uint8) == 1
+        out = self._call(lambda: self._blocked(keys=[self._pre + b"bl"], args=[_keys_blob(keys)]))
+        return np.frombuffer(out, np.uint8) == 1 if out else np.zeros(len(keys), bool)
 
     # -- maintenance -----------------------------------------------------------------------
 
