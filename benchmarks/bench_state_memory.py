@@ -17,7 +17,7 @@ random key prefix that is deleted at the end (only that prefix is touched):
     string key per code (``SET <prefix>code:<tenant>:<kind>:<batch>:<serial> 1``) measured by
     ``used_memory`` delta, and one set per batch with the serials as members (``SADD``), by
     ``MEMORY USAGE`` of the sets.
-(c) A replay record (the first answer of a scan_id, a key with a TTL): ``used_memory`` delta
+(c) A replay record (the first answer of a scan_id, a field of a bucket hash): ``used_memory`` delta
     per record over a claim of ``--baseline`` scans whose verdict is not ok (so no bit is set).
 (d) Claim throughput, scans per second through ``claim`` of the Redis store and of the
     memory store over the same stream: ``--throughput`` scans in calls of ``--batch`` scans

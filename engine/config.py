@@ -176,6 +176,7 @@ class KafkaSettings:
     partitions: int = 8
     take: int = 64  # messages per batch the worker takes (an envelope holds many scans)
     within_ms: int = 50  # ... or whatever arrived within this time
+    in_flight: int = 2  # batches whose outcomes are being stored and produced while the next runs
     session_timeout_s: float = 10.0
     linger_ms: int = 5  # the publisher's wait to fill an envelope
     web_port: int = 6066  # the worker's web/metrics port
@@ -419,6 +420,7 @@ def _read_kafka(r: Reader) -> KafkaSettings:
         partitions=r.integer("partitions", d.partitions, lo=1, hi=10_000),
         take=r.integer("take", d.take, lo=1, hi=100_000),
         within_ms=r.integer("within_ms", d.within_ms, lo=1, hi=60_000),
+        in_flight=r.integer("in_flight", d.in_flight, lo=1, hi=16),
         session_timeout_s=r.number("session_timeout_s", d.session_timeout_s, lo=1, hi=300),
         linger_ms=r.integer("linger_ms", d.linger_ms, lo=0, hi=10_000),
         web_port=r.integer("web_port", d.web_port, lo=1, hi=65535),

@@ -167,6 +167,9 @@ def _connect_http(target: str) -> tuple[Client, str | None]:
             port=port or HTTP_DEFAULT_PORTS[parts.scheme],
             username=urllib.parse.unquote(parts.username) if parts.username else DEFAULT_USER,
             password=password,
+            # no session: the worker's store thread and its registry reloader share this client,
+            # and ClickHouse refuses two queries at once in one session; nothing here needs one
+            autogenerate_session_id=False,
         )
     except (ClickHouseError, OSError) as exc:
         host = f"{parts.hostname}:{port or HTTP_DEFAULT_PORTS[parts.scheme]}"

@@ -7,8 +7,9 @@
 
 The pipeline and the sinks are synchronous, so the agent runs them in executor threads and
 keeps the event loop free for Faust's own work (heartbeats, fetching, producing).  The
-pipeline of a batch overlaps the storing and producing of the batch before it; a batch's
-messages are acked only when its own outputs are stored and produced.  While a service is
+pipeline of a batch overlaps the storing and producing of up to ``kafka.in_flight`` batches
+before it (the store thread takes them in order); a batch's messages are acked only when its
+own outputs are stored and produced.  While a service is
 down the agent retries the same step with backoff and takes nothing new: that is the
 backpressure, and the consumer's offsets stay where they were.
 """
@@ -17,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -124,7 +125,7 @@ def build_app(config: Config, handler: BatchHandler, reloader: RegistryReloader 
 
     @app.agent(scans, name="scanstream.process")
     async def process(stream):
-        outputs: asyncio.Task | None = None  # steps 3-6 of the previous batch
+        outputs: deque[asyncio.Task] = deque()  # steps 3-6 of earlier batches, oldest first
         try:
             async for events in stream.take_events(k.take, within=k.within_ms / 1000):
                 started = time.perf_counter()
@@ -137,18 +138,20 @@ def build_app(config: Config, handler: BatchHandler, reloader: RegistryReloader 
                                   else list(e.message.headers or [])) for e in events]
                 handled = await retrying("the pipeline", len(records), in_thread(pipeline_thread, handler.process),
                                          records)
-                if outputs is not None:
-                    await outputs  # one batch in each half at most: a slow sink slows the intake
-                if reloader is not None:  # while nothing else uses the ClickHouse client
+                while len(outputs) >= k.in_flight:
+                    await outputs.popleft()  # a slow sink slows the intake
+                outputs.append(asyncio.create_task(finish(stream, events, handled, started)))
+                if reloader is not None:  # the ClickHouse client is safe to share with the store thread
                     await asyncio.get_running_loop().run_in_executor(pipeline_thread, reloader.maybe_reload)
-                outputs = asyncio.create_task(finish(stream, events, handled, started))
         finally:
-            if outputs is not None and not outputs.done():
-                # a stopping worker finishes the batch in hand when it can; else it is redelivered
+            # a stopping worker finishes the batches in hand when it can; the rest are redelivered
+            pending = [t for t in outputs if not t.done()]
+            if pending:
                 try:
-                    await asyncio.wait_for(asyncio.shield(outputs), timeout=STOP_FINISH_S)
+                    await asyncio.wait_for(asyncio.shield(asyncio.gather(*pending)), timeout=STOP_FINISH_S)
                 except (asyncio.TimeoutError, asyncio.CancelledError):
-                    outputs.cancel()
+                    for task in pending:
+                        task.cancel()
 
     @app.timer(interval=10.0)
     async def report() -> None:

@@ -76,7 +76,7 @@ class Handled:
     dead_letters: int
     scans: int
     token: str  # ClickHouse deduplication token of the batch (``batch_token``)
-    replies: list[bytes]  # one JSON outcome per scan, in the order of result.scans
+    replies: list[bytes]  # one JSON outcome per scan, in the order of result.scans (made by store)
 
 
 def batch_token(records: list[Record]) -> str:
@@ -129,7 +129,11 @@ class BatchHandler:
                                 (POSITION_HEADER, position.encode())])
 
     def process(self, records: list[Record]) -> Handled:
-        """Steps 1-2: decode and run the pipeline; returns what ``store`` and step 5 need."""
+        """Steps 1-2: decode and run the pipeline; returns what ``store`` needs.
+
+        Only what depends on the order of batches happens here; the outcome messages are
+        built by ``store``, in the other thread.
+        """
         lines, positions, produce = self.decode(records)
         result = self.pipeline.process(lines, positions=positions)
         dead = len(produce)
@@ -137,17 +141,19 @@ class BatchHandler:
         for i in invalid.tolist():
             produce.append(self._dead_letter(lines[i], result.scans["reason"][i], positions[i]))
         dead += len(invalid)
-        outcome_lines = replies.reply_lines(result.scans)
-        produce.extend(self._results(result.scans, outcome_lines))
-        produce.extend(self._rows(self.k.awards_topic, result.awards, outcomes.AWARD_COLUMNS,
-                                  lambda row: f"{row['tenant']}:{row['kind']}:{row['batch']}:{row['serial']}"))
-        produce.extend(self._rows(self.k.alerts_topic, result.alerts, outcomes.ALERT_COLUMNS,
-                                  lambda row: row["dealer_id"] or row["alert_id"]))
-        return Handled(records, result, produce, dead, len(lines), batch_token(records), outcome_lines)
+        return Handled(records, result, produce, dead, len(lines), batch_token(records), [])
 
     def store(self, handled: Handled) -> None:
-        """Steps 3-4: outcomes into ClickHouse (deduplicated by the batch's token) and Redis."""
+        """Steps 3-4: outcomes into ClickHouse (deduplicated by the batch's token) and Redis,
+        and the messages of step 5 into ``handled.produce``.  Safe to repeat."""
         result, token = handled.result, handled.token
+        if not handled.replies and len(result.scans["scan_id"]):
+            handled.replies = replies.reply_lines(result.scans)
+            handled.produce.extend(self._results(result.scans, handled.replies))
+            handled.produce.extend(self._rows(self.k.awards_topic, result.awards, outcomes.AWARD_COLUMNS,
+                                              lambda row: f"{row['tenant']}:{row['kind']}:{row['batch']}:{row['serial']}"))
+            handled.produce.extend(self._rows(self.k.alerts_topic, result.alerts, outcomes.ALERT_COLUMNS,
+                                              lambda row: row["dealer_id"] or row["alert_id"]))
         if self.clickhouse is not None:
             self.clickhouse.write_scans(result.scans, dedup_token=f"{token}:scans")
             self.clickhouse.write_alerts(result.alerts, dedup_token=f"{token}:alerts")

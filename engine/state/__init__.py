@@ -145,7 +145,8 @@ class StateStore(ABC):
         """Budget and stock left, prizes paid so far."""
 
     # Windowed state.  Keys are uint64 (``state_keys``/``fold``) and carry their window, so a
-    # key is never reused for another window: the time to live only bounds memory.
+    # key is never reused for another window: the time to live only bounds memory.  An entry
+    # lives at least ``ttl_s`` after it was created; a backend may keep it up to twice as long.
 
     @abstractmethod
     def count(self, keys: np.ndarray, ttl_s: int) -> np.ndarray:

@@ -23,7 +23,9 @@ Keys (``P`` is the prefix; ``{...}`` is a Redis Cluster hash tag)::
 
     P dd:{T:K:B:C}          string  dedup bitmap of chunk C of (tenant T, kind K, batch B),
                                     bit ``serial % CHUNK_SERIALS``, no expiry
-    P rp:<scan_id>          string  the verdict of the scan_id's first claim, EX replay_ttl_s
+    P rp:<epoch>:<bucket>   hash    scan_id -> the verdict of its first claim, for the scan_ids
+                                    of one bucket (a byte of their hash) first claimed in epoch
+                                    ``now // replay_ttl_s``; expires at the end of the next epoch
     P cp:{<id>}             hash    budget, prizes, cap, tiers, s0 .. s<tiers-1> (stock left)
     P cp:{<id>}:aw          hash    12-byte code identity (uint64 batch key, uint32 serial, LE)
                                     -> "tier:cents", kept for ever: one prize per code, ever
@@ -32,9 +34,11 @@ Keys (``P`` is the prefix; ``{...}`` is a Redis Cluster hash tag)::
     P campaigns             set     campaign ids, for error messages and operators
     P bl                    zset    the block list: 8-byte keys scored by their expiry (ms)
     P w:<8 bytes>           windowed state under a uint64 key, EX ttl from its creation:
-                                    a counter (count), a set of uint64 members (distinct: a
-                                    string of packed 8-byte members up to PACKED_MEMBERS, then a
-                                    set of 8-byte strings) or a mark
+                                    a counter (count) or a mark (mark_once)
+    P wd:<epoch>:<bucket>   hash    distinct sets of one bucket (key's first byte % BUCKETS), made in
+                                    epoch ``now // ttl``: 8-byte key -> packed 8-byte members
+                                    (or "" once they moved to ``P ws:<key>``, a set); expires
+                                    at the end of the next epoch
 
 Memory
     A bitmap costs one bit per serial below the highest serial scanned in its chunk.  Two
@@ -50,13 +54,14 @@ Memory
     5 M codes in 3 batches, 1.08 for batches of 100 000 and of 10 000 codes (16 KiB chunks
     gave 1.15 for 100 000, 128 KiB chunks more).  ``benchmarks/
     bench_state_memory.py`` compares that with 90 bytes for a key per code and 56 bytes for a
-    member of a set per batch.  The largest item is the replay record: a key with a TTL per
-    scan_id, about 130 bytes (its integer value is one of Redis's shared objects).
+    member of a set per batch.  The largest item is the replay record: a field of a bucket
+    hash per scan_id (its length plus about 50 bytes), kept for one to two ``replay_ttl_s``.
 
 Redis Cluster
     A script may only touch keys of one hash slot.  Every key that a script changes together
     shares a hash tag: a dedup chunk (``{T:K:B:C}``), a campaign (``{<id>}``), a window key
-    (its own slot).  On a single server (or a primary with replicas, the deployment this
+    (its own slot); bucket hashes (replay answers, distinct sets) would take the tag of their
+    bucket.  On a single server (or a primary with replicas, the deployment this
     store connects to today) each method is one script call, as described.  For a Cluster the
     batch is split by slot (``redis.cluster.key_slot`` of the group's key) and one script is
     called per slot group, pipelined per node; that split changes no answer because the
@@ -65,8 +70,8 @@ Redis Cluster
     replay record, which is looked up by scan_id but must live in the slot of the bitmap its
     claim sets (the test-and-set and the record of its answer are one atomic step, else a
     crash between them turns a redelivered first scan into a REPEAT).  In Cluster mode it is
-    therefore filed under the tag of the scan's own chunk, ``P rp:{T:K:B:C}<scan_id>``: a
-    redelivered scan carries the same code, so it finds its record.  That is the only
+    therefore to be filed under the tag of the scan's own chunk: a redelivered scan carries the
+    same code, so it finds its record.  That is the only
     difference from the single-server layout (a scan_id reused with a *different* code would
     not be recognised as a replay) and the reason this store does not pretend to support a
     Cluster until that split is written and tested against one.  A prefix that itself holds
@@ -79,8 +84,9 @@ Windows
     the very call that finds it expired still shows its old value there; keys carry their
     window and are never reused after their TTL, so no answer of the engine depends on it.
     ``distinct``'s ``new`` flags are honoured as the memory store does: flagged rows first,
-    each starting its set afresh (one SET of its packed member, which replaces whatever the key
-    held: the same answers even for a wrong flag).
+    each starting its set afresh (one HSET of its packed member in this epoch's bucket, found
+    before anything older: the same answers even for a wrong flag).  Distinct sets live in
+    bucket hashes per epoch of their TTL (see ``_DISTINCT_LUA``): between one and two TTLs.
 
 Errors
     Connection failures, timeouts, a read-only replica or an out-of-memory server raise
@@ -101,17 +107,22 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from engine.state import (CampaignLimits, CampaignState, Claims, DrawStatus, Grants, GrantRequests, StateStore,
-                          StateUnavailable)
+                          StateUnavailable, state_keys)
 from engine.verdicts import Verdict
 
 #: Serials per dedup chunk: a full chunk is an 8 176-byte string, which with its sds header
 #: fits jemalloc's 8 KiB size class exactly (2**16 serials would take a 10 KiB block).
 CHUNK_BYTES = (1 << 13) - 16
 CHUNK_SERIALS = CHUNK_BYTES * 8
-#: Members of a ``distinct`` set kept as one packed string (8 bytes each); a larger set becomes a
-#: Redis set.  A code's scanners in one window are almost always one or two, and a string with
-#: its TTL is one SET where a set takes SADD and EXPIRE.
+#: Members of a ``distinct`` set kept packed in its bucket hash (8 bytes each); a larger set
+#: becomes a Redis set of its own.
 PACKED_MEMBERS = 32
+#: Replay answers and distinct sets are spread over this many hashes per epoch (a power of two up
+#: to 256).  Few and therefore large: a hash of up to ``hash-max-listpack-entries`` (128 to 512)
+#: fields is a listpack, which Redis searches from end to end on every HGET and HSET, so many
+#: small hashes are slower than a few large ones (measured here: 256 buckets cost more than a
+#: key per scan_id).
+BUCKETS = 16
 #: Remember a scan_id's answer this long; a redelivery after that is a new scan.
 DEFAULT_REPLAY_TTL_S = 7 * 24 * 3600
 #: Client options unless the URL sets them (``?socket_timeout=...``): a large batch's script
@@ -212,12 +223,19 @@ end
 #: KEYS: the batch's dedup chunks.  ARGV: replay key prefix, replay TTL, n, scan_id lengths
 #: (uint32), scan_ids, given verdicts (one byte each), then for the rows at OK in row order
 #: their chunk (uint32 index into KEYS, 0-based) and bit offset (uint32), and per chunk the
-#: length to grow it to before any SETBIT.  Returns one byte per row: verdict | 0x80 on replay.
+#: length to grow it to before any SETBIT; then OK, REPEAT, and each row's replay bucket (one
+#: byte).  Returns one byte per row: verdict | 0x80 on replay.
+#: Answers live in bucket hashes ``P rp:<epoch>:<bucket>`` (epoch = now // TTL), scan_id ->
+#: verdict, read with one HMGET per bucket and epoch (this one, then the one before for the
+#: rest) and written with one HSET per bucket: a key with a TTL per scan_id cost a SET EX each
+#: (about 4 us of server time) and 130 bytes.  A bucket expires at the end of the next epoch,
+#: so an answer is kept between one and two TTLs.
 _CLAIM_LUA = _LUA_PRELUDE + r"""
 local OK, REPEAT = tonumber(ARGV[10]), tonumber(ARGV[11])
-local rp, ttl, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local rp, ttl, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local ids = strings(ARGV[4], ARGV[5], n)
 local given = bytes(ARGV[6])
+local bucket = bytes(ARGV[12])
 local nok = #ARGV[7] / 4
 local chunk, offset = ints(ARGV[7], 'I4', nok), ints(ARGV[8], 'I4', nok)
 local want = ints(ARGV[9], 'I4', #KEYS)
@@ -230,15 +248,33 @@ for g = 1, #KEYS do
     redis.call('SET', KEYS[g], redis.call('GET', KEYS[g]) .. string.rep('\0', want[g] - have))
   end
 end
+local now = redis.call('TIME')
+local epoch = math.floor(tonumber(now[1]) / ttl)
 -- the answers known before this batch
-local stored, keys = {}, {}
-for i = 1, n do keys[i] = rp .. ids[i] end
-for a = 1, n, 1000 do
-  local b = math.min(a + 999, n)
-  local vals = redis.call('MGET', unpack(keys, a, b))
-  for i = a, b do stored[i] = vals[i - a + 1] end
+local rows_of = {}
+for i = 1, n do
+  local r = rows_of[bucket[i]]
+  if r == nil then r = {}; rows_of[bucket[i]] = r end
+  r[#r + 1] = i
 end
-local known, out, j = {}, {}, 0
+local stored = {}
+for b, rows in pairs(rows_of) do
+  for e = epoch, epoch - 1, -1 do
+    local ask = {}
+    for _, i in ipairs(rows) do
+      if stored[i] == nil then ask[#ask + 1] = i end
+    end
+    for a = 1, #ask, 1000 do
+      local fields = {}
+      for j = a, math.min(a + 999, #ask) do fields[#fields + 1] = ids[ask[j]] end
+      local vals = redis.call('HMGET', rp .. e .. ':' .. b, unpack(fields))
+      for j = 1, #fields do
+        if vals[j] then stored[ask[a + j - 1]] = vals[j] end
+      end
+    end
+  end
+end
+local known, out, writes, j = {}, {}, {}, 0
 for i = 1, n do
   local id, v = ids[i], given[i]
   if v == OK then j = j + 1 end
@@ -251,10 +287,18 @@ for i = 1, n do
     out[i] = first + 128
   else
     if v == OK and redis.call('SETBIT', KEYS[chunk[j] + 1], offset[j], 1) == 1 then v = REPEAT end
-    redis.call('SET', keys[i], v, 'EX', ttl)
+    local w = writes[bucket[i]]
+    if w == nil then w = {}; writes[bucket[i]] = w end
+    w[#w + 1] = id
+    w[#w + 1] = v
     known[id] = v
     out[i] = v
   end
+end
+for b, w in pairs(writes) do
+  local key = rp .. epoch .. ':' .. b
+  for a = 1, #w, 1000 do redis.call('HSET', key, unpack(w, a, math.min(a + 999, #w))) end
+  redis.call('EXPIREAT', key, (epoch + 2) * ttl)
 end
 return chars(out)
 """
@@ -392,44 +436,77 @@ end
 return pack_ints('i8', out)
 """
 
-#: ARGV[4]: members, 8 bytes each; ARGV[5]: one byte per row, 1 where the caller flags the key
-#: as new (``distinct``'s ``new``); ARGV[6]: most members kept as a packed string.
-#: A set is a string of packed members while it is small (a code's scanners in one window are
-#: one or two): a flagged row is one SET, another row a GET and a SET, where a Redis set took
-#: DEL, SADD and EXPIRE.  Past ARGV[6] members it becomes a Redis set (a GET of it answers
-#: WRONGTYPE, which is how the script tells).  Flagged rows go first and replace whatever their
-#: key held, then the rest in order: the memory store's order, so even a wrong flag gets the
-#: same answers from both stores.
+#: ``distinct``.  ARGV: prefix, TTL (s), keys and members (8 bytes each), one byte per row (1
+#: where the caller flags the key as new), the most members kept packed, BUCKETS.
+#: A set lives as one field of a bucket hash, ``P wd:<epoch>:<its key's first byte % BUCKETS>`` with
+#: epoch = now // TTL, holding its members packed (a code's scanners in one window are one or
+#: two), read with one HMGET per bucket (this epoch, then the one before for the rest) and
+#: written with one HSET per bucket: no key of its own to create and expire per set.  Each bucket hash expires at the
+#: end of the epoch after its own, so a set lives between one and two TTLs.  Past the packed
+#: size the members move to a Redis set ``P ws:<key>`` with the same expiry, and the field
+#: holds an empty string.  Flagged rows go first and replace whatever their key held, then the
+#: rest in order: the memory store's order, so even a wrong flag gets the same answers.
 _DISTINCT_LUA = _LUA_PRELUDE + r"""
-local pre, ttl, blob, members = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local flagged, spill = bytes(ARGV[5]), tonumber(ARGV[6])
+local pre, ttl, blob, members = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local flagged, spill, nb = bytes(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local now = redis.call('TIME')
+local epoch = math.floor(tonumber(now[1]) / ttl)
 local n = #blob / 8
 local out, held = {}, {}
-local function key(i) return pre .. string.sub(blob, 8 * i - 7, 8 * i) end
+local function bucket(e, b) return pre .. 'wd:' .. e .. ':' .. b end
+local function key(i) return string.sub(blob, 8 * i - 7, 8 * i) end
 local function member(i) return string.sub(members, 8 * i - 7, 8 * i) end
 for i = 1, n do
   if flagged[i] == 1 then
-    held[key(i)] = {packed = member(i), size = 1, fresh = true, dirty = true}
+    held[key(i)] = {packed = member(i), size = 1, epoch = epoch, dirty = true}
     out[i] = 1
   end
 end
+-- the other rows' sets: one HMGET per bucket in this epoch, then in the one before for the rest
+local wanted = {}
+for i = 1, n do
+  if flagged[i] ~= 1 then
+    local k = key(i)
+    if held[k] == nil and wanted[k] == nil then
+      local b = string.byte(k, 1) % nb
+      wanted[k] = b
+    end
+  end
+end
+for e = epoch, epoch - 1, -1 do
+  local by_bucket = {}
+  for k, b in pairs(wanted) do
+    local list = by_bucket[b]
+    if list == nil then list = {}; by_bucket[b] = list end
+    list[#list + 1] = k
+  end
+  for b, list in pairs(by_bucket) do
+    for a = 1, #list, 1000 do
+      local part = {unpack(list, a, math.min(a + 999, #list))}
+      local vals = redis.call('HMGET', bucket(e, b), unpack(part))
+      for j = 1, #part do
+        local v, k = vals[j], part[j]
+        if v then
+          if v == '' then
+            local h = {set = pre .. 'ws:' .. k, epoch = e}
+            h.size = redis.call('SCARD', h.set)
+            held[k] = h
+          else
+            held[k] = {packed = v, size = #v / 8, epoch = e}
+          end
+          wanted[k] = nil
+        end
+      end
+    end
+  end
+end
+for k in pairs(wanted) do held[k] = {packed = '', size = 0, epoch = epoch} end
 for i = 1, n do
   if flagged[i] ~= 1 then
     local k, m = key(i), member(i)
     local h = held[k]
-    if h == nil then
-      local v = redis.pcall('GET', k)
-      if type(v) == 'table' then
-        h = {set = true, size = redis.call('SCARD', k)}
-      elseif v then
-        h = {packed = v, size = #v / 8}
-      else
-        h = {packed = '', size = 0, fresh = true}
-      end
-      held[k] = h
-    end
     if h.set then
-      h.size = h.size + redis.call('SADD', k, m)
+      h.size = h.size + redis.call('SADD', h.set, m)
     else
       local seen = false
       for p = 1, #h.packed, 8 do
@@ -442,21 +519,33 @@ for i = 1, n do
     out[i] = h.size
   end
 end
+-- write back: one HSET per bucket hash, which expires at the end of the epoch after its own
+local writes = {}
 for k, h in pairs(held) do
   if h.dirty then
+    local home = bucket(h.epoch, string.byte(k, 1) % nb)
+    local w = writes[home]
+    if w == nil then w = {expiry = (h.epoch + 2) * ttl}; writes[home] = w end
     if h.size <= spill then
-      if h.fresh then redis.call('SET', k, h.packed, 'EX', ttl) else redis.call('SET', k, h.packed, 'KEEPTTL') end
+      w[#w + 1] = k
+      w[#w + 1] = h.packed
     else
-      local left = h.fresh and tonumber(ttl) * 1000 or redis.call('PTTL', k)
-      redis.call('DEL', k)
+      local set = pre .. 'ws:' .. k
+      redis.call('DEL', set)
       for a = 1, h.size, 500 do
         local part = {}
         for j = a, math.min(a + 499, h.size) do part[#part + 1] = string.sub(h.packed, 8 * j - 7, 8 * j) end
-        redis.call('SADD', k, unpack(part))
+        redis.call('SADD', set, unpack(part))
       end
-      if left > 0 then redis.call('PEXPIRE', k, left) else redis.call('EXPIRE', k, ttl) end
+      redis.call('EXPIREAT', set, w.expiry)
+      w[#w + 1] = k
+      w[#w + 1] = ''
     end
   end
+end
+for home, w in pairs(writes) do
+  for a = 1, #w, 1000 do redis.call('HSET', home, unpack(w, a, math.min(a + 999, #w))) end
+  redis.call('EXPIREAT', home, w.expiry)
 end
 return pack_ints('i8', out)
 """
@@ -596,7 +685,8 @@ class RedisStateStore(StateStore):
         keys = [self.dedup_key(int(g) >> 20, int(g) & 0xFFFFF) for g in uniq.tolist()]
         args = [self._pre + b"rp:", self.replay_ttl_s, n, lens, blob, given.tobytes(),
                 chunk.astype("<u4").tobytes(), offset.astype("<u4").tobytes(),
-                good_length(last + 1).astype("<u4").tobytes(), int(Verdict.OK), int(Verdict.REPEAT)]
+                good_length(last + 1).astype("<u4").tobytes(), int(Verdict.OK), int(Verdict.REPEAT),
+                (state_keys(np.asarray(scan_id)) & np.uint64(BUCKETS - 1)).astype(np.uint8).tobytes()]
         out = np.frombuffer(self._call(lambda: self._claim(keys=keys, args=args)), np.uint8)
         return Claims((out & ~np.uint8(_REPLAY_FLAG)).astype(np.uint8), out >= _REPLAY_FLAG)
 
@@ -660,8 +750,9 @@ class RedisStateStore(StateStore):
         if not len(keys):
             return np.zeros(0, np.int64)
         flags = (np.zeros(len(keys), np.uint8) if new is None else np.asarray(new, bool).astype(np.uint8)).tobytes()
-        return np.frombuffer(self._window(self._distinct, keys, ttl_s, _keys_blob(members), flags, PACKED_MEMBERS),
-                             "<i8").astype(np.int64)
+        args = [self._pre, max(int(ttl_s), 1), _keys_blob(keys), _keys_blob(members), flags, PACKED_MEMBERS,
+                BUCKETS]
+        return np.frombuffer(self._call(lambda: self._distinct(args=args)), "<i8").astype(np.int64)
 
     def mark_once(self, keys: np.ndarray, ttl_s: int) -> np.ndarray:
         if not len(keys):
