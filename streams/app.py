@@ -1,17 +1,19 @@
 """The Faust app of a scanstream worker: its topics and its one agent, declared together.
 
     scans ──▶ agent (take_events: up to kafka.take messages or kafka.within_ms)
-                 ├─ pipeline thread: BatchHandler.process (decode, pipeline)    batch N+1
-                 └─ store thread: BatchHandler.store (ClickHouse, Redis replies) batch N
+                 ├─ pipeline thread: BatchHandler.process (decode, pipeline)      batch N+1
+                 ├─ reply thread: BatchHandler.reply (Redis replies, at once)      batch N+1
+                 └─ store thread: BatchHandler.store (ClickHouse, output messages)  batch N
               ──▶ scan-results (envelopes) · awards · alerts · scans-dlq, then ack batch N
 
 The pipeline and the sinks are synchronous, so the agent runs them in executor threads and
-keeps the event loop free for Faust's own work (heartbeats, fetching, producing).  The
-pipeline of a batch overlaps the storing and producing of up to ``kafka.in_flight`` batches
-before it (the store thread takes them in order); a batch's messages are acked only when its
-own outputs are stored and produced.  While a service is
-down the agent retries the same step with backoff and takes nothing new: that is the
-backpressure, and the consumer's offsets stay where they were.
+keeps the event loop free for Faust's own work (heartbeats, fetching, producing).  A batch's
+replies go out as soon as its pipeline is done; its ClickHouse writes and produced messages
+follow in the store thread, which may still be busy with up to ``kafka.in_flight`` earlier
+batches while the next pipeline runs.  A batch's messages are acked only when its own outputs
+are replied, stored and produced.  While a service is down the agent retries the same step
+with backoff and takes nothing new: that is the backpressure, and the consumer's offsets stay
+where they were.
 """
 from __future__ import annotations
 
@@ -48,6 +50,8 @@ class WorkerStatus:
     last_error: str = ""
     retries: int = 0
     started: float = field(default_factory=time.time)
+    #: wall seconds spent in each step, summed over batches: where a slow worker's time goes
+    seconds: Counter = field(default_factory=Counter)
 
 
 def build_app(config: Config, handler: BatchHandler, reloader: RegistryReloader | None = None,
@@ -75,6 +79,8 @@ def build_app(config: Config, handler: BatchHandler, reloader: RegistryReloader 
     # outcomes: chdb and the network release the GIL, so the two overlap
     pipeline_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scanstream-pipeline")
     store_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scanstream-store")
+    # replies do not wait for ClickHouse: the scan API's wait is pipeline + reply only
+    reply_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scanstream-reply")
 
     async def retrying(what: str, size: int, step, *args):
         """Await ``step(*args)`` until it succeeds, with backoff: a failing service holds the batch."""
@@ -109,11 +115,21 @@ def build_app(config: Config, handler: BatchHandler, reloader: RegistryReloader 
         if futures:
             await asyncio.gather(*futures)
 
-    async def finish(stream, events, handled: Handled, started: float) -> None:
-        """Steps 3-6 of one batch: store, produce, then ack its messages."""
+    async def reply(handled: Handled) -> None:
+        t0 = time.perf_counter()
+        await retrying("pushing the replies", len(handled.records), in_thread(reply_thread, handler.reply), handled)
+        status.seconds["reply"] += time.perf_counter() - t0
+
+    async def finish(stream, events, handled: Handled, started: float, replied: asyncio.Task) -> None:
+        """Steps 3-6 of one batch, once its replies are out: store, produce, then ack its messages."""
         size = len(events)
+        await replied
+        t0 = time.perf_counter()
         await retrying("storing the outcomes", size, in_thread(store_thread, handler.store), handled)
+        t1 = time.perf_counter()
         await retrying("producing the outputs", size, produce, handled)
+        status.seconds["store"] += t1 - t0
+        status.seconds["produce"] += time.perf_counter() - t1
         for event in events:  # 6: drops the hold taken in the agent; Faust commits acked offsets
             await stream.ack(event)
         status.batches += 1
@@ -138,9 +154,13 @@ def build_app(config: Config, handler: BatchHandler, reloader: RegistryReloader 
                                   else list(e.message.headers or [])) for e in events]
                 handled = await retrying("the pipeline", len(records), in_thread(pipeline_thread, handler.process),
                                          records)
+                status.seconds["pipeline"] += time.perf_counter() - started
+                replied = asyncio.create_task(reply(handled))  # at once, whatever is still being stored
+                waited = time.perf_counter()
                 while len(outputs) >= k.in_flight:
                     await outputs.popleft()  # a slow sink slows the intake
-                outputs.append(asyncio.create_task(finish(stream, events, handled, started)))
+                status.seconds["wait"] += time.perf_counter() - waited
+                outputs.append(asyncio.create_task(finish(stream, events, handled, started, replied)))
                 if reloader is not None:  # the ClickHouse client is safe to share with the store thread
                     await asyncio.get_running_loop().run_in_executor(pipeline_thread, reloader.maybe_reload)
         finally:
@@ -166,8 +186,10 @@ def build_app(config: Config, handler: BatchHandler, reloader: RegistryReloader 
                     pass
             if handler.alerting is not None:
                 metrics.pending_alerts.set(len(handler.alerting.digests))
-        log.info("worker %s: %d batches, %d scans, %d dead letters, %d retries%s", status.state, status.batches,
-                 status.scans, status.dead_letters, status.retries,
-                 f", last error: {status.last_error}" if status.state == "retrying" else "")
+        spent = ", ".join(f"{step} {status.seconds[step]:.1f}"
+                          for step in ("pipeline", "wait", "reply", "store", "produce"))
+        log.info("worker %s: %d batches, %d scans, %d dead letters, %d retries; seconds in %s%s", status.state,
+                 status.batches, status.scans, status.dead_letters, status.retries, spent,
+                 f"; last error: {status.last_error}" if status.state == "retrying" else "")
 
     return app, status

@@ -13,9 +13,9 @@ that an offset is committed only after its scans' outcomes are stored:
    broker to acknowledge them
 6. (agent) only then ack the batch's messages; the consumer commits acked offsets afterwards
 
-Steps 1-2 of a batch may run while steps 3-6 of the batch before it are still under way (the
-agent keeps at most one batch in each half); offsets are still acked only after step 5 of
-their own batch.  A crash anywhere before 6 redelivers the batch; every step is idempotent
+The agent runs step 4 as soon as step 2 is done (the scan API should not wait for ClickHouse),
+and steps 1-2 of a batch while steps 3-6 of up to ``kafka.in_flight`` earlier batches are
+still under way; offsets are still acked only after steps 3-5 of their own batch.  A crash anywhere before 6 redelivers the batch; every step is idempotent
 under redelivery (a replayed scan_id gets its first answer, a won code its prize back,
 ClickHouse drops or collapses the rows again), so delivery is at least once and the effects
 happen once.
@@ -91,11 +91,11 @@ def batch_token(records: list[Record]) -> str:
 class BatchHandler:
     """Steps 1-4 of the commit order, and the messages of step 5.
 
-    ``process`` (steps 1-2) and ``store`` (steps 3-4) are separate so that the agent can run
-    the pipeline of one batch while the outcomes of the previous one are being stored and
-    produced; ``handle`` is both in a row.  ``process`` must be called in batch order from
-    one thread (the state store sees the batches in the order they were taken); ``store``
-    may run in another thread, and is safe to repeat.
+    ``process`` (steps 1-2), ``reply`` (step 4) and ``store`` (step 3) are separate so that
+    the agent can run the pipeline of one batch while the outcomes of earlier ones are being
+    replied, stored and produced; ``handle`` is the three in a row.  ``process`` must be
+    called in batch order from one thread (the state store sees the batches in the order they
+    were taken); ``reply`` and then ``store`` may run in other threads, and are safe to repeat.
     """
 
     def __init__(self, config: Config, pipeline: Pipeline, clickhouse=None, redis_client=None, alerting=None):
@@ -143,12 +143,25 @@ class BatchHandler:
         dead += len(invalid)
         return Handled(records, result, produce, dead, len(lines), batch_token(records), [])
 
+    def reply(self, handled: Handled) -> None:
+        """Step 4: each outcome as a JSON line, pushed to its Redis reply list.  Safe to repeat.
+
+        It needs nothing but the pipeline's outcomes, which the state store has already made
+        final (a redelivered batch gets the same answers), so the agent runs it at once, beside
+        the ClickHouse writes of earlier batches: the scan API's wait does not include them.
+        """
+        if not handled.replies and len(handled.result.scans["scan_id"]):
+            handled.replies = replies.reply_lines(handled.result.scans)
+        if self.replies is not None and handled.replies:
+            self.replies.push(handled.result.scans["scan_id"].tolist(), handled.replies)
+
     def store(self, handled: Handled) -> None:
-        """Steps 3-4: outcomes into ClickHouse (deduplicated by the batch's token) and Redis,
-        and the messages of step 5 into ``handled.produce``.  Safe to repeat."""
+        """Step 3: outcomes into ClickHouse (deduplicated by the batch's token), and the messages
+        of step 5 into ``handled.produce``.  Runs after ``reply``; safe to repeat."""
         result, token = handled.result, handled.token
         if not handled.replies and len(result.scans["scan_id"]):
             handled.replies = replies.reply_lines(result.scans)
+        if handled.replies and not any(p.topic == self.k.results_topic for p in handled.produce):
             handled.produce.extend(self._results(result.scans, handled.replies))
             handled.produce.extend(self._rows(self.k.awards_topic, result.awards, outcomes.AWARD_COLUMNS,
                                               lambda row: f"{row['tenant']}:{row['kind']}:{row['batch']}:{row['serial']}"))
@@ -158,8 +171,6 @@ class BatchHandler:
             self.clickhouse.write_scans(result.scans, dedup_token=f"{token}:scans")
             self.clickhouse.write_alerts(result.alerts, dedup_token=f"{token}:alerts")
             self.clickhouse.write_awards(result.awards, dedup_token=f"{token}:awards")
-        if self.replies is not None and handled.replies:
-            self.replies.push(result.scans["scan_id"].tolist(), handled.replies)
         if self.alerting is not None:  # best effort, in the background: never holds the batch
             valid = result.scans["reason"] == ""
             if valid.any():
@@ -169,6 +180,7 @@ class BatchHandler:
     def handle(self, records: list[Record]) -> Handled:
         """Steps 1-4 in a row; returns what step 5 must produce."""
         handled = self.process(records)
+        self.reply(handled)
         self.store(handled)
         return handled
 
