@@ -145,34 +145,15 @@ def topic_names(tag: str) -> dict[str, str]:
 def write_config(base: Path, path: Path, registry: Path, chdb: Path, bootstrap: str, names: dict[str, str],
                  redis_url: str, prefix: str) -> Path:
     """``base`` with the registry, chdb, webhooks off, Redis state under ``prefix`` and the topics."""
-    text = base.read_text(encoding="utf-8")
-    for section in ("redis", "kafka"):
-        if re.search(rf"(?m)^\[{section}\]", text):
-            raise SystemExit(f"{base}: has a [{section}] table; this benchmark writes its own (use a config without)")
-    for pattern, repl in ((r'(?m)^dir = "[^"]*"', f"dir = {json.dumps(str(registry))}"),
-                          (r'(?m)^clickhouse = "[^"]*"', f"clickhouse = {json.dumps('chdb:' + str(chdb))}"),
-                          (r'(?m)^webhooks = (true|false)', "webhooks = false"),
-                          (r'(?m)^backend = "[^"]*"', 'backend = "redis"')):
-        text, n = re.subn(pattern, repl, text)
-        if n != 1:
-            raise SystemExit(f"{base}: expected one line matching {pattern!r} (registry dir, sink, webhooks, "
-                             f"state backend), found {n}")
-    text += f"""
-[redis]
-url = {json.dumps(redis_url)}
-prefix = {json.dumps(prefix)}
-
-[kafka]
-bootstrap = {json.dumps(bootstrap)}
-scans_topic = {json.dumps(names['scans'])}
-results_topic = {json.dumps(names['results'])}
-awards_topic = {json.dumps(names['awards'])}
-alerts_topic = {json.dumps(names['alerts'])}
-dlq_topic = {json.dumps(names['dlq'])}
-group = {json.dumps(names['group'])}
-partitions = {PARTITIONS}
-session_timeout_s = {SESSION_TIMEOUT_S}
-"""
+    from engine.config_writer import worker_toml
+    kafka = {"bootstrap": bootstrap, "group": names["group"], "partitions": PARTITIONS,
+             "session_timeout_s": SESSION_TIMEOUT_S,
+             **{f"{k}_topic": names[k] for k in ("scans", "results", "awards", "alerts", "dlq")}}
+    try:
+        text = worker_toml(base.read_text(encoding="utf-8"), registry=registry, chdb=chdb, state="redis",
+                           redis={"url": redis_url, "prefix": prefix}, kafka=kafka)
+    except ValueError as exc:
+        raise SystemExit(f"{base}: {exc}") from None
     path.write_text(text, encoding="utf-8")
     from engine.config import load
     load(path)  # fail here, with the key's name, rather than in the worker's log

@@ -9,9 +9,7 @@ outcome for a sample of scans while the worker ran.
 from __future__ import annotations
 
 import collections
-import json
 import random
-import re
 import shutil
 import signal
 import subprocess
@@ -27,6 +25,7 @@ import orjson
 import pytest
 
 from engine.config import load
+from engine.config_writer import worker_toml
 from engine.lottery import draw_numbers, draw_tiers
 from engine.state.memory import MemoryStateStore
 from engine.wiring import build_pipeline
@@ -77,30 +76,10 @@ def test_publisher_worker_redis_clickhouse(broker, redis_url, redis_prefix, tmp_
     names = {k: f"{k}-{uuid.uuid4().hex[:8]}" for k in ("scans", "results", "awards", "alerts", "dlq", "group")}
     broker.create_topics({names["scans"]: 4, names["results"]: 4, names["awards"]: 4, names["alerts"]: 4,
                           names["dlq"]: 4})
-    text = LOCAL_TOML.read_text(encoding="utf-8")
-    for pattern, repl in ((r'(?m)^dir = "[^"]*"', f"dir = {json.dumps(str(tmp_path / 'registry'))}"),
-                          (r'(?m)^clickhouse = "chdb:[^"]*"', f"clickhouse = {json.dumps('chdb:' + str(tmp_path / 'chdb'))}"),
-                          (r'(?m)^webhooks = true', "webhooks = false"),
-                          (r'(?m)^backend = "memory"', 'backend = "redis"')):
-        text, n = re.subn(pattern, repl, text)
-        assert n == 1, pattern
-    text += f"""
-[redis]
-url = {json.dumps(redis_url)}
-prefix = {json.dumps(redis_prefix)}
-
-[kafka]
-bootstrap = {json.dumps(broker.bootstrap)}
-scans_topic = {json.dumps(names['scans'])}
-results_topic = {json.dumps(names['results'])}
-awards_topic = {json.dumps(names['awards'])}
-alerts_topic = {json.dumps(names['alerts'])}
-dlq_topic = {json.dumps(names['dlq'])}
-group = {json.dumps(names['group'])}
-partitions = 4
-take = 32
-session_timeout_s = 4
-"""
+    kafka = {"bootstrap": broker.bootstrap, "group": names["group"], "partitions": 4, "take": 32,
+             "session_timeout_s": 4, **{f"{k}_topic": names[k] for k in ("scans", "results", "awards", "alerts", "dlq")}}
+    text = worker_toml(LOCAL_TOML.read_text(encoding="utf-8"), registry=tmp_path / "registry", chdb=tmp_path / "chdb",
+                       state="redis", redis={"url": redis_url, "prefix": redis_prefix}, kafka=kafka)
     config_path = tmp_path / "worker.toml"
     config_path.write_text(text, encoding="utf-8")
 

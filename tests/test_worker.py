@@ -26,6 +26,7 @@ import orjson
 import pytest
 
 from engine.config import load
+from engine.config_writer import worker_toml
 from engine.state.memory import MemoryStateStore
 from engine.wiring import build_pipeline
 from streams import envelope
@@ -183,31 +184,10 @@ def test_registry_reload_from_files_without_restart(tmp_path, world):
 
 def worker_config(path: Path, registry: Path, chdb: Path, bootstrap: str, names: dict[str, str], prefix: str,
                   state: str) -> Path:
-    text = LOCAL_TOML.read_text(encoding="utf-8")
-    for pattern, repl in ((r'(?m)^dir = "[^"]*"', f"dir = {json.dumps(str(registry))}"),
-                          (r'(?m)^clickhouse = "chdb:[^"]*"', f"clickhouse = {json.dumps('chdb:' + str(chdb))}"),
-                          (r'(?m)^webhooks = true', "webhooks = false"),
-                          (r'(?m)^backend = "memory"', f"backend = {json.dumps(state)}")):
-        text, n = re.subn(pattern, repl, text)
-        assert n == 1, pattern
-    text += f"""
-[redis]
-prefix = {json.dumps(prefix)}
-
-[kafka]
-bootstrap = {json.dumps(bootstrap)}
-scans_topic = {json.dumps(names['scans'])}
-results_topic = {json.dumps(names['results'])}
-awards_topic = {json.dumps(names['awards'])}
-alerts_topic = {json.dumps(names['alerts'])}
-dlq_topic = {json.dumps(names['dlq'])}
-group = {json.dumps(names['group'])}
-partitions = 4
-take = 16
-within_ms = 50
-session_timeout_s = 4
-"""
-    path.write_text(text, encoding="utf-8")
+    kafka = {"bootstrap": bootstrap, **{f"{k}_topic": names[k] for k in ("scans", "results", "awards", "alerts", "dlq")},
+             "group": names["group"], "partitions": 4, "take": 16, "within_ms": 50, "session_timeout_s": 4}
+    path.write_text(worker_toml(LOCAL_TOML.read_text(encoding="utf-8"), registry=registry, chdb=chdb, state=state,
+                                redis={"prefix": prefix}, kafka=kafka), encoding="utf-8")
     return path
 
 

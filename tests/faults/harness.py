@@ -829,6 +829,7 @@ tiers = [
 """
 
     def write_config(self, path: Path, chdb: Path, redis_url: str | None = None) -> Path:
+        from engine.config_writer import toml_table
         tenants = "".join(f"""
 [[tenants]]
 id = {t.id}
@@ -854,23 +855,11 @@ clickhouse = {json.dumps("chdb:" + str(chdb))}
 [alerts]
 webhooks = false
 
-[redis]
-url = {json.dumps(redis_url or self.redis_url)}
-prefix = {json.dumps(self.prefix)}
-result_ttl_s = 7200
-
-[kafka]
-bootstrap = {json.dumps(self.bootstrap)}
-scans_topic = {json.dumps(k['scans'])}
-results_topic = {json.dumps(k['results'])}
-awards_topic = {json.dumps(k['awards'])}
-alerts_topic = {json.dumps(k['alerts'])}
-dlq_topic = {json.dumps(k['dlq'])}
-group = {json.dumps(self.group)}
-partitions = {self.partitions}
-take = {self.take}
-within_ms = {self.within_ms}
-session_timeout_s = {self.session_timeout_s}
+""" + toml_table("redis", {"url": redis_url or self.redis_url, "prefix": self.prefix, "result_ttl_s": 7200}) + "\n" + \
+            toml_table("kafka", {"bootstrap": self.bootstrap, **{f"{n}_topic": k[n] for n in
+                                                                  ("scans", "results", "awards", "alerts", "dlq")},
+                                 "group": self.group, "partitions": self.partitions, "take": self.take,
+                                 "within_ms": self.within_ms, "session_timeout_s": self.session_timeout_s}) + """
 """ + "".join(self._campaign_toml(c) for c in self.campaigns)
         path.write_text(text, encoding="utf-8")
         return path
