@@ -75,8 +75,8 @@ def build_app(config: Config, handler: BatchHandler, reloader: RegistryReloader 
     )
     scans = app.topic(k.scans_topic, value_type=bytes, key_type=bytes, partitions=k.partitions)
     status = WorkerStatus()
-    # one thread runs the pipeline (batches in order), another stores the previous batch's
-    # outcomes: chdb and the network release the GIL, so the two overlap
+    # one thread runs the pipeline (batches in order), the others reply and store earlier
+    # batches' outcomes: chdb and the network release the GIL, so the three overlap
     pipeline_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scanstream-pipeline")
     store_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scanstream-store")
     # replies do not wait for ClickHouse: the scan API's wait is pipeline + reply only

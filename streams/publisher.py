@@ -537,7 +537,7 @@ class ScanPublisher:
         """The outcome of ``scan_id`` (the reply fields of ``streams.replies``), or None after ``timeout`` s.
 
         Outcomes come back through Redis, not the ``scan-results`` topic: the worker pushes
-        each one to a list named after its scan_id (``streams.replies.push_replies``) and this
+        each one to a list named after its scan_id (``streams.replies.ReplyWriter``) and this
         call blocks on that list.  Reading the topic instead would cost a consumer's fetch
         latency on top of the worker's (too slow for an answer within a few hundred ms), and
         since any API instance may await any scan, every instance would have to read every

@@ -15,10 +15,10 @@ that an offset is committed only after its scans' outcomes are stored:
 
 The agent runs step 4 as soon as step 2 is done (the scan API should not wait for ClickHouse),
 and steps 1-2 of a batch while steps 3-6 of up to ``kafka.in_flight`` earlier batches are
-still under way; offsets are still acked only after steps 3-5 of their own batch.  A crash anywhere before 6 redelivers the batch; every step is idempotent
-under redelivery (a replayed scan_id gets its first answer, a won code its prize back,
-ClickHouse drops or collapses the rows again), so delivery is at least once and the effects
-happen once.
+still under way; offsets are still acked only after steps 3-5 of their own batch.  A crash
+anywhere before 6 redelivers the batch; every step is idempotent under redelivery (a replayed
+scan_id gets its first answer, a won code its prize back, ClickHouse drops or collapses the
+rows again), so delivery is at least once and the effects happen once.
 """
 from __future__ import annotations
 
@@ -72,11 +72,15 @@ class Handled:
 
     records: list[Record]
     result: BatchResult
-    produce: list[Produce]
-    dead_letters: int
+    dead: list[Produce]  # dead letters: undecodable messages and invalid events
     scans: int
     token: str  # ClickHouse deduplication token of the batch (``batch_token``)
-    replies: list[bytes]  # one JSON outcome per scan, in the order of result.scans (made by store)
+    replies: list[bytes] = field(default_factory=list)  # one JSON outcome per scan (``outcome_lines``)
+    produce: list[Produce] = field(default_factory=list)  # step 5's messages, set by ``store``
+
+    @property
+    def dead_letters(self) -> int:
+        return len(self.dead)
 
 
 def batch_token(records: list[Record]) -> str:
@@ -134,39 +138,40 @@ class BatchHandler:
         Only what depends on the order of batches happens here; the outcome messages are
         built by ``store``, in the other thread.
         """
-        lines, positions, produce = self.decode(records)
+        lines, positions, dead = self.decode(records)
         result = self.pipeline.process(lines, positions=positions)
-        dead = len(produce)
         invalid = np.nonzero(result.scans["verdict"] == "invalid_event")[0]
         for i in invalid.tolist():
-            produce.append(self._dead_letter(lines[i], result.scans["reason"][i], positions[i]))
-        dead += len(invalid)
-        return Handled(records, result, produce, dead, len(lines), batch_token(records), [])
+            dead.append(self._dead_letter(lines[i], result.scans["reason"][i], positions[i]))
+        return Handled(records, result, dead, len(lines), batch_token(records))
+
+    @staticmethod
+    def outcome_lines(handled: Handled) -> list[bytes]:
+        """The batch's outcomes as JSON lines, made once for the replies and ``scan-results``."""
+        if not handled.replies and len(handled.result.scans["scan_id"]):
+            handled.replies = replies.reply_lines(handled.result.scans)
+        return handled.replies
 
     def reply(self, handled: Handled) -> None:
-        """Step 4: each outcome as a JSON line, pushed to its Redis reply list.  Safe to repeat.
+        """Step 4: each outcome pushed to its Redis reply list.  Safe to repeat.
 
         It needs nothing but the pipeline's outcomes, which the state store has already made
         final (a redelivered batch gets the same answers), so the agent runs it at once, beside
         the ClickHouse writes of earlier batches: the scan API's wait does not include them.
         """
-        if not handled.replies and len(handled.result.scans["scan_id"]):
-            handled.replies = replies.reply_lines(handled.result.scans)
-        if self.replies is not None and handled.replies:
-            self.replies.push(handled.result.scans["scan_id"].tolist(), handled.replies)
+        lines = self.outcome_lines(handled)
+        if self.replies is not None and lines:
+            self.replies.push(handled.result.scans["scan_id"].tolist(), lines)
 
     def store(self, handled: Handled) -> None:
         """Step 3: outcomes into ClickHouse (deduplicated by the batch's token), and the messages
         of step 5 into ``handled.produce``.  Runs after ``reply``; safe to repeat."""
         result, token = handled.result, handled.token
-        if not handled.replies and len(result.scans["scan_id"]):
-            handled.replies = replies.reply_lines(result.scans)
-        if handled.replies and not any(p.topic == self.k.results_topic for p in handled.produce):
-            handled.produce.extend(self._results(result.scans, handled.replies))
-            handled.produce.extend(self._rows(self.k.awards_topic, result.awards, outcomes.AWARD_COLUMNS,
-                                              lambda row: f"{row['tenant']}:{row['kind']}:{row['batch']}:{row['serial']}"))
-            handled.produce.extend(self._rows(self.k.alerts_topic, result.alerts, outcomes.ALERT_COLUMNS,
-                                              lambda row: row["dealer_id"] or row["alert_id"]))
+        handled.produce = [*handled.dead, *self._results(result.scans, self.outcome_lines(handled)),
+                           *self._rows(self.k.awards_topic, result.awards, outcomes.AWARD_COLUMNS,
+                                       lambda row: f"{row['tenant']}:{row['kind']}:{row['batch']}:{row['serial']}"),
+                           *self._rows(self.k.alerts_topic, result.alerts, outcomes.ALERT_COLUMNS,
+                                       lambda row: row["dealer_id"] or row["alert_id"])]
         if self.clickhouse is not None:
             self.clickhouse.write_scans(result.scans, dedup_token=f"{token}:scans")
             self.clickhouse.write_alerts(result.alerts, dedup_token=f"{token}:alerts")
