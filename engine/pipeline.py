@@ -25,6 +25,7 @@ import numpy as np
 from engine import diversion as div
 from engine import outcomes
 from engine.config import Config
+from engine.conflicts import conflict_alerts
 from engine.enrich import enrich
 from engine.enumeration import EnumerationGuard
 from engine.lottery import Lottery
@@ -83,21 +84,28 @@ class Pipeline:
         # 3 enrich
         e = enrich(self.registry, cols, verdict, self.resolve_gps)
         verdict, cols["region"], cols["channel"] = e.verdict, e.region, e.channel
-        # 4 dedup: valid, activated codes get a bit; every readable scan has its answer remembered.
+        # 4 dedup: valid, activated codes get a bit; every readable scan has its answer remembered
+        # with its event's fingerprint.  The same scan_id with the same event is a redelivery
+        # (its first answer again); with another event it is a conflict, which claims nothing.
         # An invalid event is judged by its own bytes: a poison message that reuses an earlier
         # scan_id must not pass for that scan's redelivery.
         replay = np.zeros(n, bool)
+        first_user = np.full(n, "", dtype=object)
         readable = np.nonzero(valid)[0]
         if len(readable):
-            claims = self.state.claim(cols["scan_id"][readable],
+            claims = self.state.claim(cols["scan_id"][readable], cols["fingerprint"][readable],
+                                      cols["user_id"][readable],
                                       batch_key(cols["tenant"][readable], cols["kind"][readable],
                                                 cols["batch"][readable]),
                                       cols["serial"][readable], verdict[readable])
             verdict[readable], replay[readable] = claims.verdict, claims.replay
+            first_user[readable] = claims.first_user
+        conflicts = conflict_alerts(np.nonzero(verdict == Verdict.CONFLICT)[0], cols, first_user)
         # 5 diversion
         diversion = div.judge(self.registry, e.dealer, e.place, e.channel, verdict)
         verified = ((verdict == Verdict.OK) | (verdict == Verdict.REPEAT)) & ~replay
         alerts = outcomes.concat(outcomes.ALERT_COLUMNS, [
+            conflicts,
             self.windows.diversion_alerts(np.nonzero(verified & (diversion > 0))[0], cols, e.dealer, diversion),
             self.windows.clone_alerts(np.nonzero(verified)[0], cols, e.dealer, e.place, first_scan=verdict == Verdict.OK),
         ])

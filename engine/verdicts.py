@@ -15,13 +15,14 @@ class Verdict(IntEnum):
     """A scan's verdict; the value is the position in DESIGN.md's check order."""
 
     INVALID_EVENT = 1
-    MALFORMED = 2
-    UNKNOWN_TENANT = 3
-    BAD_MAC = 4
-    UNKNOWN_BATCH = 5
-    NOT_ACTIVATED = 6
-    REPEAT = 7
-    OK = 8
+    CONFLICT = 2  # the scan_id came before with another event: nothing is claimed or paid
+    MALFORMED = 3
+    UNKNOWN_TENANT = 4
+    BAD_MAC = 5
+    UNKNOWN_BATCH = 6
+    NOT_ACTIVATED = 7
+    REPEAT = 8
+    OK = 9
 
     @property
     def label(self) -> str:

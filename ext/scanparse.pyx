@@ -15,11 +15,19 @@ import orjson
 from cpython.dict cimport PyDict_GetItem
 from cpython.object cimport PyObject
 
+from ext.codec import hash_strings
+
 #: An event larger than this is not parsed (a scan event is a few hundred bytes).
 MAX_EVENT_BYTES = 65536
 #: Identifiers (scan_id, user_id, store_id, ...) longer than this make the event invalid.
 MAX_ID_CHARS = 256
 ROLES = ("consumer", "store", "dealer")
+#: SipHash key of event fingerprints.  Not a secret: the fingerprint only has to tell two events
+#: apart, the same on every worker and backend.
+FINGERPRINT_KEY = b"scanstream-event"
+#: Latitude and longitude outside these are not places on Earth: the event is unusable.
+MAX_LAT = 90.0
+MAX_LON = 180.0
 #: Accepted event times: 2000-01-01 .. 2100-01-01 UTC, in epoch milliseconds.
 TS_MIN_MS = 946684800000
 TS_MAX_MS = 4102444800000
@@ -100,6 +108,30 @@ cdef int _rfc3339_ms(const unsigned char* s, Py_ssize_t n, int64_t* out) noexcep
     return 0
 
 
+cdef Py_ssize_t _top_level_keys(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    """Keys of the outermost JSON object in ``s``, counted as written: a key written twice counts
+    twice.  ``s`` is known to be valid JSON whose outermost value is an object."""
+    cdef Py_ssize_t i = 0, keys = 0
+    cdef int depth = 0
+    cdef bint in_string = False
+    while i < n:
+        if in_string:
+            if s[i] == 92:  # backslash: the next byte is escaped
+                i += 1
+            elif s[i] == 34:
+                in_string = False
+        elif s[i] == 34:
+            in_string = True
+        elif s[i] == 123 or s[i] == 91:  # { [
+            depth += 1
+        elif s[i] == 125 or s[i] == 93:  # } ]
+            depth -= 1
+        elif s[i] == 58 and depth == 1:  # ':' after a key of the outermost object
+            keys += 1
+        i += 1
+    return keys
+
+
 cdef str _ident(dict event, str field, bint required, list problems):
     """An identifier field as str ('' when absent); records a problem when unusable."""
     cdef PyObject* p = PyDict_GetItem(event, field)
@@ -134,12 +166,29 @@ cdef inline bint _number(dict event, str field, double* out, list problems):
     return False
 
 
+cdef inline void _coordinate(dict event, str field, double limit, double* out, list problems):
+    """An optional coordinate into ``out`` (NaN when absent); a problem when unusable or off Earth."""
+    cdef double coord
+    cdef PyObject* p = PyDict_GetItem(event, field)
+    if p == NULL or <object>p is None or not _number(event, field, &coord, problems):
+        return
+    if -limit <= coord <= limit:
+        out[0] = coord
+    else:
+        problems.append(f"{field} {coord!r} is outside -{limit:g}..{limit:g}")
+
+
 def parse_events(list lines):
     """Columns of the events in ``lines`` (each ``bytes`` or ``str``, one JSON object).
 
     Returns a dict of numpy columns: scan_id, ts (epoch ms), code, user_id, role, store_id,
     channel, region, lat, lon, ip, device_id, and ``reason`` ('' for a usable event, else
     why it is an ``invalid_event``).  ``raw`` holds the original text of invalid events only.
+    ``fingerprint`` (uint64) identifies a usable event's content: SipHash of its canonical form
+    (the parsed object with its keys sorted, as orjson writes it), so key order and spacing do
+    not matter and every field does; 0 for invalid events.  An object that writes a key twice
+    is unusable: a reader that keeps the first value and one that keeps the last would see two
+    different events under one fingerprint.
     """
     cdef Py_ssize_t n = len(lines), i
     cdef object line, value, text
@@ -149,6 +198,7 @@ def parse_events(list lines):
     cdef double coord
     cdef const unsigned char* buf
     cdef list problems = []
+    cdef list canonical = [b""] * n
     names = ("scan_id", "code", "user_id", "role", "store_id", "channel", "region", "ip", "device_id", "reason", "raw")
     cols = {}
     for name in names:
@@ -187,6 +237,9 @@ def parse_events(list lines):
                 problems.append(f"not JSON: {exc}")
             else:
                 if type(value) is dict:
+                    buf = line
+                    if _top_level_keys(buf, len(line)) != len(<dict>value):
+                        problems.append("a key is written twice in the event")
                     event = value
                 else:
                     problems.append(f"not a JSON object but {type(value).__name__}")
@@ -240,14 +293,16 @@ def parse_events(list lines):
                 ip_c[i] = _ident(event, "ip", False, problems)
             if PyDict_GetItem(event, "device_id") != NULL:
                 device_c[i] = _ident(event, "device_id", False, problems)
-            if _number(event, "lat", &coord, problems) and PyDict_GetItem(event, "lat") != NULL:
-                lat_v[i] = coord
-            if _number(event, "lon", &coord, problems) and PyDict_GetItem(event, "lon") != NULL:
-                lon_v[i] = coord
+            _coordinate(event, "lat", MAX_LAT, &lat_v[i], problems)
+            _coordinate(event, "lon", MAX_LON, &lon_v[i], problems)
+            if not problems:
+                canonical[i] = orjson.dumps(event, option=orjson.OPT_SORT_KEYS)
         if problems:
             reason_c[i] = "; ".join(problems)
             raw_c[i] = line.decode("utf-8", "replace") if isinstance(line, bytes) else str(line)
             problems.clear()
+    cols["fingerprint"] = hash_strings(canonical, FINGERPRINT_KEY)
+    cols["fingerprint"][cols["reason"] != ""] = 0
     cols["ts"] = ts
     cols["lat"] = lat
     cols["lon"] = lon

@@ -15,6 +15,7 @@ import datetime as dt
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from contextlib import contextmanager
@@ -28,7 +29,8 @@ from hypothesis import strategies as st
 from engine import config as config_mod
 from engine.pipeline import Pipeline
 from engine.registry import Registry, batch_key
-from engine.state import CampaignLimits, DrawStatus, GrantRequests, StateStore
+from engine.state import CampaignLimits, DrawStatus, GrantRequests, StateStore, pack_answer
+from engine.state.embedded import EmbeddedStateStore
 from engine.state.memory import MemoryStateStore
 from engine.state import StateUnavailable
 from engine.state.redis import CHUNK_BYTES, CHUNK_SERIALS, RedisStateStore, good_length, redact
@@ -50,6 +52,14 @@ def open_store(kind: str, url: str | None = None, replay_ttl_s: int = 3600):
     if kind == "memory":
         yield MemoryStateStore(replay_ttl_s=replay_ttl_s)
         return
+    if kind == "embedded":
+        with tempfile.TemporaryDirectory() as folder:
+            store = EmbeddedStateStore(Path(folder) / "state.sqlite", replay_ttl_s=replay_ttl_s)
+            try:
+                yield store
+            finally:
+                store.close()
+        return
     store = RedisStateStore.from_url(url, prefix=f"scanstream-test:{uuid.uuid4().hex[:12]}:",
                                         replay_ttl_s=replay_ttl_s)
     try:
@@ -59,7 +69,7 @@ def open_store(kind: str, url: str | None = None, replay_ttl_s: int = 3600):
         store.close()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "embedded"])
 def kind(request) -> str:
     return request.param
 
@@ -83,15 +93,23 @@ def redis_store(redis_url):
         yield s
 
 
-def claim(store: StateStore, rows: list[tuple]) -> list[tuple[int, bool]]:
-    """Claim ``(scan_id, code, serial, verdict)`` rows; (verdict, replay) per row."""
+def claim(store: StateStore, rows: list[tuple], full: bool = False) -> list[tuple]:
+    """Claim ``(scan_id, code, serial, verdict[, fingerprint[, user]])`` rows; (verdict, replay) per row,
+    and the first user too when ``full``.
+
+    Without a fingerprint a row's event is its scan_id's one event (fingerprint 1), user ``u``:
+    the redeliveries of the older cases.
+    """
+    rows = [tuple(r) + (1, "u")[len(r) - 4:] for r in rows]
     if rows:
-        ids, codes, serials, verdicts = zip(*rows)
+        ids, codes, serials, verdicts, fps, users = zip(*rows)
     else:
-        ids, codes, serials, verdicts = (), (), (), ()
-    c = store.claim(np.array(ids, dtype=object), np.array(codes, np.uint64), np.array(serials, np.uint32),
-                    np.array(verdicts, np.uint8))
-    assert c.verdict.dtype == np.uint8 and c.replay.dtype == bool
+        ids, codes, serials, verdicts, fps, users = (), (), (), (), (), ()
+    c = store.claim(np.array(ids, dtype=object), np.array(fps, np.uint64), np.array(users, dtype=object),
+                    np.array(codes, np.uint64), np.array(serials, np.uint32), np.array(verdicts, np.uint8))
+    assert c.verdict.dtype == np.uint8 and c.replay.dtype == bool and c.first_user.dtype == object
+    if full:
+        return list(zip(c.verdict.tolist(), c.replay.tolist(), c.first_user.tolist()))
     return list(zip(c.verdict.tolist(), c.replay.tolist()))
 
 
@@ -125,6 +143,35 @@ def test_scan_id_replayed_in_a_later_batch_gets_the_first_answer(store):
     # whatever the verdict it comes with now
     assert claim(store, [("s1", CODE, 1, BAD_MAC), ("s2", CODE, 7, OK)]) == [(OK, True), (REPEAT, True)]
     assert claim(store, [("s9", CODE, 7, OK)]) == [(OK, False)]
+
+
+def test_scan_id_reused_with_another_event_is_a_conflict_that_claims_nothing(store):
+    """The attack: a winning scan's request id sent again with another code, user or place."""
+    CONFLICT = Verdict.CONFLICT
+    assert claim(store, [("s1", CODE, 1, OK, 10, "victim")], full=True) == [(OK, False, "")]
+    # (a) forged code, (b) another user, (c) another, never scanned code: none is a replay
+    got = claim(store, [("s1", CODE, 1, BAD_MAC, 11, "victim"), ("s1", CODE, 1, OK, 12, "thief"),
+                        ("s1", CODE, 2, OK, 13, "thief")], full=True)
+    assert got == [(CONFLICT, False, "victim")] * 3
+    # nothing was claimed: serial 2's first scan is still ok; the stored answer is unchanged
+    assert claim(store, [("s2", CODE, 2, OK, 20, "w")]) == [(OK, False)]
+    assert claim(store, [("s1", CODE, 1, OK, 10, "victim")]) == [(OK, True)]
+    # the same conflicting event again is still a conflict, not the replay of itself
+    assert claim(store, [("s1", CODE, 1, OK, 12, "thief")], full=True) == [(CONFLICT, False, "victim")]
+
+
+def test_scan_id_reused_with_another_event_in_the_same_batch_is_a_conflict(store):
+    CONFLICT = Verdict.CONFLICT
+    got = claim(store, [("s1", CODE, 5, OK, 1, "a"), ("s1", CODE, 6, OK, 2, "b"), ("s1", CODE, 5, OK, 1, "a"),
+                        ("s2", CODE, 6, OK, 3, "c")], full=True)
+    assert got == [(OK, False, ""), (CONFLICT, False, "a"), (OK, True, ""), (OK, False, "")]
+
+
+def test_a_conflict_on_an_invalid_first_answer_names_its_user(store):
+    # the first event was not valid (not activated): a later event under its id still conflicts
+    claim(store, [("s1", CODE, 3, NOT_ACTIVATED, 7, "first")])
+    assert claim(store, [("s1", CODE, 3, OK, 8, "second")], full=True) == [(Verdict.CONFLICT, False, "first")]
+    assert claim(store, [("s9", CODE, 3, OK, 9, "third")]) == [(OK, False)]
 
 
 def test_rows_not_ok_keep_their_verdict_and_only_have_it_remembered(store):
@@ -180,7 +227,8 @@ def test_large_batch_in_order(store):
     ids[5000] = ids[4000]  # a redelivery
     verdict = np.full(n, OK, np.uint8)
     verdict[::97] = BAD_MAC
-    c = store.claim(ids, np.full(n, CODE, np.uint64), serial.astype(np.uint32), verdict)
+    c = store.claim(ids, np.ones(n, np.uint64), np.full(n, "u", object), np.full(n, CODE, np.uint64),
+                    serial.astype(np.uint32), verdict)
     expect = np.where(verdict == OK, OK, BAD_MAC).astype(np.uint8)
     expect[100] = REPEAT if verdict[100] == OK else BAD_MAC
     expect[5000] = expect[4000]
@@ -388,7 +436,8 @@ LIMITS = [CampaignLimits("a", 500, (3, 1), daily_cap=2), CampaignLimits("b", 41,
 
 def claim_rows():
     row = st.tuples(st.sampled_from([f"s{i}" for i in range(12)]), st.sampled_from(CODES), st.sampled_from(SERIALS),
-                    st.sampled_from([OK, OK, OK, BAD_MAC, NOT_ACTIVATED, 1]))
+                    st.sampled_from([OK, OK, OK, BAD_MAC, NOT_ACTIVATED, 1]), st.sampled_from([1, 1, 1, 2, U64_MAX]),
+                    st.sampled_from(["u", "v", "微信-w"]))
     return st.tuples(st.just("claim"), st.lists(row, max_size=12))
 
 
@@ -408,7 +457,7 @@ def window_rows(name: str, base: int):
 def apply(store: StateStore, op: str, rows: list) -> tuple:
     """One call on ``store``; its answer as plain lists (dtypes included)."""
     if op == "claim":
-        return tuple(claim(store, rows))
+        return tuple(claim(store, rows, full=True))
     if op == "define":
         store.define_campaigns(LIMITS)
         return tuple(store.campaign_state(c.id) for c in LIMITS)
@@ -452,6 +501,69 @@ def test_random_call_sequences_give_identical_answers(redis_url, ops):
             assert apply(mem, op, rows) == apply(red, op, rows), (op, rows)
 
 
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(claim_rows(), grant_rows(), window_rows("count", 10), window_rows("distinct", 20),
+                          window_rows("mark_once", 30), window_rows("block", 30), window_rows("blocked", 30)),
+                max_size=14), st.lists(st.integers(0, 14), max_size=4))
+def test_embedded_store_reopened_at_any_checkpoint_answers_as_one_process(ops, reopen_at):
+    """The embedded store closed and opened again between calls answers as if it never stopped;
+    calls after the last checkpoint are lost with the process, as after kill -9."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "state.sqlite"
+        mem, emb = MemoryStateStore(replay_ttl_s=3600), EmbeddedStateStore(path, replay_ttl_s=3600)
+        try:
+            for s in (mem, emb):
+                s.define_campaigns(LIMITS)
+            for i, (op, rows) in enumerate(ops):
+                if i in reopen_at:
+                    emb.checkpoint(position=i)
+                    emb.apply_lost = apply(emb, "count", [(99, 0, False)])  # made after the checkpoint: lost
+                    emb.close()
+                    emb = EmbeddedStateStore(path, replay_ttl_s=3600)
+                    assert emb.meta("position") == i
+                assert apply(mem, op, rows) == apply(emb, op, rows), (op, rows)
+            assert apply(mem, "count", [(99, 0, False)]) == apply(emb, "count", [(99, 0, False)])
+        finally:
+            emb.close()
+
+
+def test_embedded_store_refuses_a_second_process_and_an_unknown_format(tmp_path):
+    from engine.state.embedded import StateFileError, StateInUse
+    path = tmp_path / "state.sqlite"
+    first = EmbeddedStateStore(path)
+    with pytest.raises(StateInUse, match="in use by another"):
+        EmbeddedStateStore(path)
+    first.close()
+    import sqlite3
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE meta SET value = '999' WHERE key = 'format'")
+    with pytest.raises(StateFileError, match="--fresh"):
+        EmbeddedStateStore(path)
+    assert EmbeddedStateStore.remove(path) and not path.exists()
+
+
+def test_embedded_store_folds_its_log_into_a_snapshot(tmp_path, monkeypatch):
+    from engine.state import embedded
+    monkeypatch.setattr(embedded, "MIN_LOG_BYTES_FOR_SNAPSHOT", 1)
+    path = tmp_path / "state.sqlite"
+    mem, emb = MemoryStateStore(replay_ttl_s=3600), EmbeddedStateStore(path, replay_ttl_s=3600)
+    for b in range(5):
+        rows = [(f"s{b}-{i}", CODE, (b * 7 + i) % 20, OK, i % 3, "u") for i in range(10)]
+        assert claim(mem, rows, full=True) == claim(emb, rows, full=True)
+        emb.checkpoint(batch=b)
+    emb.close()
+    import sqlite3
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT count(*) FROM snapshot").fetchone()[0] == 1
+        # folded once the log outgrew the snapshot; what is logged since is smaller than it
+        assert db.execute("SELECT count(*) FROM ops").fetchone()[0] < 5
+    emb = EmbeddedStateStore(path, replay_ttl_s=3600)
+    rows = [(f"s{b}-{i}", CODE, i, OK, i % 3, "u") for b in range(5) for i in range(10)] + \
+        [(f"t{i}", CODE, i, OK) for i in range(25)]
+    assert claim(mem, rows, full=True) == claim(emb, rows, full=True)
+    emb.close()
+
+
 def test_large_random_batches_give_identical_answers(redis_url):
     """Batches larger than every slice of the Redis scripts, with collisions of every kind."""
     rng = np.random.default_rng(2024)
@@ -465,8 +577,15 @@ def test_large_random_batches_give_identical_answers(redis_url):
             code = u64(rng.choice(CODES, n))
             serial = rng.integers(0, 3_000_000, n).astype(np.uint32)
             verdict = rng.choice(np.array([OK] * 8 + [BAD_MAC, NOT_ACTIVATED], np.uint8), n)
-            a, r = mem.claim(ids, code, serial, verdict), red.claim(ids, code, serial, verdict)
+            # a scan_id comes back with its own event (fingerprint of its id) or, now and then, another
+            fps = u64([hash(i) & 0xFFFF for i in ids.tolist()])
+            fps[rng.random(n) < 0.05] += u64(1)
+            users = np.array([f"u{x}" for x in rng.integers(0, 50, n)], dtype=object)
+            a = mem.claim(ids, fps, users, code, serial, verdict)
+            r = red.claim(ids, fps, users, code, serial, verdict)
             assert a.verdict.tolist() == r.verdict.tolist() and a.replay.tolist() == r.replay.tolist()
+            assert a.first_user.tolist() == r.first_user.tolist()
+            assert (a.verdict == Verdict.CONFLICT).any()
             keys, members = u64(rng.integers(0, 2000, n)), u64(rng.integers(0, 50, n))
             assert mem.count(keys, 600).tolist() == red.count(keys, 600).tolist()
             assert mem.distinct(keys + u64(10**6), members, 600).tolist() == \
@@ -575,7 +694,8 @@ def test_each_call_is_one_round_trip(redis_store):
     redis_store.client.execute_command = counting
     n = 5000
     ids = np.array([f"x{i}" for i in range(n)], dtype=object)
-    redis_store.claim(ids, u64(np.resize(CODES, n)), np.arange(n, dtype=np.uint32) * 997, np.full(n, OK, np.uint8))
+    redis_store.claim(ids, np.ones(n, np.uint64), np.full(n, "u", object), u64(np.resize(CODES, n)),
+                      np.arange(n, dtype=np.uint32) * 997, np.full(n, OK, np.uint8))
     redis_store.grant(GrantRequests(np.zeros(n, np.int64), u64(np.resize(CODES, n)), np.arange(n, dtype=np.uint32),
                                     ids, np.zeros(n, np.int64), np.zeros(n, np.int16), np.full(n, 1, np.int64)))
     keys = u64(np.arange(n))
@@ -602,7 +722,8 @@ def test_bitmaps_grow_to_exact_size_classes(redis_store):
     n = 50_000
     for i in range(0, n, 5_000):  # serials in order: the growth pattern that SETBIT doubles
         s = np.arange(i, i + 5_000, dtype=np.uint32)
-        redis_store.claim(np.array([f"g{x}" for x in s.tolist()], dtype=object), np.full(len(s), CODE, np.uint64), s,
+        redis_store.claim(np.array([f"g{x}" for x in s.tolist()], dtype=object), np.ones(len(s), np.uint64),
+                          np.full(len(s), "u", object), np.full(len(s), CODE, np.uint64), s,
                           np.full(len(s), OK, np.uint8))
     key = redis_store.dedup_key(CODE, 0)
     assert redis_store.client.strlen(key) == good_length(np.array([n // 8]))[0]
@@ -618,7 +739,7 @@ def test_keys_have_their_ttls(redis_store):
     claim(redis_store, [("scan-1", CODE, 1, OK)])
     # the answer is a field of this epoch's bucket hash, kept between one and two replay TTLs
     (answers,) = redis_store.keys(b"rp:*")
-    assert r.hget(answers, "scan-1") == b"%d" % OK
+    assert r.hget(answers, "scan-1") == pack_answer(OK, 1, "u")
     assert 3600 <= r.ttl(answers) <= 7200
     assert r.ttl(redis_store.dedup_key(CODE, 0)) == -1  # a code is taken for ever
     redis_store.count(u64([1]), 100)

@@ -80,10 +80,28 @@ class CampaignLimits:
 
 @dataclass
 class Claims:
-    """Result of ``claim``: per scan, OK or REPEAT (engine.verdicts codes), and replay flags."""
+    """Result of ``claim``: per scan, its verdict (engine.verdicts codes) and whether it is a replay.
+
+    A scan_id claimed before with the same fingerprint is a redelivery: ``replay`` is set and
+    the verdict is the first answer.  With another fingerprint it is a CONFLICT (``replay``
+    unset) and ``first_user`` names the user of the event that claimed the scan_id first.
+    """
 
     verdict: np.ndarray  # uint8
-    replay: np.ndarray  # bool: the scan_id had been claimed before; verdict is the first answer
+    replay: np.ndarray  # bool
+    first_user: np.ndarray  # object: '' except on CONFLICT rows
+
+
+#: Bytes of a stored answer before its user id: the verdict, then the fingerprint (uint64 LE).
+ANSWER_HEAD = 9
+
+
+def pack_answer(verdict: int, fingerprint: int, user: str) -> bytes:
+    """A scan_id's stored answer: verdict byte, 8-byte fingerprint, the first user's id (UTF-8).
+
+    The one record format of every backend (Redis hash fields, the embedded store's rows).
+    """
+    return bytes((verdict,)) + int(fingerprint).to_bytes(8, "little") + user.encode("utf-8", "surrogatepass")
 
 
 @dataclass
@@ -121,13 +139,16 @@ class StateStore(ABC):
     """Batch-atomic state primitives used by the dedup, diversion and lottery stages."""
 
     @abstractmethod
-    def claim(self, scan_id: np.ndarray, code: np.ndarray, serial: np.ndarray, verdict: np.ndarray) -> Claims:
+    def claim(self, scan_id: np.ndarray, fingerprint: np.ndarray, user: np.ndarray, code: np.ndarray,
+              serial: np.ndarray, verdict: np.ndarray) -> Claims:
         """Test-and-set one bit per code, in order, and remember each scan_id's answer.
 
         ``verdict`` is each scan's verdict so far: rows at OK are valid, activated codes, whose
         first scan stays OK and every later one becomes REPEAT; other rows keep their verdict
-        and only have it remembered.  A scan_id claimed before (in an earlier call or earlier
-        in this batch) gets its first answer again, with ``replay`` set, and touches no bit.
+        and only have it remembered, with the event's ``fingerprint`` (uint64) and ``user``.
+        A scan_id claimed before (in an earlier call or earlier in this batch) touches no bit:
+        with the same fingerprint it gets its first answer again, with ``replay`` set; with
+        another it is CONFLICT, and the stored answer stays as it was.
         """
 
     @abstractmethod

@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from engine.state import (CampaignLimits, CampaignState, Claims, DrawStatus, Grants, GrantRequests,
-                          StateStore)
+from engine.state import (ANSWER_HEAD, CampaignLimits, CampaignState, Claims, DrawStatus, Grants, GrantRequests,
+                          StateStore, pack_answer)
 from engine.verdicts import Verdict
 
 #: Remember a scan_id's answer this long; a redelivery after that is a new scan.
@@ -32,7 +32,7 @@ class MemoryStateStore(StateStore):
         self._clock = clock
         self._lock = threading.Lock()
         self._bits: dict[int, np.ndarray] = {}  # batch key -> packed bits, bit = serial
-        self._answers: dict[str, int] = {}  # scan_id -> verdict of its first claim
+        self._answers: dict[str, bytes] = {}  # scan_id -> its first answer (engine.state.pack_answer)
         self._answer_expiry: deque[tuple[float, list[str]]] = deque()  # (expiry, scan_ids), oldest first
         self._campaigns: dict[str, dict] = {}
         self._campaign_ids: list[str] = []
@@ -46,35 +46,38 @@ class MemoryStateStore(StateStore):
 
     # -- dedup -----------------------------------------------------------------------------
 
-    def claim(self, scan_id: np.ndarray, code: np.ndarray, serial: np.ndarray, verdict: np.ndarray) -> Claims:
+    def claim(self, scan_id: np.ndarray, fingerprint: np.ndarray, user: np.ndarray, code: np.ndarray,
+              serial: np.ndarray, verdict: np.ndarray) -> Claims:
         n = len(scan_id)
-        ids = scan_id.tolist()
+        ids, fps, users = scan_id.tolist(), np.asarray(fingerprint, np.uint64).tolist(), user.tolist()
+        out = np.asarray(verdict, np.uint8).copy()
+        replay = np.zeros(n, bool)
+        first_user = np.full(n, "", dtype=object)
         with self._lock:
             now = self._clock()
             self._expire_answers(now)
-            known = np.fromiter(map(self._answers.get, ids, repeat(0)), np.uint8, n)
-            replay = known > 0
-            given = verdict
-            verdict = np.where(replay, known, given).astype(np.uint8)
-            # a scan_id repeated inside the batch is a replay of its first occurrence
-            fresh = ~replay
+            stored = list(map(self._answers.get, ids))
+            fresh = np.fromiter((a is None for a in stored), bool, n)
+            # a scan_id repeated inside the batch is judged against its first occurrence
             first_at = dict(zip(reversed(ids), range(n - 1, -1, -1)))  # id -> first row
             if len(first_at) < n:
                 is_first = np.zeros(n, bool)
                 is_first[np.fromiter(first_at.values(), np.int64, len(first_at))] = True
                 fresh &= is_first
             rows = np.nonzero(fresh)[0]
-            valid = rows[given[rows] == Verdict.OK]
-            verdict[valid] = self._test_and_set(code[valid], serial[valid])
-            new_ids = [ids[i] for i in rows.tolist()]
-            self._answers.update(zip(new_ids, verdict[rows].tolist()))
-            self._answer_expiry.append((now + self.replay_ttl_s, new_ids))
-            dup = np.nonzero(~fresh & ~replay)[0]
-            if len(dup):
-                answer = dict(zip(new_ids, verdict[rows].tolist()))
-                verdict[dup] = [answer[ids[i]] for i in dup.tolist()]
-                replay[dup] = True
-        return Claims(verdict, replay)
+            valid = rows[out[rows] == Verdict.OK]
+            out[valid] = self._test_and_set(code[valid], serial[valid])
+            new = {ids[i]: pack_answer(v, fps[i], users[i]) for i, v in zip(rows.tolist(), out[rows].tolist())}
+            self._answers.update(new)
+            self._answer_expiry.append((now + self.replay_ttl_s, list(new)))
+            for i in np.nonzero(~fresh)[0].tolist():
+                record = stored[i] if stored[i] is not None else new[ids[i]]
+                if int.from_bytes(record[1:ANSWER_HEAD], "little") == fps[i]:
+                    out[i], replay[i] = record[0], True
+                else:
+                    out[i] = Verdict.CONFLICT
+                    first_user[i] = record[ANSWER_HEAD:].decode("utf-8", "surrogatepass")
+        return Claims(out, replay, first_user)
 
     def _test_and_set(self, code: np.ndarray, serial: np.ndarray) -> np.ndarray:
         out = np.full(len(code), Verdict.REPEAT, np.uint8)

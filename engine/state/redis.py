@@ -23,7 +23,8 @@ Keys (``P`` is the prefix; ``{...}`` is a Redis Cluster hash tag)::
 
     P dd:{T:K:B:C}          string  dedup bitmap of chunk C of (tenant T, kind K, batch B),
                                     bit ``serial % CHUNK_SERIALS``, no expiry
-    P rp:<epoch>:<bucket>   hash    scan_id -> the verdict of its first claim, for the scan_ids
+    P rp:<epoch>:<bucket>   hash    scan_id -> its first answer (``engine.state.pack_answer``: verdict,
+                                    event fingerprint, first user), for the scan_ids
                                     of one bucket (a byte of their hash) first claimed in epoch
                                     ``now // replay_ttl_s``; expires at the end of the next epoch
     P cp:{<id>}             hash    budget, prizes, cap, tiers, s0 .. s<tiers-1> (stock left)
@@ -230,12 +231,18 @@ end
 #: rest) and written with one HSET per bucket: a key with a TTL per scan_id cost a SET EX each
 #: (about 4 us of server time) and 130 bytes.  A bucket expires at the end of the next epoch,
 #: so an answer is kept between one and two TTLs.
+#: ARGV: replay prefix, ttl, n, scan_id lengths + blob, verdicts, chunk + offset per OK row, chunk
+#: lengths, OK, REPEAT, bucket per row, fingerprints (8 bytes each), user lengths + blob, CONFLICT.
+#: A stored answer is ``engine.state.pack_answer``: verdict byte, fingerprint, first user.
+#: Returns {one byte per row: verdict, + 128 for a replay; the first user of each CONFLICT row ...}.
 _CLAIM_LUA = _LUA_PRELUDE + r"""
-local OK, REPEAT = tonumber(ARGV[10]), tonumber(ARGV[11])
+local OK, REPEAT, CONFLICT = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[16])
 local rp, ttl, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local ids = strings(ARGV[4], ARGV[5], n)
 local given = bytes(ARGV[6])
 local bucket = bytes(ARGV[12])
+local fps = ARGV[13]
+local users = strings(ARGV[14], ARGV[15], n)
 local nok = #ARGV[7] / 4
 local chunk, offset = ints(ARGV[7], 'I4', nok), ints(ARGV[8], 'I4', nok)
 local want = ints(ARGV[9], 'I4', #KEYS)
@@ -274,24 +281,31 @@ for b, rows in pairs(rows_of) do
     end
   end
 end
-local known, out, writes, j = {}, {}, {}, 0
+local known, out, writes, firsts, j = {}, {}, {}, {}, 0
 for i = 1, n do
   local id, v = ids[i], given[i]
+  local fp = string.sub(fps, 8 * i - 7, 8 * i)
   if v == OK then j = j + 1 end
-  local first = known[id]  -- an earlier row of this batch had this scan_id
-  if first == nil and stored[i] and stored[i] ~= '0' then
-    first = tonumber(stored[i])
+  local first = known[id]  -- the stored answer, or the one an earlier row of this batch made
+  if first == nil and stored[i] then
+    first = stored[i]
     known[id] = first
   end
   if first ~= nil then
-    out[i] = first + 128
+    if string.sub(first, 2, 9) == fp then
+      out[i] = string.byte(first, 1) + 128
+    else
+      out[i] = CONFLICT
+      firsts[#firsts + 1] = string.sub(first, 10)
+    end
   else
     if v == OK and redis.call('SETBIT', KEYS[chunk[j] + 1], offset[j], 1) == 1 then v = REPEAT end
+    local answer = string.char(v) .. fp .. users[i]
     local w = writes[bucket[i]]
     if w == nil then w = {}; writes[bucket[i]] = w end
     w[#w + 1] = id
-    w[#w + 1] = v
-    known[id] = v
+    w[#w + 1] = answer
+    known[id] = answer
     out[i] = v
   end
 end
@@ -300,7 +314,7 @@ for b, w in pairs(writes) do
   for a = 1, #w, 1000 do redis.call('HSET', key, unpack(w, a, math.min(a + 999, #w))) end
   redis.call('EXPIREAT', key, (epoch + 2) * ttl)
 end
-return chars(out)
+return {chars(out), unpack(firsts)}
 """
 
 #: ARGV: prefix, then per campaign: id, budget, daily cap, stocks (comma separated).
@@ -668,12 +682,14 @@ class RedisStateStore(StateStore):
         """Key of a dedup chunk; ``code`` is ``registry.batch_key(tenant, kind, batch)``."""
         return b"%bdd:{%d:%d:%d:%d}" % (self._pre, code >> 26, (code >> 24) & 3, code & 0xFFFFFF, chunk)
 
-    def claim(self, scan_id: np.ndarray, code: np.ndarray, serial: np.ndarray, verdict: np.ndarray) -> Claims:
+    def claim(self, scan_id: np.ndarray, fingerprint: np.ndarray, user: np.ndarray, code: np.ndarray,
+              serial: np.ndarray, verdict: np.ndarray) -> Claims:
         n = len(scan_id)
         if not n:
-            return Claims(np.zeros(0, np.uint8), np.zeros(0, bool))
+            return Claims(np.zeros(0, np.uint8), np.zeros(0, bool), np.zeros(0, object))
         given = np.asarray(verdict, np.uint8)
         lens, blob = _pack_strings(np.asarray(scan_id))
+        user_lens, user_blob = _pack_strings(np.asarray(user))
         ok = np.nonzero(given == Verdict.OK)[0]
         s = np.asarray(serial)[ok].astype(np.uint64)
         # a chunk as one integer: batch key (42 bits) and chunk number (20 bits)
@@ -686,9 +702,16 @@ class RedisStateStore(StateStore):
         args = [self._pre + b"rp:", self.replay_ttl_s, n, lens, blob, given.tobytes(),
                 chunk.astype("<u4").tobytes(), offset.astype("<u4").tobytes(),
                 good_length(last + 1).astype("<u4").tobytes(), int(Verdict.OK), int(Verdict.REPEAT),
-                (state_keys(np.asarray(scan_id)) & np.uint64(BUCKETS - 1)).astype(np.uint8).tobytes()]
-        out = np.frombuffer(self._call(lambda: self._claim(keys=keys, args=args)), np.uint8)
-        return Claims((out & ~np.uint8(_REPLAY_FLAG)).astype(np.uint8), out >= _REPLAY_FLAG)
+                (state_keys(np.asarray(scan_id)) & np.uint64(BUCKETS - 1)).astype(np.uint8).tobytes(),
+                np.asarray(fingerprint, np.uint64).astype("<u8").tobytes(), user_lens, user_blob,
+                int(Verdict.CONFLICT)]
+        reply = self._call(lambda: self._claim(keys=keys, args=args))
+        out = np.frombuffer(reply[0], np.uint8)
+        verdicts = (out & ~np.uint8(_REPLAY_FLAG)).astype(np.uint8)
+        first_user = np.full(n, "", dtype=object)
+        conflicts = np.nonzero(verdicts == Verdict.CONFLICT)[0]
+        first_user[conflicts] = [u.decode("utf-8", "surrogatepass") for u in reply[1:]]
+        return Claims(verdicts, out >= _REPLAY_FLAG, first_user)
 
     def dedup_bytes(self) -> int:
         """Bytes of Redis memory held by the dedup bitmaps under this prefix (for memory reports)."""
