@@ -25,6 +25,9 @@ class Summary:
     cents: Counter = field(default_factory=Counter)  # campaign -> money won in this run
     alerts: Counter = field(default_factory=Counter)  # alert/subtype -> count
     replays: int = 0
+    # campaign -> (prizes, cents) paid in this run, read from the state (set by the driver): what
+    # was paid, whatever the rows say
+    paid: dict = field(default_factory=dict)
 
     def add(self, result: BatchResult) -> None:
         s = result.scans
@@ -51,8 +54,9 @@ class Summary:
         for camp in campaigns:
             st = state.campaign_state(camp.id)
             spent = camp.budget_cents - st.budget_left
-            lines.append(f"campaign {camp.id}: {self.prizes[camp.id]:,} prizes, "
-                         f"{self.cents[camp.id] / 100:,.2f} yuan paid this run; budget used "
+            prizes, cents = self.paid.get(camp.id, (self.prizes[camp.id], self.cents[camp.id]))
+            lines.append(f"campaign {camp.id}: {prizes:,} prizes, "
+                         f"{cents / 100:,.2f} yuan paid this run; budget used "
                          f"{spent / 100:,.2f} of {camp.budget_cents / 100:,.2f} yuan "
                          f"({100 * spent / max(camp.budget_cents, 1):.1f} %)")
             for tier, left in zip(camp.tiers, st.stock_left):

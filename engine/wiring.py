@@ -27,7 +27,12 @@ def build_registry(config: Config, clickhouse=None) -> Registry:
 
 
 def build_state(config: Config) -> StateStore:
+    """The state store of ``[state]``: Redis, the embedded store on disk at ``path``, or (no path)
+    the memory store, which forgets everything when the process ends."""
     if config.state_backend == "memory":
+        if config.state_path is not None:
+            from engine.state.embedded import EmbeddedStateStore
+            return EmbeddedStateStore(config.state_path, replay_ttl_s=config.engine.replay_ttl_hours * 3600)
         from engine.state.memory import MemoryStateStore
         return MemoryStateStore(replay_ttl_s=config.engine.replay_ttl_hours * 3600)
     from engine.state.redis import RedisStateStore
@@ -45,11 +50,16 @@ def build_pipeline(config: Config, registry: Registry | None = None, state: Stat
 
 
 def build_alerting(config: Config, registry: Registry, clickhouse=None):
-    """Alert delivery: logs always, webhooks when ``alerts.webhooks`` is on."""
+    """Alert delivery: logs always, webhooks when ``alerts.webhooks`` is on, within the deadlines
+    of ``[alerts]``; webhooks on link-local, private or (unless ``allow_loopback``) loopback
+    addresses refused.  With a ClickHouse, deliveries left pending by an earlier run are sent again."""
     from sinks.alerting import AlertDelivery
-    from sinks.notifiers import WebhookNotifier
+    from sinks.notifiers import AddressPolicy, WebhookNotifier
+    a = config.alerts
     notifier = None
-    if config.alerts.webhooks:
-        notifier = WebhookNotifier(timeout_s=config.alerts.timeout_s, retries=config.alerts.retries,
-                                   backoff_s=config.alerts.backoff_s)
-    return AlertDelivery(registry, notifier, clickhouse, grace_ms=config.alerts.digest_grace_s * 1000)
+    if a.webhooks:
+        notifier = WebhookNotifier(timeout_s=a.timeout_s, retries=a.retries, backoff_s=a.backoff_s,
+                                   address_policy=AddressPolicy(allow_loopback=a.allow_loopback))
+    return AlertDelivery(registry, notifier, clickhouse, grace_ms=a.digest_grace_s * 1000,
+                         batch_deadline_s=a.batch_deadline_s, run_deadline_s=a.run_deadline_s,
+                         allow_loopback=a.allow_loopback)

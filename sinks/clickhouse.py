@@ -82,6 +82,14 @@ CONTRACT_TABLES: dict[str, tuple[tuple[str, str, str], ...]] = {
 
 ColumnSpec = tuple[tuple[str, str, str], ...]
 
+#: ``state_runs`` (config/clickhouse/050_state_runs.sql): the runs of embedded states.
+STATE_RUN_COLUMNS: ColumnSpec = (
+    ("state_id", "O", "String"),
+    ("run", "uint64", "UInt64"),
+    ("input", "O", "String"),
+    ("ts", "int64", "DateTime64(3, 'UTC')"),
+)
+
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DATETIME64 = re.compile(r"^DateTime64\(\s*(\d)\s*(?:,.*)?\)$")
 _LOW_CARDINALITY = re.compile(r"^LowCardinality\((.*)\)$")
@@ -467,6 +475,20 @@ class ClickHouseSink:
         """Store webhook delivery records (``DELIVERY_COLUMNS``) in ``alert_deliveries``;
         ``batch_from_rows`` turns the notifier's record dicts into a batch."""
         return self.insert(DELIVERY_TABLE, batch, DELIVERY_COLUMNS, dedup_token=dedup_token)
+
+    # ---- the runs of embedded states -----------------------------------------
+
+    def state_runs(self, state_id: str) -> tuple[int, int]:
+        """(the last run of ``state_id`` recorded here, runs of other states recorded here)."""
+        _, rows = self.query("SELECT max(if(state_id = {id:String}, run, 0)), countIf(state_id != {id:String}) "
+                             "FROM state_runs", parameters={"id": state_id})
+        return int(rows[0][0]), int(rows[0][1])
+
+    def record_state_run(self, state_id: str, run: int, input_name: str, ts_ms: int) -> None:
+        """Say that run ``run`` of ``state_id`` writes here from now on."""
+        self.insert("state_runs", {"state_id": np.array([state_id], object), "run": np.array([run], np.uint64),
+                                   "input": np.array([input_name], object), "ts": np.array([ts_ms], np.int64)},
+                    STATE_RUN_COLUMNS)
 
     # ---- reads ------------------------------------------------------------
 

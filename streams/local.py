@@ -10,6 +10,7 @@ import hashlib
 import sys
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
 from typing import BinaryIO
 
 import numpy as np
@@ -22,9 +23,15 @@ from sinks.outputs import Outputs
 PROGRESS_EVERY_S = 0.2
 
 
+#: A UTF-8 byte order mark, which some editors put at the start of a text file.
+BOM = b"\xef\xbb\xbf"
+
+
 def read_lines(source: BinaryIO) -> Iterator[tuple[int, bytes]]:
-    """(line number, line) for each non-blank line, newline removed."""
+    """(line number, line) for each non-blank line, newline removed (and a leading BOM)."""
     for number, line in enumerate(source, start=1):
+        if number == 1 and line.startswith(BOM):
+            line = line[len(BOM):]
         line = line.rstrip(b"\r\n")
         if line.strip():
             yield number, line
@@ -71,21 +78,89 @@ class Progress:
         self.stream.flush()
 
 
+class InputChanged(RuntimeError):
+    """A run was to resume over an input that is not the one its checkpoint was made on (permanent)."""
+
+
+@dataclass
+class Cursor:
+    """Where a run over one input stands, kept in the state's checkpoint under ``"run"``.
+
+    ``lines`` is the number of the last input line whose outcome is stored everywhere and
+    ``digest`` hashes the events up to it, so a rerun can tell that it reads the same input
+    before it skips them.  ``results_bytes`` is the length of the results file that holds
+    exactly those outcomes.  ``finished``: every line is done (only the results file's move
+    into place may be missing).
+    """
+
+    input: str
+    results: str | None = None
+    lines: int = 0
+    digest: str = ""
+    results_bytes: int = 0
+    finished: bool = False
+
+    @classmethod
+    def of(cls, value: dict | None) -> Cursor | None:
+        return None if value is None else cls(**value)
+
+
+def _hasher():
+    return hashlib.blake2b(digest_size=16)
+
+
 def run(pipeline: Pipeline, source: BinaryIO, outputs: Outputs, batch_size: int, source_name: str = "input",
-        progress: Progress | None = None) -> Summary:
-    """Run every line of ``source`` through ``pipeline`` into ``outputs``; returns the totals."""
+        progress: Progress | None = None, *, cursor: Cursor | None = None) -> Summary:
+    """Run every line of ``source`` through ``pipeline`` into ``outputs``; returns the totals.
+
+    Each batch becomes done in one order, the commit protocol of the local driver:
+
+    1. the pipeline decides its outcomes (state changes in memory, or on the Redis server);
+    2. ``outputs.store``: ClickHouse and the results file hold them, durably;
+    3. ``state.checkpoint``: the state's changes become durable together with the ``Cursor``
+       that says this batch is done;
+    4. ``outputs.notify``: its alerts go to delivery, which can never fail the batch.
+
+    A crash before 3 leaves the state as it was before the batch: a rerun with the same
+    ``cursor`` skips the lines done, cuts the results file back to the checkpoint's length,
+    and redoes the batch to the same outcomes (ClickHouse drops the repeated inserts by their
+    token).  ``cursor`` given: resume after its ``lines``; ``InputChanged`` when the input's
+    first lines are not the ones it was made on.
+    """
+    state = pipeline.state
     summary = Summary()
+    here = cursor or Cursor(input=source_name)
+    hasher = _hasher()
+    lines = read_lines(source)
+    if here.lines:
+        for number, line in lines:
+            hasher.update(line + b"\n")
+            if number == here.lines:
+                break
+        else:
+            raise InputChanged(f"input {source_name!r} has fewer lines than the {here.lines:,} that the interrupted "
+                               f"run over it had done")
+        if hasher.hexdigest() != here.digest:
+            raise InputChanged(f"input {source_name!r} is not the one the interrupted run had read: its first "
+                               f"{here.lines:,} lines differ")
     done = 0
-    for numbers, chunk in batches(read_lines(source), batch_size):
+    for numbers, chunk in batches(lines, batch_size):
         positions = np.char.add(f"{source_name}:", numbers.astype(str)).astype(object)
         result = pipeline.process(chunk, positions=positions)
+        joined = b"\n".join(chunk) + b"\n"
         # the same lines give the same token (a re-sent batch is dropped), other lines another
-        content = hashlib.blake2b(b"\n".join(chunk), digest_size=8).hexdigest()
-        outputs.write(result, token=f"{source_name}:{numbers[0]}-{numbers[-1]}:{content}")
+        content = hashlib.blake2b(joined, digest_size=8).hexdigest()
+        here.results_bytes = outputs.store(result, token=f"{source_name}:{numbers[0]}-{numbers[-1]}:{content}")
+        hasher.update(joined)
+        here.lines, here.digest = int(numbers[-1]), hasher.hexdigest()
+        state.checkpoint(run=asdict(here))
+        outputs.notify(result)
         summary.add(result)
         done += len(chunk)
         if progress is not None:
             progress.update(done)
+    here.finished = True
+    state.checkpoint(run=asdict(here))
     if progress is not None:
         progress.update(done, final=True)
     return summary

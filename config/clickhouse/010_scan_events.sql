@@ -39,8 +39,9 @@ CREATE TABLE IF NOT EXISTS scan_events
     reason      String,
     raw         String,
     -- the version of ReplacingMergeTree: the first delivery of a scan (replay = 0) is the row
-    -- that stays, so a redelivered copy never hides the original outcome's replay flag
-    original    UInt8 MATERIALIZED replay = 0
+    -- that stays, so neither a redelivered copy nor a conflicting event under the same scan_id
+    -- (verdict conflict; it is kept in `alerts` as scan_id_conflict) hides the original outcome
+    original    UInt8 MATERIALIZED replay = 0 AND verdict != 'conflict'
 )
 ENGINE = ReplacingMergeTree(original)
 PARTITION BY toYYYYMM(ts)

@@ -7,8 +7,11 @@ from collections.abc import Sequence
 
 from engine.cli import audit, codes, dashboard, demo, query, registry, run, segments, worker
 from engine.cli.common import config_option
+from engine.cli.run import StateMismatch
 from engine.config import ConfigError
 from engine.registry import RegistryError
+from engine.state import StateUnavailable
+from streams.local import InputChanged
 from sinks.exceptions import SinkError
 
 COMMANDS = (demo, run, worker, query, dashboard, audit, registry, codes, segments)
@@ -37,9 +40,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RegistryError as exc:
         print(f"scanstream: registry error: {exc}", file=sys.stderr)
         return 2
+    except (StateMismatch, InputChanged) as exc:
+        print(f"scanstream: {exc}", file=sys.stderr)
+        return 2
     except SinkError as exc:
-        print(f"scanstream: ClickHouse error: {exc}", file=sys.stderr)
+        print(f"scanstream: ClickHouse error: {exc}; the state is consistent up to the last stored batch, and "
+              f"the same command continues from there", file=sys.stderr)
         return 1
+    except StateUnavailable as exc:
+        print(f"scanstream: state error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # the results file or the state's disk (full, read-only, gone)
+        print(f"scanstream: cannot write {exc.filename or 'a file'}: {exc.strerror or exc}; the state is "
+              f"consistent up to the last stored batch, and the same command continues from there", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("scanstream: interrupted; the state is consistent up to the last stored batch, and the same "
+              "command continues from there", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # e.g. `scanstream codes mint ... | head`
         return 0
 

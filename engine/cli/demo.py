@@ -8,7 +8,7 @@ import time
 
 from engine.cli.common import config_option, load_config, open_clickhouse
 from engine.cli.dashboard import add_writer_options, writer_dashboard
-from engine.cli.run import execute
+from engine.cli.run import Source, execute
 from engine.config import ConfigError
 from streams.synthetic import build_world, generate_scans
 
@@ -16,7 +16,7 @@ DEFAULT_SCANS = 100_000
 DEMO_TENANT = 7
 #: Output tables a demo run starts empty, so that its numbers are the demo's alone.
 DEMO_TABLES = ("scan_events", "alerts", "awards", "alert_deliveries", "scans_minute", "diversion_minute",
-               "ingest_minute", "scanner_profiles_agg")
+               "ingest_minute", "scanner_profiles_agg", "state_runs")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -67,8 +67,9 @@ def _demo(args: argparse.Namespace, config, pairs: list[int], dashboard) -> None
         sink.close()
     results = data_dir / "demo-results.jsonl"
     started = time.perf_counter()
-    summary = execute(config, io.BytesIO(scans_file.read_bytes()), scans_file.name, results,
-                      progress_total=len(lines), dashboard=dashboard)
+    # a demo starts its world over: a new state (--fresh) against the tables emptied above
+    source = Source(io.BytesIO(scans_file.read_bytes()), scans_file.name, str(scans_file.resolve()))
+    summary = execute(config, source, results, progress_total=len(lines), dashboard=dashboard, fresh=True)
     took = time.perf_counter() - started
     print(f"\n{summary.scans:,} scans in {took:.1f} s ({summary.scans / took:,.0f} scans/s end to end, "
           f"ClickHouse writes included); outcomes per line in {results}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 import numpy as np
 
@@ -197,6 +198,22 @@ class StateStore(ABC):
     @abstractmethod
     def blocked(self, keys: np.ndarray) -> np.ndarray:
         """True for each key on the block list and not expired."""
+
+    # The driver's checkpoint: where in its input the state is, kept with the state itself so
+    # that the two can never disagree.
+
+    def checkpoint(self, **meta: Any) -> None:
+        """Make every change so far durable, together with the driver's ``meta`` (JSON values).
+
+        A server backend stores each call as it is made, so for it this stores ``meta`` only;
+        the embedded store commits its calls and ``meta`` in one transaction.  This default
+        keeps ``meta`` in the process (the memory store, which keeps nothing past it).
+        """
+        self._driver_meta = {**getattr(self, "_driver_meta", {}), **meta}
+
+    def meta(self, key: str) -> Any:
+        """A value given to ``checkpoint``; None when never given."""
+        return getattr(self, "_driver_meta", {}).get(key)
 
     def close(self) -> None:
         """Release connections; the memory store keeps nothing to release."""

@@ -33,6 +33,7 @@ Keys (``P`` is the prefix; ``{...}`` is a Redis Cluster hash tag)::
     P cp:{<id>}:ud:<day>    hash    user_id -> prizes paid that day (at most one entry per
                                     prize paid, so no expiry is needed to bound it)
     P campaigns             set     campaign ids, for error messages and operators
+    P meta                  hash    the local driver's checkpoint (JSON values), see ``checkpoint``
     P bl                    zset    the block list: 8-byte keys scored by their expiry (ms)
     P w:<8 bytes>           windowed state under a uint64 key, EX ttl from its creation:
                                     a counter (count) or a mark (mark_once)
@@ -103,6 +104,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import orjson
 import redis as redis_py
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -794,6 +796,16 @@ class RedisStateStore(StateStore):
         return np.frombuffer(out, np.uint8) == 1 if out else np.zeros(len(keys), bool)
 
     # -- maintenance -----------------------------------------------------------------------
+
+    def checkpoint(self, **meta: Any) -> None:
+        """Store the driver's ``meta`` (every call is durable on the server as it is made)."""
+        if meta:
+            mapping = {k: orjson.dumps(v) for k, v in meta.items()}
+            self._call(lambda: self.client.hset(self._pre + b"meta", mapping=mapping))
+
+    def meta(self, key: str) -> Any:
+        value = self._call(lambda: self.client.hget(self._pre + b"meta", key))
+        return None if value is None else orjson.loads(value)
 
     def keys(self, pattern: bytes = b"*") -> list[bytes]:
         """Keys under this store's prefix that match the glob ``pattern`` (SCAN; for operators,
