@@ -1,15 +1,21 @@
 """The deployment configuration: one TOML file, read and validated once at start.
 
 Every key is checked when the file is loaded, and an error names the key by its full path
-(``tenants[0].keys[1].hex``) and says what was expected.  Relative paths in the file are
-relative to the file itself, so a configuration works from any working directory.  Key
-material is never part of a message: errors about a key describe its shape, not its value.
+(``tenants[0].keys[1].hex``), the value found and what was expected.  Relative paths in the
+file are relative to the file itself, so a configuration works from any working directory.  Key
+material and draw seeds are never part of a message: errors about them describe their shape, not
+their value.
+
+Every number goes through one check, ``_finite_number``: a TOML boolean is not a number (Python's
+``bool`` is an ``int``), ``nan`` and ``inf`` are no setting's value (``nan`` compares false with
+every bound, so a range check alone lets it through), and an integer must fit in 64 bits.
 """
 from __future__ import annotations
 
+import math
 import os
 import tomllib
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +32,59 @@ CONFIG_ENV = "SCANSTREAM_CONFIG"
 DEFAULT_CONFIG = Path("config/local.toml")
 
 
+#: Integer settings must fit in a signed 64-bit integer (numpy int64 arrays, ClickHouse Int64).
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+#: Money and counts kept in the Redis state are Lua numbers (doubles): exact up to 2**53 - 1.
+LUA_EXACT_MAX = (1 << 53) - 1
+#: A prize amount lands in ``prize_cents``, a UInt32 column of the outputs (engine/outcomes.py).
+PRIZE_CENTS_MAX = (1 << 32) - 1
+#: The UTC offsets in use on Earth: UTC-12:00 (Baker Island) to UTC+14:00 (Line Islands).
+UTC_OFFSET_MIN, UTC_OFFSET_MAX = -12 * 60, 14 * 60
+#: Tolerance of the check that a campaign's tier probabilities add up to at most 1.
+PROBABILITY_SUM_SLACK = 1e-9
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
 class ConfigError(ValueError):
     """A configuration value is missing or wrong; the message names the key."""
+
+
+def _span(lo: float | None, hi: float | None, lo_open: bool = False) -> str:
+    """The allowed range, for messages: ``1..60``, ``>= 0``, ``> 0 and <= 1``."""
+    if lo is not None and hi is not None and not lo_open:
+        return f"{lo}..{hi}"
+    parts = ([f"{'>' if lo_open else '>='} {lo}"] if lo is not None else []) + ([f"<= {hi}"] if hi is not None else [])
+    return " and ".join(parts) or "any value"
+
+
+def _finite_number(value: Any, key: str, *, lo: float | None = None, hi: float | None = None,
+                   lo_open: bool = False, integer: bool = False) -> int | float:
+    """``value`` checked as the number setting ``key``: the one place numbers are validated.
+
+    Rejected, each with the key, the value and the allowed range: a non-number (a TOML ``true``
+    included), with ``integer`` a float, ``nan`` and infinities, an integer beyond 64 bits, and a
+    value outside ``lo..hi`` (above ``lo`` when ``lo_open``).
+    """
+    want = "an integer" if integer else "a number"
+    allowed = _span(lo, hi, lo_open)
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected {want}, got the boolean {str(value).lower()}; allowed {allowed}")
+    if not isinstance(value, int if integer else (int, float)):
+        raise ConfigError(f"{key}: expected {want}, got {value!r}; allowed {allowed}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}: {value} is not a finite number; expected {want} {allowed}")
+    if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+        # shown by size: printing a huge int can itself fail (Python's int-to-str digit limit)
+        raise ConfigError(f"{key}: an integer of {value.bit_length()} bits does not fit in 64 bits; "
+                          f"expected {want} {allowed}")
+    if (lo is not None and (value <= lo if lo_open else value < lo)) or (hi is not None and value > hi):
+        raise ConfigError(f"{key}: {value} out of range; expected {want} {allowed}")
+    return value
+
+
+def _offset_text(minutes: int) -> str:
+    sign = "-" if minutes < 0 else "+"
+    return f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
 
 
 class Reader:
@@ -62,22 +119,21 @@ class Reader:
 
     def integer(self, name: str, default: int | None = None, *, lo: int | None = None, hi: int | None = None,
             required: bool = False) -> int:
-        value = self._get(name, default, required)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{self.key(name)}: expected an integer, got {value!r}")
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise ConfigError(f"{self.key(name)}: {value} out of range; expected {lo if lo is not None else '-inf'}"
-                              f"..{hi if hi is not None else 'inf'}")
-        return value
+        return int(_finite_number(self._get(name, default, required), self.key(name), lo=lo, hi=hi, integer=True))
 
     def number(self, name: str, default: float | None = None, *, lo: float | None = None,
-              hi: float | None = None, required: bool = False) -> float:
-        value = self._get(name, default, required)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{self.key(name)}: expected a number, got {value!r}")
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise ConfigError(f"{self.key(name)}: {value} out of range; expected {lo}..{hi}")
-        return float(value)
+               hi: float | None = None, lo_open: bool = False, required: bool = False) -> float:
+        """A finite int or float, as a float; ``lo_open`` makes ``lo`` itself not allowed."""
+        return float(_finite_number(self._get(name, default, required), self.key(name), lo=lo, hi=hi,
+                                    lo_open=lo_open))
+
+    def utc_offset_minutes(self, name: str, default: int) -> int:
+        """A UTC offset in minutes: one in use on Earth (-12:00..+14:00), whole quarter hours."""
+        minutes = self.integer(name, default, lo=UTC_OFFSET_MIN, hi=UTC_OFFSET_MAX)
+        if minutes % 15:
+            raise ConfigError(f"{self.key(name)}: {minutes} (UTC{_offset_text(minutes)}) is no zone's offset; "
+                              f"expected a multiple of 15 minutes in {UTC_OFFSET_MIN}..{UTC_OFFSET_MAX}")
+        return minutes
 
     def text(self, name: str, default: str | None = None, *, choices: tuple[str, ...] | None = None,
              required: bool = False, secret: bool = False) -> str:
@@ -102,12 +158,18 @@ class Reader:
         return (self.base_dir / os.path.expanduser(value)).resolve()
 
     def epoch_ms(self, name: str, *, required: bool = False) -> int:
-        """A TOML date-time with a zone offset, as epoch milliseconds."""
+        """A TOML date-time with a zone offset in use on Earth (-12:00..+14:00), as epoch milliseconds."""
         value = self._get(name, None, required)
-        if not isinstance(value, datetime) or value.tzinfo is None:
+        offset = value.utcoffset() if isinstance(value, datetime) else None
+        if offset is None:
             raise ConfigError(f"{self.key(name)}: expected a TOML date-time with a zone, e.g. "
                               f"2026-01-01T00:00:00+08:00; got {value!r}")
-        return int(value.timestamp() * 1000)
+        minutes, rest = divmod(offset, timedelta(minutes=1))
+        if rest or not UTC_OFFSET_MIN <= minutes <= UTC_OFFSET_MAX:
+            shown = str(offset) if rest else _offset_text(minutes)
+            raise ConfigError(f"{self.key(name)}: {value.isoformat()}: the UTC offset {shown} is in use nowhere; "
+                              f"expected an offset {_offset_text(UTC_OFFSET_MIN)}..{_offset_text(UTC_OFFSET_MAX)}")
+        return (value - _EPOCH) // timedelta(milliseconds=1)  # exact, unlike timestamp() * 1000
 
     def texts(self, name: str, default: list[str] | None = None, *, required: bool = False) -> list[str]:
         value = self._get(name, default, required)
@@ -154,6 +216,9 @@ class AlertSettings:
     retries: int = 3
     backoff_s: float = 0.5
     digest_grace_s: int = 60  # a dealer's digest for a window is sent this long after the window ends
+    batch_deadline_s: float = 10.0  # a batch's deliveries stop trying this long after it; the rest are pending
+    run_deadline_s: float = 60.0  # the end of a run (or a worker's shutdown) waits at most this long for delivery
+    allow_loopback: bool = False  # webhooks may point at 127.0.0.0/8 and ::1 (local receivers, tests)
 
 
 @dataclass(frozen=True)
@@ -194,6 +259,8 @@ class Config:
     registry_source: str = "files"  # files: registry.dir; clickhouse: the registry_* tables
     registry_reload_s: int = 30  # a worker looks for registry changes this often
     state_backend: str = "memory"
+    # where the embedded (memory) backend keeps its state between runs; None: in this process only
+    state_path: Path | None = None
     clickhouse: str = ""  # 'chdb:PATH' or an http(s) URL; '' for no ClickHouse sink
     database: str = "scanstream"
     diversion: DiversionSettings = DiversionSettings()
@@ -269,7 +336,7 @@ def _read_engine(r: Reader) -> EngineSettings:
     d = EngineSettings()
     out = EngineSettings(
         batch_size=r.integer("batch_size", d.batch_size, lo=1, hi=1_000_000),
-        replay_ttl_hours=r.integer("replay_ttl_hours", d.replay_ttl_hours, lo=1),
+        replay_ttl_hours=r.integer("replay_ttl_hours", d.replay_ttl_hours, lo=1, hi=24 * 365),
         resolve_gps=r.flag("resolve_gps", d.resolve_gps),
     )
     r.done()
@@ -303,7 +370,8 @@ def _read_campaign(r: Reader, tenants: dict[int, Tenant]) -> Campaign:
         raise ConfigError(f"{r.key('tenant')}: tenant {tenant} is not configured under [[tenants]]")
     start, end = r.epoch_ms("start", required=True), r.epoch_ms("end", required=True)
     if end <= start:
-        raise ConfigError(f"{r.key('end')}: must be after start")
+        raise ConfigError(f"{r.key('end')}: {r.table['end'].isoformat()} is not after start "
+                          f"{r.table['start'].isoformat()}; expected end > start (end is exclusive)")
     if r.has("seed") == r.has("seed_env"):
         raise ConfigError(f"{r.path}: give the draw seed exactly one way, as seed or seed_env")
     if r.has("seed"):
@@ -317,29 +385,31 @@ def _read_campaign(r: Reader, tenants: dict[int, Tenant]) -> Campaign:
         raise ConfigError(f"{r.path}: the draw seed must not be empty")
     tiers = []
     for tr in r.subs("tiers", required=True):
-        tier = Tier(name=tr.text("name", required=True), cents=tr.integer("cents", required=True, lo=1),
-                    probability=tr.number("probability", required=True, lo=0.0, hi=1.0),
-                    stock=tr.integer("stock", required=True, lo=0))
-        if tier.probability <= 0:
-            raise ConfigError(f"{tr.key('probability')}: must be above 0")
+        tier = Tier(name=tr.text("name", required=True),
+                    cents=tr.integer("cents", required=True, lo=1, hi=PRIZE_CENTS_MAX),
+                    probability=tr.number("probability", required=True, lo=0, lo_open=True, hi=1),
+                    stock=tr.integer("stock", required=True, lo=0, hi=LUA_EXACT_MAX))
         if any(t.name == tier.name for t in tiers):
             raise ConfigError(f"{tr.key('name')}: tier {tier.name!r} is listed twice")
         tr.done()
         tiers.append(tier)
     if not tiers:
         raise ConfigError(f"{r.key('tiers')}: a campaign needs at least one tier")
-    total = sum(t.probability for t in tiers)
-    if total > 1 + 1e-9:
-        raise ConfigError(f"{r.key('tiers')}: probabilities add up to {total:.6g}; at most 1 allowed")
+    total = math.fsum(t.probability for t in tiers)
+    if total > 1 + PROBABILITY_SUM_SLACK:
+        raise ConfigError(f"{r.key('tiers')}: the probabilities add up to {total:.6g}; expected a sum <= 1 "
+                          f"(the rest is the chance of no prize)")
     regions = r.texts("regions", [])
     for p in regions:
         if not (p.isdigit() and len(p) in (2, 4, 6)):
             raise ConfigError(f"{r.key('regions')}: {p!r} is not an adcode prefix of 2, 4 or 6 digits")
+    # A budget of 0 is allowed: the campaign runs and draws, and pays nothing (a campaign put on
+    # hold); below 0 or past what the Redis state holds exactly is rejected.
     c = Campaign(id=cid, tenant=tenant, start_ms=start, end_ms=end,
-                 budget_cents=r.integer("budget_cents", required=True, lo=0),
-                 daily_cap=r.integer("daily_cap", required=True, lo=1),
+                 budget_cents=r.integer("budget_cents", required=True, lo=0, hi=LUA_EXACT_MAX),
+                 daily_cap=r.integer("daily_cap", required=True, lo=1, hi=LUA_EXACT_MAX),
                  tiers=tuple(tiers), seed=seed, skus=tuple(r.texts("skus", [])), regions=tuple(regions),
-                 utc_offset_minutes=r.integer("utc_offset_minutes", 480, lo=-12 * 60, hi=14 * 60))
+                 utc_offset_minutes=r.utc_offset_minutes("utc_offset_minutes", 480))
     r.done()
     return c
 
@@ -350,7 +420,11 @@ def _read_alerts(r: Reader) -> AlertSettings:
                         timeout_s=r.number("timeout_s", d.timeout_s, lo=0.1, hi=120),
                         retries=r.integer("retries", d.retries, lo=0, hi=20),
                         backoff_s=r.number("backoff_s", d.backoff_s, lo=0, hi=60),
-                        digest_grace_s=r.integer("digest_grace_s", d.digest_grace_s, lo=0, hi=86_400))
+                        digest_grace_s=r.integer("digest_grace_s", d.digest_grace_s, lo=0, hi=86_400),
+                        batch_deadline_s=r.number("batch_deadline_s", d.batch_deadline_s, lo=0, lo_open=True,
+                                                  hi=86_400),
+                        run_deadline_s=r.number("run_deadline_s", d.run_deadline_s, lo=0, lo_open=True, hi=86_400),
+                        allow_loopback=r.flag("allow_loopback", d.allow_loopback))
     r.done()
     return out
 
@@ -381,7 +455,7 @@ def _read_segments(r: Reader) -> SegmentSettings:
             raise ConfigError(f"{r.key('roles')}: {role!r} is not one of {list(ROLES)}")
     days = 100 * 366  # longer than any program
     out = SegmentSettings(
-        utc_offset_minutes=r.integer("utc_offset_minutes", d.utc_offset_minutes, lo=-12 * 60, hi=14 * 60),
+        utc_offset_minutes=r.utc_offset_minutes("utc_offset_minutes", d.utc_offset_minutes),
         roles=roles,
         recency_days=r.integer("recency_days", d.recency_days, lo=0, hi=days),
         frequency=r.integer("frequency", d.frequency, lo=1, hi=1_000_000),
@@ -404,7 +478,7 @@ def _read_redis(r: Reader) -> RedisSettings:
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(f"{r.key('url')}: expected a redis://, rediss:// or unix:// URL, got {url.split('@')[-1]!r}")
     out = RedisSettings(url=url, prefix=r.text("prefix", d.prefix),
-                        result_ttl_s=r.integer("result_ttl_s", d.result_ttl_s, lo=1),
+                        result_ttl_s=r.integer("result_ttl_s", d.result_ttl_s, lo=1, hi=86_400),
                         replies=r.flag("replies", d.replies))
     r.done()
     return out
@@ -443,6 +517,7 @@ def parse(data: dict[str, Any], source: Path) -> Config:
     reg.done()
     state = root.sub("state")
     state_backend = state.text("backend", "memory", choices=STATE_BACKENDS)
+    state_path = state.filepath("path") if state.has("path") else None
     state.done()
     sink = root.sub("sink")
     clickhouse = sink.text("clickhouse", "")
@@ -470,7 +545,7 @@ def parse(data: dict[str, Any], source: Path) -> Config:
         raise ConfigError("registry.source: 'clickhouse' needs sink.clickhouse to name a ClickHouse")
     return Config(source=source, tenants=tenants, keys=keys, engine=engine, registry_dir=registry_dir,
                   registry_source=registry_source, registry_reload_s=registry_reload_s,
-                  state_backend=state_backend, clickhouse=clickhouse, database=database, diversion=diversion,
+                  state_backend=state_backend, state_path=state_path, clickhouse=clickhouse, database=database, diversion=diversion,
                   campaigns=tuple(campaigns), alerts=alerts, redis=redis, kafka=kafka,
                   enumeration=enumeration, segments=segments)
 
@@ -489,6 +564,6 @@ def load(path: str | os.PathLike[str] | None = None) -> Config:
         raise ConfigError(f"cannot read configuration {str(chosen)!r}: {exc.strerror}{hint}") from None
     try:
         data = tomllib.loads(raw.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, ValueError) as exc:  # ValueError: an int of > 4300 digits
         raise ConfigError(f"{chosen}: not valid TOML: {exc}") from None
     return parse(data, chosen.resolve())

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import re
 import textwrap
+import tomllib
 from pathlib import Path
+from string import Template
 
 import pytest
 
@@ -278,3 +280,347 @@ def test_production_example_validates(monkeypatch):
     assert config.state_backend == "redis" and config.registry_source == "clickhouse"
     assert config.clickhouse.startswith("http://") and len(config.kafka.bootstrap.split(",")) == 3
     assert config.keys.get(7, 1) == b"\x11" * 16
+
+
+# --- configuration that pays nonsense (issue 12) ----------------------------------------------
+#
+# Attacks first: every number the file holds, set to something no deployment means. Each case
+# gives the fields of NONSENSE_BASE to override (as TOML literals), the key path that must lead
+# the message, and what else the message must say (the value and the allowed range).
+
+SEED = "seed-that-must-not-leak-4711"
+
+NONSENSE_BASE = Template("""
+    [[tenants]]
+    id = 7
+    keys = [{ key_id = 0, hex = "$key" }]
+
+    [engine]
+    batch_size = $batch_size
+    replay_ttl_hours = $replay_ttl_hours
+
+    [diversion]
+    window_minutes = $diversion_window
+    [diversion.thresholds]
+    consumer = $consumer_threshold
+
+    [clones]
+    window_minutes = $clones_window
+    max_users = $max_users
+
+    [enumeration]
+    window_minutes = 10
+    threshold = $enumeration_threshold
+    block_hours = $block_hours
+
+    [segments]
+    utc_offset_minutes = $segments_offset
+
+    [alerts]
+    timeout_s = $timeout_s
+    retries = $retries
+    backoff_s = $backoff_s
+    digest_grace_s = $digest_grace_s
+
+    [redis]
+    result_ttl_s = $result_ttl_s
+
+    [kafka]
+    session_timeout_s = $session_timeout_s
+    partitions = $partitions
+
+    [[campaigns]]
+    id = "c"
+    tenant = 7
+    start = $start
+    end = $end
+    budget_cents = $budget_cents
+    daily_cap = $daily_cap
+    utc_offset_minutes = $utc_offset_minutes
+    seed = "$seed"
+    tiers = [
+      { name = "a", cents = $cents0, probability = $p0, stock = $stock0 },
+      { name = "b", cents = $cents1, probability = $p1, stock = $stock1 },
+    ]
+""")
+
+NONSENSE_DEFAULTS = dict(
+    key=SECRET_HEX, seed=SEED, batch_size="5000", replay_ttl_hours="24", diversion_window="10",
+    consumer_threshold="3", clones_window="10", max_users="3", enumeration_threshold="20", block_hours="24",
+    segments_offset="480", timeout_s="5", retries="3", backoff_s="0.5", digest_grace_s="60", result_ttl_s="300",
+    session_timeout_s="10", partitions="8", start="2026-11-01T00:00:00+08:00", end="2027-01-01T00:00:00+08:00",
+    budget_cents="10_000_000", daily_cap="5", utc_offset_minutes="480",
+    cents0="880", p0="0.2", stock0="8000", cents1="8800", p1="0.005", stock1="200",
+)
+
+
+def nonsense_config(tmp_path: Path, **fields: str) -> Path:
+    unknown = set(fields) - set(NONSENSE_DEFAULTS)
+    assert not unknown, unknown
+    return write(tmp_path, NONSENSE_BASE.substitute({**NONSENSE_DEFAULTS, **fields}))
+
+
+def assert_rejected(tmp_path: Path, fields: dict[str, str], key_path: str, *says: str) -> str:
+    message = str(load_error(nonsense_config(tmp_path, **fields)))
+    assert re.match(re.escape(key_path) + ":", message), f"{key_path!r} does not lead {message!r}"
+    for text in says:
+        assert text in message, f"{text!r} not in {message!r}"
+    assert SEED not in message
+    assert_no_secret(message)
+    return message
+
+
+def test_nonsense_base_loads(tmp_path):
+    cfg = config_mod.load(nonsense_config(tmp_path))
+    (c,) = cfg.campaigns
+    assert [t.probability for t in c.tiers] == [0.2, 0.005]
+    assert c.end_ms - c.start_ms == 61 * 86_400_000
+
+
+TIER_P = "> 0 and <= 1"
+
+NOT_FINITE = {
+    "probability_nan": ({"p0": "nan"}, "campaigns[0].tiers[0].probability", "nan", TIER_P),
+    "second_probability_nan": ({"p1": "nan"}, "campaigns[0].tiers[1].probability", "nan", TIER_P),
+    "probability_negative_nan": ({"p1": "-nan"}, "campaigns[0].tiers[1].probability", "nan", TIER_P),
+    "probability_inf": ({"p0": "inf"}, "campaigns[0].tiers[0].probability", "inf", TIER_P),
+    "probability_minus_inf": ({"p0": "-inf"}, "campaigns[0].tiers[0].probability", "-inf", TIER_P),
+    "probability_overflow_to_inf": ({"p0": "1e400"}, "campaigns[0].tiers[0].probability", "inf", TIER_P),
+    "timeout_nan": ({"timeout_s": "nan"}, "alerts.timeout_s", "nan", "0.1..120"),
+    "timeout_inf": ({"timeout_s": "inf"}, "alerts.timeout_s", "inf", "0.1..120"),
+    "backoff_nan": ({"backoff_s": "nan"}, "alerts.backoff_s", "nan", "0..60"),
+    "backoff_minus_inf": ({"backoff_s": "-inf"}, "alerts.backoff_s", "-inf", "0..60"),
+    "session_timeout_nan": ({"session_timeout_s": "nan"}, "kafka.session_timeout_s", "nan", "1..300"),
+    "session_timeout_inf": ({"session_timeout_s": "+inf"}, "kafka.session_timeout_s", "inf", "1..300"),
+    "nan_for_an_integer": ({"budget_cents": "nan"}, "campaigns[0].budget_cents", "expected an integer, got nan", "0..9007199254740991"),
+    "inf_for_an_integer": ({"retries": "inf"}, "alerts.retries", "expected an integer, got inf", "0..20"),
+}
+
+
+@pytest.mark.parametrize("name", list(NOT_FINITE))
+def test_nan_and_infinities_are_rejected(name, tmp_path):
+    fields, key_path, *says = NOT_FINITE[name]
+    message = assert_rejected(tmp_path, fields, key_path, *says)
+    if "integer" not in name:
+        assert "not a finite number" in message
+
+
+PROBABILITY = {
+    "negative": ({"p0": "-0.1"}, "campaigns[0].tiers[0].probability", "-0.1 out of range"),
+    "minus_zero": ({"p0": "-0.0"}, "campaigns[0].tiers[0].probability", "out of range"),
+    "zero": ({"p1": "0"}, "campaigns[0].tiers[1].probability", "0 out of range"),
+    "above_one": ({"p1": "1.5"}, "campaigns[0].tiers[1].probability", "1.5 out of range"),
+    "just_above_one": ({"p0": "1.000001", "p1": "0.000001"}, "campaigns[0].tiers[0].probability", "out of range"),
+    "huge": ({"p0": "1e300"}, "campaigns[0].tiers[0].probability", "1e+300 out of range"),
+    "integer_two": ({"p0": "2"}, "campaigns[0].tiers[0].probability", "2 out of range"),
+}
+
+
+@pytest.mark.parametrize("name", list(PROBABILITY))
+def test_tier_probability_outside_0_1_is_rejected(name, tmp_path):
+    fields, key_path, says = PROBABILITY[name]
+    assert_rejected(tmp_path, fields, key_path, says, TIER_P)
+
+
+@pytest.mark.parametrize(("p0", "p1", "total"), [
+    ("0.6", "0.5", "1.1"),
+    ("1", "1", "2"),
+    ("0.9", "0.100001", "1"),  # shown rounded, but over by 1e-6: far past the tolerance
+])
+def test_tier_probabilities_adding_up_past_one_are_rejected(p0, p1, total, tmp_path):
+    message = assert_rejected(tmp_path, {"p0": p0, "p1": p1}, "campaigns[0].tiers", f"add up to {total}",
+                              "expected a sum <= 1")
+    assert "tiers[" not in message.split(":")[0]
+
+
+@pytest.mark.parametrize(("p0", "p1"), [("0.7", "0.3"), ("0.1", "0.9"), ("0.5", "0.5000000000001"), ("1", "1e-12")])
+def test_tier_probabilities_adding_up_to_one_within_tolerance_load(p0, p1, tmp_path):
+    (c,) = config_mod.load(nonsense_config(tmp_path, p0=p0, p1=p1)).campaigns
+    assert c.cumulative()[-1] <= 1 + 1e-9
+
+
+MONEY_AND_COUNTS = {
+    "negative_cents": ({"cents0": "-880"}, "campaigns[0].tiers[0].cents", "-880 out of range", "1..4294967295"),
+    "zero_cents": ({"cents1": "0"}, "campaigns[0].tiers[1].cents", "0 out of range", "1..4294967295"),
+    "cents_past_uint32": ({"cents1": "4294967296"}, "campaigns[0].tiers[1].cents", "4294967296 out of range",
+                          "1..4294967295"),
+    "fractional_cents": ({"cents0": "8.8"}, "campaigns[0].tiers[0].cents", "expected an integer, got 8.8",
+                         "1..4294967295"),
+    "negative_stock": ({"stock1": "-1"}, "campaigns[0].tiers[1].stock", "-1 out of range", "0..9007199254740991"),
+    "stock_past_lua_doubles": ({"stock0": "9007199254740992"}, "campaigns[0].tiers[0].stock", "out of range",
+                               "0..9007199254740991"),
+    "negative_budget": ({"budget_cents": "-1"}, "campaigns[0].budget_cents", "-1 out of range",
+                        "0..9007199254740991"),
+    "budget_past_lua_doubles": ({"budget_cents": "9007199254740992"}, "campaigns[0].budget_cents", "out of range",
+                                "0..9007199254740991"),
+    "negative_daily_cap": ({"daily_cap": "-5"}, "campaigns[0].daily_cap", "-5 out of range", "1..9007199254740991"),
+    "zero_daily_cap": ({"daily_cap": "0"}, "campaigns[0].daily_cap", "0 out of range", "1..9007199254740991"),
+}
+
+
+@pytest.mark.parametrize("name", list(MONEY_AND_COUNTS))
+def test_negative_money_and_counts_are_rejected(name, tmp_path):
+    fields, key_path, *says = MONEY_AND_COUNTS[name]
+    assert_rejected(tmp_path, fields, key_path, *says)
+
+
+def test_zero_budget_is_allowed(tmp_path):
+    """Documented choice: budget_cents >= 0; a zero budget draws and pays nothing (a campaign on hold)."""
+    (c,) = config_mod.load(nonsense_config(tmp_path, budget_cents="0")).campaigns
+    assert c.budget_cents == 0
+
+
+def test_guide_cents_is_not_a_setting_yet(tmp_path):
+    """The campaign has no guide commission in this version: the key is refused, not ignored."""
+    path = nonsense_config(tmp_path)
+    path.write_text(path.read_text().replace('tenant = 7\n', 'tenant = 7\nguide_cents = -100\n'), encoding="utf-8")
+    assert str(load_error(path)).startswith("campaigns[0].guide_cents: unknown key")
+
+
+START_END = {
+    "end_before_start": ({"start": "2027-01-01T00:00:00+08:00", "end": "2026-11-01T00:00:00+08:00"},
+                         "2026-11-01T00:00:00+08:00 is not after start 2027-01-01T00:00:00+08:00"),
+    "end_equals_start": ({"end": "2026-11-01T00:00:00+08:00"}, "is not after start"),
+    "same_instant_other_zone": ({"end": "2026-10-31T16:00:00Z"}, "is not after start"),
+    "earlier_instant_later_clock": ({"end": "2026-11-01T01:00:00+10:00"}, "is not after start"),
+    "sub_millisecond_apart": ({"end": "2026-11-01T00:00:00.0004+08:00"}, "is not after start"),
+}
+
+
+@pytest.mark.parametrize("name", list(START_END))
+def test_campaign_must_end_after_it_starts(name, tmp_path):
+    fields, says = START_END[name]
+    assert_rejected(tmp_path, fields, "campaigns[0].end", says, "expected end > start")
+
+
+def test_campaign_one_millisecond_long_loads(tmp_path):
+    (c,) = config_mod.load(nonsense_config(tmp_path, end="2026-11-01T00:00:00.001+08:00")).campaigns
+    assert c.end_ms - c.start_ms == 1
+    assert c.start_ms == 1_793_462_400_000
+
+
+ZONES = {
+    "start_offset_23h59": ({"start": "2026-11-01T00:00:00+23:59"}, "campaigns[0].start", "+23:59",
+                           "-12:00..+14:00"),
+    "start_offset_minus_13h": ({"start": "2026-11-01T00:00:00-13:00"}, "campaigns[0].start", "-13:00",
+                               "-12:00..+14:00"),
+    "end_offset_plus_14h01": ({"end": "2027-01-01T00:00:00+14:01"}, "campaigns[0].end", "+14:01", "-12:00..+14:00"),
+    "start_without_zone": ({"start": "2026-11-01T00:00:00"}, "campaigns[0].start", "with a zone",
+                           "2026-01-01T00:00:00+08:00"),
+    "end_a_date": ({"end": "2027-01-01"}, "campaigns[0].end", "with a zone", "2026-01-01T00:00:00+08:00"),
+    "start_a_number": ({"start": "1761926400000"}, "campaigns[0].start", "with a zone", "1761926400000"),
+    "campaign_offset_15h": ({"utc_offset_minutes": "900"}, "campaigns[0].utc_offset_minutes", "900 out of range",
+                            "-720..840"),
+    "campaign_offset_minus_13h": ({"utc_offset_minutes": "-780"}, "campaigns[0].utc_offset_minutes",
+                                  "-780 out of range", "-720..840"),
+    "campaign_offset_not_quarter_hours": ({"utc_offset_minutes": "481"}, "campaigns[0].utc_offset_minutes",
+                                          "481 (UTC+08:01)", "multiple of 15 minutes in -720..840"),
+    "campaign_offset_fractional": ({"utc_offset_minutes": "480.5"}, "campaigns[0].utc_offset_minutes",
+                                   "expected an integer", "-720..840"),
+    "segments_offset_minus_15h": ({"segments_offset": "-900"}, "segments.utc_offset_minutes", "-900 out of range",
+                                  "-720..840"),
+    "segments_offset_not_quarter_hours": ({"segments_offset": "-1"}, "segments.utc_offset_minutes", "-1 (UTC-00:01)",
+                                          "multiple of 15 minutes"),
+}
+
+
+@pytest.mark.parametrize("name", list(ZONES))
+def test_unknown_zones_and_offsets_are_rejected(name, tmp_path):
+    fields, key_path, *says = ZONES[name]
+    assert_rejected(tmp_path, fields, key_path, *says)
+
+
+@pytest.mark.parametrize(("start", "end", "offset"), [
+    ("2026-11-01T00:00:00-12:00", "2027-01-01T00:00:00+14:00", "-720"),
+    ("2026-11-01T00:00:00+05:45", "2027-01-01T00:00:00Z", "345"),  # Nepal
+    ("2026-11-01T00:00:00+08:45", "2027-01-01T00:00:00-09:30", "840"),
+])
+def test_real_zones_and_offsets_load(start, end, offset, tmp_path):
+    (c,) = config_mod.load(nonsense_config(tmp_path, start=start, end=end, utc_offset_minutes=offset)).campaigns
+    assert c.utc_offset_minutes == int(offset)
+
+
+TYPES_AND_SIZES = {
+    "probability_true": ({"p0": "true"}, "campaigns[0].tiers[0].probability", "got the boolean true", TIER_P),
+    "cents_true": ({"cents0": "true"}, "campaigns[0].tiers[0].cents", "got the boolean true", "1..4294967295"),
+    "stock_false": ({"stock1": "false"}, "campaigns[0].tiers[1].stock", "got the boolean false", "0..9007199254740991"),
+    "budget_true": ({"budget_cents": "true"}, "campaigns[0].budget_cents", "got the boolean true", "0..9007199254740991"),
+    "daily_cap_true": ({"daily_cap": "true"}, "campaigns[0].daily_cap", "got the boolean true", "1..9007199254740991"),
+    "timeout_true": ({"timeout_s": "true"}, "alerts.timeout_s", "got the boolean true", "0.1..120"),
+    "batch_size_true": ({"batch_size": "true"}, "engine.batch_size", "got the boolean true", "1..1000000"),
+    "offset_true": ({"utc_offset_minutes": "true"}, "campaigns[0].utc_offset_minutes", "got the boolean true",
+                    "-720..840"),
+    "probability_string": ({"p0": '"0.2"'}, "campaigns[0].tiers[0].probability", "got '0.2'", TIER_P),
+    "budget_2_to_the_63": ({"budget_cents": "9223372036854775808"}, "campaigns[0].budget_cents",
+                           "an integer of 64 bits does not fit in 64 bits", "0..9007199254740991"),
+    "stock_2_to_the_64": ({"stock0": "18446744073709551616"}, "campaigns[0].tiers[0].stock",
+                          "an integer of 65 bits does not fit in 64 bits", "0..9007199254740991"),
+    "daily_cap_below_int64": ({"daily_cap": "-9223372036854775809"}, "campaigns[0].daily_cap", "does not fit in 64 bits",
+                              "1..9007199254740991"),
+    "cents_100_digits": ({"cents1": "9" * 100}, "campaigns[0].tiers[1].cents", "does not fit in 64 bits",
+                         "1..4294967295"),
+    "retries_huge": ({"retries": "99999999999999999999"}, "alerts.retries", "does not fit in 64 bits", "0..20"),
+    "probability_huge_integer": ({"p0": "1" + "0" * 400}, "campaigns[0].tiers[0].probability",
+                                 "does not fit in 64 bits", TIER_P),
+}
+
+
+@pytest.mark.parametrize("name", list(TYPES_AND_SIZES))
+def test_booleans_and_integers_past_64_bits_are_rejected(name, tmp_path):
+    fields, key_path, *says = TYPES_AND_SIZES[name]
+    assert_rejected(tmp_path, fields, key_path, *says)
+
+
+def test_integer_too_long_to_print_is_a_config_error(tmp_path):
+    """Python refuses to convert ints of more than 4300 digits: still a ConfigError, not a crash."""
+    message = str(load_error(nonsense_config(tmp_path, budget_cents="9" * 5000)))
+    assert "not valid TOML" in message
+    cfg_dict = tomllib.loads(nonsense_config(tmp_path).read_text())
+    cfg_dict["campaigns"][0]["budget_cents"] = 10 ** 5000  # parse() of an in-memory document
+    with pytest.raises(ConfigError, match=r"^campaigns\[0\]\.budget_cents: an integer of 16610 bits does not fit"):
+        config_mod.parse(cfg_dict, tmp_path / "x.toml")
+
+
+OTHER_SETTINGS = {
+    "batch_size_negative": ({"batch_size": "-1"}, "engine.batch_size", "-1 out of range", "1..1000000"),
+    "batch_size_zero": ({"batch_size": "0"}, "engine.batch_size", "0 out of range", "1..1000000"),
+    "replay_ttl_zero": ({"replay_ttl_hours": "0"}, "engine.replay_ttl_hours", "0 out of range", "1..8760"),
+    "replay_ttl_negative": ({"replay_ttl_hours": "-24"}, "engine.replay_ttl_hours", "-24 out of range", "1..8760"),
+    "diversion_window_zero": ({"diversion_window": "0"}, "diversion.window_minutes", "0 out of range", "1..10080"),
+    "diversion_window_negative": ({"diversion_window": "-10"}, "diversion.window_minutes", "-10 out of range",
+                                  "1..10080"),
+    "clones_window_zero": ({"clones_window": "0"}, "clones.window_minutes", "0 out of range", "1..10080"),
+    "threshold_zero": ({"consumer_threshold": "0"}, "diversion.thresholds.consumer", "0 out of range", ">= 1"),
+    "threshold_negative": ({"consumer_threshold": "-3"}, "diversion.thresholds.consumer", "-3 out of range", ">= 1"),
+    "max_users_zero": ({"max_users": "0"}, "clones.max_users", "0 out of range", ">= 1"),
+    "enumeration_threshold_one": ({"enumeration_threshold": "1"}, "enumeration.threshold", "1 out of range", ">= 2"),
+    "block_hours_zero": ({"block_hours": "0"}, "enumeration.block_hours", "0 out of range", "1..8760"),
+    "timeout_negative": ({"timeout_s": "-1"}, "alerts.timeout_s", "-1 out of range", "0.1..120"),
+    "timeout_zero": ({"timeout_s": "0.0"}, "alerts.timeout_s", "0.0 out of range", "0.1..120"),
+    "retries_negative": ({"retries": "-1"}, "alerts.retries", "-1 out of range", "0..20"),
+    "backoff_negative": ({"backoff_s": "-0.5"}, "alerts.backoff_s", "-0.5 out of range", "0..60"),
+    "digest_grace_negative": ({"digest_grace_s": "-60"}, "alerts.digest_grace_s", "-60 out of range", "0..86400"),
+    "result_ttl_zero": ({"result_ttl_s": "0"}, "redis.result_ttl_s", "0 out of range", "1..86400"),
+    "session_timeout_zero": ({"session_timeout_s": "0"}, "kafka.session_timeout_s", "0 out of range", "1..300"),
+    "partitions_negative": ({"partitions": "-8"}, "kafka.partitions", "-8 out of range", "1..10000"),
+}
+
+
+@pytest.mark.parametrize("name", list(OTHER_SETTINGS))
+def test_other_numeric_nonsense_is_rejected(name, tmp_path):
+    fields, key_path, *says = OTHER_SETTINGS[name]
+    assert_rejected(tmp_path, fields, key_path, *says)
+
+
+def test_shipped_configs_still_load(monkeypatch):
+    monkeypatch.setenv("SCANSTREAM_KEY_7_0", "00" * 16)
+    monkeypatch.setenv("SCANSTREAM_KEY_7_1", "11" * 16)
+    monkeypatch.setenv("SCANSTREAM_SEED_WINTER_2026", "a seed")
+    for path in (LOCAL, REPO / "config" / "production.toml"):
+        cfg = config_mod.load(path)
+        (c,) = cfg.campaigns
+        assert c.id == "winter-2026" and c.budget_cents == 10_000_000 and c.daily_cap == 5
+        assert [t.probability for t in c.tiers] == [0.20, 0.05, 0.005, 0.001]
+        assert c.start_ms == 1_793_462_400_000 and c.end_ms == 1_798_732_800_000
+        assert c.utc_offset_minutes == 480 and cfg.segments.utc_offset_minutes == 480
+        assert cfg.alerts.timeout_s == 5.0 and cfg.alerts.backoff_s == 0.5
