@@ -3,10 +3,17 @@
 Loaded from the four CSV files into sorted numpy arrays, so that the enrich stage looks up a
 whole batch of scans with ``searchsorted`` instead of one dict lookup per scan.  Errors name
 the file, the line and the column.
+
+The files come from people and spreadsheets, so nothing in them is trusted: a number must be
+ASCII digits within its field's range (``int()`` alone takes ``４２`` and ``٤٢``), a field is at
+most ``MAX_FIELD`` characters, a quote left open is reported where it opened (not as a missing
+dealer in the next file), a header names each column once, and a shipment's or store's dealer
+belongs to the same tenant.  A UTF-8 byte order mark at the start of a file is fine.
 """
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +26,12 @@ FILES = ("batches.csv", "dealers.csv", "shipments.csv", "stores.csv")
 KIND_BY_NAME = {"unit": KIND_UNIT, "case": KIND_CASE, "": KIND_UNIT}
 #: Lengths of an adcode prefix: province, city, district.
 ADCODE_LEVELS = (2, 4, 6)
+#: Largest tenant id (16 bits, as in the code).
+TENANT_MAX = 0xFFFF
+#: Longest field of a registry file, in characters (a dealer's regions: some 9 000 prefixes).
+MAX_FIELD = 64 * 1024
+#: Longest piece of a bad value quoted in an error message.
+SHOWN_CHARS = 40
 
 
 class RegistryError(ValueError):
@@ -40,7 +53,7 @@ def region_keys(owner: np.ndarray, prefixes: np.ndarray) -> np.ndarray:
     if not len(prefixes):
         return out
     uniq, inverse = np.unique(prefixes.astype(str), return_inverse=True)
-    code = np.array([int(p) if p.isdigit() and len(p) in ADCODE_LEVELS else -1 for p in uniq], np.int64)
+    code = np.array([int(p) if _is_adcode(p) else -1 for p in uniq], np.int64)
     level = np.array([len(p) for p in uniq], np.int64)
     ok = code[inverse] >= 0
     out[ok] = (np.asarray(owner, np.int64)[ok] << 24) | (level[inverse][ok] << 20) | code[inverse][ok]
@@ -87,36 +100,158 @@ class Stores:
 
 
 def _read(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
+    """The rows of a registry file as (line number, {column: stripped text}), the header checked.
+
+    A row's line number is the line it starts on.  A CSV record the csv module refuses (a quote
+    left open, text after a closing quote) or a field longer than ``MAX_FIELD`` is an error
+    naming the line and the column; see ``_record_error``.
+    """
     try:
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            header = reader.fieldnames or []
-            missing = [c for c in required if c not in header]
-            if missing:
-                raise RegistryError(f"{path}: missing column(s) {missing}; header is {header}")
-            return [(reader.line_num, {k: (v or "").strip() for k, v in row.items() if k is not None})
-                    for row in reader]
+        data = path.read_bytes()
     except OSError as exc:
         raise RegistryError(f"{path}: cannot read registry file: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise RegistryError(f"{path}: not UTF-8 text") from None
+    try:
+        text = data.decode("utf-8-sig")  # -sig: a byte order mark (Excel's "CSV UTF-8") is dropped
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise RegistryError(f"{path}:{line}: not UTF-8 text (byte {data[exc.start]:#04x})") from None
+    raw: list[str] = []  # the physical lines of the record being read
+
+    def lines():
+        for physical in io.StringIO(text, newline=""):
+            raw.append(physical)
+            yield physical
+
+    # strict: a quote left open is an error at the end of the file, not a field that swallows it
+    reader = csv.reader(lines(), strict=True)
+    limit = min(MAX_FIELD, csv.field_size_limit())  # csv's own limit is process-wide; it may be lower
+    header: list[str] | None = None
+    rows = []
+    while True:
+        first = reader.line_num + 1
+        raw.clear()
+        try:
+            values = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            raise _record_error(path, "".join(raw), first, header, limit, str(exc)) from None
+        if not values:  # a blank line
+            continue
+        if max(map(len, values)) > limit:
+            raise _record_error(path, "".join(raw), first, header, limit, "field too long")
+        if header is None:
+            header = _header(path, first, values, required)
+        else:
+            rows.append((first, {name: (values[i].strip() if i < len(values) else "")
+                                 for i, name in enumerate(header) if name}))
+    if header is None:
+        raise RegistryError(f"{path}: empty file; expected a header row with {list(required)}")
+    return rows
+
+
+def _header(path: Path, line: int, values: list[str], required: tuple[str, ...]) -> list[str]:
+    header = [v.strip() for v in values]
+    seen: dict[str, int] = {}
+    for number, name in enumerate(header, start=1):
+        if name and name in seen:
+            raise RegistryError(f"{path}:{line}: header: column {_show(name)} is named twice "
+                                f"(columns {seen[name]} and {number})")
+        seen[name] = number
+    missing = [c for c in required if c not in seen]
+    if missing:
+        raise RegistryError(f"{path}:{line}: missing column(s) {missing}; header is {header}")
+    return header
+
+
+def _record_error(path: Path, record: str, line: int, header: list[str] | None, limit: int,
+                  problem: str) -> RegistryError:
+    """The error for a CSV ``record`` (its raw text, starting on ``line``) that the csv module
+    refused with ``problem``, or that holds a field longer than ``limit``.
+
+    Walks the record as the csv module does (default dialect) to find the culprit: the first
+    field over ``limit``, or the quote still open at the end, by line and column.
+    """
+    def column(index: int) -> str:
+        if header is None:
+            return f"header field {index + 1}"
+        if index < len(header) and header[index]:
+            return f"column {header[index]}"
+        return f"field {index + 1} (the header has {len(header)} columns)"
+
+    index = size = 0
+    first = field_line = quote_line = line
+    state = "start"  # start of a field, unquoted, quoted, quote (a '"' inside a quoted field)
+    previous = ""
+    for ch in record:
+        at = line
+        if ch == "\r" or (ch == "\n" and previous != "\r"):
+            line += 1
+        previous = ch
+        if state == "quote":
+            if ch == '"':  # a doubled quote: one '"' in the value
+                state, size = "quoted", size + 1
+                continue
+            if ch not in ",\r\n" and at > quote_line:  # a quote left open, "closed" by one on a later line
+                return RegistryError(f"{path}:{quote_line}: {column(index)}: quote opened here is not closed on "
+                                     f"its line (it runs on to line {at})")
+            if ch not in ",\r\n":
+                return RegistryError(f"{path}:{at}: {column(index)}: text after the closing quote of a quoted "
+                                     "field; a '\"' inside a quoted field is written '\"\"'")
+            state = "unquoted"  # then ends the field below
+        if state == "quoted":
+            if ch == '"':
+                state = "quote"
+            else:
+                size += 1
+        elif ch == ",":
+            index, size, field_line, state = index + 1, 0, line, "start"
+        elif ch in "\r\n":
+            break
+        elif state == "start" and ch == '"':
+            state, quote_line = "quoted", at
+        else:
+            state, size = "unquoted", size + 1
+        if size > limit:
+            return RegistryError(f"{path}:{field_line}: {column(index)}: field longer than {limit} characters")
+    if state == "quoted":
+        return RegistryError(f"{path}:{quote_line}: {column(index)}: quote opened here is never closed "
+                             "(it would swallow the rest of the file)")
+    return RegistryError(f"{path}:{first}: not valid CSV: {problem}")
+
+
+def _show(text: str) -> str:
+    """``text`` quoted for a message, cut to ``SHOWN_CHARS``: a bad value can be huge."""
+    if len(text) <= SHOWN_CHARS:
+        return repr(text)
+    return f"{text[:SHOWN_CHARS]!r}... ({len(text)} characters)"
+
+
+def _is_digits(text: str) -> bool:
+    """Only ASCII digits: ``str.isdigit`` alone also takes ``²``, ``４`` and ``٤``."""
+    return text.isascii() and text.isdigit()
+
+
+def _is_adcode(prefix: str) -> bool:
+    return _is_digits(prefix) and len(prefix) in ADCODE_LEVELS
 
 
 def _int(path: Path, line: int, row: dict[str, str], column: str, hi: int) -> int:
+    """Column ``column`` of ``row`` as an integer in 0..``hi``: the one check of a registry number."""
     text = row.get(column, "")
-    try:
-        value = int(text)
-    except ValueError:
-        raise RegistryError(f"{path}:{line}: column {column}: {text!r} is not an integer") from None
-    if not 0 <= value <= hi:
-        raise RegistryError(f"{path}:{line}: column {column}: {value} out of range 0..{hi}")
-    return value
+    if not _is_digits(text):
+        raise RegistryError(f"{path}:{line}: column {column}: {_show(text)} is not a whole number "
+                            f"in ASCII digits 0-9; expected 0..{hi}")
+    # compared as text first: no int() of a thousand-digit value
+    if len(text.lstrip("0")) > len(str(hi)) or int(text) > hi:
+        raise RegistryError(f"{path}:{line}: column {column}: {_show(text)} is out of range 0..{hi}")
+    return int(text)
 
 
 def _kind(path: Path, line: int, row: dict[str, str]) -> int:
     text = row.get("kind", "").lower()
     if text not in KIND_BY_NAME:
-        raise RegistryError(f"{path}:{line}: column kind: {text!r} is not unit or case")
+        raise RegistryError(f"{path}:{line}: column kind: {_show(text)} is not unit or case")
     return KIND_BY_NAME[text]
 
 
@@ -163,15 +298,15 @@ class Registry:
         rows = {name: [r for _, r in given] for name, given in
                 zip(FILES, (batch_rows, dealer_rows, shipment_rows, store_rows))}
         return cls(cls._batches(directory / "batches.csv", batch_rows), dealers,
-                   cls._shipments(directory / "shipments.csv", shipment_rows, index),
-                   cls._stores(directory / "stores.csv", store_rows, index), rows)
+                   cls._shipments(directory / "shipments.csv", shipment_rows, index, dealers.tenant),
+                   cls._stores(directory / "stores.csv", store_rows, index, dealers.tenant), rows)
 
     @staticmethod
     def _batches(path: Path, rows) -> Batches:
         seen: dict[int, int] = {}
         keys, sku, product, activated, size = [], [], [], [], []
         for line, row in rows:
-            tenant = _int(path, line, row, "tenant", 0xFFFF)
+            tenant = _int(path, line, row, "tenant", TENANT_MAX)
             batch = _int(path, line, row, "batch", BATCH_MAX)
             kind = _kind(path, line, row)
             key = int(batch_key(tenant, kind, batch))
@@ -180,7 +315,7 @@ class Registry:
             seen[key] = line
             act = row.get("activated", "")
             if act not in ("0", "1"):
-                raise RegistryError(f"{path}:{line}: column activated: {act!r} is not 0 or 1")
+                raise RegistryError(f"{path}:{line}: column activated: {_show(act)} is not 0 or 1")
             keys.append(key)
             sku.append(row.get("sku", ""))
             product.append(row.get("product", ""))
@@ -199,15 +334,15 @@ class Registry:
             if not dealer_id:
                 raise RegistryError(f"{path}:{line}: column dealer_id is empty")
             if dealer_id in seen:
-                raise RegistryError(f"{path}:{line}: dealer {dealer_id!r} already on line {seen[dealer_id]}")
+                raise RegistryError(f"{path}:{line}: dealer {_show(dealer_id)} already on line {seen[dealer_id]}")
             seen[dealer_id] = line
             prefixes = [p.strip() for p in row.get("regions", "").split(";") if p.strip()]
             for p in prefixes:
-                if not (p.isdigit() and len(p) in ADCODE_LEVELS):
-                    raise RegistryError(f"{path}:{line}: column regions: {p!r} is not an adcode prefix of "
-                                        f"{'/'.join(map(str, ADCODE_LEVELS))} digits")
+                if not _is_adcode(p):
+                    raise RegistryError(f"{path}:{line}: column regions: {_show(p)} is not an adcode prefix of "
+                                        f"{'/'.join(map(str, ADCODE_LEVELS))} ASCII digits")
             ids.append(dealer_id)
-            tenants.append(_int(path, line, row, "tenant", 0xFFFF))
+            tenants.append(_int(path, line, row, "tenant", TENANT_MAX))
             names.append(row.get("name", ""))
             channels.append(row.get("channel", ""))
             regions.append(prefixes)
@@ -221,18 +356,17 @@ class Registry:
                        np.array([bool(ps) for ps in regions], bool))
 
     @staticmethod
-    def _shipments(path: Path, rows, dealer_index: dict[str, int]) -> Shipments:
+    def _shipments(path: Path, rows, dealer_index: dict[str, int], dealer_tenant: np.ndarray) -> Shipments:
         bkeys, starts, ends, dealers, lines = [], [], [], [], []
         for line, row in rows:
-            tenant = _int(path, line, row, "tenant", 0xFFFF)
+            tenant = _int(path, line, row, "tenant", TENANT_MAX)
             batch = _int(path, line, row, "batch", BATCH_MAX)
             lo = _int(path, line, row, "serial_from", SERIAL_MAX)
             hi = _int(path, line, row, "serial_to", SERIAL_MAX)
             if hi < lo:
-                raise RegistryError(f"{path}:{line}: serial_to {hi} is below serial_from {lo}")
+                raise RegistryError(f"{path}:{line}: column serial_to: {hi} is below serial_from {lo}")
             dealer_id = row.get("dealer_id", "")
-            if dealer_id not in dealer_index:
-                raise RegistryError(f"{path}:{line}: column dealer_id: {dealer_id!r} is not in dealers.csv")
+            _same_tenant(path, line, tenant, dealer_id, dealer_index, dealer_tenant)
             bkeys.append(int(batch_key(tenant, _kind(path, line, row), batch)))
             starts.append(lo)
             ends.append(hi)
@@ -253,22 +387,22 @@ class Registry:
         return Shipments(groups, start, end, np.array(dealers, np.int32)[order])
 
     @staticmethod
-    def _stores(path: Path, rows, dealer_index: dict[str, int]) -> Stores:
+    def _stores(path: Path, rows, dealer_index: dict[str, int], dealer_tenant: np.ndarray) -> Stores:
         index: dict[tuple[int, str], int] = {}
         dealer, region, channel = [], [], []
         for line, row in rows:
             store_id = row.get("store_id", "")
-            tenant = _int(path, line, row, "tenant", 0xFFFF)
+            tenant = _int(path, line, row, "tenant", TENANT_MAX)
             if not store_id:
                 raise RegistryError(f"{path}:{line}: column store_id is empty")
             if (tenant, store_id) in index:
-                raise RegistryError(f"{path}:{line}: store {store_id!r} of tenant {tenant} is listed twice")
+                raise RegistryError(f"{path}:{line}: store {_show(store_id)} of tenant {tenant} is listed twice")
             reg = row.get("region", "")
-            if reg and not (reg.isdigit() and len(reg) in ADCODE_LEVELS):
-                raise RegistryError(f"{path}:{line}: column region: {reg!r} is not an adcode")
+            if reg and not _is_adcode(reg):
+                raise RegistryError(f"{path}:{line}: column region: {_show(reg)} is not an adcode")
             d = row.get("dealer_id", "")
-            if d and d not in dealer_index:
-                raise RegistryError(f"{path}:{line}: column dealer_id: {d!r} is not in dealers.csv")
+            if d:
+                _same_tenant(path, line, tenant, d, dealer_index, dealer_tenant)
             index[(tenant, store_id)] = len(dealer)
             dealer.append(dealer_index.get(d, -1))
             region.append(reg)
@@ -329,6 +463,17 @@ class Registry:
             keys = owner | (level << 20) | np.maximum(prefix, 0)
             result |= (prefix >= 0) & (_find(d.auth_keys, keys) >= 0)
         return result
+
+
+def _same_tenant(path: Path, line: int, tenant: int, dealer_id: str, dealer_index: dict[str, int],
+                 dealer_tenant: np.ndarray) -> None:
+    """A row naming ``dealer_id`` must name a dealer of dealers.csv of the row's own tenant."""
+    if dealer_id not in dealer_index:
+        raise RegistryError(f"{path}:{line}: column dealer_id: {_show(dealer_id)} is not in dealers.csv")
+    theirs = int(dealer_tenant[dealer_index[dealer_id]])
+    if theirs != tenant:
+        raise RegistryError(f"{path}:{line}: column dealer_id: dealer {_show(dealer_id)} belongs to tenant {theirs} "
+                            f"in dealers.csv, not to this row's tenant {tenant}")
 
 
 def _find(sorted_keys: np.ndarray, probe: np.ndarray) -> np.ndarray:

@@ -152,6 +152,41 @@ def connect(target: str, *, database: str = DEFAULT_DATABASE) -> Client:
     return client
 
 
+def connect_readonly(target: str, *, database: str = DEFAULT_DATABASE) -> Client:
+    """A client of an existing ``database`` that cannot write: nothing is created, not even the
+    database or a chdb folder, and queries run with ClickHouse's ``readonly = 2``.
+
+    Raises ``SinkError`` when the database does not exist yet (``scanstream run`` or ``demo``
+    create it), so a reader works on a full disk and leaves the data folder as it was.
+    """
+    target = target.strip()
+    _quote_identifier(database, "database")
+    missing = f"no database {database!r} in {redact(target)} yet; `scanstream run` or `scanstream demo` creates it"
+    if target.startswith(CHDB_PREFIX):
+        folder = Path(os.path.abspath(os.path.expanduser(target[len(CHDB_PREFIX):].removeprefix("//"))))
+        if not (folder / "metadata").is_dir():  # opening chdb on it would lay out a new data folder
+            raise SinkError(missing)
+        client, secret = _connect_chdb(target), None
+    else:
+        client, secret = _connect_http(target)
+    try:
+        found = client.query("SELECT count() FROM system.databases WHERE name = {db:String}",
+                             parameters={"db": database}).result_rows[0][0]
+        if not found:
+            raise SinkError(missing)
+        client.database = database
+        readonly = client.server_settings.get("readonly")
+        if readonly is not None and readonly.value == "0":  # a read-only server user is already so
+            client.set_client_setting("readonly", "2")  # 2: reads, and settings a query may need
+    except ClickHouseError as exc:
+        client.close()
+        raise SinkError(f"ClickHouse {redact(target)}: {_scrub(str(exc), secret)}") from None
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
 def _connect_http(target: str) -> tuple[Client, str | None]:
     shown = redact(target)
     try:

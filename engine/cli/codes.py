@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import BinaryIO
 
@@ -62,6 +63,14 @@ def mint_to(out: BinaryIO, key: bytes, tenant: int, batch: int, start: int, coun
         done += n
 
 
+def _why(exc: OSError, out: str) -> str:
+    """What went wrong writing ``out``, in words: a missing folder is named."""
+    folder = os.path.dirname(out) or "."
+    if isinstance(exc, FileNotFoundError) and not os.path.isdir(folder):
+        return f"folder {folder!r} does not exist"
+    return exc.strerror or str(exc)
+
+
 def run_mint(args: argparse.Namespace) -> int:
     if args.count < 0:
         print(f"scanstream: --count {args.count} must not be negative", file=sys.stderr)
@@ -76,9 +85,15 @@ def run_mint(args: argparse.Namespace) -> int:
     assert key is not None
     try:
         if args.out:
-            with open(args.out, "wb") as out:
-                mint_to(out, key, args.tenant, args.batch, args.start, args.count, KINDS[args.kind], key_id,
-                        args.url_prefix)
+            try:
+                with open(args.out, "wb") as out:
+                    mint_to(out, key, args.tenant, args.batch, args.start, args.count, KINDS[args.kind], key_id,
+                            args.url_prefix)
+            except BrokenPipeError:  # --out naming a pipe whose reader left: as on standard output
+                raise
+            except OSError as exc:  # no such folder, a folder, no permission, disk full
+                print(f"scanstream: cannot write --out {args.out!r}: {_why(exc, args.out)}", file=sys.stderr)
+                return 2
         else:
             mint_to(sys.stdout.buffer, key, args.tenant, args.batch, args.start, args.count, KINDS[args.kind],
                     key_id, args.url_prefix)

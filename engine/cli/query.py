@@ -1,10 +1,17 @@
-"""``scanstream query "SQL"``: run SQL against the configured ClickHouse and print a table."""
+"""``scanstream query "SQL"``: run SQL against the configured ClickHouse and print a table.
+
+Reading only: the database is opened without the schema step of the other commands (no
+CREATE, no campaigns row), a database that does not exist yet is an error rather than
+created, and the SQL runs with ClickHouse's ``readonly = 2``, so a query cannot write either.
+A query therefore works on a full disk and leaves the data folder as it was.
+"""
 from __future__ import annotations
 
 import argparse
 import sys
 
-from engine.cli.common import config_option, load_config, require_clickhouse
+from engine.cli.common import config_option, load_config
+from engine.config import Config, ConfigError
 from sinks.exceptions import SinkError
 
 #: Cells wider than this are cut, so one long `raw` value does not wreck the table.
@@ -30,8 +37,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=main)
 
 
+def open_readonly(config: Config):
+    """The configured ClickHouse, opened to read only (``sinks.clickhouse.connect_readonly``)."""
+    if not config.clickhouse:
+        raise ConfigError("sink.clickhouse: no ClickHouse is configured (e.g. clickhouse = \"chdb:../data/chdb\")")
+    from sinks.clickhouse import ClickHouseSink, connect_readonly
+    return ClickHouseSink(connect_readonly(config.clickhouse, database=config.database))
+
+
 def main(args: argparse.Namespace) -> int:
-    sink = require_clickhouse(load_config(args))
+    sink = open_readonly(load_config(args))
     try:
         names, rows = sink.query(args.sql)
     except SinkError as exc:
