@@ -30,7 +30,8 @@ def worker_toml(base: str, *, registry: Path, chdb: Path, state: str, redis: dic
                 kafka: dict[str, Any]) -> str:
     """``base`` (the text of a configuration such as ``config/local.toml``, without ``[redis]``
     or ``[kafka]`` tables) with the registry folder, a chdb sink, webhooks off, the state
-    backend, and the ``[redis]`` and ``[kafka]`` tables given."""
+    backend, and the ``[redis]`` and ``[kafka]`` tables given.  Webhooks on loopback addresses
+    are allowed (``alerts.allow_loopback``): test receivers listen on 127.0.0.1."""
     for section in ("redis", "kafka"):
         if re.search(rf"(?m)^\[{section}\]", base):
             raise ValueError(f"base configuration has a [{section}] table; expected one without (it is written here)")
@@ -41,4 +42,6 @@ def worker_toml(base: str, *, registry: Path, chdb: Path, state: str, redis: dic
         text, n = re.subn(pattern, line.replace("\\", "\\\\"), text)
         if n != 1:
             raise ValueError(f"base configuration: expected one line matching {pattern!r} ({what}), found {n}")
+    text = re.sub(r'(?m)^allow_loopback = (true|false).*\n?', "", text)
+    text = re.sub(r'(?m)^(webhooks = false\b.*)$', "\\1\nallow_loopback = true", text, count=1)
     return text + "\n" + toml_table("redis", redis) + "\n" + toml_table("kafka", kafka)

@@ -3,7 +3,8 @@
 A diversion in three cities and a cloned code all within one window reach the dealer's manager
 as one message listing each city, kind and count, not as a message per alert.  A window is
 over when the stream's event time (the newest scan seen) has passed its end by ``grace_ms``;
-at the end of a run every open digest is sent.
+at the end of a run every open digest is sent.  Alerts whose delivery is pending are sent
+again as the digests ``digests_of`` makes of them.
 """
 from __future__ import annotations
 
@@ -47,23 +48,36 @@ class AlertDigests:
 
     @staticmethod
     def _digest(items: list[dict[str, Any]]) -> dict[str, Any]:
-        """The digest as an alert-shaped dict (so every format and route applies) plus its items."""
-        first = items[0]
-        key = f"{first['tenant']}|{first['dealer_id']}|{first['window_start']}|" + ",".join(
-            sorted(i["alert_id"] for i in items))
-        return {
-            "alert_id": hashlib.blake2b(key.encode(), digest_size=12).hexdigest(),
-            "ts": max(int(i["ts"]) for i in items),
-            "tenant": int(first["tenant"]),
-            "alert": "digest",
-            "subtype": ",".join(sorted({f"{i['alert']}/{i['subtype']}" for i in items})),
-            "dealer_id": first["dealer_id"],
-            "manager": first["manager"],
-            "city": ",".join(sorted({i["city"] for i in items if i["city"]})),
-            "code": "",
-            "window_start": int(first["window_start"]),
-            "window_end": max(int(i["window_end"]) for i in items),
-            "count": int(np.sum([int(i["count"]) for i in items])),
-            "detail": "",
-            "items": items,
-        }
+        return digest_of(items)
+
+
+def digests_of(alerts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Alert rows (``ALERT_COLUMNS`` dicts) as one digest per (tenant, dealer, window start):
+    pending alerts sent again, in the grouping they were first sent in."""
+    groups: dict[tuple[int, str, int], list[dict[str, Any]]] = {}
+    for alert in alerts:
+        groups.setdefault((int(alert["tenant"]), str(alert["dealer_id"]), int(alert["window_start"])), []).append(alert)
+    return [digest_of(items) for _, items in sorted(groups.items(), key=lambda kv: kv[0])]
+
+
+def digest_of(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """The digest as an alert-shaped dict (so every format and route applies) plus its items."""
+    first = items[0]
+    key = f"{first['tenant']}|{first['dealer_id']}|{first['window_start']}|" + ",".join(
+        sorted(i["alert_id"] for i in items))
+    return {
+        "alert_id": hashlib.blake2b(key.encode(), digest_size=12).hexdigest(),
+        "ts": max(int(i["ts"]) for i in items),
+        "tenant": int(first["tenant"]),
+        "alert": "digest",
+        "subtype": ",".join(sorted({f"{i['alert']}/{i['subtype']}" for i in items})),
+        "dealer_id": first["dealer_id"],
+        "manager": first["manager"],
+        "city": ",".join(sorted({i["city"] for i in items if i["city"]})),
+        "code": "",
+        "window_start": int(first["window_start"]),
+        "window_end": max(int(i["window_end"]) for i in items),
+        "count": int(np.sum([int(i["count"]) for i in items])),
+        "detail": "",
+        "items": items,
+    }

@@ -10,7 +10,14 @@ A delivery must never crash or stall the engine, so ``WebhookNotifier``:
 3. retries what may heal (connection errors, timeouts, 5xx, 429, a chat robot's ``errcode``
    != 0) and gives up at once on what will not (other 4xx, redirects, bad URLs);
 4. never raises into the caller: every outcome becomes a delivery record (``DELIVERY_FIELDS``),
-   collected by ``drain`` for the ``alert_deliveries`` table.
+   collected by ``drain`` for the ``alert_deliveries`` table;
+5. stops trying once a delivery's deadline (``notify(..., deadline=)``, ``expire``) has passed:
+   no retry starts after it, an attempt's socket timeout is cut to the time left, and the
+   delivery is recorded ``pending`` (to be sent again later: ``sinks.alerting``), not failed;
+6. with an ``AddressPolicy``, refuses webhooks whose host is or resolves to a link-local,
+   private or (unless allowed) loopback address, checked at send time and pinned: the
+   connection goes to the address that was checked, so a DNS answer that changes between the
+   check and the connection (DNS rebinding) cannot redirect it.
 
 Formats: ``generic`` (the alert as JSON, optionally HMAC-signed in a header), ``wecom``
 (WeCom / 企业微信 group robot), ``dingtalk`` (DingTalk / 钉钉 custom robot, optionally
@@ -24,8 +31,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import logging
+import math
 import re
+import socket
 import threading
 import time
 import urllib.error
@@ -33,7 +43,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from http.client import HTTPException
 from typing import Any, Protocol
@@ -70,6 +80,23 @@ TIMESTAMP_HEADER = "X-Scanstream-Timestamp"
 DELIVERY_FIELDS: tuple[str, ...] = tuple(outcomes.names(outcomes.DELIVERY_COLUMNS))
 DELIVERED = "delivered"
 FAILED = "failed"
+#: Not delivered because a deadline passed (or delivery was abandoned): to be sent again.
+PENDING = "pending"
+
+#: Shortest socket timeout of an attempt cut short by a deadline.
+MIN_ATTEMPT_TIMEOUT_S = 0.05
+
+#: Addresses a webhook must not point at: (what, network).  A webhook is an outbound request
+#: made on a dealer's say-so (dealers.csv); these would reach the deployment's own network.
+FORBIDDEN_NETWORKS: tuple[tuple[str, ipaddress.IPv4Network | ipaddress.IPv6Network], ...] = tuple(
+    (what, ipaddress.ip_network(net)) for what, net in (
+        ("loopback", "127.0.0.0/8"), ("loopback", "::1/128"),
+        ("link-local", "169.254.0.0/16"), ("link-local", "fe80::/10"),
+        ("private", "10.0.0.0/8"), ("private", "172.16.0.0/12"), ("private", "192.168.0.0/16"),
+        ("private", "fc00::/7"),
+        # 0.0.0.0 and :: reach the local host on Linux: loopback in effect
+        ("unspecified", "0.0.0.0/8"), ("unspecified", "::/128"),
+    ))
 
 #: Query parameters whose values are credentials (WeCom ``key``, DingTalk ``access_token`` and
 #: ``sign`` ...); they are replaced by ``REDACTED`` wherever a URL is recorded or logged.
@@ -163,6 +190,127 @@ def redact_url(url: str) -> str:
             pair = f"{name}={REDACTED}"
         pairs.append(pair)
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "&".join(pairs), parts.fragment))
+
+
+class WebhookRefused(ValueError):
+    """A webhook URL that must not be called: not http(s), or an address in ``FORBIDDEN_NETWORKS``."""
+
+
+def address_refusal(address: str | ipaddress.IPv4Address | ipaddress.IPv6Address, *,
+                    allow_loopback: bool = False) -> str:
+    """Why ``address`` must not be called, or '' when it may (IPv4-mapped IPv6 is judged as IPv4)."""
+    ip = ipaddress.ip_address(address) if isinstance(address, str) else address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    for what, network in FORBIDDEN_NETWORKS:
+        if ip.version == network.version and ip in network:
+            if what in ("loopback", "unspecified") and allow_loopback:
+                return ""
+            hint = " (allowed only with alerts.allow_loopback = true)" if what in ("loopback", "unspecified") else ""
+            return f"{ip} is a {what} address ({network}){hint}"
+    return ""
+
+
+def check_webhook_url(url: str, *, allow_loopback: bool = False) -> None:
+    """Raise ``WebhookRefused`` (saying why) when ``url`` is not http(s) with a host, has a bad port,
+    or its host is an IP literal in a forbidden range.  Host names are checked when sending
+    (``AddressPolicy.resolve``): what they resolve to may change."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in 0..65535
+    except ValueError as exc:
+        raise WebhookRefused(f"not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https"):
+        raise WebhookRefused(f"scheme {parts.scheme or '(none)'!r} is not http or https")
+    if not parts.hostname:
+        raise WebhookRefused("the URL has no host")
+    try:
+        ip = ipaddress.ip_address(parts.hostname)
+    except ValueError:
+        return  # a host name
+    reason = address_refusal(ip, allow_loopback=allow_loopback)
+    if reason:
+        raise WebhookRefused(reason)
+
+
+@dataclass(frozen=True)
+class AddressPolicy:
+    """Which addresses a ``WebhookNotifier`` may connect to: none of ``FORBIDDEN_NETWORKS``, the
+    loopback ones when ``allow_loopback`` (tests and laptops with a local receiver)."""
+
+    allow_loopback: bool = False
+
+    def resolve(self, host: str, port: int) -> list[tuple[int, Any]]:
+        """``(family, sockaddr)`` of every address of ``host``; ``WebhookRefused`` when any is
+        forbidden (one bad answer is enough: a resolver may rotate them).  ``OSError`` when it
+        does not resolve."""
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        out = []
+        for family, _, _, _, sockaddr in infos:
+            reason = address_refusal(str(sockaddr[0]).split("%", 1)[0], allow_loopback=self.allow_loopback)
+            if reason:
+                shown = "" if sockaddr[0] == host else f"{host} resolves to "
+                raise WebhookRefused(shown + reason)
+            out.append((family, sockaddr))
+        if not out:
+            raise OSError(f"{host} resolves to no address")
+        return out
+
+
+def _pinned_connect(addresses: list[tuple[int, Any]]):
+    """A ``socket.create_connection`` that connects to the checked addresses only, whatever
+    host it is asked for (the Host header and TLS name stay the URL's)."""
+    def create(_address: Any, timeout: Any = socket._GLOBAL_DEFAULT_TIMEOUT,  # type: ignore[attr-defined]
+               source_address: Any = None) -> socket.socket:
+        error: OSError | None = None
+        for family, sockaddr in addresses:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                if timeout is not socket._GLOBAL_DEFAULT_TIMEOUT:  # type: ignore[attr-defined]
+                    sock.settimeout(timeout)
+                if source_address:
+                    sock.bind(source_address)
+                sock.connect(sockaddr)
+                return sock
+            except OSError as exc:
+                error = exc
+                sock.close()
+        raise error or OSError("no address to connect to")
+    return create
+
+
+class _Pinning:
+    """Mixin of the HTTP(S) handlers: a request carrying ``scanstream_pinned = (host, addresses)``
+    connects to those addresses, unless a proxy took over the connection (then ``req.host`` is
+    the proxy's and the proxy resolves the name)."""
+
+    def do_open(self, http_class, req, **kwargs):  # type: ignore[no-untyped-def]
+        pinned = getattr(req, "scanstream_pinned", None)
+        if pinned is not None and req.host == pinned[0] and not req._tunnel_host:
+            def connection(*args: Any, **kw: Any) -> Any:
+                conn = http_class(*args, **kw)
+                conn._create_connection = _pinned_connect(pinned[1])
+                return conn
+            return super().do_open(connection, req, **kwargs)  # type: ignore[misc]
+        return super().do_open(http_class, req, **kwargs)  # type: ignore[misc]
+
+
+class _PinningHTTPHandler(_Pinning, urllib.request.HTTPHandler):
+    pass
+
+
+class _PinningHTTPSHandler(_Pinning, urllib.request.HTTPSHandler):
+    pass
+
+
+def delivery_records(alert: Mapping[str, Any], fmt: str, url: str, status: str, attempts: int,
+                     http_status: int, error: str) -> list[dict[str, Any]]:
+    """The ``alert_deliveries`` rows of one delivery: one per alert a digest carries (or the alert's)."""
+    ids = [str(i.get("alert_id", "")) for i in alert["items"]] if alert.get("items") else \
+        [str(alert.get("alert_id", ""))]
+    now = time.time_ns() // 1_000_000
+    return [{"alert_id": alert_id, "ts": now, "channel_format": fmt, "url": redact_url(url), "status": status,
+             "attempts": attempts, "http_status": http_status, "error": error} for alert_id in ids]
 
 
 def rfc3339(ms: int) -> str:
@@ -346,7 +494,8 @@ def _signed_request(route: Route, fmt: str, body: bytes) -> tuple[str, dict[str,
 class Notifier(Protocol):
     """What the engine calls: hand over alerts, collect delivery records, close."""
 
-    def notify(self, alerts: list[dict[str, Any]], routes: Mapping[str, Route]) -> None: ...
+    def notify(self, alerts: list[dict[str, Any]], routes: Mapping[str, Route],
+               deadline: float | None = None) -> None: ...
 
     def drain(self, timeout: float | None = None) -> list[dict[str, Any]]: ...
 
@@ -395,17 +544,36 @@ def _reply_error(fmt: str, payload: bytes) -> str:
     return ""
 
 
+@dataclass(eq=False)
+class _Job:
+    """One scheduled delivery; ``done`` once its record is made (by its thread or by ``abandon``)."""
+
+    alert: Mapping[str, Any]
+    route: Route
+    deadline: float | None  # time.monotonic() after which no attempt starts
+    attempts: int = 0
+    http_status: int = 0
+    last_error: str = ""
+    done: bool = False
+    future: Future[None] | None = field(default=None, repr=False)
+
+
 class WebhookNotifier:
     """Delivers alerts to chat robots / webhooks on a thread pool, with retries and records.
 
     ``notify`` never blocks on the network and never raises; ``drain`` collects what has been
-    delivered or has failed.  Call ``drain`` before ``close``: ``close`` abandons deliveries
-    still waiting.  Usable as a context manager.
+    delivered, has failed, or is ``pending`` (its deadline passed).  Every delivery scheduled
+    gets exactly one record; ``abandon`` records those still under way as pending, ``close``
+    does so too.  Usable as a context manager.
+
+    ``address_policy`` None sends anywhere http(s) reaches (a library default for receivers
+    the caller controls); the engine always passes one (``engine.wiring.build_alerting``).
     """
 
     def __init__(self, timeout_s: float = DEFAULT_TIMEOUT_S, retries: int = DEFAULT_RETRIES,
                  backoff_s: float = DEFAULT_BACKOFF_S, max_workers: int = DEFAULT_MAX_WORKERS, *,
-                 max_backoff_s: float = MAX_BACKOFF_S, max_pending: int = DEFAULT_MAX_PENDING):
+                 max_backoff_s: float = MAX_BACKOFF_S, max_pending: int = DEFAULT_MAX_PENDING,
+                 address_policy: AddressPolicy | None = None):
         if not timeout_s > 0:
             raise ValueError(f"timeout_s {timeout_s!r}: expected a number of seconds > 0")
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
@@ -421,21 +589,28 @@ class WebhookNotifier:
         self.backoff_s = float(backoff_s)
         self.max_backoff_s = float(max_backoff_s)
         self.max_pending = max_pending
+        self.address_policy = address_policy
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="scanstream-notify")
-        # Proxies come from the environment as usual (corporate egress); redirects are refused.
-        self._opener = urllib.request.build_opener(_NoRedirect())
+        # Proxies come from the environment as usual (corporate egress); redirects are refused;
+        # a checked address is the one connected to (``_Pinning``).
+        self._opener = urllib.request.build_opener(_NoRedirect(), _PinningHTTPHandler(), _PinningHTTPSHandler())
         self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)  # retry waits: woken by ``expire`` and ``close``
         self._pending: set[Future[None]] = set()
+        self._jobs: set[_Job] = set()
         self._records: list[dict[str, Any]] = []
         self._closing = threading.Event()
+        self._cutoff: float | None = None  # ``expire``: no delivery attempts past this
 
     # -- public
 
-    def notify(self, alerts: list[dict[str, Any]], routes: Mapping[str, Route]) -> None:
+    def notify(self, alerts: list[dict[str, Any]], routes: Mapping[str, Route], deadline: float | None = None) -> None:
         """Schedule one delivery per alert to the route of its ``dealer_id``; return at once.
 
-        Alerts of dealers without a route (no webhook configured) are skipped without a record:
-        not having a chat robot is not a failed delivery.
+        ``deadline`` (a ``time.monotonic()`` instant, None: none) is when these deliveries stop
+        trying; what is not delivered by then is recorded ``pending``.  Alerts of dealers
+        without a route (no webhook configured) are skipped without a record: not having a chat
+        robot is not a failed delivery.
         """
         for alert in alerts:
             route = routes.get(str(alert.get("dealer_id", "")))
@@ -447,16 +622,30 @@ class WebhookNotifier:
                            f"dropped: {len(self._pending)} deliveries pending (max_pending {self.max_pending})"
                            if len(self._pending) >= self.max_pending else "")
                 if not refused:
+                    job = _Job(alert, route, deadline)
                     try:
-                        future = self._pool.submit(self._deliver, alert, route)
+                        future = self._pool.submit(self._deliver, job)
                     except RuntimeError as exc:  # the pool was shut down under us
                         refused = f"notifier is closed: {exc}"
                     else:
+                        job.future = future
+                        self._jobs.add(job)
                         self._pending.add(future)
                         future.add_done_callback(self._forget)
             if refused:
                 log.warning("alert %s to %s not sent: %s", alert.get("alert_id"), redact_url(route.webhook), refused)
                 self._record(alert, route.format, route.webhook, FAILED, 0, 0, refused)
+
+    def expire(self, deadline: float) -> None:
+        """No delivery, scheduled or to come, tries past ``deadline`` (``time.monotonic()``)."""
+        with self._wake:
+            self._cutoff = deadline if self._cutoff is None else min(self._cutoff, deadline)
+            self._wake.notify_all()
+
+    def outstanding(self) -> int:
+        """Deliveries scheduled and not yet recorded."""
+        with self._lock:
+            return len(self._jobs)
 
     def drain(self, timeout: float | None = None) -> list[dict[str, Any]]:
         """Wait up to ``timeout`` seconds (None: until done) for pending deliveries, then return
@@ -472,12 +661,30 @@ class WebhookNotifier:
             records, self._records = self._records, []
         return records
 
+    def abandon(self, reason: str = "abandoned before delivery ended") -> int:
+        """Record every delivery still waiting or under way as ``pending`` (with ``reason`` and its
+        last error) and stop it; a reply that still comes in is not recorded.  Returns how many."""
+        with self._wake:
+            jobs = [j for j in self._jobs if not j.done]
+            for job in jobs:
+                job.done = True
+                if job.future is not None:
+                    job.future.cancel()
+                last = f"; last error: {job.last_error}" if job.last_error else ""
+                self._records.extend(delivery_records(job.alert, job.route.format, job.route.webhook, PENDING,
+                                                      job.attempts, job.http_status, reason + last))
+            self._jobs.clear()
+            self._wake.notify_all()
+        return len(jobs)
+
     def close(self) -> None:
-        """Stop: refuse new alerts, cancel deliveries not started, cut retry waits short.
+        """Stop: refuse new alerts, cancel deliveries not started, cut retry waits short; what
+        was not delivered is recorded ``pending`` (a ``drain`` after ``close`` returns it).
 
         Deliveries in the middle of an HTTP attempt end within ``timeout_s`` on their own.
         """
         self._closing.set()
+        self.abandon("notifier closed before delivery ended")
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def __enter__(self) -> WebhookNotifier:
@@ -494,14 +701,35 @@ class WebhookNotifier:
 
     def _record(self, alert: Mapping[str, Any], fmt: str, url: str, status: str, attempts: int,
                 http_status: int, error: str) -> None:
-        # a digest's delivery is the delivery of each alert it carries
-        ids = [str(i.get("alert_id", "")) for i in alert["items"]] if alert.get("items") else \
-            [str(alert.get("alert_id", ""))]
-        now = time.time_ns() // 1_000_000
-        records = [{"alert_id": alert_id, "ts": now, "channel_format": fmt, "url": redact_url(url), "status": status,
-                    "attempts": attempts, "http_status": http_status, "error": error} for alert_id in ids]
+        records = delivery_records(alert, fmt, url, status, attempts, http_status, error)
         with self._lock:
             self._records.extend(records)
+
+    def _finish(self, job: _Job, url: str, status: str, http_status: int, error: str) -> None:
+        """The one record of ``job``, unless ``abandon`` made it already."""
+        records = delivery_records(job.alert, job.route.format, url, status, job.attempts, http_status, error)
+        with self._lock:
+            if job.done:
+                return
+            job.done = True
+            self._jobs.discard(job)
+            self._records.extend(records)
+
+    def _left(self, job: _Job) -> float:
+        """Seconds until ``job``'s deadline (or the cutoff), ``inf`` without one."""
+        deadlines = [d for d in (job.deadline, self._cutoff) if d is not None]
+        return min(deadlines) - time.monotonic() if deadlines else math.inf
+
+    def _sleep(self, job: _Job, delay: float) -> None:
+        """Wait ``delay`` seconds, less when the deadline comes first, the notifier closes or
+        ``abandon`` takes the job."""
+        end = time.monotonic() + delay
+        with self._wake:
+            while not (self._closing.is_set() or job.done):
+                left = min(end - time.monotonic(), self._left(job))
+                if left <= 0:
+                    break
+                self._wake.wait(left)
 
     def _delay(self, retry: int, retry_after: float | None) -> float:
         """Seconds before retry number ``retry`` (1-based): doubling from ``backoff_s``, capped;
@@ -511,9 +739,22 @@ class WebhookNotifier:
             delay = max(delay, retry_after)
         return min(delay, self.max_backoff_s)
 
-    def _deliver(self, alert: Mapping[str, Any], route: Route) -> None:
+    def _deliver(self, job: _Job) -> None:
+        try:
+            self._deliver_job(job)
+        except Exception as exc:  # nothing may kill a worker thread or leave a job unrecorded
+            log.exception("alert %s: delivery crashed", job.alert.get("alert_id"))
+            self._finish(job, job.route.webhook, FAILED, job.http_status, f"{type(exc).__name__}: {exc}")
+
+    def _deliver_job(self, job: _Job) -> None:
+        alert, route = job.alert, job.route
         fmt = route.format
         url = route.webhook
+        if job.done:
+            return  # abandoned while waiting in the queue
+        if self._left(job) <= 0:
+            self._finish(job, url, PENDING, 0, "deadline passed before the first attempt")
+            return
         try:
             # The route's manager (registry) wins over the alert's copy, which may be older.
             message = dict(alert)
@@ -521,29 +762,79 @@ class WebhookNotifier:
                 message["manager"] = route.manager
             body = orjson.dumps(format_message(message, fmt), option=orjson.OPT_SERIALIZE_NUMPY)
         except Exception as exc:  # a malformed alert must not kill the worker thread
-            self._record(alert, fmt, url, FAILED, 0, 0, f"cannot format alert: {type(exc).__name__}: {exc}")
+            self._finish(job, url, FAILED, 0, f"cannot format alert: {type(exc).__name__}: {exc}")
             return
-        attempts = 0
         result = _Attempt(False, False, error="not attempted")
+        status = FAILED
         while True:
-            attempts += 1
+            job.attempts += 1
             url, headers, signed = _signed_request(route, fmt, body)
-            result = self._attempt(url, headers, signed, fmt)
-            if result.ok or not result.retry or attempts > self.retries:
+            timeout = min(self.timeout_s, max(self._left(job), MIN_ATTEMPT_TIMEOUT_S))
+            result = self._attempt(url, headers, signed, fmt, timeout)
+            job.http_status, job.last_error = result.http_status, result.error
+            if result.ok:
+                status = DELIVERED
                 break
-            if self._closing.wait(self._delay(attempts, result.retry_after)):
+            if not result.retry:
+                break
+            if self._left(job) <= 0:
+                status = PENDING
+                break
+            if job.attempts > self.retries:
+                break
+            delay = self._delay(job.attempts, result.retry_after)
+            if delay >= self._left(job):
+                status = PENDING  # the next retry would start after the deadline
+                break
+            self._sleep(job, delay)
+            if job.done:
+                return
+            if self._closing.is_set():
                 result.error += "; notifier closed before the next retry"
                 break
-        status = DELIVERED if result.ok else FAILED
-        if not result.ok:
+            if self._left(job) <= 0:
+                status = PENDING
+                break
+        error = result.error
+        if status == PENDING:
+            error = f"deadline passed after {job.attempts} attempt(s); last error: {result.error}"
+            log.info("alert %s to %s pending: %s", alert.get("alert_id"), redact_url(url), error)
+        elif status == FAILED:
             log.warning("alert %s to %s failed after %d attempt(s): %s",
-                        alert.get("alert_id"), redact_url(url), attempts, result.error)
-        self._record(alert, fmt, url, status, attempts, result.http_status, result.error)
+                        alert.get("alert_id"), redact_url(url), job.attempts, error)
+        self._finish(job, url, status, result.http_status, error)
 
-    def _attempt(self, url: str, headers: dict[str, str], body: bytes, fmt: str) -> _Attempt:
-        request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    def _check_address(self, request: urllib.request.Request) -> str:
+        """'' when the request may go out (its addresses pinned on it); else why it is refused.
+
+        Raises ``OSError`` when the host does not resolve and no proxy would resolve it.
+        """
+        if self.address_policy is None:
+            return ""
+        parts = urllib.parse.urlsplit(request.full_url)
+        host = parts.hostname or ""
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        proxied = bool(urllib.request.getproxies().get(parts.scheme)) and not urllib.request.proxy_bypass(host)
         try:
-            with self._opener.open(request, timeout=self.timeout_s) as reply:
+            addresses = self.address_policy.resolve(host, port)
+        except WebhookRefused as exc:
+            return str(exc)
+        except OSError:
+            if proxied:
+                return ""  # the proxy resolves the name; we cannot see what it finds
+            raise
+        request.scanstream_pinned = (request.host, addresses)  # type: ignore[attr-defined]
+        return ""
+
+    def _attempt(self, url: str, headers: dict[str, str], body: bytes, fmt: str,
+                 timeout: float | None = None) -> _Attempt:
+        timeout = self.timeout_s if timeout is None else timeout
+        try:
+            request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+            refused = self._check_address(request)
+            if refused:
+                return _Attempt(False, False, error=f"refused: {refused}")
+            with self._opener.open(request, timeout=timeout) as reply:
                 status = reply.status
                 payload = reply.read(MAX_REPLY_BYTES)
         except urllib.error.HTTPError as exc:
@@ -560,7 +851,7 @@ class WebhookNotifier:
         except (TimeoutError, urllib.error.URLError, HTTPException, OSError) as exc:
             reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
             if isinstance(reason, TimeoutError):
-                return _Attempt(False, True, error=f"timeout: no reply within {self.timeout_s:g} s")
+                return _Attempt(False, True, error=f"timeout: no reply within {timeout:g} s")
             if isinstance(reason, (OSError, HTTPException)):
                 return _Attempt(False, True, error=f"connection error: {type(reason).__name__}: {reason}")
             # URLError with a text reason: unknown scheme, bad host syntax ... retrying won't help.
@@ -583,7 +874,8 @@ class LogNotifier:
         self.level = level
         self.logger = logger or logging.getLogger("scanstream.alerts")
 
-    def notify(self, alerts: list[dict[str, Any]], routes: Mapping[str, Route] | None = None) -> None:
+    def notify(self, alerts: list[dict[str, Any]], routes: Mapping[str, Route] | None = None,
+               deadline: float | None = None) -> None:
         """Log each alert; the route's manager, when known, replaces the alert's."""
         for alert in alerts:
             route = (routes or {}).get(str(alert.get("dealer_id", "")))

@@ -186,6 +186,8 @@ def build_app(config: Config, handler: BatchHandler, reloader: RegistryReloader 
                     pass
             if handler.alerting is not None:
                 metrics.pending_alerts.set(len(handler.alerting.digests))
+                # an idle worker has no batch to carry the retry of deliveries left pending
+                await asyncio.get_running_loop().run_in_executor(None, handler.alerting.retry_held)
         spent = ", ".join(f"{step} {status.seconds[step]:.1f}"
                           for step in ("pipeline", "wait", "reply", "store", "produce"))
         log.info("worker %s: %d batches, %d scans, %d dead letters, %d retries; seconds in %s%s", status.state,

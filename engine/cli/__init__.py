@@ -5,7 +5,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from engine.cli import audit, codes, dashboard, demo, query, registry, run, segments, worker
+from engine.cli import alerts, audit, codes, dashboard, demo, query, registry, run, segments, worker
 from engine.cli.common import config_option
 from engine.cli.run import StateMismatch
 from engine.config import ConfigError
@@ -14,7 +14,7 @@ from engine.state import StateUnavailable
 from streams.local import InputChanged
 from sinks.exceptions import SinkError
 
-COMMANDS = (demo, run, worker, query, dashboard, audit, registry, codes, segments)
+COMMANDS = (demo, run, worker, query, dashboard, audit, registry, codes, segments, alerts)
 
 
 def build_parser() -> argparse.ArgumentParser:

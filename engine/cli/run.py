@@ -83,12 +83,18 @@ def execute(config: Config, source: Source, results: Path | None, progress_total
         summary = drive(pipeline, source.stream, outputs, config.engine.batch_size, source.name,
                         Progress(progress_total), cursor=cursor or Cursor(input=source.identity,
                                                                            results=str(results) if results else None))
+        pending = outputs.alerting.pending_count() if outputs.alerting is not None else 0
         outputs.finish()
+        if outputs.alerting is not None:
+            pending = outputs.alerting.pending_count()
         outputs = None
         summary.paid = {c.id: (state.campaign_state(c.id).prizes - paid_before[c.id].prizes,
                                paid_before[c.id].budget_left - state.campaign_state(c.id).budget_left)
                         for c in config.campaigns}
         print(summary.render(state, config.campaigns), file=out)
+        if pending:
+            print(f"alert deliveries pending: {pending} (a webhook did not answer within the deadline); "
+                  f"`scanstream alerts retry` or the next run sends them again", file=out)
         return summary
     finally:
         if outputs is not None:

@@ -55,5 +55,5 @@ def main(args: argparse.Namespace) -> int:
     try:
         worker.execute_from_commandline()  # runs until SIGINT/SIGTERM
     finally:
-        alerting.close(timeout=config.alerts.timeout_s)  # open digests go out on shutdown
+        alerting.close(timeout=config.alerts.run_deadline_s)  # open digests go out on shutdown, within the deadline
     return 0

@@ -854,6 +854,7 @@ clickhouse = {json.dumps("chdb:" + str(chdb))}
 
 [alerts]
 webhooks = false
+allow_loopback = true
 
 """ + toml_table("redis", {"url": redis_url or self.redis_url, "prefix": self.prefix, "result_ttl_s": 7200}) + "\n" + \
             toml_table("kafka", {"bootstrap": self.bootstrap, **{f"{n}_topic": k[n] for n in
