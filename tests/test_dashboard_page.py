@@ -53,10 +53,12 @@ pytestmark = pytest.mark.skipif(SCANSTREAM is None, reason="the scanstream conso
 
 
 def write_config(path: Path, registry: Path, chdb: Path) -> Path:
-    """config/local.toml with registry.dir and sink.clickhouse in the test's folder, webhooks off."""
+    """config/local.toml with registry.dir, sink.clickhouse and the state file in the test's folder,
+    webhooks off."""
     text = LOCAL_TOML.read_text(encoding="utf-8")
     for pattern, repl in [(r'(?m)^dir = "[^"]*"', f"dir = {json.dumps(str(registry))}"),
                           (r'(?m)^clickhouse = "chdb:[^"]*"', f"clickhouse = {json.dumps('chdb:' + str(chdb))}"),
+                          (r'(?m)^path = "[^"]*"', f"path = {json.dumps(str(chdb) + '.state.sqlite')}"),
                           (r"(?m)^webhooks = true", "webhooks = false")]:
         text, n = re.subn(pattern, repl, text)
         assert n == 1, f"config/local.toml changed shape: {pattern!r} matched {n} times"

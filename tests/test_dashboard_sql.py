@@ -139,6 +139,27 @@ ALERTS = [
     {"alert_id": "a5", "ts": ms(f"{D1}T10:15:00+08:00"), "tenant": 7, "alert": "cloned_code", "subtype": "users",
      "city": "4401", "code": "CODE-X", "count": 4},  # the same code again, next window
 ]
+
+
+def conflict(alert_id: str, at: str, subtype: str, scan_id: str, first_user: str, user: str, code: str, *,
+             tenant: int = 7) -> dict[str, Any]:
+    """A scan_id_conflict alert as engine/conflicts.py writes it (no dealer or city; detail names both users)."""
+    detail = {"scan_id": scan_id, "first_user": first_user, "user": user, "device_id": f"dev-{user}",
+              "ip": "10.0.0.1"}
+    return {"alert_id": alert_id, "ts": ms(at), "tenant": tenant, "alert": "scan_id_conflict", "subtype": subtype,
+            "code": code, "count": 1, "window_start": ms(at), "window_end": ms(at),
+            "detail": json.dumps(detail, separators=(",", ":"))}
+
+
+# Reused scan ids.  The conflicting scans themselves are not in the stream: their scan_events rows
+# share (tenant, scan_id) with the originals and collapse into them; the alerts are what is left.
+CONFLICTS = [
+    # u1 sent s02's request id again with another code (101/2), then again from another place
+    conflict("c1", f"{D1}T10:06:00+08:00", "same_user", "s02", "u1", "u1", "CODE-7-0-101-2"),
+    conflict("c2", f"{D2}T09:05:00+08:00", "same_user", "s02", "u1", "u1", "CODE-7-0-101-1"),
+    # u9 replayed u2's winning s03 to take its prize
+    conflict("c3", f"{D2}T09:10:00+08:00", "other_user", "s03", "u2", "u9", "CODE-7-0-101-5"),
+]
 AWARDS = [{"scan_id": r["scan_id"], "ts": r["ts"], "tenant": r["tenant"], "campaign": r["campaign"],
            "kind": r["kind"], "batch": r["batch"], "serial": r["serial"], "user_id": r["user_id"],
            "prize_tier": r["prize_tier"], "prize_cents": r["prize_cents"]} for r in (S["s01"], S["s03"], S["s12"])]
@@ -190,7 +211,7 @@ def load_stream(sink: ClickHouseSink) -> None:
     write_registry_and_campaigns(sink)
     sink.write_scans(columns(BATCH_A, SCAN_COLUMNS), dedup_token="scans:p0:0-9")
     sink.write_scans(columns(BATCH_B, SCAN_COLUMNS), dedup_token="scans:p0:10-16")
-    sink.write_alerts(columns(ALERTS, ALERT_COLUMNS), dedup_token="alerts:p0:0-16")
+    sink.write_alerts(columns(ALERTS + CONFLICTS, ALERT_COLUMNS), dedup_token="alerts:p0:0-16")
     sink.write_awards(columns(AWARDS, AWARD_COLUMNS), dedup_token="awards:p0:0-16")
 
 
@@ -205,6 +226,7 @@ def load_duplicates(sink: ClickHouseSink) -> None:
     sink.write_scans(columns(RECUT, SCAN_COLUMNS), dedup_token="scans:p0:recut")
     sink.write_scans(columns(BATCH_B, SCAN_COLUMNS), dedup_token="scans:p0:10-16:retry")  # new token: stored
     sink.write_alerts(columns(ALERTS[:2], ALERT_COLUMNS), dedup_token="alerts:p0:17-19")
+    sink.write_alerts(columns(CONFLICTS[2:], ALERT_COLUMNS), dedup_token="alerts:p0:c3:retry")  # c3 again
     sink.write_awards(columns(AWARDS[:1], AWARD_COLUMNS), dedup_token="awards:p0:17-19")  # a prize given back
     write_registry_and_campaigns(sink)  # a registry reload and an engine restart
 
@@ -285,6 +307,7 @@ def test_views_exist(loaded: Loaded) -> None:
         "kpi_conversion_day", "kpi_participation", "kpi_repeat_scan_rate", "kpi_new_returning_day",
         "kpi_campaign_spend", "kpi_campaign_spend_day", "kpi_spend", "kpi_prizes_tier", "kpi_cac_day",
         "kpi_counterfeit_province", "kpi_counterfeit_city", "kpi_cloned_hotspots", "kpi_diversion",
+        "kpi_scan_id_conflicts",
     }
     assert expected <= names
     _, rows = loaded.sink.query("SELECT name, engine FROM system.tables WHERE database = currentDatabase() "
@@ -584,6 +607,19 @@ def test_diversion_by_dealer_and_region(loaded: Loaded) -> None:
     ]
 
 
+def test_scan_id_conflicts(loaded: Loaded) -> None:
+    rows = kpi(loaded.sink, "SELECT tenant, subtype, alerts, scan_ids, users, first_ts, last_ts "
+                            "FROM kpi_scan_id_conflicts ORDER BY tenant, subtype")
+    assert [r[:5] for r in rows] == [
+        (7, "other_user", 1, 1, 2),  # c3 (written twice: FINAL keeps one): s03, u2 and u9
+        (7, "same_user", 2, 1, 1),  # c1 c2: both s02, u1 only
+    ]
+    assert [(in_china(r[5]), in_china(r[6])) for r in rows] == [
+        (datetime(2026, 11, 21, 9, 10, tzinfo=CHINA),) * 2,
+        (datetime(2026, 11, 20, 10, 6, tzinfo=CHINA), datetime(2026, 11, 21, 9, 5, tzinfo=CHINA)),
+    ]
+
+
 # --------------------------------------------------------------------------- Grafana panels
 
 #: Macros of grafana-clickhouse-datasource (pkg/macros/macros.go: the Macros map).
@@ -796,6 +832,17 @@ def test_geomap_panels_have_coordinates(loaded: Loaded) -> None:
     assert all(18 < lat < 54 and 73 < lon < 136 for _, lat, lon, _ in rows)
     rows = panel_rows(loaded.sink, "Cloned-code hot spots by city", full_range())
     assert sorted((name, alerts) for name, _, _, alerts, _ in rows) == [("上海市", 1), ("广州市", 2)]
+
+
+def test_scan_id_conflict_panels(loaded: Loaded) -> None:
+    rows = panel_rows(loaded.sink, "Scan id conflicts over time", full_range())
+    assert sorted((kind, n) for _, kind, n in rows) == [("other_user", 1), ("same_user", 1), ("same_user", 1)]
+    rows = panel_rows(loaded.sink, "Latest scan id conflicts", full_range())
+    assert [r[1:6] for r in rows] == [  # newest first, c3 once
+        ("other_user", "CODE-7-0-101-5", "s03", "u2", "u9"),
+        ("same_user", "CODE-7-0-101-1", "s02", "u1", "u1"),
+        ("same_user", "CODE-7-0-101-2", "s02", "u1", "u1"),
+    ]
 
 
 def test_provisioning_files() -> None:

@@ -1,8 +1,8 @@
 -- Fraud hot spots: counterfeits (verdict bad_mac: a code whose MAC does not verify, forged or
 -- mistyped), cloned codes (alerts of alert = 'cloned_code') and diversion (窜货: alerts of
 -- alert = 'diversion' and the diverted scans themselves), by province / city of the scan, with
--- names and map positions from geo_regions.  All time: the dashboards read the same sources
--- under their time range.
+-- names and map positions from geo_regions; reused scan ids (alerts of alert = 'scan_id_conflict')
+-- per tenant.  All time: the dashboards read the same sources under their time range.
 
 CREATE OR REPLACE VIEW kpi_counterfeit_province AS
 SELECT
@@ -77,3 +77,20 @@ LEFT JOIN (SELECT tenant, dealer_id, name, manager FROM registry_dealers FINAL) 
     ON d_.tenant = u_.tenant AND d_.dealer_id = u_.dealer_id
 LEFT JOIN (SELECT code, name FROM geo_regions WHERE level = 'city') AS g_ ON g_.code = u_.city
 GROUP BY tenant, dealer_id, dealer_name, manager, diversion, province, city, city_name;
+
+-- Reused scan ids: a scan_id that came back with another event (verdict conflict: nothing claimed
+-- or paid), per tenant and subtype (same_user: the first user again with a changed event;
+-- other_user: someone else's request id).  Read from `alerts`, one row per conflicting event
+-- (engine/conflicts.py), because the conflicting scan's row in scan_events shares
+-- (tenant, scan_id) with the original and is collapsed by the replacing merge.  users: distinct
+-- non-empty first_user and user of the alerts' detail.  tenant 0: the code did not decode.
+CREATE OR REPLACE VIEW kpi_scan_id_conflicts AS
+SELECT
+    tenant, toString(subtype) AS subtype, count() AS alerts,
+    uniqExact(JSONExtractString(detail, 'scan_id')) AS scan_ids,
+    uniqExactArray(arrayFilter(u_ -> u_ != '', [JSONExtractString(detail, 'first_user'),
+                                                 JSONExtractString(detail, 'user')])) AS users,
+    min(ts) AS first_ts, max(ts) AS last_ts
+FROM alerts FINAL
+WHERE alert = 'scan_id_conflict'
+GROUP BY tenant, subtype;

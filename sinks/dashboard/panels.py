@@ -49,6 +49,7 @@ MAX_WINDOW_MIN = 366 * 24 * 60
 VERDICT_COLORS = {
     "ok": "#2ca02c", "repeat": "#1f77b4", "bad_mac": "#d62728", "unknown_batch": "#9467bd",
     "not_activated": "#ff7f0e", "malformed": "#8c564b", "unknown_tenant": "#e377c2", "invalid_event": "#7f7f7f",
+    "conflict": "#bcbd22",
 }
 VERDICT_ORDER = tuple(VERDICT_COLORS)
 DIVERSION_COLORS = {"region": "#d62728", "channel": "#ff7f0e", "region+channel": "#9467bd"}
@@ -230,6 +231,17 @@ FROM alerts FINAL
 WHERE {TENANT} AND alert = 'cloned_code'
 GROUP BY province
 ORDER BY province
+"""
+
+#: Reused scan ids (scan_id_conflict alerts, one per conflicting event) by subtype: same_user or
+#: other_user.  Read from alerts: the conflicting scan's row in scan_events shares (tenant,
+#: scan_id) with the original and is collapsed into it by FINAL.
+FRAUD_CONFLICTS_SQL = f"""
+SELECT subtype, count() AS conflict_alerts
+FROM alerts FINAL
+WHERE {TENANT} AND alert = 'scan_id_conflict'
+GROUP BY subtype
+ORDER BY subtype
 """
 
 DIVERSION_DEALER_SQL = f"""
@@ -630,8 +642,12 @@ def fraud_hotspots(ctx: Context) -> dict:
     by = {r[0]: r for r in rows}
     merged = [[p, int(by[p][1]) if p in by else 0, int(by[p][2]) if p in by else 0, alerts.get(p, 0)] for p in provinces]
     names = names + ["cloned_code_alerts"]
+    conflicts = {str(r[0]): int(r[1]) for r in ctx.run(FRAUD_CONFLICTS_SQL)[1]}
+    kpi = {"scan_id_conflicts": conflicts}
+    conflict_text = (f"{sum(conflicts.values()):,} scan_id conflicts ("
+                     + ", ".join(f"{k} {v:,}" for k, v in conflicts.items()) + ")") if conflicts else ""
     if not merged:
-        return _result(names, merged, _empty_figure("no counterfeit or cloned-code scans"))
+        return _result(names, merged, _empty_figure("no counterfeit or cloned-code scans"), kpi, conflict_text)
     merged.sort(key=lambda r: r[1] + r[2])
     ys = [province_label(r[0]) for r in merged]
     data = [{"type": "bar", "orientation": "h", "name": "counterfeit (bad_mac)", "y": ys,
@@ -643,8 +659,9 @@ def fraud_hotspots(ctx: Context) -> dict:
              "hovertemplate": "%{y}: %{x:,} scans of cloned codes, %{customdata} alerts<extra></extra>"}]
     layout = {"barmode": "group", "xaxis": {"title": {"text": "scans"}}, "yaxis": {"type": "category"}}
     headline = (f"{sum(r[1] for r in merged):,} counterfeit scans, {sum(r[2] for r in merged):,} scans of "
-                f"cloned codes, {sum(r[3] for r in merged):,} cloned-code alerts")
-    return _result(names, merged, {"data": data, "layout": layout}, headline=headline)
+                f"cloned codes, {sum(r[3] for r in merged):,} cloned-code alerts"
+                + (f"; {conflict_text}" if conflict_text else ""))
+    return _result(names, merged, {"data": data, "layout": layout}, kpi, headline)
 
 
 def diversion_dealer(ctx: Context) -> dict:
@@ -742,7 +759,8 @@ PANELS: tuple[Panel, ...] = (
     Panel("prizes_by_tier", "Prizes by tier", "Prizes paid per campaign and tier; labels: paid / stock.",
           prizes_by_tier),
     Panel("fraud_hotspots", "Counterfeit & cloned-code hot spots",
-          "By province of the scan: forged codes (bad_mac), and valid scans of codes named by cloned_code alerts.",
+          "By province of the scan: forged codes (bad_mac), and valid scans of codes named by cloned_code alerts; "
+          "headline: scan_id_conflict alerts (a scan_id reused with another event) by subtype.",
           fraud_hotspots),
     Panel("diversion_dealer", "Diversion by dealer",
           "Diverted scans by kind and the dealer the goods were shipped to; labels: diversion alerts.",
