@@ -6,8 +6,9 @@ and ``--scans`` scan events from ``generate_scans`` (genuine first scans mixed w
 forgeries, malformed codes, unknown / not-activated batches, diverted goods, store scans, a
 bot, a cloned code, redelivered messages and junk lines; about half of the located scans
 carry only GPS). Configuration: ``--config`` (default ``config/local.toml``) with
-``registry.dir`` pointed at the temporary registry, the memory state store and no ClickHouse
-sink: what is measured is the engine, not a database. The lines are cut into batches of
+``registry.dir`` pointed at the temporary registry, the memory state store (its ``state.path``
+removed, else the embedded store would open that file) and no ClickHouse sink: what is measured
+is the engine, not a database. The lines are cut into batches of
 ``--batch`` scans before timing, with positions as the local driver names them.
 
 Measured:
@@ -46,6 +47,18 @@ Measured:
     as the local driver does, with insert dedup tokens), after a short warm-up run, best
     of ``--repeat``, tables truncated between runs.
 
+(e) State persistence: the same input end to end with a ``state.checkpoint(run=cursor)`` after
+    every batch, as the local driver (``streams.local.run``) does, once on the memory store
+    (whose checkpoint keeps the cursor in the process) and once on ``EmbeddedStateStore``
+    (the memory store plus its SQLite operation log, WAL, ``synchronous = FULL``) with a new
+    state file in the temporary folder per run; the two alternate, ``--repeat`` runs each,
+    best of each. Reported: both rates, the cost of persistence as the ratio of their times
+    and in us per scan (wall and CPU), the time inside ``checkpoint``, and the bytes per scan
+    in the SQLite file: main file and ``-wal`` as the run left them, the main file once the
+    store is closed (the WAL folded into it), and the pickled call arguments logged.
+    ``--profile-state`` runs one more embedded pass under cProfile and prints where its time
+    goes (the top 25 functions by own time and the time of the store's own steps).
+
 The garbage collector stays enabled during timed runs, as in production (the state store
 holds hundreds of thousands of objects and collections are part of its cost); ``--no-gc``
 disables it for comparison. ``--profile`` runs one more engine pass under cProfile and
@@ -53,7 +66,8 @@ prints the 25 functions with the most own time. The goal (end to end >= 250 000 
 per core) is printed as PASS / MISS for information and never fails the run.
 
 Run: ``python benchmarks/bench_pipeline.py [--scans N] [--batch B] [--repeat R]
-[--baseline-scans M] [--with-chdb] [--profile] [--no-gc] [--json FILE]``
+[--baseline-scans M] [--quick] [--with-chdb] [--profile] [--profile-state] [--no-gc] [--json FILE]``
+(``--quick``: 50 000 scans, a 5 000-scan baseline sample, 2 runs each).
 """
 from __future__ import annotations
 
@@ -87,6 +101,7 @@ from baseline_pipeline import BaselinePipeline  # noqa: E402
 from machine import machine
 from engine.config import load as load_config  # noqa: E402
 from engine.wiring import build_pipeline, build_registry, build_state  # noqa: E402
+from streams.local import Cursor  # noqa: E402
 from streams.synthetic import build_world, generate_scans  # noqa: E402
 
 GOAL_RATE = 250_000
@@ -238,8 +253,11 @@ def prepare(args: argparse.Namespace, tmp: Path) -> Bench:
     registry_dir = tmp / "registry"
     world.write_registry(registry_dir)
     overrides: dict[str, Any] = {"registry_dir": registry_dir, "clickhouse": "", "state_backend": "memory"}
-    if "registry_source" in {f.name for f in dataclasses.fields(config)}:
+    fields = {f.name for f in dataclasses.fields(config)}
+    if "registry_source" in fields:
         overrides["registry_source"] = "files"  # the registry is the CSV folder just written
+    if "state_path" in fields:
+        overrides["state_path"] = None  # the memory store; (e) gives the embedded store a file in tmp
     config = dataclasses.replace(config, **overrides)
     started = time.perf_counter()
     lines = generate_scans(world, args.scans, seed=args.seed)[:args.scans]
@@ -339,6 +357,183 @@ def chdb_passes(bench: Bench, repeat: int, use_gc: bool) -> dict[str, Any]:
         sink.close()
     n = len(bench.lines)
     return {"scans": n, "best_s": min(times), "times_s": times, "scans_per_s": n / min(times), "rows_stored": stored}
+
+
+# ---------------------------------------------------------------------------- (e) state persistence
+
+#: The driver's digest of the input read so far (blake2b, 16 bytes, hex): its length is what counts.
+CURSOR_DIGEST = "0" * 32
+
+
+def state_files(path: Path) -> dict[str, int]:
+    """Sizes of the SQLite file and its -wal and -shm files (0 when absent)."""
+    return {suffix or "main": (Path(str(path) + suffix).stat().st_size if Path(str(path) + suffix).exists() else 0)
+            for suffix in ("", "-wal", "-shm")}
+
+
+def persistence_pass(bench: Bench, batches, use_gc: bool, path: Path | None,
+                     profile: cProfile.Profile | None = None) -> dict[str, Any]:
+    """One pass over ``batches`` with a checkpoint after every batch, as ``streams.local.run`` makes
+    them; on the memory store (``path`` None) or on an embedded store at ``path`` (removed after).
+    Wall and CPU seconds, seconds inside ``checkpoint``, and for the embedded store its files."""
+    config = bench.config if path is None else dataclasses.replace(bench.config, state_path=path)
+    state = build_state(config)
+    if (path is None) == hasattr(state, "path"):
+        raise SystemExit(f"bench_pipeline: (e) wanted {'an embedded' if path else 'the memory'} store, "
+                         f"build_state gave {type(state).__name__}")
+    snapshots = [0]
+    if path is not None:
+        take = state._snapshot
+
+        def counted() -> None:
+            snapshots[0] += 1
+            take()
+        state._snapshot = counted
+    pipeline = build_pipeline(config, bench.registry, state)
+    process, checkpoint, clock = pipeline.process, state.checkpoint, time.perf_counter
+    cursor = Cursor(input="bench", results="bench.results", digest=CURSOR_DIGEST)
+    in_checkpoint = 0.0
+    out: dict[str, Any] = {}
+    try:
+        with gc_mode(use_gc):
+            if profile is not None:
+                profile.enable()
+            c0 = time.process_time()
+            t0 = clock()
+            for chunk, positions in batches:
+                process(chunk, positions)
+                cursor.lines += len(chunk)
+                cursor.results_bytes += 200 * len(chunk)
+                t1 = clock()
+                checkpoint(run=dataclasses.asdict(cursor))
+                in_checkpoint += clock() - t1
+            cursor.finished = True
+            checkpoint(run=dataclasses.asdict(cursor))
+            out["wall_s"] = clock() - t0
+            out["cpu_s"] = time.process_time() - c0
+            if profile is not None:
+                profile.disable()
+        out["checkpoint_s"] = in_checkpoint
+        out["checkpoints"] = len(batches) + 1
+        if path is not None:
+            out["files_open"] = state_files(path)  # as the run left them (the WAL not yet folded in)
+            out["log_bytes"] = state._log_bytes  # pickled call arguments logged since the last snapshot
+            out["snapshot_bytes"] = state._snapshot_bytes
+            out["snapshots"] = snapshots[0]
+    finally:
+        state.close()
+    if path is not None:
+        out["files_closed"] = state_files(path)  # the last connection folds the WAL into the file
+        type(state).remove(path)
+        Path(str(path) + ".lock").unlink(missing_ok=True)
+    return out
+
+
+def persistence_passes(bench: Bench, repeat: int, use_gc: bool) -> dict[str, Any]:
+    """Memory and embedded store with a checkpoint per batch, alternating runs, best of each."""
+    folder = bench.tmp / "state"
+    folder.mkdir(exist_ok=True)
+    persistence_pass(bench, bench.batches[:WARMUP_BATCHES], use_gc, folder / "warmup.sqlite")
+    runs: dict[str, list[dict[str, Any]]] = {"memory": [], "embedded": []}
+    for rep in range(repeat):
+        runs["memory"].append(persistence_pass(bench, bench.batches, use_gc, None))
+        runs["embedded"].append(persistence_pass(bench, bench.batches, use_gc, folder / f"run{rep}.sqlite"))
+    n = len(bench.lines)
+    best = {k: min(v, key=lambda r: r["wall_s"]) for k, v in runs.items()}
+    mem, emb = best["memory"], best["embedded"]
+    open_bytes = emb["files_open"]["main"] + emb["files_open"]["-wal"]
+    return {
+        "scans": n, "checkpoints": emb["checkpoints"], "folder": str(folder),
+        "filesystem": _filesystem(folder),
+        "memory": {"best_s": mem["wall_s"], "cpu_s": mem["cpu_s"], "scans_per_s": rate(n, mem["wall_s"]),
+                   "times_s": [r["wall_s"] for r in runs["memory"]]},
+        "embedded": {"best_s": emb["wall_s"], "cpu_s": emb["cpu_s"], "scans_per_s": rate(n, emb["wall_s"]),
+                     "times_s": [r["wall_s"] for r in runs["embedded"]], "checkpoint_s": emb["checkpoint_s"],
+                     "snapshots": emb["snapshots"], "files_open": emb["files_open"],
+                     "files_closed": emb["files_closed"], "log_bytes": emb["log_bytes"],
+                     "snapshot_bytes": emb["snapshot_bytes"]},
+        "embedded_over_memory_time": emb["wall_s"] / mem["wall_s"],
+        "cost_us_per_scan": (emb["wall_s"] - mem["wall_s"]) / n * 1e6,
+        "cost_cpu_us_per_scan": (emb["cpu_s"] - mem["cpu_s"]) / n * 1e6,
+        "checkpoint_us_per_scan": emb["checkpoint_s"] / n * 1e6,
+        "file_bytes_per_scan": open_bytes / n,
+        "closed_file_bytes_per_scan": emb["files_closed"]["main"] / n,
+        "logged_bytes_per_scan": (emb["log_bytes"] + emb["snapshot_bytes"]) / n,
+    }
+
+
+def _filesystem(path: Path) -> str:
+    """The type of the file system holding ``path`` (from /proc/mounts), or '?'."""
+    try:
+        best, kind = "", "?"
+        target = str(path.resolve())
+        for line in Path("/proc/mounts").read_text().splitlines():
+            parts = line.split()
+            if len(parts) > 2 and (target == parts[1] or target.startswith(parts[1].rstrip("/") + "/")) \
+                    and len(parts[1]) > len(best):
+                best, kind = parts[1], parts[2]
+        return kind
+    except OSError:
+        return "?"
+
+
+#: The embedded store's own steps, for ``--profile-state``: label, file suffix ("~": built-in), function
+#: name(s), and the caller to count calls from (None: every caller).
+MEMORY_OPS = ("claim", "grant", "count", "distinct", "mark_once", "block", "define_campaigns")
+STATE_STEPS = (
+    ("EmbeddedStateStore._logged (all, incl. the memory store's work)", "engine/state/embedded.py", "_logged", None),
+    ("  MemoryStateStore methods (the state's work, as without a log)", "engine/state/memory.py", MEMORY_OPS,
+     "_logged"),
+    ("  pickle.dumps of the call arguments", "~", "<built-in method _pickle.dumps>", "_logged"),
+    ("EmbeddedStateStore.checkpoint (all)", "engine/state/embedded.py", "checkpoint", None),
+    ("  sqlite3 executemany (INSERT of the logged calls, meta)", "~",
+     "<method 'executemany' of 'sqlite3.Connection' objects>", "checkpoint"),
+    ("  sqlite3 execute (BEGIN IMMEDIATE)", "~", "<method 'execute' of 'sqlite3.Connection' objects>",
+     "checkpoint"),
+    ("  sqlite3 commit (Connection.__exit__: WAL write + fsync)", "~",
+     "<method '__exit__' of 'sqlite3.Connection' objects>", "checkpoint"),
+    ("  EmbeddedStateStore._snapshot (all)", "engine/state/embedded.py", "_snapshot", None),
+    ("    pickle.dumps of the structures", "~", "<built-in method _pickle.dumps>", "_snapshot"),
+    ("    sqlite3 execute (snapshot INSERT, DELETE of the log)", "~",
+     "<method 'execute' of 'sqlite3.Connection' objects>", "_snapshot"),
+)
+
+
+def _step_time(stats: pstats.Stats, file: str, names: tuple[str, ...], caller: str | None) -> tuple[int, float]:
+    """Calls and cumulative seconds of the functions ``names`` in ``file`` (from ``caller`` only)."""
+    calls, cum = 0, 0.0
+    for (f, _, fn), (_, nc, _, ct, callers) in stats.stats.items():
+        if fn not in names or not f.endswith(file):
+            continue
+        if caller is None:
+            calls, cum = calls + nc, cum + ct
+        else:
+            for (_, _, cfn), info in callers.items():
+                if cfn == caller:
+                    calls, cum = calls + info[1], cum + info[3]
+    return calls, cum
+
+
+def profile_state(bench: Bench, use_gc: bool, top: int = 25) -> str:
+    """cProfile of one embedded pass with checkpoints: the store's steps and the own-time top list."""
+    prof = cProfile.Profile()
+    folder = bench.tmp / "state"
+    folder.mkdir(exist_ok=True)
+    run = persistence_pass(bench, bench.batches, use_gc, folder / "profile.sqlite", profile=prof)
+    stats = pstats.Stats(prof)
+    n = len(bench.lines)
+    lines = [f"embedded pass under cProfile: {run['wall_s']:.3f} s for {n:,} scans, {run['snapshots']} snapshot(s) "
+             f"(cProfile slows Python code down)",
+             f"  {'step':<66} {'calls':>7} {'cum s':>8} {'us/scan':>8}"]
+    for label, file, name, caller in STATE_STEPS:
+        calls, cum = _step_time(stats, file, (name,) if isinstance(name, str) else name, caller)
+        if calls:
+            lines.append(f"  {label:<66} {calls:>7,} {cum:>8.3f} {cum / n * 1e6:>8.2f}")
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(top)
+    text = "\n".join(lines) + "\n" + out.getvalue().replace(str(ROOT) + os.sep, "")
+    site = next((p for p in sys.path if p.endswith("site-packages")), None)
+    return text.replace(site + os.sep, "site-packages/") if site else text
 
 
 # ---------------------------------------------------------------------------- agreement
@@ -444,9 +639,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="configuration (default config/local.toml); its registry and sink are replaced")
     p.add_argument("--with-chdb", action="store_true", help="also time end to end with the chdb ClickHouse sink")
     p.add_argument("--profile", action="store_true", help="print the top 25 functions of one engine pass (cProfile)")
+    p.add_argument("--profile-state", action="store_true",
+                   help="print where an embedded-store pass with checkpoints spends its time (cProfile)")
+    p.add_argument("--quick", action="store_true",
+                   help="a short run: --scans 50000 --baseline-scans 5000 --repeat 2")
     p.add_argument("--no-gc", action="store_true", help="disable the garbage collector during timed runs")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON to FILE")
     args = p.parse_args(argv)
+    if args.quick:
+        args.scans, args.baseline_scans, args.repeat = 50_000, 5_000, 2
     if args.scans < 1 or args.batch < 1 or args.repeat < 1 or args.baseline_scans < 1:
         p.error("--scans, --batch, --repeat and --baseline-scans must be at least 1")
     args.baseline_scans = min(args.baseline_scans, args.scans)
@@ -528,6 +729,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sample_rate = rate(m, best_sample[0])
 
         chdb = chdb_passes(bench, args.repeat, use_gc) if args.with_chdb else None
+        persistence = persistence_passes(bench, args.repeat, use_gc)
 
         # ---------------------------------------------------------------- table
         print(f"outcomes of the {n:,} scans: " + ", ".join(f"{k} {c:,}" for k, c in outcome.most_common()))
@@ -567,6 +769,24 @@ def main(argv: Sequence[str] | None = None) -> None:
                   f"{chdb['rows_stored']:,} rows in scan_events afterwards: redelivered scan_ids share a row "
                   f"once the ReplacingMergeTree merges)")
         print()
+        ps, pm, pe = persistence, persistence["memory"], persistence["embedded"]
+        fo, fc = pe["files_open"], pe["files_closed"]
+        print(f"(e) state persistence: a checkpoint after each of the {len(bench.batches)} batches (and one at the "
+              f"end) as streams.local.run; embedded store's file in the temp folder ({ps['filesystem']}); "
+              f"runs alternate, best of {args.repeat}")
+        print(f"  {'memory store + checkpoint':<36} {fmt_rate(pm['scans_per_s']):>11} {pm['best_s']:>8.3f}  "
+              f"cpu {pm['cpu_s']:.3f} s")
+        print(f"  {'EmbeddedStateStore + checkpoint':<36} {fmt_rate(pe['scans_per_s']):>11} {pe['best_s']:>8.3f}  "
+              f"cpu {pe['cpu_s']:.3f} s; {pe['checkpoint_s']:.3f} s in checkpoint "
+              f"({pe['checkpoint_s'] / ps['checkpoints'] * 1e3:.2f} ms each), {pe['snapshots']} snapshot(s)")
+        print(f"  persistence cost: embedded / memory time x{ps['embedded_over_memory_time']:.3f} "
+              f"({ps['embedded_over_memory_time'] - 1:+.1%}); {ps['cost_us_per_scan']:+.2f} us per scan wall, "
+              f"{ps['cost_cpu_us_per_scan']:+.2f} us CPU, of which checkpoint {ps['checkpoint_us_per_scan']:.2f} us")
+        print(f"  written: {fo['main']:,} B + -wal {fo['-wal']:,} B after the run = "
+              f"{ps['file_bytes_per_scan']:.1f} B per scan (-shm {fo['-shm']:,} B); "
+              f"after close {fc['main']:,} B = {ps['closed_file_bytes_per_scan']:.1f} B per scan; "
+              f"pickled calls + snapshot {ps['logged_bytes_per_scan']:.1f} B per scan")
+        print()
         cpu_rate = rate(n, best_e2e[1])
         print(f"one core: CPU time / wall time of the best end-to-end run = {cpu_ratio:.2f} "
               f"({cpu_rate:,.0f} scans per CPU second)")
@@ -584,6 +804,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             print()
             print("profile of one engine pass (cProfile, top 25 by own time; cProfile slows Python code down):")
             print(profile_engine(bench))
+        if args.profile_state:
+            print()
+            print("profile of one embedded-store pass with a checkpoint per batch (cProfile):")
+            print(profile_state(bench, use_gc))
 
         if args.json:
             doc = {
@@ -611,6 +835,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                                         for s, t in base_stage_s.items()}},
                 "agreement": agreement,
                 "chdb": chdb,
+                "persistence": persistence,
                 "goals": {"end_to_end": {"target": GOAL_RATE, "value": e2e_rate, "pass": goal_pass}},
             }
             args.json.write_text(json.dumps(doc, indent=2) + "\n")
