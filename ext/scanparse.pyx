@@ -296,7 +296,10 @@ def parse_events(list lines):
             _coordinate(event, "lat", MAX_LAT, &lat_v[i], problems)
             _coordinate(event, "lon", MAX_LON, &lon_v[i], problems)
             if not problems:
-                canonical[i] = orjson.dumps(event, option=orjson.OPT_SORT_KEYS)
+                try:
+                    canonical[i] = orjson.dumps(event, option=orjson.OPT_SORT_KEYS)
+                except (TypeError, orjson.JSONEncodeError) as exc:  # e.g. nested past orjson's depth limit
+                    problems.append(f"event cannot be fingerprinted: {exc}")
         if problems:
             reason_c[i] = "; ".join(problems)
             raw_c[i] = line.decode("utf-8", "replace") if isinstance(line, bytes) else str(line)

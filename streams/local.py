@@ -105,6 +105,18 @@ class Cursor:
         return None if value is None else cls(**value)
 
 
+def covers(source: BinaryIO, cursor: Cursor) -> bool:
+    """True when ``source`` holds exactly the events ``cursor`` says were done (no more after)."""
+    hasher = _hasher()
+    last = 0
+    for number, line in read_lines(source):
+        if last == cursor.lines:  # a line past the last one done
+            return False
+        hasher.update(line + b"\n")
+        last = number
+    return last == cursor.lines and hasher.hexdigest() == cursor.digest
+
+
 def _hasher():
     return hashlib.blake2b(digest_size=16)
 

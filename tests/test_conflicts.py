@@ -119,3 +119,9 @@ def test_a_duplicated_key_is_an_invalid_event_not_a_hidden_field(pipeline):
     assert col(r, "verdict") == ["ok", "invalid_event"]
     assert "written twice" in col(r, "reason")[1]
     assert pipeline.state.campaign_state("red").prizes == 1
+
+
+def test_an_event_nested_too_deep_to_fingerprint_is_an_invalid_event(pipeline):
+    deep = b'{"scan_id":"d1","ts":%d,"code":"X","user_id":"u","x":%s1%s}' % (T0, b"[" * 300, b"]" * 300)
+    r = pipeline.process([deep, line(**WIN)])
+    assert col(r, "verdict") == ["invalid_event", "ok"] and "fingerprint" in col(r, "reason")[0]

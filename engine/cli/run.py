@@ -24,12 +24,16 @@ from engine.state import StateStore
 from engine.summary import Summary
 from engine.wiring import build_alerting, build_pipeline, build_registry, build_state
 from sinks.outputs import PARTIAL_SUFFIX, Outputs, ResultsFile
-from streams.local import Cursor, Progress, run as drive
+from streams.local import Cursor, Progress, covers, run as drive
 
 
 class StateMismatch(RuntimeError):
     """The state and the rest of the run do not belong together; permanent until resolved as the
     message says (``--fresh`` among the ways)."""
+
+
+class AlreadyDone(Exception):
+    """The same run over the same input has finished before: nothing to do (exit 0)."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -122,6 +126,18 @@ def preflight(config: Config, state: StateStore, source: Source, results: Path |
         # the run had stored everything; only the results file's move into place may be missing
         if prior.results and Path(prior.results + PARTIAL_SUFFIX).exists():
             os.replace(prior.results + PARTIAL_SUFFIX, prior.results)
+        # the same command again (after a crash or Ctrl-C at its very end, or by mistake) must
+        # not overwrite its results with a second pass answered as redeliveries
+        same = (prior.input == source.identity and prior.results == (str(results) if results else None)
+                and source.identity != "stdin")
+        if same:
+            done = covers(source.stream, prior)
+            source.stream.seek(0)
+            if done:
+                raise AlreadyDone(f"the run over {prior.input} has finished" +
+                                  (f"; its results are in {prior.results}" if prior.results else "") +
+                                  ". Nothing to do: give another --results to see the scans answered as "
+                                  "redeliveries, or --fresh to start over")
         return None
     if prior is None or prior.lines == 0:
         return None
@@ -209,7 +225,11 @@ def main(args: argparse.Namespace) -> int:
     try:
         with source.stream:
             dashboard = writer_dashboard(args, config)
-            execute(config, source, results, dashboard=dashboard, fresh=args.fresh)
+            try:
+                execute(config, source, results, dashboard=dashboard, fresh=args.fresh)
+            except AlreadyDone as done:
+                print(f"scanstream: {done}")
+                return 0
         if dashboard is not None:
             dashboard.serve_until_stopped()
     finally:
