@@ -6,16 +6,21 @@ is the one place where the engine touches events one by one.  It never raises fo
 event: the event's ``reason`` column says what is wrong and the pipeline turns it into an
 ``invalid_event`` outcome that carries the original text.
 """
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.math cimport NAN, isfinite
+from libc.stdlib cimport free, realloc
+from libc.string cimport memcmp, memcpy
 
 import numpy as np
 import orjson
 
-from cpython.dict cimport PyDict_GetItem
+from cpython.dict cimport PyDict_GetItem, PyDict_Next
+from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.object cimport PyObject
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 
-from ext.codec import hash_strings
+from ext.codec cimport _siphash_bytes
+from ext.codec import _key_halves
 
 #: An event larger than this is not parsed (a scan event is a few hundred bytes).
 MAX_EVENT_BYTES = 65536
@@ -132,6 +137,124 @@ cdef Py_ssize_t _top_level_keys(const unsigned char* s, Py_ssize_t n) noexcept n
     return keys
 
 
+cdef enum:
+    # Fields of an event that the fingerprint sorts in place; an event with more is unusable (a
+    # scan event has about ten).
+    FIELDS_MAX = 64
+    # Type tags of the canonical form: a value's type is part of it ("1" is not 1).
+    TAG_STR = 1
+    TAG_INT = 2
+    TAG_FLOAT = 3
+    TAG_TRUE = 4
+    TAG_FALSE = 5
+    TAG_NULL = 6
+    TAG_JSON = 7  # an object or array: its canonical JSON (orjson, keys sorted)
+
+#: Fields an event may have (``FIELDS_MAX``).
+MAX_FIELDS = FIELDS_MAX
+
+
+cdef struct Canon:
+    # the canonical form of one event, built in a buffer reused for the whole batch
+    uint8_t* buf
+    Py_ssize_t len
+    Py_ssize_t cap
+
+
+cdef inline int _grow(Canon* c, Py_ssize_t more) except -1:
+    cdef Py_ssize_t cap = c.cap
+    cdef uint8_t* buf
+    if c.len + more <= cap:
+        return 0
+    while cap < c.len + more:
+        cap = cap * 2 if cap else 4096
+    buf = <uint8_t*>realloc(c.buf, cap)
+    if buf == NULL:
+        raise MemoryError()
+    c.buf, c.cap = buf, cap
+    return 0
+
+
+cdef inline int _put(Canon* c, uint8_t tag, const char* data, Py_ssize_t n) except -1:
+    """A tag, a 4-byte length and ``n`` bytes: no two sequences of fields read as the same bytes."""
+    _grow(c, n + 5)
+    c.buf[c.len] = tag
+    cdef uint32_t size = <uint32_t>n
+    memcpy(c.buf + c.len + 1, &size, 4)
+    if n:
+        memcpy(c.buf + c.len + 5, data, n)
+    c.len += n + 5
+    return 0
+
+
+cdef inline int _put_value(Canon* c, object value) except -1:
+    cdef const char* text
+    cdef Py_ssize_t size
+    cdef long long whole
+    cdef int overflow = 0
+    cdef double real
+    if type(value) is str:
+        text = PyUnicode_AsUTF8AndSize(value, &size)
+        _put(c, TAG_STR, text, size)
+    elif value is True:
+        _put(c, TAG_TRUE, NULL, 0)
+    elif value is False:
+        _put(c, TAG_FALSE, NULL, 0)
+    elif value is None:
+        _put(c, TAG_NULL, NULL, 0)
+    elif type(value) is int:
+        whole = PyLong_AsLongLongAndOverflow(value, &overflow)
+        if overflow:
+            raw = str(value).encode()
+            _put(c, TAG_INT, raw, len(raw))
+        else:
+            _put(c, TAG_INT, <const char*>&whole, 8)
+    elif type(value) is float:
+        real = value
+        _put(c, TAG_FLOAT, <const char*>&real, 8)
+    else:  # nested objects and arrays are rare in scan events: orjson writes them canonically
+        raw = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+        _put(c, TAG_JSON, raw, len(raw))
+    return 0
+
+
+cdef uint64_t _fingerprint(dict event, Canon* c, uint64_t k0, uint64_t k1) except? 0:
+    """SipHash of the event's canonical form: its fields in the byte order of their names, each
+    name and value with a type tag and a length.  Spacing, key order and the spelling of a
+    number ("1.50" or "1.5") do not change it; any field's value does."""
+    cdef Py_ssize_t pos = 0, n = 0, i, j, size
+    cdef PyObject* key
+    cdef PyObject* value
+    cdef const char* names[FIELDS_MAX]
+    cdef Py_ssize_t sizes[FIELDS_MAX]
+    cdef PyObject* values[FIELDS_MAX]
+    cdef const char* tn
+    cdef Py_ssize_t ts
+    cdef PyObject* tv
+    cdef int order
+    if len(event) > FIELDS_MAX:
+        raise ValueError(f"an event has at most {FIELDS_MAX} fields, this one {len(event)}")
+    while PyDict_Next(event, &pos, &key, &value):
+        names[n] = PyUnicode_AsUTF8AndSize(<object>key, &size)  # JSON keys are str
+        sizes[n], values[n] = size, value
+        # insertion sort: a handful of fields
+        j = n
+        while j > 0:
+            order = memcmp(names[j - 1], names[j], sizes[j - 1] if sizes[j - 1] < sizes[j] else sizes[j])
+            if order < 0 or (order == 0 and sizes[j - 1] <= sizes[j]):
+                break
+            tn, ts, tv = names[j], sizes[j], values[j]
+            names[j], sizes[j], values[j] = names[j - 1], sizes[j - 1], values[j - 1]
+            names[j - 1], sizes[j - 1], values[j - 1] = tn, ts, tv
+            j -= 1
+        n += 1
+    c.len = 0
+    for i in range(n):
+        _put(c, 0, names[i], sizes[i])
+        _put_value(c, <object>values[i])
+    return _siphash_bytes(k0, k1, c.buf, c.len) | 1  # never 0: 0 marks an event without one
+
+
 cdef str _ident(dict event, str field, bint required, list problems):
     """An identifier field as str ('' when absent); records a problem when unusable."""
     cdef PyObject* p = PyDict_GetItem(event, field)
@@ -185,8 +308,8 @@ def parse_events(list lines):
     channel, region, lat, lon, ip, device_id, and ``reason`` ('' for a usable event, else
     why it is an ``invalid_event``).  ``raw`` holds the original text of invalid events only.
     ``fingerprint`` (uint64) identifies a usable event's content: SipHash of its canonical form
-    (the parsed object with its keys sorted, as orjson writes it), so key order and spacing do
-    not matter and every field does; 0 for invalid events.  An object that writes a key twice
+    (``_fingerprint``: fields sorted by name, typed values), so key order and spacing do not
+    matter and every field does; 0 for invalid events.  An object that writes a key twice
     is unusable: a reader that keeps the first value and one that keeps the last would see two
     different events under one fingerprint.
     """
@@ -198,7 +321,12 @@ def parse_events(list lines):
     cdef double coord
     cdef const unsigned char* buf
     cdef list problems = []
-    cdef list canonical = [b""] * n
+    cdef Canon canon
+    canon.buf, canon.len, canon.cap = NULL, 0, 0
+    k0, k1 = _key_halves(FINGERPRINT_KEY)
+    cdef uint64_t fk0 = k0, fk1 = k1
+    fingerprint = np.zeros(n, dtype=np.uint64)
+    cdef uint64_t[::1] fp_v = fingerprint
     names = ("scan_id", "code", "user_id", "role", "store_id", "channel", "region", "ip", "device_id", "reason", "raw")
     cols = {}
     for name in names:
@@ -297,15 +425,15 @@ def parse_events(list lines):
             _coordinate(event, "lon", MAX_LON, &lon_v[i], problems)
             if not problems:
                 try:
-                    canonical[i] = orjson.dumps(event, option=orjson.OPT_SORT_KEYS)
-                except (TypeError, orjson.JSONEncodeError) as exc:  # e.g. nested past orjson's depth limit
+                    fp_v[i] = _fingerprint(event, &canon, fk0, fk1)
+                except (TypeError, ValueError, orjson.JSONEncodeError) as exc:  # nested past orjson's depth limit
                     problems.append(f"event cannot be fingerprinted: {exc}")
         if problems:
             reason_c[i] = "; ".join(problems)
             raw_c[i] = line.decode("utf-8", "replace") if isinstance(line, bytes) else str(line)
             problems.clear()
-    cols["fingerprint"] = hash_strings(canonical, FINGERPRINT_KEY)
-    cols["fingerprint"][cols["reason"] != ""] = 0
+    free(canon.buf)
+    cols["fingerprint"] = fingerprint
     cols["ts"] = ts
     cols["lat"] = lat
     cols["lon"] = lon

@@ -125,3 +125,17 @@ def test_an_event_nested_too_deep_to_fingerprint_is_an_invalid_event(pipeline):
     deep = b'{"scan_id":"d1","ts":%d,"code":"X","user_id":"u","x":%s1%s}' % (T0, b"[" * 300, b"]" * 300)
     r = pipeline.process([deep, line(**WIN)])
     assert col(r, "verdict") == ["invalid_event", "ok"] and "fingerprint" in col(r, "reason")[0]
+
+
+def test_fingerprint_is_of_the_content_not_the_spelling():
+    from ext.scanparse import parse_events
+    base = b'{"scan_id":"a","ts":%d,"code":"X","user_id":"u","lat":1.5%s}'
+    same = [base % (T0, b""), b'{"lat":1.50, "user_id":"u","code":"X","ts":%d,"scan_id":"a"}' % T0]
+    other = [base % (T0, extra) for extra in (b',"x":null', b',"x":"1"', b',"x":1', b',"x":{"a":[2]}',
+                                                b',"xa":1', b',"x":1.0')]
+    fps = parse_events(same + other)["fingerprint"].tolist()
+    assert fps[0] == fps[1] and 0 not in fps
+    assert len(set(fps[1:])) == len(other) + 1  # every other content, another fingerprint
+    # nested objects are compared with their keys sorted too
+    a, b = (parse_events([base % (T0, x)])["fingerprint"][0] for x in (b',"x":{"b":1,"a":2}', b',"x":{"a":2,"b":1}'))
+    assert a == b
