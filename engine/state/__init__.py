@@ -93,15 +93,10 @@ class Claims:
     first_user: np.ndarray  # object: '' except on CONFLICT rows
 
 
-#: Bytes of a stored answer before its user id: the verdict, then the fingerprint (uint64 LE).
-ANSWER_HEAD = 9
-
-
 def pack_answer(verdict: int, fingerprint: int, user: str) -> bytes:
-    """A scan_id's stored answer: verdict byte, 8-byte fingerprint, the first user's id (UTF-8).
-
-    The one record format of every backend (Redis hash fields, the embedded store's rows).
-    """
+    """A scan_id's stored answer as the Redis store keeps it (a hash field's value, written by its
+    claim script): verdict byte, 8-byte fingerprint (little-endian), the first user's id (UTF-8).
+    The memory store keeps the same three values as a tuple."""
     return bytes((verdict,)) + int(fingerprint).to_bytes(8, "little") + user.encode("utf-8", "surrogatepass")
 
 

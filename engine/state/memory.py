@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from engine.state import (ANSWER_HEAD, CampaignLimits, CampaignState, Claims, DrawStatus, Grants, GrantRequests,
-                          StateStore, pack_answer)
+from engine.state import (CampaignLimits, CampaignState, Claims, DrawStatus, Grants, GrantRequests,
+                          StateStore)
 from engine.verdicts import Verdict
 
 #: Remember a scan_id's answer this long; a redelivery after that is a new scan.
@@ -32,7 +32,8 @@ class MemoryStateStore(StateStore):
         self._clock = clock
         self._lock = threading.Lock()
         self._bits: dict[int, np.ndarray] = {}  # batch key -> packed bits, bit = serial
-        self._answers: dict[str, bytes] = {}  # scan_id -> its first answer (engine.state.pack_answer)
+        # scan_id -> its first answer: (verdict, event fingerprint, first user)
+        self._answers: dict[str, tuple[int, int, str]] = {}
         self._answer_expiry: deque[tuple[float, list[str]]] = deque()  # (expiry, scan_ids), oldest first
         self._campaigns: dict[str, dict] = {}
         self._campaign_ids: list[str] = []
@@ -67,16 +68,18 @@ class MemoryStateStore(StateStore):
             rows = np.nonzero(fresh)[0]
             valid = rows[out[rows] == Verdict.OK]
             out[valid] = self._test_and_set(code[valid], serial[valid])
-            new = {ids[i]: pack_answer(v, fps[i], users[i]) for i, v in zip(rows.tolist(), out[rows].tolist())}
+            # an answer: (verdict, fingerprint, first user); tuples zipped in C, a dict in one update
+            new = dict(zip(scan_id[rows].tolist(), zip(out[rows].tolist(), np.asarray(fingerprint, np.uint64)[rows]
+                                                       .tolist(), user[rows].tolist())))
             self._answers.update(new)
             self._answer_expiry.append((now + self.replay_ttl_s, list(new)))
             for i in np.nonzero(~fresh)[0].tolist():
-                record = stored[i] if stored[i] is not None else new[ids[i]]
-                if int.from_bytes(record[1:ANSWER_HEAD], "little") == fps[i]:
-                    out[i], replay[i] = record[0], True
+                verdict_of, fp_of, user_of = stored[i] if stored[i] is not None else new[ids[i]]
+                if fp_of == fps[i]:
+                    out[i], replay[i] = verdict_of, True
                 else:
                     out[i] = Verdict.CONFLICT
-                    first_user[i] = record[ANSWER_HEAD:].decode("utf-8", "surrogatepass")
+                    first_user[i] = user_of
         return Claims(out, replay, first_user)
 
     def _test_and_set(self, code: np.ndarray, serial: np.ndarray) -> np.ndarray:
