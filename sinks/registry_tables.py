@@ -21,7 +21,7 @@ TABLES = (
     ("registry_dealers", "dealers.csv", (
         ("dealer_id", "O", "String"), ("tenant", "uint16", "UInt16"), ("name", "O", "String"),
         ("channel", "O", "String"), ("regions", "O", "Array(String)"), ("manager", "O", "String"),
-        ("webhook", "O", "String"))),
+        ("webhook", "O", "String"), ("secret_env", "O", "String"))),
     ("registry_shipments", "shipments.csv", (
         ("tenant", "uint16", "UInt16"), ("batch", "uint32", "UInt32"), ("kind", "O", "String"),
         ("serial_from", "uint32", "UInt32"), ("serial_to", "uint32", "UInt32"), ("dealer_id", "O", "String"),

@@ -312,3 +312,27 @@ def test_server_round_trip() -> None:
     finally:
         s.client.command(f"DROP DATABASE IF EXISTS `{database}`")
         s.close()
+
+
+def test_registry_round_trip_keeps_every_dealer_column(sink: ClickHouseSink, tmp_path: Path) -> None:
+    """A worker reading the registry from ClickHouse must get the signing secret's variable name:
+    a dealer read back without it would have its webhooks sent unsigned."""
+    from engine.registry import Registry
+    from sinks.registry_tables import publish_registry, read_registry
+    files = {
+        "batches.csv": "tenant,batch,sku,product,activated,size\n7,42,SKU-A,Lager,1,1000\n",
+        "dealers.csv": "dealer_id,tenant,name,channel,regions,manager,webhook,secret_env\n"
+                       "D-1,7,One,KA,44;3201,wang,https://example.com/hook,DEALER_D1_SECRET\n"
+                       "D-2,7,Two,,,li,,\n",
+        "shipments.csv": "tenant,batch,serial_from,serial_to,dealer_id,shipped_at\n7,42,0,999,D-1,2026-11-01\n",
+        "stores.csv": "store_id,tenant,dealer_id,region,channel\nS-1,7,D-1,440304,KA\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    given = Registry.load(tmp_path)
+    publish_registry(sink, given)
+    back = read_registry(sink)
+    order = lambda r: np.argsort(r.dealers.dealer_id)  # noqa: E731
+    for column in ("dealer_id", "manager", "webhook", "secret_env"):
+        assert getattr(back.dealers, column)[order(back)].tolist() == getattr(given.dealers, column)[order(given)].tolist()
+    assert sorted(back.dealers.secret_env.tolist()) == ["", "DEALER_D1_SECRET"]

@@ -7,7 +7,12 @@ CREATE TABLE IF NOT EXISTS registry_dealers
     channel   LowCardinality(String),
     regions   Array(String),
     manager   String,
-    webhook   String
+    webhook   String,
+    -- the name of the variable that holds the webhook's signing secret (never the secret):
+    -- without it a worker reading this table would send every signed webhook unsigned
+    secret_env String
 )
 ENGINE = ReplacingMergeTree
 ORDER BY (tenant, dealer_id);
+
+ALTER TABLE registry_dealers ADD COLUMN IF NOT EXISTS secret_env String;
