@@ -1,4 +1,4 @@
-"""Builds the Cython extensions: every ext/NAME.pyx becomes the module ext.NAME.
+"""Builds the Cython extensions: every ext/NAME.pyx becomes the module scanstream.ext.NAME.
 
 All package metadata lives in pyproject.toml.
 """
@@ -9,7 +9,7 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 extensions = [
-    Extension(f"ext.{pyx.stem}", [f"ext/{pyx.name}"], include_dirs=[numpy.get_include()],
+    Extension(f"scanstream.ext.{pyx.stem}", [f"ext/{pyx.name}"], include_dirs=[numpy.get_include()],
               extra_compile_args=["-O3"])
     for pyx in sorted(Path(__file__).parent.joinpath("ext").glob("*.pyx"))
 ]

@@ -41,10 +41,10 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from engine import codec as ref
-from engine.config import Config
-from engine.state import DrawStatus
-from engine.verdicts import Verdict
+from scanstream.engine import codec as ref
+from scanstream.engine.config import Config
+from scanstream.engine.state import DrawStatus
+from scanstream.engine.verdicts import Verdict
 
 # ------------------------------------------------------------------------ constants
 
@@ -308,7 +308,7 @@ class BaselinePipeline:
         if resolve_gps is not None:
             self.resolver_kind = "given"
         elif config.engine.resolve_gps if gps is None else gps:
-            from engine.geo import AdcodeIndex
+            from scanstream.engine.geo import AdcodeIndex
             index = AdcodeIndex.load()
             grid = GridResolver(index)
             if grid.available:

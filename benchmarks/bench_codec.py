@@ -60,10 +60,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from machine import machine
-from engine import codec as ref  # noqa: E402
-from engine.keys import KeyTable  # noqa: E402
-from engine.verdicts import Verdict  # noqa: E402
-from ext import codec as cy  # noqa: E402
+from scanstream.engine import codec as ref  # noqa: E402
+from scanstream.engine.keys import KeyTable  # noqa: E402
+from scanstream.engine.verdicts import Verdict  # noqa: E402
+from scanstream.ext import codec as cy  # noqa: E402
 
 TENANT = 7
 BATCH = 42

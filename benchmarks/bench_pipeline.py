@@ -99,10 +99,10 @@ import numpy as np  # noqa: E402
 
 from baseline_pipeline import BaselinePipeline  # noqa: E402
 from machine import machine
-from engine.config import load as load_config  # noqa: E402
-from engine.wiring import build_pipeline, build_registry, build_state  # noqa: E402
-from streams.local import Cursor  # noqa: E402
-from streams.synthetic import build_world, generate_scans  # noqa: E402
+from scanstream.engine.config import load as load_config  # noqa: E402
+from scanstream.wiring import build_pipeline, build_registry, build_state  # noqa: E402
+from scanstream.streams.local import Cursor  # noqa: E402
+from scanstream.streams.synthetic import build_world, generate_scans  # noqa: E402
 
 GOAL_RATE = 250_000
 DEMO_TENANT = 7
@@ -331,7 +331,7 @@ def baseline_pass(bench: Bench, batches, use_gc: bool, stage_times: dict[str, fl
 
 def chdb_passes(bench: Bench, repeat: int, use_gc: bool) -> dict[str, Any]:
     """End to end with the ClickHouse sink on embedded chdb, tables emptied before each run."""
-    from sinks.clickhouse import AWARD_TABLE, ALERT_TABLE, SCAN_TABLE, ClickHouseSink, connect
+    from scanstream.sinks.clickhouse import AWARD_TABLE, ALERT_TABLE, SCAN_TABLE, ClickHouseSink, connect
     sink = ClickHouseSink(connect(f"chdb:{bench.tmp / 'chdb'}", database=bench.config.database))
     try:
         sink.ensure_schema()

@@ -58,11 +58,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from engine.registry import batch_key  # noqa: E402
-from engine.state import pack_answer, state_keys  # noqa: E402
-from engine.state.memory import MemoryStateStore  # noqa: E402
-from engine.state.redis import BUCKETS, CHUNK_SERIALS, RedisStateStore, StateUnavailable  # noqa: E402
-from engine.verdicts import Verdict  # noqa: E402
+from scanstream.engine.registry import batch_key  # noqa: E402
+from scanstream.engine.state import pack_answer, state_keys  # noqa: E402
+from scanstream.engine.state.memory import MemoryStateStore  # noqa: E402
+from scanstream.engine.state.redis import BUCKETS, CHUNK_SERIALS, RedisStateStore, StateUnavailable  # noqa: E402
+from scanstream.engine.verdicts import Verdict  # noqa: E402
 
 TENANT = 7
 GOAL_BITS_PER_CODE = 1.1

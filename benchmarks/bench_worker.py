@@ -99,6 +99,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # this checkout first, so that its in-place build of ext/ is the one measured
 sys.path.insert(0, str(ROOT))
 sys.path.insert(1, str(Path(__file__).resolve().parent))
+sys.path.insert(2, str(ROOT / "tests"))  # config_writer: the worker configurations tests use too
 
 import numpy as np  # noqa: E402
 import orjson  # noqa: E402
@@ -145,7 +146,7 @@ def topic_names(tag: str) -> dict[str, str]:
 def write_config(base: Path, path: Path, registry: Path, chdb: Path, bootstrap: str, names: dict[str, str],
                  redis_url: str, prefix: str) -> Path:
     """``base`` with the registry, chdb, webhooks off, Redis state under ``prefix`` and the topics."""
-    from engine.config_writer import worker_toml
+    from config_writer import worker_toml
     kafka = {"bootstrap": bootstrap, "group": names["group"], "partitions": PARTITIONS,
              "session_timeout_s": SESSION_TIMEOUT_S,
              **{f"{k}_topic": names[k] for k in ("scans", "results", "awards", "alerts", "dlq")}}
@@ -155,15 +156,15 @@ def write_config(base: Path, path: Path, registry: Path, chdb: Path, bootstrap: 
     except ValueError as exc:
         raise SystemExit(f"{base}: {exc}") from None
     path.write_text(text, encoding="utf-8")
-    from engine.config import load
+    from scanstream.engine.config import load
     load(path)  # fail here, with the key's name, rather than in the worker's log
     return path
 
 
 def make_events(world, n: int, seed: int, tag: str) -> list[dict]:
     """``n`` scans of the synthetic stream as dicts, minus the lines the publisher refuses, scan_ids tagged."""
-    from ext.scanparse import parse_events
-    from streams.synthetic import generate_scans
+    from scanstream.ext.scanparse import parse_events
+    from scanstream.streams.synthetic import generate_scans
 
     lines = generate_scans(world, n, seed=seed)
     reasons = parse_events(lines)["reason"]
@@ -315,7 +316,7 @@ class ResultCounter(threading.Thread):
         self.error: BaseException | None = None
 
     def run(self) -> None:
-        from streams import envelope
+        from scanstream.streams import envelope
         try:
             while not self._halt.is_set():
                 got = self.consumer.poll(timeout_ms=50, max_records=100_000)
@@ -382,8 +383,8 @@ def build_messages(events: list[dict], partitions: int, per_envelope: int | None
     partition, in stream order (the last ones shorter), as the publisher seals them when its
     linger ends after that many scans.
     """
-    from streams import envelope
-    from streams.publisher import ENVELOPE_HEADERS, SINGLE_HEADERS, code_keys, encode_events, partition_for
+    from scanstream.streams import envelope
+    from scanstream.streams.publisher import ENVELOPE_HEADERS, SINGLE_HEADERS, code_keys, encode_events, partition_for
 
     lines = encode_events(events)
     keys = code_keys([e["code"] for e in events])
@@ -406,7 +407,7 @@ def read_back(bootstrap: str, topic: str, partitions: int, scans: int, timeout_s
     """Every message of a staging topic as (partition, key, value, headers), until ``scans`` scans were read."""
     from kafka import KafkaConsumer, TopicPartition
 
-    from streams import envelope
+    from scanstream.streams import envelope
 
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
                              auto_offset_reset="earliest", fetch_max_wait_ms=50,
@@ -486,7 +487,7 @@ class Throughput:
 def staged_phase(ctx: Ctx, events: list[dict], single: bool, per_envelope: int, timeout_s: float,
                  label: str) -> Throughput:
     """Time the publisher alone (to a staging topic), then the worker on the same scans (replayed)."""
-    from streams.publisher import ScanPublisher
+    from scanstream.streams.publisher import ScanPublisher
 
     staging = f"bench-staging-{uuid.uuid4().hex[:8]}"
     ctx.broker.create_topics({staging: PARTITIONS})
@@ -564,7 +565,7 @@ class Latency:
 
 def latency_phase(ctx: Ctx, events: list[dict], rate: float, every: int, waiters: int,
                   await_timeout_s: float = 5.0) -> Latency:
-    from streams.publisher import ScanPublisher
+    from scanstream.streams.publisher import ScanPublisher
 
     url = ctx.redis_url
     if "max_connections=" not in url:  # one connection per waiting thread (redis-py's default pool holds 100)
@@ -646,7 +647,7 @@ def latency_phase(ctx: Ctx, events: list[dict], rate: float, every: int, waiters
 def naive_phase(ctx: Ctx, config: Path, names: dict[str, str], events: list[dict], warmup: list[dict],
                 limit_s: float, label: str, extra: tuple[str, ...] = ()) -> tuple[Throughput, float]:
     """Start naive_agent.py, warm it up, then time ``events`` through it (single-scan messages)."""
-    from streams.publisher import ScanPublisher
+    from scanstream.streams.publisher import ScanPublisher
 
     log_name = re.sub(r"\W+", "-", label) + ".log"
     agent = Proc(label, [sys.executable, str(Path(__file__).with_name("naive_agent.py")), "--config", str(config),
@@ -769,10 +770,10 @@ def main(argv=None) -> int:
         return 2
     import redis
 
-    from engine.config import load
-    from streams.broker import TansuBroker
-    from streams.publisher import ScanPublisher
-    from streams.synthetic import build_world
+    from scanstream.engine.config import load
+    from scanstream.streams.broker import TansuBroker
+    from scanstream.streams.publisher import ScanPublisher
+    from scanstream.streams.synthetic import build_world
 
     info, version = machine("numpy", "orjson", "faust", "aiokafka", "kafka", "redis", "chdb"), code_version()
     load_avg = info["load_average"]

@@ -44,8 +44,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # this checkout, as for the other benchmarks
     sys.path.insert(0, str(ROOT))
 
-from engine.config import Config, load  # noqa: E402
-from engine.verdicts import Verdict  # noqa: E402
+from scanstream.engine.config import Config, load  # noqa: E402
+from scanstream.engine.verdicts import Verdict  # noqa: E402
 
 log = logging.getLogger("scanstream.naive")
 
@@ -81,13 +81,13 @@ def build_naive_app(config: Config, *, pure_codec: bool = False, insert: bool = 
     import faust
     import redis.asyncio as aioredis
 
-    from engine import outcomes
-    from sinks.clickhouse import ClickHouseSink, connect
+    from scanstream.engine import outcomes
+    from scanstream.sinks.clickhouse import ClickHouseSink, connect
 
     if pure_codec:
-        from engine.codec import verify
+        from scanstream.engine.codec import verify
     else:
-        from ext.codec import verify
+        from scanstream.ext.codec import verify
 
     k = config.kafka
     if config.registry_dir is None:
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         pass
     import faust
 
-    from streams.topics import ensure_topics
+    from scanstream.streams.topics import ensure_topics
 
     logging.basicConfig(level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = load(args.config)

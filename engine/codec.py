@@ -16,8 +16,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from engine.keys import KeyTable
-from engine.verdicts import VERDICT_DTYPE, Verdict
+from scanstream.engine.keys import KeyTable
+from scanstream.engine.verdicts import VERDICT_DTYPE, Verdict
 
 ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 CODE_CHARS = 24

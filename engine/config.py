@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.diversion import DiversionSettings
-from engine.enumeration import IDENTITIES, EnumerationSettings
-from engine.keys import KEY_BYTES, KEY_ID_MAX, TENANT_MAX, KeyTable
-from engine.lottery import Campaign, Tier
-from engine.segments import SegmentSettings
+from scanstream.engine.diversion import DiversionSettings
+from scanstream.engine.enumeration import IDENTITIES, EnumerationSettings
+from scanstream.engine.keys import KEY_BYTES, KEY_ID_MAX, TENANT_MAX, KeyTable
+from scanstream.engine.lottery import Campaign, Tier
+from scanstream.engine.segments import SegmentSettings
 
 #: Environment variable naming the configuration file when ``--config`` is not given.
 CONFIG_ENV = "SCANSTREAM_CONFIG"

@@ -12,7 +12,7 @@ import hashlib
 import numpy as np
 import orjson
 
-from engine import outcomes
+from scanstream.engine import outcomes
 
 #: The ``alert`` column of these alerts.
 ALERT = "scan_id_conflict"

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 
-from engine import adcode, outcomes
-from engine.registry import Registry
-from engine.state import STATE_HASH_KEY, StateStore, fold, state_keys
-from engine.verdicts import Verdict
-from ext import codec
+from scanstream.engine import adcode, outcomes
+from scanstream.engine.registry import Registry
+from scanstream.engine.state import STATE_HASH_KEY, StateStore, fold, state_keys
+from scanstream.engine.verdicts import Verdict
+from scanstream.ext import codec
 
 DIVERSION_LABELS = np.array(["none", "region", "channel", "region+channel"], dtype=object)
 REGION, CHANNEL = 1, 2

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine import adcode
-from engine.registry import Registry
-from engine.verdicts import Verdict
+from scanstream.engine import adcode
+from scanstream.engine.registry import Registry
+from scanstream.engine.verdicts import Verdict
 
 
 @dataclass

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 
-from engine import outcomes
-from engine.state import StateStore, fold, state_keys
-from engine.verdicts import Verdict
+from scanstream.engine import outcomes
+from scanstream.engine.state import StateStore, fold, state_keys
+from scanstream.engine.verdicts import Verdict
 
 MS_PER_MINUTE = 60_000
 #: Namespaces folded into the state keys of this stage.

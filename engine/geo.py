@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ext import nearest as _kernel
+from scanstream.ext import nearest as _kernel
 
 #: Mean Earth radius (IUGG), for converting the maximum distance to an angle.
 EARTH_RADIUS_KM = 6371.0088

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from engine import adcode
-from engine.registry import batch_key
-from engine.state import CampaignLimits, DrawStatus, GrantRequests, StateStore
-from engine.verdicts import Verdict
-from ext import codec
+from scanstream.engine import adcode
+from scanstream.engine.registry import batch_key
+from scanstream.engine.state import CampaignLimits, DrawStatus, GrantRequests, StateStore
+from scanstream.engine.verdicts import Verdict
+from scanstream.ext import codec
 
 MS_PER_DAY = 86_400_000
 MS_PER_MINUTE = 60_000

@@ -22,18 +22,18 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from engine import diversion as div
-from engine import outcomes
-from engine.config import Config
-from engine.conflicts import conflict_alerts
-from engine.enrich import enrich
-from engine.enumeration import EnumerationGuard
-from engine.lottery import Lottery
-from engine.registry import Registry, batch_key
-from engine.state import DRAW_LABELS, StateStore
-from engine.verdicts import LABELS, Verdict
-from ext import codec
-from ext.scanparse import parse_events
+from scanstream.engine import diversion as div
+from scanstream.engine import outcomes
+from scanstream.engine.config import Config
+from scanstream.engine.conflicts import conflict_alerts
+from scanstream.engine.enrich import enrich
+from scanstream.engine.enumeration import EnumerationGuard
+from scanstream.engine.lottery import Lottery
+from scanstream.engine.registry import Registry, batch_key
+from scanstream.engine.state import DRAW_LABELS, StateStore
+from scanstream.engine.verdicts import LABELS, Verdict
+from scanstream.ext import codec
+from scanstream.ext.scanparse import parse_events
 
 
 @dataclass

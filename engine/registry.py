@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import adcode
-from engine.codec import BATCH_MAX, KIND_CASE, KIND_UNIT, SERIAL_MAX
+from scanstream.engine import adcode
+from scanstream.engine.codec import BATCH_MAX, KIND_CASE, KIND_UNIT, SERIAL_MAX
 
 FILES = ("batches.csv", "dealers.csv", "shipments.csv", "stores.csv")
 KIND_BY_NAME = {"unit": KIND_UNIT, "case": KIND_CASE, "": KIND_UNIT}

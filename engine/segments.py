@@ -1,7 +1,7 @@
 """Scanner segments: RFM classes and lifecycle stages as of a date, built as ClickHouse SQL.
 
 Pure logic: the definitions (class and stage names, the rules), the settings of ``[segments]``
-and the SQL that applies them to ``scan_events``.  ``engine/cli/segments.py`` runs the SQL.
+and the SQL that applies them to ``scan_events``.  ``scanstream/cli/segments.py`` runs the SQL.
 
 Definitions (``d`` is the as-of date, a calendar day in ``utc_offset_minutes``):
 

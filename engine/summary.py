@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from engine.pipeline import BatchResult
-from engine.state import StateStore
+from scanstream.engine.pipeline import BatchResult
+from scanstream.engine.state import StateStore
 
 
 def _count(values: np.ndarray) -> Counter:

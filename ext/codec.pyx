@@ -10,14 +10,15 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from libc.stdint cimport int8_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
+from ext.siphash cimport _sipround, _siphash_bytes
 
 import numpy as np
 
-from engine.codec import VerifiedBatch, MAX_INPUT_BYTES, CODE_CHARS, VERSION, _check_fields
+from scanstream.engine.codec import VerifiedBatch, MAX_INPUT_BYTES, CODE_CHARS, VERSION, _check_fields
 
-assert CODE_CHARS == 24 and VERSION == 1, "ext.codec is compiled for format v1"
-from engine.keys import KeyTable, KEY_BYTES
-from engine.verdicts import Verdict
+assert CODE_CHARS == 24 and VERSION == 1, "scanstream.ext.codec is compiled for format v1"
+from scanstream.engine.keys import KeyTable, KEY_BYTES
+from scanstream.engine.verdicts import Verdict
 
 cdef extern from *:
     uint64_t _bswap64 "__builtin_bswap64"(uint64_t x) noexcept nogil
@@ -63,17 +64,6 @@ cdef void _init_decode():
     DECODE[<uint8_t>b'l'] = 1
 
 _init_decode()
-
-
-cdef inline uint64_t _rotl(uint64_t x, int b) noexcept nogil:
-    return (x << b) | (x >> (64 - b))
-
-
-cdef inline void _sipround(uint64_t* v0, uint64_t* v1, uint64_t* v2, uint64_t* v3) noexcept nogil:
-    v0[0] += v1[0]; v1[0] = _rotl(v1[0], 13); v1[0] ^= v0[0]; v0[0] = _rotl(v0[0], 32)
-    v2[0] += v3[0]; v3[0] = _rotl(v3[0], 16); v3[0] ^= v2[0]
-    v0[0] += v3[0]; v3[0] = _rotl(v3[0], 21); v3[0] ^= v0[0]
-    v2[0] += v1[0]; v1[0] = _rotl(v1[0], 17); v1[0] ^= v2[0]; v2[0] = _rotl(v2[0], 32)
 
 
 cdef inline uint64_t _siphash_payload(uint64_t k0, uint64_t k1, uint64_t head, uint64_t tail16) noexcept nogil:
@@ -251,7 +241,7 @@ def verify_batch(codes, keys):
 
 def verify(code, keys):
     """One code: an ``engine.codec.Decoded`` (the per-code call; prefer ``verify_batch``)."""
-    from engine.codec import Decoded
+    from scanstream.engine.codec import Decoded
     index, k0a, k1a = _key_arrays(keys)
     cdef const uint16_t[::1] kindex = index
     cdef const uint64_t[::1] k0 = k0a
@@ -362,33 +352,6 @@ def keyed_hash(key, tenant, kind, batch, serial):
             head = _head(k[i] & 3, 0, t[i], b[i] & 0xFFFFFF, s[i])
             o[i] = _siphash_payload(ck0, ck1, head, s[i] & 0xFFFF)
     return out
-
-
-cdef uint64_t _siphash_bytes(uint64_t k0, uint64_t k1, const uint8_t* data, Py_ssize_t n) noexcept nogil:
-    """SipHash-2-4 of ``n`` bytes, as the integer of its little-endian output bytes."""
-    cdef uint64_t v0 = k0 ^ 0x736F6D6570736575ULL
-    cdef uint64_t v1 = k1 ^ 0x646F72616E646F6DULL
-    cdef uint64_t v2 = k0 ^ 0x6C7967656E657261ULL
-    cdef uint64_t v3 = k1 ^ 0x7465646279746573ULL
-    cdef uint64_t m
-    cdef Py_ssize_t i, j, full = n - n % 8
-    for i in range(0, full, 8):
-        m = 0
-        for j in range(8):
-            m |= (<uint64_t>data[i + j]) << (8 * j)
-        v3 ^= m
-        _sipround(&v0, &v1, &v2, &v3); _sipround(&v0, &v1, &v2, &v3)
-        v0 ^= m
-    m = (<uint64_t>(n & 0xFF)) << 56
-    for j in range(n - full):
-        m |= (<uint64_t>data[full + j]) << (8 * j)
-    v3 ^= m
-    _sipround(&v0, &v1, &v2, &v3); _sipround(&v0, &v1, &v2, &v3)
-    v0 ^= m
-    v2 ^= 0xFF
-    _sipround(&v0, &v1, &v2, &v3); _sipround(&v0, &v1, &v2, &v3)
-    _sipround(&v0, &v1, &v2, &v3); _sipround(&v0, &v1, &v2, &v3)
-    return v0 ^ v1 ^ v2 ^ v3
 
 
 def hash_strings(strings, key):

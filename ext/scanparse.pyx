@@ -19,8 +19,8 @@ from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.object cimport PyObject
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 
-from ext.codec cimport _siphash_bytes
-from ext.codec import _key_halves
+from ext.siphash cimport _siphash_bytes
+from scanstream.ext.codec import _key_halves
 
 #: An event larger than this is not parsed (a scan event is a few hundred bytes).
 MAX_EVENT_BYTES = 65536

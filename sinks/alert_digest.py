@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from engine import outcomes
+from scanstream.engine import outcomes
 
 #: Wait this long past a window's end (in event time) for its late alerts.
 DEFAULT_GRACE_MS = 60_000

@@ -31,11 +31,11 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from engine import outcomes
-from engine.registry import Registry
-from sinks.alert_digest import AlertDigests, digests_of
-from sinks.clickhouse import batch_from_rows
-from sinks.notifiers import (
+from scanstream.engine import outcomes
+from scanstream.engine.registry import Registry
+from scanstream.sinks.alert_digest import AlertDigests, digests_of
+from scanstream.sinks.clickhouse import batch_from_rows
+from scanstream.sinks.notifiers import (
     DELIVERED, FAILED, PENDING, LogNotifier, Route, WebhookRefused, check_webhook_url, delivery_records,
     detect_format, redact_url,
 )

@@ -28,6 +28,7 @@ still gets in twice.
 """
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import urllib.parse
@@ -41,11 +42,11 @@ import numpy as np
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from engine.outcomes import ALERT_COLUMNS, AWARD_COLUMNS, DELIVERY_COLUMNS, SCAN_COLUMNS, Columns
-from sinks.exceptions import SinkError
+from scanstream.engine.outcomes import ALERT_COLUMNS, AWARD_COLUMNS, DELIVERY_COLUMNS, SCAN_COLUMNS, Columns
+from scanstream.sinks.exceptions import SinkError
 
 #: The DDL applied by ``ClickHouseSink.ensure_schema``: ``*.sql`` files, in file-name order.
-DEFAULT_DDL_DIR = Path(__file__).resolve().parent.parent / "config" / "clickhouse"
+DEFAULT_DDL_DIR = Path(next(iter(importlib.import_module("scanstream.sinks.ddl").__path__)))
 #: Database created by ``connect`` and used by its client.
 DEFAULT_DATABASE = "scanstream"
 

@@ -50,7 +50,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from engine import outcomes
+from scanstream.engine import outcomes
 
 #: Seconds one attempt may wait on the socket (connect, send, each read) before it fails.
 DEFAULT_TIMEOUT_S = 5.0
@@ -567,7 +567,7 @@ class WebhookNotifier:
     does so too.  Usable as a context manager.
 
     ``address_policy`` None sends anywhere http(s) reaches (a library default for receivers
-    the caller controls); the engine always passes one (``engine.wiring.build_alerting``).
+    the caller controls); the engine always passes one (``scanstream.wiring.build_alerting``).
     """
 
     def __init__(self, timeout_s: float = DEFAULT_TIMEOUT_S, retries: int = DEFAULT_RETRIES,

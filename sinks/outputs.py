@@ -12,9 +12,9 @@ from typing import IO
 
 import orjson
 
-from engine import outcomes
-from engine.pipeline import BatchResult
-from sinks.alerting import AlertDelivery
+from scanstream.engine import outcomes
+from scanstream.engine.pipeline import BatchResult
+from scanstream.sinks.alerting import AlertDelivery
 
 #: Fields of a results-file line: DESIGN.md "Outputs", then why a draw paid or not, whether the
 #: scan_id was a redelivery, and why an event was invalid.

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.registry import Registry
-from sinks.clickhouse import ClickHouseSink
+from scanstream.engine.registry import Registry
+from scanstream.sinks.clickhouse import ClickHouseSink
 
 #: (table, registry file, columns as (name, numpy dtype, ClickHouse type))
 TABLES = (

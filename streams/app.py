@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 
 import faust
 
-from engine.config import Config
-from streams.metrics import WorkerMetrics
-from streams.worker import BatchHandler, Handled, Record, RegistryReloader
+from scanstream.engine.config import Config
+from scanstream.streams.metrics import WorkerMetrics
+from scanstream.streams.worker import BatchHandler, Handled, Record, RegistryReloader
 
 log = logging.getLogger("scanstream.worker")
 

@@ -274,7 +274,7 @@ class TansuBroker:
 
 
 def _default_topics() -> str:
-    from engine.config import KafkaSettings
+    from scanstream.engine.config import KafkaSettings
 
     k = KafkaSettings()
     names = (k.scans_topic, k.results_topic, k.awards_topic, k.alerts_topic, k.dlq_topic)
@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="partitions of a topic named without a count (default: KafkaSettings.partitions)")
     parser.add_argument("--log", type=Path, default=None, help="write the broker's output here")
     args = parser.parse_args(argv)
-    from engine.config import KafkaSettings
+    from scanstream.engine.config import KafkaSettings
 
     try:
         topics = parse_topics(_default_topics() if args.topics is None else args.topics,

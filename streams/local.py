@@ -15,9 +15,9 @@ from typing import BinaryIO
 
 import numpy as np
 
-from engine.pipeline import Pipeline
-from engine.summary import Summary
-from sinks.outputs import Outputs
+from scanstream.engine.pipeline import Pipeline
+from scanstream.engine.summary import Summary
+from scanstream.sinks.outputs import Outputs
 
 #: Redraw the progress line at most this often.
 PROGRESS_EVERY_S = 0.2

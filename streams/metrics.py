@@ -9,8 +9,8 @@ from collections import Counter
 
 from prometheus_client import CollectorRegistry, Counter as PromCounter, Gauge, Histogram, start_http_server
 
-from engine.state import StateUnavailable
-from sinks.exceptions import SinkError
+from scanstream.engine.state import StateUnavailable
+from scanstream.sinks.exceptions import SinkError
 
 #: Batch latency buckets (seconds): a batch of envelopes takes tens to hundreds of milliseconds.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)

@@ -46,11 +46,11 @@ import orjson
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.errors import KafkaError, KafkaTimeoutError
 
-from engine.keys import KeyTable
-from engine.verdicts import Verdict
-from ext.codec import verify, verify_batch
-from ext.scanparse import MAX_EVENT_BYTES, parse_events
-from streams import envelope, replies
+from scanstream.engine.keys import KeyTable
+from scanstream.engine.verdicts import Verdict
+from scanstream.ext.codec import verify, verify_batch
+from scanstream.ext.scanparse import MAX_EVENT_BYTES, parse_events
+from scanstream.streams import envelope, replies
 
 #: Headers of the two message kinds (``streams.envelope``).
 ENVELOPE_HEADERS = [(envelope.CONTENT_TYPE, envelope.ENVELOPE.encode("ascii"))]

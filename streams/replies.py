@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from engine import outcomes
-from ext.jsonlines import encode_rows
+from scanstream.engine import outcomes
+from scanstream.ext.jsonlines import encode_rows
 
 #: Longest single blocking call of ``wait_reply``.
 WAIT_SLICE_S = 1.0

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from engine.geo import AdcodeIndex
-from ext import codec
+from scanstream.engine.geo import AdcodeIndex
+from scanstream.ext import codec
 
 #: 2026-11-20T08:00:00+08:00: the demo day starts at 8 in the morning, China time.
 DEMO_START_MS = 1795132800000

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from engine.config import KafkaSettings
+from scanstream.engine.config import KafkaSettings
 
 log = logging.getLogger("scanstream.topics")
 

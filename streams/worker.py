@@ -31,12 +31,12 @@ from typing import Any
 import numpy as np
 import orjson
 
-from engine import outcomes
-from engine.config import Config
-from engine.pipeline import BatchResult, Pipeline
-from engine.registry import Registry
-from engine.state import state_keys
-from streams import envelope, replies
+from scanstream.engine import outcomes
+from scanstream.engine.config import Config
+from scanstream.engine.pipeline import BatchResult, Pipeline
+from scanstream.engine.registry import Registry
+from scanstream.engine.state import state_keys
+from scanstream.streams import envelope, replies
 
 log = logging.getLogger("scanstream.worker")
 
@@ -234,7 +234,7 @@ class RegistryReloader:
 
     def _fingerprint(self) -> Any:
         if self.config.registry_source == "clickhouse":
-            from sinks.registry_tables import fingerprint
+            from scanstream.sinks.registry_tables import fingerprint
             return fingerprint(self.clickhouse)
         if self.config.registry_dir is None:
             return None
@@ -250,7 +250,7 @@ class RegistryReloader:
             seen = self._fingerprint()
             if seen == self._seen and not force:
                 return False
-            from engine.wiring import build_registry
+            from scanstream.wiring import build_registry
             registry: Registry = build_registry(self.config, self.clickhouse)
         except Exception as exc:  # a half-written file must not stop the worker
             log.warning("registry reload failed, keeping the current registry: %s", exc)

@@ -21,7 +21,7 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 @pytest.fixture(scope="session")
 def broker() -> Iterator:
-    from streams.broker import TansuBroker
+    from scanstream.streams.broker import TansuBroker
 
     with TansuBroker() as running:
         yield running

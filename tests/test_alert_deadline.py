@@ -17,13 +17,13 @@ import pytest
 
 pytest.importorskip("chdb")
 
-from engine import outcomes  # noqa: E402
-from engine.config import ConfigError, load  # noqa: E402
-from engine.registry import Registry  # noqa: E402
-from sinks.alerting import AlertDelivery, RetryResult, retry_pending  # noqa: E402
-from sinks.clickhouse import ClickHouseSink, connect  # noqa: E402
-from sinks.exceptions import SinkError  # noqa: E402
-from sinks.notifiers import AddressPolicy, WebhookNotifier  # noqa: E402
+from scanstream.engine import outcomes  # noqa: E402
+from scanstream.engine.config import ConfigError, load  # noqa: E402
+from scanstream.engine.registry import Registry  # noqa: E402
+from scanstream.sinks.alerting import AlertDelivery, RetryResult, retry_pending  # noqa: E402
+from scanstream.sinks.clickhouse import ClickHouseSink, connect  # noqa: E402
+from scanstream.sinks.exceptions import SinkError  # noqa: E402
+from scanstream.sinks.notifiers import AddressPolicy, WebhookNotifier  # noqa: E402
 
 LOCAL_TOML = Path(__file__).resolve().parents[1] / "config" / "local.toml"
 WINDOW_MS = 600_000

@@ -10,11 +10,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from engine.config import load
-from engine.state.memory import MemoryStateStore
-from engine.wiring import build_alerting, build_pipeline, build_registry
-from sinks.outputs import Outputs
-from streams.synthetic import build_world, generate_scans
+from scanstream.engine.config import load
+from scanstream.engine.state.memory import MemoryStateStore
+from scanstream.wiring import build_alerting, build_pipeline, build_registry
+from scanstream.sinks.outputs import Outputs
+from scanstream.streams.synthetic import build_world, generate_scans
 
 LOCAL_TOML = Path(__file__).resolve().parents[1] / "config" / "local.toml"
 

@@ -1,4 +1,4 @@
-"""``scanstream codes mint|verify``: in-process through engine.cli.main, and once as a real process."""
+"""``scanstream codes mint|verify``: in-process through scanstream.cli.main, and once as a real process."""
 from __future__ import annotations
 
 import io
@@ -11,12 +11,12 @@ from pathlib import Path
 import orjson
 import pytest
 
-from engine import codec as ref
-from engine.cli import main
-from engine.config import CONFIG_ENV
-from engine.keys import KeyTable
-from engine.verdicts import Verdict
-from ext import codec as cy
+from scanstream.engine import codec as ref
+from scanstream.cli import main
+from scanstream.engine.config import CONFIG_ENV
+from scanstream.engine.keys import KeyTable
+from scanstream.engine.verdicts import Verdict
+from scanstream.ext import codec as cy
 
 REPO = Path(__file__).resolve().parents[1]
 CODE_7 = "2000E00058003RJ08V9QZJM3"  # DESIGN.md: tenant 7, batch 42, serial 123456, unit, key_id 0

@@ -19,8 +19,8 @@ import pytest
 
 pytest.importorskip("chdb")
 
-from engine.outcomes import ALERT_COLUMNS, AWARD_COLUMNS, SCAN_COLUMNS, Columns, empty, names  # noqa: E402
-from sinks.clickhouse import (  # noqa: E402
+from scanstream.engine.outcomes import ALERT_COLUMNS, AWARD_COLUMNS, SCAN_COLUMNS, Columns, empty, names  # noqa: E402
+from scanstream.sinks.clickhouse import (  # noqa: E402
     DEFAULT_DDL_DIR,
     DELIVERY_COLUMNS,
     ClickHouseSink,
@@ -29,7 +29,7 @@ from sinks.clickhouse import (  # noqa: E402
     redact,
     split_statements,
 )
-from sinks.exceptions import SinkError  # noqa: E402
+from scanstream.sinks.exceptions import SinkError  # noqa: E402
 
 SERVER_URL_ENV = "SCANSTREAM_CLICKHOUSE_URL"
 ROWS = 10_000
@@ -317,8 +317,8 @@ def test_server_round_trip() -> None:
 def test_registry_round_trip_keeps_every_dealer_column(sink: ClickHouseSink, tmp_path: Path) -> None:
     """A worker reading the registry from ClickHouse must get the signing secret's variable name:
     a dealer read back without it would have its webhooks sent unsigned."""
-    from engine.registry import Registry
-    from sinks.registry_tables import publish_registry, read_registry
+    from scanstream.engine.registry import Registry
+    from scanstream.sinks.registry_tables import publish_registry, read_registry
     files = {
         "batches.csv": "tenant,batch,sku,product,activated,size\n7,42,SKU-A,Lager,1,1000\n",
         "dealers.csv": "dealer_id,tenant,name,channel,regions,manager,webhook,secret_env\n"

@@ -13,10 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import codec as ref
-from engine.keys import KeyTable
-from engine.verdicts import Verdict
-from ext import codec as cy
+from scanstream.engine import codec as ref
+from scanstream.engine.keys import KeyTable
+from scanstream.engine.verdicts import Verdict
+from scanstream.ext import codec as cy
 
 IMPLS = [pytest.param(ref, id="py"), pytest.param(cy, id="cy")]
 

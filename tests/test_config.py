@@ -1,4 +1,4 @@
-"""engine.config: the TOML deployment configuration; errors name the bad key, never a key's value."""
+"""scanstream.engine.config: the TOML deployment configuration; errors name the bad key, never a key's value."""
 from __future__ import annotations
 
 import re
@@ -9,9 +9,9 @@ from string import Template
 
 import pytest
 
-from engine import config as config_mod
-from engine.config import ConfigError
-from engine.keys import KeyTable
+from scanstream.engine import config as config_mod
+from scanstream.engine.config import ConfigError
+from scanstream.engine.keys import KeyTable
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL = REPO / "config" / "local.toml"

@@ -1,12 +1,12 @@
-"""engine.config_writer: the worker configurations that tests and benchmarks start workers with."""
+"""config_writer: the worker configurations that tests and benchmarks start workers with."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-from engine.config import load
-from engine.config_writer import toml_table, worker_toml
+from scanstream.engine.config import load
+from config_writer import toml_table, worker_toml
 
 LOCAL_TOML = Path(__file__).resolve().parent.parent / "config" / "local.toml"
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from engine.pipeline import Pipeline
-from engine.state.embedded import EmbeddedStateStore
-from engine.state.memory import MemoryStateStore
-from engine.state.redis import RedisStateStore
+from scanstream.engine.pipeline import Pipeline
+from scanstream.engine.state.embedded import EmbeddedStateStore
+from scanstream.engine.state.memory import MemoryStateStore
+from scanstream.engine.state.redis import RedisStateStore
 from tests.test_pipeline import T0, code, col, event, forged, make_config
 
 
@@ -128,7 +128,7 @@ def test_an_event_nested_too_deep_to_fingerprint_is_an_invalid_event(pipeline):
 
 
 def test_fingerprint_is_of_the_content_not_the_spelling():
-    from ext.scanparse import parse_events
+    from scanstream.ext.scanparse import parse_events
     base = b'{"scan_id":"a","ts":%d,"code":"X","user_id":"u","lat":1.5%s}'
     same = [base % (T0, b""), b'{"lat":1.50, "user_id":"u","code":"X","ts":%d,"scan_id":"a"}' % T0]
     other = [base % (T0, extra) for extra in (b',"x":null', b',"x":"1"', b',"x":1', b',"x":{"a":[2]}',

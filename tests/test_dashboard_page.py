@@ -41,7 +41,7 @@ VALID = ("ok", "repeat")
 CHART_PANELS = {"scans_per_minute", "verdict_mix", "conversion_batch", "conversion_sku", "conversion_province",
                 "repeat_rate", "new_returning", "spend_budget", "prizes_by_tier", "fraud_hotspots",
                 "diversion_dealer", "diversion_region", "throughput"}
-#: Colours the panels give verdicts and bars (sinks/dashboard/panels.py), as RGB.
+#: Colours the panels give verdicts and bars (scanstream/dashboard/panels.py), as RGB.
 OK_GREEN, BAD_MAC_RED, BAR_BLUE = (0x2C, 0xA0, 0x2C), (0xD6, 0x27, 0x28), (0x1F, 0x77, 0xB4)
 STARTUP_TIMEOUT_S = 75
 CHROMIUM_TIMEOUT_S = 60

@@ -30,9 +30,9 @@ import pytest
 
 pytest.importorskip("chdb")
 
-from engine.outcomes import ALERT_COLUMNS, AWARD_COLUMNS, SCAN_COLUMNS
-from sinks.clickhouse import DEFAULT_DDL_DIR, ClickHouseSink, connect
-from sinks.registry_tables import TABLES as REGISTRY_TABLES
+from scanstream.engine.outcomes import ALERT_COLUMNS, AWARD_COLUMNS, SCAN_COLUMNS
+from scanstream.sinks.clickhouse import DEFAULT_DDL_DIR, ClickHouseSink, connect
+from scanstream.sinks.registry_tables import TABLES as REGISTRY_TABLES
 
 GRAFANA_DIR = Path(__file__).resolve().parent.parent / "config" / "grafana"
 DASHBOARD_DIR = GRAFANA_DIR / "dashboards"
@@ -272,7 +272,7 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loaded]:
     try:
         sink.ensure_schema()
         load_stream(sink)
-        from engine import segments as seg
+        from scanstream.engine import segments as seg
         for day in (date(2026, 11, 20), date(2026, 11, 21)):
             counts = seg.sizes(sink.query(seg.sizes_sql(seg.SegmentSettings(), day))[1])
             sink.insert(seg.SNAPSHOT_TABLE, seg.snapshot_batch(counts, day), seg.SNAPSHOT_COLUMNS)

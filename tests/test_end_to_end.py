@@ -24,13 +24,13 @@ import numpy as np
 import orjson
 import pytest
 
-from engine.config import load
-from engine.config_writer import worker_toml
-from engine.lottery import draw_numbers, draw_tiers
-from engine.state.memory import MemoryStateStore
-from engine.wiring import build_pipeline
-from streams.publisher import InvalidEvent, ScanPublisher, encode_event
-from streams.synthetic import build_world, generate_scans
+from scanstream.engine.config import load
+from config_writer import worker_toml
+from scanstream.engine.lottery import draw_numbers, draw_tiers
+from scanstream.engine.state.memory import MemoryStateStore
+from scanstream.wiring import build_pipeline
+from scanstream.streams.publisher import InvalidEvent, ScanPublisher, encode_event
+from scanstream.streams.synthetic import build_world, generate_scans
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL_TOML = REPO / "config" / "local.toml"

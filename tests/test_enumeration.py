@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.pipeline import Pipeline
-from engine.state.memory import MemoryStateStore
+from scanstream.engine.pipeline import Pipeline
+from scanstream.engine.state.memory import MemoryStateStore
 from test_pipeline import MINUTE, T0, code, col, event, make_config, make_registry
 
 THRESHOLD = 5
@@ -20,7 +20,7 @@ def store(request):
         return
     redis_url = request.getfixturevalue("redis_url")
     prefix = request.getfixturevalue("redis_prefix")
-    from engine.state.redis import RedisStateStore
+    from scanstream.engine.state.redis import RedisStateStore
     s = RedisStateStore.from_url(redis_url, prefix=prefix, replay_ttl_s=3600)
     yield s
     s.flush_prefix()

@@ -13,8 +13,8 @@ import sys
 import numpy as np
 import pytest
 
-from engine import geo
-from engine.geo import AdcodeIndex
+from scanstream.engine import geo
+from scanstream.engine.geo import AdcodeIndex
 
 EARTH_RADIUS_KM = 6371.0088
 #: A known place is only a fair test when its nearest centroid wins by at least this much.

@@ -1,11 +1,11 @@
-"""ext.jsonlines writes each row exactly as orjson writes the row's dict."""
+"""scanstream.ext.jsonlines writes each row exactly as orjson writes the row's dict."""
 from __future__ import annotations
 
 import orjson
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from ext.jsonlines import encode_rows
+from scanstream.ext.jsonlines import encode_rows
 
 values = st.one_of(st.text(), st.integers(-2**63, 2**63 - 1), st.booleans(), st.none(),
                    st.floats(allow_nan=False, allow_infinity=False))

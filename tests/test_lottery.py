@@ -20,13 +20,13 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import config as config_mod
-from engine import outcomes
-from engine.lottery import Campaign, Tier, draw_numbers, draw_tiers
-from engine.pipeline import BatchResult, Pipeline
-from engine.registry import Registry
-from engine.state.memory import MemoryStateStore
-from ext import codec
+from scanstream.engine import config as config_mod
+from scanstream.engine import outcomes
+from scanstream.engine.lottery import Campaign, Tier, draw_numbers, draw_tiers
+from scanstream.engine.pipeline import BatchResult, Pipeline
+from scanstream.engine.registry import Registry
+from scanstream.engine.state.memory import MemoryStateStore
+from scanstream.ext import codec
 
 KEY = bytes.fromhex("000102030405060708090a0b0c0d0e0f")
 TENANT = 7

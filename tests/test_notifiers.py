@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 import pytest
 
-from sinks.notifiers import (
+from scanstream.sinks.notifiers import (
     DELIVERY_FIELDS,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
@@ -388,8 +388,8 @@ def test_a_digest_is_one_message_listing_every_city_and_one_record_per_alert(not
                                                                              receiver: Receiver) -> None:
     import numpy as np
 
-    from engine import outcomes
-    from sinks.alert_digest import AlertDigests
+    from scanstream.engine import outcomes
+    from scanstream.sinks.alert_digest import AlertDigests
 
     alerts = [diversion_alert(alert_id=f"a-{i}", city=city, subtype=kind, count=3)
               for i, (city, kind) in enumerate([("3201", "region"), ("4301", "region"), ("4401", "channel")])]

@@ -26,13 +26,13 @@ import numpy as np
 import orjson
 import pytest
 
-from engine import config as config_mod
-from engine import outcomes
-from engine.geo import AdcodeIndex
-from engine.pipeline import BatchResult, Pipeline
-from engine.registry import Registry
-from engine.state.memory import MemoryStateStore
-from ext import codec
+from scanstream.engine import config as config_mod
+from scanstream.engine import outcomes
+from scanstream.engine.geo import AdcodeIndex
+from scanstream.engine.pipeline import BatchResult, Pipeline
+from scanstream.engine.registry import Registry
+from scanstream.engine.state.memory import MemoryStateStore
+from scanstream.ext import codec
 
 KEY = bytes.fromhex("000102030405060708090a0b0c0d0e0f")  # DESIGN.md test key, tenant 7 key_id 0
 ROTATED_KEY = bytes.fromhex("f0e1d2c3b4a5968778695a4b3c2d1e0f")  # key_id 1: not configured here
@@ -758,7 +758,7 @@ def test_replay_flag_for_unverified_scans(pipeline, line):
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
-    from streams.synthetic import build_world, generate_scans
+    from scanstream.streams.synthetic import build_world, generate_scans
     world = build_world(TENANT, KEY, 0)
     directory = tmp_path_factory.mktemp("registry")
     world.write_registry(directory)

@@ -18,11 +18,11 @@ import redis
 from kafka import KafkaConsumer, TopicPartition
 from kafka.partitioner.default import murmur2 as kafka_murmur2
 
-from engine import outcomes
-from ext.codec import mint
-from ext.scanparse import parse_events
-from streams import envelope
-from streams.publisher import (
+from scanstream.engine import outcomes
+from scanstream.ext.codec import mint
+from scanstream.ext.scanparse import parse_events
+from scanstream.streams import envelope
+from scanstream.streams.publisher import (
     InvalidEvent,
     PublishError,
     ScanPublisher,
@@ -33,7 +33,7 @@ from streams.publisher import (
     murmur2,
     partition_for,
 )
-from streams.replies import ReplyWriter
+from scanstream.streams.replies import ReplyWriter
 
 KEY = bytes(range(16))
 TS0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -408,7 +408,7 @@ def test_envelope_limit_is_checked():
 @pytest.mark.timeout(60)
 def test_undelivered_scans_are_reported(broker):
     """A broker that goes away: flush() says how many scans were lost, within its bound."""
-    from streams.broker import TansuBroker
+    from scanstream.streams.broker import TansuBroker
 
     own = TansuBroker().start()  # not the session's broker: this one is stopped half-way
     try:

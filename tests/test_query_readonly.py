@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.codec import encode
-from engine.config import CONFIG_ENV
+from scanstream.engine.codec import encode
+from scanstream.engine.config import CONFIG_ENV
 
 pytest.importorskip("chdb")
 
@@ -40,7 +40,7 @@ REGISTRY = {
 
 def scanstream(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != CONFIG_ENV}
-    return subprocess.run([sys.executable, "-m", "engine.cli", *args], cwd=cwd, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "scanstream.cli", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=300)
 
 

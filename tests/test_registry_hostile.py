@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.cli import main
-from engine.config import CONFIG_ENV
-from engine.registry import MAX_FIELD, Registry, RegistryError
+from scanstream.cli import main
+from scanstream.engine.config import CONFIG_ENV
+from scanstream.engine.registry import MAX_FIELD, Registry, RegistryError
 
 REPO = Path(__file__).resolve().parents[1]
 BOM = "\ufeff"
@@ -237,7 +237,7 @@ def write_config(path: Path, registry: Path, chdb: Path) -> Path:
 
 def scanstream(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != CONFIG_ENV}
-    return subprocess.run([sys.executable, "-m", "engine.cli", *args], cwd=cwd, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "scanstream.cli", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=180)
 
 

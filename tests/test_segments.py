@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import config as config_mod
-from engine import segments as seg
-from engine.config import ConfigError
-from engine.outcomes import SCAN_COLUMNS, empty
-from engine.segments import SegmentSettings
+from scanstream.engine import config as config_mod
+from scanstream.engine import segments as seg
+from scanstream.engine.config import ConfigError
+from scanstream.engine.outcomes import SCAN_COLUMNS, empty
+from scanstream.engine.segments import SegmentSettings
 
 REPO = Path(__file__).resolve().parents[1]
 SCANSTREAM = shutil.which("scanstream", path=str(Path(sys.executable).parent)) or shutil.which("scanstream")
@@ -226,7 +226,7 @@ def load_stream(sink, token: str | None = "stream-1") -> None:
 @pytest.fixture(scope="module")
 def sink(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     pytest.importorskip("chdb")
-    from sinks.clickhouse import ClickHouseSink, connect
+    from scanstream.sinks.clickhouse import ClickHouseSink, connect
     s = ClickHouseSink(connect(f"chdb:{tmp_path_factory.mktemp('chdb-segments')}", database="segments"))
     load_stream(s)
     yield s
@@ -642,7 +642,7 @@ def query_rows(config: Path, home: Path, sql: str) -> list[tuple]:
 if __name__ == "__main__":
     # python tests/test_segments.py load chdb:PATH [DATABASE]: STREAM into a chdb path, from a
     # process of its own (chdb allows one path per process)
-    from sinks.clickhouse import ClickHouseSink, connect
+    from scanstream.sinks.clickhouse import ClickHouseSink, connect
 
     _, command, target, *rest = sys.argv
     assert command == "load", sys.argv

@@ -26,15 +26,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import config as config_mod
-from engine.pipeline import Pipeline
-from engine.registry import Registry, batch_key
-from engine.state import CampaignLimits, DrawStatus, GrantRequests, StateStore, pack_answer
-from engine.state.embedded import EmbeddedStateStore
-from engine.state.memory import MemoryStateStore
-from engine.state import StateUnavailable
-from engine.state.redis import CHUNK_BYTES, CHUNK_SERIALS, RedisStateStore, good_length, redact
-from engine.verdicts import Verdict
+from scanstream.engine import config as config_mod
+from scanstream.engine.pipeline import Pipeline
+from scanstream.engine.registry import Registry, batch_key
+from scanstream.engine.state import CampaignLimits, DrawStatus, GrantRequests, StateStore, pack_answer
+from scanstream.engine.state.embedded import EmbeddedStateStore
+from scanstream.engine.state.memory import MemoryStateStore
+from scanstream.engine.state import StateUnavailable
+from scanstream.engine.state.redis import CHUNK_BYTES, CHUNK_SERIALS, RedisStateStore, good_length, redact
+from scanstream.engine.verdicts import Verdict
 
 OK, REPEAT, BAD_MAC, NOT_ACTIVATED = Verdict.OK, Verdict.REPEAT, Verdict.BAD_MAC, Verdict.NOT_ACTIVATED
 WON, NO_PRIZE, OUT_OF_STOCK, BUDGET, CAP = (DrawStatus.WON, DrawStatus.NO_PRIZE, DrawStatus.OUT_OF_STOCK,
@@ -528,7 +528,7 @@ def test_embedded_store_reopened_at_any_checkpoint_answers_as_one_process(ops, r
 
 
 def test_embedded_store_refuses_a_second_process_and_an_unknown_format(tmp_path):
-    from engine.state.embedded import StateFileError, StateInUse
+    from scanstream.engine.state.embedded import StateFileError, StateInUse
     path = tmp_path / "state.sqlite"
     first = EmbeddedStateStore(path)
     with pytest.raises(StateInUse, match="in use by another"):
@@ -543,7 +543,7 @@ def test_embedded_store_refuses_a_second_process_and_an_unknown_format(tmp_path)
 
 
 def test_embedded_store_folds_its_log_into_a_snapshot(tmp_path, monkeypatch):
-    from engine.state import embedded
+    from scanstream.engine.state import embedded
     monkeypatch.setattr(embedded, "MIN_LOG_BYTES_FOR_SNAPSHOT", 1)
     path = tmp_path / "state.sqlite"
     mem, emb = MemoryStateStore(replay_ttl_s=3600), EmbeddedStateStore(path, replay_ttl_s=3600)
@@ -622,7 +622,7 @@ CST = dt.timezone(dt.timedelta(hours=8))
 
 @pytest.fixture(scope="module")
 def synthetic_world(tmp_path_factory):
-    from streams.synthetic import build_world, generate_scans
+    from scanstream.streams.synthetic import build_world, generate_scans
     world = build_world(7, KEY, 0)
     directory = tmp_path_factory.mktemp("registry")
     world.write_registry(directory)
@@ -658,7 +658,7 @@ def run_stream(pipeline: Pipeline, lines: list[bytes], size: int) -> list[dict]:
 
 
 def test_pipeline_gives_identical_outcomes_with_both_stores(synthetic_world, redis_url):
-    from engine.geo import AdcodeIndex
+    from scanstream.engine.geo import AdcodeIndex
     config, registry, lines = synthetic_world
     resolve = AdcodeIndex.load().resolve
     results = {}

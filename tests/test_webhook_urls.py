@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
-from engine import outcomes
-from engine.config import ConfigError, load
-from engine.registry import Registry
-from engine.wiring import build_alerting
-from sinks.alerting import AlertDelivery, read_routes
-from sinks.notifiers import (
+from scanstream.engine import outcomes
+from scanstream.engine.config import ConfigError, load
+from scanstream.engine.registry import Registry
+from scanstream.wiring import build_alerting
+from scanstream.sinks.alerting import AlertDelivery, read_routes
+from scanstream.sinks.notifiers import (
     AddressPolicy, Route, WebhookNotifier, WebhookRefused, address_refusal, check_webhook_url,
 )
 

@@ -25,14 +25,14 @@ import numpy as np
 import orjson
 import pytest
 
-from engine.config import load
-from engine.config_writer import worker_toml
-from engine.state.memory import MemoryStateStore
-from engine.wiring import build_pipeline
-from streams import envelope
-from streams.synthetic import build_world, generate_scans
-from streams.broker import free_port
-from streams.worker import BatchHandler, Record, RegistryReloader, batch_token
+from scanstream.engine.config import load
+from config_writer import worker_toml
+from scanstream.engine.state.memory import MemoryStateStore
+from scanstream.wiring import build_pipeline
+from scanstream.streams import envelope
+from scanstream.streams.synthetic import build_world, generate_scans
+from scanstream.streams.broker import free_port
+from scanstream.streams.worker import BatchHandler, Record, RegistryReloader, batch_token
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL_TOML = REPO / "config" / "local.toml"
@@ -233,7 +233,7 @@ def test_worker_on_real_services_matches_the_local_driver(state, world, broker, 
     from kafka import KafkaProducer
 
     if state == "redis":
-        pytest.importorskip("engine.state.redis")
+        pytest.importorskip("scanstream.engine.state.redis")
     base, lines = world
     names = {k: f"{k}-{uuid.uuid4().hex[:8]}" for k in ("scans", "results", "awards", "alerts", "dlq", "group")}
     config_path = worker_config(tmp_path / "worker.toml", base / "registry", tmp_path / "chdb", broker.bootstrap,
@@ -269,7 +269,7 @@ def test_worker_on_real_services_matches_the_local_driver(state, world, broker, 
         assert {s: {c: r[c] for c in want[s]} for s, r in got.items()} == want
         # the scan API's synchronous reply, through Redis
         client = redis.Redis.from_url(redis_url)
-        from streams.replies import wait_reply
+        from scanstream.streams.replies import wait_reply
         sample = expected["scan_id"][123]
         assert wait_reply(client, redis_prefix, sample, 5)["verdict"] == expected["verdict"][123]
         dead = consume(broker.bootstrap, names["dlq"], 1 + int((expected["verdict"] == "invalid_event").sum()), 30)
@@ -317,9 +317,9 @@ def test_registry_published_to_clickhouse_reads_back_the_same(world, tmp_path):
     # chdb opens one data path per process: compare in a process of its own
     probe = f"""
 import sys, numpy as np
-from engine.registry import Registry
-from sinks.clickhouse import ClickHouseSink, connect
-from sinks.registry_tables import read_registry, fingerprint
+from scanstream.engine.registry import Registry
+from scanstream.sinks.clickhouse import ClickHouseSink, connect
+from scanstream.sinks.registry_tables import read_registry, fingerprint
 files = Registry.load({str(base / 'registry')!r})
 sink = ClickHouseSink(connect({'chdb:' + str(chdb)!r}))
 tables = read_registry(sink)

@@ -54,7 +54,7 @@ _FOLD = np.uint64(0x100000001B3)
 
 def state_keys(strings: list[str] | np.ndarray) -> np.ndarray:
     """uint64 state keys (or set members) of strings."""
-    from ext.codec import hash_strings
+    from scanstream.ext.codec import hash_strings
     return hash_strings(strings if isinstance(strings, list) else strings.tolist(), STATE_HASH_KEY)
 
 

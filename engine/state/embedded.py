@@ -49,8 +49,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from engine.state import (CampaignLimits, Claims, Grants, GrantRequests, StateUnavailable)
-from engine.state.memory import DEFAULT_REPLAY_TTL_S, MemoryStateStore
+from scanstream.engine.state import (CampaignLimits, Claims, Grants, GrantRequests, StateUnavailable)
+from scanstream.engine.state.memory import DEFAULT_REPLAY_TTL_S, MemoryStateStore
 
 #: Bumped when the pickled structures or the log's calls change shape; an older file is refused.
 FORMAT = 2

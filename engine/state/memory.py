@@ -14,9 +14,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from engine.state import (CampaignLimits, CampaignState, Claims, DrawStatus, Grants, GrantRequests,
+from scanstream.engine.state import (CampaignLimits, CampaignState, Claims, DrawStatus, Grants, GrantRequests,
                           StateStore)
-from engine.verdicts import Verdict
+from scanstream.engine.verdicts import Verdict
 
 #: Remember a scan_id's answer this long; a redelivery after that is a new scan.
 DEFAULT_REPLAY_TTL_S = 24 * 3600

@@ -109,9 +109,9 @@ import redis as redis_py
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from engine.state import (CampaignLimits, CampaignState, Claims, DrawStatus, Grants, GrantRequests, StateStore,
+from scanstream.engine.state import (CampaignLimits, CampaignState, Claims, DrawStatus, Grants, GrantRequests, StateStore,
                           StateUnavailable, state_keys)
-from engine.verdicts import Verdict
+from scanstream.engine.verdicts import Verdict
 
 #: Serials per dedup chunk: a full chunk is an 8 176-byte string, which with its sds header
 #: fits jemalloc's 8 KiB size class exactly (2**16 serials would take a 10 KiB block).

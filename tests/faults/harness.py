@@ -132,7 +132,7 @@ class CampaignSpec:
 
     def model(self):
         """The engine's Campaign (for draws and limits)."""
-        from engine.lottery import Campaign, Tier
+        from scanstream.engine.lottery import Campaign, Tier
         return Campaign(id=self.id, tenant=self.tenant, start_ms=1793462400000, end_ms=1798732800000,
                         budget_cents=self.budget_cents, daily_cap=self.daily_cap,
                         tiers=tuple(Tier(n, c, p, s) for n, c, p, s in self.tiers), seed=self.seed,
@@ -195,7 +195,7 @@ def write_registry(directory: Path, worlds: list) -> None:
     """The four CSV files for the synthetic worlds of several tenants (dealers prefixed per tenant)."""
     import csv
 
-    from streams.synthetic import BATCHES, DEALERS, SHIPMENTS, STORES
+    from scanstream.streams.synthetic import BATCHES, DEALERS, SHIPMENTS, STORES
 
     directory.mkdir(parents=True, exist_ok=True)
     rows = {"batches": [], "dealers": [], "shipments": [], "stores": []}
@@ -221,7 +221,7 @@ def write_registry(directory: Path, worlds: list) -> None:
 
 def make_stream(world, n: int, seed: int, id_prefix: str = "") -> list[bytes]:
     """``streams.synthetic.generate_scans`` with every scan_id (and bad event id) prefixed."""
-    from streams.synthetic import generate_scans
+    from scanstream.streams.synthetic import generate_scans
 
     lines = generate_scans(world, n, seed=seed)
     if not id_prefix:
@@ -252,8 +252,8 @@ def inprocess_config(registry: Path, tenants: list[TenantSpec], campaigns: list[
     campaigns, registry and Redis; no ClickHouse unless the caller passes one to the handler)."""
     from dataclasses import replace
 
-    from engine.config import Tenant, load
-    from engine.keys import KeyTable
+    from scanstream.engine.config import Tenant, load
+    from scanstream.engine.keys import KeyTable
 
     base = load(REPO / "config" / "local.toml")
     return replace(base, tenants={t.id: Tenant(t.id, t.name or f"tenant {t.id}") for t in tenants},
@@ -300,7 +300,7 @@ class ScanProducer:
         self._lock = threading.Lock()
 
     def partition_of(self, line: bytes) -> int:
-        from streams.publisher import code_key, partition_for
+        from scanstream.streams.publisher import code_key, partition_for
         try:
             event = orjson.loads(line)
         except orjson.JSONDecodeError:
@@ -310,7 +310,7 @@ class ScanProducer:
         return partition_for(key, self.partitions)
 
     def send_lines(self, lines: list[bytes]) -> None:
-        from streams import envelope
+        from scanstream.streams import envelope
 
         by_partition: dict[int, list[bytes]] = collections.defaultdict(list)
         for line in lines:
@@ -368,9 +368,9 @@ class ScanProducer:
 
         The lines of a message are what ``streams.envelope.decode`` makes of it (the worker's
         own reading); a message it refuses carries no lines (it is dead-lettered whole)."""
-        from ext.scanparse import parse_events
+        from scanstream.ext.scanparse import parse_events
 
-        from streams import envelope
+        from scanstream.streams import envelope
 
         out = []
         for p, offset, s in self.records():
@@ -485,7 +485,7 @@ class ResultsIndex:
         self.bad_messages = 0
 
     def __call__(self, msg: Message) -> None:
-        from streams import envelope
+        from scanstream.streams import envelope
         try:
             lines = envelope.decode(msg.value, envelope.header(msg.headers))
         except envelope.EnvelopeError:
@@ -684,7 +684,7 @@ def _thaw_everything() -> None:  # never leave an undeletable folder behind
 
 _PROBE = r"""
 import json, sys
-from sinks.clickhouse import ClickHouseSink, connect
+from scanstream.sinks.clickhouse import ClickHouseSink, connect
 req = json.loads(sys.stdin.read())
 sink = ClickHouseSink(connect("chdb:" + req["path"], database=req["database"]))
 out = {}
@@ -755,7 +755,7 @@ class Scenario:
     def __init__(self, root: Path, bootstrap: str, redis_url: str, *, label: str, tenants: list[TenantSpec],
                  campaigns: list[CampaignSpec], partitions: int = 4, take: int = 4, within_ms: int = 50,
                  per_envelope: int = 50, session_timeout_s: float = 4, worlds: list | None = None):
-        from streams.synthetic import build_world
+        from scanstream.streams.synthetic import build_world
 
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -829,7 +829,7 @@ tiers = [
 """
 
     def write_config(self, path: Path, chdb: Path, redis_url: str | None = None) -> Path:
-        from engine.config_writer import toml_table
+        from config_writer import toml_table
         tenants = "".join(f"""
 [[tenants]]
 id = {t.id}
@@ -866,8 +866,8 @@ allow_loopback = true
         return path
 
     def _create_topics(self) -> None:
-        from engine.config import KafkaSettings
-        from streams.topics import ensure_topics
+        from scanstream.engine.config import KafkaSettings
+        from scanstream.streams.topics import ensure_topics
 
         ensure_topics(KafkaSettings(bootstrap=self.bootstrap, scans_topic=self.topics["scans"],
                                     results_topic=self.topics["results"], awards_topic=self.topics["awards"],
@@ -961,9 +961,9 @@ def local_reference(sc: Scenario, lines: list[bytes]):
     import tomllib
     from dataclasses import replace
 
-    from engine.config import parse
-    from engine.state.memory import MemoryStateStore
-    from engine.wiring import build_pipeline
+    from scanstream.engine.config import parse
+    from scanstream.engine.state.memory import MemoryStateStore
+    from scanstream.wiring import build_pipeline
 
     path = sc.write_config(sc.root / "local-reference.toml", sc.root / "unused-chdb")
     saved = {k: os.environ.get(k) for k in sc._env}
@@ -1433,7 +1433,7 @@ def outage_scenario(root: Path, bootstrap: str, shared_redis_url: str, sc_: Scal
 
 def tenants_scenario(root: Path, bootstrap: str, redis_url: str, sc_: Scale, *, seed: int = 5) -> Report:
     """Test 5: tenants A (7) and B (8), a campaign each (B's first and with A's skus); forged codes."""
-    from ext import codec
+    from scanstream.ext import codec
 
     a = TenantSpec(7, new_key(), key_id=1, via="hex", name="Tenant A")
     b = TenantSpec(8, new_key(), key_id=0, via="env", name="Tenant B")
@@ -1506,7 +1506,7 @@ def fuzz_worker_scenario(root: Path, bootstrap: str, redis_url: str, sc_: Scale,
 
     ``corpus`` holds (value, headers, events) records; each goes to a random partition with a
     random key, followed by a few genuine scans (the worker must still be working)."""
-    from streams import envelope
+    from scanstream.streams import envelope
 
     campaigns = [stocked_campaign("fuzz-worker-campaign", 7, 2_000)]
     sc = Scenario(root, bootstrap, redis_url, label="fuzz", tenants=[tenant], campaigns=campaigns, take=8)
@@ -1630,7 +1630,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="scanstream-faults-"))
     broker = None
     if args.bootstrap is None:
-        from streams.broker import TansuBroker
+        from scanstream.streams.broker import TansuBroker
         broker = TansuBroker().start()
         bootstrap = broker.bootstrap
     else:

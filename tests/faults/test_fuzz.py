@@ -51,7 +51,7 @@ class Codes:
     """Codes to put in events: genuine ones of the fuzz tenant, and every kind of wrong one."""
 
     def __init__(self, key: bytes, other_key: bytes):
-        from ext import codec
+        from scanstream.ext import codec
         rng = random.Random(9)
         self.genuine = [codec.encode(key, 7, 101, rng.randrange(200_000), key_id=1) for _ in range(300)]
         self.wrong = (
@@ -174,7 +174,7 @@ def records(draw, codes: Codes) -> tuple[bytes | None, list[tuple[str, bytes]], 
 
 def account(handler, recs, handled, reasons_required: bool = True) -> list[str]:
     """Every event of ``recs`` accounted for in ``handled``: problems found (empty when all are)."""
-    from streams import envelope
+    from scanstream.streams import envelope
 
     k = handler.config.kafka
     dead = {dict(p.headers)["scanstream-position"].decode(): p for p in handled.produce if p.topic == k.dlq_topic}
@@ -218,7 +218,7 @@ def account(handler, recs, handled, reasons_required: bool = True) -> list[str]:
 
 @pytest.fixture(scope="module")
 def fuzz_world(tmp_path_factory):
-    from streams.synthetic import build_world
+    from scanstream.streams.synthetic import build_world
 
     base = tmp_path_factory.mktemp("fuzz")
     tenant = h.TenantSpec(7, os.urandom(16), key_id=1, name="Fuzz Brewery")
@@ -231,9 +231,9 @@ def fuzz_world(tmp_path_factory):
 def test_fuzzed_records_through_the_batch_step(fuzz_world, redis_url, redis_prefix):
     import redis
 
-    from engine.state.redis import RedisStateStore
-    from engine.wiring import build_pipeline
-    from streams.worker import BatchHandler, Record
+    from scanstream.engine.state.redis import RedisStateStore
+    from scanstream.wiring import build_pipeline
+    from scanstream.streams.worker import BatchHandler, Record
 
     base, tenant, codes = fuzz_world
     campaign = h.stocked_campaign("fuzz-campaign", 7, 2_000)
@@ -306,10 +306,10 @@ def test_fuzzed_records_through_a_real_worker(fuzz_world, broker, redis_url, tmp
 def test_an_invalid_event_reusing_a_scan_id_is_still_dead_lettered(fuzz_world, redis_url, redis_prefix):
     """A poison message that carries the scan_id of an earlier good scan is not a redelivery (a
     redelivery is the same message again): it must be dead-lettered like any poison message."""
-    from engine.state.redis import RedisStateStore
-    from engine.wiring import build_pipeline
-    from streams import envelope
-    from streams.worker import BatchHandler, Record
+    from scanstream.engine.state.redis import RedisStateStore
+    from scanstream.wiring import build_pipeline
+    from scanstream.streams import envelope
+    from scanstream.streams.worker import BatchHandler, Record
 
     base, tenant, codes = fuzz_world
     config = h.inprocess_config(base / "registry", [tenant], [], redis_url=redis_url, prefix=redis_prefix)

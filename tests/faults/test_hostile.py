@@ -41,10 +41,10 @@ import numpy as np
 import orjson
 import pytest
 
-from engine.config_writer import toml_table
-from engine.lottery import draw_numbers, draw_tiers
-from ext import codec
-from streams.synthetic import DEMO_START_MS, build_world, generate_scans
+from config_writer import toml_table
+from scanstream.engine.lottery import draw_numbers, draw_tiers
+from scanstream.ext import codec
+from scanstream.streams.synthetic import DEMO_START_MS, build_world, generate_scans
 
 from . import harness as h
 
@@ -730,7 +730,7 @@ def test_nan_probability_is_a_configuration_error(world):
 
 
 def test_worker_conflicts_on_real_services(broker, redis_url, tmp_path):
-    from streams import envelope
+    from scanstream.streams import envelope
 
     t0 = time.monotonic()
     tenant = h.TenantSpec(TENANT, KEY, key_id=KEY_ID, via="hex", name="Hostile Brewery")

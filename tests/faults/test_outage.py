@@ -62,8 +62,8 @@ class FlakyClient:
 
 
 def _records(lines: list[bytes], per_message: int, partitions: int = 4):
-    from streams import envelope
-    from streams.worker import Record
+    from scanstream.streams import envelope
+    from scanstream.streams.worker import Record
 
     by_partition = collections.defaultdict(list)
     for line in lines:
@@ -79,11 +79,11 @@ def _records(lines: list[bytes], per_message: int, partitions: int = 4):
 
 @pytest.mark.timeout(300)
 def test_sink_failures_in_process_are_retried_without_loss_or_doubles(tmp_path, redis_url, redis_prefix):
-    from engine.state.redis import RedisStateStore
-    from engine.wiring import build_pipeline
-    from sinks.clickhouse import ClickHouseSink, connect
-    from streams.synthetic import build_world
-    from streams.worker import BatchHandler
+    from scanstream.engine.state.redis import RedisStateStore
+    from scanstream.wiring import build_pipeline
+    from scanstream.sinks.clickhouse import ClickHouseSink, connect
+    from scanstream.streams.synthetic import build_world
+    from scanstream.streams.worker import BatchHandler
 
     tenant = h.TenantSpec(7, os.urandom(16), key_id=1)
     campaign = h.stocked_campaign("sink-faults", 7, 6000)
@@ -145,9 +145,9 @@ def test_sink_failures_in_process_are_retried_without_loss_or_doubles(tmp_path, 
 
 
 def _names(records):
-    from ext.scanparse import parse_events
+    from scanstream.ext.scanparse import parse_events
 
-    from streams import envelope
+    from scanstream.streams import envelope
 
     for r in records:
         lines = envelope.decode(r.value, envelope.header(r.headers))
@@ -161,11 +161,11 @@ def _names(records):
 @pytest.mark.timeout(120)
 def test_a_retried_batch_keeps_its_alerts(tmp_path, redis_url, redis_prefix):
     """Reproducer: one failed scan_events insert, the agent retries the batch, the alerts are gone."""
-    from engine.state.memory import MemoryStateStore
-    from engine.state.redis import RedisStateStore
-    from engine.wiring import build_pipeline
-    from streams.synthetic import build_world
-    from streams.worker import BatchHandler
+    from scanstream.engine.state.memory import MemoryStateStore
+    from scanstream.engine.state.redis import RedisStateStore
+    from scanstream.wiring import build_pipeline
+    from scanstream.streams.synthetic import build_world
+    from scanstream.streams.worker import BatchHandler
 
     tenant = h.TenantSpec(7, os.urandom(16), key_id=1)
     world = build_world(7, tenant.key, 1)

@@ -26,9 +26,9 @@ def test_a_code_of_one_tenant_never_wins_in_another_tenants_campaign(broker, red
 
 
 def test_forged_tenant_with_another_tenants_mac_fails_in_the_verifier():
-    from engine.codec import verify as reference_verify
-    from engine.keys import KeyTable
-    from ext import codec
+    from scanstream.engine.codec import verify as reference_verify
+    from scanstream.engine.keys import KeyTable
+    from scanstream.ext import codec
 
     a, b = os.urandom(16), os.urandom(16)
     keys = KeyTable({(7, 1): a, (8, 0): b})
@@ -41,7 +41,7 @@ def test_forged_tenant_with_another_tenants_mac_fails_in_the_verifier():
         codec.encode(b, 7, 101, 5, key_id=0): "unknown_tenant",  # A has no key_id 0
         codec.encode(a, 9, 101, 5, key_id=1): "unknown_tenant",
     }
-    from engine.verdicts import LABELS
+    from scanstream.engine.verdicts import LABELS
     got = codec.verify_batch(list(cases), keys)
     assert [LABELS[v] for v in got.verdict.tolist()] == list(cases.values())
     assert [LABELS[reference_verify(c, keys).verdict] for c in cases] == list(cases.values())

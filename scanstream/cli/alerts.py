@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from engine.cli.common import config_option, load_config, require_clickhouse
-from engine.wiring import build_registry
+from scanstream.cli.common import config_option, load_config, require_clickhouse
+from scanstream.wiring import build_registry
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,8 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_retry(args: argparse.Namespace) -> int:
     """Exit 0 when nothing is left pending, 1 when some deliveries are still pending or failed."""
-    from sinks.alerting import retry_pending
-    from sinks.notifiers import AddressPolicy, WebhookNotifier
+    from scanstream.sinks.alerting import retry_pending
+    from scanstream.sinks.notifiers import AddressPolicy, WebhookNotifier
     config = load_config(args)
     a = config.alerts
     deadline = a.run_deadline_s if args.deadline is None else args.deadline

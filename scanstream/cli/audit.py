@@ -5,12 +5,12 @@ import argparse
 
 import numpy as np
 
-from engine.cli.common import config_option, load_config
-from engine.codec import KIND_NAMES
-from engine.config import ConfigError
-from engine.lottery import draw_numbers, draw_tiers
-from engine.verdicts import Verdict
-from ext import codec
+from scanstream.cli.common import config_option, load_config
+from scanstream.engine.codec import KIND_NAMES
+from scanstream.engine.config import ConfigError
+from scanstream.engine.lottery import draw_numbers, draw_tiers
+from scanstream.engine.verdicts import Verdict
+from scanstream.ext import codec
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -8,11 +8,11 @@ from typing import BinaryIO
 
 import orjson
 
-from engine import config as config_mod
-from engine.cli.common import config_option, load_config
-from engine.codec import KIND_CASE, KIND_NAMES, KIND_UNIT, SERIAL_MAX
-from engine.verdicts import Verdict
-from ext import codec
+from scanstream.engine import config as config_mod
+from scanstream.cli.common import config_option, load_config
+from scanstream.engine.codec import KIND_CASE, KIND_NAMES, KIND_UNIT, SERIAL_MAX
+from scanstream.engine.verdicts import Verdict
+from scanstream.ext import codec
 
 #: Codes minted per block: large enough to amortise the call, small enough to bound memory.
 MINT_BLOCK = 1 << 20

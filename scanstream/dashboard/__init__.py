@@ -3,10 +3,10 @@
 ``Dashboard`` (``server.py``) serves the page (``static/``), Plotly's browser bundle from the
 installed ``plotly`` package, and ``/api/panel/NAME`` JSON built by ``panels.py``.  The
 ``scanstream dashboard`` command and the ``--dashboard`` flag of ``run``/``demo``
-(``engine/cli/dashboard.py``) create it.
+(``scanstream/cli/dashboard.py``) create it.
 """
-from sinks.dashboard.panels import PANELS, PANELS_BY_NAME
-from sinks.dashboard.server import (
+from scanstream.dashboard.panels import PANELS, PANELS_BY_NAME
+from scanstream.dashboard.server import (
                                     DEFAULT_HOST,
                                     DEFAULT_PORT,
                                     DEFAULT_REFRESH_S,

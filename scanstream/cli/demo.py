@@ -6,11 +6,11 @@ import io
 import sys
 import time
 
-from engine.cli.common import config_option, load_config, open_clickhouse
-from engine.cli.dashboard import add_writer_options, writer_dashboard
-from engine.cli.run import Source, execute
-from engine.config import ConfigError
-from streams.synthetic import build_world, generate_scans
+from scanstream.cli.common import config_option, load_config, open_clickhouse
+from scanstream.cli.dashboard import add_writer_options, writer_dashboard
+from scanstream.cli.run import Source, execute
+from scanstream.engine.config import ConfigError
+from scanstream.streams.synthetic import build_world, generate_scans
 
 DEFAULT_SCANS = 100_000
 DEMO_TENANT = 7

@@ -5,14 +5,14 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from engine.cli import alerts, audit, codes, dashboard, demo, query, registry, run, segments, worker
-from engine.cli.common import config_option
-from engine.cli.run import StateMismatch
-from engine.config import ConfigError
-from engine.registry import RegistryError
-from engine.state import StateUnavailable
-from streams.local import InputChanged
-from sinks.exceptions import SinkError
+from scanstream.cli import alerts, audit, codes, dashboard, demo, query, registry, run, segments, worker
+from scanstream.cli.common import config_option
+from scanstream.cli.run import StateMismatch
+from scanstream.engine.config import ConfigError
+from scanstream.engine.registry import RegistryError
+from scanstream.engine.state import StateUnavailable
+from scanstream.streams.local import InputChanged
+from scanstream.sinks.exceptions import SinkError
 
 COMMANDS = (demo, run, worker, query, dashboard, audit, registry, codes, segments, alerts)
 

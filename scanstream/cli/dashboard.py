@@ -19,12 +19,12 @@ import sys
 import threading
 from typing import TextIO
 
-from engine.cli.common import config_option, load_config, open_clickhouse
-from engine.config import Config, ConfigError
-from sinks.clickhouse import CHDB_PREFIX, redact
-from sinks.exceptions import SinkError
+from scanstream.cli.common import config_option, load_config, open_clickhouse
+from scanstream.engine.config import Config, ConfigError
+from scanstream.sinks.clickhouse import CHDB_PREFIX, redact
+from scanstream.sinks.exceptions import SinkError
 
-DEFAULT_PORT = 8765  # sinks.dashboard.DEFAULT_PORT; repeated so --help does not import the server
+DEFAULT_PORT = 8765  # scanstream.dashboard.DEFAULT_PORT; repeated so --help does not import the server
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_TIMEZONE = "Asia/Shanghai"
 #: Part of chdb's message when another process holds the data path.
@@ -58,7 +58,7 @@ def _source(config: Config) -> str:
 
 def _new_dashboard(config: Config, host: str, port: int, mode: str, timezone: str = DEFAULT_TIMEZONE,
                    refresh_s: float = 5.0):
-    from sinks.dashboard import Dashboard
+    from scanstream.dashboard import Dashboard
 
     if not config.clickhouse:
         raise ConfigError("sink.clickhouse: the dashboard reads ClickHouse and none is configured "
@@ -94,7 +94,7 @@ class WriterDashboard:
     """The dashboard of a writing process (``run``/``demo --dashboard``).
 
     Created before any work, so a busy port fails first; serves at once (panels answer 503
-    until ClickHouse is open).  ``attach`` is called by ``engine.cli.run.execute`` with the
+    until ClickHouse is open).  ``attach`` is called by ``scanstream.cli.run.execute`` with the
     writer's sink: with chdb the page reads through that same client (chdb allows one process
     per path, and clickhouse-connect serialises calls on a chdb client); with a server it opens
     a client of its own.  ``close`` stops serving and closes the sink it was given.
@@ -160,7 +160,7 @@ def main(args: argparse.Namespace) -> int:
                           "(e.g. clickhouse = \"chdb:../data/chdb\")")
     embedded = config.clickhouse.startswith(CHDB_PREFIX)
     if embedded:
-        from sinks.dashboard import chdb_path_holder
+        from scanstream.dashboard import chdb_path_holder
 
         holder = chdb_path_holder(config.clickhouse)
         if holder is not None:

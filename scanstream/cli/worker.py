@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from engine.cli.common import config_option, load_config, open_clickhouse
+from scanstream.cli.common import config_option, load_config, open_clickhouse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,11 +26,11 @@ def main(args: argparse.Namespace) -> int:
     import faust
     import redis as redis_py
 
-    from engine.wiring import build_alerting, build_pipeline, build_registry, build_state
-    from streams.app import build_app
-    from streams.metrics import WorkerMetrics
-    from streams.topics import ensure_topics
-    from streams.worker import BatchHandler, RegistryReloader
+    from scanstream.wiring import build_alerting, build_pipeline, build_registry, build_state
+    from scanstream.streams.app import build_app
+    from scanstream.streams.metrics import WorkerMetrics
+    from scanstream.streams.topics import ensure_topics
+    from scanstream.streams.worker import BatchHandler, RegistryReloader
 
     logging.basicConfig(level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = load_config(args)
@@ -38,10 +38,10 @@ def main(args: argparse.Namespace) -> int:
     clickhouse = open_clickhouse(config)
     registry = build_registry(config, clickhouse)
     if clickhouse is not None and config.registry_source == "files":
-        from sinks.registry_tables import publish_registry
+        from scanstream.sinks.registry_tables import publish_registry
         publish_registry(clickhouse, registry)
     pipeline = build_pipeline(config, registry, build_state(config))
-    from engine.state.redis import CLIENT_OPTIONS
+    from scanstream.engine.state.redis import CLIENT_OPTIONS
     # the same timeouts as the state store: a dead server fails the step (retried), never hangs it
     replies = redis_py.Redis.from_url(config.redis.url, **CLIENT_OPTIONS) if config.redis.replies else None
     alerting = build_alerting(config, registry, clickhouse)

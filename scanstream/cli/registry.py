@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from engine.cli.common import config_option, load_config, require_clickhouse
-from engine.registry import Registry
+from scanstream.cli.common import config_option, load_config, require_clickhouse
+from scanstream.engine.registry import Registry
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,7 +32,7 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_publish(args: argparse.Namespace) -> int:
-    from sinks.registry_tables import publish_registry
+    from scanstream.sinks.registry_tables import publish_registry
     registry = Registry.load(Path(args.dir))
     sink = require_clickhouse(load_config(args))
     try:

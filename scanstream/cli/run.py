@@ -17,14 +17,14 @@ from pathlib import Path
 
 import orjson
 
-from engine.cli.common import config_option, load_config, open_clickhouse
-from engine.cli.dashboard import add_writer_options, writer_dashboard
-from engine.config import Config
-from engine.state import StateStore
-from engine.summary import Summary
-from engine.wiring import build_alerting, build_pipeline, build_registry, build_state
-from sinks.outputs import PARTIAL_SUFFIX, Outputs, ResultsFile
-from streams.local import Cursor, Progress, covers, run as drive
+from scanstream.cli.common import config_option, load_config, open_clickhouse
+from scanstream.cli.dashboard import add_writer_options, writer_dashboard
+from scanstream.engine.config import Config
+from scanstream.engine.state import StateStore
+from scanstream.engine.summary import Summary
+from scanstream.wiring import build_alerting, build_pipeline, build_registry, build_state
+from scanstream.sinks.outputs import PARTIAL_SUFFIX, Outputs, ResultsFile
+from scanstream.streams.local import Cursor, Progress, covers, run as drive
 
 
 class StateMismatch(RuntimeError):
@@ -60,7 +60,7 @@ def execute(config: Config, source: Source, results: Path | None, progress_total
             out=sys.stdout, dashboard=None, fresh: bool = False) -> Summary:
     """Run ``source`` through a pipeline built from ``config``; prints and returns the summary.
 
-    ``dashboard`` (an ``engine.cli.dashboard.WriterDashboard``) is given the ClickHouse sink as
+    ``dashboard`` (an ``scanstream.cli.dashboard.WriterDashboard``) is given the ClickHouse sink as
     soon as it is open, reads through it while the run writes, and closes it itself.
     """
     if fresh:
@@ -75,7 +75,7 @@ def execute(config: Config, source: Source, results: Path | None, progress_total
         clickhouse = open_clickhouse(config)
         check_state(config, state, clickhouse, source, resuming=cursor is not None, fresh=fresh)
         if clickhouse is not None:
-            from sinks.registry_tables import publish_registry
+            from scanstream.sinks.registry_tables import publish_registry
             publish_registry(clickhouse, registry)
             if dashboard is not None:
                 dashboard.attach(clickhouse)  # from here on the dashboard closes it
@@ -113,7 +113,7 @@ def reset_state(config: Config, out) -> None:
     if config.state_backend != "memory" or config.state_path is None:
         print("--fresh: no embedded state file is configured ([state] path); nothing to forget", file=out)
         return
-    from engine.state.embedded import EmbeddedStateStore
+    from scanstream.engine.state.embedded import EmbeddedStateStore
     if EmbeddedStateStore.remove(config.state_path):
         print(f"--fresh: forgot the state in {config.state_path}", file=out)
 

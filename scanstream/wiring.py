@@ -5,16 +5,16 @@ objects, so the local driver and the Faust worker assemble the engine the same w
 """
 from __future__ import annotations
 
-from engine.config import Config, ConfigError
-from engine.pipeline import Pipeline
-from engine.registry import Registry
-from engine.state import StateStore
+from scanstream.engine.config import Config, ConfigError
+from scanstream.engine.pipeline import Pipeline
+from scanstream.engine.registry import Registry
+from scanstream.engine.state import StateStore
 
 
 def build_registry(config: Config, clickhouse=None) -> Registry:
     """The registry of ``[registry]``: the CSV folder, the ClickHouse tables, or empty."""
     if config.registry_source == "clickhouse":
-        from sinks.registry_tables import read_registry
+        from scanstream.sinks.registry_tables import read_registry
         if clickhouse is None:
             raise ConfigError("registry.source: reading the registry from ClickHouse needs an open sink")
         return read_registry(clickhouse)
@@ -31,11 +31,11 @@ def build_state(config: Config) -> StateStore:
     the memory store, which forgets everything when the process ends."""
     if config.state_backend == "memory":
         if config.state_path is not None:
-            from engine.state.embedded import EmbeddedStateStore
+            from scanstream.engine.state.embedded import EmbeddedStateStore
             return EmbeddedStateStore(config.state_path, replay_ttl_s=config.engine.replay_ttl_hours * 3600)
-        from engine.state.memory import MemoryStateStore
+        from scanstream.engine.state.memory import MemoryStateStore
         return MemoryStateStore(replay_ttl_s=config.engine.replay_ttl_hours * 3600)
-    from engine.state.redis import RedisStateStore
+    from scanstream.engine.state.redis import RedisStateStore
     return RedisStateStore.from_url(config.redis.url, prefix=config.redis.prefix,
                                     replay_ttl_s=config.engine.replay_ttl_hours * 3600)
 
@@ -43,7 +43,7 @@ def build_state(config: Config) -> StateStore:
 def build_pipeline(config: Config, registry: Registry | None = None, state: StateStore | None = None) -> Pipeline:
     resolve = None
     if config.engine.resolve_gps:
-        from engine.geo import AdcodeIndex
+        from scanstream.engine.geo import AdcodeIndex
         resolve = AdcodeIndex.load().resolve
     return Pipeline(config, registry if registry is not None else build_registry(config),
                     state if state is not None else build_state(config), resolve_gps=resolve)
@@ -53,8 +53,8 @@ def build_alerting(config: Config, registry: Registry, clickhouse=None):
     """Alert delivery: logs always, webhooks when ``alerts.webhooks`` is on, within the deadlines
     of ``[alerts]``; webhooks on link-local, private or (unless ``allow_loopback``) loopback
     addresses refused.  With a ClickHouse, deliveries left pending by an earlier run are sent again."""
-    from sinks.alerting import AlertDelivery
-    from sinks.notifiers import AddressPolicy, WebhookNotifier
+    from scanstream.sinks.alerting import AlertDelivery
+    from scanstream.sinks.notifiers import AddressPolicy, WebhookNotifier
     a = config.alerts
     notifier = None
     if a.webhooks:

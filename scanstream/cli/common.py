@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from engine import config as config_mod
-from engine.config import CONFIG_ENV, Config, ConfigError
+from scanstream.engine import config as config_mod
+from scanstream.engine.config import CONFIG_ENV, Config, ConfigError
 
 
 def config_option() -> argparse.ArgumentParser:
@@ -23,11 +23,11 @@ def open_clickhouse(config: Config, *, create_schema: bool = True):
     """The ClickHouse sink of ``[sink] clickhouse``, schema applied; None when none is configured."""
     if not config.clickhouse:
         return None
-    from sinks.clickhouse import ClickHouseSink, connect
+    from scanstream.sinks.clickhouse import ClickHouseSink, connect
     sink = ClickHouseSink(connect(config.clickhouse, database=config.database))
     if create_schema:
         sink.ensure_schema()
-        from sinks.registry_tables import publish_campaigns
+        from scanstream.sinks.registry_tables import publish_campaigns
         publish_campaigns(sink, config.campaigns)  # budgets live in the config; the views need them
     return sink
 

@@ -31,8 +31,8 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
-from sinks.dashboard import panels as panels_mod
-from sinks.exceptions import SinkError
+from scanstream.dashboard import panels as panels_mod
+from scanstream.sinks.exceptions import SinkError
 
 log = logging.getLogger("scanstream.dashboard")
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from engine.cli.common import config_option, load_config
-from engine.config import Config, ConfigError
-from sinks.exceptions import SinkError
+from scanstream.cli.common import config_option, load_config
+from scanstream.engine.config import Config, ConfigError
+from scanstream.sinks.exceptions import SinkError
 
 #: Cells wider than this are cut, so one long `raw` value does not wreck the table.
 MAX_CELL = 60
@@ -41,7 +41,7 @@ def open_readonly(config: Config):
     """The configured ClickHouse, opened to read only (``sinks.clickhouse.connect_readonly``)."""
     if not config.clickhouse:
         raise ConfigError("sink.clickhouse: no ClickHouse is configured (e.g. clickhouse = \"chdb:../data/chdb\")")
-    from sinks.clickhouse import ClickHouseSink, connect_readonly
+    from scanstream.sinks.clickhouse import ClickHouseSink, connect_readonly
     return ClickHouseSink(connect_readonly(config.clickhouse, database=config.database))
 
 

@@ -12,10 +12,10 @@ import sys
 from datetime import date
 from pathlib import Path
 
-from engine import segments as seg
-from engine.cli.common import config_option, load_config, require_clickhouse
-from engine.cli.query import render
-from engine.keys import TENANT_MAX
+from scanstream.engine import segments as seg
+from scanstream.cli.common import config_option, load_config, require_clickhouse
+from scanstream.cli.query import render
+from scanstream.engine.keys import TENANT_MAX
 
 
 def _as_of(text: str) -> date:
