@@ -26,6 +26,9 @@ word their errors differently; both make the event ``invalid_event``).
 
 Use: ``BaselinePipeline(config).process(lines, positions)`` -> ``BaselineResult``; pass a
 dict as ``stage_times`` to accumulate seconds per stage (costs a few clock reads per event).
+
+Why one file of this length: the baseline is every stage written the plain way, in one place,
+so that a reader can check it does the same work as the engine.
 """
 from __future__ import annotations
 

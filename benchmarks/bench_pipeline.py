@@ -68,6 +68,9 @@ per core) is printed as PASS / MISS for information and never fails the run.
 Run: ``python benchmarks/bench_pipeline.py [--scans N] [--batch B] [--repeat R]
 [--baseline-scans M] [--quick] [--with-chdb] [--profile] [--profile-state] [--no-gc] [--json FILE]``
 (``--quick``: 50 000 scans, a 5 000-scan baseline sample, 2 runs each).
+
+Why one file of this length: a benchmark is read as a whole, setup, measurement and report
+together; the naive baseline it compares with is ``baseline_pipeline.py``.
 """
 from __future__ import annotations
 

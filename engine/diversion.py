@@ -16,13 +16,13 @@ import orjson
 
 from scanstream.engine import adcode, outcomes
 from scanstream.engine.registry import Registry
-from scanstream.engine.state import STATE_HASH_KEY, StateStore, fold, state_keys
+from scanstream.engine.state import STATE_HASH_KEY, Namespace, StateStore, fold, state_keys
+from scanstream.engine.outcomes import MS_PER_MINUTE
 from scanstream.engine.verdicts import Verdict
 from scanstream.ext import codec
 
 DIVERSION_LABELS = np.array(["none", "region", "channel", "region+channel"], dtype=object)
 REGION, CHANNEL = 1, 2
-MS_PER_MINUTE = 60_000
 ROLES = ("consumer", "dealer", "store")  # sorted: searchsorted gives each role its number
 #: Window state lives this many windows past its end, so late scans still count.
 WINDOW_RETENTION = 2
@@ -63,10 +63,6 @@ def _city(region: str) -> str:
     return region[:4] if len(region) >= 4 else region
 
 
-#: Namespaces of the windowed state keys, folded into each key.
-NS_DIVERSION, NS_DIVERSION_FIRED, NS_CLONE_USERS, NS_CLONE_PROVINCES, NS_CLONE_FIRED = 1, 2, 3, 4, 5
-
-
 class AlertWindows:
     """Counts evidence per key and window in the state store and builds the alerts that fire."""
 
@@ -93,12 +89,12 @@ class AlertWindows:
                 zip(tenant.tolist(), dealer_ids.tolist(), kind.tolist(), cities.tolist(), window.tolist())]
         alert_key = state_keys(base)
         role_no = np.searchsorted(np.array(ROLES, dtype=object), role)
-        totals = self.state.count(fold(alert_key, role_no, np.full(len(rows), NS_DIVERSION)), ttl)
+        totals = self.state.count(fold(alert_key, role_no, np.full(len(rows), Namespace.DIVERSION)), ttl)
         threshold = np.array([s.thresholds[r] for r in role.tolist()], np.int64)
         crossing = np.nonzero(totals == threshold)[0]
         if not len(crossing):
             return outcomes.empty(outcomes.ALERT_COLUMNS)
-        fired = crossing[self.state.mark_once(fold(alert_key[crossing], np.full(len(crossing), NS_DIVERSION_FIRED)),
+        fired = crossing[self.state.mark_once(fold(alert_key[crossing], np.full(len(crossing), Namespace.DIVERSION_FIRED)),
                                               ttl)]
         out = outcomes.empty(outcomes.ALERT_COLUMNS, len(fired))
         dl = self.registry.dealers
@@ -142,21 +138,21 @@ class AlertWindows:
         code_window = fold(ident, window)
         ones = np.ones(len(rows), np.int64)
         new = first_scan[rows] if first_scan is not None else None
-        users = self.state.distinct(fold(code_window, ones * NS_CLONE_USERS), state_keys(cols["user_id"][rows]), ttl,
+        users = self.state.distinct(fold(code_window, ones * Namespace.CLONE_USERS), state_keys(cols["user_id"][rows]), ttl,
                                     new)
         provinces = np.zeros(len(rows), np.int64)
         province_of = adcode.truncate(place[0][rows], place[1][rows], 2)
         sel = np.nonzero(province_of >= 0)[0]
         if len(sel):
             province = province_of[sel].astype(np.uint64)
-            provinces[sel] = self.state.distinct(fold(code_window[sel], ones[sel] * NS_CLONE_PROVINCES), province, ttl,
+            provinces[sel] = self.state.distinct(fold(code_window[sel], ones[sel] * Namespace.CLONE_PROVINCES), province, ttl,
                                                  new[sel] if new is not None else None)
         by_users = users == s.clone_max_users + 1
         by_provinces = provinces == 2
         crossing = np.nonzero(by_users | by_provinces)[0]
         if not len(crossing):
             return outcomes.empty(outcomes.ALERT_COLUMNS)
-        fired = crossing[self.state.mark_once(fold(code_window[crossing], ones[crossing] * NS_CLONE_FIRED), ttl)]
+        fired = crossing[self.state.mark_once(fold(code_window[crossing], ones[crossing] * Namespace.CLONE_FIRED), ttl)]
         out = outcomes.empty(outcomes.ALERT_COLUMNS, len(fired))
         dl = self.registry.dealers
         for j, i in enumerate(fired.tolist()):

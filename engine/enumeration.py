@@ -16,12 +16,10 @@ import numpy as np
 import orjson
 
 from scanstream.engine import outcomes
-from scanstream.engine.state import StateStore, fold, state_keys
+from scanstream.engine.outcomes import MS_PER_MINUTE
+from scanstream.engine.state import Namespace, StateStore, fold, state_keys
 from scanstream.engine.verdicts import Verdict
 
-MS_PER_MINUTE = 60_000
-#: Namespaces folded into the state keys of this stage.
-NS_COUNT, NS_FIRED, NS_BLOCK = 11, 12, 13
 IDENTITIES = ("user_id", "device_id", "ip")
 
 
@@ -70,11 +68,11 @@ class EnumerationGuard:
             crossed_at: dict[int, int] = {}  # identity -> row of the scan that reached the threshold
             if len(rows):
                 window = cols["ts"][rows] // window_ms
-                totals = self.state.count(fold(identity[rows], window, np.full(len(rows), NS_COUNT)), window_ttl)
+                totals = self.state.count(fold(identity[rows], window, np.full(len(rows), Namespace.ENUMERATION)), window_ttl)
                 crossing = rows[totals == s.threshold]
                 if len(crossing):
                     w = cols["ts"][crossing] // window_ms
-                    first = self.state.mark_once(fold(identity[crossing], w, np.full(len(crossing), NS_FIRED)),
+                    first = self.state.mark_once(fold(identity[crossing], w, np.full(len(crossing), Namespace.ENUMERATION_FIRED)),
                                                  window_ttl)
                     alerts.extend(self._alert(cols, kind, r, window_ms) for r in crossing[first].tolist())
                     for r in crossing.tolist():
@@ -83,12 +81,12 @@ class EnumerationGuard:
                 continue
             if crossed_at:
                 keys = np.fromiter(crossed_at, np.uint64, len(crossed_at))
-                self.state.block(fold(keys, np.full(len(keys), NS_BLOCK)), s.block_hours * 3600)
+                self.state.block(fold(keys, np.full(len(keys), Namespace.BLOCK)), s.block_hours * 3600)
             candidates = need[could_win[need]]
             if len(candidates):
                 ident = identity[candidates]
                 # blocked before this scan: in an earlier batch, or at an earlier row of this one
-                listed = self.state.blocked(fold(ident, np.full(len(candidates), NS_BLOCK)))
+                listed = self.state.blocked(fold(ident, np.full(len(candidates), Namespace.BLOCK)))
                 if crossed_at:
                     crossed = np.fromiter(crossed_at, np.uint64, len(crossed_at))
                     at = np.array([crossed_at.get(k, n) for k in ident.tolist()], np.int64)

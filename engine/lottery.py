@@ -15,12 +15,11 @@ import numpy as np
 
 from scanstream.engine import adcode
 from scanstream.engine.registry import batch_key
+from scanstream.engine.outcomes import MS_PER_DAY, MS_PER_MINUTE, Columns
 from scanstream.engine.state import CampaignLimits, DrawStatus, GrantRequests, StateStore
 from scanstream.engine.verdicts import Verdict
 from scanstream.ext import codec
 
-MS_PER_DAY = 86_400_000
-MS_PER_MINUTE = 60_000
 #: The draw uses the top 53 bits of the hash: exactly representable as a float64 in [0, 1).
 DRAW_BITS = 53
 #: Personalisation of the seed -> key derivation, so a seed reused elsewhere gives another key.
@@ -94,10 +93,14 @@ class Lottery:
         self.state = state
         state.define_campaigns([c.limits for c in campaigns])
 
-    def run(self, tenant: np.ndarray, kind: np.ndarray, batch: np.ndarray, serial: np.ndarray, ts: np.ndarray,
-            verdict: np.ndarray, role: np.ndarray, sku: np.ndarray, place: tuple[np.ndarray, np.ndarray],
-            user: np.ndarray,
+    def run(self, cols: Columns, verdict: np.ndarray, sku: np.ndarray, place: tuple[np.ndarray, np.ndarray],
             blocked: np.ndarray | None = None) -> LotteryResult:
+        """Stage 6 over a batch: ``cols`` the parsed columns (tenant, kind, batch, serial, ts, role,
+        user_id), and what the earlier stages decided: verdicts, each code's sku and place (enrich),
+        which scanners are blocked (enumeration defence).  Draws, then grants within budget, stock
+        and caps in the state store."""
+        tenant, kind, batch, serial, ts = cols["tenant"], cols["kind"], cols["batch"], cols["serial"], cols["ts"]
+        role, user = cols["role"], cols["user_id"]
         n = len(tenant)
         campaign_idx = np.full(n, -1, np.int64)
         eligible_idx = np.full(n, -1, np.int64)

@@ -113,8 +113,7 @@ class Pipeline:
         guard = self.enumeration.run(cols, verdict, replay)
         alerts = outcomes.concat(outcomes.ALERT_COLUMNS, [alerts, guard.alerts])
         # 6 lottery
-        lot = self.lottery.run(cols["tenant"], cols["kind"], cols["batch"], cols["serial"], cols["ts"], verdict,
-                               cols["role"], e.sku, e.place, cols["user_id"], blocked=guard.blocked)
+        lot = self.lottery.run(cols, verdict, e.sku, e.place, blocked=guard.blocked)
         # 7 emit
         scans = {
             "scan_id": cols["scan_id"], "ts": cols["ts"], "tenant": cols["tenant"], "kind": cols["kind"],

@@ -1,6 +1,6 @@
 """Reference data (DESIGN.md "Reference data"): batches, dealers, shipments and stores.
 
-Loaded from the four CSV files into sorted numpy arrays, so that the enrich stage looks up a
+Loaded from the four CSV files (their columns: ``engine/registry_schema.py``) into sorted numpy arrays, so that the enrich stage looks up a
 whole batch of scans with ``searchsorted`` instead of one dict lookup per scan.  Errors name
 the file, the line and the column.
 
@@ -21,8 +21,8 @@ import numpy as np
 
 from scanstream.engine import adcode
 from scanstream.engine.codec import BATCH_MAX, KIND_CASE, KIND_UNIT, SERIAL_MAX
+from scanstream.engine.registry_schema import FILES, LIST_SEPARATOR, SCHEMA
 
-FILES = ("batches.csv", "dealers.csv", "shipments.csv", "stores.csv")
 KIND_BY_NAME = {"unit": KIND_UNIT, "case": KIND_CASE, "": KIND_UNIT}
 #: Lengths of an adcode prefix: province, city, district.
 ADCODE_LEVELS = (2, 4, 6)
@@ -81,6 +81,18 @@ class Dealers:
     secret_env: np.ndarray  # name of the variable holding the webhook's signing secret, or ''
     auth_keys: np.ndarray  # sorted int64 region_keys(dealer index, prefix)
     has_regions: np.ndarray  # bool: a dealer without regions is authorised everywhere
+    robot: np.ndarray  # the webhook's message format (one of ROBOTS), '' = guessed from the URL's host
+    manager_id: np.ndarray  # the manager's user id on the chat platform, '' when unknown
+
+    # Class constants (no annotation: not dataclass fields).
+    #: Values of the ``robot`` column: the message formats of ``sinks.alert_messages.FORMATS``
+    #: (the engine may not import the sinks; a test holds the two equal).
+    ROBOTS = ("generic", "wecom", "dingtalk", "feishu")
+    #: Characters of a ``manager_id``: WeCom user ids take letters, digits and ``_-@.``; DingTalk
+    #: and Feishu ids (``ou_...``) are within them.  Anything else could break the mention markup.
+    MANAGER_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-@.")
+    #: Longest ``manager_id``: WeCom user ids are 1-64 bytes, the longest of the platforms.
+    MANAGER_ID_MAX = 64
 
 
 @dataclass
@@ -283,10 +295,7 @@ class Registry:
         """Read ``batches.csv``, ``dealers.csv``, ``shipments.csv`` and ``stores.csv``."""
         directory = Path(directory)
         return cls.from_rows(
-            _read(directory / "batches.csv", ("tenant", "batch", "sku", "activated")),
-            _read(directory / "dealers.csv", ("dealer_id", "tenant", "channel", "regions")),
-            _read(directory / "shipments.csv", ("tenant", "batch", "serial_from", "serial_to", "dealer_id")),
-            _read(directory / "stores.csv", ("store_id", "tenant", "region", "channel")),
+            *(_read(directory / f.file, f.required) for f in SCHEMA),
             directory,
         )
 
@@ -328,6 +337,7 @@ class Registry:
     @staticmethod
     def _dealers(path: Path, rows) -> Dealers:
         ids, tenants, names, channels, regions, managers, hooks, secrets = [], [], [], [], [], [], [], []
+        robots, manager_ids = [], []
         seen: dict[str, int] = {}
         for line, row in rows:
             dealer_id = row.get("dealer_id", "")
@@ -336,7 +346,7 @@ class Registry:
             if dealer_id in seen:
                 raise RegistryError(f"{path}:{line}: dealer {_show(dealer_id)} already on line {seen[dealer_id]}")
             seen[dealer_id] = line
-            prefixes = [p.strip() for p in row.get("regions", "").split(";") if p.strip()]
+            prefixes = [p.strip() for p in row.get("regions", "").split(LIST_SEPARATOR) if p.strip()]
             for p in prefixes:
                 if not _is_adcode(p):
                     raise RegistryError(f"{path}:{line}: column regions: {_show(p)} is not an adcode prefix of "
@@ -349,11 +359,23 @@ class Registry:
             managers.append(row.get("manager", ""))
             hooks.append(row.get("webhook", ""))
             secrets.append(row.get("secret_env", ""))
+            robot = row.get("robot", "").lower()
+            if robot and robot not in Dealers.ROBOTS:
+                raise RegistryError(f"{path}:{line}: column robot: {_show(row.get('robot', ''))} is not a robot "
+                                    f"format; expected one of {', '.join(Dealers.ROBOTS)}, or empty to guess it "
+                                    f"from the webhook's host")
+            robots.append(robot)
+            manager_id = row.get("manager_id", "")
+            if len(manager_id) > Dealers.MANAGER_ID_MAX or not set(manager_id) <= Dealers.MANAGER_ID_CHARS:
+                raise RegistryError(f"{path}:{line}: column manager_id: {_show(manager_id)} is not a chat user id; "
+                                    f"expected at most {Dealers.MANAGER_ID_MAX} ASCII letters, digits and _-@., "
+                                    f"or empty")
+            manager_ids.append(manager_id)
         owner = np.array([i for i, ps in enumerate(regions) for _ in ps], np.int64)
         flat = _objects([p for ps in regions for p in ps])
         return Dealers(_objects(ids), np.array(tenants, np.uint16), _objects(names), _objects(channels), regions,
                        _objects(managers), _objects(hooks), _objects(secrets), np.unique(region_keys(owner, flat)),
-                       np.array([bool(ps) for ps in regions], bool))
+                       np.array([bool(ps) for ps in regions], bool), _objects(robots), _objects(manager_ids))
 
     @staticmethod
     def _shipments(path: Path, rows, dealer_index: dict[str, int], dealer_tenant: np.ndarray) -> Shipments:

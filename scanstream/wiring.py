@@ -54,7 +54,8 @@ def build_alerting(config: Config, registry: Registry, clickhouse=None):
     of ``[alerts]``; webhooks on link-local, private or (unless ``allow_loopback``) loopback
     addresses refused.  With a ClickHouse, deliveries left pending by an earlier run are sent again."""
     from scanstream.sinks.alerting import AlertDelivery
-    from scanstream.sinks.notifiers import AddressPolicy, WebhookNotifier
+    from scanstream.sinks.notifiers import WebhookNotifier
+    from scanstream.sinks.webhook_addresses import AddressPolicy
     a = config.alerts
     notifier = None
     if a.webhooks:

@@ -25,6 +25,17 @@ Replay safety: every insert may carry ``dedup_token`` (ClickHouse's
 (non-replicated) MergeTree ignores the token; with it, re-inserting a batch with the same
 token is a no-op on chdb and on a server alike.  The ReplacingMergeTree keys collapse what
 still gets in twice.
+
+A token is not proof that its rows are stored, though: a non-replicated MergeTree writes the
+block's id to its deduplication log *before* it renames the new part into place
+(``MergeTreeSink::finishDelayedChunk``), so a process killed between the two, or an insert that
+fails at the rename, leaves an id that drops every later insert of the same batch while no part
+holds its rows.  ``OutcomeTables`` therefore checks a batch stored in doubt and inserts again,
+without deduplication, the rows a table lacks.
+
+Why one file of this length: the connection, the wire format and the error classification
+below are one adapter; the DDL lives in ``config/clickhouse`` and the registry copy in
+``registry_tables.py``.
 """
 from __future__ import annotations
 
@@ -32,7 +43,7 @@ import importlib
 import os
 import re
 import urllib.parse
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -40,9 +51,12 @@ from typing import Any
 
 import numpy as np
 from clickhouse_connect.driver.client import Client
-from clickhouse_connect.driver.exceptions import ClickHouseError
+from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
 
 from scanstream.engine.outcomes import ALERT_COLUMNS, AWARD_COLUMNS, DELIVERY_COLUMNS, SCAN_COLUMNS, Columns
+from scanstream.engine.pipeline import BatchResult
+from scanstream.engine.urls import REDACTED, redact_url
+from scanstream.engine.verdicts import Verdict
 from scanstream.sinks.exceptions import SinkError
 
 #: The DDL applied by ``ClickHouseSink.ensure_schema``: ``*.sql`` files, in file-name order.
@@ -50,14 +64,59 @@ DEFAULT_DDL_DIR = Path(next(iter(importlib.import_module("scanstream.sinks.ddl")
 #: Database created by ``connect`` and used by its client.
 DEFAULT_DATABASE = "scanstream"
 
+#: ClickHouse error codes that a retry can cure: the server is busy, short of memory or disk,
+#: timed out, or lost a replica or Keeper for a moment.  Every other server error (a rejected
+#: statement, a type or schema mismatch) is permanent.
+TRANSIENT_CODES = frozenset({
+    74,   # CANNOT_READ_FROM_FILE_DESCRIPTOR  \
+    75,   # CANNOT_WRITE_TO_FILE_DESCRIPTOR    | the server's disk failed, not the request:
+    76,   # CANNOT_OPEN_FILE                   | the operator fixes the disk and the same
+    77,   # CANNOT_CLOSE_FILE                 /  insert then succeeds
+    159,  # TIMEOUT_EXCEEDED
+    164,  # READONLY (a replica while it reconnects to Keeper)
+    173,  # CANNOT_ALLOCATE_MEMORY
+    202,  # TOO_MANY_SIMULTANEOUS_QUERIES
+    203,  # NO_FREE_CONNECTION
+    209,  # SOCKET_TIMEOUT
+    210,  # NETWORK_ERROR
+    236,  # ABORTED
+    241,  # MEMORY_LIMIT_EXCEEDED
+    242,  # TABLE_IS_READ_ONLY
+    243,  # NOT_ENOUGH_SPACE
+    252,  # TOO_MANY_PARTS
+    279,  # ALL_CONNECTION_TRIES_FAILED
+    285,  # TOO_FEW_LIVE_REPLICAS
+    319,  # UNKNOWN_STATUS_OF_INSERT (the insert is retried under its dedup token)
+    394,  # QUERY_WAS_CANCELLED (a server shutting down)
+    425,  # SYSTEM_ERROR (an errno from the server's own system calls)
+    439,  # CANNOT_SCHEDULE_TASK
+    481,  # PATH_ACCESS_DENIED (the storage made read-only or immutable under the server)
+    999,  # KEEPER_EXCEPTION
+    1000,  # POCO_EXCEPTION (the server's network and file layer)
+    1001,  # STD_EXCEPTION (how chdb reports a filesystem error: EPERM, EIO, ENOSPC)
+})
+_CODE = re.compile(r"\bCode: (\d+)")
+#: How ClickHouse reports a failed system call on its own storage ("errno: 1, strerror: ...").
+#: Whatever code carries it (481, 458, 1001 ... depending on the call), the request was fine
+#: and the disk was not: the operator fixes the disk and the same insert then succeeds.
+_ERRNO = re.compile(r"\berrno: \d+, strerror: ")
+
+
+def _transient(exc: BaseException) -> bool:
+    """Whether a failed insert or query may succeed when retried (see ``TRANSIENT_CODES``)."""
+    if isinstance(exc, (OSError, OperationalError)):  # unreachable, reset, timed out, disk full
+        return True
+    text = str(exc)
+    found = _CODE.search(text)
+    return found is not None and (int(found.group(1)) in TRANSIENT_CODES or _ERRNO.search(text) is not None)
+
+
 #: Target prefix of the embedded engine: ``chdb:/abs/path`` or ``chdb:relative/path``.
 CHDB_PREFIX = "chdb:"
 #: URL schemes of a ClickHouse server and their default HTTP ports.
 HTTP_DEFAULT_PORTS: dict[str, int] = {"http": 8123, "https": 8443}
 #: User of a URL that names none (ClickHouse's own default user).
 DEFAULT_USER = "default"
-#: Shown instead of a password in every message.
-REDACTED = "***"
 
 #: Setting that names an insert for deduplication (needs non_replicated_deduplication_window
 #: on non-replicated tables, set in the DDL).
@@ -66,6 +125,8 @@ DEDUP_TOKEN_SETTING = "insert_deduplication_token"
 #: collapses duplicates inside one batch, which the pipeline never produces, and it cost
 #: 15-30 % of a 200 000-row scan insert on chdb; merges and FINAL still collapse replays.
 INSERT_SETTINGS: dict[str, Any] = {"optimize_on_insert": 0}
+#: Setting that turns deduplication off for one insert (``OutcomeTables``' repair of lost rows).
+DEDUPLICATE_SETTING = "insert_deduplicate"
 
 SCAN_TABLE = "scan_events"
 ALERT_TABLE = "alerts"
@@ -96,7 +157,6 @@ _DATETIME64 = re.compile(r"^DateTime64\(\s*(\d)\s*(?:,.*)?\)$")
 _LOW_CARDINALITY = re.compile(r"^LowCardinality\((.*)\)$")
 # Greedy up to the netloc's last '@', as urlsplit reads it: an unencoded '@' in a password
 # must not leave the rest of the password visible.
-_URL_PASSWORD = re.compile(r"(//[^/@:]*:)([^/]*)(@)")
 #: Milliseconds carry scale 3; DateTime64(p) stores 10**p ticks per second.
 _MS_SCALE = 3
 #: Shorter passwords are not searched for in driver messages (see _scrub).
@@ -106,11 +166,6 @@ _SQL_IN_MESSAGE = 200
 
 
 # --------------------------------------------------------------------------- connect
-
-
-def redact(target: str) -> str:
-    """``target`` with the password of a ``scheme://user:password@host`` URL replaced by ``***``."""
-    return _URL_PASSWORD.sub(lambda m: m.group(1) + REDACTED + m.group(3), target)
 
 
 def _scrub(text: str, secret: str | None) -> str:
@@ -147,7 +202,7 @@ def connect(target: str, *, database: str = DEFAULT_DATABASE) -> Client:
         client.command(f"CREATE DATABASE IF NOT EXISTS {db_sql}")
     except ClickHouseError as exc:
         client.close()
-        raise SinkError(f"ClickHouse {redact(target)}: cannot create database {database!r}: "
+        raise SinkError(f"ClickHouse {redact_url(target)}: cannot create database {database!r}: "
                         f"{_scrub(str(exc), secret)}") from None
     client.database = database
     return client
@@ -162,7 +217,7 @@ def connect_readonly(target: str, *, database: str = DEFAULT_DATABASE) -> Client
     """
     target = target.strip()
     _quote_identifier(database, "database")
-    missing = f"no database {database!r} in {redact(target)} yet; `scanstream run` or `scanstream demo` creates it"
+    missing = f"no database {database!r} in {redact_url(target)} yet; `scanstream run` or `scanstream demo` creates it"
     if target.startswith(CHDB_PREFIX):
         folder = Path(os.path.abspath(os.path.expanduser(target[len(CHDB_PREFIX):].removeprefix("//"))))
         if not (folder / "metadata").is_dir():  # opening chdb on it would lay out a new data folder
@@ -181,7 +236,7 @@ def connect_readonly(target: str, *, database: str = DEFAULT_DATABASE) -> Client
             client.set_client_setting("readonly", "2")  # 2: reads, and settings a query may need
     except ClickHouseError as exc:
         client.close()
-        raise SinkError(f"ClickHouse {redact(target)}: {_scrub(str(exc), secret)}") from None
+        raise SinkError(f"ClickHouse {redact_url(target)}: {_scrub(str(exc), secret)}") from None
     except BaseException:
         client.close()
         raise
@@ -189,7 +244,7 @@ def connect_readonly(target: str, *, database: str = DEFAULT_DATABASE) -> Client
 
 
 def _connect_http(target: str) -> tuple[Client, str | None]:
-    shown = redact(target)
+    shown = redact_url(target)
     try:
         parts = urllib.parse.urlsplit(target)
         port = parts.port
@@ -219,7 +274,7 @@ def _connect_http(target: str) -> tuple[Client, str | None]:
         host = f"{parts.hostname}:{port or HTTP_DEFAULT_PORTS[parts.scheme]}"
         # from None: the driver's exception chain may quote the request, so it is not re-raised.
         raise SinkError(f"ClickHouse server {host} ({shown}) is unreachable or refused the connection: "
-                        f"{_scrub(str(exc), password)}") from None
+                        f"{_scrub(str(exc), password)}", transient=True) from None
     return client, password or None
 
 
@@ -419,6 +474,7 @@ class ClickHouseSink:
 
     def __init__(self, client: Client):
         self.client = client
+        self._outcomes = OutcomeTables(self)  # one for the process: it knows which batch is in doubt
 
     # ---- schema -------------------------------------------------------
 
@@ -462,12 +518,13 @@ class ClickHouseSink:
     # ---- writes ---------------------------------------------------------
 
     def insert(self, table: str, batch: Mapping[str, Any], column_spec: ColumnSpec, *,
-               dedup_token: str | None = None) -> int:
+               dedup_token: str | None = None, deduplicate: bool = True) -> int:
         """Store ``batch`` (column name -> array) in ``table`` with ONE columnar insert.
 
         Only the columns of ``column_spec`` are written, in its order.  ``dedup_token`` makes a
-        repeat of this insert a no-op on tables with a deduplication window.  An empty batch
-        is not sent.  Returns the rows written.
+        repeat of this insert a no-op on tables with a deduplication window; ``deduplicate=False``
+        stores the rows even when ClickHouse has seen the same block.  An empty batch is not
+        sent.  Returns the rows written.
         """
         _quote_identifier(table, "table")
         n = _length(batch)
@@ -482,6 +539,8 @@ class ClickHouseSink:
         settings = dict(INSERT_SETTINGS)
         if dedup_token:
             settings[DEDUP_TOKEN_SETTING] = dedup_token
+        if not deduplicate:
+            settings[DEDUPLICATE_SETTING] = 0
         try:
             self.client.insert(
                 table,
@@ -492,7 +551,8 @@ class ClickHouseSink:
                 settings=settings,
             )
         except (ClickHouseError, OSError) as exc:
-            raise SinkError(f"insert of {n} rows into {table} failed: {exc}", table=table, rows=n) from exc
+            raise SinkError(f"insert of {n} rows into {table} failed: {exc}", table=table, rows=n,
+                            transient=_transient(exc)) from exc
         return n
 
     def write_scans(self, batch: Columns, *, dedup_token: str | None = None) -> int:
@@ -506,6 +566,23 @@ class ClickHouseSink:
     def write_awards(self, batch: Columns, *, dedup_token: str | None = None) -> int:
         """Store granted prizes (``AWARD_COLUMNS``) in ``awards``."""
         return self.insert(AWARD_TABLE, batch, AWARD_COLUMNS, dedup_token=dedup_token)
+
+    def store(self, result: BatchResult, token: str) -> None:
+        """The ``Sink`` of the outcome tables: ``OutcomeTables(self).store``, one per sink."""
+        self._outcomes.store(result, token)
+
+    def stored_keys(self, table: str, key: Sequence[str], batch: Columns) -> set[tuple]:
+        """The values of ``key`` (columns of ``table``) that ``table`` holds for the rows of
+        ``batch`` (matched on the key's last column, then compared whole)."""
+        _quote_identifier(table, "table")
+        columns = ", ".join(_quote_identifier(name, "column") for name in key)
+        last = key[-1]
+        sql = (f"SELECT DISTINCT {columns} FROM {_quote_identifier(table, 'table')} "
+               f"WHERE {_quote_identifier(last, 'column')} IN %(values)s")
+        held: set[tuple] = set()
+        for chunk in _key_chunks(sorted(set(np.asarray(batch[last]).tolist()))):
+            held |= {tuple(row) for row in self.query(sql, parameters={"values": tuple(chunk)})[1]}
+        return held
 
     def write_deliveries(self, batch: Columns, *, dedup_token: str | None = None) -> int:
         """Store webhook delivery records (``DELIVERY_COLUMNS``) in ``alert_deliveries``;
@@ -535,9 +612,111 @@ class ClickHouseSink:
         try:
             result = self.client.query(sql, parameters=parameters)
         except ClickHouseError as exc:
-            raise SinkError(f"query {sql[:_SQL_IN_MESSAGE]!r} failed: {exc}") from exc
+            raise SinkError(f"query {sql[:_SQL_IN_MESSAGE]!r} failed: {exc}", transient=_transient(exc)) from exc
         return list(result.column_names), [tuple(row) for row in result.result_rows]
 
     def close(self) -> None:
         """Close the client (for chdb: release the engine handle, so another path may be opened)."""
         self.client.close()
+
+
+class OutcomeTables:
+    """The ``Sink`` of a batch's outcome tables: awards, then alerts, then scans.
+
+    In that order so that every scan row a dashboard shows is backed by the award and the alert
+    it implies, whatever insert fails.  Each insert carries ``TOKEN:table`` as its deduplication
+    token, so a batch stored again (a retry, a redelivery) is dropped.  ``tables`` is anything
+    with ``write_awards``, ``write_alerts`` and ``write_scans`` (a ``ClickHouseSink``).
+
+    A batch is stored *in doubt* when an earlier attempt may have left its token without its
+    rows (see the module's docstring):
+
+    * the first batch this object stores: the process before may have died storing it (the
+      local driver takes batches one by one, so after a restart only its first batch can be
+      one that was being stored);
+    * a batch stored after an attempt that raised;
+    * a batch processed before, by any process: every scan the state store remembers answered
+      as a replay (``redelivered``).  A worker's redelivered messages after a crash are that,
+      however many batches the consumer had not committed; a batch of fresh scans cannot have
+      been stored under its token before, and a scan API's occasional retry inside a batch of
+      fresh scans does not make the batch one.
+
+    After the inserts of such a batch, each table is asked which of the batch's rows it holds
+    (``ROW_KEYS``, through ``tables.stored_keys``, in queries of bounded size: a few tens of ms
+    for 5 000 rows), and the rows it lacks are inserted again without deduplication.  What that
+    adds twice collapses like any replay: the ReplacingMergeTree keys of the outcome tables, the
+    distinct-count states of the views fed from scan_events.
+    """
+
+    #: Per outcome table: the columns that identify a row of a batch in it.  A scan is named by
+    #: its scan_id and verdict (a conflict shares the scan_id of an earlier row).  Not by its
+    #: replay flag: a redelivered batch answers its scans as replays, and the rows its first
+    #: storing left (replay 0) are the ones readers should see; only a scan held under no row
+    #: is missing.
+    ROW_KEYS: dict[str, tuple[str, ...]] = {
+        AWARD_TABLE: ("tenant", "campaign", "kind", "batch", "serial"),
+        ALERT_TABLE: ("tenant", "alert_id"),
+        SCAN_TABLE: ("verdict", "scan_id"),
+    }
+
+    def __init__(self, tables) -> None:
+        self.tables = tables
+        self.in_doubt = True  # the first batch: a process before may have died storing it
+
+    def store(self, result: BatchResult, token: str) -> None:
+        doubt = self.in_doubt or redelivered(result.scans)
+        self.in_doubt = True  # stays in doubt unless this store completes
+        self.tables.write_awards(result.awards, dedup_token=f"{token}:awards")
+        self.tables.write_alerts(result.alerts, dedup_token=f"{token}:alerts")
+        self.tables.write_scans(result.scans, dedup_token=f"{token}:scans")
+        if doubt and hasattr(self.tables, "stored_keys"):
+            for table, batch, spec in ((AWARD_TABLE, result.awards, AWARD_COLUMNS),
+                                       (ALERT_TABLE, result.alerts, ALERT_COLUMNS),
+                                       (SCAN_TABLE, result.scans, SCAN_COLUMNS)):
+                self._repair(table, batch, spec)
+        self.in_doubt = False
+
+    def _repair(self, table: str, batch: Columns, spec: ColumnSpec) -> None:
+        """Insert again, without deduplication, the rows of ``batch`` that ``table`` lacks."""
+        if _length(batch) == 0:
+            return
+        key = self.ROW_KEYS[table]
+        held = self.tables.stored_keys(table, key, batch)
+        wanted = list(zip(*(np.asarray(batch[name]).tolist() for name in key)))
+        missing = np.array([i for i, row in enumerate(wanted) if row not in held], np.int64)
+        if len(missing):
+            self.tables.insert(table, {name: np.asarray(values)[missing] for name, values in batch.items()}, spec,
+                               deduplicate=False)
+
+
+#: Bytes of literal values one key query may carry: a quarter of ClickHouse's default
+#: ``max_query_size`` (256 KiB), which applies to the query text the values are bound into.
+KEY_QUERY_BYTES = 64 * 1024
+
+
+def _key_chunks(values: list) -> Iterator[list]:
+    """``values`` in runs whose quoted literals stay under ``KEY_QUERY_BYTES``; a value is
+    counted as if every byte needed an escape, so no content can make a run too long."""
+    chunk: list = []
+    size = 0
+    for value in values:
+        cost = 2 * len(str(value).encode()) + 4  # quotes, the separator, escapes
+        if chunk and size + cost > KEY_QUERY_BYTES:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(value)
+        size += cost
+    if chunk:
+        yield chunk
+
+
+def redelivered(scans: Columns) -> bool:
+    """Whether a batch was processed before: each of its scans that the state store remembers
+    (all but invalid events and conflicts, whose answers are not kept) answered as a replay.
+    A batch with no such scan counts as redelivered too: nothing in it says otherwise, and
+    checking it costs little."""
+    verdict = np.asarray(scans.get("verdict", ()))
+    if not len(verdict):
+        return False
+    remembered = (verdict != Verdict.INVALID_EVENT.label) & (verdict != Verdict.CONFLICT.label)
+    return bool(np.all(np.asarray(scans["replay"])[remembered] == 1))

@@ -10,63 +10,50 @@ from pathlib import Path
 import numpy as np
 
 from scanstream.engine.registry import Registry
+from scanstream.engine.registry_schema import INT_TYPES, KIND, LIST, LIST_SEPARATOR, SCHEMA, Column, RegistryFile
 from scanstream.sinks.clickhouse import ClickHouseSink
 
-#: (table, registry file, columns as (name, numpy dtype, ClickHouse type))
-TABLES = (
-    ("registry_batches", "batches.csv", (
-        ("tenant", "uint16", "UInt16"), ("batch", "uint32", "UInt32"), ("kind", "O", "String"),
-        ("sku", "O", "String"), ("product", "O", "String"), ("activated", "uint8", "UInt8"),
-        ("size", "uint64", "UInt64"))),
-    ("registry_dealers", "dealers.csv", (
-        ("dealer_id", "O", "String"), ("tenant", "uint16", "UInt16"), ("name", "O", "String"),
-        ("channel", "O", "String"), ("regions", "O", "Array(String)"), ("manager", "O", "String"),
-        ("webhook", "O", "String"), ("secret_env", "O", "String"))),
-    ("registry_shipments", "shipments.csv", (
-        ("tenant", "uint16", "UInt16"), ("batch", "uint32", "UInt32"), ("kind", "O", "String"),
-        ("serial_from", "uint32", "UInt32"), ("serial_to", "uint32", "UInt32"), ("dealer_id", "O", "String"),
-        ("shipped_at", "O", "String"))),
-    ("registry_stores", "stores.csv", (
-        ("store_id", "O", "String"), ("tenant", "uint16", "UInt16"), ("dealer_id", "O", "String"),
-        ("region", "O", "String"), ("channel", "O", "String"))),
-)
 
-
-def _value(row: dict[str, str], name: str, dtype: str):
-    text = row.get(name, "")
-    if name == "regions":
-        return [p.strip() for p in text.split(";") if p.strip()]
-    if name == "kind":
+def _value(row: dict[str, str], column: Column):
+    text = row.get(column.name, "")
+    if column.type == LIST:
+        return [p.strip() for p in text.split(LIST_SEPARATOR) if p.strip()]
+    if column.type == KIND:
         return text.lower() or "unit"
-    if dtype != "O":
+    if column.type in INT_TYPES:
         return int(text or 0)
     return text
+
+
+def insert_spec(f: RegistryFile) -> tuple[tuple[str, str, str], ...]:
+    """The insert spec of a registry file's table: (name, numpy dtype, ClickHouse type) per column."""
+    return tuple((c.name, c.dtype, c.clickhouse) for c in f.columns)
 
 
 def publish_registry(sink: ClickHouseSink, registry: Registry) -> dict[str, int]:
     """Replace the registry tables' contents with ``registry``; rows written per table."""
     written = {}
-    for table, file, spec in TABLES:
-        rows = registry.rows.get(file, [])
+    for f in SCHEMA:
+        rows = registry.rows.get(f.file, [])
         batch = {}
-        for name, dtype, _ in spec:
-            values = [_value(r, name, dtype) for r in rows]
-            if dtype == "O":
+        for column in f.columns:
+            values = [_value(r, column) for r in rows]
+            if column.dtype == "O":
                 arr = np.empty(len(values), dtype=object)
                 for i, v in enumerate(values):  # element-wise: a list value must stay one element
                     arr[i] = v
             else:
-                arr = np.array(values, dtype=dtype)
-            batch[name] = arr
-        sink.client.command(f"TRUNCATE TABLE IF EXISTS {table}")
-        written[table] = sink.insert(table, batch, spec)
+                arr = np.array(values, dtype=column.dtype)
+            batch[column.name] = arr
+        sink.client.command(f"TRUNCATE TABLE IF EXISTS {f.table}")
+        written[f.table] = sink.insert(f.table, batch, insert_spec(f))
     return written
 
 
 def fingerprint(sink: ClickHouseSink) -> tuple:
     """A cheap value that changes whenever a registry table's contents change."""
     parts = " UNION ALL ".join(
-        f"SELECT '{table}' AS t, count() AS n, sum(cityHash64(*)) AS h FROM {table} FINAL" for table, _, _ in TABLES)
+        f"SELECT '{f.table}' AS t, count() AS n, sum(cityHash64(*)) AS h FROM {f.table} FINAL" for f in SCHEMA)
     _, rows = sink.query(f"SELECT t, n, h FROM ({parts}) ORDER BY t")
     return tuple(rows)
 
@@ -74,13 +61,12 @@ def fingerprint(sink: ClickHouseSink) -> tuple:
 def read_registry(sink: ClickHouseSink) -> Registry:
     """The registry as the ClickHouse registry tables hold it (for workers without the CSV files)."""
     given = {}
-    for table, file, spec in TABLES:
-        names = [name for name, _, _ in spec]
-        _, rows = sink.query(f"SELECT {', '.join(names)} FROM {table} FINAL")
-        given[file] = [(i + 2, {name: ";".join(v) if isinstance(v, list) else str(v) for name, v in zip(names, row)})
-                       for i, row in enumerate(rows)]
-    return Registry.from_rows(given["batches.csv"], given["dealers.csv"], given["shipments.csv"],
-                              given["stores.csv"], Path(f"clickhouse:{sink.client.database}"))
+    for f in SCHEMA:
+        names = [c.name for c in f.columns]
+        _, rows = sink.query(f"SELECT {', '.join(names)} FROM {f.table} FINAL")
+        given[f.file] = [(i + 2, {name: LIST_SEPARATOR.join(v) if isinstance(v, list) else str(v)
+                                  for name, v in zip(names, row)}) for i, row in enumerate(rows)]
+    return Registry.from_rows(*(given[f.file] for f in SCHEMA), Path(f"clickhouse:{sink.client.database}"))
 
 
 #: The configured campaigns, for the spend-against-budget views (the budget lives in the config).

@@ -9,15 +9,18 @@ from __future__ import annotations
 import hashlib
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import BinaryIO
 
 import numpy as np
 
+from scanstream.engine.errors import PermanentError
 from scanstream.engine.pipeline import Pipeline
 from scanstream.engine.summary import Summary
-from scanstream.sinks.outputs import Outputs
+from scanstream.sinks.base import Sink
+from scanstream.sinks.results import ResultsFile
+from scanstream.streams.checkpoint import Checkpoint, InFlight
 
 #: Redraw the progress line at most this often.
 PROGRESS_EVERY_S = 0.2
@@ -78,7 +81,7 @@ class Progress:
         self.stream.flush()
 
 
-class InputChanged(RuntimeError):
+class InputChanged(PermanentError):
     """A run was to resume over an input that is not the one its checkpoint was made on (permanent)."""
 
 
@@ -121,23 +124,21 @@ def _hasher():
     return hashlib.blake2b(digest_size=16)
 
 
-def run(pipeline: Pipeline, source: BinaryIO, outputs: Outputs, batch_size: int, source_name: str = "input",
-        progress: Progress | None = None, *, cursor: Cursor | None = None) -> Summary:
-    """Run every line of ``source`` through ``pipeline`` into ``outputs``; returns the totals.
+def run(pipeline: Pipeline, source: BinaryIO, batch_size: int, source_name: str = "input",
+        progress: Progress | None = None, *, sinks: Sequence[Sink] = (), outbox=None,
+        results: ResultsFile | None = None, cursor: Cursor | None = None) -> Summary:
+    """Run every line of ``source`` through ``pipeline``; returns the totals.
 
-    Each batch becomes done in one order, the commit protocol of the local driver:
+    Each batch becomes done through ``streams.checkpoint.Checkpoint``: the pipeline, then
+    ``sinks`` in order (the outcome tables, then ``results``), the alerts to ``outbox``, and as the
+    commit, ``state.checkpoint`` with the ``Cursor`` that says this batch is done (the line it
+    reached, the digest of the lines so far, the results file's durable length).
 
-    1. the pipeline decides its outcomes (state changes in memory, or on the Redis server);
-    2. ``outputs.store``: ClickHouse and the results file hold them, durably;
-    3. ``state.checkpoint``: the state's changes become durable together with the ``Cursor``
-       that says this batch is done;
-    4. ``outputs.notify``: its alerts go to delivery, which can never fail the batch.
-
-    A crash before 3 leaves the state as it was before the batch: a rerun with the same
-    ``cursor`` skips the lines done, cuts the results file back to the checkpoint's length,
-    and redoes the batch to the same outcomes (ClickHouse drops the repeated inserts by their
-    token).  ``cursor`` given: resume after its ``lines``; ``InputChanged`` when the input's
-    first lines are not the ones it was made on.
+    A crash before the commit leaves the state as it was before the batch: a rerun with the same
+    ``cursor`` skips the lines done, cuts the results file back to the checkpoint's length, and
+    redoes the batch to the same outcomes (ClickHouse drops the repeated inserts by their token).
+    ``cursor`` given: resume after its ``lines``; ``InputChanged`` when the input's first lines
+    are not the ones it was made on.
     """
     state = pipeline.state
     summary = Summary()
@@ -155,19 +156,24 @@ def run(pipeline: Pipeline, source: BinaryIO, outputs: Outputs, batch_size: int,
         if hasher.hexdigest() != here.digest:
             raise InputChanged(f"input {source_name!r} is not the one the interrupted run had read: its first "
                                f"{here.lines:,} lines differ")
+
+    def commit(batch: InFlight) -> None:
+        numbers, joined = batch.source
+        hasher.update(joined)
+        here.lines, here.digest = int(numbers[-1]), hasher.hexdigest()
+        here.results_bytes = results.length if results is not None else 0
+        state.checkpoint(run=asdict(here))
+
+    checkpoint = Checkpoint(pipeline, [*sinks, *([results] if results is not None else [])], outbox, commit=commit)
     done = 0
     for numbers, chunk in batches(lines, batch_size):
         positions = np.char.add(f"{source_name}:", numbers.astype(str)).astype(object)
-        result = pipeline.process(chunk, positions=positions)
         joined = b"\n".join(chunk) + b"\n"
         # the same lines give the same token (a re-sent batch is dropped), other lines another
         content = hashlib.blake2b(joined, digest_size=8).hexdigest()
-        here.results_bytes = outputs.store(result, token=f"{source_name}:{numbers[0]}-{numbers[-1]}:{content}")
-        hasher.update(joined)
-        here.lines, here.digest = int(numbers[-1]), hasher.hexdigest()
-        state.checkpoint(run=asdict(here))
-        outputs.notify(result)
-        summary.add(result)
+        batch = checkpoint.run(f"{source_name}:{numbers[0]}-{numbers[-1]}:{content}", chunk, positions,
+                               (numbers, joined))
+        summary.add(batch.result)
         done += len(chunk)
         if progress is not None:
             progress.update(done)

@@ -29,6 +29,10 @@ sealed envelopes of its partition, so mixing both paths keeps per-code order too
 Delivery failures (the broker did not take an envelope after all retries) are counted and
 raised as ``PublishError`` by ``flush`` and ``close``: call one of them before you tell anyone
 that a scan was accepted for good.
+
+Why one file of this length: the checks, the key, the envelope and the send loop are one
+promise to the scan API (a scan is sent once, in its code's order, or refused with a reason),
+read top to bottom.
 """
 from __future__ import annotations
 

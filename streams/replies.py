@@ -20,16 +20,11 @@ import numpy as np
 import orjson
 
 from scanstream.engine import outcomes
-from scanstream.ext.jsonlines import encode_rows
 
 #: Longest single blocking call of ``wait_reply``.
 WAIT_SLICE_S = 1.0
 #: Outcomes per script call: bounds the time one call holds the server (a few ms here).
 REPLY_CHUNK = 5000
-#: Fields of an outcome as the scan API receives it: the results-file fields.
-REPLY_FIELDS = ("scan_id", "ts", "tenant", "kind", "batch", "serial", "code", "user_id", "role", "region",
-                "channel", "sku", "dealer_id", "verdict", "diversion", "campaign", "prize_tier", "prize_cents",
-                "draw", "replay", "reason")
 
 #: ARGV: key prefix, TTL, n, scan_id lengths (uint32), scan_ids, outcome lengths (uint32),
 #: outcomes.  Arrays travel packed, as in the state store's scripts: a pipelined RPUSH and
@@ -64,11 +59,6 @@ def reply_key(prefix: str, scan_id: str) -> str:
     return f"{prefix}reply:{scan_id}"
 
 
-def reply_lines(scans: outcomes.Columns) -> list[bytes]:
-    """Each scan's outcome as one JSON object: the reply, and the line of ``scan-results``."""
-    return encode_rows(REPLY_FIELDS, [scans[f].tolist() for f in REPLY_FIELDS])
-
-
 def _packed(values: Sequence[bytes]) -> tuple[bytes, bytes]:
     lens = np.fromiter(map(len, values), np.uint32, len(values)).astype("<u4")
     return lens.tobytes(), b"".join(values)
@@ -98,7 +88,7 @@ class ReplyWriter:
 
     def push_outcomes(self, scans: outcomes.Columns) -> int:
         """Push every outcome of a batch (for callers that have not built the lines yet)."""
-        return self.push(scans["scan_id"].tolist(), reply_lines(scans))
+        return self.push(scans["scan_id"].tolist(), outcomes.outcome_lines(scans))
 
 
 def wait_reply(client, prefix: str, scan_id: str, timeout_s: float) -> dict[str, Any] | None:

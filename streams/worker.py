@@ -1,30 +1,26 @@
-"""The worker's batch step: Kafka messages in, outcomes stored, messages to produce out.
+"""The worker's side of the commit protocol: Kafka messages in, outcomes stored, messages out.
 
 ``BatchHandler`` knows Kafka only as plain records (``Record``), so it is tested without a
-broker; ``streams.app`` feeds it from a Faust agent.  It owns the commit order, the promise
-that an offset is committed only after its scans' outcomes are stored:
+broker; ``streams.app`` feeds it from a Faust agent.  The order in which a batch becomes done is
+``streams.checkpoint.Checkpoint``'s; this module supplies the worker's parts of it:
 
-1. decode each message into scan lines; a message that carries none is dead-lettered
-2. run the pipeline over all lines of the batch (state store: claims, windows, prizes)
-3. write ``scan_events``, ``alerts`` and ``awards`` to ClickHouse, with a deduplication token
-   made of the batch's offsets, so a batch redelivered after a crash is not stored twice
-4. push each outcome to its Redis reply list (the scan API's ``await_result``)
-5. (agent) produce ``scan-results``, ``awards``, ``alerts`` and dead letters, and wait for the
-   broker to acknowledge them
-6. (agent) only then ack the batch's messages; the consumer commits acked offsets afterwards
+- before step 1, each message is decoded into scan lines; a message that carries none, and
+  each invalid event, becomes a dead letter;
+- step 2 pushes each outcome to its Redis reply list (the scan API's ``await_result``);
+- step 3 stores the outcome tables in ClickHouse, with a token made of the batch's offsets;
+- step 5 produces ``scan-results``, ``awards``, ``alerts`` and the dead letters;
+- step 6 acks the batch's messages, and the consumer commits acked offsets afterwards.
 
-The agent runs step 4 as soon as step 2 is done (the scan API should not wait for ClickHouse),
-and steps 1-2 of a batch while steps 3-6 of up to ``kafka.in_flight`` earlier batches are
-still under way; offsets are still acked only after steps 3-5 of their own batch.  A crash
-anywhere before 6 redelivers the batch; every step is idempotent under redelivery (a replayed
-scan_id gets its first answer, a won code its prize back, ClickHouse drops or collapses the
-rows again), so delivery is at least once and the effects happen once.
+A crash anywhere before 6 redelivers the batch; every step is idempotent under redelivery (a
+replayed scan_id gets its first answer, a won code its prize back, ClickHouse drops or collapses
+the rows again), so delivery is at least once and the effects happen once.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,10 +29,13 @@ import orjson
 
 from scanstream.engine import outcomes
 from scanstream.engine.config import Config
-from scanstream.engine.pipeline import BatchResult, Pipeline
+from scanstream.engine.pipeline import Pipeline
 from scanstream.engine.registry import Registry
 from scanstream.engine.state import state_keys
+from scanstream.sinks.clickhouse import OutcomeTables
+from scanstream.sinks.exceptions import SinkError
 from scanstream.streams import envelope, replies
+from scanstream.streams.checkpoint import Checkpoint, InFlight
 
 log = logging.getLogger("scanstream.worker")
 
@@ -66,21 +65,14 @@ class Produce:
     headers: list[tuple[str, bytes]] = field(default_factory=list)
 
 
-@dataclass
-class Handled:
-    """A batch after the pipeline: its outcomes, and everything still to be stored and produced."""
-
-    records: list[Record]
-    result: BatchResult
-    dead: list[Produce]  # dead letters: undecodable messages and invalid events
-    scans: int
-    token: str  # ClickHouse deduplication token of the batch (``batch_token``)
-    replies: list[bytes] = field(default_factory=list)  # one JSON outcome per scan (``outcome_lines``)
-    produce: list[Produce] = field(default_factory=list)  # step 5's messages, set by ``store``
-
-    @property
-    def dead_letters(self) -> int:
-        return len(self.dead)
+def dead_letter_reasons(batch: InFlight) -> list[str]:
+    """The reason (free text, as its header carries it) of each dead letter of ``batch``, for the
+    metrics; a dead letter without the header gives ''."""
+    out = []
+    for letter in batch.dead:
+        reason = dict(letter.headers).get(REASON_HEADER, b"")
+        out.append(reason.decode("utf-8", "replace") if isinstance(reason, bytes) else str(reason))
+    return out
 
 
 def batch_token(records: list[Record]) -> str:
@@ -93,13 +85,12 @@ def batch_token(records: list[Record]) -> str:
 
 
 class BatchHandler:
-    """Steps 1-4 of the commit order, and the messages of step 5.
+    """The worker's steps of the commit protocol around one ``Checkpoint`` (``self.checkpoint``).
 
-    ``process`` (steps 1-2), ``reply`` (step 4) and ``store`` (step 3) are separate so that
-    the agent can run the pipeline of one batch while the outcomes of earlier ones are being
-    replied, stored and produced; ``handle`` is the three in a row.  ``process`` must be
-    called in batch order from one thread (the state store sees the batches in the order they
-    were taken); ``reply`` and then ``store`` may run in other threads, and are safe to repeat.
+    ``take`` (decode, then step 1) must be called in batch order from one thread; the agent runs
+    ``checkpoint.reply`` and ``checkpoint.finish`` of earlier batches in other threads meanwhile.
+    ``send`` and ``ack`` are set by the agent (step 5's producer, step 6's acks); without them,
+    ``handle`` runs every step and leaves the messages of step 5 in the batch's ``messages``.
     """
 
     def __init__(self, config: Config, pipeline: Pipeline, clickhouse=None, redis_client=None, alerting=None):
@@ -110,10 +101,13 @@ class BatchHandler:
                         if redis_client is not None else None)
         self.alerting = alerting  # sinks.alerting.AlertDelivery: logs, digests, webhooks
         self.k = config.kafka
-        self._watermark = 0
+        self.send: Callable[[list[Produce]], None] | None = None  # step 5, given by the agent
+        self.ack: Callable[[InFlight], None] | None = None  # step 6, given by the agent
+        self.checkpoint = Checkpoint(pipeline, [OutcomeTables(clickhouse)] if clickhouse is not None else [],
+                                     alerting, reply=self._reply, produce=self._produce, commit=self._commit)
 
     def decode(self, records: list[Record]) -> tuple[list[bytes], np.ndarray, list[Produce]]:
-        """Step 1: the scan lines of the batch, their positions, and dead letters."""
+        """The scan lines of the batch, their positions, and dead letters."""
         lines: list[bytes] = []
         positions: list[str] = []
         dead: list[Produce] = []
@@ -132,62 +126,56 @@ class BatchHandler:
                        headers=[(REASON_HEADER, reason.encode("utf-8", "replace")[:1000]),
                                 (POSITION_HEADER, position.encode())])
 
-    def process(self, records: list[Record]) -> Handled:
-        """Steps 1-2: decode and run the pipeline; returns what ``store`` needs.
-
-        Only what depends on the order of batches happens here; the outcome messages are
-        built by ``store``, in the other thread.
-        """
+    def take(self, records: list[Record], source: Any = None) -> InFlight:
+        """Decode, then step 1.  The same records taken again before their commit (the agent's
+        retry) give the same batch back, with its outcomes and the steps it has done."""
+        token = batch_token(records)
         lines, positions, dead = self.decode(records)
-        result = self.pipeline.process(lines, positions=positions)
-        invalid = np.nonzero(result.scans["verdict"] == "invalid_event")[0]
-        for i in invalid.tolist():
-            dead.append(self._dead_letter(lines[i], result.scans["reason"][i], positions[i]))
-        return Handled(records, result, dead, len(lines), batch_token(records))
+        batch = self.checkpoint.take(token, lines, positions, source if source is not None else records)
+        if not batch.dead:
+            invalid = np.nonzero(batch.result.scans["verdict"] == "invalid_event")[0]
+            batch.dead = dead + [self._dead_letter(lines[i], batch.result.scans["reason"][i], positions[i])
+                                 for i in invalid.tolist()]
+        return batch
+
+    def handle(self, records: list[Record]) -> InFlight:
+        """Every step in a row (the agent's retry is calling it again with the same records)."""
+        batch = self.take(records)
+        if "reply" not in batch.done:
+            self.checkpoint.reply(batch)
+        self.checkpoint.finish(batch)
+        return batch
 
     @staticmethod
-    def outcome_lines(handled: Handled) -> list[bytes]:
+    def outcome_lines(batch: InFlight) -> list[bytes]:
         """The batch's outcomes as JSON lines, made once for the replies and ``scan-results``."""
-        if not handled.replies and len(handled.result.scans["scan_id"]):
-            handled.replies = replies.reply_lines(handled.result.scans)
-        return handled.replies
+        if not batch.outcome_lines and len(batch.result.scans["scan_id"]):
+            batch.outcome_lines = outcomes.outcome_lines(batch.result.scans)
+        return batch.outcome_lines
 
-    def reply(self, handled: Handled) -> None:
-        """Step 4: each outcome pushed to its Redis reply list.  Safe to repeat.
-
-        It needs nothing but the pipeline's outcomes, which the state store has already made
-        final (a redelivered batch gets the same answers), so the agent runs it at once, beside
-        the ClickHouse writes of earlier batches: the scan API's wait does not include them.
-        """
-        lines = self.outcome_lines(handled)
+    def _reply(self, batch: InFlight) -> None:
+        """Step 2: each outcome pushed to its Redis reply list.  Safe to repeat."""
+        lines = self.outcome_lines(batch)
         if self.replies is not None and lines:
-            self.replies.push(handled.result.scans["scan_id"].tolist(), lines)
+            self.replies.push(batch.result.scans["scan_id"].tolist(), lines)
 
-    def store(self, handled: Handled) -> None:
-        """Step 3: outcomes into ClickHouse (deduplicated by the batch's token), and the messages
-        of step 5 into ``handled.produce``.  Runs after ``reply``; safe to repeat."""
-        result, token = handled.result, handled.token
-        handled.produce = [*handled.dead, *self._results(result.scans, self.outcome_lines(handled)),
-                           *self._rows(self.k.awards_topic, result.awards, outcomes.AWARD_COLUMNS,
-                                       lambda row: f"{row['tenant']}:{row['kind']}:{row['batch']}:{row['serial']}"),
-                           *self._rows(self.k.alerts_topic, result.alerts, outcomes.ALERT_COLUMNS,
-                                       lambda row: row["dealer_id"] or row["alert_id"])]
-        if self.clickhouse is not None:
-            self.clickhouse.write_scans(result.scans, dedup_token=f"{token}:scans")
-            self.clickhouse.write_alerts(result.alerts, dedup_token=f"{token}:alerts")
-            self.clickhouse.write_awards(result.awards, dedup_token=f"{token}:awards")
-        if self.alerting is not None:  # best effort, in the background: never holds the batch
-            valid = result.scans["reason"] == ""
-            if valid.any():
-                self._watermark = max(self._watermark, int(result.scans["ts"][valid].max()))
-            self.alerting.add(result.alerts, self._watermark)
+    def _produce(self, batch: InFlight) -> None:
+        """Step 5: the batch's messages, made once, sent by the agent's producer when there is one."""
+        if not batch.messages:
+            result = batch.result
+            batch.messages = [
+                *batch.dead, *self._results(result.scans, self.outcome_lines(batch)),
+                *self._rows(self.k.awards_topic, result.awards, outcomes.AWARD_COLUMNS,
+                            lambda row: f"{row['tenant']}:{row['kind']}:{row['batch']}:{row['serial']}"),
+                *self._rows(self.k.alerts_topic, result.alerts, outcomes.ALERT_COLUMNS,
+                            lambda row: row["dealer_id"] or row["alert_id"])]
+        if self.send is not None:
+            self.send(batch.messages)
 
-    def handle(self, records: list[Record]) -> Handled:
-        """Steps 1-4 in a row; returns what step 5 must produce."""
-        handled = self.process(records)
-        self.reply(handled)
-        self.store(handled)
-        return handled
+    def _commit(self, batch: InFlight) -> None:
+        """Step 6: ack the batch's messages, when the agent consumes them."""
+        if self.ack is not None:
+            self.ack(batch)
 
     def _results(self, scans: outcomes.Columns, lines: list[bytes]) -> list[Produce]:
         """scan-results as envelopes, one per partition of the scan_id key.
@@ -220,12 +208,16 @@ class RegistryReloader:
 
     Source ``files``: the CSV folder, changed when a file's modification time or size
     changes.  Source ``clickhouse``: the ``registry_*`` tables, changed when their contents'
-    fingerprint changes.  A registry that fails to load is logged and the old one kept.
+    fingerprint changes.  ``load`` builds the registry from the configured source (the
+    composition root's ``build_registry``).  A registry that fails to load (a half-written file,
+    ClickHouse away) is logged and the old one kept: the worker goes on with what it had.
     """
 
-    def __init__(self, config: Config, pipeline: Pipeline, clickhouse=None, clock=time.monotonic, alerting=None):
+    def __init__(self, config: Config, pipeline: Pipeline, load: Callable[[], Registry], clickhouse=None,
+                 clock=time.monotonic, alerting=None):
         self.config = config
         self.pipeline = pipeline
+        self.load = load
         self.clickhouse = clickhouse
         self.alerting = alerting
         self.clock = clock
@@ -250,9 +242,8 @@ class RegistryReloader:
             seen = self._fingerprint()
             if seen == self._seen and not force:
                 return False
-            from scanstream.wiring import build_registry
-            registry: Registry = build_registry(self.config, self.clickhouse)
-        except Exception as exc:  # a half-written file must not stop the worker
+            registry = self.load()
+        except (ValueError, OSError, SinkError) as exc:  # RegistryError, ConfigError, a file or server away
             log.warning("registry reload failed, keeping the current registry: %s", exc)
             return False
         self.pipeline.set_registry(registry)

@@ -23,7 +23,8 @@ from scanstream.engine.registry import Registry  # noqa: E402
 from scanstream.sinks.alerting import AlertDelivery, RetryResult, retry_pending  # noqa: E402
 from scanstream.sinks.clickhouse import ClickHouseSink, connect  # noqa: E402
 from scanstream.sinks.exceptions import SinkError  # noqa: E402
-from scanstream.sinks.notifiers import AddressPolicy, WebhookNotifier  # noqa: E402
+from scanstream.sinks.notifiers import WebhookNotifier  # noqa: E402
+from scanstream.sinks.webhook_addresses import AddressPolicy  # noqa: E402
 
 LOCAL_TOML = Path(__file__).resolve().parents[1] / "config" / "local.toml"
 WINDOW_MS = 600_000

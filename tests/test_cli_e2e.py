@@ -391,46 +391,46 @@ def test_audit_matches_what_the_demo_paid(demo, cwd):
 # --------------------------------------------------------------------------- 5 errors
 
 
-def test_missing_registry_dir_exits_2(world, home, cwd, handwritten):
+def test_missing_registry_dir_exits_3(world, home, cwd, handwritten):
     config = write_config(home / "err-reg" / "scanstream.toml", str(home / "no-such-registry"),
                           str(home / "err-reg" / "chdb"))
     proc = sh("--config", str(config), "run", "--input", str(handwritten[0]), cwd=cwd)
-    assert proc.returncode == 2, proc
+    assert proc.returncode == 3, proc  # registry.dir is a configuration key
     assert "registry.dir" in proc.stderr and "no-such-registry" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
-def test_bad_registry_row_exits_2_naming_file_and_line(world, home, cwd, handwritten):
+def test_bad_registry_row_exits_4_naming_file_and_line(world, home, cwd, handwritten):
     registry = home / "bad-registry"
     shutil.copytree(world["registry"], registry)
     with (registry / "batches.csv").open("a", encoding="utf-8") as fh:
         fh.write("7,forty-four,unit,BEER-500,Lager,1,1000\n")  # line 4
     config = write_config(home / "err-row" / "scanstream.toml", str(registry), str(home / "err-row" / "chdb"))
     proc = sh("run", "--config", str(config), "--input", str(handwritten[0]), cwd=cwd)
-    assert proc.returncode == 2, proc
+    assert proc.returncode == 4, proc
     assert "batches.csv:4" in proc.stderr and "batch" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
-def test_audit_unknown_campaign_exits_2(demo, cwd):
+def test_audit_unknown_campaign_exits_3(demo, cwd):
     config = demo[0]
     proc = sh("--config", str(config), "audit", "--campaign", "summer-1999", "2000E00058003RJ08V9QZJM3", cwd=cwd)
-    assert proc.returncode == 2, proc
+    assert proc.returncode == 3, proc
     assert "campaigns" in proc.stderr and "summer-1999" in proc.stderr and CAMPAIGN in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
-def test_query_bad_sql_exits_1(demo, cwd):
+def test_query_bad_sql_exits_4(demo, cwd):
     config = demo[0]
     proc = sh("--config", str(config), "query", "SELEC verdict FRM scan_events", cwd=cwd)
-    assert proc.returncode == 1, proc
+    assert proc.returncode == 4, proc  # a statement the server rejects: no retry cures it
     assert proc.stderr.startswith("scanstream: ") and "SELEC verdict FRM scan_events" in proc.stderr
     assert "Traceback" not in proc.stderr and proc.stdout == ""
 
 
-def test_run_missing_input_exits_2(demo, cwd, home):
+def test_run_missing_input_exits_4(demo, cwd, home):
     proc = sh("--config", str(demo[0]), "run", "--input", str(home / "nope.jsonl"), cwd=cwd)
-    assert proc.returncode == 2, proc
+    assert proc.returncode == 4, proc
     assert "--input" in proc.stderr and "nope.jsonl" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -438,7 +438,7 @@ def test_run_unwritable_results_is_a_clean_error(world, home, cwd, handwritten):
     config = write_config(home / "err-out" / "scanstream.toml", str(world["registry"]), str(home / "err-out" / "chdb"))
     proc = sh("--config", str(config), "run", "--input", str(handwritten[0]),
               "--results", str(home / "no-such-dir" / "out.jsonl"), cwd=cwd)
-    assert proc.returncode == 2
+    assert proc.returncode == 6
     assert "Traceback" not in proc.stderr and "no-such-dir" in proc.stderr
 
 

@@ -65,14 +65,14 @@ def test_reused_scan_id_with_another_event_is_a_conflict(pipeline, attack, same_
     won, evil = line(**WIN), line(**ATTACKS[attack])
     if same_batch:
         r = pipeline.process([won, evil])
-        first, second = 0, 1
+        second = 1
         awards_before = []
     else:
         r0 = pipeline.process([won])
         assert col(r0, "verdict") == ["ok"] and col(r0, "draw") == ["won"]
         awards_before = r0.awards["user_id"].tolist()
         r = pipeline.process([evil])
-        first, second = None, 0
+        second = 0
     state = pipeline.state.campaign_state("red")
     assert col(r, "verdict")[second] == "conflict"
     assert col(r, "replay")[second] == 0

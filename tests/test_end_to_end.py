@@ -91,22 +91,28 @@ def test_publisher_worker_redis_clickhouse(broker, redis_url, redis_prefix, tmp_
     try:
         with ScanPublisher(broker.bootstrap, topic=names["scans"], linger_ms=5, redis_url=redis_url,
                            prefix=redis_prefix) as publisher:
+            # one deadline for all the waiting, and none once the worker has stopped: a worker
+            # that died fails the test with its log, well before the test's own timeout
+            deadline = time.monotonic() + WAIT_S
+
             def wait_for_sample() -> None:
                 for i in sample:
-                    answers[i] = publisher.await_result(events[i]["scan_id"], timeout=WAIT_S)
+                    answer = None
+                    while answer is None and worker.poll() is None and time.monotonic() < deadline:
+                        answer = publisher.await_result(events[i]["scan_id"], timeout=1)
+                    answers[i] = answer
 
             waiter = threading.Thread(target=wait_for_sample)
             waiter.start()
             for start in range(0, len(events), 5000):
                 publisher.publish_many(events[start:start + 5000])
             publisher.flush(60)
-            waiter.join(WAIT_S)
+            waiter.join(max(0.0, deadline - time.monotonic()) + 2)
         # all outcomes are out once the last scan's reply is in Redis (one partition per code,
         # so wait for the last scan of every partition: simply every scan_id's reply)
         client = redis.Redis.from_url(redis_url)
-        deadline = time.monotonic() + WAIT_S
         missing = list(first)
-        while missing and time.monotonic() < deadline:
+        while missing and worker.poll() is None and time.monotonic() < deadline:
             pipe = client.pipeline(transaction=False)
             for sid in missing:
                 pipe.exists(f"{redis_prefix}reply:{sid}")
@@ -135,8 +141,8 @@ def test_publisher_worker_redis_clickhouse(broker, redis_url, redis_prefix, tmp_
                      f"FROM scan_events FINAL WHERE scan_id IN ({ids})", tmp_path)}
     for i in sample:
         want = first[events[i]["scan_id"]]
-        answer = answers[i]
-        assert answer is not None
+        answer = answers.get(i)
+        assert answer is not None, f"scan {events[i]['scan_id']} got no answer within {WAIT_S} s"
         assert (answer["verdict"], answer["diversion"]) == (expected["verdict"][want], expected["diversion"][want])
         assert (answer["prize_tier"], answer["prize_cents"], answer["draw"]) == stored[answer["scan_id"]]
         if answer["draw"] == "won":

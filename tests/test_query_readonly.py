@@ -138,7 +138,7 @@ def test_query_answers_and_changes_nothing(world):
 def test_query_refuses_to_write(world, sql):
     before = snapshot(world["chdb"])
     proc = scanstream("--config", str(world["config"]), "query", sql, cwd=world["home"])
-    assert proc.returncode == 1, proc
+    assert proc.returncode == 4, proc  # refused by the read-only session: a data error, not an outage
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "readonly" in proc.stderr.lower(), proc.stderr
     assert snapshot(world["chdb"]) == before

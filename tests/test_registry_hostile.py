@@ -248,7 +248,7 @@ def test_run_on_a_broken_registry_says_so_in_one_line(tmp_path):
     scans = tmp_path / "scans.jsonl"
     scans.write_text("", encoding="utf-8")
     proc = scanstream("--config", str(config), "run", "--input", str(scans), cwd=REPO)
-    assert proc.returncode == 2, proc
+    assert proc.returncode == 4, proc  # a data error
     assert "Traceback" not in proc.stderr, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
@@ -264,7 +264,7 @@ def test_mint_into_a_missing_folder(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv(CONFIG_ENV, raising=False)
     monkeypatch.chdir(REPO)  # the default config/local.toml
     out = tmp_path / "no-such-folder" / "codes.txt"
-    assert main(["codes", "mint", "--tenant", "7", "--batch", "42", "--count", "3", "--out", str(out)]) == 2
+    assert main(["codes", "mint", "--tenant", "7", "--batch", "42", "--count", "3", "--out", str(out)]) == 6
     err = capsys.readouterr().err
     assert err.strip() == (f"scanstream: cannot write --out {str(out)!r}: "
                            f"folder {str(out.parent)!r} does not exist"), err
@@ -274,6 +274,6 @@ def test_mint_into_a_missing_folder(tmp_path, monkeypatch, capsys):
 def test_mint_onto_a_folder(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv(CONFIG_ENV, raising=False)
     monkeypatch.chdir(REPO)
-    assert main(["codes", "mint", "--tenant", "7", "--batch", "42", "--count", "3", "--out", str(tmp_path)]) == 2
+    assert main(["codes", "mint", "--tenant", "7", "--batch", "42", "--count", "3", "--out", str(tmp_path)]) == 6
     err = capsys.readouterr().err
     assert err.startswith(f"scanstream: cannot write --out {str(tmp_path)!r}: ") and len(err.splitlines()) == 1, err

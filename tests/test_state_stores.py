@@ -33,7 +33,7 @@ from scanstream.engine.state import CampaignLimits, DrawStatus, GrantRequests, S
 from scanstream.engine.state.embedded import EmbeddedStateStore
 from scanstream.engine.state.memory import MemoryStateStore
 from scanstream.engine.state import StateUnavailable
-from scanstream.engine.state.redis import CHUNK_BYTES, CHUNK_SERIALS, RedisStateStore, good_length, redact
+from scanstream.engine.state.redis import CHUNK_BYTES, CHUNK_SERIALS, RedisStateStore, good_length
 from scanstream.engine.verdicts import Verdict
 
 OK, REPEAT, BAD_MAC, NOT_ACTIVATED = Verdict.OK, Verdict.REPEAT, Verdict.BAD_MAC, Verdict.NOT_ACTIVATED
@@ -542,6 +542,23 @@ def test_embedded_store_refuses_a_second_process_and_an_unknown_format(tmp_path)
     assert EmbeddedStateStore.remove(path) and not path.exists()
 
 
+def test_embedded_state_whose_creation_was_cut_short_opens_and_keeps_its_identity(tmp_path):
+    """Disk full (or kill -9) while a new state file was being created left its format written
+    and its id not: the next run opened it with a KeyError traceback.  Now the creation is one
+    transaction, and a file cut short before that completes its identity on opening, once."""
+    import sqlite3
+    path = tmp_path / "state.sqlite"
+    EmbeddedStateStore(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute("DELETE FROM meta WHERE key != 'format'")
+    reopened = EmbeddedStateStore(path)
+    state_id = reopened.state_id
+    reopened.close()
+    again = EmbeddedStateStore(path)
+    assert again.state_id == state_id and len(state_id) == 32
+    again.close()
+
+
 def test_embedded_store_folds_its_log_into_a_snapshot(tmp_path, monkeypatch):
     from scanstream.engine.state import embedded
     monkeypatch.setattr(embedded, "MIN_LOG_BYTES_FOR_SNAPSHOT", 1)
@@ -775,7 +792,6 @@ def test_unreachable_server_is_state_unavailable_without_the_password():
         RedisStateStore.from_url("redis://user:s3cret-pw@127.0.0.1:1/0", prefix="t:", replay_ttl_s=60)
     message = str(info.value)
     assert "127.0.0.1:1" in message and "s3cret-pw" not in message and "***" in message
-    assert redact("redis://:p@ss@h:6379/0?password=x") == "redis://:***@h:6379/0?password=***"
 
 
 def test_a_server_that_goes_away_mid_stream_is_state_unavailable(tmp_path):
@@ -816,3 +832,35 @@ def test_odd_scan_ids(store):
     rows = [(s, CODE, i, OK) for i, s in enumerate(odd)]
     assert claim(store, rows) == [(OK, False)] * len(odd)
     assert claim(store, rows) == [(OK, True)] * len(odd)
+
+
+def test_the_workers_report_reads_what_is_left_of_each_campaign(store):
+    """The worker's metrics read budget and stock left through ``campaign_state`` on its report
+    timer (``streams.app.read_campaigns``): the same gauges on every backend, an unknown campaign
+    left out."""
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from scanstream.engine.lottery import Campaign, Tier
+    from scanstream.streams.app import read_campaigns
+    from scanstream.streams.metrics import WorkerMetrics
+
+    tiers = (Tier("small", 10, 0.5, 3), Tier("big", 100, 0.1, 1))
+    known = Campaign("c", 7, 0, 1, 1000, 5, tiers, seed="not-secret")
+    unknown = Campaign("later", 7, 0, 1, 50, 5, tiers[:1], seed="not-secret")
+    store.define_campaigns([CampaignLimits("c", 1000, (3, 1), daily_cap=5)])
+    assert grant(store, [(0, 1, "u", 1, 1, 100), (0, 2, "v", 1, 0, 10), (0, 3, "w", 1, 1, 100)]) == \
+        [(WON, 1, 100), (WON, 0, 10), (OUT_OF_STOCK, -1, 0)]
+    metrics = WorkerMetrics()
+    read = read_campaigns(store, [unknown, known])
+    assert [c.id for c, _ in read] == ["c"]
+    for campaign, state in read:
+        metrics.observe_campaign(campaign, state)
+    got = {(s.name, tuple(sorted(s.labels.values()))): s.value
+           for f in text_string_to_metric_families(generate_latest(metrics.registry).decode())
+           for s in f.samples if s.name.startswith("scanstream_campaign")}
+    assert got == {("scanstream_campaign_budget_cents", ("c",)): 1000,
+                   ("scanstream_campaign_budget_left_cents", ("c",)): 890,
+                   ("scanstream_campaign_stock", ("c", "small")): 3, ("scanstream_campaign_stock", ("big", "c")): 1,
+                   ("scanstream_campaign_stock_left", ("c", "small")): 2,
+                   ("scanstream_campaign_stock_left", ("big", "c")): 0}

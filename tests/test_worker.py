@@ -28,7 +28,7 @@ import pytest
 from scanstream.engine.config import load
 from config_writer import worker_toml
 from scanstream.engine.state.memory import MemoryStateStore
-from scanstream.wiring import build_pipeline
+from scanstream.wiring import build_pipeline, build_registry
 from scanstream.streams import envelope
 from scanstream.streams.synthetic import build_world, generate_scans
 from scanstream.streams.broker import free_port
@@ -86,7 +86,7 @@ def test_results_are_envelopes_partitioned_by_scan_id(world):
     base, lines = world
     config = local_config(base / "registry", partitions=4)
     handled = BatchHandler(config, build_pipeline(config, state=MemoryStateStore())).handle(records_of(lines[:500], 100))
-    results = [p for p in handled.produce if p.topic == config.kafka.results_topic]
+    results = [p for p in handled.messages if p.topic == config.kafka.results_topic]
     assert 1 <= len(results) <= 4
     assert len({p.partition for p in results}) == len(results)
     carried = [orjson.loads(line) for p in results for line in envelope.decode(p.value, envelope.header(p.headers))]
@@ -94,7 +94,7 @@ def test_results_are_envelopes_partitioned_by_scan_id(world):
     # a scan_id's partition does not depend on the batch it came in
     again = BatchHandler(config, build_pipeline(config, state=MemoryStateStore())).handle(records_of(lines[:10], 10))
     where = {orjson.loads(line)["scan_id"]: p.partition for p in results for line in p.value.split(b"\n")}
-    for p in again.produce:
+    for p in again.messages:
         if p.topic == config.kafka.results_topic:
             for line in p.value.split(b"\n"):
                 assert where[orjson.loads(line)["scan_id"]] == p.partition
@@ -114,7 +114,7 @@ def test_content_type_parameters(world):
     ]
     handled = handler.handle(records)
     assert handled.scans == 7
-    dead = [p for p in handled.produce if p.topic == config.kafka.dlq_topic]
+    dead = [p for p in handled.messages if p.topic == config.kafka.dlq_topic]
     assert len(dead) == 1 and dead[0].value == carried
     assert b"gbk" in dict(dead[0].headers)["scanstream-reason"]
 
@@ -131,7 +131,7 @@ def test_undecodable_messages_and_invalid_events_are_dead_lettered_with_reason(w
                [(envelope.CONTENT_TYPE, envelope.ENVELOPE.encode())]),
     ]
     handled = handler.handle(records)
-    dead = [p for p in handled.produce if p.topic == config.kafka.dlq_topic]
+    dead = [p for p in handled.messages if p.topic == config.kafka.dlq_topic]
     assert handled.dead_letters == len(dead) == 4
     by_value = {p.value: dict(p.headers) for p in dead}
     assert b"image/png" in by_value[b"\x89PNG...."]["scanstream-reason"]
@@ -160,7 +160,7 @@ def test_registry_reload_from_files_without_restart(tmp_path, world):
     config = replace(local_config(registry), registry_reload_s=1)
     pipeline = build_pipeline(config, state=MemoryStateStore())
     now = [0.0]
-    reloader = RegistryReloader(config, pipeline, clock=lambda: now[0])
+    reloader = RegistryReloader(config, pipeline, lambda: build_registry(config), clock=lambda: now[0])
     unknown = next(line for line in lines if b'"code"' in line
                    and pipeline.process([line]).scans["verdict"][0] == "unknown_batch")
     batches = (registry / "batches.csv").read_text()
@@ -183,12 +183,23 @@ def test_registry_reload_from_files_without_restart(tmp_path, world):
 
 
 def worker_config(path: Path, registry: Path, chdb: Path, bootstrap: str, names: dict[str, str], prefix: str,
-                  state: str) -> Path:
+                  state: str, redis_url: str | None = None, **kafka_settings) -> Path:
     kafka = {"bootstrap": bootstrap, **{f"{k}_topic": names[k] for k in ("scans", "results", "awards", "alerts", "dlq")},
-             "group": names["group"], "partitions": 4, "take": 16, "within_ms": 50, "session_timeout_s": 4}
+             "group": names["group"], "partitions": 4, "take": 16, "within_ms": 50, "session_timeout_s": 4,
+             **kafka_settings}
+    redis = {"prefix": prefix, **({"url": redis_url} if redis_url else {})}
     path.write_text(worker_toml(LOCAL_TOML.read_text(encoding="utf-8"), registry=registry, chdb=chdb, state=state,
-                                redis={"prefix": prefix}, kafka=kafka), encoding="utf-8")
+                                redis=redis, kafka=kafka), encoding="utf-8")
     return path
+
+
+def stop(worker: subprocess.Popen) -> None:
+    """Stop a worker as an operator would (SIGTERM), and kill it when it does not leave in time."""
+    worker.send_signal(signal.SIGTERM)
+    try:
+        worker.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        worker.kill()
 
 
 def consume(bootstrap: str, topic: str, want: int, timeout_s: float) -> list[bytes]:
@@ -278,16 +289,12 @@ def test_worker_on_real_services_matches_the_local_driver(state, world, broker, 
         text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
         scraped = {v: float(n) for v, n in re.findall(r'scanstream_scans_total\{verdict="(\w+)"\} (\S+)', text)}
         assert scraped == {v: float(n) for v, n in collections.Counter(expected["verdict"].tolist()).items()}
-        assert float(re.search(r"(?m)^scanstream_dead_letters_total (\S+)", text).group(1)) == len(dead)
+        assert sum(float(n) for n in re.findall(r'(?m)^scanstream_dead_letters_total\{reason="\w+"\} (\S+)', text)) == len(dead)
         assert float(re.search(r"(?m)^scanstream_batch_seconds_count (\S+)", text).group(1)) >= 1
         # every message's offset is committed once its outcomes are out (Faust commits every few seconds)
         assert committed_offset(broker.bootstrap, names["group"], names["scans"], 0, sent, 30) == sent
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        stop(worker)
         log.close()
     # with the worker gone, chdb is free: every scan is in scan_events exactly once
     query = subprocess.run([SCANSTREAM, "--config", str(config_path), "query",
@@ -342,6 +349,75 @@ def test_result_envelopes_stay_under_the_message_size_limit(world):
     config = local_config(base / "registry", partitions=1)
     many = lines * 4  # about 24 000 scans in one batch: several MB of outcomes
     handled = BatchHandler(config, build_pipeline(config, state=MemoryStateStore())).handle(records_of(many, 2000))
-    results = [p for p in handled.produce if p.topic == config.kafka.results_topic]
+    results = [p for p in handled.messages if p.topic == config.kafka.results_topic]
     assert len(results) > 1 and all(len(p.value) <= envelope.MAX_ENVELOPE_BYTES for p in results)
     assert sum(len(envelope.decode(p.value, envelope.ENVELOPE)) for p in results) == len(many)
+
+
+@pytest.mark.skipif(SCANSTREAM is None, reason="the scanstream console script is not installed")
+def test_a_permanent_error_stops_the_worker_with_one_line_and_loses_nothing(world, broker, redis_url, redis_prefix,
+                                                                              tmp_path):
+    """Redis refuses the worker's scripts (NOPERM: a permission, not an outage) in the middle of a
+    stream.  Retrying cannot cure that, so the worker stops at once with exit status 4 and one
+    line naming the error, without committing the refused batch; once the permission is back, a
+    new worker answers every scan exactly once."""
+    import redis
+
+    base, lines = world
+    admin = redis.Redis.from_url(redis_url)
+    user, password = f"scanstream-test-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    admin.acl_setuser(user, enabled=True, passwords=[f"+{password}"], keys=[f"{redis_prefix}*"],
+                      commands=["+@all"])
+    host = redis_url.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1]
+    names = {k: f"{k}-{uuid.uuid4().hex[:8]}" for k in ("scans", "results", "awards", "alerts", "dlq", "group")}
+    config_path = worker_config(tmp_path / "worker.toml", base / "registry", tmp_path / "chdb", broker.bootstrap,
+                                names, redis_prefix, "redis", redis_url=f"redis://{user}:{password}@{host}/0",
+                                partitions=1, take=4)
+    from kafka import KafkaProducer
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
+
+    def publish(part: list[bytes]) -> None:
+        for start in range(0, len(part), 200):
+            producer.send(names["scans"], envelope.encode(part[start:start + 200]), partition=0,
+                          headers=[(envelope.CONTENT_TYPE, envelope.ENVELOPE.encode())])
+        producer.flush()
+
+    def start(name: str) -> tuple[subprocess.Popen, Path]:
+        log_path = tmp_path / f"{name}.log"
+        with log_path.open("wb") as log:
+            return subprocess.Popen([SCANSTREAM, "--config", str(config_path), "worker", "--loglevel", "info"],
+                                    stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path), log_path
+
+    first_half, second_half = lines[:2000], lines[2000:]
+    worker, log_path = start("first")
+    try:
+        publish(first_half)
+        assert len(consume(broker.bootstrap, names["results"], len(first_half), timeout_s=120)) == len(first_half)
+        admin.execute_command("ACL", "SETUSER", user, "-@scripting")  # the operator's mistake: scripts forbidden
+        publish(second_half)
+        status = worker.wait(timeout=120)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    text = log_path.read_text(errors="replace")
+    stopped = [ln for ln in text.splitlines() if ln.startswith("scanstream worker: stopped:")]
+    assert status == 4, text[-3000:]  # permanent: a supervisor must not restart it unchanged
+    assert len(stopped) == 1 and "no permissions" in stopped[0], text[-3000:]
+    assert "retrying in" not in text  # a permission is not an outage: no retry loop
+    assert "Traceback" not in text, text[-3000:]
+    committed = committed_offset(broker.bootstrap, names["group"], names["scans"], 0, 10, 10)
+    assert committed is not None and committed <= 10  # 10 envelopes of the first half; none of the second
+    # the operator fixes the permission; a new worker takes the refused batches again
+    admin.execute_command("ACL", "SETUSER", user, "+@all")
+    worker, log_path = start("second")
+    try:
+        results = consume(broker.bootstrap, names["results"], len(lines), timeout_s=120)
+    finally:
+        stop(worker)
+        admin.acl_deluser(user)
+        producer.close()
+    assert len(results) == len(lines)
+    expected = build_pipeline(local_config(base / "registry"), state=MemoryStateStore()).process(lines).scans
+    got = collections.Counter(sid for sid in (orjson.loads(r)["scan_id"] for r in results) if not sid.startswith("pos:"))
+    want = collections.Counter(sid for sid in expected["scan_id"].tolist() if not sid.startswith("raw:"))
+    assert got == want  # every scan answered once: nothing of the refused batch lost or doubled

@@ -3,7 +3,10 @@
 -- Replay safety has two layers:
 -- * non_replicated_deduplication_window keeps the ids of the last inserted blocks (their
 --   insert_deduplication_token, or a hash of their content when no token is given), so a
---   batch re-sent after a crash with the same token is dropped at INSERT time;
+--   batch re-sent after a crash with the same token is dropped at INSERT time.  The id is
+--   logged before the part is renamed into place, so a crash between the two leaves an id
+--   without rows: sinks/clickhouse.py OutcomeTables checks a batch stored in doubt and
+--   inserts the rows it lacks again, without deduplication;
 -- * ReplacingMergeTree keyed on scan_id collapses whatever still got in twice (a replay cut
 --   into different batches, a token older than the window) when parts merge, and at once for
 --   queries that say FINAL.

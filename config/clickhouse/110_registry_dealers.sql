@@ -10,9 +10,15 @@ CREATE TABLE IF NOT EXISTS registry_dealers
     webhook   String,
     -- the name of the variable that holds the webhook's signing secret (never the secret):
     -- without it a worker reading this table would send every signed webhook unsigned
-    secret_env String
+    secret_env String,
+    -- the robot's message format (generic, wecom, dingtalk, feishu; '' = guessed from the
+    -- webhook's host) and the manager's user id on that platform (what a mention needs)
+    robot      LowCardinality(String),
+    manager_id String
 )
 ENGINE = ReplacingMergeTree
 ORDER BY (tenant, dealer_id);
 
 ALTER TABLE registry_dealers ADD COLUMN IF NOT EXISTS secret_env String;
+ALTER TABLE registry_dealers ADD COLUMN IF NOT EXISTS robot LowCardinality(String);
+ALTER TABLE registry_dealers ADD COLUMN IF NOT EXISTS manager_id String;

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from enum import IntEnum
+from enum import IntEnum, unique
 from typing import Any
 
 import numpy as np
 
+from scanstream.engine.errors import TransientError
 
-class StateUnavailable(RuntimeError):
-    """The state store's server cannot be reached or cannot take writes; nothing was decided.
+
+class StateUnavailable(TransientError):
+    """The state store's server cannot be reached or cannot take writes; nothing was decided (transient).
 
     The message names the server by its URL with the password redacted.  The batch may be
     retried as a whole (the worker rewinds to its last committed offsets): every method is
@@ -67,6 +69,20 @@ def fold(keys: np.ndarray, *values: np.ndarray) -> np.ndarray:
     for v in values:
         out = (out ^ np.asarray(v).astype(np.uint64)) * _FOLD
     return out
+
+
+@unique
+class Namespace(IntEnum):
+    """The kinds of windowed state, one number each, folded into every window key (``fold``), so
+    that two stages can never count into the same key.  All of them are here, in one place."""
+    DIVERSION = 1  # scans of a (dealer, place, role) in a window (engine/diversion.py)
+    DIVERSION_FIRED = 2  # a diversion alert raised for that window
+    CLONE_USERS = 3  # distinct users of a code in a window
+    CLONE_PROVINCES = 4  # distinct provinces of a code in a window
+    CLONE_FIRED = 5  # a clone alert raised for that window
+    ENUMERATION = 11  # forged or malformed scans of one identity in a window (engine/enumeration.py)
+    ENUMERATION_FIRED = 12  # an enumeration alert raised for that window
+    BLOCK = 13  # an identity on the block list
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,6 @@ state file that someone else could have written.
 from __future__ import annotations
 
 import fcntl
-import os
 import pickle
 import sqlite3
 import threading
@@ -49,6 +48,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from scanstream.engine.errors import PermanentError
 from scanstream.engine.state import (CampaignLimits, Claims, Grants, GrantRequests, StateUnavailable)
 from scanstream.engine.state.memory import DEFAULT_REPLAY_TTL_S, MemoryStateStore
 
@@ -78,8 +78,10 @@ CREATE TABLE IF NOT EXISTS snapshot (seq INTEGER PRIMARY KEY, data BLOB NOT NULL
 class StateInUse(StateUnavailable):
     """Another process has the state file open (permanent for this process: stop and say so)."""
 
+    transient = False
 
-class StateFileError(RuntimeError):
+
+class StateFileError(PermanentError):
     """The state file cannot be used as it is (another format, unreadable); permanent."""
 
 
@@ -112,10 +114,21 @@ class EmbeddedStateStore(MemoryStateStore):
             self._db.execute("PRAGMA synchronous = NORMAL")
             self._db.executescript(_SCHEMA)
             self._meta = {k: v for k, v in self._db.execute("SELECT key, value FROM meta")}
-            if not self._meta:
-                self._meta = {"format": str(FORMAT), "state_id": uuid.uuid4().hex, "created": str(time.time())}
-                with self._db:
-                    self._db.executemany("INSERT INTO meta VALUES (?, ?)", self._meta.items())
+            if "state_id" not in self._meta:
+                # a new file, or one whose creation was cut short (disk full, kill -9): nothing
+                # but these entries was written yet, so completing them is starting it.  One
+                # transaction, so that a second interruption leaves all of them or none.
+                created = {"format": str(FORMAT), "state_id": uuid.uuid4().hex, "created": str(time.time())}
+                missing = {k: v for k, v in created.items() if k not in self._meta}
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._db.executemany("INSERT INTO meta VALUES (?, ?)", missing.items())
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:  # a failed COMMIT may have rolled back already
+                        self._db.execute("ROLLBACK")
+                    raise
+                self._meta.update(missing)
             if self._meta.get("format") != str(FORMAT):
                 raise StateFileError(f"state file {str(self.path)!r} has format {self._meta.get('format')!r}; this "
                                      f"scanstream reads format {FORMAT}: start over with --fresh")

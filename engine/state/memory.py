@@ -9,7 +9,6 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from itertools import repeat
 from collections.abc import Callable
 
 import numpy as np
@@ -50,7 +49,7 @@ class MemoryStateStore(StateStore):
     def claim(self, scan_id: np.ndarray, fingerprint: np.ndarray, user: np.ndarray, code: np.ndarray,
               serial: np.ndarray, verdict: np.ndarray) -> Claims:
         n = len(scan_id)
-        ids, fps, users = scan_id.tolist(), np.asarray(fingerprint, np.uint64).tolist(), user.tolist()
+        ids, fps = scan_id.tolist(), np.asarray(fingerprint, np.uint64).tolist()
         out = np.asarray(verdict, np.uint8).copy()
         replay = np.zeros(n, bool)
         first_user = np.full(n, "", dtype=object)

@@ -5,6 +5,7 @@ import argparse
 
 import numpy as np
 
+from scanstream.cli import exits
 from scanstream.cli.common import config_option, load_config
 from scanstream.engine.codec import KIND_NAMES
 from scanstream.engine.config import ConfigError
@@ -31,18 +32,18 @@ def main(args: argparse.Namespace) -> int:
     cumulative = np.concatenate([[0.0], campaign.cumulative()])
     print(f"campaign {campaign.id} (tenant {campaign.tenant}); tiers by cumulative probability: " + ", ".join(
         f"{t.name} [{lo:.6f}, {hi:.6f})" for t, lo, hi in zip(campaign.tiers, cumulative[:-1], cumulative[1:])))
-    status = 0
+    status = exits.OK
     for i, text in enumerate(args.codes):
         verdict = Verdict(int(v.verdict[i]))
         if verdict is not Verdict.OK:
             print(f"{text}  {verdict.label}: no draw")
-            status = 1
+            status = exits.CHECK_FAILED  # a code that cannot be drawn: like `codes verify`
             continue
         ident = (f"tenant={v.tenant[i]} {KIND_NAMES.get(int(v.kind[i]), v.kind[i])} batch={v.batch[i]} "
                  f"serial={v.serial[i]}")
         if int(v.tenant[i]) != campaign.tenant:
             print(f"{text}  {ident}  not a code of this campaign's tenant: no draw")
-            status = 1
+            status = exits.CHECK_FAILED
             continue
         t = int(tiers[i])
         drawn = f"tier {campaign.tiers[t].name} ({campaign.tiers[t].cents / 100:.2f} yuan)" if t >= 0 else "no prize"

@@ -16,7 +16,7 @@ def config_option() -> argparse.ArgumentParser:
 
 
 def load_config(args: argparse.Namespace) -> Config:
-    return config_mod.load(getattr(args, "config", None))
+    return config_mod.load(getattr(args, "config", None), getattr(args, "overrides", None))
 
 
 def open_clickhouse(config: Config, *, create_schema: bool = True):

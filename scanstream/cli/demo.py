@@ -6,6 +6,7 @@ import io
 import sys
 import time
 
+from scanstream.cli import exits
 from scanstream.cli.common import config_option, load_config, open_clickhouse
 from scanstream.cli.dashboard import add_writer_options, writer_dashboard
 from scanstream.cli.run import Source, execute
@@ -31,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     if args.scans < 1:
         print(f"scanstream: --scans {args.scans} must be at least 1", file=sys.stderr)
-        return 2
+        return exits.USAGE
     config = load_config(args)
     pairs = [k for t, k in config.keys.pairs() if t == DEMO_TENANT]
     if not pairs:
@@ -46,7 +47,7 @@ def main(args: argparse.Namespace) -> int:
     finally:
         if dashboard is not None:
             dashboard.close()
-    return 0
+    return exits.OK
 
 
 def _demo(args: argparse.Namespace, config, pairs: list[int], dashboard) -> None:

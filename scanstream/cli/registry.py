@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from scanstream.cli import exits
 from scanstream.cli.common import config_option, load_config, require_clickhouse
 from scanstream.engine.registry import Registry
 
@@ -27,8 +28,8 @@ def _describe(registry: Registry) -> str:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    print(f"ok: {_describe(Registry.load(Path(args.dir)))}")  # a bad row raises RegistryError: exit 2
-    return 0
+    print(f"ok: {_describe(Registry.load(Path(args.dir)))}")  # a bad row raises RegistryError: exits.DATA
+    return exits.OK
 
 
 def run_publish(args: argparse.Namespace) -> int:
@@ -40,4 +41,4 @@ def run_publish(args: argparse.Namespace) -> int:
     finally:
         sink.close()
     print(f"published {_describe(registry)}: " + ", ".join(f"{t} {n}" for t, n in written.items()))
-    return 0
+    return exits.OK

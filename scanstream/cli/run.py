@@ -17,13 +17,14 @@ from pathlib import Path
 
 import orjson
 
+from scanstream.cli import exits
 from scanstream.cli.common import config_option, load_config, open_clickhouse
 from scanstream.cli.dashboard import add_writer_options, writer_dashboard
 from scanstream.engine.config import Config
 from scanstream.engine.state import StateStore
 from scanstream.engine.summary import Summary
 from scanstream.wiring import build_alerting, build_pipeline, build_registry, build_state
-from scanstream.sinks.outputs import PARTIAL_SUFFIX, Outputs, ResultsFile
+from scanstream.sinks.results import PARTIAL_SUFFIX, ResultsFile
 from scanstream.streams.local import Cursor, Progress, covers, run as drive
 
 
@@ -68,7 +69,8 @@ def execute(config: Config, source: Source, results: Path | None, progress_total
     registry = build_registry(config)
     state = build_state(config)
     clickhouse = None
-    outputs = None
+    results_file = None
+    alerting = None
     try:
         cursor = preflight(config, state, source, results)
         pipeline = build_pipeline(config, registry, state)
@@ -80,18 +82,18 @@ def execute(config: Config, source: Source, results: Path | None, progress_total
             if dashboard is not None:
                 dashboard.attach(clickhouse)  # from here on the dashboard closes it
         results_file = ResultsFile(results, resume_at=cursor.results_bytes if cursor else None) if results else None
-        outputs = Outputs(results_file, clickhouse, build_alerting(config, registry, clickhouse))
+        alerting = build_alerting(config, registry, clickhouse)
         if cursor is not None:
             print(f"resuming the run over {source.identity} after line {cursor.lines:,}", file=out)
         paid_before = {c.id: state.campaign_state(c.id) for c in config.campaigns}
-        summary = drive(pipeline, source.stream, outputs, config.engine.batch_size, source.name,
-                        Progress(progress_total), cursor=cursor or Cursor(input=source.identity,
-                                                                           results=str(results) if results else None))
-        pending = outputs.alerting.pending_count() if outputs.alerting is not None else 0
-        outputs.finish()
-        if outputs.alerting is not None:
-            pending = outputs.alerting.pending_count()
-        outputs = None
+        summary = drive(pipeline, source.stream, config.engine.batch_size, source.name, Progress(progress_total),
+                        sinks=[clickhouse] if clickhouse is not None else [], outbox=alerting, results=results_file,
+                        cursor=cursor or Cursor(input=source.identity, results=str(results) if results else None))
+        alerting.close()  # the open digests go out, within alerts.run_deadline_s
+        pending, alerting = alerting.pending_count(), None
+        if results_file is not None:
+            results_file.finish()
+            results_file = None
         summary.paid = {c.id: (state.campaign_state(c.id).prizes - paid_before[c.id].prizes,
                                paid_before[c.id].budget_left - state.campaign_state(c.id).budget_left)
                         for c in config.campaigns}
@@ -101,8 +103,10 @@ def execute(config: Config, source: Source, results: Path | None, progress_total
                   f"`scanstream alerts retry` or the next run sends them again", file=out)
         return summary
     finally:
-        if outputs is not None:
-            outputs.close()
+        if alerting is not None:
+            alerting.close()
+        if results_file is not None:
+            results_file.close()
         if clickhouse is not None and dashboard is None:
             clickhouse.close()
         state.close()
@@ -211,16 +215,16 @@ def main(args: argparse.Namespace) -> int:
     if results is not None and not results.parent.is_dir():
         print(f"scanstream: cannot write --results {args.results!r}: folder {str(results.parent)!r} does not exist",
               file=sys.stderr)
-        return 2
+        return exits.IO_ERROR
     if results is not None and args.input != "-" and _same_file(args.input, results):
         print(f"scanstream: --results {args.results!r} is the --input file; its scans would be overwritten. "
               f"Give the results another name", file=sys.stderr)
-        return 2
+        return exits.USAGE
     try:
         source = open_input(args.input)
     except OSError as exc:
         print(f"scanstream: cannot read --input {args.input!r}: {exc.strerror}", file=sys.stderr)
-        return 2
+        return exits.DATA
     dashboard = None
     try:
         with source.stream:
@@ -229,13 +233,13 @@ def main(args: argparse.Namespace) -> int:
                 execute(config, source, results, dashboard=dashboard, fresh=args.fresh)
             except AlreadyDone as done:
                 print(f"scanstream: {done}")
-                return 0
+                return exits.OK
         if dashboard is not None:
             dashboard.serve_until_stopped()
     finally:
         if dashboard is not None:
             dashboard.close()
-    return 0
+    return exits.OK
 
 
 def _same_file(a: str | Path, b: str | Path) -> bool:

@@ -12,6 +12,7 @@ import sys
 from datetime import date
 from pathlib import Path
 
+from scanstream.cli import exits
 from scanstream.engine import segments as seg
 from scanstream.cli.common import config_option, load_config, require_clickhouse
 from scanstream.cli.query import render
@@ -107,7 +108,7 @@ def run_show(args: argparse.Namespace) -> int:
     finally:
         sink.close()
     print(format_sizes(counts, settings, as_of))
-    return 0
+    return exits.OK
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -115,7 +116,7 @@ def run_export(args: argparse.Namespace) -> int:
         kind, name = seg.resolve_segment(args.segment)
     except seg.SegmentError as exc:
         print(f"scanstream: --segment: {exc}", file=sys.stderr)
-        return 2
+        return exits.USAGE
     settings, as_of, sink = _open(args)
     try:
         _, rows = sink.query(seg.export_sql(settings, as_of, seg.qualified(kind, name), args.tenant))
@@ -126,7 +127,7 @@ def run_export(args: argparse.Namespace) -> int:
     if args.out == "-":
         sys.stdout.write(text)
         print(f"{len(rows)} users of {kind}:{name} ({where}, as of {as_of.isoformat()})", file=sys.stderr)
-        return 0
+        return exits.OK
     out = Path(args.out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
@@ -135,9 +136,9 @@ def run_export(args: argparse.Namespace) -> int:
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         print(f"scanstream: --out {args.out}: cannot write: {exc.strerror or exc}", file=sys.stderr)
-        return 1
+        return exits.IO_ERROR
     print(f"wrote {len(rows)} users of {kind}:{name} ({where}, as of {as_of.isoformat()}) to {out}")
-    return 0
+    return exits.OK
 
 
 def run_snapshot(args: argparse.Namespace) -> int:
@@ -150,4 +151,4 @@ def run_snapshot(args: argparse.Namespace) -> int:
         sink.close()
     tenants = ", ".join(str(t) for t in counts) or "none"
     print(f"stored {written} segment sizes for {as_of.isoformat()} (tenants: {tenants}) in {seg.SNAPSHOT_TABLE}")
-    return 0
+    return exits.OK

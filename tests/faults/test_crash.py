@@ -4,22 +4,23 @@ The stream (a campaign whose stock runs out mid-stream) is published while the w
 being killed, so kills land between any two steps of the commit order: in the pipeline (after
 the claims, after the grants), during the ClickHouse inserts, before or after the Redis
 replies, while the outputs are produced, around the offset commit.  Afterwards every promise
-is checked by query (``harness.check_promises``).  Short form: 30 000 scans, 5 kills; long
+is checked by query (``checks.check_promises``).  Short form: 30 000 scans, 5 kills; long
 form (``SCANSTREAM_FAULTS=long``): 200 000 scans, 20 kills.
 """
 from __future__ import annotations
 
 import pytest
 
+from . import checks, processes
 from . import harness as h
 
 SCALE = h.scale()
-pytestmark = [pytest.mark.skipif(h.SCANSTREAM is None, reason="the scanstream console script is not installed"),
+pytestmark = [pytest.mark.skipif(processes.SCANSTREAM is None, reason="the scanstream console script is not installed"),
               pytest.mark.timeout(300 if SCALE.name == "short" else 7200)]
 
 
 def test_kill_9_at_random_points_loses_and_doubles_nothing(broker, redis_url, tmp_path):
     rep = h.crash_scenario(tmp_path, broker.bootstrap, redis_url, SCALE)
-    h.assert_report(rep)
+    checks.assert_report(rep)
     assert rep.kills >= SCALE.crash_kills
     assert rep.lost == 0 and rep.doubled == 0 and rep.prizes > 0 and rep.out_of_stock > 0

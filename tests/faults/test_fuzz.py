@@ -24,11 +24,12 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from . import checks, inputs, processes
 from . import harness as h
 
 SCALE = h.scale()
 MIN_EVENTS = 10_000 if SCALE.name == "short" else 50_000
-TS = h.DEMO_DAY_START_MS + 3_600_000
+TS = inputs.DEMO_DAY_START_MS + 3_600_000
 _ids = itertools.count(1)
 
 
@@ -177,7 +178,7 @@ def account(handler, recs, handled, reasons_required: bool = True) -> list[str]:
     from scanstream.streams import envelope
 
     k = handler.config.kafka
-    dead = {dict(p.headers)["scanstream-position"].decode(): p for p in handled.produce if p.topic == k.dlq_topic}
+    dead = {dict(p.headers)["scanstream-position"].decode(): p for p in handled.messages if p.topic == k.dlq_topic}
     scans = handled.result.scans
     problems = []
     row = 0
@@ -206,7 +207,7 @@ def account(handler, recs, handled, reasons_required: bool = True) -> list[str]:
             row += 1
     if row != len(scans["scan_id"]):
         problems.append(f"{len(scans['scan_id'])} outcome rows for {row} events")
-    results = sum(len(envelope.decode(p.value, envelope.ENVELOPE)) for p in handled.produce
+    results = sum(len(envelope.decode(p.value, envelope.ENVELOPE)) for p in handled.messages
                   if p.topic == k.results_topic)
     if results != row:
         problems.append(f"{results} rows on scan-results for {row} events")
@@ -221,9 +222,9 @@ def fuzz_world(tmp_path_factory):
     from scanstream.streams.synthetic import build_world
 
     base = tmp_path_factory.mktemp("fuzz")
-    tenant = h.TenantSpec(7, os.urandom(16), key_id=1, name="Fuzz Brewery")
+    tenant = inputs.TenantSpec(7, os.urandom(16), key_id=1, name="Fuzz Brewery")
     world = build_world(7, tenant.key, 1)
-    h.write_registry(base / "registry", [world])
+    inputs.write_registry(base / "registry", [world])
     return base, tenant, Codes(tenant.key, os.urandom(16))
 
 
@@ -236,8 +237,8 @@ def test_fuzzed_records_through_the_batch_step(fuzz_world, redis_url, redis_pref
     from scanstream.streams.worker import BatchHandler, Record
 
     base, tenant, codes = fuzz_world
-    campaign = h.stocked_campaign("fuzz-campaign", 7, 2_000)
-    config = h.inprocess_config(base / "registry", [tenant], [campaign], redis_url=redis_url, prefix=redis_prefix)
+    campaign = inputs.stocked_campaign("fuzz-campaign", 7, 2_000)
+    config = inputs.inprocess_config(base / "registry", [tenant], [campaign], redis_url=redis_url, prefix=redis_prefix)
     state = RedisStateStore.from_url(redis_url, prefix=redis_prefix)
     replies = redis.Redis.from_url(redis_url)
     handler = BatchHandler(config, build_pipeline(config, state=state), None, replies)
@@ -293,13 +294,13 @@ def corpus(codes: Codes, n_events: int, seed: int = 0) -> list[tuple[bytes | Non
     return out
 
 
-@pytest.mark.skipif(h.SCANSTREAM is None, reason="the scanstream console script is not installed")
+@pytest.mark.skipif(processes.SCANSTREAM is None, reason="the scanstream console script is not installed")
 @pytest.mark.timeout(300 if SCALE.name == "short" else 3600)
 def test_fuzzed_records_through_a_real_worker(fuzz_world, broker, redis_url, tmp_path):
     _, tenant, codes = fuzz_world
     rep = h.fuzz_worker_scenario(tmp_path, broker.bootstrap, redis_url, SCALE,
                                  corpus(codes, SCALE.fuzz_worker_events), tenant, codes.genuine)
-    h.assert_report(rep)
+    checks.assert_report(rep)
     assert rep.extra["refused messages"] > 0 and rep.invalid_lines > 0
 
 
@@ -312,7 +313,7 @@ def test_an_invalid_event_reusing_a_scan_id_is_still_dead_lettered(fuzz_world, r
     from scanstream.streams.worker import BatchHandler, Record
 
     base, tenant, codes = fuzz_world
-    config = h.inprocess_config(base / "registry", [tenant], [], redis_url=redis_url, prefix=redis_prefix)
+    config = inputs.inprocess_config(base / "registry", [tenant], [], redis_url=redis_url, prefix=redis_prefix)
     state = RedisStateStore.from_url(redis_url, prefix=redis_prefix)
     handler = BatchHandler(config, build_pipeline(config, state=state))
     good = orjson.dumps({"scan_id": "reused-1", "ts": TS, "code": codes.genuine[0], "user_id": "wx-1"})
@@ -322,5 +323,5 @@ def test_an_invalid_event_reusing_a_scan_id_is_still_dead_lettered(fuzz_world, r
     second = handler.handle([Record("t", 0, 1, poison, json_ct)])
     state.close()
     assert first.result.scans["verdict"][0] == "ok"
-    dead = [p for p in second.produce if p.topic == config.kafka.dlq_topic]
+    dead = [p for p in second.messages if p.topic == config.kafka.dlq_topic]
     assert [p.value for p in dead] == [poison], (second.result.scans["verdict"].tolist(), dead)

@@ -19,20 +19,23 @@ import random
 
 import pytest
 
+from scanstream.sinks.exceptions import SinkError
+
+from . import checks, inputs, processes
 from . import harness as h
 
 SCALE = h.scale()
-skip_no_cli = pytest.mark.skipif(h.SCANSTREAM is None, reason="the scanstream console script is not installed")
+skip_no_cli = pytest.mark.skipif(processes.SCANSTREAM is None, reason="the scanstream console script is not installed")
 
 
 @skip_no_cli
 @pytest.mark.timeout(300 if SCALE.name == "short" else 3600)
 def test_redis_then_clickhouse_outage_mid_stream(broker, redis_url, tmp_path):
-    if not h.FrozenStorage.available(tmp_path):
+    if not processes.FrozenStorage.available(tmp_path):
         pytest.skip("chattr +i is not available here: no real ClickHouse outage can be produced "
                     "(the in-process sink-failure test below still runs)")
     rep = h.outage_scenario(tmp_path, broker.bootstrap, redis_url, SCALE)
-    h.assert_report(rep)
+    checks.assert_report(rep)
     assert rep.lost == 0 and rep.doubled == 0
     assert rep.extra["clickhouse outage made by"].startswith("chattr")
 
@@ -85,12 +88,13 @@ def test_sink_failures_in_process_are_retried_without_loss_or_doubles(tmp_path, 
     from scanstream.streams.synthetic import build_world
     from scanstream.streams.worker import BatchHandler
 
-    tenant = h.TenantSpec(7, os.urandom(16), key_id=1)
-    campaign = h.stocked_campaign("sink-faults", 7, 6000)
+    tenant = inputs.TenantSpec(7, os.urandom(16), key_id=1)
+    campaign = inputs.stocked_campaign("sink-faults", 7, 6000)
     world = build_world(7, tenant.key, 1)
-    h.write_registry(tmp_path / "registry", [world])
-    config = h.inprocess_config(tmp_path / "registry", [tenant], [campaign], redis_url=redis_url, prefix=redis_prefix)
-    lines = h.make_stream(world, 6000, seed=21)
+    inputs.write_registry(tmp_path / "registry", [world])
+    config = inputs.inprocess_config(tmp_path / "registry", [tenant], [campaign], redis_url=redis_url,
+                                     prefix=redis_prefix)
+    lines = inputs.make_stream(world, 6000, seed=21)
     records = _records(lines, 50)
     batches = [records[i:i + 4] for i in range(0, len(records), 4)]
     rng = random.Random(4)
@@ -155,48 +159,66 @@ def _names(records):
             yield sid or f"pos:{r.topic}/{r.partition}@{r.offset}:{i}"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a batch retried after a failure past the claim step (ClickHouse or "
-                                       "Redis error, or a crash) loses the alerts it fired: the retried scans are "
-                                       "replays, and replays are not counted towards alert windows")
+class FailsOnScans(FlakyClient):
+    """A real client whose first insert into ``scan_events`` fails, after the batch's alerts went in."""
+
+    def __init__(self, client):
+        super().__init__(client, set())
+
+    def insert(self, table, *args, **kwargs):
+        if table == "scan_events" and not self.failed:
+            from clickhouse_connect.driver.exceptions import OperationalError
+            self.failed.append((self.calls + 1, table))
+            raise OperationalError("injected failure: ClickHouse is down")
+        return super().insert(table, *args, **kwargs)
+
+
 @pytest.mark.timeout(120)
 def test_a_retried_batch_keeps_its_alerts(tmp_path, redis_url, redis_prefix):
-    """Reproducer: one failed scan_events insert, the agent retries the batch, the alerts are gone."""
+    """One failed scan_events insert past the claim step, the agent retries the batch: every alert
+    of the batch is stored once and handed to delivery once (the retry re-uses the batch's
+    outcomes instead of running the pipeline again, which would answer replays and fire none)."""
     from scanstream.engine.state.memory import MemoryStateStore
     from scanstream.engine.state.redis import RedisStateStore
-    from scanstream.wiring import build_pipeline
+    from scanstream.sinks.clickhouse import ClickHouseSink, connect
     from scanstream.streams.synthetic import build_world
     from scanstream.streams.worker import BatchHandler
+    from scanstream.wiring import build_pipeline
 
-    tenant = h.TenantSpec(7, os.urandom(16), key_id=1)
+    tenant = inputs.TenantSpec(7, os.urandom(16), key_id=1)
     world = build_world(7, tenant.key, 1)
-    h.write_registry(tmp_path / "registry", [world])
-    lines = h.make_stream(world, 3000, seed=3)
-    config = h.inprocess_config(tmp_path / "registry", [tenant], [], redis_url=redis_url, prefix=redis_prefix)
-    reference = build_pipeline(config, state=MemoryStateStore()).process(lines).alerts["alert_id"].tolist()
+    inputs.write_registry(tmp_path / "registry", [world])
+    lines = inputs.make_stream(world, 3000, seed=3)
+    config = inputs.inprocess_config(tmp_path / "registry", [tenant], [], redis_url=redis_url, prefix=redis_prefix)
+    expected = build_pipeline(config, state=MemoryStateStore()).process(lines)
+    reference = expected.alerts["alert_id"].tolist()
     assert reference, "the stream must fire alerts"
 
-    class FailsOnce:
+    class Outbox:
         def __init__(self):
-            self.calls, self.alerts = 0, []
+            self.alerts = []
 
-        def write_scans(self, batch, dedup_token=None):
-            self.calls += 1
-            if self.calls == 1:
-                raise OSError("ClickHouse is down")
-            return len(batch["scan_id"])
+        def add(self, alerts, watermark_ms):
+            self.alerts += alerts["alert_id"].tolist()
 
-        def write_alerts(self, batch, dedup_token=None):
-            self.alerts += batch["alert_id"].tolist()
-
-        def write_awards(self, batch, dedup_token=None):
-            return 0
-
-    sink = FailsOnce()
+    client = FailsOnScans(connect("chdb:" + str(tmp_path / "chdb")))
+    sink = ClickHouseSink(client)
+    sink.ensure_schema()
+    outbox = Outbox()
     state = RedisStateStore.from_url(redis_url, prefix=redis_prefix)
-    handler = BatchHandler(config, build_pipeline(config, state=state), sink)
+    handler = BatchHandler(config, build_pipeline(config, state=state), sink, alerting=outbox)
     records = _records(lines, 100, partitions=1)
-    with pytest.raises(OSError):
-        handler.handle(records)
-    handler.handle(records)  # the agent's retry of the same batch
-    state.close()
-    assert sorted(sink.alerts) == sorted(reference)
+    try:
+        with pytest.raises(SinkError) as failed:
+            handler.handle(records)
+        assert failed.value.transient, "a server that is down is a transient failure: the agent retries"
+        batch = handler.handle(records)  # the agent's retry of the same batch
+        _, stored = sink.query("SELECT alert_id FROM alerts FINAL")
+        _, (scans,) = sink.query("SELECT count() FROM scan_events FINAL")
+    finally:
+        sink.close()
+        state.close()
+    assert client.failed, "the injected failure must have happened"
+    assert sorted(a for (a,) in stored) == sorted(reference)
+    assert sorted(outbox.alerts) == sorted(reference), "each alert handed to delivery exactly once"
+    assert scans[0] == len(set(batch.result.scans["scan_id"].tolist()))  # every scan stored, once per scan_id

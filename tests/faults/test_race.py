@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import pytest
 
+from . import checks, processes
 from . import harness as h
 
 SCALE = h.scale()
-pytestmark = [pytest.mark.skipif(h.SCANSTREAM is None, reason="the scanstream console script is not installed"),
+pytestmark = [pytest.mark.skipif(processes.SCANSTREAM is None, reason="the scanstream console script is not installed"),
               pytest.mark.timeout(300 if SCALE.name == "short" else 3600)]
 
 
 def test_second_worker_joins_then_first_leaves(broker, redis_url, tmp_path):
     rep = h.race_scenario(tmp_path, broker.bootstrap, redis_url, SCALE)
-    h.assert_report(rep)
+    checks.assert_report(rep)
     assert rep.lost == 0 and rep.doubled == 0 and rep.prizes > 0

@@ -17,26 +17,27 @@ from pathlib import Path
 
 import pytest
 
+from . import checks, inputs, processes, scenario
 from . import harness as h
 
 SCALE = h.scale()
-pytestmark = pytest.mark.skipif(h.SCANSTREAM is None, reason="the scanstream console script is not installed")
+pytestmark = pytest.mark.skipif(processes.SCANSTREAM is None, reason="the scanstream console script is not installed")
 
 
 @pytest.mark.timeout(600 if SCALE.name == "short" else 3600)
 def test_keys_and_seeds_appear_in_no_log_topic_or_error(broker, redis_url, tmp_path):
-    ran = {sc.label for sc in h.ARTIFACTS}
+    ran = {sc.label for sc in scenario.ARTIFACTS}
     if not {"crash", "fuzz"} <= ran:  # run alone: make a small crash run and a fuzz run of our own
         from .test_fuzz import Codes, corpus
 
         small = replace(SCALE, crash_scans=3_000, crash_kills=1)
-        h.assert_report(h.crash_scenario(tmp_path / "crash", broker.bootstrap, redis_url, small))
-        tenant = h.TenantSpec(7, os.urandom(16), key_id=1, via="env")
+        checks.assert_report(h.crash_scenario(tmp_path / "crash", broker.bootstrap, redis_url, small))
+        tenant = inputs.TenantSpec(7, os.urandom(16), key_id=1, via="env")
         codes = Codes(tenant.key, os.urandom(16))
-        h.assert_report(h.fuzz_worker_scenario(tmp_path / "fuzz", broker.bootstrap, redis_url, small,
-                                               corpus(codes, 500), tenant, codes.genuine))
-    scenarios = [sc for sc in h.ARTIFACTS if sc.root.exists()]
-    found, files, messages = h.grep_secrets(scenarios)
+        checks.assert_report(h.fuzz_worker_scenario(tmp_path / "fuzz", broker.bootstrap, redis_url, small,
+                                                    corpus(codes, 500), tenant, codes.genuine))
+    scenarios = [sc for sc in scenario.ARTIFACTS if sc.root.exists()]
+    found, files, messages = checks.grep_secrets(scenarios)
     logs = [p for sc in scenarios for p in sc.root.glob("worker-*.log")]
     print(f"searched {files} files ({len(logs)} worker logs) and {messages} messages of {len(scenarios)} scenarios "
           f"({sorted(sc.label for sc in scenarios)})")
@@ -65,9 +66,9 @@ tiers = [{{ name = "a", cents = 1, probability = 0.1, stock = 1 }}]
 
 
 def _error_of(config: Path, env: dict[str, str] | None = None) -> str:
-    out = subprocess.run([h.SCANSTREAM, "--config", str(config), "query", "SELECT 1"], capture_output=True, text=True,
-                         timeout=120, env={**os.environ, **(env or {})}, cwd=config.parent)
-    assert out.returncode == 2, (out.returncode, out.stdout, out.stderr)
+    out = subprocess.run([processes.SCANSTREAM, "--config", str(config), "query", "SELECT 1"], capture_output=True,
+                         text=True, timeout=120, env={**os.environ, **(env or {})}, cwd=config.parent)
+    assert out.returncode == 3, (out.returncode, out.stdout, out.stderr)  # a configuration error
     return out.stdout + out.stderr
 
 

@@ -12,16 +12,17 @@ import os
 
 import pytest
 
+from . import checks, processes
 from . import harness as h
 
 SCALE = h.scale()
 
 
-@pytest.mark.skipif(h.SCANSTREAM is None, reason="the scanstream console script is not installed")
+@pytest.mark.skipif(processes.SCANSTREAM is None, reason="the scanstream console script is not installed")
 @pytest.mark.timeout(300 if SCALE.name == "short" else 3600)
 def test_a_code_of_one_tenant_never_wins_in_another_tenants_campaign(broker, redis_url, tmp_path):
     rep = h.tenants_scenario(tmp_path, broker.bootstrap, redis_url, SCALE)
-    h.assert_report(rep)
+    checks.assert_report(rep)
     assert rep.extra["forged codes"] == {"bad_mac": 400, "unknown_tenant": 600}
 
 

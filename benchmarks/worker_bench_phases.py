@@ -1,0 +1,292 @@
+"""The timed phases of ``bench_worker.py`` and what each one measured.
+
+``staged_phase`` (envelopes, single-scan messages: the publisher alone, then the worker on
+the same scans), ``latency_phase`` (paced ``publish`` with sampled ``await_result``) and
+``naive_phase`` (``naive_agent.py`` started, warmed up and timed) share a ``Ctx`` with the
+run's broker, Redis, results counter and worker.  Separate from the entry point because this
+is the measurement itself: what the clock covers and how an incomplete phase is accounted
+for, apart from the setup before it and the report after it.
+"""
+from __future__ import annotations
+
+import queue
+import re
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from worker_bench_load import build_messages, read_back, replay
+from worker_bench_results import ResultCounter
+from worker_bench_services import PARTITIONS, CpuMeter, Proc
+
+#: How long the latency phase waits for a worker that fell behind.
+DRAIN_BOUND_S = 15.0
+
+
+# ---------------------------------------------------------------------------- run context
+
+
+@dataclass
+class Ctx:
+    """What the phases share: the run's folder, broker, topics, Redis, results counter and worker."""
+
+    tmp: Path
+    broker: Any
+    names: dict[str, str]
+    redis_url: str
+    prefix: str
+    redis: Any
+    linger_ms: int
+    counter: ResultCounter | None = None
+    worker: Proc | None = None
+    cpu: CpuMeter | None = None
+    procs: list[Proc] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+        print(f"  note: {text}", flush=True)
+
+
+# ---------------------------------------------------------------------------- throughput
+
+
+@dataclass
+class Throughput:
+    scans: int
+    messages: int
+    seconds: float | None
+    publisher_s: float
+    send_s: float | None = None
+    cpu: dict = field(default_factory=dict)
+    done: int = 0
+    publisher_messages: int = 0
+    complete: bool = True
+    verdicts: dict = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float | None:
+        return self.done / self.seconds if self.seconds and self.done else None
+
+    @property
+    def publisher_rate(self) -> float:
+        return self.scans / self.publisher_s if self.publisher_s else float("inf")
+
+    def as_dict(self) -> dict:
+        return {"scans": self.scans, "scans_done": self.done, "complete": self.complete, "messages": self.messages,
+                "scans_per_message": self.scans / self.messages if self.messages else None,
+                "seconds": self.seconds, "scans_per_s": self.rate,
+                "publisher_s": self.publisher_s, "publisher_scans_per_s": self.publisher_rate,
+                "publisher_messages": self.publisher_messages, "replay_send_s": self.send_s, "cpu_s": self.cpu,
+                "verdicts": self.verdicts}
+
+
+def staged_phase(ctx: Ctx, events: list[dict], single: bool, per_envelope: int, timeout_s: float,
+                 label: str) -> Throughput:
+    """Time the publisher alone (to a staging topic), then the worker on the same scans (replayed)."""
+    from scanstream.streams.publisher import ScanPublisher
+
+    staging = f"bench-staging-{uuid.uuid4().hex[:8]}"
+    ctx.broker.create_topics({staging: PARTITIONS})
+    n = len(events)
+    with ScanPublisher(ctx.broker.bootstrap, topic=staging, linger_ms=ctx.linger_ms) as pub:
+        t = time.perf_counter()
+        if single:
+            for ev in events:
+                pub.publish_single(ev)
+        else:
+            for lo in range(0, n, 10_000):
+                pub.publish_many(events[lo:lo + 10_000])
+        pub.flush()
+        publisher_s = time.perf_counter() - t
+        sealed = pub.stats()["singles" if single else "envelopes"]
+    if single or per_envelope > 0:
+        messages = build_messages(events, PARTITIONS, None if single else per_envelope)
+    else:  # the publisher's own envelopes, as it sealed them at full speed
+        messages = read_back(ctx.broker.bootstrap, staging, PARTITIONS, n)
+    try:  # free the broker's memory; Tansu may not support it
+        ctx.broker.admin().delete_topics([staging])
+    except Exception:  # noqa: BLE001
+        pass
+    target = ctx.counter.count + n
+    mix = ctx.counter.verdict_snapshot()
+    before = ctx.cpu.read()
+    t0, send_s = replay(ctx.broker.bootstrap, ctx.names["scans"], messages)
+    t_end = ctx.counter.wait_for(target, timeout_s, ctx.worker.alive)
+    cpu = CpuMeter.spent(before, ctx.cpu.read())
+    done = n if t_end is not None else n - (target - ctx.counter.count)
+    seconds = (t_end if t_end is not None else time.perf_counter()) - t0
+    if t_end is None:
+        why = "the worker exited" if not ctx.worker.alive() else worker_trouble(ctx.worker)
+        ctx.note(f"{label}: only {done:,} of {n:,} outcomes after {seconds:.0f} s; {why}")
+    return Throughput(n, len(messages), seconds, publisher_s, send_s, cpu, done, sealed, t_end is not None,
+                      dict(ctx.counter.verdict_snapshot() - mix))
+
+
+def worker_trouble(proc: Proc) -> str:
+    """The worker's last warning or error, for a phase that stalled."""
+    lines = [line for line in proc.log_tail(400).splitlines() if "WARNING" in line or "ERROR" in line]
+    return f"its last warning: {lines[-1].strip()[:400]}" if lines else "no warning in its log"
+
+
+# ---------------------------------------------------------------------------- latency
+
+
+@dataclass
+class Latency:
+    target_rate: float
+    scans: int
+    publish_s: float
+    samples_ms: list[float]
+    timeouts: int
+    late_pickups: int
+    cpu: dict = field(default_factory=dict)
+    drain_s: float | None = None
+    errors: int = 0
+
+    @property
+    def achieved_rate(self) -> float:
+        return self.scans / self.publish_s if self.publish_s else 0.0
+
+    def pct(self, q: float) -> float | None:
+        return float(np.percentile(self.samples_ms, q)) if self.samples_ms else None
+
+    def as_dict(self) -> dict:
+        return {"target_scans_per_s": self.target_rate, "achieved_scans_per_s": self.achieved_rate,
+                "scans": self.scans, "publish_s": self.publish_s, "samples": len(self.samples_ms),
+                "timeouts": self.timeouts, "errors": self.errors, "late_pickups": self.late_pickups,
+                "p50_ms": self.pct(50), "p95_ms": self.pct(95), "p99_ms": self.pct(99),
+                "max_ms": max(self.samples_ms) if self.samples_ms else None,
+                "drain_after_publish_s": self.drain_s, "cpu_s": self.cpu}
+
+
+def latency_phase(ctx: Ctx, events: list[dict], rate: float, every: int, waiters: int,
+                  await_timeout_s: float = 5.0) -> Latency:
+    from scanstream.streams.publisher import ScanPublisher
+
+    url = ctx.redis_url
+    if "max_connections=" not in url:  # one connection per waiting thread (redis-py's default pool holds 100)
+        url += ("&" if "?" in url else "?") + f"max_connections={waiters + 16}"
+    pub = ScanPublisher(ctx.broker.bootstrap, topic=ctx.names["scans"], linger_ms=ctx.linger_ms,
+                        redis_url=url, prefix=ctx.prefix)
+    pub.redis().ping()  # connect before the clock starts
+    q: queue.SimpleQueue = queue.SimpleQueue()
+    samples: list[float] = []
+    late = timeouts = 0
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def waiter() -> None:
+        nonlocal late, timeouts
+        while True:
+            item = q.get()
+            if item is None:
+                return
+            scan_id, t_pub = item
+            lag = time.perf_counter() - t_pub
+            try:
+                outcome = pub.await_result(scan_id, timeout=await_timeout_s)
+            except Exception as exc:  # noqa: BLE001 - counted and reported, the phase goes on
+                with lock:
+                    errors.append(repr(exc)[:200])
+                continue
+            dt = time.perf_counter() - t_pub
+            with lock:
+                if outcome is None:
+                    timeouts += 1
+                else:
+                    samples.append(dt * 1000)
+                    if lag > 0.005:
+                        late += 1
+
+    threads = [threading.Thread(target=waiter, name=f"await-{i}", daemon=True) for i in range(waiters)]
+    for th in threads:
+        th.start()
+    n = len(events)
+    target = ctx.counter.count + n
+    before = ctx.cpu.read()
+    try:
+        t0 = time.perf_counter()
+        i = 0
+        while i < n:
+            due = min(n, int((time.perf_counter() - t0) * rate) + 1)
+            while i < due:
+                ev = events[i]
+                t = time.perf_counter()
+                pub.publish(ev)
+                if i % every == 0:
+                    q.put((ev["scan_id"], t))
+                i += 1
+            time.sleep(0.0005)
+        publish_s = time.perf_counter() - t0
+        pub.flush(30)
+        # a worker that fell behind need not catch up: it is stopped after this phase
+        t_end = ctx.counter.wait_for(target, DRAIN_BOUND_S, ctx.worker.alive, stall_s=DRAIN_BOUND_S)
+        drain = t_end - (t0 + publish_s) if t_end is not None else None
+        if t_end is None:
+            ctx.note(f"latency phase: {target - ctx.counter.count:,} outcomes still missing {DRAIN_BOUND_S:.0f} s "
+                     f"after the last publish (the worker fell behind the paced rate)")
+        for _ in threads:
+            q.put(None)
+        for th in threads:
+            th.join(await_timeout_s + 5)
+    finally:
+        pub.close(10)
+    cpu = CpuMeter.spent(before, ctx.cpu.read())
+    if errors:
+        ctx.note(f"latency phase: {len(errors)} await_result calls failed, e.g. {errors[0]}")
+    return Latency(rate, n, publish_s, samples, timeouts, late, cpu, drain, len(errors))
+
+
+# ---------------------------------------------------------------------------- naive agent
+
+
+def naive_phase(ctx: Ctx, config: Path, names: dict[str, str], events: list[dict], warmup: list[dict],
+                limit_s: float, label: str, extra: tuple[str, ...] = ()) -> tuple[Throughput, float]:
+    """Start naive_agent.py, warm it up, then time ``events`` through it (single-scan messages)."""
+    from scanstream.streams.publisher import ScanPublisher
+
+    log_name = re.sub(r"\W+", "-", label) + ".log"
+    agent = Proc(label, [sys.executable, str(Path(__file__).with_name("naive_agent.py")), "--config", str(config),
+                         "--loglevel", "info", *extra], ctx.tmp / log_name, ctx.tmp)
+    ctx.procs.append(agent)
+    counter = ResultCounter(ctx.broker.bootstrap, names["results"], PARTITIONS)
+    counter.start()
+    try:
+        with ScanPublisher(ctx.broker.bootstrap, topic=names["scans"], linger_ms=ctx.linger_ms) as pub:
+            t = time.perf_counter()
+            for ev in warmup:
+                pub.publish_single(ev)
+            pub.flush(30)
+            if counter.wait_for(len(warmup), 120, agent.alive, stall_s=120) is None:
+                raise RuntimeError(f"{label}: no outcome for its warm-up scans within 120 s; its log ends with:\n"
+                                   f"{agent.log_tail()}")
+            startup = time.perf_counter() - t
+            meter = CpuMeter(agent.pid, ctx.broker.pid, ctx.redis)
+            mix = counter.verdict_snapshot()
+            before = meter.read()
+            t0 = time.perf_counter()
+            for ev in events:
+                pub.publish_single(ev)
+            pub.flush(30)
+            publisher_s = time.perf_counter() - t0
+        target = len(warmup) + len(events)
+        t_end = counter.wait_for(target, max(limit_s - (time.perf_counter() - t0), 0.1), agent.alive,
+                                 stall_s=limit_s)
+        cpu = CpuMeter.spent(before, meter.read())
+        done = len(events) if t_end is not None else counter.count - len(warmup)
+        seconds = (t_end if t_end is not None else time.perf_counter()) - t0
+        if t_end is None:
+            ctx.note(f"{label}: {done:,} of {len(events):,} scans within the {limit_s:.0f} s bound; "
+                     f"its rate is scans done / {seconds:.1f} s")
+        return Throughput(len(events), len(events), seconds, publisher_s, None, cpu, done, len(events),
+                          t_end is not None, dict(counter.verdict_snapshot() - mix)), startup
+    finally:
+        counter.stop()
+        agent.stop()

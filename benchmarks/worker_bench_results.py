@@ -1,0 +1,90 @@
+"""The outcome side of ``bench_worker.py``: a consumer of the results topic that counts scans.
+
+Its count is the completion signal of every phase, so each phase's clock stops here.
+Separate from the phases because it is the one thread of the run that reads Kafka
+concurrently with them (``assign()``, no group, a short fetch wait), with its own locking
+and failure reporting.
+"""
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections import Counter
+
+#: A verdict in an outcome's JSON (the worker's orjson and the naive agent's json spell it differently).
+VERDICT_RE = re.compile(rb'"verdict":\s*"(\w+)"')
+
+
+class ResultCounter(threading.Thread):
+    """Counts the scans carried by the messages of the results topic; notes when each count was reached."""
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int):
+        super().__init__(name="results-counter", daemon=True)
+        from kafka import KafkaConsumer, TopicPartition
+
+        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                      auto_offset_reset="earliest", fetch_max_wait_ms=10,
+                                      max_partition_fetch_bytes=8 * 1024 * 1024, client_id="bench-results")
+        parts = [TopicPartition(topic, p) for p in range(partitions)]
+        self.consumer.assign(parts)
+        self.consumer.seek_to_beginning(*parts)
+        self.cond = threading.Condition()
+        self.count = 0
+        self.verdicts: Counter[str] = Counter()
+        self.history: list[tuple[float, int]] = []  # (perf_counter, count) after each poll that brought scans
+        self._halt = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        from scanstream.streams import envelope
+        try:
+            while not self._halt.is_set():
+                got = self.consumer.poll(timeout_ms=50, max_records=100_000)
+                if not got:
+                    continue
+                t = time.perf_counter()
+                n = 0
+                seen: Counter[str] = Counter()
+                for records in got.values():
+                    for r in records:
+                        n += len(envelope.decode(r.value, envelope.header(r.headers)))
+                        seen.update(VERDICT_RE.findall(r.value))
+                with self.cond:
+                    self.verdicts.update(seen)
+                    self.count += n
+                    self.history.append((t, self.count))
+                    self.cond.notify_all()
+        except BaseException as exc:  # noqa: BLE001 - reported by wait_for
+            with self.cond:
+                self.error = exc
+                self.cond.notify_all()
+        finally:
+            self.consumer.close()
+
+    def wait_for(self, target: int, timeout_s: float, alive=lambda: True, stall_s: float = 30.0) -> float | None:
+        """perf_counter time at which ``count`` reached ``target``.
+
+        None after ``timeout_s``, when ``alive()`` turns false, or when the count has not moved
+        for ``stall_s`` seconds (a worker retrying a batch for ever).
+        """
+        start = time.perf_counter()
+        deadline = start + timeout_s
+        with self.cond:
+            while self.count < target:
+                if self.error is not None:
+                    raise RuntimeError(f"the results consumer failed: {self.error!r}") from self.error
+                now = time.perf_counter()
+                moved = max(start, self.history[-1][0]) if self.history else start
+                if now >= deadline or now - moved > stall_s or not alive():
+                    return None
+                self.cond.wait(min(deadline - now, 0.5))
+            return next(t for t, c in self.history if c >= target)
+
+    def verdict_snapshot(self) -> Counter[str]:
+        with self.cond:
+            return Counter({k.decode(): v for k, v in self.verdicts.items()})
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(5)

@@ -1,0 +1,440 @@
+"""The Lua scripts of the Redis state store (``engine/state/redis.py``), one per store method.
+
+Each is atomic over a whole batch, takes its arrays packed (little-endian binary strings read
+with ``struct.unpack``) and answers packed.  They live apart from the store because they are a
+program of their own, read and changed on their own terms: their ARGV layouts are documented
+above each script, and the store's methods are the only callers.
+"""
+
+#: Helpers shared by the scripts: packed arrays in, packed answers out.  Lua's stack takes a
+#: few thousand values, so every bulk unpack/pack goes in slices.
+LUA_PRELUDE = r"""
+local function ints(blob, fmt, n)
+  local out, pos, done = {}, 1, 0
+  while done < n do
+    local k = math.min(n - done, 200)
+    local vals = {struct.unpack('<' .. string.rep(fmt, k), blob, pos)}
+    for j = 1, k do out[done + j] = vals[j] end
+    pos = vals[k + 1]
+    done = done + k
+  end
+  return out
+end
+
+local function bytes(s)
+  local out, n = {}, #s
+  for a = 1, n, 4000 do
+    local vals = {string.byte(s, a, math.min(a + 3999, n))}
+    for j = 1, #vals do out[a + j - 1] = vals[j] end
+  end
+  return out
+end
+
+local function chars(t)
+  local parts, n = {}, #t
+  for a = 1, n, 4000 do parts[#parts + 1] = string.char(unpack(t, a, math.min(a + 3999, n))) end
+  return table.concat(parts)
+end
+
+local function pack_ints(fmt, t)
+  local parts, n = {}, #t
+  for a = 1, n, 200 do
+    local b = math.min(a + 199, n)
+    parts[#parts + 1] = struct.pack('<' .. string.rep(fmt, b - a + 1), unpack(t, a, b))
+  end
+  return table.concat(parts)
+end
+
+local function strings(lens_blob, blob, n)
+  local lens, out, pos = ints(lens_blob, 'I4', n), {}, 1
+  for i = 1, n do
+    out[i] = string.sub(blob, pos, pos + lens[i] - 1)
+    pos = pos + lens[i]
+  end
+  return out
+end
+"""
+
+#: KEYS: the batch's dedup chunks.  ARGV: replay key prefix, replay TTL, n, scan_id lengths
+#: (uint32), scan_ids, given verdicts (one byte each), then for the rows at OK in row order
+#: their chunk (uint32 index into KEYS, 0-based) and bit offset (uint32), and per chunk the
+#: length to grow it to before any SETBIT; then OK, REPEAT, and each row's replay bucket (one
+#: byte).  Returns one byte per row: verdict | 0x80 on replay.
+#: Answers live in bucket hashes ``P rp:<epoch>:<bucket>`` (epoch = now // TTL), scan_id ->
+#: verdict, read with one HMGET per bucket and epoch (this one, then the one before for the
+#: rest) and written with one HSET per bucket: a key with a TTL per scan_id cost a SET EX each
+#: (about 4 us of server time) and 130 bytes.  A bucket expires at the end of the next epoch,
+#: so an answer is kept between one and two TTLs.
+#: ARGV: replay prefix, ttl, n, scan_id lengths + blob, verdicts, chunk + offset per OK row, chunk
+#: lengths, OK, REPEAT, bucket per row, fingerprints (8 bytes each), user lengths + blob, CONFLICT.
+#: A stored answer is ``engine.state.pack_answer``: verdict byte, fingerprint, first user.
+#: Returns {one byte per row: verdict, + 128 for a replay; the first user of each CONFLICT row ...}.
+CLAIM_LUA = LUA_PRELUDE + r"""
+local OK, REPEAT, CONFLICT = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[16])
+local rp, ttl, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local ids = strings(ARGV[4], ARGV[5], n)
+local given = bytes(ARGV[6])
+local bucket = bytes(ARGV[12])
+local fps = ARGV[13]
+local users = strings(ARGV[14], ARGV[15], n)
+local nok = #ARGV[7] / 4
+local chunk, offset = ints(ARGV[7], 'I4', nok), ints(ARGV[8], 'I4', nok)
+local want = ints(ARGV[9], 'I4', #KEYS)
+-- grow each chunk at an exact length first: SETBIT would double the allocation
+for g = 1, #KEYS do
+  local have = redis.call('STRLEN', KEYS[g])
+  if have == 0 then
+    redis.call('SETRANGE', KEYS[g], want[g] - 1, '\0')
+  elseif have < want[g] then
+    redis.call('SET', KEYS[g], redis.call('GET', KEYS[g]) .. string.rep('\0', want[g] - have))
+  end
+end
+local now = redis.call('TIME')
+local epoch = math.floor(tonumber(now[1]) / ttl)
+-- the answers known before this batch
+local rows_of = {}
+for i = 1, n do
+  local r = rows_of[bucket[i]]
+  if r == nil then r = {}; rows_of[bucket[i]] = r end
+  r[#r + 1] = i
+end
+local stored = {}
+for b, rows in pairs(rows_of) do
+  for e = epoch, epoch - 1, -1 do
+    local ask = {}
+    for _, i in ipairs(rows) do
+      if stored[i] == nil then ask[#ask + 1] = i end
+    end
+    for a = 1, #ask, 1000 do
+      local fields = {}
+      for j = a, math.min(a + 999, #ask) do fields[#fields + 1] = ids[ask[j]] end
+      local vals = redis.call('HMGET', rp .. e .. ':' .. b, unpack(fields))
+      for j = 1, #fields do
+        if vals[j] then stored[ask[a + j - 1]] = vals[j] end
+      end
+    end
+  end
+end
+local known, out, writes, firsts, j = {}, {}, {}, {}, 0
+for i = 1, n do
+  local id, v = ids[i], given[i]
+  local fp = string.sub(fps, 8 * i - 7, 8 * i)
+  if v == OK then j = j + 1 end
+  local first = known[id]  -- the stored answer, or the one an earlier row of this batch made
+  if first == nil and stored[i] then
+    first = stored[i]
+    known[id] = first
+  end
+  if first ~= nil then
+    if string.sub(first, 2, 9) == fp then
+      out[i] = string.byte(first, 1) + 128
+    else
+      out[i] = CONFLICT
+      firsts[#firsts + 1] = string.sub(first, 10)
+    end
+  else
+    if v == OK and redis.call('SETBIT', KEYS[chunk[j] + 1], offset[j], 1) == 1 then v = REPEAT end
+    local answer = string.char(v) .. fp .. users[i]
+    local w = writes[bucket[i]]
+    if w == nil then w = {}; writes[bucket[i]] = w end
+    w[#w + 1] = id
+    w[#w + 1] = answer
+    known[id] = answer
+    out[i] = v
+  end
+end
+for b, w in pairs(writes) do
+  local key = rp .. epoch .. ':' .. b
+  for a = 1, #w, 1000 do redis.call('HSET', key, unpack(w, a, math.min(a + 999, #w))) end
+  redis.call('EXPIREAT', key, (epoch + 2) * ttl)
+end
+return {chars(out), unpack(firsts)}
+"""
+
+#: ARGV: prefix, then per campaign: id, budget, daily cap, stocks (comma separated).
+DEFINE_LUA = r"""
+local pre, i = ARGV[1], 2
+while i <= #ARGV do
+  local id, budget, cap, stocks = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local base = pre .. 'cp:{' .. id .. '}'
+  redis.call('HSETNX', base, 'budget', budget)
+  redis.call('HSETNX', base, 'prizes', 0)
+  redis.call('HSET', base, 'cap', cap)
+  local t = 0
+  for s in string.gmatch(stocks, '[^,]+') do
+    redis.call('HSETNX', base, 's' .. t, s)
+    t = t + 1
+  end
+  if t > tonumber(redis.call('HGET', base, 'tiers') or 0) then redis.call('HSET', base, 'tiers', t) end
+  redis.call('SADD', pre .. 'campaigns', id)
+  i = i + 4
+end
+return 1
+"""
+
+#: ARGV: prefix, n, number of campaigns m, campaign (uint32 index into the m ids), code
+#: identities (12 bytes each), user_id lengths (uint32), user_ids, day (int64), tier (int16),
+#: cents (int64), the DrawStatus codes WON NO_PRIZE OUT_OF_STOCK BUDGET CAP, then the m ids.
+#: Returns 11 bytes per request: status (uint8), tier (int16), cents (int64).
+GRANT_LUA = LUA_PRELUDE + r"""
+local WON, NO_PRIZE, OUT_OF_STOCK, BUDGET, CAP =
+  tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14]), tonumber(ARGV[15])
+local pre, n, m = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local camp = ints(ARGV[4], 'I4', n)
+local users = strings(ARGV[6], ARGV[7], n)
+local day, tier, cents = ints(ARGV[8], 'i8', n), ints(ARGV[9], 'h', n), ints(ARGV[10], 'i8', n)
+local C = {}
+for c = 1, m do
+  local id = ARGV[15 + c]
+  local base = pre .. 'cp:{' .. id .. '}'
+  local h = redis.call('HGETALL', base)
+  if #h == 0 then return redis.error_reply('campaign ' .. id .. ' is not defined in the state store') end
+  local st = {}
+  for k = 1, #h, 2 do st[h[k]] = tonumber(h[k + 1]) end
+  local stock = {}
+  for t = 0, st.tiers - 1 do stock[t] = st['s' .. t] end
+  C[c] = {base = base, aw = base .. ':aw', budget = st.budget, cap = st.cap, prizes = st.prizes,
+          stock = stock, won = {}, days = {}, paid = false}
+end
+local field, status, otier, ocents, prior = {}, {}, {}, {}, {}
+-- prizes won before this batch are given back whatever was drawn now
+for i = 1, n do
+  field[i] = string.sub(ARGV[5], 12 * i - 11, 12 * i)
+  status[i], otier[i], ocents[i] = NO_PRIZE, -1, 0
+  local p = redis.call('HGET', C[camp[i] + 1].aw, field[i])
+  if p then
+    local t, a = string.match(p, '^(-?%d+):(-?%d+)$')
+    status[i], otier[i], ocents[i], prior[i] = WON, tonumber(t), tonumber(a), true
+  end
+end
+-- drawn prizes, in request order: the earlier scan takes the last one
+for i = 1, n do
+  local t = tier[i]
+  if t >= 0 and not prior[i] then
+    local c, amount = C[camp[i] + 1], cents[i]
+    local again = c.won[field[i]]
+    if again then
+      status[i], otier[i], ocents[i] = WON, again[1], again[2]
+    else
+      if c.stock[t] == nil then
+        return redis.error_reply('campaign ' .. c.base .. ' has no tier ' .. t)
+      end
+      local dkey = c.base .. ':ud:' .. string.format('%d', day[i])
+      local users_of_day = c.days[dkey]
+      if users_of_day == nil then users_of_day = {}; c.days[dkey] = users_of_day end
+      if c.stock[t] <= 0 then
+        status[i] = OUT_OF_STOCK
+      elseif c.budget < amount then
+        status[i] = BUDGET
+      else
+        local u = users[i]
+        local got = users_of_day[u]
+        if got == nil then
+          got = {tonumber(redis.call('HGET', dkey, u) or 0), false}
+          users_of_day[u] = got
+        end
+        if got[1] >= c.cap then
+          status[i] = CAP
+        else
+          c.stock[t] = c.stock[t] - 1
+          c.budget = c.budget - amount
+          c.prizes = c.prizes + 1
+          c.paid = true
+          got[1], got[2] = got[1] + 1, true
+          redis.call('HSET', c.aw, field[i], string.format('%d:%d', t, amount))
+          c.won[field[i]] = {t, amount}
+          status[i], otier[i], ocents[i] = WON, t, amount
+        end
+      end
+    end
+  end
+end
+for c = 1, m do
+  local s = C[c]
+  if s.paid then
+    local args = {'budget', string.format('%d', s.budget), 'prizes', string.format('%d', s.prizes)}
+    for t, left in pairs(s.stock) do
+      args[#args + 1] = 's' .. t
+      args[#args + 1] = string.format('%d', left)
+    end
+    redis.call('HSET', s.base, unpack(args))
+    for dkey, users_of_day in pairs(s.days) do
+      for u, got in pairs(users_of_day) do
+        if got[2] then redis.call('HSET', dkey, u, got[1]) end
+      end
+    end
+  end
+end
+local parts = {}
+for i = 1, n do parts[i] = struct.pack('<Bhi8', status[i], otier[i], ocents[i]) end
+return table.concat(parts)
+"""
+
+#: Window scripts.  ARGV: key prefix, TTL, keys (8 bytes each) [, members as signed decimals
+#: separated by commas].
+COUNT_LUA = LUA_PRELUDE + r"""
+local pre, ttl, blob = ARGV[1], ARGV[2], ARGV[3]
+local out = {}
+for i = 1, #blob / 8 do
+  local k = pre .. string.sub(blob, 8 * i - 7, 8 * i)
+  local total = redis.call('INCR', k)
+  if total == 1 then redis.call('EXPIRE', k, ttl) end
+  out[i] = total
+end
+return pack_ints('i8', out)
+"""
+
+#: ``distinct``.  ARGV: prefix, TTL (s), keys and members (8 bytes each), one byte per row (1
+#: where the caller flags the key as new), the most members kept packed, BUCKETS (constants of the store, passed as ARGV).
+#: A set lives as one field of a bucket hash, ``P wd:<epoch>:<its key's first byte % BUCKETS>`` with
+#: epoch = now // TTL, holding its members packed (a code's scanners in one window are one or
+#: two), read with one HMGET per bucket (this epoch, then the one before for the rest) and
+#: written with one HSET per bucket: no key of its own to create and expire per set.  Each bucket hash expires at the
+#: end of the epoch after its own, so a set lives between one and two TTLs.  Past the packed
+#: size the members move to a Redis set ``P ws:<key>`` with the same expiry, and the field
+#: holds an empty string.  Flagged rows go first and replace whatever their key held, then the
+#: rest in order: the memory store's order, so even a wrong flag gets the same answers.
+DISTINCT_LUA = LUA_PRELUDE + r"""
+local pre, ttl, blob, members = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local flagged, spill, nb = bytes(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local now = redis.call('TIME')
+local epoch = math.floor(tonumber(now[1]) / ttl)
+local n = #blob / 8
+local out, held = {}, {}
+local function bucket(e, b) return pre .. 'wd:' .. e .. ':' .. b end
+local function key(i) return string.sub(blob, 8 * i - 7, 8 * i) end
+local function member(i) return string.sub(members, 8 * i - 7, 8 * i) end
+for i = 1, n do
+  if flagged[i] == 1 then
+    held[key(i)] = {packed = member(i), size = 1, epoch = epoch, dirty = true}
+    out[i] = 1
+  end
+end
+-- the other rows' sets: one HMGET per bucket in this epoch, then in the one before for the rest
+local wanted = {}
+for i = 1, n do
+  if flagged[i] ~= 1 then
+    local k = key(i)
+    if held[k] == nil and wanted[k] == nil then
+      local b = string.byte(k, 1) % nb
+      wanted[k] = b
+    end
+  end
+end
+for e = epoch, epoch - 1, -1 do
+  local by_bucket = {}
+  for k, b in pairs(wanted) do
+    local list = by_bucket[b]
+    if list == nil then list = {}; by_bucket[b] = list end
+    list[#list + 1] = k
+  end
+  for b, list in pairs(by_bucket) do
+    for a = 1, #list, 1000 do
+      local part = {unpack(list, a, math.min(a + 999, #list))}
+      local vals = redis.call('HMGET', bucket(e, b), unpack(part))
+      for j = 1, #part do
+        local v, k = vals[j], part[j]
+        if v then
+          if v == '' then
+            local h = {set = pre .. 'ws:' .. k, epoch = e}
+            h.size = redis.call('SCARD', h.set)
+            held[k] = h
+          else
+            held[k] = {packed = v, size = #v / 8, epoch = e}
+          end
+          wanted[k] = nil
+        end
+      end
+    end
+  end
+end
+for k in pairs(wanted) do held[k] = {packed = '', size = 0, epoch = epoch} end
+for i = 1, n do
+  if flagged[i] ~= 1 then
+    local k, m = key(i), member(i)
+    local h = held[k]
+    if h.set then
+      h.size = h.size + redis.call('SADD', h.set, m)
+    else
+      local seen = false
+      for p = 1, #h.packed, 8 do
+        if string.sub(h.packed, p, p + 7) == m then seen = true; break end
+      end
+      if not seen then
+        h.packed, h.size, h.dirty = h.packed .. m, h.size + 1, true
+      end
+    end
+    out[i] = h.size
+  end
+end
+-- write back: one HSET per bucket hash, which expires at the end of the epoch after its own
+local writes = {}
+for k, h in pairs(held) do
+  if h.dirty then
+    local home = bucket(h.epoch, string.byte(k, 1) % nb)
+    local w = writes[home]
+    if w == nil then w = {expiry = (h.epoch + 2) * ttl}; writes[home] = w end
+    if h.size <= spill then
+      w[#w + 1] = k
+      w[#w + 1] = h.packed
+    else
+      local set = pre .. 'ws:' .. k
+      redis.call('DEL', set)
+      for a = 1, h.size, 500 do
+        local part = {}
+        for j = a, math.min(a + 499, h.size) do part[#part + 1] = string.sub(h.packed, 8 * j - 7, 8 * j) end
+        redis.call('SADD', set, unpack(part))
+      end
+      redis.call('EXPIREAT', set, w.expiry)
+      w[#w + 1] = k
+      w[#w + 1] = ''
+    end
+  end
+end
+for home, w in pairs(writes) do
+  for a = 1, #w, 1000 do redis.call('HSET', home, unpack(w, a, math.min(a + 999, #w))) end
+  redis.call('EXPIREAT', home, w.expiry)
+end
+return pack_ints('i8', out)
+"""
+
+MARK_ONCE_LUA = LUA_PRELUDE + r"""
+local pre, ttl, blob = ARGV[1], ARGV[2], ARGV[3]
+local out = {}
+for i = 1, #blob / 8 do
+  out[i] = redis.call('SET', pre .. string.sub(blob, 8 * i - 7, 8 * i), 1, 'EX', ttl, 'NX') and 1 or 0
+end
+return chars(out)
+"""
+
+#: The block list.  KEYS[1]: the list, a sorted set of 8-byte keys scored by their expiry in
+#: milliseconds of the server's clock.  ARGV: TTL in ms, keys (8 bytes each).
+BLOCK_LUA = r"""
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local blob, expiry = ARGV[2], now + tonumber(ARGV[1])
+for i = 1, #blob / 8 do
+  redis.call('ZADD', KEYS[1], 'NX', expiry, string.sub(blob, 8 * i - 7, 8 * i))
+end
+return 1
+"""
+
+#: KEYS[1]: the block list.  ARGV[1]: keys (8 bytes each).  Returns one byte per key, or an
+#: empty string when the list is empty (the usual case: one EXISTS for the whole batch).
+BLOCKED_LUA = LUA_PRELUDE + r"""
+if redis.call('EXISTS', KEYS[1]) == 0 then return '' end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local blob = ARGV[1]
+local n, out = #blob / 8, {}
+for a = 1, n, 1000 do
+  local b, wanted = math.min(a + 999, n), {}
+  for i = a, b do wanted[#wanted + 1] = string.sub(blob, 8 * i - 7, 8 * i) end
+  local scores = redis.call('ZMSCORE', KEYS[1], unpack(wanted))
+  for j = 1, #wanted do
+    out[a + j - 1] = (scores[j] and tonumber(scores[j]) > now) and 1 or 0
+  end
+end
+return chars(out)
+"""
