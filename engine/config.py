@@ -9,15 +9,22 @@ their value.
 Every number goes through one check, ``_finite_number``: a TOML boolean is not a number (Python's
 ``bool`` is an ``int``), ``nan`` and ``inf`` are no setting's value (``nan`` compares false with
 every bound, so a range check alone lets it through), and an integer must fit in 64 bits.
+
+Why one file of this length: it is the one place that turns the file into objects, section by
+section, and every section shares the checks above; split, the same key would be validated in
+two places.
 """
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
+import re
 import tomllib
 from datetime import datetime, timedelta, timezone
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 from scanstream.engine.diversion import DiversionSettings
@@ -43,10 +50,37 @@ UTC_OFFSET_MIN, UTC_OFFSET_MAX = -12 * 60, 14 * 60
 #: Tolerance of the check that a campaign's tier probabilities add up to at most 1.
 PROBABILITY_SUM_SLACK = 1e-9
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+#: Where a worker serves its metrics unless configured otherwise: loopback, so nothing is exposed by default.
+DEFAULT_METRICS_HOST = "127.0.0.1"
+#: Limits of a host name (RFC 1123): a label, and the whole name without its trailing dot.
+HOST_LABEL_MAX, HOSTNAME_MAX = 63, 253
+_HOST_LABEL = re.compile(rf"[A-Za-z0-9](?:[A-Za-z0-9-]{{0,{HOST_LABEL_MAX - 2}}}[A-Za-z0-9])?")
 
 
 class ConfigError(ValueError):
     """A configuration value is missing or wrong; the message names the key."""
+
+
+def host_value(text: str, key: str) -> str:
+    """``text`` checked as the setting ``key``, a host to listen on: a literal IPv4 or IPv6 address
+    (``0.0.0.0`` or ``::`` for every interface) or a host name (RFC 1123 labels); returned as given.
+
+    A URL, a ``host:port`` or a name with spaces is refused here rather than by the socket later,
+    where the error would not name the setting.
+    """
+    try:
+        ipaddress.ip_address(text)
+        return text
+    except ValueError:
+        pass
+    labels = text.removesuffix(".").split(".")
+    # an all-digit last label is a mistyped address (256.1.1.1, 10.0.0.1.5), never a top-level domain
+    if (0 < len(text) <= HOSTNAME_MAX and all(_HOST_LABEL.fullmatch(label) for label in labels)
+            and not labels[-1].isdigit()):
+        return text
+    raise ConfigError(f"{key}: {text!r} is not a host; expected an IP address (127.0.0.1, 0.0.0.0, ::1) or a host "
+                      f"name (letters, digits and '-' in dot-separated labels of at most {HOST_LABEL_MAX} characters, "
+                      f"{HOSTNAME_MAX} in all)")
 
 
 def _span(lo: float | None, hi: float | None, lo_open: bool = False) -> str:
@@ -243,8 +277,13 @@ class KafkaSettings:
     within_ms: int = 50  # ... or whatever arrived within this time
     in_flight: int = 2  # batches whose outcomes are being stored and produced while the next runs
     session_timeout_s: float = 10.0
+    # how long the worker waits for the first answer of a bootstrap broker before it stops with
+    # one line naming the addresses it tried (exit 5): a typo or a broker not started yet
+    connect_timeout_s: float = 15.0
     linger_ms: int = 5  # the publisher's wait to fill an envelope
     web_port: int = 6066  # the worker's web/metrics port
+    # where `scanstream worker --metrics-port` listens: loopback unless an operator opens it on purpose
+    metrics_host: str = DEFAULT_METRICS_HOST
 
 
 @dataclass(frozen=True)
@@ -496,8 +535,10 @@ def _read_kafka(r: Reader) -> KafkaSettings:
         within_ms=r.integer("within_ms", d.within_ms, lo=1, hi=60_000),
         in_flight=r.integer("in_flight", d.in_flight, lo=1, hi=16),
         session_timeout_s=r.number("session_timeout_s", d.session_timeout_s, lo=1, hi=300),
+        connect_timeout_s=r.number("connect_timeout_s", d.connect_timeout_s, lo=0.5, hi=600),
         linger_ms=r.integer("linger_ms", d.linger_ms, lo=0, hi=10_000),
         web_port=r.integer("web_port", d.web_port, lo=1, hi=65535),
+        metrics_host=host_value(r.text("metrics_host", d.metrics_host), r.key("metrics_host")),
     )
     if not out.bootstrap or any(not h.rpartition(":")[2].isdigit() for h in out.bootstrap.split(",")):
         raise ConfigError(f"{r.key('bootstrap')}: expected host:port[,host:port...], got {out.bootstrap!r}")
@@ -550,20 +591,29 @@ def parse(data: dict[str, Any], source: Path) -> Config:
                   enumeration=enumeration, segments=segments)
 
 
-def load(path: str | os.PathLike[str] | None = None) -> Config:
+def load(path: str | os.PathLike[str] | None = None,
+         overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Config:
     """Read and validate a configuration file.
 
     Without ``path``, the file named by ``$SCANSTREAM_CONFIG`` is used, else
-    ``config/local.toml`` under the working directory.
+    ``config/local.toml`` under the working directory.  ``overrides`` ({table: {key: value}})
+    replace keys of the file's tables before validation, with the same checks (``scanstream dev``
+    points a local configuration at the services it started).
     """
     chosen = Path(path) if path is not None else Path(os.environ.get(CONFIG_ENV, DEFAULT_CONFIG))
     try:
         raw = chosen.read_bytes()
     except OSError as exc:
-        hint = "" if path is not None else f" (pass --config FILE or set {CONFIG_ENV})"
+        hint = "" if path is not None else (f" (pass --config FILE, set {CONFIG_ENV}, or write one here with "
+                                            f"`scanstream init`)")
         raise ConfigError(f"cannot read configuration {str(chosen)!r}: {exc.strerror}{hint}") from None
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError, ValueError) as exc:  # ValueError: an int of > 4300 digits
         raise ConfigError(f"{chosen}: not valid TOML: {exc}") from None
+    for table, values in (overrides or {}).items():
+        section = data.setdefault(table, {})
+        if not isinstance(section, dict):
+            raise ConfigError(f"{table}: expected a table to override, got {type(section).__name__}")
+        section.update(values)
     return parse(data, chosen.resolve())

@@ -104,10 +104,10 @@ def test_verify_with_explicit_config(tmp_path, capsys):
     assert capsys.readouterr().out.split()[1] == "unknown_tenant"
 
 
-def test_bad_config_exits_2(tmp_path, capsys):
+def test_bad_config_exits_3(tmp_path, capsys):
     conf = tmp_path / "bad.toml"
     conf.write_text("[[tenants]]\nid = 70000\nkeys = []\n")
-    assert main(["--config", str(conf), "codes", "verify", CODE_7]) == 2
+    assert main(["--config", str(conf), "codes", "verify", CODE_7]) == 3
     err = capsys.readouterr().err
     assert "configuration error" in err and "tenants[0].id" in err
 
@@ -173,16 +173,16 @@ def test_mint_count_zero_writes_nothing(tmp_path):
     assert out.read_bytes() == b""
 
 
-def test_mint_unknown_tenant_exits_2(tmp_path, capsys):
+def test_mint_unknown_tenant_exits_3(tmp_path, capsys):
     out = tmp_path / "x.txt"
-    assert main(["codes", "mint", "--tenant", "99", "--batch", "1", "--count", "1", "--out", str(out)]) == 2
+    assert main(["codes", "mint", "--tenant", "99", "--batch", "1", "--count", "1", "--out", str(out)]) == 3
     err = capsys.readouterr().err
     assert "tenant 99" in err and "configuration error" in err
     assert not out.exists()  # nothing is written when the key is missing
 
 
-def test_mint_unknown_key_id_exits_2(capsys):
-    assert main(["codes", "mint", "--tenant", "7", "--batch", "1", "--count", "1", "--key-id", "3"]) == 2
+def test_mint_unknown_key_id_exits_3(capsys):
+    assert main(["codes", "mint", "--tenant", "7", "--batch", "1", "--count", "1", "--key-id", "3"]) == 3
     err = capsys.readouterr().err
     assert "key_id 3" in err and "tenant 7" in err
 

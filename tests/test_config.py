@@ -624,3 +624,36 @@ def test_shipped_configs_still_load(monkeypatch):
         assert c.start_ms == 1_793_462_400_000 and c.end_ms == 1_798_732_800_000
         assert c.utc_offset_minutes == 480 and cfg.segments.utc_offset_minutes == 480
         assert cfg.alerts.timeout_s == 5.0 and cfg.alerts.backoff_s == 0.5
+
+
+# --- kafka.metrics_host: where a worker's metrics listen -----------------------------------------
+
+MINIMAL_TENANT = """
+[[tenants]]
+id = 7
+keys = [{ key_id = 0, hex = "000102030405060708090a0b0c0d0e0f" }]
+"""
+
+
+def test_metrics_host_defaults_to_loopback_so_nothing_is_exposed(tmp_path):
+    assert config_mod.load(write(tmp_path, MINIMAL_TENANT)).kafka.metrics_host == "127.0.0.1"
+    assert config_mod.load(LOCAL).kafka.metrics_host == "127.0.0.1"
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "127.0.0.2", "::", "::1", "fe80::1", "metrics.internal", "localhost",
+                                  "worker-1.prod.example.cn."])
+def test_metrics_host_takes_an_address_or_a_host_name(tmp_path, host):
+    path = write(tmp_path, MINIMAL_TENANT + f'[kafka]\nmetrics_host = "{host}"\n')
+    assert config_mod.load(path).kafka.metrics_host == host
+
+
+@pytest.mark.parametrize("host", ["", "http://0.0.0.0", "0.0.0.0:9464", "[::1]", "metrics host", "-metrics", "a..b",
+                                  "256.1.1.1", "10.0.0.1.5", "x" * 64 + ".example", "ünicode.example"])
+def test_metrics_host_that_is_no_host_is_rejected_naming_key_and_value(tmp_path, host):
+    err = str(load_error(write(tmp_path, MINIMAL_TENANT + f'[kafka]\nmetrics_host = "{host}"\n')))
+    assert err.startswith("kafka.metrics_host: ") and repr(host) in err and "expected an IP address" in err, err
+
+
+def test_metrics_host_must_be_a_string(tmp_path):
+    err = str(load_error(write(tmp_path, MINIMAL_TENANT + "[kafka]\nmetrics_host = 127\n")))
+    assert err == "kafka.metrics_host: expected a string, got 127", err

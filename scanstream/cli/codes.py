@@ -4,18 +4,27 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import BinaryIO
+import time
+from collections.abc import Iterator
+from typing import BinaryIO, TextIO
 
 import orjson
 
+from scanstream.cli import exits
 from scanstream.engine import config as config_mod
 from scanstream.cli.common import config_option, load_config
 from scanstream.engine.codec import KIND_CASE, KIND_NAMES, KIND_UNIT, SERIAL_MAX
 from scanstream.engine.verdicts import Verdict
 from scanstream.ext import codec
+from scanstream.streams.local import PROGRESS_EVERY_S
 
 #: Codes minted per block: large enough to amortise the call, small enough to bound memory.
 MINT_BLOCK = 1 << 20
+#: Codes verified per block: the per-call overhead vanishes well below this, and the progress
+#: line moves every few hundredths of a second at the rate of a large file.
+VERIFY_BLOCK = 1 << 16
+#: The rate of a block done "instantly" divides by this rather than by zero.
+MIN_ELAPSED_S = 1e-9
 KINDS = {"unit": KIND_UNIT, "case": KIND_CASE}
 
 
@@ -37,6 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     verify = codes.add_parser("verify", parents=[config_option()], help="print each code's verdict and fields")
     verify.add_argument("codes", nargs="*", metavar="CODE", help="codes or QR URLs (default: one per line on stdin)")
     verify.add_argument("--json", action="store_true", help="one JSON object per code")
+    verify.add_argument("--progress", action="store_true",
+                        help="show codes done and the rate on stderr even when it is not a terminal "
+                             "(on a terminal it is shown anyway)")
     verify.set_defaults(handler=run_verify)
 
 
@@ -74,11 +86,11 @@ def _why(exc: OSError, out: str) -> str:
 def run_mint(args: argparse.Namespace) -> int:
     if args.count < 0:
         print(f"scanstream: --count {args.count} must not be negative", file=sys.stderr)
-        return 2
+        return exits.USAGE
     if not 0 <= args.start or args.start + args.count - 1 > SERIAL_MAX:
         print(f"scanstream: serials {args.start}..{args.start + args.count - 1} must lie in 0..{SERIAL_MAX}",
               file=sys.stderr)
-        return 2
+        return exits.USAGE
     cfg = load_config(args)
     key_id = _choose_key_id(cfg, args.tenant, args.key_id)
     key = cfg.keys.get(args.tenant, key_id)
@@ -93,20 +105,79 @@ def run_mint(args: argparse.Namespace) -> int:
                 raise
             except OSError as exc:  # no such folder, a folder, no permission, disk full
                 print(f"scanstream: cannot write --out {args.out!r}: {_why(exc, args.out)}", file=sys.stderr)
-                return 2
+                return exits.IO_ERROR
         else:
             mint_to(sys.stdout.buffer, key, args.tenant, args.batch, args.start, args.count, KINDS[args.kind],
                     key_id, args.url_prefix)
             sys.stdout.buffer.flush()
     except ValueError as exc:  # a field out of range: the codec names it
         print(f"scanstream: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        return exits.USAGE
+    return exits.OK
+
+
+class VerifyProgress:
+    """``codes verify``'s progress on stderr: codes done and the rate, on one line rewritten in place.
+
+    On only when ``enabled`` (a terminal, or ``--progress``), so pipes, logs and tests stay clean;
+    drawn at most every ``PROGRESS_EVERY_S`` seconds, so 10 M codes cost a few hundred writes.
+    """
+
+    def __init__(self, stream: TextIO, enabled: bool) -> None:
+        self.stream = stream
+        self.enabled = enabled
+        self.started = time.perf_counter()
+        self._drawn = float("-inf")  # the first update draws at once
+
+    def update(self, done: int, final: bool = False) -> None:
+        """Show ``done`` codes; ``final`` draws regardless of the interval and ends the line."""
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        if not final and now - self._drawn < PROGRESS_EVERY_S:
+            return
+        self._drawn = now
+        rate = done / max(now - self.started, MIN_ELAPSED_S)
+        # \r rewrites the line on a terminal; trailing spaces wipe a longer previous text
+        self.stream.write(f"\r{done:,} codes verified  {rate:,.0f} codes/s  " + ("\n" if final else ""))
+        self.stream.flush()
+
+
+def _blocks(args: argparse.Namespace) -> Iterator[list[str]]:
+    """The codes to verify in blocks of at most ``VERIFY_BLOCK``: the arguments, else stdin's lines."""
+    if args.codes:
+        for first in range(0, len(args.codes), VERIFY_BLOCK):
+            yield args.codes[first:first + VERIFY_BLOCK]
+        return
+    block: list[str] = []
+    for line in sys.stdin:
+        block.append(line.rstrip("\r\n"))
+        if len(block) == VERIFY_BLOCK:
+            yield block
+            block = []
+    if block:
+        yield block
 
 
 def run_verify(args: argparse.Namespace) -> int:
+    """Print each code's verdict; ``exits.CHECK_FAILED`` when any code is not ``ok``.
+
+    Verified block by block, so memory stays bounded however long the input, and the progress
+    line (``--progress``, or a terminal on stderr) moves while a large file is read.
+    """
     cfg = load_config(args)
-    inputs = args.codes or [line.rstrip("\r\n") for line in sys.stdin]
+    progress = VerifyProgress(sys.stderr, args.progress or sys.stderr.isatty())
+    done = failed = 0
+    for inputs in _blocks(args):
+        failed += _verify_block(inputs, cfg, args.json)
+        done += len(inputs)
+        progress.update(done)
+    progress.update(done, final=True)
+    return exits.CHECK_FAILED if failed else exits.OK
+
+
+def _verify_block(inputs: list[str], cfg: config_mod.Config, as_json: bool) -> int:
+    """Verify and print one block of codes; returns how many are not ``ok``."""
     result = codec.verify_batch(inputs, cfg.keys)
     failed = 0
     for i, text in enumerate(inputs):
@@ -117,9 +188,9 @@ def run_verify(args: argparse.Namespace) -> int:
             row.update(kind=KIND_NAMES.get(int(result.kind[i]), int(result.kind[i])),
                        key_id=int(result.key_id[i]), tenant=int(result.tenant[i]),
                        batch=int(result.batch[i]), serial=int(result.serial[i]))
-        if args.json:
+        if as_json:
             sys.stdout.write(orjson.dumps(row).decode() + "\n")
         else:
             fields = " ".join(f"{k}={v}" for k, v in row.items() if k not in ("code", "verdict"))
             print(f"{text}  {verdict.label}  {fields}".rstrip())
-    return 1 if failed else 0
+    return failed
