@@ -28,17 +28,18 @@ import os
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from scanstream.engine import outcomes
 from scanstream.engine.registry import Registry
+from scanstream.engine.urls import redact_url
 from scanstream.sinks.alert_digest import AlertDigests, digests_of
 from scanstream.sinks.clickhouse import batch_from_rows
-from scanstream.sinks.notifiers import (
-    DELIVERED, FAILED, PENDING, LogNotifier, Route, WebhookRefused, check_webhook_url, delivery_records,
-    detect_format, redact_url,
-)
+from scanstream.sinks.alert_messages import FORMATS, Route, detect_format
+from scanstream.sinks.notifiers import DELIVERED, FAILED, PENDING, LogNotifier, delivery_records
+from scanstream.sinks.webhook_addresses import WebhookRefused, check_webhook_url
 
 log = logging.getLogger("scanstream.alerts")
 
@@ -86,27 +87,30 @@ def _seconds(value: float, name: str) -> float:
 
 
 def read_routes(registry: Registry, *,
-                allow_loopback: bool = False) -> tuple[dict[str, Route], dict[str, tuple[str, str]]]:
-    """The routes of the dealers with a webhook, and the refused ones: dealer -> (URL, why).
+                allow_loopback: bool = False) -> tuple[dict[str, Route], dict[str, tuple[str, str, str]]]:
+    """The routes of the dealers with a webhook, and the refused ones: dealer -> (URL, why, format).
 
-    A route's signing secret comes from the variable ``secret_env`` names.  A refused webhook
+    A route's format is the dealer's ``robot`` (empty: the URL's host decides), its mention the
+    dealer's ``manager`` and ``manager_id``, its signing secret the variable ``secret_env`` names.  A refused webhook
     is logged as an error naming the dealer, the URL (secrets redacted) and the reason.
     """
     d = registry.dealers
     routes: dict[str, Route] = {}
-    refused: dict[str, tuple[str, str]] = {}
-    for dealer_id, hook, manager, secret_env in zip(d.dealer_id.tolist(), d.webhook.tolist(), d.manager.tolist(),
-                                                    d.secret_env.tolist()):
+    refused: dict[str, tuple[str, str, str]] = {}
+    for dealer_id, hook, manager, secret_env, robot, manager_id in zip(
+            d.dealer_id.tolist(), d.webhook.tolist(), d.manager.tolist(), d.secret_env.tolist(), d.robot.tolist(),
+            d.manager_id.tolist()):
         if not hook:
             continue
         try:
             check_webhook_url(hook, allow_loopback=allow_loopback)
             secret = os.environ.get(secret_env) if secret_env else None
-            route = Route(webhook=hook, manager=manager, secret=secret)
+            # ``robot`` names the format; empty, the URL's host implies it
+            route = Route(webhook=hook, fmt=robot or None, manager=manager, secret=secret, manager_id=manager_id)
         except (WebhookRefused, ValueError) as exc:
             reason = f"webhook refused: {exc}"
             log.error("dealer %s: webhook %r refused: %s", dealer_id, redact_url(hook), exc)
-            refused[dealer_id] = (hook, reason)
+            refused[dealer_id] = (hook, reason, robot if robot in FORMATS else detect_format(hook))
             continue
         if secret_env and secret is None:
             log.warning("dealer %s: variable %s (its webhook secret) is not set; sending unsigned", dealer_id,
@@ -164,6 +168,8 @@ class AlertDelivery:
         self.logger = LogNotifier(level=logging.INFO)
         #: records made, by status (this object's lifetime)
         self.counts: Counter[str] = Counter()
+        #: told every batch of records as they are collected (a worker's metrics); may be set later
+        self.observe: Callable[[list[dict[str, Any]]], None] | None = None
         self._lock = threading.RLock()
         self._sent: dict[str, dict[str, Any]] = {}  # alert_id -> alert, delivery under way
         self._pending: dict[str, dict[str, Any]] = {}  # alert_id -> alert, pending: to send again
@@ -314,8 +320,8 @@ class AlertDelivery:
             dealer = str(digest.get("dealer_id", ""))
             items = digest.get("items") or [digest]
             if dealer in self.refused:
-                url, reason = self.refused[dealer]
-                self._local(delivery_records(digest, detect_format(url), url, FAILED, 0, 0, reason))
+                url, reason, fmt = self.refused[dealer]
+                self._local(delivery_records(digest, fmt, url, FAILED, 0, 0, reason))
                 continue
             if dealer not in self.routes:
                 continue  # no webhook: not a failed delivery
@@ -349,6 +355,11 @@ class AlertDelivery:
                         self._pending[alert_id] = alert
                 elif status in (DELIVERED, FAILED):
                     self._pending.pop(alert_id, None)
+        if records and self.observe is not None:
+            try:
+                self.observe(records)
+            except Exception:  # noqa: BLE001 - counting must not lose the records being written
+                log.exception("counting alert delivery records failed")
 
 
 def retry_pending(clickhouse, registry: Registry, notifier, deadline_s: float = DEFAULT_RUN_DEADLINE_S, *,

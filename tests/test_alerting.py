@@ -8,12 +8,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import orjson
+import numpy as np
 import pytest
 
 from scanstream.engine.config import load
 from scanstream.engine.state.memory import MemoryStateStore
 from scanstream.wiring import build_alerting, build_pipeline, build_registry
-from scanstream.sinks.outputs import Outputs
+from scanstream.streams.checkpoint import Checkpoint
 from scanstream.streams.synthetic import build_world, generate_scans
 
 LOCAL_TOML = Path(__file__).resolve().parents[1] / "config" / "local.toml"
@@ -62,15 +63,15 @@ def test_one_digest_per_dealer_and_window(tmp_path, receiver, monkeypatch):
     registry = build_registry(config)
     assert registry.dealers.secret_env.tolist().count("TEST_GDKA_SECRET") == 1
     pipeline = build_pipeline(config, registry, MemoryStateStore())
-    outputs = Outputs(alerting=build_alerting(config, registry))
+    alerting = build_alerting(config, registry)
+    checkpoint = Checkpoint(pipeline, outbox=alerting)
     lines = generate_scans(world, 20_000, seed=5)
     fired = []
     for i in range(0, len(lines), 2000):
-        result = pipeline.process(lines[i:i + 2000])
-        outputs.write(result)
+        result = checkpoint.run(f"b{i}", lines[i:i + 2000], np.arange(i, i + 2000).astype(str).astype(object)).result
         fired.extend(zip(result.alerts["alert_id"].tolist(), result.alerts["dealer_id"].tolist(),
                          result.alerts["window_start"].tolist()))
-    outputs.close()
+    alerting.close()
     assert fired, "the synthetic stream raises alerts"
     expected_messages = {(d, w) for _, d, w in fired if d}
     assert len(bodies) == len(expected_messages)  # one message per dealer and window

@@ -20,9 +20,9 @@ from scanstream.engine.config import ConfigError, load
 from scanstream.engine.registry import Registry
 from scanstream.wiring import build_alerting
 from scanstream.sinks.alerting import AlertDelivery, read_routes
-from scanstream.sinks.notifiers import (
-    AddressPolicy, Route, WebhookNotifier, WebhookRefused, address_refusal, check_webhook_url,
-)
+from scanstream.sinks.alert_messages import Route
+from scanstream.sinks.notifiers import WebhookNotifier
+from scanstream.sinks.webhook_addresses import AddressPolicy, WebhookRefused, address_refusal, check_webhook_url
 
 LOCAL_TOML = Path(__file__).resolve().parents[1] / "config" / "local.toml"
 T0 = 1_798_761_600_000
@@ -147,11 +147,11 @@ def test_refused_dealers_are_named_with_the_url_redacted_and_the_reason(caplog: 
     assert set(refused) == {"D-META", "D-LAN", "D-FTP", "D-LOCAL"}
     text = caplog.text
     assert "s3cr3t" not in text and "pw-lan" not in text
-    assert re.search(r"dealer D-META: webhook 'http://169.254.169.254/latest\?token=REDACTED' refused: "
+    assert re.search(r"dealer D-META: webhook 'http://169.254.169.254/latest\?token=\*\*\*' refused: "
                      r"169.254.169.254 is a link-local address", text)
-    assert re.search(r"dealer D-LAN: webhook 'https://REDACTED@10.0.0.5/hook\?key=REDACTED' refused: "
+    assert re.search(r"dealer D-LAN: webhook 'https://u:\*\*\*@10.0.0.5/hook\?key=\*\*\*' refused: "
                      r"10.0.0.5 is a private address", text)
-    assert re.search(r"dealer D-FTP: webhook 'ftp://files.example.com/drop\?access_token=REDACTED' refused: "
+    assert re.search(r"dealer D-FTP: webhook 'ftp://files.example.com/drop\?access_token=\*\*\*' refused: "
                      r"scheme 'ftp' is not http or https", text)
     assert "dealer D-LOCAL" in text and "allow_loopback" in text
     routes, refused = read_routes(registry, allow_loopback=True)
@@ -184,7 +184,7 @@ def test_an_alert_for_a_refused_dealer_is_recorded_failed_with_the_reason() -> N
     delivery.close()
     (row,) = store.rows
     assert row["alert_id"] == "a-1" and row["status"] == "failed" and row["attempts"] == 0
-    assert row["url"] == "http://192.168.7.7/hook?key=REDACTED"
+    assert row["url"] == "http://192.168.7.7/hook?key=***"
     assert "192.168.7.7 is a private address" in row["error"]
     assert delivery.pending_count() == 0
 
@@ -197,7 +197,7 @@ def test_a_name_resolving_to_loopback_is_refused_when_sending(receiver) -> None:
     record = send(f"http://localhost:{port}/hook?key=s3cr3t", AddressPolicy())
     assert record["status"] == "failed" and record["attempts"] == 1  # refused: not retried
     assert "refused: localhost resolves to" in record["error"] and "loopback" in record["error"]
-    assert record["url"] == f"http://localhost:{port}/hook?key=REDACTED"
+    assert record["url"] == f"http://localhost:{port}/hook?key=***"
     assert seen == []
     assert send(f"http://localhost:{port}/hook", AddressPolicy(allow_loopback=True))["status"] == "delivered"
     assert len(seen) == 1
@@ -229,21 +229,21 @@ def test_any_forbidden_address_of_a_name_refuses_it(monkeypatch: pytest.MonkeyPa
 
 
 def test_the_connection_goes_to_the_address_that_was_checked(monkeypatch: pytest.MonkeyPatch, receiver) -> None:
-    """The name resolves (in this test's DNS) to the receiver's 127.0.0.1 once; urllib must not
-    resolve it a second time (a rebinding answer would then win): the request reaches the
-    checked address, with the URL's host in its Host header."""
+    """The name resolves (in this test's DNS) to the receiver's 127.0.0.1 once; the HTTP client
+    must not resolve it a second time (a rebinding answer would then win): the request reaches
+    the checked address, with the URL's host in its Host header."""
     port, seen = receiver
     answers = {"hooks.pinned.test": ["127.0.0.1"]}
     asked = _fake_dns(monkeypatch, answers)
     n = WebhookNotifier(timeout_s=2.0, retries=0, address_policy=AddressPolicy(allow_loopback=True))
-    original = n._check_address
+    original = AddressPolicy.resolve  # the check the client's resolver makes
 
-    def check_then_rebind(request):  # type: ignore[no-untyped-def]
-        verdict = original(request)
+    def check_then_rebind(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        verdict = original(self, *args, **kwargs)
         answers["hooks.pinned.test"] = ["10.9.9.9"]  # what a rebinding DNS answers next
         return verdict
 
-    monkeypatch.setattr(n, "_check_address", check_then_rebind)
+    monkeypatch.setattr(AddressPolicy, "resolve", check_then_rebind)
     try:
         n.notify([alert()], {"D1": Route(f"http://hooks.pinned.test:{port}/hook")})
         (record,) = n.drain(timeout=10)

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
+from scanstream.cli import exits
 from scanstream.cli.common import config_option, load_config, require_clickhouse
 from scanstream.wiring import build_registry
 
@@ -18,15 +20,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_retry(args: argparse.Namespace) -> int:
-    """Exit 0 when nothing is left pending, 1 when some deliveries are still pending or failed."""
+    """Exit 0 when nothing is left pending, ``exits.CHECK_FAILED`` when some deliveries are still pending
+    or failed."""
     from scanstream.sinks.alerting import retry_pending
-    from scanstream.sinks.notifiers import AddressPolicy, WebhookNotifier
+    from scanstream.sinks.notifiers import WebhookNotifier
+    from scanstream.sinks.webhook_addresses import AddressPolicy
     config = load_config(args)
     a = config.alerts
     deadline = a.run_deadline_s if args.deadline is None else args.deadline
     if not deadline > 0:  # also refuses nan
-        print(f"scanstream: --deadline {args.deadline}: expected a number of seconds above 0")
-        return 2
+        print(f"scanstream: --deadline {args.deadline}: expected a number of seconds above 0", file=sys.stderr)
+        return exits.USAGE
     sink = require_clickhouse(config)
     try:
         registry = build_registry(config, sink)
@@ -37,4 +41,4 @@ def run_retry(args: argparse.Namespace) -> int:
         sink.close()
     print(f"pending alerts found: {result.found}; delivered {result.delivered}, failed {result.failed}, "
           f"still pending {result.pending}")
-    return 0 if result.pending == 0 and result.failed == 0 else 1
+    return exits.OK if result.pending == 0 and result.failed == 0 else exits.CHECK_FAILED
