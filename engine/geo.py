@@ -19,16 +19,19 @@ latitude (at most dlat/2), then along p's parallel (an arc of at most dlon/2 * c
 never shorter than the great circle between its ends).
 
 Data: the ``adcodes.csv`` table shipped by the PyPI package ``cpca``, read as a file: the
-package itself is never imported (its ``__init__`` needs ``pkg_resources``).
+package itself is never imported (its ``__init__`` needs ``pkg_resources``).  One reader
+(``_cpca_rows``) gives both the centroids and the Chinese names of provinces and cities
+(``division_names``, what the dashboards show for an adcode prefix).
 """
 from __future__ import annotations
 
 import csv
 import importlib.util
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 
@@ -48,6 +51,11 @@ TABLE_ADCODE_DIGITS = 12
 #: Prefix digits that name a province and a prefecture-level city.
 PROVINCE_DIGITS = 2
 CITY_DIGITS = 4
+#: cpca's names of city-level rows that group divisions instead of naming a place
+#: (``division_names`` names them after their province).
+MUNICIPAL_DISTRICTS = "市辖区"
+COUNTIES = "县"
+DIRECTLY_ADMINISTERED = "直辖县级行政区划"
 LAT_LIMIT = 90.0
 LON_LIMIT = 180.0
 #: Target cell height of the grid: small enough that a cell's candidate list stays short
@@ -226,6 +234,25 @@ def cpca_table_path() -> Path:
     return path
 
 
+def _cpca_rows() -> Iterator[tuple[Path, int, str, str, str, str]]:
+    """The one reader of cpca's table: (path, line, 6-digit adcode, name, latitude, longitude text)
+    of every row down to district level; township rows are skipped.
+
+    Both the centroids (``read_cpca_divisions``) and the names (``division_names``) come from
+    here, so the engine's GPS resolution and the dashboards' names read one table, one way.
+    """
+    path = cpca_table_path()
+    with path.open(encoding="utf-8", newline="") as f:
+        for line, row in enumerate(csv.DictReader(f), start=2):
+            code = (row.get("adcode") or "").strip()
+            if len(code) != TABLE_ADCODE_DIGITS or not code.isascii() or not code.isdigit():
+                raise ValueError(f"{path}:{line}: adcode {code!r}: expected {TABLE_ADCODE_DIGITS} digits")
+            if code[ADCODE_DIGITS:].strip("0"):
+                continue  # finer than a district (township level): not a level resolve() returns
+            yield (path, line, code[:ADCODE_DIGITS], (row.get("name") or "").strip(),
+                   (row.get("latitude") or "").strip(), (row.get("longitude") or "").strip())
+
+
 @lru_cache(maxsize=1)
 def read_cpca_divisions() -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
     """The finest divisions in cpca's table: 6-digit adcodes and centroid lat, lon (degrees).
@@ -238,21 +265,14 @@ def read_cpca_divisions() -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
     """
     path = cpca_table_path()
     rows: dict[str, tuple[float, float]] = {}
-    with path.open(encoding="utf-8", newline="") as f:
-        for line, row in enumerate(csv.DictReader(f), start=2):
-            code = (row.get("adcode") or "").strip()
-            if len(code) != TABLE_ADCODE_DIGITS or not code.isascii() or not code.isdigit():
-                raise ValueError(f"{path}:{line}: adcode {code!r}: expected {TABLE_ADCODE_DIGITS} digits")
-            if code[ADCODE_DIGITS:].strip("0"):
-                continue  # finer than a district (township level): not a level resolve() returns
-            lat_text, lon_text = (row.get("latitude") or "").strip(), (row.get("longitude") or "").strip()
-            if not lat_text or not lon_text:
-                continue
-            try:
-                rows[code[:ADCODE_DIGITS]] = (float(lat_text), float(lon_text))
-            except ValueError:
-                raise ValueError(f"{path}:{line}: coordinates ({lat_text!r}, {lon_text!r}) of {code}: "
-                                 f"expected decimal degrees") from None
+    for path, line, code, _name, lat_text, lon_text in _cpca_rows():
+        if not lat_text or not lon_text:
+            continue
+        try:
+            rows[code] = (float(lat_text), float(lon_text))
+        except ValueError:
+            raise ValueError(f"{path}:{line}: coordinates ({lat_text!r}, {lon_text!r}) of {code}: "
+                             f"expected decimal degrees") from None
     # every prefix that has a finer division with a centroid below it
     covered = set()
     for code in rows:
@@ -266,6 +286,41 @@ def read_cpca_divisions() -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
     # cached and shared by every caller: read-only
     lat.flags.writeable = lon.flags.writeable = False
     return tuple(finest), lat, lon
+
+
+@lru_cache(maxsize=1)
+def division_names() -> Mapping[str, str]:
+    """Chinese names of provinces and prefecture-level cities, by adcode prefix, from cpca's table.
+
+    Keys are the prefixes the outputs carry: 2 digits for a province (``"44"`` -> 广东省), 4 for
+    a city (``"4403"`` -> 深圳市).  cpca names a few city-level rows by what they group rather
+    than by a place; they are named so that a reader can tell where they are:
+
+    * 市辖区 (the districts of a municipality: 1101, 1201, 3101, 5001) -> the municipality's
+      name (北京市);
+    * 县 (5002, the counties of Chongqing) and the ...直辖县级行政区划 groups (1390, 4190,
+      4290, 4690, 6590) -> the province's name before the group's (重庆市县, 河南省省直辖县级行政区划).
+
+    These are the names of the ClickHouse view ``geo_regions`` (config/clickhouse/240_geo_regions.sql),
+    which the dashboards read; ``tests/test_dashboard_names.py`` holds that view to this function.
+    A read-only mapping, built once per process.
+    """
+    names: dict[str, str] = {}
+    for path, line, code, name, _lat, _lon in _cpca_rows():
+        if not name:
+            raise ValueError(f"{path}:{line}: adcode {code} has no name; expected columns adcode, name, ...")
+        length = _prefix_length(code)
+        if length != ADCODE_DIGITS:  # districts are not named here: outputs name provinces and cities
+            names[code[:length]] = name
+    for code, name in list(names.items()):
+        if len(code) != CITY_DIGITS:
+            continue
+        province = names.get(code[:PROVINCE_DIGITS], "")
+        if name == MUNICIPAL_DISTRICTS:
+            names[code] = province or name
+        elif name == COUNTIES or name.endswith(DIRECTLY_ADMINISTERED):
+            names[code] = province + name
+    return MappingProxyType(names)
 
 
 def _prefix_length(code: str) -> int:

@@ -30,6 +30,11 @@ from pathlib import Path
 
 import pytest
 
+from scanstream.dashboard.labels import city_label
+from scanstream.dashboard.queries import LATEST_ALERTS_LIMIT
+from scanstream.engine.geo import division_names
+from scanstream.streams.synthetic import DEALERS as DEMO_DEALERS
+
 REPO = Path(__file__).resolve().parents[1]
 LOCAL_TOML = REPO / "config" / "local.toml"
 SCANSTREAM = shutil.which("scanstream", path=str(Path(sys.executable).parent)) or shutil.which("scanstream")
@@ -41,6 +46,8 @@ VALID = ("ok", "repeat")
 CHART_PANELS = {"scans_per_minute", "verdict_mix", "conversion_batch", "conversion_sku", "conversion_province",
                 "repeat_rate", "new_returning", "spend_budget", "prizes_by_tier", "fraud_hotspots",
                 "diversion_dealer", "diversion_region", "throughput"}
+#: Panels the page draws as an HTML table.
+TABLE_PANELS = {"latest_alerts"}
 #: Colours the panels give verdicts and bars (scanstream/dashboard/panels.py), as RGB.
 OK_GREEN, BAD_MAC_RED, BAR_BLUE = (0x2C, 0xA0, 0x2C), (0xD6, 0x27, 0x28), (0x1F, 0x77, 0xB4)
 STARTUP_TIMEOUT_S = 75
@@ -216,7 +223,7 @@ def test_status_lists_every_panel(served):
     status, body = get_json(served["url"] + "api/status")
     assert status == 200
     assert body["mode"] == "writer" and body["ready"] is True and body["plotly"] is True
-    assert {p["name"] for p in body["panels"]} == CHART_PANELS | {"overview"}
+    assert {p["name"] for p in body["panels"]} == CHART_PANELS | TABLE_PANELS | {"overview"}
     assert CAMPAIGN in body["campaigns"] and {"id": 7, "name": "Demo Brewery"} in body["tenants"]
 
 
@@ -330,6 +337,37 @@ def test_counterfeit_hot_spots(served, stored):
         assert sum(r["cloned_code_alerts"] for r in rows) == alerts["cloned_code"]
 
 
+def test_regions_and_dealers_are_named(served, stored):
+    names = division_names()
+    bad = {r["region"][:2] for r in stored if r["verdict"] == "bad_mac" and r["region"]}
+    rows = records(panel(served, "fraud_hotspots"))
+    assert {r["province_name"] for r in rows if r["counterfeit_scans"]} == {names[p] for p in bad}
+    assert "广东省" in {names[p] for p in bad}  # the demo forges codes in Shenzhen
+    dealers = {d[0]: d[1] for d in DEMO_DEALERS}
+    rows = records(panel(served, "diversion_dealer"))
+    assert rows and all(r["dealer_name"] == dealers[r["dealer_id"]] for r in rows)
+    body = panel(served, "diversion_region")
+    assert {r["province_name"] for r in records(body)} == {names[r["province"]] for r in records(body)}
+
+
+def test_latest_alerts_name_where_and_who(served, stored):
+    body = panel(served, "latest_alerts")
+    rows = records(body)
+    alerts = panel(served, "overview")["kpi"]["alerts"]
+    assert len(rows) == min(LATEST_ALERTS_LIMIT, sum(alerts.values()))
+    assert [r["ts_ms"] for r in rows] == sorted((r["ts_ms"] for r in rows), reverse=True)  # newest first
+    names = division_names()
+    dealers = {d[0]: d[1] for d in DEMO_DEALERS}
+    cells = [dict(zip(body["table"]["columns"], r["cells"])) for r in body["table"]["rows"]]
+    for row, cell in zip(rows, cells):
+        assert cell["where"] == city_label(names[row["city"][:2]], names[row["city"]], row["city"])
+        assert cell["dealer"] == dealers.get(row["dealer_id"], row["dealer_id"] or "(no dealer)")
+        # the test's configuration turns webhooks off: nothing was sent
+        assert row["delivery"] == "" and cell["delivery"].startswith("not sent")
+    # goods of Shanghai Trading turn up in Shenzhen stores
+    assert any(c["where"] == "广东省 深圳市" and c["dealer"] == "Shanghai Trading" for c in cells)
+
+
 def test_throughput_saw_the_run(served, stored):
     # the dashboard samples the row count every second from when ClickHouse opened, and once
     # more when the writer finished
@@ -366,7 +404,7 @@ def test_dashboard_command_explains_a_locked_chdb_path(served):
     env = {k: v for k, v in os.environ.items() if k != "SCANSTREAM_CONFIG"}
     proc = subprocess.run([SCANSTREAM, "dashboard", "--config", str(served["config"]), "--port", "0"], check=False,
                           capture_output=True, text=True, timeout=60, env=env, cwd=served["home"])
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == 5, proc.stderr  # unavailable: held by another process
     assert f"process {served['proc'].pid}" in proc.stderr
     assert "--dashboard" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -395,16 +433,21 @@ def rendered(served, tmp_path_factory):
 def test_page_renders_every_chart(rendered, stored):
     _, dom = rendered
     sections = re.findall(r'<section class="panel[^"]*" id="panel-([a-z_]+)"[^>]*>', dom)
-    assert set(sections) == CHART_PANELS
-    # one Plotly chart per panel, each drawn at least once, none showing an error
+    assert set(sections) == CHART_PANELS | TABLE_PANELS
+    # one Plotly chart per chart panel, a table per table panel, each drawn at least once, none
+    # showing an error
     assert dom.count('class="plot-container plotly"') == len(CHART_PANELS)
     assert dom.count('class="main-svg"') >= len(CHART_PANELS)
-    assert len(re.findall(r'data-rendered="[1-9]\d*"', dom)) == len(CHART_PANELS)
+    assert len(re.findall(r'data-rendered="[1-9]\d*"', dom)) == len(CHART_PANELS | TABLE_PANELS)
     assert not re.search(r'class="error">[^<]', dom), re.findall(r'class="error">([^<]*)', dom)
     assert 'id="banner" class="banner" hidden' in dom
     # the data is in the drawn charts: legend entries, and the tiles' total
     for text in ("bad_mac", "ok", "region", "writer finished"):
         assert f">{text}<" in dom, text
+    # names in the operators' language, whole: the alerts list's cells and the charts' labels
+    for text in ("广东省 深圳市", "Shanghai Trading", "not sent (no webhook, or webhooks off)"):
+        assert f"<td>{text}</td>" in dom, text
+    assert ">广东省<" in dom and ">湖南省<" in dom
     assert f">{len(stored):,}<" in dom
 
 

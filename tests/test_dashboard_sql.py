@@ -8,9 +8,12 @@ batch re-cut after a crash (replay = 0 copies under a new token), a batch re-sen
 token, alerts/awards/registry/campaign rows written twice.  Every KPI view must read the same
 before and after, and equal the numbers worked out by hand below.
 
-Then every panel of config/grafana/dashboards/*.json is run: its rawSql with the dashboard
-variables and the ClickHouse plugin's macros replaced by what the plugin would send
-(``render``, after pkg/macros/macros.go of grafana/clickhouse-datasource).
+Then every panel of the dashboards that read ClickHouse (config/grafana/dashboards/*.json but
+the worker's, which reads Prometheus only and is tests/test_metrics.py's) is run: its rawSql
+with the dashboard variables and the ClickHouse plugin's macros replaced by what the plugin
+would send (``render``, after pkg/macros/macros.go of grafana/clickhouse-datasource).  Its
+units (ratios in percent), its days (cut in the dashboards' zone) and its names (Chinese
+region names, dealers' names) are checked too.
 
 chdb hosts one data path per process: this module owns one (module-scoped fixture) and
 closes its client at the end, so other modules can open theirs.
@@ -19,11 +22,13 @@ from __future__ import annotations
 
 import json
 import re
+import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
@@ -32,7 +37,8 @@ pytest.importorskip("chdb")
 
 from scanstream.engine.outcomes import ALERT_COLUMNS, AWARD_COLUMNS, SCAN_COLUMNS
 from scanstream.sinks.clickhouse import DEFAULT_DDL_DIR, ClickHouseSink, connect
-from scanstream.sinks.registry_tables import TABLES as REGISTRY_TABLES
+from scanstream.engine.registry_schema import SCHEMA as REGISTRY_SCHEMA
+from scanstream.sinks.registry_tables import insert_spec
 
 GRAFANA_DIR = Path(__file__).resolve().parent.parent / "config" / "grafana"
 DASHBOARD_DIR = GRAFANA_DIR / "dashboards"
@@ -202,8 +208,8 @@ REGISTRY = {
 
 
 def write_registry_and_campaigns(sink: ClickHouseSink) -> None:
-    for table, _, spec in REGISTRY_TABLES:
-        sink.insert(table, columns(REGISTRY[table], spec), spec)
+    for f in REGISTRY_SCHEMA:
+        sink.insert(f.table, columns(REGISTRY[f.table], insert_spec(f)), insert_spec(f))
     sink.insert("campaigns", columns(CAMPAIGNS, CAMPAIGN_COLUMNS), CAMPAIGN_COLUMNS)
 
 
@@ -699,9 +705,26 @@ def dashboards() -> dict[str, dict]:
     return {path.name: json.loads(path.read_text(encoding="utf-8")) for path in sorted(DASHBOARD_DIR.glob("*.json"))}
 
 
+def reads_clickhouse(board: dict) -> bool:
+    """Whether a dashboard has a ClickHouse query (a panel's or a variable's)."""
+    stack = list(board["panels"]) + list(board.get("templating", {}).get("list", []))
+    while stack:
+        item = stack.pop()
+        stack.extend(item.get("panels", []))
+        for source in [item.get("datasource")] + [t.get("datasource") for t in item.get("targets", [])]:
+            if isinstance(source, dict) and source.get("type") == CLICKHOUSE_PLUGIN:
+                return True
+    return False
+
+
+def clickhouse_dashboards() -> dict[str, dict]:
+    """The dashboards this module runs: those reading ClickHouse (panels.json lists their panels)."""
+    return {file: board for file, board in dashboards().items() if reads_clickhouse(board)}
+
+
 def query_panels() -> Iterator[tuple[str, dict, dict, dict]]:
     """(file, dashboard, panel, target) of every query target, rows' nested panels included."""
-    for file, board in dashboards().items():
+    for file, board in clickhouse_dashboards().items():
         stack = list(board["panels"])
         while stack:
             panel = stack.pop(0)
@@ -754,7 +777,8 @@ def test_panels_are_well_formed() -> None:
     uids = set()
     for file, board in dashboards().items():
         assert file == f"{board['uid']}.json"
-        uids.add(board["uid"])
+        if reads_clickhouse(board):
+            uids.add(board["uid"])
         defined = {v["name"] for v in board["templating"]["list"]}
         ids = [p["id"] for p in board["panels"]]
         assert len(ids) == len(set(ids)), file
@@ -791,7 +815,7 @@ def test_every_panel_runs_and_returns_rows(loaded: Loaded) -> None:
 
 def test_variable_queries_run(loaded: Loaded) -> None:
     seen = {}
-    for board in dashboards().values():
+    for board in clickhouse_dashboards().values():
         for var in board["templating"]["list"]:
             if var.get("type") == "query" and var["datasource"]["type"] == CLICKHOUSE_PLUGIN:
                 rows = loaded.sink.query(render_variables(var["query"], VARIABLES))[1]
@@ -843,6 +867,89 @@ def test_scan_id_conflict_panels(loaded: Loaded) -> None:
         ("same_user", "CODE-7-0-101-1", "s02", "u1", "u1"),
         ("same_user", "CODE-7-0-101-2", "s02", "u1", "u1"),
     ]
+
+
+#: The zone the campaigns' and the KPI views' days are cut in, and the dashboards show.
+DASHBOARD_ZONE = "Asia/Shanghai"
+LOCAL_TOML = GRAFANA_DIR.parent / "local.toml"
+#: Output columns holding a ratio: 0..1 (shown with unit percentunit) or 0..100 (percent).
+RATIO_0_1 = re.compile(r"(?:_rate|_share)$")
+RATIO_0_100 = re.compile(r"_pct$")
+#: Calls that cut time into days (or place a day on the time axis), with the zone they name.
+_DAY_CALL = re.compile(r"\b(toDate|toDateTime|toStartOfDay)\((\$?\w+(?:\.\w+)?)(?:,\s*'([^']*)')?\)")
+#: First arguments of those calls that are a date string, not a time: no zone to cut in.
+DATE_STRINGS = {"key", "r.key", "s.key"}
+
+
+def field_unit(panel: dict, column: str) -> str | None:
+    """The unit Grafana shows a column with: its byName override, else the panel's default."""
+    config = panel.get("fieldConfig", {})
+    for override in config.get("overrides", []):
+        if override["matcher"] == {"id": "byName", "options": column}:
+            for prop in override["properties"]:
+                if prop["id"] == "unit":
+                    return prop["value"]
+    return config.get("defaults", {}).get("unit")
+
+
+def test_ratio_columns_have_percent_units(loaded: Loaded) -> None:
+    tr = full_range()
+    checked, wrong = set(), []
+    for file, _, panel, target in query_panels():
+        if target.get("datasource", {}).get("type") != CLICKHOUSE_PLUGIN:
+            continue
+        names, _ = loaded.sink.query(render(target["rawSql"], tr, VARIABLES))
+        for column in names:
+            want = "percentunit" if RATIO_0_1.search(column) else "percent" if RATIO_0_100.search(column) else None
+            if want is None:
+                continue
+            checked.add(column)
+            if field_unit(panel, column) != want:
+                wrong.append((file, panel["title"], column, field_unit(panel, column), want))
+    assert wrong == []
+    assert {"conversion_rate", "repeat_scan_rate", "spent_share", "share_pct"} <= checked
+
+
+def test_days_are_cut_in_the_dashboards_zone() -> None:
+    offset_min = int(datetime(2026, 11, 20, tzinfo=ZoneInfo(DASHBOARD_ZONE)).utcoffset() / timedelta(minutes=1))
+    config = tomllib.loads(LOCAL_TOML.read_text(encoding="utf-8"))
+    # the demo's campaigns and segments end their days at midnight of the zone the dashboards use
+    assert {c.get("utc_offset_minutes", offset_min) for c in config["campaigns"]} == {offset_min}
+    assert config["segments"]["utc_offset_minutes"] == offset_min
+    daily = []
+    for file, board in clickhouse_dashboards().items():
+        assert board["timezone"] == DASHBOARD_ZONE, file  # the time axis and "today" in China time
+        for _, _, panel, target in (q for q in query_panels() if q[0] == file):
+            sql = target.get("rawSql", "")
+            assert "$__dateFilter(day)" not in sql, (file, panel["title"])  # UTC dates of the range
+            for func, arg, zone in _DAY_CALL.findall(sql):
+                if arg in DATE_STRINGS:
+                    continue
+                assert zone == DASHBOARD_ZONE, (file, panel["title"], f"{func}({arg}, {zone!r})")
+                daily.append(panel["title"])
+    assert {"Conversion over time (cumulative)", "Participants per day", "Budget burn-down",
+            "Customer acquisition cost per day", "RFM classes over time"} <= set(daily)
+
+
+def test_daily_panels_filter_china_days(loaded: Loaded) -> None:
+    # 2026-11-20 16:00 UTC is 11-21 00:00 China time: the range starts with the 21st's China day
+    tr = TimeRange(datetime(2026, 11, 20, 16, tzinfo=UTC), datetime(2026, 11, 21, 15, 59, tzinfo=UTC))
+    rows = panel_rows(loaded.sink, "New vs returning consumers per day", tr)
+    assert [(in_china(r[0]), r[1], r[2]) for r in rows] == [(datetime(2026, 11, 21, tzinfo=CHINA), 1, 2)]
+
+
+def test_grafana_names_regions_and_dealers(loaded: Loaded) -> None:
+    rows = panel_rows(loaded.sink, "Latest diversion alerts", full_range())
+    assert [(r[1], r[4]) for r in rows] == [("Guangdong KA", "广东省 广州市"), ("Beijing Distribution", "湖南省 长沙市")]
+    rows = panel_rows(loaded.sink, "Latest cloned-code alerts", full_range())
+    assert sorted({r[3] for r in rows}) == ["上海市", "广东省 广州市"]  # a municipality named once
+    rows = panel_rows(loaded.sink, "Diverted scans per dealer", full_range())
+    assert {r[1] for r in rows} == {"Beijing Distribution", "Guangdong KA"}
+    rows = panel_rows(loaded.sink, "Diversion by dealer and region", full_range())
+    assert {(r[0], r[4]) for r in rows} == {("Beijing Distribution", "长沙市"), ("Guangdong KA", "广州市")}
+    rows = panel_rows(loaded.sink, "Repeat-scan rate and participation by batch, sku and province (to date)",
+                      full_range())
+    assert {r[2] for r in rows if r[0] == "province"} == {"北京市", "江苏省", "浙江省", "湖南省", "广东省"}
 
 
 def test_provisioning_files() -> None:

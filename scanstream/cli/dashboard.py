@@ -19,9 +19,11 @@ import sys
 import threading
 from typing import TextIO
 
+from scanstream.cli import exits
 from scanstream.cli.common import config_option, load_config, open_clickhouse
 from scanstream.engine.config import Config, ConfigError
-from scanstream.sinks.clickhouse import CHDB_PREFIX, redact
+from scanstream.engine.urls import redact_url
+from scanstream.sinks.clickhouse import CHDB_PREFIX
 from scanstream.sinks.exceptions import SinkError
 
 DEFAULT_PORT = 8765  # scanstream.dashboard.DEFAULT_PORT; repeated so --help does not import the server
@@ -53,7 +55,7 @@ def add_writer_options(p: argparse.ArgumentParser) -> None:
 def _source(config: Config) -> str:
     if config.clickhouse.startswith(CHDB_PREFIX):
         return f"embedded ClickHouse {config.clickhouse} · database {config.database}"
-    return f"ClickHouse {redact(config.clickhouse)} · database {config.database}"
+    return f"ClickHouse {redact_url(config.clickhouse)} · database {config.database}"
 
 
 def _new_dashboard(config: Config, host: str, port: int, mode: str, timezone: str = DEFAULT_TIMEZONE,
@@ -165,7 +167,7 @@ def main(args: argparse.Namespace) -> int:
         holder = chdb_path_holder(config.clickhouse)
         if holder is not None:
             print(_locked_message(config, holder), file=sys.stderr)
-            return 1
+            return exits.UNAVAILABLE  # held by another process: the same command works once it ends
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port {args.port}: expected a port number 0..65535")
     dashboard = _new_dashboard(config, args.host, args.port, mode="reader", timezone=args.timezone,
@@ -178,7 +180,7 @@ def main(args: argparse.Namespace) -> int:
         except SinkError as exc:
             if embedded and _CHDB_LOCKED in str(exc):
                 print(_locked_message(config, None), file=sys.stderr)
-                return 1
+                return exits.UNAVAILABLE
             raise
         dashboard.attach(sink, owned=True)
         dashboard.start()
@@ -189,4 +191,4 @@ def main(args: argparse.Namespace) -> int:
     finally:
         dashboard.close()
         _say("stopped")
-    return 0
+    return exits.OK

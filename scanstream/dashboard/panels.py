@@ -2,7 +2,9 @@
 
 Every panel reads the base tables (``scan_events``, ``alerts``, ``awards``, ``registry_*``)
 with ``FINAL``, because they are ReplacingMergeTree tables and a redelivered batch may still
-sit in an unmerged part.  Each query is a module constant named ``*_SQL`` and takes only bound
+sit in an unmerged part (``alert_deliveries`` keeps every record: no ``FINAL``).  Regions and
+dealers come with their names, joined in the queries (``queries.py`` says why there).  Each
+query is a module constant named ``*_SQL`` (in ``queries.py``) and takes only bound
 parameters (``{tenant:Int32}``, ``{tz:String}``, ...), so it can be replaced by a
 ``SELECT ... FROM <kpi view>`` with the same output columns without touching the figure
 code.  The one exception is ``__BUCKET__``: a time interval chosen from a fixed list
@@ -14,22 +16,27 @@ Definitions (they are shown under each panel too):
   activated);
 * scanner: a ``consumer`` with a user_id and at least one valid scan;
 * code: (tenant, kind, batch, serial), so a code given as a URL or in lower case is one code.
+
+The panels stay in one file (some 20 to 50 lines each) because they share the machinery above
+them and are read side by side when a definition changes.
 """
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-#: Tenant filter of every query; tenant -1 means all tenants.
-TENANT = "({tenant:Int32} < 0 OR tenant = {tenant:Int32})"
-#: Valid scans: the code verified and its batch is registered and activated.
-VALID = "verdict IN ('ok', 'repeat')"
-#: Scans by consumers who can be counted as people.
-CONSUMER = "role = 'consumer' AND user_id != ''"
-#: Events that carry a time (an invalid event is stored with ts = 0).
-TIMED = "ts > 0"
+from scanstream.dashboard.labels import (
+    LABEL_LINE_CELLS, city_label, dealer_label, fit_height, place_label, wrap_label,
+)
+from scanstream.dashboard.queries import (
+    OVERVIEW_SQL, OVERVIEW_AWARDS_SQL, OVERVIEW_ALERTS_SQL, SPAN_SQL, SCANS_PER_MINUTE_SQL, VERDICT_MIX_SQL,
+    CONVERSION_BATCH_SQL, CONVERSION_SKU_SQL, CONVERSION_PROVINCE_SQL, REPEAT_RATE_SQL, NEW_RETURNING_SQL, SPEND_SQL,
+    PRIZES_SQL, FRAUD_SQL, FRAUD_ALERTS_SQL, FRAUD_CONFLICTS_SQL, DIVERSION_DEALER_SQL, DIVERSION_ALERTS_SQL,
+    DIVERSION_REGION_SQL, LATEST_ALERTS_SQL, LATEST_ALERTS_LIMIT,
+)
 
 #: Fine time buckets of the scans/min panel, in minutes; the smallest that gives at most
 #: MAX_FINE_BUCKETS buckets over the window is used.
@@ -54,225 +61,9 @@ VERDICT_COLORS = {
 VERDICT_ORDER = tuple(VERDICT_COLORS)
 DIVERSION_COLORS = {"region": "#d62728", "channel": "#ff7f0e", "region+channel": "#9467bd"}
 
-#: GB/T 2260 province codes (the first two digits of an adcode) and their English names.
-PROVINCES = {
-    "11": "Beijing", "12": "Tianjin", "13": "Hebei", "14": "Shanxi", "15": "Inner Mongolia",
-    "21": "Liaoning", "22": "Jilin", "23": "Heilongjiang", "31": "Shanghai", "32": "Jiangsu",
-    "33": "Zhejiang", "34": "Anhui", "35": "Fujian", "36": "Jiangxi", "37": "Shandong",
-    "41": "Henan", "42": "Hubei", "43": "Hunan", "44": "Guangdong", "45": "Guangxi", "46": "Hainan",
-    "50": "Chongqing", "51": "Sichuan", "52": "Guizhou", "53": "Yunnan", "54": "Tibet",
-    "61": "Shaanxi", "62": "Gansu", "63": "Qinghai", "64": "Ningxia", "65": "Xinjiang",
-    "71": "Taiwan", "81": "Hong Kong", "82": "Macau",
-}
-
-
-def province_label(code: str, sep: str = " ") -> str:
-    """``Guangdong (44)`` for ``44`` (``sep`` between name and code); ``unknown`` for an empty code."""
-    if not code:
-        return "unknown"
-    return f"{PROVINCES.get(code, 'province')}{sep}({code})"
-
-
-# --------------------------------------------------------------------------- SQL
-
-OVERVIEW_SQL = f"""
-SELECT count() AS scans,
-       countIf({VALID}) AS valid_scans,
-       uniqExactIf(user_id, {CONSUMER} AND {VALID}) AS scanners,
-       uniqExactIf((tenant, kind, batch, serial), {VALID}) AS codes,
-       countIf(verdict = 'bad_mac') AS counterfeit_scans,
-       countIf(diversion != 'none') AS diverted_scans,
-       toUnixTimestamp64Milli(maxIf(ts, {TIMED})) AS latest_ms
-FROM scan_events FINAL
-WHERE {TENANT}
-"""
-OVERVIEW_AWARDS_SQL = f"SELECT count() AS prizes, sum(prize_cents) AS cents FROM awards FINAL WHERE {TENANT}"
-OVERVIEW_ALERTS_SQL = f"SELECT alert, count() AS alerts FROM alerts FINAL WHERE {TENANT} GROUP BY alert ORDER BY alert"
-
-#: First and last event time (no FINAL: a duplicate row does not move min or max).
-SPAN_SQL = f"""
-SELECT toUnixTimestamp64Milli(min(ts)) AS first_ms, toUnixTimestamp64Milli(max(ts)) AS last_ms
-FROM scan_events WHERE {TENANT} AND {TIMED}
-"""
-
-SCANS_PER_MINUTE_SQL = f"""
-SELECT toString(toStartOfInterval(toDateTime(ts, {{tz:String}}), INTERVAL {{bucket_min:UInt32}} MINUTE)) AS minute,
-       verdict,
-       count() AS scans
-FROM scan_events FINAL
-WHERE {TENANT} AND ts >= fromUnixTimestamp64Milli({{since_ms:Int64}}) AND ts <= fromUnixTimestamp64Milli({{until_ms:Int64}})
-GROUP BY minute, verdict
-ORDER BY minute, verdict
-"""
-
-VERDICT_MIX_SQL = f"""
-SELECT verdict, count() AS scans
-FROM scan_events FINAL
-WHERE {TENANT}
-GROUP BY verdict
-ORDER BY scans DESC, verdict
-"""
-
-#: Codes scanned (distinct valid codes) and issued (registry_batches.size) per batch and kind.
-CONVERSION_BATCH_SQL = f"""
-SELECT b.tenant AS tenant, b.batch AS batch, b.kind AS kind, b.sku AS sku, b.product AS product,
-       b.activated AS activated, b.size AS issued, s.codes AS scanned
-FROM (SELECT tenant, batch, kind, sku, product, activated, size FROM registry_batches FINAL WHERE {TENANT}) AS b
-LEFT JOIN (
-    SELECT tenant, batch, if(kind = 1, 'case', 'unit') AS kind_name, uniqExact(serial) AS codes
-    FROM scan_events FINAL
-    WHERE {TENANT} AND {VALID}
-    GROUP BY tenant, batch, kind_name
-) AS s ON s.tenant = b.tenant AND s.batch = b.batch AND s.kind_name = b.kind
-ORDER BY tenant, batch, kind
-"""
-
-CONVERSION_SKU_SQL = f"""
-SELECT sku, sum(issued) AS issued, sum(scanned) AS scanned
-FROM ({CONVERSION_BATCH_SQL})
-GROUP BY sku
-ORDER BY sku
-"""
-
-#: Codes shipped to the dealers of a province (a dealer's province: its first authorized
-#: region) and how many of those codes were scanned.
-CONVERSION_PROVINCE_SQL = f"""
-SELECT province, sum(sh.shipped) AS issued, sum(sc.codes) AS scanned
-FROM (SELECT tenant, dealer_id, substring(regions[1], 1, 2) AS province
-      FROM registry_dealers FINAL WHERE {TENANT}) AS d
-LEFT JOIN (SELECT tenant, dealer_id, sum(toUInt64(serial_to) - serial_from + 1) AS shipped
-           FROM registry_shipments FINAL WHERE {TENANT} GROUP BY tenant, dealer_id) AS sh
-       ON sh.tenant = d.tenant AND sh.dealer_id = d.dealer_id
-LEFT JOIN (SELECT tenant, dealer_id, uniqExact((kind, batch, serial)) AS codes
-           FROM scan_events FINAL WHERE {TENANT} AND {VALID} AND dealer_id != '' GROUP BY tenant, dealer_id) AS sc
-       ON sc.tenant = d.tenant AND sc.dealer_id = d.dealer_id
-GROUP BY province
-ORDER BY province
-"""
-
-#: Per time bucket: scanners whose first valid code falls in it, and scanners whose second
-#: distinct code does (from then on they count as repeat scanners).
-REPEAT_RATE_SQL = f"""
-WITH per_user AS (
-    SELECT user_id, groupArraySorted(2)(first_ts) AS firsts
-    FROM (SELECT user_id, tenant, kind, batch, serial, min(ts) AS first_ts
-          FROM scan_events FINAL
-          WHERE {TENANT} AND {VALID} AND {CONSUMER} AND {TIMED}
-          GROUP BY user_id, tenant, kind, batch, serial)
-    GROUP BY user_id
-)
-SELECT bucket, sum(first) AS scanners, sum(second) AS repeaters
-FROM (
-    SELECT toString(toStartOfInterval(toDateTime(firsts[1], {{tz:String}}), __BUCKET__)) AS bucket, 1 AS first, 0 AS second
-    FROM per_user
-    UNION ALL
-    SELECT toString(toStartOfInterval(toDateTime(firsts[2], {{tz:String}}), __BUCKET__)) AS bucket, 0 AS first, 1 AS second
-    FROM per_user WHERE length(firsts) > 1
-)
-GROUP BY bucket
-ORDER BY bucket
-"""
-
-NEW_RETURNING_SQL = f"""
-WITH scans AS (
-    SELECT user_id, toStartOfInterval(toDateTime(ts, {{tz:String}}), __BUCKET__) AS bucket
-    FROM scan_events FINAL
-    WHERE {TENANT} AND {VALID} AND {CONSUMER} AND {TIMED}
-),
-firsts AS (SELECT user_id, min(bucket) AS first_bucket FROM scans GROUP BY user_id)
-SELECT toString(s.bucket) AS bucket,
-       uniqExactIf(s.user_id, s.bucket = f.first_bucket) AS new_scanners,
-       uniqExactIf(s.user_id, s.bucket > f.first_bucket) AS returning_scanners
-FROM scans AS s
-INNER JOIN firsts AS f ON f.user_id = s.user_id
-GROUP BY s.bucket
-ORDER BY s.bucket
-"""
-
-SPEND_SQL = f"""
-SELECT campaign, toString(toStartOfInterval(toDateTime(ts, {{tz:String}}), __BUCKET__)) AS bucket,
-       toString(toStartOfInterval(toDateTime(ts, {{tz:String}}), __BUCKET__) + __BUCKET__) AS bucket_end,
-       count() AS prizes, sum(prize_cents) AS cents
-FROM awards FINAL
-WHERE {TENANT}
-GROUP BY campaign, bucket, bucket_end
-ORDER BY campaign, bucket
-"""
-
-PRIZES_SQL = f"""
-SELECT campaign, prize_tier, count() AS prizes, sum(prize_cents) AS cents
-FROM awards FINAL
-WHERE {TENANT}
-GROUP BY campaign, prize_tier
-ORDER BY campaign, prize_tier
-"""
-
-#: Codes of cloned-code alerts, by the identity of the scan that raised each alert.
-_CLONED_CODES = f"""
-SELECT tenant, kind, batch, serial FROM scan_events FINAL
-WHERE scan_id IN (SELECT JSONExtractString(detail, 'scan_id') FROM alerts FINAL
-                  WHERE {TENANT} AND alert = 'cloned_code')
-"""
-
-FRAUD_SQL = f"""
-SELECT substring(region, 1, 2) AS province,
-       countIf(verdict = 'bad_mac') AS counterfeit_scans,
-       countIf({VALID} AND (tenant, kind, batch, serial) IN ({_CLONED_CODES})) AS cloned_code_scans
-FROM scan_events FINAL
-WHERE {TENANT} AND region != '' AND verdict IN ('bad_mac', 'ok', 'repeat')
-GROUP BY province
-HAVING counterfeit_scans > 0 OR cloned_code_scans > 0
-ORDER BY province
-"""
-
-FRAUD_ALERTS_SQL = f"""
-SELECT substring(city, 1, 2) AS province, count() AS cloned_code_alerts
-FROM alerts FINAL
-WHERE {TENANT} AND alert = 'cloned_code'
-GROUP BY province
-ORDER BY province
-"""
-
-#: Reused scan ids (scan_id_conflict alerts, one per conflicting event) by subtype: same_user or
-#: other_user.  Read from alerts: the conflicting scan's row in scan_events shares (tenant,
-#: scan_id) with the original and is collapsed into it by FINAL.
-FRAUD_CONFLICTS_SQL = f"""
-SELECT subtype, count() AS conflict_alerts
-FROM alerts FINAL
-WHERE {TENANT} AND alert = 'scan_id_conflict'
-GROUP BY subtype
-ORDER BY subtype
-"""
-
-DIVERSION_DEALER_SQL = f"""
-SELECT dealer_id, diversion, count() AS scans
-FROM scan_events FINAL
-WHERE {TENANT} AND diversion != 'none'
-GROUP BY dealer_id, diversion
-ORDER BY dealer_id, diversion
-"""
-
-DIVERSION_ALERTS_SQL = f"""
-SELECT dealer_id, count() AS alerts
-FROM alerts FINAL
-WHERE {TENANT} AND alert = 'diversion'
-GROUP BY dealer_id
-ORDER BY dealer_id
-"""
-
-#: Out-of-territory scans (region diversion) by dealer and the province they were scanned in.
-DIVERSION_REGION_SQL = f"""
-SELECT dealer_id, substring(region, 1, 2) AS province, count() AS scans
-FROM scan_events FINAL
-WHERE {TENANT} AND diversion IN ('region', 'region+channel')
-GROUP BY dealer_id, province
-ORDER BY dealer_id, province
-"""
-
-#: Rows written so far, sampled by the dashboard for the throughput panel (no FINAL: every
-#: written row counts, and count() of a MergeTree is read from part metadata).
-ROWS_WRITTEN_SQL = "SELECT count() FROM scan_events"
-
+#: An alert's delivery states, in the order the latest-alerts list counts them (the page's CSS
+#: colours each: .state-delivered, ...; "not sent": no delivery record).
+DELIVERY_STATES = ("delivered", "failed", "pending", "not sent")
 
 # --------------------------------------------------------------------------- panel machinery
 
@@ -313,7 +104,7 @@ class Panel:
     note: str  # the definition shown under the chart
     build: Callable[[Context], dict]
     wide: bool = False  # spans two grid columns
-    kind: str = "chart"  # "chart" or "tiles"
+    kind: str = "chart"  # "chart", "tiles" or "table"
 
 
 def _span(ctx: Context) -> tuple[int, int] | None:
@@ -360,7 +151,7 @@ def _empty_figure(message: str) -> dict:
     }}
 
 
-def _result(columns: list[str], rows: list[Sequence[Any]], figure: dict, kpi: dict | None = None,
+def _result(columns: list[str], rows: list[Sequence[Any]], figure: dict | None, kpi: dict | None = None,
             headline: str = "") -> dict:
     """A panel's answer: its rows (for tests and anyone reading the API), the Plotly figure, the
     key figures, and a one-line headline the page shows above the chart."""
@@ -505,14 +296,15 @@ def conversion_sku(ctx: Context) -> dict:
 
 
 def conversion_province(ctx: Context) -> dict:
-    names, rows = ctx.run(CONVERSION_PROVINCE_SQL)
+    names, rows = ctx.run(CONVERSION_PROVINCE_SQL)  # province, province_name, issued, scanned
     names = names + ["rate_pct"]
-    rows = [list(r) + [_pct(r[2], r[1])] for r in rows]
+    rows = [list(r) + [_pct(r[3], r[2])] for r in rows]
     if not rows:
         return _result(names, rows, _empty_figure("no dealers in the registry"))
-    issued, scanned = [r[1] for r in rows], [r[2] for r in rows]
-    return _result(names, rows, _conversion_figure([province_label(r[0], "<br>") for r in rows], issued, scanned,
-                                                   "province of the dealer shipped to"),
+    issued, scanned = [r[2] for r in rows], [r[3] for r in rows]
+    # provinces across: Chinese names are short, and wrap when one is not (广西壮族自治区)
+    labels = [wrap_label(place_label(r[0], r[1]), LABEL_LINE_CELLS // 2) for r in rows]
+    return _result(names, rows, _conversion_figure(labels, issued, scanned, "province of the dealer shipped to"),
                    headline=_conversion_headline(issued, scanned) + " (shipped codes)")
 
 
@@ -636,11 +428,14 @@ def prizes_by_tier(ctx: Context) -> dict:
 
 
 def fraud_hotspots(ctx: Context) -> dict:
-    names, rows = ctx.run(FRAUD_SQL)
-    alerts = {r[0]: int(r[1]) for r in ctx.run(FRAUD_ALERTS_SQL)[1]}
+    names, rows = ctx.run(FRAUD_SQL)  # province, province_name, counterfeit_scans, cloned_code_scans
+    alert_rows = ctx.run(FRAUD_ALERTS_SQL)[1]  # province, province_name, cloned_code_alerts
+    alerts = {r[0]: int(r[2]) for r in alert_rows}
+    province_names = {r[0]: r[1] for r in list(rows) + list(alert_rows)}
     provinces = sorted({r[0] for r in rows} | set(alerts))
     by = {r[0]: r for r in rows}
-    merged = [[p, int(by[p][1]) if p in by else 0, int(by[p][2]) if p in by else 0, alerts.get(p, 0)] for p in provinces]
+    merged = [[p, province_names.get(p, ""), int(by[p][2]) if p in by else 0, int(by[p][3]) if p in by else 0,
+               alerts.get(p, 0)] for p in provinces]
     names = names + ["cloned_code_alerts"]
     conflicts = {str(r[0]): int(r[1]) for r in ctx.run(FRAUD_CONFLICTS_SQL)[1]}
     kpi = {"scan_id_conflicts": conflicts}
@@ -648,66 +443,123 @@ def fraud_hotspots(ctx: Context) -> dict:
                      + ", ".join(f"{k} {v:,}" for k, v in conflicts.items()) + ")") if conflicts else ""
     if not merged:
         return _result(names, merged, _empty_figure("no counterfeit or cloned-code scans"), kpi, conflict_text)
-    merged.sort(key=lambda r: r[1] + r[2])
-    ys = [province_label(r[0]) for r in merged]
+    merged.sort(key=lambda r: r[2] + r[3])
+    ys = [wrap_label(place_label(r[0], r[1])) for r in merged]
     data = [{"type": "bar", "orientation": "h", "name": "counterfeit (bad_mac)", "y": ys,
-             "x": [r[1] for r in merged], "marker": {"color": "#d62728"},
-             "text": [f"{r[1]:,}" if r[1] else "" for r in merged], "textposition": "outside", "cliponaxis": False},
+             "x": [r[2] for r in merged], "marker": {"color": "#d62728"},
+             "text": [f"{r[2]:,}" if r[2] else "" for r in merged], "textposition": "outside", "cliponaxis": False},
             {"type": "bar", "orientation": "h", "name": "cloned-code scans", "y": ys,
-             "x": [r[2] for r in merged], "marker": {"color": "#9467bd"}, "customdata": [r[3] for r in merged],
-             "text": [f"{r[2]:,}" if r[2] else "" for r in merged], "textposition": "outside", "cliponaxis": False,
+             "x": [r[3] for r in merged], "marker": {"color": "#9467bd"}, "customdata": [r[4] for r in merged],
+             "text": [f"{r[3]:,}" if r[3] else "" for r in merged], "textposition": "outside", "cliponaxis": False,
              "hovertemplate": "%{y}: %{x:,} scans of cloned codes, %{customdata} alerts<extra></extra>"}]
     layout = {"barmode": "group", "xaxis": {"title": {"text": "scans"}}, "yaxis": {"type": "category"}}
-    headline = (f"{sum(r[1] for r in merged):,} counterfeit scans, {sum(r[2] for r in merged):,} scans of "
-                f"cloned codes, {sum(r[3] for r in merged):,} cloned-code alerts"
+    height = fit_height(ys + ys)  # two bars per province
+    if height:
+        layout["height"] = height
+    headline = (f"{sum(r[2] for r in merged):,} counterfeit scans, {sum(r[3] for r in merged):,} scans of "
+                f"cloned codes, {sum(r[4] for r in merged):,} cloned-code alerts"
                 + (f"; {conflict_text}" if conflict_text else ""))
     return _result(names, merged, {"data": data, "layout": layout}, kpi, headline)
 
 
 def diversion_dealer(ctx: Context) -> dict:
-    names, rows = ctx.run(DIVERSION_DEALER_SQL)
+    names, rows = ctx.run(DIVERSION_DEALER_SQL)  # dealer_id, dealer_name, diversion, scans
     alerts = {r[0]: int(r[1]) for r in ctx.run(DIVERSION_ALERTS_SQL)[1]}
     if not rows:
         return _result(names, rows, _empty_figure("no diverted scans"), {"alerts": alerts})
     totals: dict[str, int] = {}
-    for dealer, _, scans in rows:
+    dealer_names: dict[str, str] = {}
+    for dealer, name, _, scans in rows:
         totals[dealer] = totals.get(dealer, 0) + int(scans)
-    dealers = sorted(totals, key=lambda d: -totals[d])
-    kinds = sorted({r[1] for r in rows}, key=lambda k: list(DIVERSION_COLORS).index(k) if k in DIVERSION_COLORS else 9)
-    cell = {(r[0], r[1]): int(r[2]) for r in rows}
-    labels = [d or "(no dealer)" for d in dealers]
-    data = [{"type": "bar", "name": k, "x": labels, "y": [cell.get((d, k), 0) for d in dealers],
+        dealer_names[dealer] = name
+    # most diverted at the top: a horizontal bar's category axis reads bottom-up
+    dealers = sorted(totals, key=lambda d: (totals[d], d))
+    kinds = sorted({r[2] for r in rows}, key=lambda k: list(DIVERSION_COLORS).index(k) if k in DIVERSION_COLORS else 9)
+    cell = {(r[0], r[2]): int(r[3]) for r in rows}
+    # dealers down the side, bars across: a dealer's name is long and gets the axis's whole width
+    labels = [wrap_label(dealer_label(d, dealer_names[d])) for d in dealers]
+    data = [{"type": "bar", "orientation": "h", "name": k, "y": labels, "x": [cell.get((d, k), 0) for d in dealers],
              "marker": {"color": DIVERSION_COLORS.get(k)}} for k in kinds]
-    data.append({"type": "scatter", "mode": "text", "name": "alerts", "x": labels,
-                 "y": [totals[d] for d in dealers], "text": [f"{alerts.get(d, 0)} alerts" for d in dealers],
-                 "textposition": "top center", "showlegend": False, "hoverinfo": "skip", "cliponaxis": False})
-    layout = {"barmode": "stack", "xaxis": {"title": {"text": "dealer (goods shipped to)"}, "type": "category"},
-              "yaxis": {"title": {"text": "diverted scans"}, "range": [0, 1.2 * max(totals.values())]},
+    data.append({"type": "scatter", "mode": "text", "name": "alerts", "y": labels,
+                 "x": [totals[d] for d in dealers], "text": [f" {alerts.get(d, 0)} alerts" for d in dealers],
+                 "textposition": "middle right", "showlegend": False, "hoverinfo": "skip", "cliponaxis": False})
+    layout = {"barmode": "stack", "yaxis": {"title": {"text": "dealer (goods shipped to)"}, "type": "category"},
+              "xaxis": {"title": {"text": "diverted scans"}, "range": [0, 1.3 * max(totals.values())]},
               "legend": {"x": 1, "xanchor": "right"}}
+    height = fit_height(labels)
+    if height:
+        layout["height"] = height
     headline = f"{sum(totals.values()):,} diverted scans, {sum(alerts.values()):,} diversion alerts"
     return _result(names, rows, {"data": data, "layout": layout}, {"alerts": alerts, "scans": totals}, headline)
 
 
 def diversion_region(ctx: Context) -> dict:
-    names, rows = ctx.run(DIVERSION_REGION_SQL)
+    names, rows = ctx.run(DIVERSION_REGION_SQL)  # dealer_id, dealer_name, province, province_name, scans
     if not rows:
         return _result(names, rows, _empty_figure("no out-of-territory scans"))
-    dealers = sorted({r[0] for r in rows})
-    provinces = sorted({r[1] for r in rows})
-    cell = {(r[0], r[1]): int(r[2]) for r in rows}
-    # provinces down the side (long labels), dealers across (few)
-    z = [[cell.get((d, p)) for d in dealers] for p in provinces]
-    data = [{"type": "heatmap", "x": [d or "(no dealer)" for d in dealers], "y": [province_label(p) for p in provinces],
-             "z": z, "colorscale": [[0, "#fee0d2"], [1, "#a50f15"]], "hoverongaps": False,
+    dealer_names = {r[0]: dealer_label(r[0], r[1]) for r in rows}
+    province_names = {r[2]: place_label(r[2], r[3]) for r in rows}
+    dealers = sorted(dealer_names)
+    provinces = sorted(province_names)
+    cell = {(r[0], r[2]): int(r[4]) for r in rows}
+    # dealers down the side (long names, the axis takes their width), provinces across (short
+    # Chinese names, wrapped when long)
+    z = [[cell.get((d, p)) for p in provinces] for d in dealers]
+    ys = [wrap_label(dealer_names[d]) for d in dealers]
+    data = [{"type": "heatmap", "x": [wrap_label(province_names[p], LABEL_LINE_CELLS // 2) for p in provinces],
+             "y": ys, "z": z, "colorscale": [[0, "#fee0d2"], [1, "#a50f15"]], "hoverongaps": False,
              "colorbar": {"title": {"text": "scans"}, "thickness": 12},
              "text": [[str(v) if v else "" for v in row] for row in z], "texttemplate": "%{text}",
-             "hovertemplate": "%{x} goods in %{y}: %{z:,} scans<extra></extra>"}]
-    layout = {"xaxis": {"title": {"text": "dealer (goods shipped to)"}, "type": "category"},
-              "yaxis": {"title": {"text": "province scanned in"}, "type": "category"}}
-    top = max(rows, key=lambda r: r[2])
-    headline = (f"{sum(r[2] for r in rows):,} out-of-territory scans; most: {top[0]} goods in "
-                f"{province_label(top[1])} ({top[2]:,})")
+             "hovertemplate": "%{y} goods in %{x}: %{z:,} scans<extra></extra>"}]
+    layout = {"yaxis": {"title": {"text": "dealer (goods shipped to)"}, "type": "category"},
+              "xaxis": {"title": {"text": "province scanned in"}, "type": "category", "tickangle": 0}}
+    height = fit_height(ys)
+    if height:
+        layout["height"] = height
+    top = max(rows, key=lambda r: r[4])
+    headline = (f"{sum(r[4] for r in rows):,} out-of-territory scans; most: {dealer_names[top[0]]} goods in "
+                f"{province_names[top[2]]} ({top[4]:,})")
     return _result(names, rows, {"data": data, "layout": layout}, headline=headline)
+
+
+def _delivery_text(rec: Mapping[str, Any]) -> tuple[str, str]:
+    """(state, what the list says) of an alert's webhook delivery, from its LATEST_ALERTS_SQL row."""
+    state = str(rec["delivery"]) or "not sent"
+    if state == "not sent":
+        return state, "not sent (no webhook, or webhooks off)"
+    attempts = int(rec["attempts"])
+    parts = [state]
+    if rec["http_status"]:
+        parts.append(f"HTTP {rec['http_status']}")
+    if rec["error"] and state != "delivered":
+        parts.append(str(rec["error"]))
+    parts.append(f"{attempts} attempt{'s' if attempts != 1 else ''}")
+    return state, " · ".join(parts)
+
+
+def latest_alerts(ctx: Context) -> dict:
+    """The newest alerts as a table the page draws (``table``: columns, and rows of text cells with
+    their delivery state), names and delivery included; the raw rows stay in ``rows``."""
+    names, rows = ctx.run(LATEST_ALERTS_SQL, limit=LATEST_ALERTS_LIMIT)
+    states: Counter[str] = Counter()
+    table_rows = []
+    for row in rows:
+        rec = dict(zip(names, row))
+        state, delivery = _delivery_text(rec)
+        states[state] += 1
+        kind = f"{rec['alert']} · {rec['subtype']}" if rec["subtype"] else str(rec["alert"])
+        table_rows.append({"state": state, "cells": [
+            str(rec["time"]), kind, dealer_label(rec["dealer_id"], rec["dealer_name"]),
+            city_label(rec["province_name"], rec["city_name"], rec["city"]), f"{int(rec['count']):,}", delivery]})
+    table = {"columns": [f"time ({ctx.tz})", "alert", "dealer", "where", "scans", "delivery"], "rows": table_rows}
+    # the known states in their order, then any other a newer writer records
+    order = list(DELIVERY_STATES) + sorted(set(states) - set(DELIVERY_STATES))
+    kpi = {"shown": len(rows), "limit": LATEST_ALERTS_LIMIT, "delivery": {s: states[s] for s in order}}
+    headline = (f"latest {len(rows):,} alerts (at most {LATEST_ALERTS_LIMIT}): "
+                + ", ".join(f"{states[s]:,} {s}" for s in order if states[s])) if rows else "no alerts yet"
+    result = _result(names, rows, None, kpi, headline)
+    result["table"] = table
+    return result
 
 
 def throughput(ctx: Context) -> dict:
@@ -770,5 +622,10 @@ PANELS: tuple[Panel, ...] = (
     Panel("throughput", "Engine throughput",
           "Rows written to scan_events per second, sampled every second by this dashboard since it started.",
           throughput),
+    Panel("latest_alerts", "Latest alerts",
+          f"The {LATEST_ALERTS_LIMIT} newest alerts (time of the scan that fired each), newest first, with their "
+          "webhook delivery: the latest record of alert_deliveries (delivered, failed, or pending: sent again "
+          "later); not sent: no webhook for the dealer, or webhooks off.",
+          latest_alerts, wide=True, kind="table"),
 )
 PANELS_BY_NAME = {p.name: p for p in PANELS}

@@ -32,6 +32,7 @@ from zoneinfo import ZoneInfo
 import orjson
 
 from scanstream.dashboard import panels as panels_mod
+from scanstream.dashboard.queries import ROWS_WRITTEN_SQL
 from scanstream.sinks.exceptions import SinkError
 
 log = logging.getLogger("scanstream.dashboard")
@@ -203,7 +204,7 @@ class Dashboard:
 
     def _sample(self) -> None:
         try:
-            _, rows = self.query(panels_mod.ROWS_WRITTEN_SQL)
+            _, rows = self.query(ROWS_WRITTEN_SQL)
             self._samples.append((time.time(), int(rows[0][0])))
             self._sample_error = None
         except NotReady:

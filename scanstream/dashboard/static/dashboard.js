@@ -53,16 +53,26 @@ function banner(text) {
 function buildPanels(panels) {
   const grid = document.getElementById("grid");
   for (const p of panels) {
-    if (p.kind !== "chart") continue;
+    if (p.kind !== "chart" && p.kind !== "table") continue;
     const section = el("section", { class: "panel" + (p.wide ? " wide" : ""), id: `panel-${p.name}`, "data-panel": p.name },
       el("div", { class: "head" }, el("h2", {}, p.title),
         el("details", { class: "sql" }, el("summary", {}, "SQL"), el("pre"))),
       el("div", { class: "headline" }),
-      el("div", { class: "chart" }),
+      el("div", { class: p.kind === "table" ? "list" : "chart" }),
       el("div", { class: "error" }),
       el("p", { class: "note" }, p.note));
     grid.append(section);
   }
+}
+
+function renderTable(container, table) {
+  // a plain table, every cell set as text (names come from the registry: never markup)
+  const head = el("tr", {}, ...table.columns.map(c => el("th", {}, c)));
+  const body = table.rows.map(r => el("tr", { class: `state-${r.state.replace(/[^a-z]+/g, "-")}` },
+    ...r.cells.map(c => el("td", {}, c))));
+  container.replaceChildren(table.rows.length
+    ? el("table", {}, el("thead", {}, head), el("tbody", {}, ...body))
+    : el("p", { class: "muted" }, "no alerts yet"));
 }
 
 function renderTiles(answer) {
@@ -81,9 +91,16 @@ function renderPanel(name, answer) {
   section.querySelector(".headline").textContent = answer.headline || "";
   section.querySelector("pre").textContent = (answer.sql || []).join(";\n\n") +
     `\n\n-- params: ${JSON.stringify(answer.params || {})}; ${answer.ms} ms`;
+  if (answer.table) {
+    renderTable(section.querySelector(".list"), answer.table);
+    section.dataset.rendered = String((Number(section.dataset.rendered) || 0) + 1);
+    return;
+  }
   if (typeof Plotly === "undefined") return;
   const chart = section.querySelector(".chart");
   const layout = merge(BASE_LAYOUT, answer.figure.layout || {});
+  // a figure with many long category labels asks for more height; the rest keep the CSS height
+  chart.style.height = layout.height ? `${layout.height}px` : "";
   Plotly.react(chart, answer.figure.data || [], layout, PLOT_CONFIG);
   section.dataset.rendered = String((Number(section.dataset.rendered) || 0) + 1);
 }
@@ -117,7 +134,7 @@ async function refresh() {
         const r = await getJSON(`/api/panel/${p.name}${q}`);
         if (!r.ok) {
           if (r.status === 503) waiting.push(r.body.error);
-          else if (p.kind === "chart") panelError(p.name, r.body.error || `HTTP ${r.status}`);
+          else if (p.kind !== "tiles") panelError(p.name, r.body.error || `HTTP ${r.status}`);
           return;
         }
         if (p.kind === "tiles") renderTiles(r.body);
