@@ -125,11 +125,16 @@ class Pipeline:
             "ip": cols["ip"], "replay": replay.astype(np.uint8), "reason": cols["reason"], "raw": cols["raw"],
         }
         won = np.nonzero(lot.awarded)[0]
+        # only consumers win today (engine/lottery.py); trade prizes and guide commissions name
+        # their own beneficiary, which keeps their payout keys apart from the consumer's
+        beneficiary = np.full(len(won), outcomes.BENEFICIARY_CONSUMER, dtype=object)
         awards = {
             "scan_id": cols["scan_id"][won], "ts": cols["ts"][won], "tenant": cols["tenant"][won],
             "campaign": lot.campaign[won], "kind": cols["kind"][won], "batch": cols["batch"][won],
             "serial": cols["serial"][won], "user_id": cols["user_id"][won], "prize_tier": lot.tier[won],
-            "prize_cents": lot.cents[won],
+            "prize_cents": lot.cents[won], "beneficiary": beneficiary,
+            "payout_key": outcomes.payout_keys(cols["tenant"][won], lot.campaign[won], cols["kind"][won],
+                                               cols["batch"][won], cols["serial"][won], beneficiary),
         }
         return BatchResult(scans, alerts, awards)
 

@@ -40,6 +40,7 @@ below are one adapter; the DDL lives in ``config/clickhouse`` and the registry c
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import re
 import urllib.parse
@@ -57,7 +58,10 @@ from scanstream.engine.outcomes import ALERT_COLUMNS, AWARD_COLUMNS, DELIVERY_CO
 from scanstream.engine.pipeline import BatchResult
 from scanstream.engine.urls import REDACTED, redact_url
 from scanstream.engine.verdicts import Verdict
+from scanstream.sinks import migrations
 from scanstream.sinks.exceptions import SinkError
+
+log = logging.getLogger("scanstream.clickhouse")
 
 #: The DDL applied by ``ClickHouseSink.ensure_schema``: ``*.sql`` files, in file-name order.
 DEFAULT_DDL_DIR = Path(next(iter(importlib.import_module("scanstream.sinks.ddl").__path__)))
@@ -485,17 +489,30 @@ class ClickHouseSink:
         files = sorted(ddl_dir.glob("*.sql")) if ddl_dir.is_dir() else []
         if not files:
             raise SinkError(f"DDL folder {ddl_dir}: no *.sql files; expected the schema (default {DEFAULT_DDL_DIR})")
+        migrations.before_ddl(self)  # a table of an older contract is set aside for the DDL to recreate
         applied = 0
         for path in files:
             for statement in split_statements(path.read_text(encoding="utf-8")):
                 try:
-                    self.client.command(statement)
-                except ClickHouseError as exc:
+                    self.command(statement)
+                except SinkError as exc:
                     first_line = statement.splitlines()[0][:_SQL_IN_MESSAGE]
-                    raise SinkError(f"DDL {path.name}: {first_line!r} failed: {exc}") from exc
+                    raise SinkError(f"DDL {path.name}: {first_line!r} failed: {exc.__cause__}",
+                                    transient=exc.transient) from exc.__cause__
                 applied += 1
+        carried = migrations.after_ddl(self)
+        if carried:
+            log.info("carried %d awards made before payout keys into the new awards table", carried)
         self.check_schema()
         return applied
+
+    def command(self, statement: str) -> None:
+        """Run one statement that returns no rows (DDL, RENAME)."""
+        try:
+            self.client.command(statement)
+        except ClickHouseError as exc:
+            raise SinkError(f"statement {statement[:_SQL_IN_MESSAGE]!r} failed: {exc}",
+                            transient=_transient(exc)) from exc
 
     def check_schema(self) -> None:
         """Raise ``SinkError`` when an outcome table's columns differ from its contract."""
@@ -654,7 +671,7 @@ class OutcomeTables:
     #: storing left (replay 0) are the ones readers should see; only a scan held under no row
     #: is missing.
     ROW_KEYS: dict[str, tuple[str, ...]] = {
-        AWARD_TABLE: ("tenant", "campaign", "kind", "batch", "serial"),
+        AWARD_TABLE: ("tenant", "campaign", "kind", "batch", "serial", "beneficiary"),
         ALERT_TABLE: ("tenant", "alert_id"),
         SCAN_TABLE: ("verdict", "scan_id"),
     }

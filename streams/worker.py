@@ -165,8 +165,10 @@ class BatchHandler:
             result = batch.result
             batch.messages = [
                 *batch.dead, *self._results(result.scans, self.outcome_lines(batch)),
+                # keyed by the payout key: a payment service's consumer sees one award's messages in
+                # order on one partition, and a compacted topic keeps one message per award
                 *self._rows(self.k.awards_topic, result.awards, outcomes.AWARD_COLUMNS,
-                            lambda row: f"{row['tenant']}:{row['kind']}:{row['batch']}:{row['serial']}"),
+                            lambda row: row["payout_key"]),
                 *self._rows(self.k.alerts_topic, result.alerts, outcomes.ALERT_COLUMNS,
                             lambda row: row["dealer_id"] or row["alert_id"])]
         if self.send is not None:

@@ -18,7 +18,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from scanstream.engine.outcomes import payout_keys
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL_TOML = REPO / "config" / "local.toml"
@@ -303,6 +306,13 @@ def test_demo_summary_and_query_agree_with_results_file(demo, cwd):
     # awards hold exactly the prizes the run paid
     (n_awards, cents), = query(config, "SELECT count(), sum(prize_cents) FROM awards FINAL", cwd)
     assert (int(n_awards), int(cents)) == (len(won), sum(r["prize_cents"] for r in won))
+    # ... each under the payout key the engine derives from it, a consumer's prize, no key twice
+    keyed = query(config, "SELECT tenant, campaign, kind, batch, serial, beneficiary, payout_key FROM awards FINAL",
+                  cwd)
+    columns = list(zip(*keyed))
+    assert list(columns[6]) == payout_keys(*(np.array(c, dtype) for c, dtype in zip(
+        columns[:6], (np.uint16, object, np.uint8, np.uint32, np.uint32, object)))).tolist()
+    assert set(columns[5]) == {"consumer"} and len(set(columns[6])) == len(won)
 
 
 # --------------------------------------------------------------------------- 2 run on a file

@@ -22,11 +22,13 @@ from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from scanstream.cli import export as export_module
 from scanstream.cli import main as cli_main
-from scanstream.cli.export import parse_zone, payout_key
+from scanstream.cli.export import parse_zone
+from scanstream.engine.outcomes import payout_keys
 from test_cli_e2e import SCANSTREAM, ok, sh, write_config
 
 pytestmark = [
@@ -161,7 +163,7 @@ def check_rows(kind: str, header: list[str], got: list[dict], want: list[dict], 
     """Every exported row equals the query's row, column by column."""
     assert want, "no expected rows: the comparison would prove nothing"
     table_columns = [c for c in want[0] if not c.endswith("_ms")]
-    assert header == table_columns + (["prize_yuan", "payout_key"] if kind == "awards" else [])
+    assert header == table_columns + (["prize_yuan"] if kind == "awards" else [])
     assert len(got) == len(want)
     for row, ref in zip(got, want):
         for column in table_columns:
@@ -181,8 +183,8 @@ def check_rows(kind: str, header: list[str], got: list[dict], want: list[dict], 
             else:
                 assert Decimal(row["prize_yuan"]) * 100 == ref["prize_cents"]
                 assert len(row["prize_yuan"].split(".")[1]) == 2, row["prize_yuan"]
-            assert row["payout_key"] == payout_key(ref["tenant"], ref["campaign"], ref["kind"], ref["batch"],
-                                                   ref["serial"], ref["user_id"])
+            assert row["payout_key"] == key_of(ref["tenant"], ref["campaign"], ref["kind"], ref["batch"],
+                                               ref["serial"], ref["beneficiary"])
 
 
 # --------------------------------------------------------------------------- exports equal the query
@@ -220,7 +222,7 @@ def test_export_equals_the_query(world, tables, kind, fmt, lo, hi, args) -> None
 
 def test_the_whole_day_as_csv_is_every_award(world, tables, day_awards) -> None:
     header = list(tables["awards"][0])
-    header = [c for c in header if not c.endswith("_ms")] + ["prize_yuan", "payout_key"]
+    header = [c for c in header if not c.endswith("_ms")] + ["prize_yuan"]
     check_rows("awards", header, day_awards, expected(world, tables, "awards", f"{DAY}T00:00:00",
                                                       "2026-11-21T00:00:00"), CHINA, xlsx=False)
     assert len(day_awards) == len(tables["awards"]) > 0  # the demo paid on that day only
@@ -230,10 +232,18 @@ def test_payout_keys_are_distinct_and_fit_out_trade_no(day_awards) -> None:
     keys = [r["payout_key"] for r in day_awards]
     assert len(set(keys)) == len(keys)
     assert all(len(k) == 32 and int(k, 16) >= 0 for k in keys)
-    # the beneficiary is part of the key: the same code paid to someone else is another payment
+    # the beneficiary is part of the key: the same code's guide commission is another payment;
+    # the scanner is not: the code pays its consumer prize once, whoever scanned it
     r = day_awards[0]
-    assert payout_key(int(r["tenant"]), r["campaign"], int(r["kind"]), int(r["batch"]), int(r["serial"]),
-                      r["user_id"] + "x") != r["payout_key"]
+    assert r["beneficiary"] == "consumer"
+    assert key_of(int(r["tenant"]), r["campaign"], int(r["kind"]), int(r["batch"]), int(r["serial"]),
+                  "guide") != r["payout_key"]
+
+
+def key_of(tenant: int, campaign: str, kind: int, batch: int, serial: int, beneficiary: str) -> str:
+    """The payout key of one award, through the engine's one derivation."""
+    return payout_keys(np.array([tenant]), np.array([campaign], object), np.array([kind]), np.array([batch]),
+                       np.array([serial]), np.array([beneficiary], object))[0]
 
 
 # --------------------------------------------------------------------------- the range
@@ -282,7 +292,7 @@ def test_an_empty_range_gives_the_header_only(world, tables, kind, fmt) -> None:
     header, rows = read_xlsx(path, kind) if fmt == "xlsx" else read_csv(path)
     assert rows == []
     names = [c for c in tables[kind][0] if not c.endswith("_ms")]  # the table's columns, in order
-    assert header == names + (["prize_yuan", "payout_key"] if kind == "awards" else [])
+    assert header == names + (["prize_yuan"] if kind == "awards" else [])
 
 
 def test_no_bom_and_standard_output(world) -> None:

@@ -202,8 +202,9 @@ def stop(worker: subprocess.Popen) -> None:
         worker.kill()
 
 
-def consume(bootstrap: str, topic: str, want: int, timeout_s: float) -> list[bytes]:
-    """Scan lines (envelopes opened) from ``topic`` until ``want`` arrived or time is up."""
+def consume(bootstrap: str, topic: str, want: int, timeout_s: float, *, keys: bool = False) -> list:
+    """Scan lines (envelopes opened) from ``topic`` until ``want`` arrived or time is up; with
+    ``keys``, (message key, line) pairs."""
     from kafka import KafkaConsumer
     consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
                              consumer_timeout_ms=1000, group_id=None)
@@ -212,7 +213,8 @@ def consume(bootstrap: str, topic: str, want: int, timeout_s: float) -> list[byt
     try:
         while len(out) < want and time.monotonic() < deadline:
             for message in consumer:
-                out.extend(envelope.decode(message.value, envelope.header(message.headers)))
+                lines = envelope.decode(message.value, envelope.header(message.headers))
+                out.extend([(message.key, line) for line in lines] if keys else lines)
                 if len(out) >= want:
                     break
     finally:
@@ -249,7 +251,8 @@ def test_worker_on_real_services_matches_the_local_driver(state, world, broker, 
     names = {k: f"{k}-{uuid.uuid4().hex[:8]}" for k in ("scans", "results", "awards", "alerts", "dlq", "group")}
     config_path = worker_config(tmp_path / "worker.toml", base / "registry", tmp_path / "chdb", broker.bootstrap,
                                 names, redis_prefix, state)
-    expected = build_pipeline(local_config(base / "registry"), state=MemoryStateStore()).process(lines).scans
+    local = build_pipeline(local_config(base / "registry"), state=MemoryStateStore()).process(lines)
+    expected = local.scans
     log = (tmp_path / "worker.log").open("wb")
     metrics_port = free_port()
     worker = subprocess.Popen([SCANSTREAM, "--config", str(config_path), "worker", "--loglevel", "info",
@@ -278,6 +281,12 @@ def test_worker_on_real_services_matches_the_local_driver(state, world, broker, 
                 want.setdefault(sid, {c: expected[c][i].item() if hasattr(expected[c][i], "item") else expected[c][i]
                                       for c in ("verdict", "diversion", "prize_tier", "prize_cents", "draw")})
         assert {s: {c: r[c] for c in want[s]} for s, r in got.items()} == want
+        # the payout outbox: one message per award, keyed and carrying the award's payout key
+        want_keys = sorted(local.awards["payout_key"].tolist())
+        assert want_keys, "a world without awards would prove nothing"
+        awards = consume(broker.bootstrap, names["awards"], len(want_keys), 60, keys=True)
+        assert sorted(orjson.loads(value)["payout_key"] for _, value in awards) == want_keys
+        assert all(key.decode() == orjson.loads(value)["payout_key"] for key, value in awards)
         # the scan API's synchronous reply, through Redis
         client = redis.Redis.from_url(redis_url)
         from scanstream.streams.replies import wait_reply

@@ -5,9 +5,9 @@ read-only connection as ``scanstream query`` (``query.open_readonly``: nothing i
 SQL runs with ``readonly = 2``).  The columns are the table's own (``engine/outcomes.py``,
 ``config/clickhouse/``), read with ``FINAL`` so each award, alert or snapshot row is there once:
 
-* ``awards``: every column of ``awards``, then ``prize_yuan`` (the cents as yuan, exact to the
-  fen) and ``payout_key`` (``payout_key``: the idempotency key DESIGN.md "Outputs" asks a payment
-  service to pass on as its out_trade_no);
+* ``awards``: every column of ``awards`` (its ``payout_key`` is the idempotency key DESIGN.md
+  "Outputs" asks a payment service to pass on as its out_trade_no), then ``prize_yuan`` (the
+  cents as yuan, exact to the fen);
 * ``alerts``: every column of ``alerts``;
 * ``segments``: the rows of ``segment_snapshots`` (what ``scanstream segments snapshot`` stores:
   the users of every segment per tenant and day).  ``segments export`` stays as it is: it writes
@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import importlib
 import io
 import os
@@ -55,7 +54,6 @@ from pathlib import Path
 from typing import Any, TextIO
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import orjson
 
 from scanstream.cli import exits
 from scanstream.cli.common import config_option, load_config
@@ -95,10 +93,6 @@ XLSX_ABOUT_SHEET = "export"
 
 #: Fen per yuan: amounts are stored in cents (fen).
 CENTS_PER_YUAN = 100
-#: Version of the payout key's recipe: a new recipe gets a new tag, so keys never collide across it.
-PAYOUT_KEY_VERSION = "scanstream-payout-v1"
-#: Hex digits of a payout key: 128 bits, and WeChat Pay's out_trade_no takes at most 32 characters.
-PAYOUT_KEY_HEX = 32
 
 #: Cell types of an exported column: how CSV and xlsx write it.
 TEXT, INT, TIME, DAY, YUAN = "text", "int", "time", "date", "yuan"
@@ -112,19 +106,6 @@ class UsageError(ValueError):
 
 
 # --------------------------------------------------------------------------- what is exported
-
-
-def payout_key(tenant: int, campaign: str, kind: int, batch: int, serial: int, beneficiary: str) -> str:
-    """The payout idempotency key of an award: 32 hex digits of SHA-256 over (tenant, campaign,
-    the code's identity (kind, batch, serial), beneficiary), DESIGN.md "Outputs".
-
-    The same award always gets the same key, so a payment service given it as out_trade_no pays a
-    code once however often the export is run or the award message is redelivered.  The fields
-    are hashed as a JSON array, so no campaign id or user id can shift text from one field into
-    the next."""
-    text = orjson.dumps([PAYOUT_KEY_VERSION, int(tenant), str(campaign), int(kind), int(batch), int(serial),
-                         str(beneficiary)])
-    return hashlib.sha256(text).hexdigest()[:PAYOUT_KEY_HEX]
 
 
 def yuan(cents: int) -> Decimal:
@@ -164,16 +145,15 @@ def _cell_type(clickhouse_type: str) -> str:
 
 
 def _award_extra(row: dict[str, Any]) -> list[Any]:
-    return [yuan(row["prize_cents"]),
-            payout_key(row["tenant"], row["campaign"], row["kind"], row["batch"], row["serial"], row["user_id"])]
+    return [yuan(row["prize_cents"])]
 
 
 SOURCES: dict[str, Source] = {
     "awards": Source(
         table="awards", columns=tuple((n, t) for n, _, t in AWARD_COLUMNS),
         # time first (finance reads a day in order), then the table's key: one award per code
-        key=("ts", "tenant", "campaign", "kind", "batch", "serial"), range_column="ts", daily=False,
-        extra=(("prize_yuan", YUAN), ("payout_key", TEXT)), derive=_award_extra),
+        key=("ts", "tenant", "campaign", "kind", "batch", "serial", "beneficiary"), range_column="ts", daily=False,
+        extra=(("prize_yuan", YUAN),), derive=_award_extra),
     "alerts": Source(
         table="alerts", columns=tuple((n, t) for n, _, t in ALERT_COLUMNS),
         key=("ts", "tenant", "alert_id"), range_column="ts", daily=False),
