@@ -27,6 +27,7 @@ from pathlib import Path
 from collections.abc import Mapping
 from typing import Any
 
+from scanstream.ext.scanparse import ROLES
 from scanstream.engine.diversion import DiversionSettings
 from scanstream.engine.enumeration import IDENTITIES, EnumerationSettings
 from scanstream.engine.keys import KEY_BYTES, KEY_ID_MAX, TENANT_MAX, KeyTable
@@ -366,7 +367,6 @@ def _read_tenants(root: Reader) -> tuple[dict[int, Tenant], KeyTable]:
     return tenants, KeyTable(keys)
 
 
-ROLES = ("consumer", "store", "dealer")
 STATE_BACKENDS = ("memory", "redis")
 REGISTRY_SOURCES = ("files", "clickhouse")
 

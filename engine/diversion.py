@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 
+from scanstream.ext.scanparse import ROLES  # sorted: searchsorted gives each role its number
 from scanstream.engine import adcode, outcomes
 from scanstream.engine.registry import Registry
 from scanstream.engine.state import STATE_HASH_KEY, Namespace, StateStore, fold, state_keys
@@ -23,7 +24,6 @@ from scanstream.ext import codec
 
 DIVERSION_LABELS = np.array(["none", "region", "channel", "region+channel"], dtype=object)
 REGION, CHANNEL = 1, 2
-ROLES = ("consumer", "dealer", "store")  # sorted: searchsorted gives each role its number
 #: Window state lives this many windows past its end, so late scans still count.
 WINDOW_RETENTION = 2
 
@@ -31,16 +31,21 @@ WINDOW_RETENTION = 2
 @dataclass(frozen=True)
 class DiversionSettings:
     window_minutes: int = 10
-    thresholds: dict[str, int] = field(default_factory=lambda: {"consumer": 3, "store": 1, "dealer": 1})
+    # a guide's scans are a store's: one out of territory is evidence; warehouse scans set where
+    # goods are meant to be and are never judged, so their threshold is never reached
+    thresholds: dict[str, int] = field(default_factory=lambda: {"consumer": 3, "dealer": 1, "guide": 1, "store": 1,
+                                                                 "warehouse": 1})
     clone_window_minutes: int = 10
     clone_max_users: int = 3  # more distinct users than this in a window is a clone
 
 
 def judge(registry: Registry, dealer: np.ndarray, place: tuple[np.ndarray, np.ndarray], channel: np.ndarray,
-          verdict: np.ndarray) -> np.ndarray:
-    """Diversion bits per scan (REGION | CHANNEL), for ok/repeat scans with a known dealer."""
+          verdict: np.ndarray, role: np.ndarray) -> np.ndarray:
+    """Diversion bits per scan (REGION | CHANNEL), for ok/repeat scans with a known dealer; never
+    for a warehouse's scans, which set where the goods are meant to be (DESIGN.md)."""
     out = np.zeros(len(dealer), np.uint8)
-    rows = np.nonzero(((verdict == Verdict.OK) | (verdict == Verdict.REPEAT)) & (dealer >= 0))[0]
+    rows = np.nonzero(((verdict == Verdict.OK) | (verdict == Verdict.REPEAT)) & (dealer >= 0)
+                      & (role != "warehouse"))[0]
     if not len(rows):
         return out
     d = dealer[rows]

@@ -23,6 +23,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from scanstream.engine import diversion as div
+from scanstream.engine.audiences import claim_keys
 from scanstream.engine import outcomes
 from scanstream.engine.config import Config
 from scanstream.engine.conflicts import conflict_alerts
@@ -84,7 +85,8 @@ class Pipeline:
         # 3 enrich
         e = enrich(self.registry, cols, verdict, self.resolve_gps)
         verdict, cols["region"], cols["channel"] = e.verdict, e.region, e.channel
-        # 4 dedup: valid, activated codes get a bit; every readable scan has its answer remembered
+        # 4 dedup: valid, activated codes get a bit per audience (engine/audiences.py: a store's
+        # scan does not use up the consumer's first scan); every readable scan has its answer remembered
         # with its event's fingerprint.  The same scan_id with the same event is a redelivery
         # (its first answer again); with another event it is a conflict, which claims nothing.
         # An invalid event is judged by its own bytes: a poison message that reuses an earlier
@@ -95,14 +97,14 @@ class Pipeline:
         if len(readable):
             claims = self.state.claim(cols["scan_id"][readable], cols["fingerprint"][readable],
                                       cols["user_id"][readable],
-                                      batch_key(cols["tenant"][readable], cols["kind"][readable],
-                                                cols["batch"][readable]),
+                                      claim_keys(batch_key(cols["tenant"][readable], cols["kind"][readable],
+                                                           cols["batch"][readable]), cols["role"][readable]),
                                       cols["serial"][readable], verdict[readable])
             verdict[readable], replay[readable] = claims.verdict, claims.replay
             first_user[readable] = claims.first_user
         conflicts = conflict_alerts(np.nonzero(verdict == Verdict.CONFLICT)[0], cols, first_user)
         # 5 diversion
-        diversion = div.judge(self.registry, e.dealer, e.place, e.channel, verdict)
+        diversion = div.judge(self.registry, e.dealer, e.place, e.channel, verdict, cols["role"])
         verified = ((verdict == Verdict.OK) | (verdict == Verdict.REPEAT)) & ~replay
         alerts = outcomes.concat(outcomes.ALERT_COLUMNS, [
             conflicts,

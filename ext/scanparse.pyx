@@ -26,7 +26,8 @@ from scanstream.ext.codec import _key_halves
 MAX_EVENT_BYTES = 65536
 #: Identifiers (scan_id, user_id, store_id, ...) longer than this make the event invalid.
 MAX_ID_CHARS = 256
-ROLES = ("consumer", "store", "dealer")
+#: The roles of the event schema, sorted (engine/audiences.py numbers them by position).
+ROLES = ("consumer", "dealer", "guide", "store", "warehouse")
 #: SipHash key of event fingerprints.  Not a secret: the fingerprint only has to tell two events
 #: apart, the same on every worker and backend.
 FINGERPRINT_KEY = b"scanstream-event"

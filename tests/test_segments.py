@@ -496,7 +496,7 @@ def test_config_reads_segments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     ("churn_days = 14", "segments.churn_days: 14 must be more than dormant_days (14)"),
     ("churn_days = 10", "segments.churn_days: 10 must be more than dormant_days (14)"),
     ("utc_offset_minutes = 900", "segments.utc_offset_minutes: 900 out of range"),
-    ("roles = [\"buyer\"]", "segments.roles: 'buyer' is not one of ['consumer', 'store', 'dealer']"),
+    ("roles = [\"buyer\"]", "segments.roles: 'buyer' is not one of ['consumer', 'dealer', 'guide', 'store', 'warehouse']"),
     ("roles = []", "segments.roles: expected at least one of"),
     ("roles = \"consumer\"", "segments.roles: expected a list of strings"),
     ("recency = 7", "segments.recency: unknown key"),

@@ -111,6 +111,7 @@ import redis as redis_py
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from scanstream.engine.audiences import AUDIENCE_SHIFT
 from scanstream.engine.state import (CampaignLimits, CampaignState, Claims, DrawStatus, Grants, GrantRequests, StateStore,
                           StateUnavailable, state_keys)
 from scanstream.engine.state.redis_lua import (
@@ -237,8 +238,12 @@ class RedisStateStore(StateStore):
     # -- dedup -----------------------------------------------------------------------------
 
     def dedup_key(self, code: int, chunk: int) -> bytes:
-        """Key of a dedup chunk; ``code`` is ``registry.batch_key(tenant, kind, batch)``."""
-        return b"%bdd:{%d:%d:%d:%d}" % (self._pre, code >> 26, (code >> 24) & 3, code & 0xFFFFFF, chunk)
+        """Key of a dedup chunk; ``code`` is ``audiences.claim_keys``: the batch key
+        (tenant, kind, batch) and the audience above it.  Consumers' keys (audience 0) are named
+        as before audiences existed, ``dd:{tenant:kind:batch:chunk}``; the others ``ddN:``."""
+        audience = code >> AUDIENCE_SHIFT
+        return b"%bdd%b:{%d:%d:%d:%d}" % (self._pre, b"%d" % audience if audience else b"", (code >> 26) & 0xFFFF,
+                                          (code >> 24) & 3, code & 0xFFFFFF, chunk)
 
     def claim(self, scan_id: np.ndarray, fingerprint: np.ndarray, user: np.ndarray, code: np.ndarray,
               serial: np.ndarray, verdict: np.ndarray) -> Claims:
@@ -273,7 +278,7 @@ class RedisStateStore(StateStore):
 
     def dedup_bytes(self) -> int:
         """Bytes of Redis memory held by the dedup bitmaps under this prefix (for memory reports)."""
-        keys = self.keys(b"dd:*")
+        keys = self.keys(b"dd*:{*")
         pipe = self.client.pipeline(transaction=False)
         for k in keys:
             pipe.memory_usage(k, samples=0)

@@ -293,6 +293,10 @@ def check_promises(sc: Scenario, sent: list[tuple[str, bytes, str]], *, redis_ur
             on_topic = topic_awards.get(f"{k[1]}:{k[2]}:{k[3]}:{k[4]}", [])
             if not any(r["campaign"] == c.id and r["prize_cents"] == int(cents) for r in on_topic):
                 rep.fail(f"campaign {c.id}: granted prize {k} never reached the awards topic")
+            for r in on_topic:  # the payout outbox: keyed by the award's own idempotency key
+                if r["message_key"] != r["payout_key"] or not r["payout_key"]:
+                    rep.fail(f"campaign {c.id}: award message of {k} keyed {r['message_key']!r}, payout key "
+                             f"{r['payout_key']!r}")
         for dkey in client.scan_iter(match=f"{base}:ud:*", count=1000):
             for user, got in client.hgetall(dkey).items():
                 if int(got) > c.daily_cap:

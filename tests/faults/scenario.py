@@ -164,7 +164,10 @@ allow_loopback = true
     def watch(self) -> None:
         """Start consuming the results, awards and dead-letter topics."""
         def on_award(msg: Message) -> None:
-            self.awards_seen[(msg.key or b"").decode()].append(orjson.loads(msg.value))
+            # indexed by the code; the message key is the award's payout key (checked in checks.py)
+            award = orjson.loads(msg.value)
+            award["message_key"] = (msg.key or b"").decode()
+            self.awards_seen[f"{award['tenant']}:{award['kind']}:{award['batch']}:{award['serial']}"].append(award)
 
         self.watchers = {
             "results": TopicWatcher(self.bootstrap, self.topics["results"], self.partitions, handle=self.results,
