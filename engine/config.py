@@ -31,7 +31,9 @@ from scanstream.ext.scanparse import ROLES
 from scanstream.engine.diversion import DiversionSettings
 from scanstream.engine.enumeration import IDENTITIES, EnumerationSettings
 from scanstream.engine.keys import KEY_BYTES, KEY_ID_MAX, TENANT_MAX, KeyTable
-from scanstream.engine.lottery import Campaign, Tier
+from scanstream.engine.lottery import PRIZE_ROLES, Campaign, Tier
+from scanstream.engine.audiences import AUDIENCE_OF_ROLE
+from scanstream.engine.registry import KIND_BY_NAME
 from scanstream.engine.segments import SegmentSettings
 
 #: Environment variable naming the configuration file when ``--config`` is not given.
@@ -444,11 +446,23 @@ def _read_campaign(r: Reader, tenants: dict[int, Tenant]) -> Campaign:
             raise ConfigError(f"{r.key('regions')}: {p!r} is not an adcode prefix of 2, 4 or 6 digits")
     # A budget of 0 is allowed: the campaign runs and draws, and pays nothing (a campaign put on
     # hold); below 0 or past what the Redis state holds exactly is rejected.
+    roles = tuple(r.texts("roles", ["consumer"]))
+    if not roles or any(role not in PRIZE_ROLES for role in roles):
+        raise ConfigError(f"{r.key('roles')}: expected one or more of {list(PRIZE_ROLES)}, got {list(roles)}")
+    if len({AUDIENCE_OF_ROLE[role] for role in roles}) > 1:
+        # the state grants one prize per (campaign, code): consumers and the trade in one campaign
+        # would have the second audience's first scan handed the first one's prize
+        raise ConfigError(f"{r.key('roles')}: {list(roles)} mixes consumers and the trade; expected the roles "
+                          f"of one audience (a campaign for each)")
+    kinds = tuple(r.texts("kinds", ["unit"]))
+    if not kinds or any(k not in ("unit", "case") for k in kinds):
+        raise ConfigError(f"{r.key('kinds')}: expected one or more of ['unit', 'case'], got {list(kinds)}")
     c = Campaign(id=cid, tenant=tenant, start_ms=start, end_ms=end,
                  budget_cents=r.integer("budget_cents", required=True, lo=0, hi=LUA_EXACT_MAX),
                  daily_cap=r.integer("daily_cap", required=True, lo=1, hi=LUA_EXACT_MAX),
                  tiers=tuple(tiers), seed=seed, skus=tuple(r.texts("skus", [])), regions=tuple(regions),
-                 utc_offset_minutes=r.utc_offset_minutes("utc_offset_minutes", 480))
+                 utc_offset_minutes=r.utc_offset_minutes("utc_offset_minutes", 480),
+                 roles=roles, kinds=tuple(KIND_BY_NAME[k] for k in kinds))
     r.done()
     return c
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from scanstream.engine import adcode
+from scanstream.engine.codec import KIND_UNIT
 from scanstream.engine.registry import batch_key
 from scanstream.engine.outcomes import MS_PER_DAY, MS_PER_MINUTE, Columns
 from scanstream.engine.state import CampaignLimits, DrawStatus, GrantRequests, StateStore
@@ -24,6 +25,9 @@ from scanstream.ext import codec
 DRAW_BITS = 53
 #: Personalisation of the seed -> key derivation, so a seed reused elsewhere gives another key.
 SEED_PERSON = b"scanstream-draw"
+#: The roles a campaign may reward.  Guides are paid commissions (``guide_cents``), not prizes;
+#: warehouses are logistics, never a beneficiary.
+PRIZE_ROLES = ("consumer", "dealer", "store")
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,10 @@ class Campaign:
     skus: tuple[str, ...] = ()
     regions: tuple[str, ...] = ()
     utc_offset_minutes: int = 480  # China Standard Time: a user's "day" ends at local midnight
+    # who may win (DESIGN.md "Campaign"): consumers by default; ("store",) with kinds ("case",)
+    # is 开箱有礼, store owners opening a case and scanning the case code inside
+    roles: tuple[str, ...] = ("consumer",)
+    kinds: tuple[int, ...] = (KIND_UNIT,)
 
     @property
     def key(self) -> bytes:
@@ -104,14 +112,17 @@ class Lottery:
         n = len(tenant)
         campaign_idx = np.full(n, -1, np.int64)
         eligible_idx = np.full(n, -1, np.int64)
-        may_win = (verdict == Verdict.OK) & (role == "consumer")
+        may_win = verdict == Verdict.OK
         if blocked is not None:
             may_win &= ~blocked
+        could_win = np.zeros(n, bool)  # some campaign that applies rewards the scan's role and kind
         for ci, c in enumerate(self.campaigns):
             applies = (tenant == c.tenant) & (ts >= c.start_ms) & (ts < c.end_ms)
             if not applies.any():
                 continue
-            eligible = applies & may_win
+            audience = applies & np.isin(role, c.roles) & np.isin(kind, c.kinds)
+            could_win |= audience
+            eligible = audience & may_win
             if c.skus:
                 allowed = set(c.skus)
                 eligible &= np.fromiter(map(allowed.__contains__, sku.tolist()), bool, n)
@@ -126,7 +137,7 @@ class Lottery:
         draw = np.full(n, DrawStatus.NONE, np.uint8)
         draw[campaign_idx >= 0] = DrawStatus.INELIGIBLE
         if blocked is not None:  # say why: the scanner is blocked, not the scan
-            draw[(campaign_idx >= 0) & blocked & (verdict == Verdict.OK) & (role == "consumer")] = DrawStatus.BLOCKED
+            draw[(campaign_idx >= 0) & blocked & (verdict == Verdict.OK) & could_win] = DrawStatus.BLOCKED
         tier_name = _strings(n)
         cents = np.zeros(n, np.uint32)
         rows = np.nonzero(eligible_idx >= 0)[0]

@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from scanstream.engine import diversion as div
-from scanstream.engine.audiences import claim_keys
+from scanstream.engine.audiences import CONSUMERS, audiences, claim_keys
 from scanstream.engine import outcomes
 from scanstream.engine.config import Config
 from scanstream.engine.conflicts import conflict_alerts
@@ -127,9 +127,9 @@ class Pipeline:
             "ip": cols["ip"], "replay": replay.astype(np.uint8), "reason": cols["reason"], "raw": cols["raw"],
         }
         won = np.nonzero(lot.awarded)[0]
-        # only consumers win today (engine/lottery.py); trade prizes and guide commissions name
-        # their own beneficiary, which keeps their payout keys apart from the consumer's
-        beneficiary = np.full(len(won), outcomes.BENEFICIARY_CONSUMER, dtype=object)
+        # a store owner's 开箱有礼 prize is the trade's, apart from the consumer's prize on that code
+        beneficiary = np.where(audiences(cols["role"][won]) == CONSUMERS, outcomes.BENEFICIARY_CONSUMER,
+                               outcomes.BENEFICIARY_TRADE).astype(object)
         awards = {
             "scan_id": cols["scan_id"][won], "ts": cols["ts"][won], "tenant": cols["tenant"][won],
             "campaign": lot.campaign[won], "kind": cols["kind"][won], "batch": cols["batch"][won],

@@ -8,6 +8,7 @@ run on the in-process store, the embedded store on disk and a real Redis, which 
 """
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -161,3 +162,64 @@ def test_redis_names_consumer_bitmaps_as_before_and_the_others_apart(redis_url):
     finally:
         store.flush_prefix()
         store.close()
+
+
+# --------------------------------------------------------------------------- 开箱有礼
+
+#: A store owner opening a case and scanning the case code inside wins 5 yuan, two prizes in stock.
+CASE_CONFIG = config_mod.parse({
+    "tenants": [{"id": TENANT, "keys": [{"key_id": 0, "hex": KEY.hex()}]}],
+    "engine": {"resolve_gps": False},
+    "campaigns": [
+        {"id": "consumers", "tenant": TENANT, "start": datetime(2026, 11, 1, tzinfo=CST),
+         "end": datetime(2026, 12, 31, tzinfo=CST), "budget_cents": 100_000, "daily_cap": 10, "seed": "c",
+         "tiers": [{"name": "8.8", "cents": 880, "probability": 1.0, "stock": 100}]},
+        {"id": "open-case", "tenant": TENANT, "start": datetime(2026, 11, 1, tzinfo=CST),
+         "end": datetime(2026, 12, 31, tzinfo=CST), "budget_cents": 1_000, "daily_cap": 1, "seed": "o",
+         "roles": ["store"], "kinds": ["case"],
+         "tiers": [{"name": "5.0", "cents": 500, "probability": 1.0, "stock": 2}]},
+    ],
+}, Path("/nonexistent/scanstream.toml"))
+
+
+@pytest.fixture
+def case_pipeline(pipeline):
+    return Pipeline(CASE_CONFIG, REGISTRY, pipeline.state)
+
+
+def test_open_case_rewards_store_owners_for_case_codes_only(case_pipeline):
+    result = case_pipeline.process([
+        scan("ship-10", 10, "warehouse", kind=CASE),  # the outbound scan does not use up the store's first scan
+        scan("open-10", 10, "store", kind=CASE, user="store-a"),
+        scan("unit-10", 10, "store", user="store-b"),  # a unit code: not this campaign's kind
+        scan("consumer-11", 11, "consumer", kind=CASE),  # a case code scanned by a consumer: nobody's prize
+        scan("open-12", 12, "store", kind=CASE, user="store-a"),  # store-a's second prize today: over the cap
+        scan("open-13", 13, "store", kind=CASE, user="store-c"),
+        scan("open-14", 14, "store", kind=CASE, user="store-d"),  # the stock of two is gone
+        scan("unit-15", 15, "consumer", user="wx-1"),
+    ])
+    scans = result.scans
+    assert list(zip(scans["campaign"].tolist(), scans["draw"].tolist(), scans["prize_cents"].tolist())) == [
+        ("consumers", "ineligible", 0), ("open-case", "won", 500), ("consumers", "ineligible", 0),
+        ("consumers", "ineligible", 0), ("open-case", "cap", 0), ("open-case", "won", 500),
+        ("open-case", "out_of_stock", 0), ("consumers", "won", 880)]
+    awards = result.awards
+    assert list(zip(awards["user_id"].tolist(), awards["beneficiary"].tolist())) == [
+        ("store-a", "trade"), ("store-c", "trade"), ("wx-1", "consumer")]
+    state = case_pipeline.state.campaign_state("open-case")
+    assert (state.prizes, state.budget_left, list(state.stock_left)) == (2, 0, [0])
+
+
+@pytest.mark.parametrize("campaign, message", [
+    ({"roles": ["consumer", "store"]}, "mixes consumers and the trade"),
+    ({"roles": ["guide"]}, "expected one or more of ['consumer', 'dealer', 'store']"),
+    ({"roles": []}, "expected one or more of"),
+    ({"kinds": ["pallet"]}, "expected one or more of ['unit', 'case']"),
+])
+def test_campaign_roles_and_kinds_are_checked(campaign, message):
+    body = {"id": "x", "tenant": TENANT, "start": datetime(2026, 11, 1, tzinfo=CST),
+            "end": datetime(2026, 12, 31, tzinfo=CST), "budget_cents": 100, "daily_cap": 1, "seed": "s",
+            "tiers": [{"name": "t", "cents": 1, "probability": 1.0, "stock": 1}], **campaign}
+    with pytest.raises(config_mod.ConfigError, match=re.escape(message)):
+        config_mod.parse({"tenants": [{"id": TENANT, "keys": [{"key_id": 0, "hex": KEY.hex()}]}],
+                          "campaigns": [body]}, Path("/nonexistent/scanstream.toml"))

@@ -28,6 +28,7 @@ LOCAL_TOML = REPO / "config" / "local.toml"
 SCANSTREAM = shutil.which("scanstream", path=str(Path(sys.executable).parent)) or shutil.which("scanstream")
 DEMO_SCANS = 3000
 CAMPAIGN = "winter-2026"
+CASE_CAMPAIGN = "open-case-2026"  # config/local.toml's 开箱有礼 campaign
 #: DESIGN.md "Outputs": the per-scan fields, in order.
 DESIGN_FIELDS = ["scan_id", "ts", "tenant", "kind", "batch", "serial", "code", "user_id", "role", "region",
                  "channel", "sku", "dealer_id", "verdict", "diversion", "campaign", "prize_tier", "prize_cents"]
@@ -272,10 +273,14 @@ def test_demo_summary_and_query_agree_with_results_file(demo, cwd):
     assert printed == collections.Counter(r["verdict"] for r in rows)
     assert {"ok", "repeat", "bad_mac", "malformed", "invalid_event"} <= set(printed)
     won = [r for r in rows if r["draw"] == "won" and r["replay"] == 0]
-    m = re.search(rf"^campaign {CAMPAIGN}: ([\d,]+) prizes, ([\d,.]+) yuan paid this run", out, re.M)
-    assert m, out
-    assert int(m.group(1).replace(",", "")) == len(won) > 0
-    assert round(float(m.group(2).replace(",", "")) * 100) == sum(r["prize_cents"] for r in won)
+    for campaign in (CAMPAIGN, CASE_CAMPAIGN):  # the consumers' red packets and 开箱有礼
+        m = re.search(rf"^campaign {campaign}: ([\d,]+) prizes, ([\d,.]+) yuan paid this run", out, re.M)
+        assert m, out
+        mine = [r for r in won if r["campaign"] == campaign]
+        assert int(m.group(1).replace(",", "")) == len(mine) > 0
+        assert round(float(m.group(2).replace(",", "")) * 100) == sum(r["prize_cents"] for r in mine)
+    assert {r["role"] for r in won if r["campaign"] == CASE_CAMPAIGN} == {"store"}
+    assert {r["kind"] for r in won if r["campaign"] == CASE_CAMPAIGN} == {1}  # case codes
     alerts_block = out.split("\nalerts:", 1)[1].split("\n\n", 1)[0]
     assert re.search(r"^  cloned_code/provinces\s+1$", alerts_block, re.M), out
     assert re.search(r"^  diversion/region\s+\d+$", alerts_block, re.M), out
@@ -312,7 +317,7 @@ def test_demo_summary_and_query_agree_with_results_file(demo, cwd):
     columns = list(zip(*keyed))
     assert list(columns[6]) == payout_keys(*(np.array(c, dtype) for c, dtype in zip(
         columns[:6], (np.uint16, object, np.uint8, np.uint32, np.uint32, object)))).tolist()
-    assert set(columns[5]) == {"consumer"} and len(set(columns[6])) == len(won)
+    assert set(columns[5]) == {"consumer", "trade"} and len(set(columns[6])) == len(won)  # trade: 开箱有礼
 
 
 # --------------------------------------------------------------------------- 2 run on a file
@@ -380,8 +385,8 @@ def test_audit_matches_what_the_demo_paid(demo, cwd):
     config, proc, data = demo
     ok(proc)
     rows = [r for r in results(data / "demo-results.jsonl") if r["replay"] == 0]
-    won = {r["code"]: r["prize_tier"] for r in rows if r["draw"] == "won"}
-    no_prize = sorted({r["code"] for r in rows if r["draw"] == "no_prize"})[:50]
+    won = {r["code"]: r["prize_tier"] for r in rows if r["draw"] == "won" and r["campaign"] == CAMPAIGN}
+    no_prize = sorted({r["code"] for r in rows if r["draw"] == "no_prize" and r["campaign"] == CAMPAIGN})[:50]
     assert won and no_prize
     out = ok(sh("--config", str(config), "audit", "--campaign", CAMPAIGN, *won, *no_prize, cwd=cwd)).stdout
     assert out.splitlines()[0].startswith(f"campaign {CAMPAIGN} (tenant 7); tiers by cumulative probability:")

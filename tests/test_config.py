@@ -618,12 +618,16 @@ def test_shipped_configs_still_load(monkeypatch):
     monkeypatch.setenv("SCANSTREAM_SEED_WINTER_2026", "a seed")
     for path in (LOCAL, REPO / "config" / "production.toml"):
         cfg = config_mod.load(path)
-        (c,) = cfg.campaigns
+        c = cfg.campaigns[0]
         assert c.id == "winter-2026" and c.budget_cents == 10_000_000 and c.daily_cap == 5
+        assert c.roles == ("consumer",) and c.kinds == (0,)
         assert [t.probability for t in c.tiers] == [0.20, 0.05, 0.005, 0.001]
         assert c.start_ms == 1_793_462_400_000 and c.end_ms == 1_798_732_800_000
         assert c.utc_offset_minutes == 480 and cfg.segments.utc_offset_minutes == 480
         assert cfg.alerts.timeout_s == 5.0 and cfg.alerts.backoff_s == 0.5
+    # the demo's 开箱有礼 campaign: store owners, case codes
+    case = config_mod.load(LOCAL).campaigns[1]
+    assert (case.id, case.roles, case.kinds) == ("open-case-2026", ("store",), (1,))
 
 
 # --- kafka.metrics_host: where a worker's metrics listen -----------------------------------------

@@ -42,6 +42,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DEMO_SCANS = 3000
 CAMPAIGN = "winter-2026"
 BUDGET_CENTS = 10_000_000  # config/local.toml, campaign winter-2026
+CASE_BUDGET_CENTS = 500_000  # config/local.toml, the 开箱有礼 campaign open-case-2026
 VALID = ("ok", "repeat")
 CHART_PANELS = {"scans_per_minute", "verdict_mix", "conversion_batch", "conversion_sku", "conversion_province",
                 "repeat_rate", "new_returning", "spend_budget", "prizes_by_tier", "fraud_hotspots",
@@ -257,7 +258,7 @@ def test_overview_tiles(served, stored):
     assert kpi["codes"] == len({(r["tenant"], r["kind"], r["batch"], r["serial"]) for r in valid})
     assert kpi["counterfeit_scans"] == sum(r["verdict"] == "bad_mac" for r in stored)
     assert kpi["prizes"] == len(won) and kpi["spent_cents"] == sum(r["prize_cents"] for r in won)
-    assert kpi["budget_cents"] == BUDGET_CENTS
+    assert kpi["budget_cents"] == BUDGET_CENTS + CASE_BUDGET_CENTS  # every campaign of the tenant
 
 
 def test_conversion_by_batch_and_sku(served, stored):
@@ -307,11 +308,13 @@ def test_prizes_and_spend_against_budget(served, stored):
     assert {r["prize_tier"]: r["prizes"] for r in rows} == dict(tiers)
     assert sum(r["cents"] for r in rows) == sum(r["prize_cents"] for r in won)
     spend = panel(served, "spend_budget")
+    mine = [r for r in won if r["campaign"] == CAMPAIGN]
     assert spend["kpi"][CAMPAIGN]["budget_cents"] == BUDGET_CENTS
-    assert spend["kpi"][CAMPAIGN]["spent_cents"] == sum(r["prize_cents"] for r in won)
-    left = next(t for t in spend["figure"]["data"] if t["name"].endswith("budget left"))
+    assert spend["kpi"][CAMPAIGN]["spent_cents"] == sum(r["prize_cents"] for r in mine)
+    assert sum(k["spent_cents"] for k in spend["kpi"].values()) == sum(r["prize_cents"] for r in won)
+    left = next(t for t in spend["figure"]["data"] if t["name"] == f"{CAMPAIGN}: budget left")
     assert left["y"][0] == BUDGET_CENTS / 100
-    assert left["y"][-1] == pytest.approx((BUDGET_CENTS - sum(r["prize_cents"] for r in won)) / 100)
+    assert left["y"][-1] == pytest.approx((BUDGET_CENTS - sum(r["prize_cents"] for r in mine)) / 100)
 
 
 def test_diversion_by_dealer_and_region(served, stored):

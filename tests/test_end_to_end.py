@@ -134,7 +134,7 @@ def test_publisher_worker_redis_clickhouse(broker, redis_url, redis_prefix, tmp_
     # partition), the prize the worker stored, and a prize only of the tier the code draws.
     # Who gets the last prizes of a tier depends on how partitions interleave, so paid or not
     # is compared with the worker's own record, not with the local run.
-    campaign = config.campaigns[0]
+    campaigns = {c.id: c for c in config.campaigns}
     ids = ",".join(f"'{events[i]['scan_id']}'" for i in sample)
     stored = {sid: (tier if tier != "-" else "", int(cents), draw) for sid, tier, cents, draw in query(
         config_path, f"SELECT scan_id, if(prize_tier = '', '-', prize_tier), prize_cents, draw "
@@ -146,6 +146,7 @@ def test_publisher_worker_redis_clickhouse(broker, redis_url, redis_prefix, tmp_
         assert (answer["verdict"], answer["diversion"]) == (expected["verdict"][want], expected["diversion"][want])
         assert (answer["prize_tier"], answer["prize_cents"], answer["draw"]) == stored[answer["scan_id"]]
         if answer["draw"] == "won":
+            campaign = campaigns[answer["campaign"]]
             drawn = draw_tiers(campaign, draw_numbers(campaign, *(np.array([answer[f]]) for f in
                                                                   ("tenant", "kind", "batch", "serial"))))
             assert campaign.tiers[int(drawn[0])].name == answer["prize_tier"]
@@ -158,11 +159,15 @@ def test_publisher_worker_redis_clickhouse(broker, redis_url, redis_prefix, tmp_
     want = collections.Counter(expected["verdict"][i] for i in first.values())
     assert got == dict(want)
 
-    # prizes within budget, stock and daily caps
-    (paid, prizes), = query(config_path, "SELECT sum(prize_cents), count() FROM awards FINAL", tmp_path)
-    assert int(prizes) > 0 and int(paid) <= campaign.budget_cents
-    for tier, n in query(config_path, "SELECT prize_tier, count() FROM awards FINAL GROUP BY prize_tier", tmp_path):
-        assert int(n) <= next(t.stock for t in campaign.tiers if t.name == tier)
-    (most,), = query(config_path, "SELECT max(c) FROM (SELECT user_id, toDate(ts, 'Asia/Shanghai') AS d, count() AS c "
-                                  "FROM awards FINAL GROUP BY user_id, d)", tmp_path)
-    assert int(most) <= campaign.daily_cap
+    # prizes within budget, stock and daily caps, campaign by campaign (the consumers' and 开箱有礼)
+    for campaign in config.campaigns:
+        only = f"campaign = '{campaign.id}'"
+        (paid, prizes), = query(config_path, f"SELECT sum(prize_cents), count() FROM awards FINAL WHERE {only}",
+                                tmp_path)
+        assert int(prizes) > 0 and int(paid) <= campaign.budget_cents
+        for tier, n in query(config_path, f"SELECT prize_tier, count() FROM awards FINAL WHERE {only} "
+                                          f"GROUP BY prize_tier", tmp_path):
+            assert int(n) <= next(t.stock for t in campaign.tiers if t.name == tier)
+        (most,), = query(config_path, f"SELECT max(c) FROM (SELECT user_id, toDate(ts, 'Asia/Shanghai') AS d, "
+                                      f"count() AS c FROM awards FINAL WHERE {only} GROUP BY user_id, d)", tmp_path)
+        assert int(most) <= campaign.daily_cap

@@ -57,7 +57,7 @@ def iso(ms: int) -> dt.datetime:
 
 
 def campaign_dict(cid: str, start: int, end: int, tiers, budget: int, cap: int, seed: str, skus=(), regions=(),
-                  offset: int = 480) -> dict:
+                  offset: int = 480, roles=(), kinds=()) -> dict:
     out = {"id": cid, "tenant": TENANT, "start": iso(start), "end": iso(end), "budget_cents": budget,
            "daily_cap": cap, "seed": seed, "utc_offset_minutes": offset,
            "tiers": [{"name": n, "cents": c, "probability": p, "stock": s} for n, c, p, s in tiers]}
@@ -65,6 +65,10 @@ def campaign_dict(cid: str, start: int, end: int, tiers, budget: int, cap: int, 
         out["skus"] = list(skus)
     if regions:
         out["regions"] = list(regions)
+    if roles:
+        out["roles"] = list(roles)
+    if kinds:
+        out["kinds"] = list(kinds)
     return out
 
 
@@ -148,7 +152,8 @@ def check_stream(config, lines: list[bytes], result: BatchResult, state: MemoryS
         assert row["verdict"] == verdict
         ts, role, region, sku = row["ts"], row["role"], row["region"], SKU[ident[:2]]
         applying = [c for c in campaigns if c.tenant == TENANT and c.start_ms <= ts < c.end_ms]
-        eligible = [c for c in applying if verdict == "ok" and role == "consumer"
+        # DESIGN.md "Campaign": a role and a kind the campaign names (default: consumers, units)
+        eligible = [c for c in applying if verdict == "ok" and role in c.roles and ident[0] in c.kinds
                     and (not c.skus or sku in c.skus)
                     and (not c.regions or (region != "" and any(region.startswith(p) for p in c.regions)))]
         if not applying:
@@ -174,8 +179,8 @@ def check_stream(config, lines: list[bytes], result: BatchResult, state: MemoryS
                 if not blocked:
                     assert row["draw"] == "won", (row, stock[c.id], budget[c.id])
                     assert (row["prize_tier"], row["prize_cents"]) == (c.tiers[t].name, amount)
-                    assert ident not in paid_codes
-                    paid_codes.add(ident)
+                    assert (ident, AUDIENCE[role]) not in paid_codes  # one prize per code and audience
+                    paid_codes.add((ident, AUDIENCE[role]))
                     stock[c.id][t] -= 1
                     budget[c.id] -= amount
                     per_user_day[(c.id, row["user_id"], day)] += 1
@@ -200,8 +205,8 @@ def check_stream(config, lines: list[bytes], result: BatchResult, state: MemoryS
         assert s.prizes == len(mine)
         assert s.budget_left == c.budget_cents - paid == budget[c.id]
         assert list(s.stock_left) == [t.stock - per_tier[t.name] for t in c.tiers] == stock[c.id]
-    codes = Counter((r["kind"], r["batch"], r["serial"]) for r in new_wins)
-    assert max(codes.values(), default=0) <= 1
+    codes = Counter((r["kind"], r["batch"], r["serial"], AUDIENCE[r["role"]]) for r in new_wins)
+    assert max(codes.values(), default=0) <= 1  # at most one prize per code and audience, ever
     # awards: exactly the winning rows (a replay hands its prize back, same tier), in scan order
     won_rows = [r for r in rows if r["draw"] == "won"]
     awards = outcomes.rows(result.awards, outcomes.AWARD_COLUMNS)
@@ -235,7 +240,10 @@ def worlds(draw):
         campaigns.append(campaign_dict(
             "second", D0 + DAY, D0 + 4 * DAY, tiers("b"), budget=draw(budget_st),
             cap=draw(st.integers(1, 3)), seed="other", regions=draw(st.sampled_from([(), ("44",), ("4403", "11")])),
-            offset=draw(st.sampled_from([480, 0]))))
+            offset=draw(st.sampled_from([480, 0])),
+            # 开箱有礼 or a campaign for consumers' case scans: other audiences and kinds
+            roles=draw(st.sampled_from([(), ("store",), ("store", "dealer")])),
+            kinds=draw(st.sampled_from([(), ("case",), ("unit", "case")]))))
     days = [-1, 0, 0, 0, 1, 1, 2, 3, 4]  # some before and after the campaigns
     roles = ["consumer"] * 8 + ["store", "dealer", "guide", "warehouse"]
     regions = ["440304", "110101", "310101", ""]

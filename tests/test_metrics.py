@@ -358,21 +358,22 @@ def test_campaign_gauges_follow_the_state_store(world) -> None:
     config = local_config(registry)
     state = MemoryStateStore()
     result = build_pipeline(config, state=state).process(lines)
-    campaign = config.campaigns[0]
     metrics = WorkerMetrics()
     for c, left in read_campaigns(state, config.campaigns):
         metrics.observe_campaign(c, left)
     scraped = scrape(metrics)
-    paid = int(result.awards["prize_cents"].sum())
-    assert paid > 0
-    assert by_label(scraped, "scanstream_campaign_budget_cents", "campaign") == {campaign.id: campaign.budget_cents}
+    awards = result.awards
+    paid = {c.id: int(awards["prize_cents"][awards["campaign"] == c.id].sum()) for c in config.campaigns}
+    assert all(paid.values()), paid  # every campaign of the demo configuration paid something
+    assert by_label(scraped, "scanstream_campaign_budget_cents", "campaign") == {
+        c.id: c.budget_cents for c in config.campaigns}
     assert by_label(scraped, "scanstream_campaign_budget_left_cents", "campaign") == {
-        campaign.id: campaign.budget_cents - paid}
-    won = collections.Counter(result.awards["prize_tier"].tolist())
+        c.id: c.budget_cents - paid[c.id] for c in config.campaigns}
+    won = collections.Counter(zip(awards["campaign"].tolist(), awards["prize_tier"].tolist()))
     assert by_label(scraped, "scanstream_campaign_stock_left", "campaign", "tier") == {
-        (campaign.id, t.name): t.stock - won[t.name] for t in campaign.tiers}
+        (c.id, t.name): t.stock - won[c.id, t.name] for c in config.campaigns for t in c.tiers}
     assert by_label(scraped, "scanstream_campaign_stock", "campaign", "tier") == {
-        (campaign.id, t.name): t.stock for t in campaign.tiers}
+        (c.id, t.name): t.stock for c in config.campaigns for t in c.tiers}
 
 
 def test_a_campaign_the_store_does_not_know_is_left_out(world) -> None:
@@ -381,7 +382,7 @@ def test_a_campaign_the_store_does_not_know_is_left_out(world) -> None:
     unknown = replace(config.campaigns[0], id="not-defined-yet")
     state = MemoryStateStore()
     build_pipeline(config, state=state)
-    assert [c.id for c, _ in read_campaigns(state, [unknown, *config.campaigns])] == [config.campaigns[0].id]
+    assert [c.id for c, _ in read_campaigns(state, [unknown, *config.campaigns])] == [c.id for c in config.campaigns]
 
 
 # --------------------------------------------------------------------------- names, rules, dashboard
@@ -558,10 +559,12 @@ def test_a_real_worker_exports_what_it_did(world, broker, redis_url, redis_prefi
     stored = {(c, tier): (int(n), int(cents)) for c, tier, n, cents in query(
         config_path, "SELECT campaign, prize_tier, count(), sum(prize_cents) FROM awards FINAL "
                      "GROUP BY campaign, prize_tier", tmp_path)}
-    stored_paid = sum(cents for (c, _), (_, cents) in stored.items() if c == campaign.id)
-    assert stored_paid == paid
-    assert by_label(scraped, "scanstream_campaign_budget_cents", "campaign") == {campaign.id: campaign.budget_cents}
+    stored_paid = {c.id: sum(cents for (cid, _), (_, cents) in stored.items() if cid == c.id)
+                   for c in config.campaigns}
+    assert stored_paid[campaign.id] == paid
+    assert by_label(scraped, "scanstream_campaign_budget_cents", "campaign") == {
+        c.id: c.budget_cents for c in config.campaigns}
     assert by_label(scraped, "scanstream_campaign_budget_left_cents", "campaign") == {
-        campaign.id: campaign.budget_cents - stored_paid}
+        c.id: c.budget_cents - stored_paid[c.id] for c in config.campaigns}
     assert by_label(scraped, "scanstream_campaign_stock_left", "campaign", "tier") == {
-        (campaign.id, t.name): t.stock - stored.get((campaign.id, t.name), (0, 0))[0] for t in campaign.tiers}
+        (c.id, t.name): t.stock - stored.get((c.id, t.name), (0, 0))[0] for c in config.campaigns for t in c.tiers}
