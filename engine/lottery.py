@@ -120,7 +120,7 @@ class Lottery:
             applies = (tenant == c.tenant) & (ts >= c.start_ms) & (ts < c.end_ms)
             if not applies.any():
                 continue
-            audience = applies & np.isin(role, c.roles) & np.isin(kind, c.kinds)
+            audience = applies & _any_of(role, c.roles) & _any_of(kind, c.kinds)
             could_win |= audience
             eligible = audience & may_win
             if c.skus:
@@ -166,6 +166,15 @@ class Lottery:
         ids = np.array([c.id for c in self.campaigns] + [""], dtype=object)
         camp[:] = ids[campaign_idx]
         return LotteryResult(camp, draw, tier_name, cents, draw == DrawStatus.WON)
+
+
+def _any_of(values: np.ndarray, wanted: tuple) -> np.ndarray:
+    """``values`` equal to one of the few ``wanted``: one comparison each, where ``np.isin`` would
+    sort an object array in Python."""
+    out = values == wanted[0]
+    for w in wanted[1:]:
+        out |= values == w
+    return out
 
 
 def _strings(n: int) -> np.ndarray:
