@@ -9,7 +9,7 @@ stage, for each event in turn:
              GPS -> adcode by the same grid of candidate centroids as ``engine.geo`` (its
              cell lists are read once at start; the per-event cell lookup and dot products
              are plain Python)
-4 dedup      a ``set`` of (tenant, kind, batch, serial) for valid, activated codes, and a
+4 dedup      a ``set`` of (tenant, kind, batch, serial, audience) for valid, activated codes, and a
              ``dict`` scan_id -> first verdict for every scan (a redelivery gets its first outcome)
 5 diversion  region prefixes / channel of the dealer, windowed alert counters in dicts and sets
 6 lottery    SipHash-2-4 draw (``engine.codec.siphash24``) and dict / list counters for stock,
@@ -65,7 +65,9 @@ DRAW_LABELS = {int(s): s.label for s in DrawStatus}
 # ext.scanparse's limits
 MAX_EVENT_BYTES = 65536
 MAX_ID_CHARS = 256
-ROLES = ("consumer", "store", "dealer")
+ROLES = ("consumer", "dealer", "guide", "store", "warehouse")
+#: DESIGN.md "Audiences": a code's first scan is counted per audience.
+AUDIENCE = {"consumer": "consumers", "dealer": "trade", "guide": "trade", "store": "trade", "warehouse": "logistics"}
 TS_MIN_MS = 946684800000  # 2000-01-01
 TS_MAX_MS = 4102444800000  # 2100-01-01
 _RFC3339 = re.compile(rb"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?"
@@ -285,6 +287,8 @@ class _Campaign:
     cents: list[int]
     offset_ms: int
     cap: int
+    roles: frozenset[str]  # who may win (DESIGN.md "Campaign")
+    kinds: frozenset[int]
 
 
 STAGES = ("parse", "verify", "enrich", "dedup", "diversion", "lottery", "emit")
@@ -304,7 +308,8 @@ class BaselinePipeline:
         self.clone_max_users = d.clone_max_users
         self.campaigns = [_Campaign(c.id, c.tenant, c.start_ms, c.end_ms, frozenset(c.skus), tuple(c.regions), c.key,
                                     list(accumulate(t.probability for t in c.tiers)), [t.name for t in c.tiers],
-                                    [t.cents for t in c.tiers], c.utc_offset_minutes * MS_PER_MINUTE, c.daily_cap)
+                                    [t.cents for t in c.tiers], c.utc_offset_minutes * MS_PER_MINUTE, c.daily_cap,
+                                    frozenset(c.roles), frozenset(c.kinds))
                           for c in config.campaigns]
         self.resolver_kind = "none"
         self.resolve: Callable[[float, float], str] | None = resolve_gps
@@ -443,8 +448,8 @@ class BaselinePipeline:
             ev["verdict"], ev["replay"] = first, 1
             return
         ev["replay"] = 0
-        if ev["verdict"] == OK:  # only valid, activated codes have a bit
-            code = (ev["tenant"], ev["kind"], ev["batch"], ev["serial"])
+        if ev["verdict"] == OK:  # only valid, activated codes have a bit, one per audience
+            code = (ev["tenant"], ev["kind"], ev["batch"], ev["serial"], AUDIENCE[ev["role"]])
             if code in self.seen:
                 ev["verdict"] = REPEAT
             else:
@@ -454,7 +459,7 @@ class BaselinePipeline:
     def diversion(self, ev: dict[str, Any], alerts: list[dict[str, Any]]) -> None:
         div = 0
         verdict, dealer = ev["verdict"], ev["dealer"]
-        if (verdict == OK or verdict == REPEAT) and dealer >= 0:
+        if (verdict == OK or verdict == REPEAT) and dealer >= 0 and ev["role"] != "warehouse":
             reg = self.registry
             region, channel = ev["region"], ev["channel"]
             if region and not reg.authorised(dealer, region):
@@ -527,14 +532,14 @@ class BaselinePipeline:
     def lottery(self, ev: dict[str, Any], awards: list[dict[str, Any]]) -> None:
         ev["campaign"], ev["draw"], ev["prize_tier"], ev["prize_cents"] = "", DRAW_NONE, "", 0
         tenant, ts = ev["tenant"], ev["ts"]
-        may_win = ev["verdict"] == OK and ev["role"] == "consumer"
+        may_win = ev["verdict"] == OK
         applies = eligible = -1
         for ci, c in enumerate(self.campaigns):
             if tenant != c.tenant or not c.start_ms <= ts < c.end_ms:
                 continue
             if applies < 0:
                 applies = ci
-            if may_win and (not c.skus or ev["sku"] in c.skus) and (
+            if may_win and ev["role"] in c.roles and ev["kind"] in c.kinds and (not c.skus or ev["sku"] in c.skus) and (
                     not c.regions or (ev["region"] != "" and any(ev["region"].startswith(p) for p in c.regions))):
                 eligible = ci
                 break

@@ -66,8 +66,10 @@ prints the 25 functions with the most own time. The goal (end to end >= 250 000 
 per core) is printed as PASS / MISS for information and never fails the run.
 
 Run: ``python benchmarks/bench_pipeline.py [--scans N] [--batch B] [--repeat R]
-[--baseline-scans M] [--quick] [--with-chdb] [--profile] [--profile-state] [--no-gc] [--json FILE]``
-(``--quick``: 50 000 scans, a 5 000-scan baseline sample, 2 runs each).
+[--baseline-scans M] [--quick] [--with-chdb] [--profile] [--profile-state] [--no-gc] [--json FILE]
+[--trade-share F]`` (``--quick``: 50 000 scans, a 5 000-scan baseline sample, 2 runs each;
+``--trade-share 0.2``: a fifth of the consumers' scans become store, guide and warehouse scans of
+the same codes, each audience claiming its own first scan).
 
 Why one file of this length: a benchmark is read as a whole, setup, measurement and report
 together; the naive baseline it compares with is ``baseline_pipeline.py``.
@@ -88,6 +90,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -99,6 +102,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(1, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
+import orjson  # noqa: E402
 
 from baseline_pipeline import BaselinePipeline  # noqa: E402
 from machine import machine
@@ -264,10 +268,36 @@ def prepare(args: argparse.Namespace, tmp: Path) -> Bench:
     config = dataclasses.replace(config, **overrides)
     started = time.perf_counter()
     lines = generate_scans(world, args.scans, seed=args.seed)[:args.scans]
+    if args.trade_share:
+        lines = as_trade_scans(lines, args.trade_share, args.seed)
     generate_s = time.perf_counter() - started
     sample = lines[:args.baseline_scans]
     return Bench(config, build_registry(config), lines, cut(lines, args.batch), cut(sample, args.batch), tmp,
                  generate_s)
+
+
+#: The trade roles ``--trade-share`` gives scans, in turn: each has an audience apart from consumers'.
+TRADE_ROLES = ("store", "guide", "warehouse")
+
+
+def as_trade_scans(lines: list[bytes], share: float, seed: int) -> list[bytes]:
+    """``share`` of the consumers' scans made the trade's (a store, a guide or a warehouse scanning
+    the same code under its own account): the stream of a channel programme, in which the same
+    codes are claimed by several audiences.  Chosen by a hash of the scan_id and ``seed``, so a
+    redelivered scan stays the same event (a changed one would be a conflict)."""
+    out = []
+    for line in lines:
+        try:
+            event = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            event = None  # a junk line stays junk
+        if isinstance(event, dict) and event.get("role", "consumer") == "consumer" and "scan_id" in event:
+            h = zlib.crc32(f"{seed}:{event['scan_id']}".encode())
+            if h / 2**32 < share:
+                role = TRADE_ROLES[h % len(TRADE_ROLES)]
+                line = orjson.dumps({**event, "role": role, "user_id": f"{role}-{h % 500}"})
+        out.append(line)
+    return out
 
 
 # ---------------------------------------------------------------------------- timing
@@ -638,6 +668,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--baseline-scans", type=int, default=20_000,
                    help="first scans of the input for the pure-Python baseline (default 20000)")
     p.add_argument("--seed", type=int, default=7, help="seed of the synthetic world's scans (default 7)")
+    p.add_argument("--trade-share", type=float, default=0.0, metavar="F",
+                   help="make this share of the scans store, guide and warehouse scans of the same codes (default 0)")
     p.add_argument("--config", type=Path, default=ROOT / "config" / "local.toml",
                    help="configuration (default config/local.toml); its registry and sink are replaced")
     p.add_argument("--with-chdb", action="store_true", help="also time end to end with the chdb ClickHouse sink")
@@ -677,7 +709,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"input:   {n:,} scans of the demo world (seed {args.seed}, generated in {bench.generate_s:.1f} s), "
               f"{len(bench.batches)} batches of {args.batch:,}; {args.config.name} with registry in a temp folder, "
               f"memory state, no sink, GPS {'on' if cfg.engine.resolve_gps else 'off'}, "
-              f"{len(cfg.campaigns)} campaign(s)")
+              f"{len(cfg.campaigns)} campaign(s), trade scans made of {args.trade_share:.0%} of the consumers' "
+              f"(--trade-share)")
         print(f"timing:  best of {args.repeat} after a warm-up; garbage collector {'on' if use_gc else 'off'}; "
               f"baseline on the first {m:,} scans")
 
