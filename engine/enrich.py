@@ -1,8 +1,9 @@
 """The enrich stage: registry facts per scan (sku, activation, dealer, store, place, channel).
 
-Verdicts decided here: ``unknown_batch`` and ``not_activated``.  A scan's place is its event's
-``region``, else its store's registered region, else the district nearest to its GPS fix; its
-channel is its store's channel, else the event's.
+Verdicts decided here: ``unknown_batch`` and ``not_activated`` (per code: its batch's flag, or
+the 空码赋值 range of ``activations.csv`` that covers it, from the range's activated_at on).
+A scan's place is its event's ``region``, else its store's registered region, else the district
+nearest to its GPS fix; its channel is its store's channel, else the event's.
 """
 from __future__ import annotations
 
@@ -36,10 +37,20 @@ def enrich(registry: Registry, cols: dict[str, np.ndarray], verdict: np.ndarray,
     verdict = verdict.copy()
     verdict[decoded & (b < 0)] = Verdict.UNKNOWN_BATCH
     known = b >= 0
-    verdict[known & ~registry.batches.activated[np.maximum(b, 0)]] = Verdict.NOT_ACTIVATED
+    activated = np.zeros(n, bool)
+    activated[known] = registry.batches.activated[b[known]]
     sku = np.empty(n, dtype=object)
     sku[:] = ""
     sku[known] = registry.batches.sku[b[known]]
+    # 空码赋值: a range decides for its codes, whatever its batch says: activated from its
+    # activated_at on, and then bound to the range's sku (the campaigns' sku match sees it too)
+    act = np.full(n, -1, np.int64)
+    act[known] = registry.lookup_activations(tenant[known], kind[known], batch[known], serial[known])
+    in_range = act >= 0
+    activated[in_range] = cols["ts"][in_range] >= registry.activations.at_ms[act[in_range]]
+    bound = in_range & activated
+    sku[bound] = registry.activations.sku[act[bound]]
+    verdict[known & ~activated] = Verdict.NOT_ACTIVATED
 
     dealer = np.full(n, -1, np.int32)
     dealer[known] = registry.lookup_dealers(tenant[known], kind[known], batch[known], serial[known])

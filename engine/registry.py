@@ -1,8 +1,9 @@
-"""Reference data (DESIGN.md "Reference data"): batches, dealers, shipments and stores.
+"""Reference data (DESIGN.md "Reference data"): batches, dealers, shipments, stores and activations.
 
-Loaded from the four CSV files (their columns: ``engine/registry_schema.py``) into sorted numpy arrays, so that the enrich stage looks up a
-whole batch of scans with ``searchsorted`` instead of one dict lookup per scan.  Errors name
-the file, the line and the column.
+Loaded from the CSV files (their columns: ``engine/registry_schema.py``; ``activations.csv``
+may be absent) into sorted numpy arrays, so that the enrich stage looks up a whole batch of
+scans with ``searchsorted`` instead of one dict lookup per scan.  Errors name the file, the line
+and the column.
 
 The files come from people and spreadsheets, so nothing in them is trusted: a number must be
 ASCII digits within its field's range (``int()`` alone takes ``４２`` and ``٤٢``), a field is at
@@ -14,7 +15,9 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +25,7 @@ import numpy as np
 from scanstream.engine import adcode
 from scanstream.engine.codec import BATCH_MAX, KIND_CASE, KIND_UNIT, SERIAL_MAX
 from scanstream.engine.registry_schema import FILES, LIST_SEPARATOR, SCHEMA
+from scanstream.ext.scanparse import TS_MAX_MS, TS_MIN_MS
 
 KIND_BY_NAME = {"unit": KIND_UNIT, "case": KIND_CASE, "": KIND_UNIT}
 #: Lengths of an adcode prefix: province, city, district.
@@ -32,6 +36,15 @@ TENANT_MAX = 0xFFFF
 MAX_FIELD = 64 * 1024
 #: Longest piece of a bad value quoted in an error message.
 SHOWN_CHARS = 40
+#: An RFC 3339 time with a zone, as a scan event's ``ts`` string is read (``ext/scanparse.pyx``):
+#: date, 'T' (or 't' or a space), time, optional fraction, 'Z' or a +hh:mm / -hh:mm offset.
+RFC3339 = re.compile(r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})",
+                     re.ASCII)
+#: An example of RFC3339 for error messages.
+RFC3339_EXAMPLE = "2026-11-20T08:00:00+08:00"
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+#: Digits of a fraction of a second that count: the engine's times are milliseconds.
+MS_DIGITS = 3
 
 
 class RegistryError(ValueError):
@@ -104,6 +117,18 @@ class Shipments:
 
 
 @dataclass
+class Activations:
+    """空码赋值 ranges, indexed like ``Shipments``: one row per range, sorted by ``start``."""
+
+    group_key: np.ndarray  # uint64 batch_key of each distinct batch with ranges, sorted
+    start: np.ndarray  # uint64 (group index << 32 | serial_from), sorted
+    end: np.ndarray  # uint64 (group index << 32 | serial_to)
+    at_ms: np.ndarray  # int64 activated_at, epoch milliseconds: scans from then on are activated
+    sku: np.ndarray  # object: the range's sku, in place of its batch's
+    product: np.ndarray  # object
+
+
+@dataclass
 class Stores:
     index: dict[tuple[int, str], int]  # (tenant, store_id) -> row
     dealer: np.ndarray  # int32 dealer index, -1 when unknown
@@ -160,6 +185,13 @@ def _read(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict[str, st
     if header is None:
         raise RegistryError(f"{path}: empty file; expected a header row with {list(required)}")
     return rows
+
+
+def read_rows(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
+    """The rows of one registry file as ``Registry.load`` reads them: (line number, {column: text}),
+    the header holding ``required`` (a ``RegistryFile.required``).  For a command that checks a
+    file it is about to put in place (``scanstream codes activate``)."""
+    return _read(path, required)
 
 
 def _header(path: Path, line: int, values: list[str], required: tuple[str, ...]) -> list[str]:
@@ -277,8 +309,10 @@ class Registry:
     """All reference data of a deployment, indexed for batch lookups."""
 
     def __init__(self, batches: Batches, dealers: Dealers, shipments: Shipments, stores: Stores,
-                 rows: dict[str, list[dict[str, str]]] | None = None):
+                 rows: dict[str, list[dict[str, str]]] | None = None, activations: Activations | None = None):
         self.batches = batches
+        self.activations = activations if activations is not None else Registry._activations(
+            Path("activations.csv"), [], batches)
         #: the validated CSV rows per file name, for copying the registry to ClickHouse
         self.rows = rows or {name: [] for name in FILES}
         self.dealers = dealers
@@ -292,23 +326,28 @@ class Registry:
 
     @classmethod
     def load(cls, directory: Path) -> Registry:
-        """Read ``batches.csv``, ``dealers.csv``, ``shipments.csv`` and ``stores.csv``."""
+        """Read ``batches.csv``, ``dealers.csv``, ``shipments.csv``, ``stores.csv`` and, when it
+        exists, ``activations.csv``."""
         directory = Path(directory)
         return cls.from_rows(
-            *(_read(directory / f.file, f.required) for f in SCHEMA),
-            directory,
+            *(_read(directory / f.file, f.required) if not f.optional or (directory / f.file).exists() else []
+              for f in SCHEMA),
+            directory=directory,
         )
 
     @classmethod
-    def from_rows(cls, batch_rows, dealer_rows, shipment_rows, store_rows, directory: Path = Path(".")) -> Registry:
-        """Build from parsed CSV rows: lists of (line number, {column: text})."""
+    def from_rows(cls, batch_rows, dealer_rows, shipment_rows, store_rows, activation_rows=(), *,
+                  directory: Path = Path(".")) -> Registry:
+        """Build from parsed CSV rows: lists of (line number, {column: text}), in ``SCHEMA``'s order."""
         dealers = cls._dealers(directory / "dealers.csv", dealer_rows)
         index = {d: i for i, d in enumerate(dealers.dealer_id)}
         rows = {name: [r for _, r in given] for name, given in
-                zip(FILES, (batch_rows, dealer_rows, shipment_rows, store_rows))}
-        return cls(cls._batches(directory / "batches.csv", batch_rows), dealers,
+                zip(FILES, (batch_rows, dealer_rows, shipment_rows, store_rows, activation_rows))}
+        batches = cls._batches(directory / "batches.csv", batch_rows)
+        return cls(batches, dealers,
                    cls._shipments(directory / "shipments.csv", shipment_rows, index, dealers.tenant),
-                   cls._stores(directory / "stores.csv", store_rows, index, dealers.tenant), rows)
+                   cls._stores(directory / "stores.csv", store_rows, index, dealers.tenant), rows,
+                   cls._activations(directory / "activations.csv", activation_rows, batches))
 
     @staticmethod
     def _batches(path: Path, rows) -> Batches:
@@ -394,19 +433,44 @@ class Registry:
             ends.append(hi)
             dealers.append(dealer_index[dealer_id])
             lines.append(line)
-        bk = np.array(bkeys, np.uint64)
-        groups, group_of = np.unique(bk, return_inverse=True)
-        g = group_of.astype(np.uint64) << np.uint64(32)
-        start = g | np.array(starts, np.uint64)
-        end = g | np.array(ends, np.uint64)
-        order = np.argsort(start, kind="stable")
-        start, end = start[order], end[order]
-        overlap = np.nonzero(start[1:] <= end[:-1])[0]
-        if len(overlap):
-            a, b = order[overlap[0]], order[overlap[0] + 1]
-            raise RegistryError(f"{path}:{lines[b]}: serial range {starts[b]}..{ends[b]} overlaps the range "
-                                f"{starts[a]}..{ends[a]} on line {lines[a]} of the same batch")
+        groups, start, end, order = _ranges(path, bkeys, starts, ends, lines)
         return Shipments(groups, start, end, np.array(dealers, np.int32)[order])
+
+    @staticmethod
+    def _activations(path: Path, rows, batches: Batches) -> Activations:
+        """空码赋值 ranges: each of a batch of ``batches`` and within its size, none overlapping
+        another of the same batch (a code has one product), activated_at a real time."""
+        bkeys, starts, ends, at, sku, product, lines = [], [], [], [], [], [], []
+        for line, row in rows:
+            tenant = _int(path, line, row, "tenant", TENANT_MAX)
+            batch = _int(path, line, row, "batch", BATCH_MAX)
+            kind = _kind(path, line, row)
+            lo = _int(path, line, row, "serial_from", SERIAL_MAX)
+            hi = _int(path, line, row, "serial_to", SERIAL_MAX)
+            if hi < lo:
+                raise RegistryError(f"{path}:{line}: column serial_to: {hi} is below serial_from {lo}; "
+                                    f"expected serial_from <= serial_to (the range is inclusive)")
+            key = int(batch_key(tenant, kind, batch))
+            found = int(_find(batches.key, np.array([key], np.uint64))[0])
+            if found < 0:
+                raise RegistryError(f"{path}:{line}: column batch: {'case' if kind == KIND_CASE else 'unit'} batch "
+                                    f"{batch} of tenant {tenant} is not in batches.csv; expected a registered batch")
+            size = int(batches.size[found])
+            if size and hi >= size:  # size 0: not given, any serial goes
+                raise RegistryError(f"{path}:{line}: column serial_to: {hi} is beyond batch {batch}'s size {size}; "
+                                    f"expected a serial in 0..{size - 1}")
+            if not row.get("sku", ""):
+                raise RegistryError(f"{path}:{line}: column sku is empty; expected the sku the range is bound to")
+            bkeys.append(key)
+            starts.append(lo)
+            ends.append(hi)
+            at.append(_epoch_ms(path, line, row, "activated_at"))
+            sku.append(row["sku"])
+            product.append(row.get("product", ""))
+            lines.append(line)
+        groups, start, end, order = _ranges(path, bkeys, starts, ends, lines)
+        return Activations(groups, start, end, np.array(at, np.int64)[order], _objects(sku)[order],
+                           _objects(product)[order])
 
     @staticmethod
     def _stores(path: Path, rows, dealer_index: dict[str, int], dealer_tenant: np.ndarray) -> Stores:
@@ -441,18 +505,17 @@ class Registry:
                        serial: np.ndarray) -> np.ndarray:
         """Dealer index each code was shipped to, -1 when no shipment covers it."""
         s = self.shipments
-        out = np.full(len(serial), -1, np.int32)
-        group = _find(s.group_key, batch_key(tenant, kind, batch))
-        has = group >= 0
-        if not has.any() or not len(s.start):
-            return out
-        probe = (group[has].astype(np.uint64) << np.uint64(32)) | np.asarray(serial, np.uint64)[has]
-        row = np.searchsorted(s.start, probe, side="right") - 1
-        hit = (row >= 0) & (probe <= s.end[np.maximum(row, 0)])
-        found = np.full(len(probe), -1, np.int32)
-        found[hit] = s.dealer[row[hit]]
-        out[has] = found
+        row = _range_rows(s.group_key, s.start, s.end, tenant, kind, batch, serial)
+        out = np.full(len(row), -1, np.int32)
+        hit = row >= 0
+        out[hit] = s.dealer[row[hit]]
         return out
+
+    def lookup_activations(self, tenant: np.ndarray, kind: np.ndarray, batch: np.ndarray,
+                           serial: np.ndarray) -> np.ndarray:
+        """Row in ``self.activations`` of the range covering each code, -1 when none does."""
+        a = self.activations
+        return _range_rows(a.group_key, a.start, a.end, tenant, kind, batch, serial)
 
     def lookup_stores(self, tenant: np.ndarray, store_id: np.ndarray) -> np.ndarray:
         """Row in ``self.stores`` of each scan's store, -1 when unknown or absent."""
@@ -496,6 +559,65 @@ def _same_tenant(path: Path, line: int, tenant: int, dealer_id: str, dealer_inde
     if theirs != tenant:
         raise RegistryError(f"{path}:{line}: column dealer_id: dealer {_show(dealer_id)} belongs to tenant {theirs} "
                             f"in dealers.csv, not to this row's tenant {tenant}")
+
+
+def _epoch_ms(path: Path, line: int, row: dict[str, str], column: str) -> int:
+    """Column ``column`` of ``row``, an RFC 3339 time with a zone, as epoch milliseconds within the
+    times a scan may have (``ext.scanparse.TS_MIN_MS``..``TS_MAX_MS``): a scan is compared with it."""
+    text = row.get(column, "")
+    m = RFC3339.fullmatch(text)
+    expected = f"expected an RFC 3339 time with a zone, e.g. {RFC3339_EXAMPLE}"
+    if m is None:
+        raise RegistryError(f"{path}:{line}: column {column}: {_show(text)} is not a time; {expected}")
+    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
+    zone = m.group(8)
+    offset = timedelta(0) if zone in "Zz" else (1 if zone[0] == "+" else -1) * timedelta(
+        hours=int(zone[1:3]), minutes=int(zone[4:6]))
+    try:
+        when = datetime(year, month, day, hour, minute, second, tzinfo=timezone(offset))
+    except ValueError as exc:  # 2026-02-30, hour 24, an offset of 24 hours or more
+        raise RegistryError(f"{path}:{line}: column {column}: {_show(text)} is not a time ({exc}); "
+                            f"{expected}") from None
+    fraction = (m.group(7) or "")[:MS_DIGITS].ljust(MS_DIGITS, "0")
+    ms = (when - _EPOCH) // timedelta(milliseconds=1) + int(fraction)
+    if not TS_MIN_MS <= ms < TS_MAX_MS:
+        raise RegistryError(f"{path}:{line}: column {column}: {_show(text)} is outside the times of scans; "
+                            f"expected a time in 2000-01-01..2100-01-01 UTC")
+    return ms
+
+
+def _ranges(path: Path, bkeys: list[int], starts: list[int], ends: list[int],
+            lines: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Serial ranges of batches as searchsorted keys: (distinct batch keys, sorted starts, their
+    ends, the order that sorts the rows).  Two ranges of one batch that share a serial are an
+    error naming both lines: a code has one dealer, one product."""
+    groups, group_of = np.unique(np.array(bkeys, np.uint64), return_inverse=True)
+    g = group_of.astype(np.uint64) << np.uint64(32)
+    start = g | np.array(starts, np.uint64)
+    end = g | np.array(ends, np.uint64)
+    order = np.argsort(start, kind="stable")
+    start, end = start[order], end[order]
+    overlap = np.nonzero(start[1:] <= end[:-1])[0]
+    if len(overlap):
+        a, b = order[overlap[0]], order[overlap[0] + 1]
+        raise RegistryError(f"{path}:{lines[b]}: serial range {starts[b]}..{ends[b]} overlaps the range "
+                            f"{starts[a]}..{ends[a]} on line {lines[a]} of the same batch")
+    return groups, start, end, order
+
+
+def _range_rows(group_key: np.ndarray, start: np.ndarray, end: np.ndarray, tenant: np.ndarray, kind: np.ndarray,
+                batch: np.ndarray, serial: np.ndarray) -> np.ndarray:
+    """Row of the range (of ``_ranges``) covering each code, -1 when none does: one searchsorted."""
+    out = np.full(len(serial), -1, np.int64)
+    group = _find(group_key, batch_key(tenant, kind, batch))
+    has = group >= 0
+    if not has.any() or not len(start):
+        return out
+    probe = (group[has].astype(np.uint64) << np.uint64(32)) | np.asarray(serial, np.uint64)[has]
+    row = np.searchsorted(start, probe, side="right") - 1
+    hit = (row >= 0) & (probe <= end[np.maximum(row, 0)])
+    out[has] = np.where(hit, row, -1)
+    return out
 
 
 def _find(sorted_keys: np.ndarray, probe: np.ndarray) -> np.ndarray:

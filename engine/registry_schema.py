@@ -40,6 +40,7 @@ class RegistryFile:
     file: str  # the CSV file name in the registry folder
     table: str  # its ClickHouse table
     columns: tuple[Column, ...]
+    optional: bool = False  # a registry folder without this file loads as if it held no rows
 
     @property
     def required(self) -> tuple[str, ...]:
@@ -64,7 +65,14 @@ SHIPMENTS = RegistryFile("shipments.csv", "registry_shipments", (
 STORES = RegistryFile("stores.csv", "registry_stores", (
     _c("store_id", TEXT, True), _c("tenant", "uint16", True), _c("dealer_id", TEXT), _c("region", TEXT, True),
     _c("channel", TEXT, True)))
+#: 空码赋值: serial ranges of a registered batch bound to a product, and activated, later than
+#: printing; activated_at is an RFC 3339 time with a zone, kept as written (like shipped_at)
+ACTIVATIONS = RegistryFile("activations.csv", "registry_activations", (
+    _c("tenant", "uint16", True), _c("batch", "uint32", True), _c("kind", KIND), _c("serial_from", "uint32", True),
+    _c("serial_to", "uint32", True), _c("sku", TEXT, True), _c("product", TEXT, True),
+    _c("activated_at", TEXT, True)), optional=True)
 
-#: in the order the loader builds them (dealers before the files that name a dealer)
-SCHEMA = (BATCHES, DEALERS, SHIPMENTS, STORES)
+#: in the order the loader builds them (dealers before the files that name a dealer; batches
+#: before activations, which must name a registered batch)
+SCHEMA = (BATCHES, DEALERS, SHIPMENTS, STORES, ACTIVATIONS)
 FILES = tuple(f.file for f in SCHEMA)

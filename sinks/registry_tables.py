@@ -1,4 +1,4 @@
-"""Copies the registry (batches, dealers, shipments, stores) into ClickHouse's registry tables.
+"""Copies the registry (batches, dealers, shipments, stores, activations) into ClickHouse's registry tables.
 
 Dashboards join scans to the registry there (scan conversion rate needs each batch's size).
 The registry files are the source of truth, so each copy replaces the tables' contents.
@@ -66,7 +66,7 @@ def read_registry(sink: ClickHouseSink) -> Registry:
         _, rows = sink.query(f"SELECT {', '.join(names)} FROM {f.table} FINAL")
         given[f.file] = [(i + 2, {name: LIST_SEPARATOR.join(v) if isinstance(v, list) else str(v)
                                   for name, v in zip(names, row)}) for i, row in enumerate(rows)]
-    return Registry.from_rows(*(given[f.file] for f in SCHEMA), Path(f"clickhouse:{sink.client.database}"))
+    return Registry.from_rows(*(given[f.file] for f in SCHEMA), directory=Path(f"clickhouse:{sink.client.database}"))
 
 
 #: The configured campaigns, for the spend-against-budget views (the budget lives in the config).

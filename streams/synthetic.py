@@ -1,11 +1,13 @@
 """A synthetic one-item-one-code world and its scan stream, for ``scanstream demo`` and tests.
 
-The world: one brand, batches of unit and case codes (one batch not yet activated), dealers
-across several provinces and channels, shipments of serial ranges to them, stores.  The
-stream mixes genuine first scans with everything the engine must catch: repeat scans,
-forgeries, malformed codes, codes of unregistered and of not-yet-activated batches, goods
-diverted to another province, store scans in the wrong channel, a bot scanning many codes,
-a cloned code scanned by many users across provinces, redelivered messages and junk lines.
+The world: one brand, batches of unit and case codes (one batch not yet activated, one printed
+empty and activated in serial ranges later: 空码赋值), dealers across several provinces and
+channels, shipments of serial ranges to them, stores.  The stream mixes genuine first scans
+with everything the engine must catch: repeat scans, forgeries, malformed codes, codes of
+unregistered and of not-yet-activated batches, codes of the empty-printed batch inside and
+outside its activation ranges, before and after them, goods diverted to another province,
+store scans in the wrong channel, a bot scanning many codes, a cloned code scanned by many
+users across provinces, redelivered messages and junk lines.
 Everything derives from one seed, so a world and its stream are reproducible.
 """
 from __future__ import annotations
@@ -29,6 +31,7 @@ BATCHES = [  # tenant, batch, kind, sku, product, activated, size
     (7, 102, "unit", "BEER-330", "Lager 330 ml", 1, 200_000),
     (7, 103, "unit", "CRAFT-IPA", "Craft IPA 330 ml", 1, 100_000),
     (7, 104, "unit", "BEER-500", "Lager 500 ml (spring run)", 0, 100_000),
+    (7, 105, "unit", "BLANK", "Empty-printed labels", 0, 100_000),  # 空码: bound to products by ACTIVATIONS
     (7, 201, "case", "BEER-500-CASE", "Lager 500 ml, case of 12", 1, 20_000),
 ]
 UNREGISTERED_BATCH = 999
@@ -46,8 +49,17 @@ SHIPMENTS = [  # tenant, batch, kind, serial_from, serial_to, dealer_id
     (7, 102, "unit", 0, 99_999, "D-SC"), (7, 102, "unit", 100_000, 199_999, "D-ZJ"),
     (7, 103, "unit", 0, 49_999, "D-BJ"), (7, 103, "unit", 50_000, 99_999, "D-GD-KA"),
     (7, 104, "unit", 0, 99_999, "D-GD-TR"),
+    (7, 105, "unit", 0, 99_999, "D-SC"),
     (7, 201, "case", 0, 9_999, "D-GD-KA"), (7, 201, "case", 10_000, 19_999, "D-SH"),
 ]
+#: 空码赋值 of batch 105: 0..29 999 bound to the IPA the day before the demo day, 30 000..59 999 to
+#: the 330 ml lager at 15:00 of the demo day (scans before that are not_activated); the rest of
+#: the batch stays empty (not_activated).
+ACTIVATIONS = [  # tenant, batch, kind, serial_from, serial_to, sku, product, activated_at
+    (7, 105, "unit", 0, 29_999, "CRAFT-IPA", "Craft IPA 330 ml (empty-printed labels)", "2026-11-19T08:00:00+08:00"),
+    (7, 105, "unit", 30_000, 59_999, "BEER-330", "Lager 330 ml (empty-printed labels)", "2026-11-20T15:00:00+08:00"),
+]
+EMPTY_PRINTED_BATCH = 105
 STORES = [  # store_id, dealer_id, district prefix, channel
     ("S-GZ-001", "D-GD-KA", "4401", "KA"), ("S-GZ-002", "D-GD-KA", "4401", "KA"),
     ("S-GZ-BAR", "D-GD-KA", "4401", "horeca"),  # a bar: KA goods showing up on-trade
@@ -60,6 +72,7 @@ DIVERSION_CITIES = ("4301", "4501")
 MIX = {
     "repeat": 0.05, "diverted": 0.01, "store": 0.02, "forged": 0.02, "malformed": 0.01,
     "unknown_batch": 0.01, "not_activated": 0.01, "invalid": 0.005, "bot": 0.01, "redelivered": 0.01,
+    "empty_printed": 0.01,
 }
 CLONE_USERS = 6
 BOT_USER = "bot-7781"
@@ -73,7 +86,7 @@ class World:
     districts: dict[str, list[tuple[str, float, float]]]  # prefix -> [(adcode, lat, lon)]
 
     def write_registry(self, directory: Path) -> None:
-        """The four registry CSV files of DESIGN.md."""
+        """The registry CSV files of DESIGN.md, activations.csv included."""
         directory.mkdir(parents=True, exist_ok=True)
         _write(directory / "batches.csv", ["tenant", "batch", "kind", "sku", "product", "activated", "size"], BATCHES)
         _write(directory / "dealers.csv", ["dealer_id", "tenant", "name", "channel", "regions", "manager", "webhook"],
@@ -83,6 +96,8 @@ class World:
                [(*s, "2026-11-01") for s in SHIPMENTS])
         _write(directory / "stores.csv", ["store_id", "tenant", "dealer_id", "region", "channel"],
                [(sid, self.tenant, d, self.districts[prefix][0][0], ch) for sid, d, prefix, ch in STORES])
+        _write(directory / "activations.csv", ["tenant", "batch", "kind", "serial_from", "serial_to", "sku", "product",
+                                               "activated_at"], ACTIVATIONS)
 
 
 def _write(path: Path, header: list[str], rows) -> None:
@@ -201,6 +216,9 @@ def generate_scans(world: World, n: int, seed: int = 7) -> list[bytes]:
         elif kind == "not_activated":
             st.emit(st.code(104, st.fresh_serial(104, 0, 99_999)), f"wx-{int(rng.integers(1, 40_000)):06d}",
                     role="consumer", region="440304")
+        elif kind == "empty_printed":  # a bottle of batch 105, inside or outside its activated ranges
+            st.emit(st.code(EMPTY_PRINTED_BATCH, st.fresh_serial(EMPTY_PRINTED_BATCH, 0, 99_999)),
+                    f"wx-{int(rng.integers(1, 40_000)):06d}", role="consumer", region="510104")
         elif kind == "bot":
             st.genuine(user=BOT_USER)
         elif kind == "invalid":

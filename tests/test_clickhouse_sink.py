@@ -39,7 +39,7 @@ SERVER_URL_ENV = "SCANSTREAM_CLICKHOUSE_URL"
 ROWS = 10_000
 TS0 = 1_767_225_599_987  # 2025-12-31 23:59:59.987 UTC: rows cross a month (partition) boundary
 TABLES = {"scan_events", "alerts", "awards", "alert_deliveries",
-          "registry_batches", "registry_dealers", "registry_shipments", "registry_stores"}
+          "registry_batches", "registry_dealers", "registry_shipments", "registry_stores", "registry_activations"}
 
 
 @pytest.fixture(scope="module")
@@ -380,12 +380,16 @@ def test_server_round_trip() -> None:
 
 PREFIXES = ("44", "4403", "440304", "32", "3201", "320106")  # adcode prefixes of the three levels
 TEXTS = st.text(alphabet="ab Z9,;\"'-_中文窜货", max_size=12)
+#: activated_at values: zones, a fraction, the lowercase and space forms RFC 3339 allows
+ACTIVATED_AT = ("2026-11-20T08:00:00+08:00", "2026-11-20T00:00:00Z", "2000-01-01T00:00:00.5z",
+                "2099-06-30 23:59:59.123456-05:30")
 
 
 @st.composite
 def registries(draw) -> dict[str, list[dict[str, str]]]:
-    """A valid registry, as the rows of its four CSV files: every column of the schema, with
-    quotes, commas, semicolons and CJK in the free text, empty optional cells, both kinds."""
+    """A valid registry, as the rows of its CSV files: every column of the schema, with
+    quotes, commas, semicolons and CJK in the free text, empty optional cells, both kinds, and
+    空码赋值 ranges within their batch's size, activated at times in several zones."""
     tenants = draw(st.lists(st.integers(0, 0xFFFF), min_size=1, max_size=2, unique=True))
     batch_keys = draw(st.lists(st.tuples(st.sampled_from(tenants), st.sampled_from(["unit", "case", ""]),
                                          st.integers(0, 2 ** 20 - 1)), max_size=5,
@@ -418,14 +422,26 @@ def registries(draw) -> dict[str, list[dict[str, str]]]:
         stores.append({"store_id": store_id, "tenant": str(tenant), "dealer_id": draw(st.sampled_from(theirs)),
                        "region": draw(st.sampled_from(["", "440304", "320106"])),
                        "channel": draw(st.sampled_from(["", "KA", "流通"]))})
-    return {"batches.csv": batches, "dealers.csv": dealers, "shipments.csv": shipments, "stores.csv": stores}
+    activations = []
+    for b in batches:  # disjoint ranges of one batch, within its size when it has one
+        last = int(b["size"]) - 1 if b["size"] not in ("", "0") else 2 ** 32 - 1
+        cuts = sorted(draw(st.lists(st.integers(0, last), max_size=4, unique=True)))
+        for lo, hi in zip(cuts[::2], cuts[1::2]):
+            activations.append({"tenant": b["tenant"], "batch": b["batch"], "kind": b["kind"],
+                                "serial_from": str(lo), "serial_to": str(hi),
+                                "sku": draw(TEXTS.filter(str.strip)), "product": draw(TEXTS),
+                                "activated_at": draw(st.sampled_from(ACTIVATED_AT))})
+    return {"batches.csv": batches, "dealers.csv": dealers, "shipments.csv": shipments, "stores.csv": stores,
+            "activations.csv": activations}
 
 
 def facts(registry) -> dict[str, object]:
     """What a registry answers, independent of row order (dealer indexes become dealer ids)."""
     b, d, s, st_ = registry.batches, registry.dealers, registry.shipments, registry.stores
+    a = registry.activations
     ids = d.dealer_id.tolist()
     group = (s.start >> np.uint64(32)).astype(np.int64)
+    a_group = (a.start >> np.uint64(32)).astype(np.int64)
     return {
         "batches": [b.key.tolist(), b.sku.tolist(), b.product.tolist(), b.activated.tolist(), b.size.tolist()],
         "dealers": sorted(zip(ids, d.tenant.tolist(), d.name.tolist(), d.channel.tolist(),
@@ -435,6 +451,9 @@ def facts(registry) -> dict[str, object]:
                                 (s.end & np.uint64(0xFFFFFFFF)).tolist(), [ids[i] for i in s.dealer])),
         "stores": {key: (ids[st_.dealer[row]] if st_.dealer[row] >= 0 else "", st_.region[row], st_.channel[row])
                    for key, row in st_.index.items()},
+        "activations": sorted(zip(a.group_key[a_group].tolist(), (a.start & np.uint64(0xFFFFFFFF)).tolist(),
+                                  (a.end & np.uint64(0xFFFFFFFF)).tolist(), a.at_ms.tolist(), a.sku.tolist(),
+                                  a.product.tolist())),
     }
 
 

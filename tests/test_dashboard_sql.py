@@ -204,6 +204,7 @@ REGISTRY = {
         {"tenant": 7, "batch": 201, "kind": "case", "serial_from": 0, "serial_to": 3, "dealer_id": "D-GD"},
     ],
     "registry_stores": [{"store_id": "S1", "tenant": 7, "dealer_id": "D-GD", "region": "440106", "channel": "KA"}],
+    "registry_activations": [],
 }
 
 

@@ -75,6 +75,14 @@ def world(tmp_path_factory):
     return base / "registry", generate_scans(w, E2E_SCANS, seed=11)
 
 
+def paid_cents(awards, campaign: str) -> int:
+    """Prize money of ``campaign`` in a batch's awards, each award once: a scan redelivered within
+    the batch repeats its award row (the same payout key; the awards table keeps one)."""
+    mine = awards["campaign"] == campaign
+    _, first = np.unique(awards["payout_key"][mine].astype(str), return_index=True)
+    return int(awards["prize_cents"][mine][first].sum())
+
+
 def local_config(registry: Path):
     return replace(load(LOCAL_TOML), registry_dir=registry, clickhouse="")
 
@@ -363,13 +371,14 @@ def test_campaign_gauges_follow_the_state_store(world) -> None:
         metrics.observe_campaign(c, left)
     scraped = scrape(metrics)
     awards = result.awards
-    paid = {c.id: int(awards["prize_cents"][awards["campaign"] == c.id].sum()) for c in config.campaigns}
+    paid = {c.id: paid_cents(awards, c.id) for c in config.campaigns}
     assert all(paid.values()), paid  # every campaign of the demo configuration paid something
     assert by_label(scraped, "scanstream_campaign_budget_cents", "campaign") == {
         c.id: c.budget_cents for c in config.campaigns}
     assert by_label(scraped, "scanstream_campaign_budget_left_cents", "campaign") == {
         c.id: c.budget_cents - paid[c.id] for c in config.campaigns}
-    won = collections.Counter(zip(awards["campaign"].tolist(), awards["prize_tier"].tolist()))
+    once = np.unique(awards["payout_key"].astype(str), return_index=True)[1]  # as paid_cents: each award once
+    won = collections.Counter(zip(awards["campaign"][once].tolist(), awards["prize_tier"][once].tolist()))
     assert by_label(scraped, "scanstream_campaign_stock_left", "campaign", "tier") == {
         (c.id, t.name): t.stock - won[c.id, t.name] for c in config.campaigns for t in c.tiers}
     assert by_label(scraped, "scanstream_campaign_stock", "campaign", "tier") == {
@@ -487,7 +496,7 @@ def test_a_real_worker_exports_what_it_did(world, broker, redis_url, redis_prefi
     valid_ts = scans["ts"][scans["reason"] == ""]
     newest_s = int(valid_ts.max()) / 1000
     assert newest_s < time.time(), "the scans must lie in the past for the lag's bounds below"
-    paid = int(expected.awards["prize_cents"][expected.awards["campaign"] == campaign.id].sum())
+    paid = paid_cents(expected.awards, campaign.id)
     assert paid > 0
 
     ndjson = [(envelope.CONTENT_TYPE, envelope.ENVELOPE.encode())]

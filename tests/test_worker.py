@@ -30,7 +30,7 @@ from config_writer import worker_toml
 from scanstream.engine.state.memory import MemoryStateStore
 from scanstream.wiring import build_pipeline, build_registry
 from scanstream.streams import envelope
-from scanstream.streams.synthetic import build_world, generate_scans
+from scanstream.streams.synthetic import ACTIVATIONS, SHIPMENTS, build_world, generate_scans
 from scanstream.streams.broker import free_port
 from scanstream.streams.worker import BatchHandler, Record, RegistryReloader, batch_token
 
@@ -329,7 +329,8 @@ def test_registry_published_to_clickhouse_reads_back_the_same(world, tmp_path):
     published = subprocess.run([SCANSTREAM, "--config", str(config_path), "registry", "publish", "--dir",
                                 str(base / "registry")], capture_output=True, text=True, timeout=120)
     assert published.returncode == 0, published.stderr
-    assert "registry_shipments 11" in published.stdout
+    assert f"registry_shipments {len(SHIPMENTS)}" in published.stdout
+    assert f"registry_activations {len(ACTIVATIONS)}" in published.stdout
     # chdb opens one data path per process: compare in a process of its own
     probe = f"""
 import sys, numpy as np
@@ -344,6 +345,8 @@ for name in ("key", "sku", "activated", "size"):
 assert sorted(files.dealers.dealer_id.tolist()) == sorted(tables.dealers.dealer_id.tolist())
 assert files.shipments.start.tolist() == tables.shipments.start.tolist()
 assert sorted(files.stores.index) == sorted(tables.stores.index)
+for name in ("group_key", "start", "end", "at_ms", "sku", "product"):
+    assert getattr(files.activations, name).tolist() == getattr(tables.activations, name).tolist(), name
 first = fingerprint(sink)
 sink.client.command("INSERT INTO registry_stores VALUES ('S-NEW', 7, '', '440106', 'KA')")
 assert fingerprint(sink) != first

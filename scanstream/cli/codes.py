@@ -1,4 +1,4 @@
-"""``scanstream codes mint`` and ``scanstream codes verify``."""
+"""``scanstream codes mint``, ``scanstream codes verify`` and ``codes activate`` (``cli/activate.py``)."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +10,7 @@ from typing import BinaryIO, TextIO
 
 import orjson
 
-from scanstream.cli import exits
+from scanstream.cli import activate, exits
 from scanstream.engine import config as config_mod
 from scanstream.cli.common import config_option, load_config
 from scanstream.engine.codec import KIND_CASE, KIND_NAMES, KIND_UNIT, SERIAL_MAX
@@ -29,7 +29,7 @@ KINDS = {"unit": KIND_UNIT, "case": KIND_CASE}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    codes = sub.add_parser("codes", help="mint and verify codes").add_subparsers(dest="codes_command",
+    codes = sub.add_parser("codes", help="mint, verify and activate codes").add_subparsers(dest="codes_command",
                                                                                  required=True, metavar="ACTION")
     mint = codes.add_parser("mint", parents=[config_option()], help="write codes (or QR URLs) one per line")
     mint.add_argument("--tenant", type=int, required=True)
@@ -50,6 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="show codes done and the rate on stderr even when it is not a terminal "
                              "(on a terminal it is shown anyway)")
     verify.set_defaults(handler=run_verify)
+    activate.add_parser(codes)
 
 
 def _choose_key_id(cfg: config_mod.Config, tenant: int, key_id: int | None) -> int:

@@ -11,7 +11,7 @@ from scanstream.cli.common import config_option, load_config, open_clickhouse
 from scanstream.cli.dashboard import add_writer_options, writer_dashboard
 from scanstream.cli.run import Source, execute
 from scanstream.engine.config import ConfigError
-from scanstream.streams.synthetic import build_world, generate_scans
+from scanstream.streams.synthetic import EMPTY_PRINTED_BATCH, build_world, generate_scans
 
 DEFAULT_SCANS = 100_000
 DEMO_TENANT = 7
@@ -80,6 +80,7 @@ Next:
   scanstream{cfg} query "SELECT verdict, count() AS scans FROM scan_events FINAL GROUP BY verdict ORDER BY scans DESC"
   scanstream{cfg} query "SELECT alert, subtype, dealer_id, city, count, window_start FROM alerts FINAL ORDER BY ts LIMIT 20"
   scanstream{cfg} query "SELECT prize_tier, count() AS prizes, sum(prize_cents) / 100 AS yuan FROM awards FINAL GROUP BY prize_tier"
+  scanstream{cfg} query "SELECT sku, verdict, count() AS scans FROM scan_events FINAL WHERE batch = {EMPTY_PRINTED_BATCH} GROUP BY sku, verdict ORDER BY sku, verdict"   # 空码赋值 ranges
   scanstream{cfg} run --input {scans_file} --results results.jsonl    # the same scans again, your own run
   scanstream{cfg} audit --campaign {config.campaigns[0].id if config.campaigns else 'ID'} CODE   # re-derive a prize draw
   scanstream{cfg} dashboard    # live charts of these tables at http://127.0.0.1:8765/ (or: demo --dashboard)""",

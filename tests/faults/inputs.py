@@ -113,13 +113,13 @@ def find_secrets(data: bytes, needles: dict[str, bytes]) -> list[str]:
 
 
 def write_registry(directory: Path, worlds: list) -> None:
-    """The four CSV files for the synthetic worlds of several tenants (dealers prefixed per tenant)."""
+    """The CSV files for the synthetic worlds of several tenants (dealers prefixed per tenant)."""
     import csv
 
-    from scanstream.streams.synthetic import BATCHES, DEALERS, SHIPMENTS, STORES
+    from scanstream.streams.synthetic import ACTIVATIONS, BATCHES, DEALERS, SHIPMENTS, STORES
 
     directory.mkdir(parents=True, exist_ok=True)
-    rows = {"batches": [], "dealers": [], "shipments": [], "stores": []}
+    rows = {"batches": [], "dealers": [], "shipments": [], "stores": [], "activations": []}
     for w in worlds:
         d = (lambda dealer, t=w.tenant: f"T{t}-{dealer}" if dealer else "")
         rows["batches"] += [(w.tenant, *b[1:]) for b in BATCHES]
@@ -129,10 +129,12 @@ def write_registry(directory: Path, worlds: list) -> None:
                               for _, b, k, lo, hi, dealer in SHIPMENTS]
         rows["stores"] += [(sid, w.tenant, d(dealer), w.districts[prefix][0][0], ch)
                            for sid, dealer, prefix, ch in STORES]
+        rows["activations"] += [(w.tenant, *a[1:]) for a in ACTIVATIONS]
     headers = {"batches": ["tenant", "batch", "kind", "sku", "product", "activated", "size"],
                "dealers": ["dealer_id", "tenant", "name", "channel", "regions", "manager", "webhook"],
                "shipments": ["tenant", "batch", "kind", "serial_from", "serial_to", "dealer_id", "shipped_at"],
-               "stores": ["store_id", "tenant", "dealer_id", "region", "channel"]}
+               "stores": ["store_id", "tenant", "dealer_id", "region", "channel"],
+               "activations": ["tenant", "batch", "kind", "serial_from", "serial_to", "sku", "product", "activated_at"]}
     for name, header in headers.items():
         with (directory / f"{name}.csv").open("w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
