@@ -126,7 +126,8 @@ def test_query_answers_and_changes_nothing(world):
     # a view over the registry and campaign tables the run wrote
     proc = ok(scanstream("--config", str(world["config"]), "query",
                          "SELECT id, budget_cents FROM campaigns FINAL ORDER BY id", cwd=world["home"]))
-    assert rows(proc.stdout) == [["winter-2026", "10000000"]]
+    # the campaigns of config/local.toml: the consumers' red packets and the 开箱有礼 one for stores
+    assert rows(proc.stdout) == [["open-case-2026", "500000"], ["winter-2026", "10000000"]]
     assert snapshot(world["chdb"]) == before
 
 
