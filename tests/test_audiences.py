@@ -223,3 +223,16 @@ def test_campaign_roles_and_kinds_are_checked(campaign, message):
     with pytest.raises(config_mod.ConfigError, match=re.escape(message)):
         config_mod.parse({"tenants": [{"id": TENANT, "keys": [{"key_id": 0, "hex": KEY.hex()}]}],
                           "campaigns": [body]}, Path("/nonexistent/scanstream.toml"))
+
+
+def test_a_scan_id_reused_under_another_role_is_a_conflict_that_wins_nothing(pipeline):
+    """The attack: a store's scan_id sent again as a consumer's scan of the same code, hoping the
+    new audience's first scan pays.  Another event under a seen scan_id claims nothing."""
+    store = scan("reused", 20, "store")
+    as_consumer = orjson.dumps({**orjson.loads(store), "role": "consumer", "user_id": "wx-attacker"})
+    result = pipeline.process([store, as_consumer, scan("honest", 20, "consumer", user="wx-1")])
+    assert list(zip(result.scans["verdict"].tolist(), result.scans["draw"].tolist())) == [
+        ("ok", "ineligible"), ("conflict", "ineligible"), ("ok", "won")]
+    assert result.awards["user_id"].tolist() == ["wx-1"]
+    again = pipeline.process([store])  # split: the same event in a later batch is a replay
+    assert again.scans["replay"].tolist() == [1] and len(again.awards["scan_id"]) == 0
