@@ -28,6 +28,10 @@ MAX_EVENT_BYTES = 65536
 MAX_ID_CHARS = 256
 #: The roles of the event schema, sorted (engine/audiences.py numbers them by position).
 ROLES = ("consumer", "dealer", "guide", "store", "warehouse")
+#: Trade actions (DESIGN "Trade events") and the one role allowed to take each: an outbound scan
+#: binds goods to a dealer, a sale scan makes a guide the unit's guide; from anyone else the
+#: action would move goods or money on a claim the role cannot make, so the event is refused.
+ACTIONS = {"ship": "warehouse", "sell": "guide"}
 #: SipHash key of event fingerprints.  Not a secret: the fingerprint only has to tell two events
 #: apart, the same on every worker and backend.
 FINGERPRINT_KEY = b"scanstream-event"
@@ -306,7 +310,7 @@ def parse_events(list lines):
     """Columns of the events in ``lines`` (each ``bytes`` or ``str``, one JSON object).
 
     Returns a dict of numpy columns: scan_id, ts (epoch ms), code, user_id, role, store_id,
-    channel, region, lat, lon, ip, device_id, and ``reason`` ('' for a usable event, else
+    channel, region, lat, lon, ip, device_id, action, dealer_id (an outbound scan's dealer), and ``reason`` ('' for a usable event, else
     why it is an ``invalid_event``).  ``raw`` holds the original text of invalid events only.
     ``fingerprint`` (uint64) identifies a usable event's content: SipHash of its canonical form
     (``_fingerprint``: fields sorted by name, typed values), so key order and spacing do not
@@ -328,7 +332,8 @@ def parse_events(list lines):
     cdef uint64_t fk0 = k0, fk1 = k1
     fingerprint = np.zeros(n, dtype=np.uint64)
     cdef uint64_t[::1] fp_v = fingerprint
-    names = ("scan_id", "code", "user_id", "role", "store_id", "channel", "region", "ip", "device_id", "reason", "raw")
+    names = ("scan_id", "code", "user_id", "role", "store_id", "channel", "region", "ip", "device_id", "action",
+             "dealer_id", "reason", "raw")
     cols = {}
     for name in names:
         cols[name] = np.empty(n, dtype=object)
@@ -344,6 +349,7 @@ def parse_events(list lines):
     cdef object[::1] role_c = cols["role"], store_c = cols["store_id"], channel_c = cols["channel"]
     cdef object[::1] region_c = cols["region"], ip_c = cols["ip"], device_c = cols["device_id"]
     cdef object[::1] reason_c = cols["reason"], raw_c = cols["raw"]
+    cdef object[::1] action_c = cols["action"], dealer_c = cols["dealer_id"]
     for i in range(n):
         line = lines[i]
         event = None
@@ -422,6 +428,19 @@ def parse_events(list lines):
                 ip_c[i] = _ident(event, "ip", False, problems)
             if PyDict_GetItem(event, "device_id") != NULL:
                 device_c[i] = _ident(event, "device_id", False, problems)
+            if PyDict_GetItem(event, "dealer_id") != NULL:
+                dealer_c[i] = _ident(event, "dealer_id", False, problems)
+            p = PyDict_GetItem(event, "action")
+            if p != NULL and <object>p is not None:
+                value = <object>p
+                if type(value) is not str or value not in ACTIONS:
+                    problems.append(f"action {str(value)[:40]!r} is not one of {sorted(ACTIONS)}")
+                elif ACTIONS[value] != role_c[i]:
+                    problems.append(f"action {value!r} is taken by role {ACTIONS[value]!r}, not {role_c[i]!r}")
+                elif value == "ship" and not dealer_c[i]:
+                    problems.append("action 'ship' needs the dealer_id the goods are shipped to")
+                else:
+                    action_c[i] = value
             _coordinate(event, "lat", MAX_LAT, &lat_v[i], problems)
             _coordinate(event, "lon", MAX_LON, &lon_v[i], problems)
             if not problems:
