@@ -1,7 +1,8 @@
-"""Reference data (DESIGN.md "Reference data"): batches, dealers, shipments, stores and activations.
+"""Reference data (DESIGN.md "Reference data"): batches, dealers, shipments, stores, activations
+and packing.
 
-Loaded from the CSV files (their columns: ``engine/registry_schema.py``; ``activations.csv``
-may be absent) into sorted numpy arrays, so that the enrich stage looks up a whole batch of
+Loaded from the CSV files (their columns: ``engine/registry_schema.py``; ``activations.csv`` and
+``packing.csv`` may be absent) into sorted numpy arrays, so that the enrich stage looks up a whole batch of
 scans with ``searchsorted`` instead of one dict lookup per scan.  Errors name the file, the line
 and the column.
 
@@ -126,6 +127,18 @@ class Activations:
     at_ms: np.ndarray  # int64 activated_at, epoch milliseconds: scans from then on are activated
     sku: np.ndarray  # object: the range's sku, in place of its batch's
     product: np.ndarray  # object
+
+
+@dataclass
+class Packing:
+    """箱码关联: unit serial ranges packed in a case, indexed like ``Shipments`` by the units'
+    batch, so that a unit finds its case with one searchsorted (a case of 24 units is one row)."""
+
+    group_key: np.ndarray  # uint64 batch_key of each distinct unit batch, sorted
+    start: np.ndarray  # uint64 (group index << 32 | unit_serial_from), sorted
+    end: np.ndarray  # uint64 (group index << 32 | unit_serial_to)
+    case_batch: np.ndarray  # uint32
+    case_serial: np.ndarray  # uint32
 
 
 @dataclass
@@ -309,10 +322,12 @@ class Registry:
     """All reference data of a deployment, indexed for batch lookups."""
 
     def __init__(self, batches: Batches, dealers: Dealers, shipments: Shipments, stores: Stores,
-                 rows: dict[str, list[dict[str, str]]] | None = None, activations: Activations | None = None):
+                 rows: dict[str, list[dict[str, str]]] | None = None, activations: Activations | None = None,
+                 packing: Packing | None = None):
         self.batches = batches
         self.activations = activations if activations is not None else Registry._activations(
             Path("activations.csv"), [], batches)
+        self.packing = packing if packing is not None else Registry._packing(Path("packing.csv"), [], batches)
         #: the validated CSV rows per file name, for copying the registry to ClickHouse
         self.rows = rows or {name: [] for name in FILES}
         self.dealers = dealers
@@ -326,8 +341,8 @@ class Registry:
 
     @classmethod
     def load(cls, directory: Path) -> Registry:
-        """Read ``batches.csv``, ``dealers.csv``, ``shipments.csv``, ``stores.csv`` and, when it
-        exists, ``activations.csv``."""
+        """Read ``batches.csv``, ``dealers.csv``, ``shipments.csv``, ``stores.csv`` and, when they
+        exist, ``activations.csv`` and ``packing.csv``."""
         directory = Path(directory)
         return cls.from_rows(
             *(_read(directory / f.file, f.required) if not f.optional or (directory / f.file).exists() else []
@@ -336,18 +351,19 @@ class Registry:
         )
 
     @classmethod
-    def from_rows(cls, batch_rows, dealer_rows, shipment_rows, store_rows, activation_rows=(), *,
+    def from_rows(cls, batch_rows, dealer_rows, shipment_rows, store_rows, activation_rows=(), packing_rows=(), *,
                   directory: Path = Path(".")) -> Registry:
         """Build from parsed CSV rows: lists of (line number, {column: text}), in ``SCHEMA``'s order."""
         dealers = cls._dealers(directory / "dealers.csv", dealer_rows)
         index = {d: i for i, d in enumerate(dealers.dealer_id)}
         rows = {name: [r for _, r in given] for name, given in
-                zip(FILES, (batch_rows, dealer_rows, shipment_rows, store_rows, activation_rows))}
+                zip(FILES, (batch_rows, dealer_rows, shipment_rows, store_rows, activation_rows, packing_rows))}
         batches = cls._batches(directory / "batches.csv", batch_rows)
         return cls(batches, dealers,
                    cls._shipments(directory / "shipments.csv", shipment_rows, index, dealers.tenant),
                    cls._stores(directory / "stores.csv", store_rows, index, dealers.tenant), rows,
-                   cls._activations(directory / "activations.csv", activation_rows, batches))
+                   cls._activations(directory / "activations.csv", activation_rows, batches),
+                   cls._packing(directory / "packing.csv", packing_rows, batches))
 
     @staticmethod
     def _batches(path: Path, rows) -> Batches:
@@ -473,6 +489,42 @@ class Registry:
                            _objects(product)[order])
 
     @staticmethod
+    def _packing(path: Path, rows, batches: Batches) -> Packing:
+        """Units in cases: the case batch registered as kind case, the unit batch as kind unit,
+        serials within each batch's size, and no unit in two cases (overlapping ranges)."""
+        bkeys, starts, ends, case_batch, case_serial, lines = [], [], [], [], [], []
+        for line, row in rows:
+            tenant = _int(path, line, row, "tenant", TENANT_MAX)
+            cases = _int(path, line, row, "case_batch", BATCH_MAX)
+            case = _int(path, line, row, "case_serial", SERIAL_MAX)
+            units = _int(path, line, row, "unit_batch", BATCH_MAX)
+            lo = _int(path, line, row, "unit_serial_from", SERIAL_MAX)
+            hi = _int(path, line, row, "unit_serial_to", SERIAL_MAX)
+            if hi < lo:
+                raise RegistryError(f"{path}:{line}: column unit_serial_to: {hi} is below unit_serial_from {lo}; "
+                                    f"expected unit_serial_from <= unit_serial_to (the range is inclusive)")
+            for column, kind, batch, serial in (("case_batch", KIND_CASE, cases, case),
+                                                ("unit_batch", KIND_UNIT, units, hi)):
+                name = "case" if kind == KIND_CASE else "unit"
+                found = int(_find(batches.key, batch_key(np.array([tenant]), kind, np.array([batch])))[0])
+                if found < 0:
+                    raise RegistryError(f"{path}:{line}: column {column}: {name} batch {batch} of tenant {tenant} is "
+                                        f"not in batches.csv; expected a registered {name} batch")
+                size = int(batches.size[found])
+                if size and serial >= size:  # size 0: not given, any serial goes
+                    raise RegistryError(f"{path}:{line}: serial {serial} is beyond {name} batch {batch}'s size "
+                                        f"{size}; expected a serial in 0..{size - 1}")
+            bkeys.append(int(batch_key(tenant, KIND_UNIT, units)))
+            starts.append(lo)
+            ends.append(hi)
+            case_batch.append(cases)
+            case_serial.append(case)
+            lines.append(line)
+        groups, start, end, order = _ranges(path, bkeys, starts, ends, lines)
+        return Packing(groups, start, end, np.array(case_batch, np.uint32)[order],
+                       np.array(case_serial, np.uint32)[order])
+
+    @staticmethod
     def _stores(path: Path, rows, dealer_index: dict[str, int], dealer_tenant: np.ndarray) -> Stores:
         index: dict[tuple[int, str], int] = {}
         dealer, region, channel = [], [], []
@@ -503,13 +555,36 @@ class Registry:
 
     def lookup_dealers(self, tenant: np.ndarray, kind: np.ndarray, batch: np.ndarray,
                        serial: np.ndarray) -> np.ndarray:
-        """Dealer index each code was shipped to, -1 when no shipment covers it."""
+        """Dealer index each code was shipped to, -1 when no shipment covers it.  A unit that no
+        shipment names goes where the case it is packed in went (``packing.csv``)."""
         s = self.shipments
         row = _range_rows(s.group_key, s.start, s.end, tenant, kind, batch, serial)
         out = np.full(len(row), -1, np.int32)
         hit = row >= 0
         out[hit] = s.dealer[row[hit]]
+        if len(self.packing.start) and not hit.all():
+            miss = np.nonzero(~hit)[0]
+            case_batch, case_serial = self.lookup_cases(tenant[miss], kind[miss], batch[miss], serial[miss])
+            packed = case_batch >= 0
+            if packed.any():
+                rows = miss[packed]
+                case_row = _range_rows(s.group_key, s.start, s.end, tenant[rows], np.full(len(rows), KIND_CASE),
+                                       case_batch[packed], case_serial[packed])
+                out[rows] = np.where(case_row >= 0, s.dealer[np.maximum(case_row, 0)] if len(s.dealer) else -1, -1)
         return out
+
+    def lookup_cases(self, tenant: np.ndarray, kind: np.ndarray, batch: np.ndarray,
+                     serial: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The case each code is packed in: (case batch, case serial), -1 where none is (case
+        codes, and units that ``packing.csv`` does not list)."""
+        p = self.packing
+        row = _range_rows(p.group_key, p.start, p.end, tenant, kind, batch, serial)
+        hit = row >= 0
+        case_batch = np.full(len(row), -1, np.int64)
+        case_serial = np.full(len(row), -1, np.int64)
+        case_batch[hit] = p.case_batch[row[hit]]
+        case_serial[hit] = p.case_serial[row[hit]]
+        return case_batch, case_serial
 
     def lookup_activations(self, tenant: np.ndarray, kind: np.ndarray, batch: np.ndarray,
                            serial: np.ndarray) -> np.ndarray:

@@ -72,7 +72,13 @@ ACTIVATIONS = RegistryFile("activations.csv", "registry_activations", (
     _c("serial_to", "uint32", True), _c("sku", TEXT, True), _c("product", TEXT, True),
     _c("activated_at", TEXT, True)), optional=True)
 
+#: 箱码关联: the units of a unit batch, by serial range, packed in one case (a case batch's serial)
+PACKING = RegistryFile("packing.csv", "registry_packing", (
+    _c("tenant", "uint16", True), _c("case_batch", "uint32", True), _c("case_serial", "uint32", True),
+    _c("unit_batch", "uint32", True), _c("unit_serial_from", "uint32", True), _c("unit_serial_to", "uint32", True)),
+    optional=True)
+
 #: in the order the loader builds them (dealers before the files that name a dealer; batches
-#: before activations, which must name a registered batch)
-SCHEMA = (BATCHES, DEALERS, SHIPMENTS, STORES, ACTIVATIONS)
+#: before activations and packing, which must name registered batches)
+SCHEMA = (BATCHES, DEALERS, SHIPMENTS, STORES, ACTIVATIONS, PACKING)
 FILES = tuple(f.file for f in SCHEMA)

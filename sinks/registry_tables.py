@@ -1,4 +1,4 @@
-"""Copies the registry (batches, dealers, shipments, stores, activations) into ClickHouse's registry tables.
+"""Copies the registry (batches, dealers, shipments, stores, activations, packing) into ClickHouse's registry tables.
 
 Dashboards join scans to the registry there (scan conversion rate needs each batch's size).
 The registry files are the source of truth, so each copy replaces the tables' contents.

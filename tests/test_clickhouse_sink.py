@@ -39,7 +39,8 @@ SERVER_URL_ENV = "SCANSTREAM_CLICKHOUSE_URL"
 ROWS = 10_000
 TS0 = 1_767_225_599_987  # 2025-12-31 23:59:59.987 UTC: rows cross a month (partition) boundary
 TABLES = {"scan_events", "alerts", "awards", "alert_deliveries",
-          "registry_batches", "registry_dealers", "registry_shipments", "registry_stores", "registry_activations"}
+          "registry_batches", "registry_dealers", "registry_shipments", "registry_stores", "registry_activations",
+          "registry_packing"}
 
 
 @pytest.fixture(scope="module")

@@ -205,6 +205,7 @@ REGISTRY = {
     ],
     "registry_stores": [{"store_id": "S1", "tenant": 7, "dealer_id": "D-GD", "region": "440106", "channel": "KA"}],
     "registry_activations": [],
+    "registry_packing": [],
 }
 
 

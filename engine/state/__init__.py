@@ -138,6 +138,64 @@ class Grants:
     cents: np.ndarray  # int64
 
 
+#: Bindings kept per key: a case re-shipped more often than this forgets its oldest bindings (a
+#: scan older than every binding kept falls back to the registry's shipments).
+BINDING_HISTORY = 8
+
+
+@dataclass
+class Bindings:
+    """Result of ``bind``: per row, the dealer its key is bound to as of the row's time."""
+
+    dealer: np.ndarray  # object: dealer_id, '' when no binding is in force
+    ts: np.ndarray  # int64: when that binding was made (its outbound scan's ts), -1 when none
+
+
+#: A key's bindings: (ts, dealer_id) pairs sorted by ts, one per ts, at most ``BINDING_HISTORY``.
+History = tuple[tuple[int, str], ...]
+
+
+def resolve_bindings(before: list[History | None], key_index: np.ndarray, ts: np.ndarray,
+                     dealer: np.ndarray) -> tuple[Bindings, dict[int, History]]:
+    """The answers of ``bind`` for rows whose keys held ``before`` (one entry per distinct key,
+    ``key_index`` maps rows to them), and each written key's history after the batch.
+
+    One function for every backend: the memory store passes its dict's entries, the Redis store
+    the entries its script read in the same atomic step in which it applied the writes (the same
+    merge, ``merge_binding``), so both answer alike.  Rows are walked in order only where their
+    key has or gets a binding; the rest answer "none" without a Python step.
+    """
+    n = len(key_index)
+    out = Bindings(np.full(n, "", dtype=object), np.full(n, -1, np.int64))
+    writes = dealer != ""
+    has = np.fromiter(map(bool, before), bool, len(before))
+    if writes.any():
+        has[key_index[writes]] = True
+    rows = np.nonzero(has[key_index])[0]
+    current = dict(enumerate(before))
+    changed: dict[int, History] = {}
+    ki, tl, dl = key_index[rows].tolist(), ts[rows].tolist(), dealer[rows].tolist()
+    for i, k, t, d in zip(rows.tolist(), ki, tl, dl):
+        history = current[k] or ()
+        if d:
+            current[k] = changed[k] = merge_binding(history, t, d)
+            out.dealer[i], out.ts[i] = d, t
+        else:
+            for bound_ts, bound_dealer in reversed(history):
+                if bound_ts <= t:  # the latest binding made at or before the scan
+                    out.dealer[i], out.ts[i] = bound_dealer, bound_ts
+                    break
+    return out, changed
+
+
+def merge_binding(history: History, ts: int, dealer: str) -> History:
+    """``history`` with ``dealer`` bound from ``ts`` on: a binding at the same ts is replaced (the
+    later outbound scan wins), the oldest go beyond ``BINDING_HISTORY``."""
+    kept = [h for h in history if h[0] != ts] + [(ts, dealer)]
+    kept.sort(key=lambda h: h[0])
+    return tuple(kept[-BINDING_HISTORY:])
+
+
 @dataclass(frozen=True)
 class CampaignState:
     """What is left of a campaign, for summaries and dashboards."""
@@ -176,6 +234,15 @@ class StateStore(ABC):
     @abstractmethod
     def campaign_state(self, campaign: str) -> CampaignState:
         """Budget and stock left, prizes paid so far."""
+
+    # Outbound bindings (物流防窜): where a warehouse shipped a case or a unit.  Kept for ever, one
+    # entry per key however many units a case holds, read for nearly every scan.
+
+    @abstractmethod
+    def bind(self, keys: np.ndarray, ts: np.ndarray, dealer: np.ndarray) -> Bindings:
+        """In row order: a row with a ``dealer`` binds its uint64 key to that dealer from ``ts``
+        on; a row with ``dealer == ''`` reads the binding in force at its ``ts`` (the latest made
+        at or before it).  Atomic for the batch; ``resolve_bindings`` gives the answers."""
 
     # Windowed state.  Keys are uint64 (``state_keys``/``fold``) and carry their window, so a
     # key is never reused for another window: the time to live only bounds memory.  An entry

@@ -49,7 +49,7 @@ import numpy as np
 import orjson
 
 from scanstream.engine.errors import PermanentError
-from scanstream.engine.state import (CampaignLimits, Claims, Grants, GrantRequests, StateUnavailable)
+from scanstream.engine.state import (Bindings, CampaignLimits, Claims, Grants, GrantRequests, StateUnavailable)
 from scanstream.engine.state.memory import DEFAULT_REPLAY_TTL_S, MemoryStateStore
 
 #: Bumped when the pickled structures or the log's calls change shape; an older file is refused.
@@ -67,7 +67,7 @@ LOG_PER_SNAPSHOT = 4
 #: The structures of ``MemoryStateStore`` that a snapshot holds (AUTOINCREMENT below: a folded log
 #: must not hand its sequence numbers to the calls after the snapshot).
 _STRUCTURES = ("_bits", "_answers", "_answer_expiry", "_campaigns", "_campaign_ids", "_awards", "_user_day",
-               "_windows", "_window_expiry", "_blocks")
+               "_windows", "_window_expiry", "_blocks", "_bindings")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS ops (seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, op TEXT NOT NULL, args BLOB NOT NULL);
@@ -224,6 +224,11 @@ class EmbeddedStateStore(MemoryStateStore):
 
     def grant(self, requests: GrantRequests) -> Grants:
         return self._logged("grant", requests)
+
+    def bind(self, keys: np.ndarray, ts: np.ndarray, dealer: np.ndarray) -> Bindings:
+        if not (dealer != "").any():  # reads change nothing: no log row
+            return MemoryStateStore.bind(self, keys, ts, dealer)
+        return self._logged("bind", keys, ts, dealer)
 
     def count(self, keys: np.ndarray, ttl_s: int) -> np.ndarray:
         return self._logged("count", keys, ttl_s)

@@ -13,8 +13,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from scanstream.engine.state import (CampaignLimits, CampaignState, Claims, DrawStatus, Grants, GrantRequests,
-                          StateStore)
+from scanstream.engine.state import (Bindings, CampaignLimits, CampaignState, Claims, DrawStatus, Grants,
+                                     GrantRequests, History, StateStore, resolve_bindings)
 from scanstream.engine.verdicts import Verdict
 
 #: Remember a scan_id's answer this long; a redelivery after that is a new scan.
@@ -43,6 +43,7 @@ class MemoryStateStore(StateStore):
         self._windows: dict[int, object] = {}
         self._window_expiry: deque[tuple[float, list[int]]] = deque()
         self._blocks: dict[int, float] = {}  # block list: uint64 key -> expiry
+        self._bindings: dict[int, History] = {}  # outbound bindings: uint64 key -> history
 
     # -- dedup -----------------------------------------------------------------------------
 
@@ -180,6 +181,20 @@ class MemoryStateStore(StateStore):
             if state is None:
                 raise KeyError(f"campaign {campaign!r} is not defined; defined: {sorted(self._campaigns)}")
             return CampaignState(state["budget"], tuple(state["stock"]), state["prizes"])
+
+    # -- bindings --------------------------------------------------------------------------
+
+    def bind(self, keys: np.ndarray, ts: np.ndarray, dealer: np.ndarray) -> Bindings:
+        n = len(keys)
+        with self._lock:
+            if not self._bindings and not (dealer != "").any():  # nothing shipped yet: nothing to read
+                return Bindings(np.full(n, "", dtype=object), np.full(n, -1, np.int64))
+            uniq, index = np.unique(np.asarray(keys, np.uint64), return_inverse=True)
+            ids = uniq.tolist()
+            out, changed = resolve_bindings(list(map(self._bindings.get, ids)), index, np.asarray(ts, np.int64),
+                                            np.asarray(dealer, dtype=object))
+            self._bindings.update((ids[k], h) for k, h in changed.items())
+        return out
 
     # -- windows ---------------------------------------------------------------------------
 

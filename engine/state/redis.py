@@ -32,6 +32,9 @@ Keys (``P`` is the prefix; ``{...}`` is a Redis Cluster hash tag)::
                                     -> "tier:cents", kept for ever: one prize per code, ever
     P cp:{<id>}:ud:<day>    hash    user_id -> prizes paid that day (at most one entry per
                                     prize paid, so no expiry is needed to bound it)
+    P bn:<bucket>           hash    outbound bindings (物流防窜): 8-byte key of a case or unit ->
+                                    its history (``redis_lua.BIND_LUA``), kept for ever; one
+                                    field per case shipped, whatever the case holds
     P campaigns             set     campaign ids, for error messages and operators
     P meta                  hash    the local driver's checkpoint (JSON values), see ``checkpoint``
     P bl                    zset    the block list: 8-byte keys scored by their expiry (ms)
@@ -112,10 +115,11 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from scanstream.engine.audiences import AUDIENCE_SHIFT
-from scanstream.engine.state import (CampaignLimits, CampaignState, Claims, DrawStatus, Grants, GrantRequests, StateStore,
-                          StateUnavailable, state_keys)
+from scanstream.engine.state import (BINDING_HISTORY, Bindings, CampaignLimits, CampaignState, Claims, DrawStatus, Grants,
+                                     GrantRequests, History, StateStore, StateUnavailable, resolve_bindings,
+                                     state_keys)
 from scanstream.engine.state.redis_lua import (
-    BLOCKED_LUA, BLOCK_LUA, CLAIM_LUA, COUNT_LUA, DEFINE_LUA, DISTINCT_LUA, GRANT_LUA, MARK_ONCE_LUA)
+    BIND_LUA, BLOCKED_LUA, BLOCK_LUA, CLAIM_LUA, COUNT_LUA, DEFINE_LUA, DISTINCT_LUA, GRANT_LUA, MARK_ONCE_LUA)
 from scanstream.engine.urls import redact_url
 from scanstream.engine.verdicts import Verdict
 
@@ -200,9 +204,10 @@ class RedisStateStore(StateStore):
         self._mark_once = client.register_script(MARK_ONCE_LUA)
         self._block = client.register_script(BLOCK_LUA)
         self._blocked = client.register_script(BLOCKED_LUA)
+        self._bind = client.register_script(BIND_LUA)
         # load them now: a wrong URL or a server without Lua fails at start, not mid-stream
         scripts = (self._claim, self._define, self._grant, self._count, self._distinct, self._mark_once,
-                   self._block, self._blocked)
+                   self._block, self._blocked, self._bind)
         self._call(lambda: [client.script_load(s.script) for s in scripts])
 
     @classmethod
@@ -321,6 +326,25 @@ class RedisStateStore(StateStore):
         h = {k.decode(): int(v) for k, v in raw.items()}
         return CampaignState(h["budget"], tuple(h[f"s{t}"] for t in range(h["tiers"])), h["prizes"])
 
+    # -- bindings --------------------------------------------------------------------------
+
+    def bind(self, keys: np.ndarray, ts: np.ndarray, dealer: np.ndarray) -> Bindings:
+        n = len(keys)
+        if not n:
+            return Bindings(np.zeros(0, dtype=object), np.zeros(0, np.int64))
+        keys = np.asarray(keys, np.uint64)
+        # distinct keys grouped by bucket, so the script reads each bucket with one HMGET
+        uniq, index = _by_bucket(keys)
+        writes = np.nonzero(np.asarray(dealer, dtype=object) != "")[0]
+        lens, blob = _pack_strings(np.asarray(dealer, dtype=object)[writes])
+        args = [self._pre + b"bn:", len(uniq), _keys_blob(uniq), (uniq & np.uint64(BUCKETS - 1)).astype(np.uint8)
+                .tobytes(), len(writes), index[writes].astype("<u4").tobytes(),
+                np.asarray(ts, np.int64)[writes].astype("<i8").tobytes(), lens, blob, BINDING_HISTORY]
+        value_lens, values = self._call(lambda: self._bind(args=args))
+        ends = np.cumsum(np.frombuffer(value_lens, "<u4").astype(np.int64)).tolist()
+        before = [_history(values[a:b]) if b > a else None for a, b in zip([0] + ends[:-1], ends)]
+        return resolve_bindings(before, index, np.asarray(ts, np.int64), np.asarray(dealer, dtype=object))[0]
+
     # -- windows ---------------------------------------------------------------------------
 
     def _window(self, script, keys: np.ndarray, ttl_s: int, *extra: bytes) -> bytes:
@@ -384,6 +408,26 @@ class RedisStateStore(StateStore):
         for i in range(0, len(keys), 1000):
             deleted += self._call(lambda: self.client.unlink(*keys[i:i + 1000]))
         return deleted
+
+
+def _by_bucket(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct ``keys`` ordered by bucket, and each row's index into them."""
+    uniq, index = np.unique(keys, return_inverse=True)
+    order = np.argsort(uniq & np.uint64(BUCKETS - 1), kind="stable")
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
+    return uniq[order], rank[index]
+
+
+def _history(raw: bytes) -> History:
+    """A binding history as ``BIND_LUA`` stores it: (int64 ts, uint16 length, dealer id) entries."""
+    out, pos = [], 0
+    while pos < len(raw):
+        ts, length = int.from_bytes(raw[pos:pos + 8], "little", signed=True), int.from_bytes(raw[pos + 8:pos + 10],
+                                                                                             "little")
+        out.append((ts, raw[pos + 10:pos + 10 + length].decode("utf-8", "surrogatepass")))
+        pos += 10 + length
+    return tuple(out)
 
 
 def _describe(client: redis_py.Redis) -> str:

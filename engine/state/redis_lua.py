@@ -172,6 +172,65 @@ end
 return 1
 """
 
+#: Outbound bindings.  ARGV: the bucket hash prefix (``P bn:``), number of distinct keys k, the
+#: keys (8 bytes each, grouped by bucket), each key's bucket (one byte), number of writes w, per
+#: write in row order its key (uint32 index, 0-based), ts (int64), dealer lengths (uint32) and
+#: dealer ids, and the history kept per key.  A key's value is its history, entries of ts (int64),
+#: dealer length (uint16) and dealer id, sorted by ts.  The writes are merged as
+#: ``engine.state.merge_binding`` does; the answer is every key's value before the batch
+#: (lengths as uint32, then the values), from which ``engine.state.resolve_bindings`` answers the
+#: rows: reading and writing in one script is what makes two workers' shipments of one case atomic.
+BIND_LUA = LUA_PRELUDE + r"""
+local pre, k = ARGV[1], tonumber(ARGV[2])
+local kb, bucket = ARGV[3], bytes(ARGV[4])
+local w = tonumber(ARGV[5])
+local widx, wts = ints(ARGV[6], 'I4', w), ints(ARGV[7], 'i8', w)
+local wdealer = strings(ARGV[8], ARGV[9], w)
+local keep = tonumber(ARGV[10])
+local fields, vals = {}, {}
+for i = 1, k do fields[i] = string.sub(kb, 8 * i - 7, 8 * i) end
+local a = 1
+while a <= k do
+  local b = bucket[a]
+  local z = a
+  while z < k and bucket[z + 1] == b do z = z + 1 end
+  for s = a, z, 4000 do
+    local e = math.min(s + 3999, z)
+    local got = redis.call('HMGET', pre .. b, unpack(fields, s, e))
+    for j = 1, e - s + 1 do vals[s + j - 1] = got[j] or '' end
+  end
+  a = z + 1
+end
+local function decode(raw)
+  local out, pos = {}, 1
+  while pos <= #raw do
+    local t, len, nxt = struct.unpack('<i8I2', raw, pos)
+    out[#out + 1] = {t, string.sub(raw, nxt, nxt + len - 1)}
+    pos = nxt + len
+  end
+  return out
+end
+local hist = {}
+for j = 1, w do
+  local key = widx[j] + 1
+  local h = hist[key] or decode(vals[key])
+  local kept = {}
+  for _, e in ipairs(h) do if e[1] ~= wts[j] then kept[#kept + 1] = e end end
+  kept[#kept + 1] = {wts[j], wdealer[j]}
+  table.sort(kept, function(x, y) return x[1] < y[1] end)
+  while #kept > keep do table.remove(kept, 1) end
+  hist[key] = kept
+end
+for key, h in pairs(hist) do
+  local parts = {}
+  for _, e in ipairs(h) do parts[#parts + 1] = struct.pack('<i8I2', e[1], #e[2]) .. e[2] end
+  redis.call('HSET', pre .. bucket[key], fields[key], table.concat(parts))
+end
+local lens = {}
+for i = 1, k do lens[i] = #vals[i] end
+return {pack_ints('I4', lens), table.concat(vals)}
+"""
+
 #: ARGV: prefix, n, number of campaigns m, campaign (uint32 index into the m ids), code
 #: identities (12 bytes each), user_id lengths (uint32), user_ids, day (int64), tier (int16),
 #: cents (int64), the DrawStatus codes WON NO_PRIZE OUT_OF_STOCK BUDGET CAP, then the m ids.

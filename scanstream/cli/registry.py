@@ -14,19 +14,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     actions = reg.add_subparsers(dest="registry_command", required=True, metavar="ACTION")
     check = actions.add_parser("check", parents=[config_option()], help="validate the CSV files")
     check.add_argument("--dir", required=True, help="folder of batches.csv, dealers.csv, shipments.csv, stores.csv "
-                                                    "[, activations.csv]")
+                                                    "[, activations.csv, packing.csv]")
     check.set_defaults(handler=run_check)
     publish = actions.add_parser("publish", parents=[config_option()],
                                  help="replace the ClickHouse registry tables with the CSV files (workers reload)")
     publish.add_argument("--dir", required=True, help="folder of batches.csv, dealers.csv, shipments.csv, stores.csv "
-                                                      "[, activations.csv]")
+                                                      "[, activations.csv, packing.csv]")
     publish.set_defaults(handler=run_publish)
 
 
 def _describe(registry: Registry) -> str:
     return (f"{len(registry.batches.key)} batches ({int(registry.batches.activated.sum())} activated), "
             f"{len(registry.dealers.dealer_id)} dealers, {len(registry.shipments.start)} shipments, "
-            f"{len(registry.stores.index)} stores, {len(registry.activations.start)} activation ranges")
+            f"{len(registry.stores.index)} stores, {len(registry.activations.start)} activation ranges, "
+            f"{len(registry.packing.start)} packed ranges")
 
 
 def run_check(args: argparse.Namespace) -> int:
