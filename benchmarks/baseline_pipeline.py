@@ -5,13 +5,15 @@ stage, for each event in turn:
 
 1 parse      ``json.loads`` of the line and the field checks of ``ext.scanparse``
 2 verify     ``engine.codec.verify``: the pure-Python reference codec (base32 + SipHash-2-4)
-3 enrich     dicts for batches and stores, ``bisect`` over each batch's shipment ranges, and
+3 enrich     dicts for batches and stores, ``bisect`` over each batch's shipment, activation and
+             packing ranges, and
              GPS -> adcode by the same grid of candidate centroids as ``engine.geo`` (its
              cell lists are read once at start; the per-event cell lookup and dot products
              are plain Python)
 4 dedup      a ``set`` of (tenant, kind, batch, serial, audience) for valid, activated codes, and a
              ``dict`` scan_id -> first verdict for every scan (a redelivery gets its first outcome)
-5 diversion  region prefixes / channel of the dealer, windowed alert counters in dicts and sets
+5 diversion  outbound scans' bindings in a dict of (ts, dealer) lists per case or unit, region
+             prefixes / channel of the dealer, windowed alert counters in dicts and sets
 6 lottery    SipHash-2-4 draw (``engine.codec.siphash24``) and dict / list counters for stock,
              budget, daily caps and awarded codes
 7 emit       one output dict per scan (the ``scan_events`` columns), per alert, per award
@@ -73,6 +75,8 @@ TS_MAX_MS = 4102444800000  # 2100-01-01
 _RFC3339 = re.compile(rb"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?"
                       rb"(?:([Zz])|([+-])([0-9]{2}):([0-9]{2}))")
 OPTIONAL_IDS = ("store_id", "channel", "region", "ip", "device_id")
+ACTIONS = {"ship": "warehouse", "sell": "guide"}  # the role that may take each action
+BINDING_HISTORY = 8  # bindings kept per case or unit
 
 MS_PER_MINUTE = 60_000
 MS_PER_DAY = 86_400_000
@@ -226,6 +230,13 @@ class PyRegistry:
     # (tenant, kind, batch) -> (sorted serial_from, serial_to, dealer index)
     shipments: dict[tuple[int, int, int], tuple[list[int], list[int], list[int]]] = field(default_factory=dict)
     stores: dict[tuple[int, str], tuple[str, str]] = field(default_factory=dict)  # -> (region, channel)
+    dealer_index: dict[str, int] = field(default_factory=dict)
+    dealer_tenant: list[int] = field(default_factory=list)
+    # (tenant, kind, batch) -> (sorted serial_from, serial_to, (at_ms, sku))
+    activations: dict[tuple[int, int, int], tuple[list[int], list[int], list[tuple[int, str]]]] = field(
+        default_factory=dict)
+    # (tenant, unit batch) -> (sorted unit_serial_from, unit_serial_to, (case batch, case serial))
+    packing: dict[tuple[int, int], tuple[list[int], list[int], list[tuple[int, int]]]] = field(default_factory=dict)
 
     @classmethod
     def load(cls, directory: Path) -> PyRegistry:
@@ -240,6 +251,8 @@ class PyRegistry:
             reg.dealer_channel.append(row.get("channel", ""))
             reg.dealer_regions.append(tuple(p.strip() for p in row.get("regions", "").split(";") if p.strip()))
             reg.dealer_manager.append(row.get("manager", ""))
+            reg.dealer_tenant.append(int(row["tenant"]))
+        reg.dealer_index = index
         ranges: dict[tuple[int, int, int], list[tuple[int, int, int]]] = {}
         for row in _rows(directory / "shipments.csv"):
             key = (int(row["tenant"]), KIND_BY_NAME[row.get("kind", "").lower()], int(row["batch"]))
@@ -249,15 +262,47 @@ class PyRegistry:
             reg.shipments[key] = ([r[0] for r in rs], [r[1] for r in rs], [r[2] for r in rs])
         for row in _rows(directory / "stores.csv"):
             reg.stores[(int(row["tenant"]), row["store_id"])] = (row.get("region", ""), row.get("channel", ""))
+        acts: dict[tuple[int, int, int], list] = {}
+        if (directory / "activations.csv").exists():
+            for row in _rows(directory / "activations.csv"):
+                key = (int(row["tenant"]), KIND_BY_NAME[row.get("kind", "").lower()], int(row["batch"]))
+                acts.setdefault(key, []).append((int(row["serial_from"]), int(row["serial_to"]),
+                                                 (rfc3339_ms(row["activated_at"]), row["sku"])))
+        for key, rs in acts.items():
+            rs.sort()
+            reg.activations[key] = ([r[0] for r in rs], [r[1] for r in rs], [r[2] for r in rs])
+        packs: dict[tuple[int, int], list] = {}
+        if (directory / "packing.csv").exists():
+            for row in _rows(directory / "packing.csv"):
+                packs.setdefault((int(row["tenant"]), int(row["unit_batch"])), []).append(
+                    (int(row["unit_serial_from"]), int(row["unit_serial_to"]),
+                     (int(row["case_batch"]), int(row["case_serial"]))))
+        for key, rs in packs.items():
+            rs.sort()
+            reg.packing[key] = ([r[0] for r in rs], [r[1] for r in rs], [r[2] for r in rs])
         return reg
 
+    @staticmethod
+    def _in(ranges, serial: int):
+        """The value of the range covering ``serial`` in (starts, ends, values), else None."""
+        if ranges is None:
+            return None
+        starts, ends, values = ranges
+        i = bisect_right(starts, serial) - 1
+        return values[i] if i >= 0 and serial <= ends[i] else None
+
+    def case_of(self, tenant: int, kind: int, batch: int, serial: int) -> tuple[int, int] | None:
+        """(case batch, case serial) a unit is packed in, else None."""
+        return self._in(self.packing.get((tenant, batch)), serial) if kind == 0 else None
+
     def dealer_of(self, tenant: int, kind: int, batch: int, serial: int) -> int:
-        ship = self.shipments.get((tenant, kind, batch))
-        if ship is None:
-            return -1
+        ship = self.shipments.get((tenant, kind, batch), ([], [], []))
         starts, ends, dealers = ship
         i = bisect_right(starts, serial) - 1
-        return dealers[i] if i >= 0 and serial <= ends[i] else -1
+        if i >= 0 and serial <= ends[i]:
+            return dealers[i]
+        case = self.case_of(tenant, kind, batch, serial)  # a unit goes where its case was shipped
+        return self.dealer_of(tenant, 1, case[0], case[1]) if case is not None else -1
 
     def authorised(self, dealer: int, region: str) -> bool:
         prefixes = self.dealer_regions[dealer]
@@ -326,6 +371,7 @@ class BaselinePipeline:
         # state
         self.seen: set[tuple[int, int, int, int]] = set()  # codes scanned
         self.answers: dict[str, int] = {}  # scan_id -> first verdict
+        self.bindings: dict[tuple[int, int, int, int], list[tuple[int, str]]] = {}  # code -> [(ts, dealer_id)]
         self.counters: dict[str, int] = {}  # diversion evidence per window and role
         self.sets: dict[str, set] = {}  # distinct users / provinces per code and window
         self.fired: set[str] = set()  # alerts raised, once per key and window
@@ -341,7 +387,7 @@ class BaselinePipeline:
         problems: list[str] = []
         ev: dict[str, Any] = {"scan_id": "", "ts": 0, "code": "", "user_id": "", "role": "consumer", "store_id": "",
                               "channel": "", "region": "", "ip": "", "device_id": "", "lat": math.nan,
-                              "lon": math.nan, "reason": "", "raw": ""}
+                              "lon": math.nan, "reason": "", "raw": "", "action": "", "ship_to": ""}
         event = None
         if type(line) is not bytes and type(line) is not str:
             problems.append(f"event must be bytes or str, got {type(line).__name__}")
@@ -394,6 +440,18 @@ class BaselinePipeline:
             for name in OPTIONAL_IDS:
                 if name in event:
                     ev[name] = _ident(event, name, False, problems)
+            if "dealer_id" in event:  # an outbound scan's dealer (the output's dealer_id is the judged one)
+                ev["ship_to"] = _ident(event, "dealer_id", False, problems)
+            action = event.get("action")
+            if action is not None:
+                if type(action) is not str or action not in ACTIONS:
+                    problems.append(f"action {str(action)[:40]!r} is not one of {sorted(ACTIONS)}")
+                elif ACTIONS[action] != ev["role"]:
+                    problems.append(f"action {action!r} is taken by role {ACTIONS[action]!r}, not {ev['role']!r}")
+                elif action == "ship" and not ev["ship_to"]:
+                    problems.append("action 'ship' needs the dealer_id the goods are shipped to")
+                else:
+                    ev["action"] = action
             region = ev["region"]
             if region and not (len(region) in (2, 4, 6) and region.isdigit() and region.isascii()):
                 problems.append(f"region {region[:40]!r} is not an adcode of 2, 4 or 6 digits")
@@ -428,9 +486,18 @@ class BaselinePipeline:
                 ev["verdict"] = UNKNOWN_BATCH
             else:
                 sku, activated = info
+                act = reg._in(reg.activations.get((tenant, kind, batch)), ev["serial"])
+                if act is not None:  # 空码赋值: the range decides, from its activated_at on
+                    activated = ev["ts"] >= act[0]
+                    if activated:
+                        sku = act[1]
                 if not activated:
                     ev["verdict"] = NOT_ACTIVATED
                 dealer = reg.dealer_of(tenant, kind, batch, ev["serial"])
+                d = reg.dealer_index.get(ev["ship_to"]) if ev["action"] == "ship" else None
+                if ev["action"] == "ship" and ev["verdict"] == OK and (d is None or reg.dealer_tenant[d] != tenant):
+                    ev["verdict"] = INVALID_EVENT
+                    ev["reason"] = f"dealer_id {ev['ship_to'][:40]!r} is not a dealer of tenant {tenant}"
         store = reg.stores.get((ev["tenant"], ev["store_id"])) if ev["store_id"] else None
         if not ev["region"]:
             if store is not None:
@@ -456,7 +523,30 @@ class BaselinePipeline:
                 self.seen.add(code)
         self.answers[ev["scan_id"]] = ev["verdict"]
 
+    def bind(self, ev: dict[str, Any]) -> None:
+        """Outbound scans bind a case or unit to a dealer from their ts on; every other scan of a
+        valid code takes the latest binding at or before its ts of its code or its case."""
+        if ev["verdict"] not in (OK, REPEAT):
+            return
+        reg, ts = self.registry, ev["ts"]
+        own = (ev["tenant"], ev["kind"], ev["batch"], ev["serial"])
+        if ev["action"] == "ship":
+            if not ev["replay"]:
+                kept = [b for b in self.bindings.get(own, []) if b[0] != ts] + [(ts, ev["ship_to"])]
+                self.bindings[own] = sorted(kept, key=lambda b: b[0])[-BINDING_HISTORY:]
+            found = [(ts, ev["ship_to"])]
+        else:
+            case = reg.case_of(*own)
+            keys = [own] + ([(ev["tenant"], 1, case[0], case[1])] if case is not None else [])
+            found = [max((b for b in self.bindings.get(k, []) if b[0] <= ts), key=lambda b: b[0], default=(-1, ""))
+                     for k in keys]
+        best = max(found, key=lambda b: b[0])  # the own code's binding on a tie (max keeps the first)
+        d = reg.dealer_index.get(best[1]) if best[0] >= 0 else None
+        if d is not None:
+            ev["dealer"], ev["dealer_id"] = d, best[1]
+
     def diversion(self, ev: dict[str, Any], alerts: list[dict[str, Any]]) -> None:
+        self.bind(ev)
         div = 0
         verdict, dealer = ev["verdict"], ev["dealer"]
         if (verdict == OK or verdict == REPEAT) and dealer >= 0 and ev["role"] != "warehouse":

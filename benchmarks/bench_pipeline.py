@@ -69,7 +69,8 @@ Run: ``python benchmarks/bench_pipeline.py [--scans N] [--batch B] [--repeat R]
 [--baseline-scans M] [--quick] [--with-chdb] [--profile] [--profile-state] [--no-gc] [--json FILE]
 [--trade-share F]`` (``--quick``: 50 000 scans, a 5 000-scan baseline sample, 2 runs each;
 ``--trade-share 0.2``: a fifth of the consumers' scans become store, guide and warehouse scans of
-the same codes, each audience claiming its own first scan).
+the same codes, each audience claiming its own first scan, the warehouse's outbound scans binding
+their codes to a dealer; the "bindings" row is the cost of writing and reading those bindings).
 
 Why one file of this length: a benchmark is read as a whole, setup, measurement and report
 together; the naive baseline it compares with is ``baseline_pipeline.py``.
@@ -115,12 +116,13 @@ GOAL_RATE = 250_000
 DEMO_TENANT = 7
 WARMUP_BATCHES = 10
 #: Stages in pipeline order; "rest" is the time of ``process`` outside every hooked call.
-STAGES = ("parse", "verify", "enrich", "dedup", "diversion", "lottery")
+STAGES = ("parse", "verify", "enrich", "dedup", "bindings", "diversion", "lottery")
 STAGE_LABELS = {
     "parse": "1 parse      ext.scanparse",
     "verify": "2 verify     ext.codec",
     "enrich": "3 enrich     registry, GPS",
     "dedup": "4 dedup      state.claim",
+    "bindings": "5 bindings   outbound scans, cases",
     "diversion": "5 diversion  judge + alerts",
     "lottery": "6 lottery    draw + grant",
     "rest": "7 emit + glue (rest of process)",
@@ -148,13 +150,15 @@ class Hook:
 
 
 HOOKS = (
-    Hook("parse", "module:engine.pipeline", "parse_events"),
-    Hook("parse", "module:engine.pipeline", "_name_anonymous"),
-    Hook("verify", "global:engine.pipeline:codec", "verify_batch"),
-    Hook("verify", "module:engine.pipeline", "verify_batch", optional=True),
-    Hook("enrich", "module:engine.pipeline", "enrich"),
+    Hook("parse", "module:scanstream.engine.pipeline", "parse_events"),
+    Hook("parse", "module:scanstream.engine.pipeline", "_name_anonymous"),
+    Hook("verify", "global:scanstream.engine.pipeline:codec", "verify_batch"),
+    Hook("verify", "module:scanstream.engine.pipeline", "verify_batch", optional=True),
+    Hook("enrich", "module:scanstream.engine.pipeline", "enrich"),
     Hook("dedup", "attr:state", "claim"),
-    Hook("diversion", "global:engine.pipeline:div", "judge"),
+    Hook("bindings", "global:scanstream.engine.pipeline:bindings", "route"),
+    Hook("bindings", "global:scanstream.engine.pipeline:bindings", "refuse_unknown_dealers"),
+    Hook("diversion", "global:scanstream.engine.pipeline:div", "judge"),
     Hook("diversion", "attr:windows", "diversion_alerts"),
     Hook("diversion", "attr:windows", "clone_alerts"),
     Hook("lottery", "attr:lottery", "run"),
@@ -278,6 +282,8 @@ def prepare(args: argparse.Namespace, tmp: Path) -> Bench:
 
 #: The trade roles ``--trade-share`` gives scans, in turn: each has an audience apart from consumers'.
 TRADE_ROLES = ("store", "guide", "warehouse")
+#: The dealer ``--trade-share``'s warehouse scans ship to (a dealer of the demo world).
+OUTBOUND_DEALER = "D-GD-KA"
 
 
 def as_trade_scans(lines: list[bytes], share: float, seed: int) -> list[bytes]:
@@ -295,7 +301,10 @@ def as_trade_scans(lines: list[bytes], share: float, seed: int) -> list[bytes]:
             h = zlib.crc32(f"{seed}:{event['scan_id']}".encode())
             if h / 2**32 < share:
                 role = TRADE_ROLES[h % len(TRADE_ROLES)]
-                line = orjson.dumps({**event, "role": role, "user_id": f"{role}-{h % 500}"})
+                # a warehouse's scan is an outbound scan: it binds the code to the dealer, the cost
+                # of bindings that every later scan of the code then reads
+                ship = {"action": "ship", "dealer_id": OUTBOUND_DEALER} if role == "warehouse" else {}
+                line = orjson.dumps({**event, "role": role, "user_id": f"{role}-{h % 500}", **ship})
         out.append(line)
     return out
 

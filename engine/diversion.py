@@ -16,6 +16,7 @@ import orjson
 
 from scanstream.ext.scanparse import ROLES  # sorted: searchsorted gives each role its number
 from scanstream.engine import adcode, outcomes
+from scanstream.engine.bindings import Routing
 from scanstream.engine.registry import Registry
 from scanstream.engine.state import STATE_HASH_KEY, Namespace, StateStore, fold, state_keys
 from scanstream.engine.outcomes import MS_PER_MINUTE
@@ -76,9 +77,11 @@ class AlertWindows:
         self.registry = registry
         self.state = state
 
-    def diversion_alerts(self, rows: np.ndarray, cols: dict[str, np.ndarray], dealer: np.ndarray,
+    def diversion_alerts(self, rows: np.ndarray, cols: dict[str, np.ndarray], routing: Routing,
                          diversion: np.ndarray) -> outcomes.Columns:
-        """Alerts fired by the diverted scans ``rows`` (not replays), in scan order."""
+        """Alerts fired by the diverted scans ``rows`` (not replays), in scan order; an alert names
+        the case of the scan that fired it and whether an outbound scan or shipments.csv sent it."""
+        dealer = routing.dealer
         s = self.settings
         if not len(rows):
             return outcomes.empty(outcomes.ALERT_COLUMNS)
@@ -121,6 +124,8 @@ class AlertWindows:
                 "scan_channel": cols["channel"][rows][i], "dealer_regions": dl.regions[di],
                 "dealer_channel": dl.channel[di], "scan_id": cols["scan_id"][rows][i],
                 "store_id": cols["store_id"][rows][i],
+                "case_batch": int(routing.case_batch[rows[i]]), "case_serial": int(routing.case_serial[rows[i]]),
+                "sent_by": "outbound_scan" if routing.outbound[rows[i]] else "shipments",
             }).decode()
         return out
 

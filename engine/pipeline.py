@@ -6,7 +6,8 @@ The stages run in DESIGN.md's order, each over whole columns:
 2. verify     ``ext.codec``: base32 + SipHash MAC -> ``malformed`` / ``unknown_tenant`` / ``bad_mac``
 3. enrich     ``engine.enrich``: registry -> ``unknown_batch`` / ``not_activated``, dealer, place
 4. dedup      state store ``claim`` -> ``repeat`` / ``ok``; a known scan_id gets its first answer
-5. diversion  ``engine.diversion``: region / channel mismatch, windowed alerts, cloned codes;
+5. diversion  ``engine.bindings``: outbound scans bind goods to a dealer, every scan finds where its
+              goods went; ``engine.diversion``: region / channel mismatch, windowed alerts, cloned codes;
               ``engine.enumeration``: scanners submitting many forged codes, block list
 6. lottery    ``engine.lottery``: draw, then pay within stock, budget and daily cap
 7. emit       the caller hands the returned batches to its sinks
@@ -22,6 +23,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from scanstream.engine import bindings
 from scanstream.engine import diversion as div
 from scanstream.engine.audiences import CONSUMERS, audiences, claim_keys
 from scanstream.engine import outcomes
@@ -85,6 +87,8 @@ class Pipeline:
         # 3 enrich
         e = enrich(self.registry, cols, verdict, self.resolve_gps)
         verdict, cols["region"], cols["channel"] = e.verdict, e.region, e.channel
+        refused = bindings.refuse_unknown_dealers(self.registry, cols, verdict)
+        verdict[refused], valid[refused] = Verdict.INVALID_EVENT, False
         # 4 dedup: valid, activated codes get a bit per audience (engine/audiences.py: a store's
         # scan does not use up the consumer's first scan); every readable scan has its answer remembered
         # with its event's fingerprint.  The same scan_id with the same event is a redelivery
@@ -103,13 +107,15 @@ class Pipeline:
             verdict[readable], replay[readable] = claims.verdict, claims.replay
             first_user[readable] = claims.first_user
         conflicts = conflict_alerts(np.nonzero(verdict == Verdict.CONFLICT)[0], cols, first_user)
-        # 5 diversion
-        diversion = div.judge(self.registry, e.dealer, e.place, e.channel, verdict, cols["role"])
+        # 5 diversion, against where the goods were sent (an outbound scan's binding, else shipments.csv)
+        routing = bindings.route(self.registry, self.state, cols, verdict, replay, e.dealer)
+        diversion = div.judge(self.registry, routing.dealer, e.place, e.channel, verdict, cols["role"])
         verified = ((verdict == Verdict.OK) | (verdict == Verdict.REPEAT)) & ~replay
         alerts = outcomes.concat(outcomes.ALERT_COLUMNS, [
             conflicts,
-            self.windows.diversion_alerts(np.nonzero(verified & (diversion > 0))[0], cols, e.dealer, diversion),
-            self.windows.clone_alerts(np.nonzero(verified)[0], cols, e.dealer, e.place, first_scan=verdict == Verdict.OK),
+            self.windows.diversion_alerts(np.nonzero(verified & (diversion > 0))[0], cols, routing, diversion),
+            self.windows.clone_alerts(np.nonzero(verified)[0], cols, routing.dealer, e.place,
+                                      first_scan=verdict == Verdict.OK),
         ])
         # 5b enumeration defence: many forged codes from one scanner -> alert, block list
         guard = self.enumeration.run(cols, verdict, replay)
@@ -121,7 +127,7 @@ class Pipeline:
             "scan_id": cols["scan_id"], "ts": cols["ts"], "tenant": cols["tenant"], "kind": cols["kind"],
             "batch": cols["batch"], "serial": cols["serial"], "code": cols["code"], "user_id": cols["user_id"],
             "role": cols["role"], "region": e.region, "channel": e.channel, "sku": e.sku,
-            "dealer_id": e.dealer_id, "verdict": LABELS[verdict], "diversion": div.DIVERSION_LABELS[diversion],
+            "dealer_id": routing.dealer_id, "verdict": LABELS[verdict], "diversion": div.DIVERSION_LABELS[diversion],
             "campaign": lot.campaign, "prize_tier": lot.tier, "prize_cents": lot.cents,
             "draw": DRAW_LABELS[lot.draw], "store_id": cols["store_id"], "device_id": cols["device_id"],
             "ip": cols["ip"], "replay": replay.astype(np.uint8), "reason": cols["reason"], "raw": cols["raw"],

@@ -60,6 +60,16 @@ ACTIVATIONS = [  # tenant, batch, kind, serial_from, serial_to, sku, product, ac
     (7, 105, "unit", 30_000, 59_999, "BEER-330", "Lager 330 ml (empty-printed labels)", "2026-11-20T15:00:00+08:00"),
 ]
 EMPTY_PRINTED_BATCH = 105
+#: 箱码关联: case c (c < PACKED_CASES) of case batch 201 holds units c*UNITS_PER_CASE .. +11 of batch 101
+UNITS_PER_CASE = 12
+PACKED_CASES = 1_000
+PACKING = [  # tenant, case_batch, case_serial, unit_batch, unit_serial_from, unit_serial_to
+    (7, 201, c, 101, c * UNITS_PER_CASE, (c + 1) * UNITS_PER_CASE - 1) for c in range(PACKED_CASES)]
+#: Outbound scans (物流出库): the Guangzhou warehouse ships packed cases to their dealer; once in the
+#: stream it ships one to Zhejiang, whose bottles then turn up in Guangzhou (a diverted case).
+WAREHOUSE_USER = "wh-gz-01"
+DIVERTED_CASE_DEALER = "D-ZJ"
+DIVERTED_CASE_SCANS = 4
 STORES = [  # store_id, dealer_id, district prefix, channel
     ("S-GZ-001", "D-GD-KA", "4401", "KA"), ("S-GZ-002", "D-GD-KA", "4401", "KA"),
     ("S-GZ-BAR", "D-GD-KA", "4401", "horeca"),  # a bar: KA goods showing up on-trade
@@ -72,7 +82,7 @@ DIVERSION_CITIES = ("4301", "4501")
 MIX = {
     "repeat": 0.05, "diverted": 0.01, "store": 0.02, "forged": 0.02, "malformed": 0.01,
     "unknown_batch": 0.01, "not_activated": 0.01, "invalid": 0.005, "bot": 0.01, "redelivered": 0.01,
-    "empty_printed": 0.01,
+    "empty_printed": 0.01, "outbound": 0.01,
 }
 CLONE_USERS = 6
 BOT_USER = "bot-7781"
@@ -86,7 +96,7 @@ class World:
     districts: dict[str, list[tuple[str, float, float]]]  # prefix -> [(adcode, lat, lon)]
 
     def write_registry(self, directory: Path) -> None:
-        """The registry CSV files of DESIGN.md, activations.csv included."""
+        """The registry CSV files of DESIGN.md, activations.csv and packing.csv included."""
         directory.mkdir(parents=True, exist_ok=True)
         _write(directory / "batches.csv", ["tenant", "batch", "kind", "sku", "product", "activated", "size"], BATCHES)
         _write(directory / "dealers.csv", ["dealer_id", "tenant", "name", "channel", "regions", "manager", "webhook"],
@@ -98,6 +108,8 @@ class World:
                [(sid, self.tenant, d, self.districts[prefix][0][0], ch) for sid, d, prefix, ch in STORES])
         _write(directory / "activations.csv", ["tenant", "batch", "kind", "serial_from", "serial_to", "sku", "product",
                                                "activated_at"], ACTIVATIONS)
+        _write(directory / "packing.csv", ["tenant", "case_batch", "case_serial", "unit_batch", "unit_serial_from",
+                                           "unit_serial_to"], PACKING)
 
 
 def _write(path: Path, header: list[str], rows) -> None:
@@ -126,6 +138,7 @@ class _Stream:
         self.scanned: list[tuple[str, str, str]] = []  # (code, user, home) of genuine scans, for repeats
         self.used: set[tuple[int, int, int]] = set()
         self.n_scan = 0
+        self.cases_shipped = 0
 
     def code(self, batch: int, serial: int, kind: int = 0) -> str:
         return codec.encode(self.world.key, self.world.tenant, batch, serial, kind=kind, key_id=self.world.key_id)
@@ -151,6 +164,20 @@ class _Stream:
         self.events.append(event)
         return event
 
+    def ship_case(self, dealer: str, scans: int) -> None:
+        """An outbound scan of a packed case to ``dealer``, then ``scans`` consumers in Guangzhou
+        scanning bottles of it; a genuine scan instead once every packed case was scanned."""
+        if self.cases_shipped >= PACKED_CASES // 2:
+            self.genuine()  # fresh_serial would search ever longer for an unused case
+            return
+        self.cases_shipped += 1
+        case = self.fresh_serial(201, 0, PACKED_CASES - 1, kind=1)
+        self.emit(self.code(201, case, kind=1), WAREHOUSE_USER, role="warehouse", action="ship", dealer_id=dealer)
+        for unit in range(case * UNITS_PER_CASE, case * UNITS_PER_CASE + scans):
+            self.used.add((101, 0, unit))
+            event = self.emit(self.code(101, unit), f"wx-{int(self.rng.integers(1, 40_000)):06d}", role="consumer")
+            self.place("4401", event)
+
     def genuine(self, user: str | None = None) -> None:
         shipment = SHIPMENTS[int(self.rng.integers(9))]  # unit shipments of activated batches
         _, batch, _, lo, hi, dealer = shipment
@@ -173,6 +200,7 @@ def generate_scans(world: World, n: int, seed: int = 7) -> list[bytes]:
     weights = np.array(list(MIX.values()) + [1 - sum(MIX.values())])
     plan = rng.choice(len(kinds), size=n, p=weights)
     clone_at = n // 2
+    diverted_case_at = n // 3
     junk: list[tuple[int, bytes]] = []
     redeliver: list[int] = []
     for i, k in enumerate(plan):
@@ -183,6 +211,8 @@ def generate_scans(world: World, n: int, seed: int = 7) -> list[bytes]:
                 prefix = ("4401", "4301", "4501", "3101", "5101", "1101")[u]
                 ev = st.emit(code, f"wx-clone-{u}", role="consumer")
                 st.place(prefix, ev)
+        if i == diverted_case_at:
+            st.ship_case(DIVERTED_CASE_DEALER, scans=DIVERTED_CASE_SCANS)
         if kind == "genuine" or (kind == "repeat" and not st.scanned):
             st.genuine()
         elif kind == "repeat":
@@ -219,6 +249,8 @@ def generate_scans(world: World, n: int, seed: int = 7) -> list[bytes]:
         elif kind == "empty_printed":  # a bottle of batch 105, inside or outside its activated ranges
             st.emit(st.code(EMPTY_PRINTED_BATCH, st.fresh_serial(EMPTY_PRINTED_BATCH, 0, 99_999)),
                     f"wx-{int(rng.integers(1, 40_000)):06d}", role="consumer", region="510104")
+        elif kind == "outbound":  # a case shipped to its own dealer, a bottle of it opened at home
+            st.ship_case("D-GD-KA", scans=1)
         elif kind == "bot":
             st.genuine(user=BOT_USER)
         elif kind == "invalid":

@@ -432,15 +432,30 @@ def registries(draw) -> dict[str, list[dict[str, str]]]:
                                 "serial_from": str(lo), "serial_to": str(hi),
                                 "sku": draw(TEXTS.filter(str.strip)), "product": draw(TEXTS),
                                 "activated_at": draw(st.sampled_from(ACTIVATED_AT))})
+    packing = []
+    cases = [b for b in batches if b["kind"] == "case"]
+    for b in batches:  # 箱码关联: disjoint unit ranges of a unit batch, each in a case of the same tenant
+        theirs = [c for c in cases if c["tenant"] == b["tenant"]]
+        if b["kind"] == "case" or not theirs:
+            continue
+        last = int(b["size"]) - 1 if b["size"] not in ("", "0") else 2 ** 32 - 1
+        cuts = sorted(draw(st.lists(st.integers(0, last), max_size=4, unique=True)))
+        for lo, hi in zip(cuts[::2], cuts[1::2]):
+            case = draw(st.sampled_from(theirs))
+            case_last = int(case["size"]) - 1 if case["size"] not in ("", "0") else 2 ** 32 - 1
+            packing.append({"tenant": b["tenant"], "case_batch": case["batch"],
+                            "case_serial": str(draw(st.integers(0, case_last))), "unit_batch": b["batch"],
+                            "unit_serial_from": str(lo), "unit_serial_to": str(hi)})
     return {"batches.csv": batches, "dealers.csv": dealers, "shipments.csv": shipments, "stores.csv": stores,
-            "activations.csv": activations}
+            "activations.csv": activations, "packing.csv": packing}
 
 
 def facts(registry) -> dict[str, object]:
     """What a registry answers, independent of row order (dealer indexes become dealer ids)."""
     b, d, s, st_ = registry.batches, registry.dealers, registry.shipments, registry.stores
-    a = registry.activations
+    a, p = registry.activations, registry.packing
     ids = d.dealer_id.tolist()
+    p_group = (p.start >> np.uint64(32)).astype(np.int64)
     group = (s.start >> np.uint64(32)).astype(np.int64)
     a_group = (a.start >> np.uint64(32)).astype(np.int64)
     return {
@@ -455,6 +470,8 @@ def facts(registry) -> dict[str, object]:
         "activations": sorted(zip(a.group_key[a_group].tolist(), (a.start & np.uint64(0xFFFFFFFF)).tolist(),
                                   (a.end & np.uint64(0xFFFFFFFF)).tolist(), a.at_ms.tolist(), a.sku.tolist(),
                                   a.product.tolist())),
+        "packing": sorted(zip(p.group_key[p_group].tolist(), (p.start & np.uint64(0xFFFFFFFF)).tolist(),
+                              (p.end & np.uint64(0xFFFFFFFF)).tolist(), p.case_batch.tolist(), p.case_serial.tolist())),
     }
 
 

@@ -72,7 +72,7 @@ def world(tmp_path_factory):
     config = load(LOCAL_TOML)
     w = build_world(7, config.keys.get(7, 1), 1)
     w.write_registry(base / "registry")
-    return base / "registry", generate_scans(w, E2E_SCANS, seed=11)
+    return base / "registry", generate_scans(w, E2E_SCANS, seed=21)
 
 
 def paid_cents(awards, campaign: str) -> int:

@@ -643,7 +643,7 @@ def synthetic_world(tmp_path_factory):
     world = build_world(7, KEY, 0)
     directory = tmp_path_factory.mktemp("registry")
     world.write_registry(directory)
-    lines = generate_scans(world, 4000, seed=5)
+    lines = generate_scans(world, 4000, seed=6)
     config = config_mod.parse({
         "tenants": [{"id": 7, "name": "Test brewery", "keys": [{"key_id": 0, "hex": KEY.hex()}]}],
         "engine": {"batch_size": 300, "resolve_gps": True},

@@ -279,8 +279,12 @@ def test_worker_on_real_services_matches_the_local_driver(state, world, broker, 
         for i, sid in enumerate(expected["scan_id"].tolist()):
             if not sid.startswith("raw:"):
                 want.setdefault(sid, {c: expected[c][i].item() if hasattr(expected[c][i], "item") else expected[c][i]
-                                      for c in ("verdict", "diversion", "prize_tier", "prize_cents", "draw")})
+                                      for c in ("verdict", "diversion", "dealer_id", "prize_tier", "prize_cents",
+                                                "draw")})
         assert {s: {c: r[c] for c in want[s]} for s, r in got.items()} == want
+        # outbound scans moved goods on this path too: the demo's diverted case is D-ZJ's in Guangzhou
+        moved = [w for w in want.values() if w["dealer_id"] == "D-ZJ" and w["diversion"] == "region"]
+        assert len(moved) >= 3, moved
         # the payout outbox: one message per award, keyed and carrying the award's payout key
         want_keys = sorted(local.awards["payout_key"].tolist())
         assert want_keys, "a world without awards would prove nothing"

@@ -155,32 +155,34 @@ class Bindings:
 History = tuple[tuple[int, str], ...]
 
 
-def resolve_bindings(before: list[History | None], key_index: np.ndarray, ts: np.ndarray,
+def resolve_bindings(keys: np.ndarray, before: list[History | None], ts: np.ndarray,
                      dealer: np.ndarray) -> tuple[Bindings, dict[int, History]]:
-    """The answers of ``bind`` for rows whose keys held ``before`` (one entry per distinct key,
-    ``key_index`` maps rows to them), and each written key's history after the batch.
+    """The answers of ``bind`` for rows whose keys held ``before`` (per row, the key's history as
+    it was before the batch), and each written key's history after the batch.
 
     One function for every backend: the memory store passes its dict's entries, the Redis store
     the entries its script read in the same atomic step in which it applied the writes (the same
     merge, ``merge_binding``), so both answer alike.  Rows are walked in order only where their
     key has or gets a binding; the rest answer "none" without a Python step.
     """
-    n = len(key_index)
+    n = len(keys)
     out = Bindings(np.full(n, "", dtype=object), np.full(n, -1, np.int64))
     writes = dealer != ""
-    has = np.fromiter(map(bool, before), bool, len(before))
+    walk = np.fromiter(map(bool, before), bool, n)
     if writes.any():
-        has[key_index[writes]] = True
-    rows = np.nonzero(has[key_index])[0]
-    current = dict(enumerate(before))
+        walk |= np.isin(keys, keys[writes])
+    rows = np.nonzero(walk)[0]
+    current: dict[int, History] = {}  # keys met so far in this batch
     changed: dict[int, History] = {}
-    ki, tl, dl = key_index[rows].tolist(), ts[rows].tolist(), dealer[rows].tolist()
-    for i, k, t, d in zip(rows.tolist(), ki, tl, dl):
-        history = current[k] or ()
+    for i, k, t, d in zip(rows.tolist(), keys[rows].tolist(), ts[rows].tolist(), dealer[rows].tolist()):
+        history = current.get(k)
+        if history is None:
+            history = before[i] or ()
         if d:
             current[k] = changed[k] = merge_binding(history, t, d)
             out.dealer[i], out.ts[i] = d, t
         else:
+            current[k] = history
             for bound_ts, bound_dealer in reversed(history):
                 if bound_ts <= t:  # the latest binding made at or before the scan
                     out.dealer[i], out.ts[i] = bound_dealer, bound_ts

@@ -189,11 +189,10 @@ class MemoryStateStore(StateStore):
         with self._lock:
             if not self._bindings and not (dealer != "").any():  # nothing shipped yet: nothing to read
                 return Bindings(np.full(n, "", dtype=object), np.full(n, -1, np.int64))
-            uniq, index = np.unique(np.asarray(keys, np.uint64), return_inverse=True)
-            ids = uniq.tolist()
-            out, changed = resolve_bindings(list(map(self._bindings.get, ids)), index, np.asarray(ts, np.int64),
-                                            np.asarray(dealer, dtype=object))
-            self._bindings.update((ids[k], h) for k, h in changed.items())
+            keys = np.asarray(keys, np.uint64)
+            out, changed = resolve_bindings(keys, list(map(self._bindings.get, keys.tolist())),
+                                            np.asarray(ts, np.int64), np.asarray(dealer, dtype=object))
+            self._bindings.update(changed)
         return out
 
     # -- windows ---------------------------------------------------------------------------

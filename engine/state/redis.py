@@ -342,8 +342,9 @@ class RedisStateStore(StateStore):
                 np.asarray(ts, np.int64)[writes].astype("<i8").tobytes(), lens, blob, BINDING_HISTORY]
         value_lens, values = self._call(lambda: self._bind(args=args))
         ends = np.cumsum(np.frombuffer(value_lens, "<u4").astype(np.int64)).tolist()
-        before = [_history(values[a:b]) if b > a else None for a, b in zip([0] + ends[:-1], ends)]
-        return resolve_bindings(before, index, np.asarray(ts, np.int64), np.asarray(dealer, dtype=object))[0]
+        stored = [_history(values[a:b]) if b > a else None for a, b in zip([0] + ends[:-1], ends)]
+        before = [stored[k] for k in index.tolist()]
+        return resolve_bindings(keys, before, np.asarray(ts, np.int64), np.asarray(dealer, dtype=object))[0]
 
     # -- windows ---------------------------------------------------------------------------
 

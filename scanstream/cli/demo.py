@@ -81,6 +81,7 @@ Next:
   scanstream{cfg} query "SELECT alert, subtype, dealer_id, city, count, window_start FROM alerts FINAL ORDER BY ts LIMIT 20"
   scanstream{cfg} query "SELECT prize_tier, count() AS prizes, sum(prize_cents) / 100 AS yuan FROM awards FINAL GROUP BY prize_tier"
   scanstream{cfg} query "SELECT sku, verdict, count() AS scans FROM scan_events FINAL WHERE batch = {EMPTY_PRINTED_BATCH} GROUP BY sku, verdict ORDER BY sku, verdict"   # 空码赋值 ranges
+  scanstream{cfg} query "SELECT dealer_id, city, count, detail FROM alerts FINAL WHERE detail LIKE '%outbound_scan%'"   # a case diverted after its outbound scan
   scanstream{cfg} run --input {scans_file} --results results.jsonl    # the same scans again, your own run
   scanstream{cfg} audit --campaign {config.campaigns[0].id if config.campaigns else 'ID'} CODE   # re-derive a prize draw
   scanstream{cfg} dashboard    # live charts of these tables at http://127.0.0.1:8765/ (or: demo --dashboard)""",

@@ -116,10 +116,10 @@ def write_registry(directory: Path, worlds: list) -> None:
     """The CSV files for the synthetic worlds of several tenants (dealers prefixed per tenant)."""
     import csv
 
-    from scanstream.streams.synthetic import ACTIVATIONS, BATCHES, DEALERS, SHIPMENTS, STORES
+    from scanstream.streams.synthetic import ACTIVATIONS, BATCHES, DEALERS, PACKING, SHIPMENTS, STORES
 
     directory.mkdir(parents=True, exist_ok=True)
-    rows = {"batches": [], "dealers": [], "shipments": [], "stores": [], "activations": []}
+    rows = {"batches": [], "dealers": [], "shipments": [], "stores": [], "activations": [], "packing": []}
     for w in worlds:
         d = (lambda dealer, t=w.tenant: f"T{t}-{dealer}" if dealer else "")
         rows["batches"] += [(w.tenant, *b[1:]) for b in BATCHES]
@@ -130,11 +130,13 @@ def write_registry(directory: Path, worlds: list) -> None:
         rows["stores"] += [(sid, w.tenant, d(dealer), w.districts[prefix][0][0], ch)
                            for sid, dealer, prefix, ch in STORES]
         rows["activations"] += [(w.tenant, *a[1:]) for a in ACTIVATIONS]
+        rows["packing"] += [(w.tenant, *p[1:]) for p in PACKING]
     headers = {"batches": ["tenant", "batch", "kind", "sku", "product", "activated", "size"],
                "dealers": ["dealer_id", "tenant", "name", "channel", "regions", "manager", "webhook"],
                "shipments": ["tenant", "batch", "kind", "serial_from", "serial_to", "dealer_id", "shipped_at"],
                "stores": ["store_id", "tenant", "dealer_id", "region", "channel"],
-               "activations": ["tenant", "batch", "kind", "serial_from", "serial_to", "sku", "product", "activated_at"]}
+               "activations": ["tenant", "batch", "kind", "serial_from", "serial_to", "sku", "product", "activated_at"],
+               "packing": ["tenant", "case_batch", "case_serial", "unit_batch", "unit_serial_from", "unit_serial_to"]}
     for name, header in headers.items():
         with (directory / f"{name}.csv").open("w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
@@ -143,12 +145,11 @@ def write_registry(directory: Path, worlds: list) -> None:
 
 
 def make_stream(world, n: int, seed: int, id_prefix: str = "") -> list[bytes]:
-    """``streams.synthetic.generate_scans`` with every scan_id (and bad event id) prefixed."""
+    """``streams.synthetic.generate_scans`` with every scan_id (and bad event id) prefixed, and the
+    dealer of each outbound scan named as ``write_registry`` names the tenant's dealers."""
     from scanstream.streams.synthetic import generate_scans
 
     lines = generate_scans(world, n, seed=seed)
-    if not id_prefix:
-        return lines
     out = []
     cache: dict[bytes, bytes] = {}
     for line in lines:
@@ -161,6 +162,8 @@ def make_stream(world, n: int, seed: int, id_prefix: str = "") -> list[bytes]:
             event = None
         if isinstance(event, dict) and isinstance(event.get("scan_id"), str):
             event["scan_id"] = id_prefix + event["scan_id"]
+            if event.get("dealer_id"):
+                event["dealer_id"] = f"T{world.tenant}-{event['dealer_id']}"
             new = orjson.dumps(event)
         else:
             new = line

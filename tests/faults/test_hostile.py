@@ -282,6 +282,12 @@ def world(tmp_path_factory) -> World:
     assert first_refusal is not None and 0.1 * len(draws) < first_refusal < 0.7 * len(draws), first_refusal
     assert "out_of_stock" in draws
     assert CAMPAIGN.budget_cents - 8_800 < paid_within_budget(w.store) <= CAMPAIGN.budget_cents
+    # outbound scans move goods in this stream (issue 15), so every kill, split and rerun below
+    # also checks that bindings survive them: the diverted case's bottles are D-ZJ's in Guangzhou
+    shipped = [r for r in w.results if r["role"] == "warehouse" and r["verdict"] == "ok"]
+    moved = [r for r in w.results if r["role"] == "consumer" and r["dealer_id"] == "D-ZJ"
+             and r["region"].startswith("4401") and r["diversion"] == "region"]
+    assert len(shipped) >= 10 and len(moved) >= 3, (len(shipped), len(moved))
     return w
 
 
