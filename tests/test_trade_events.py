@@ -2,10 +2,18 @@
 rules that keep a trade action in the hands of the one role that may take it."""
 from __future__ import annotations
 
+import numpy as np
 import orjson
 import pytest
 
+from scanstream.engine.pipeline import Pipeline
+from scanstream.engine.registry import Registry, RegistryError
+from scanstream.engine.state import BINDING_HISTORY
+from scanstream.engine.state.memory import MemoryStateStore
 from scanstream.ext.scanparse import parse_events
+from tests.test_pipeline import MINUTE, T0, code, csv_rows, event, make_config, make_registry
+# the state-store fixtures, so that every bindings case runs on the memory, embedded and Redis stores
+from tests.test_state_stores import kind, make_store, open_store, store  # noqa: F401
 
 TS = 1767225600000
 
@@ -49,12 +57,6 @@ def test_action_is_part_of_the_fingerprint():
 
 
 # --- the state store's bindings, on every backend ---------------------------------------------
-
-from tests.test_state_stores import kind, make_store, open_store, store  # noqa: E402,F401  (fixtures)
-
-import numpy as np  # noqa: E402
-
-from scanstream.engine.state import BINDING_HISTORY  # noqa: E402
 
 CASE, OTHER = 0x1234_5678_9ABC_DEF0, 0xFEDC_BA98_7654_3210
 
@@ -133,12 +135,6 @@ def test_embedded_bindings_survive_a_restart(tmp_path):
 # (Guangdong, "44", KA) and case 0..999 to D-JS (Nanjing "3201" and Shanghai "31").  A store
 # scan (threshold 1) with region 440106 (Guangzhou) and no channel is diverted by region when its
 # goods belong to anyone but D-GD.
-
-from tests.test_pipeline import (CST, MINUTE, T0, TENANT, code, csv_rows, event, make_config,  # noqa: E402
-                                 make_registry)
-from scanstream.engine.pipeline import Pipeline  # noqa: E402
-from scanstream.engine.registry import Registry, RegistryError  # noqa: E402
-from scanstream.engine.state.memory import MemoryStateStore  # noqa: E402
 
 PACKING_HEADER = "tenant,case_batch,case_serial,unit_batch,unit_serial_from,unit_serial_to"
 GZ = "440106"  # Guangzhou: D-GD's region, outside D-JS's
