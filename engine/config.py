@@ -457,12 +457,18 @@ def _read_campaign(r: Reader, tenants: dict[int, Tenant]) -> Campaign:
     kinds = tuple(r.texts("kinds", ["unit"]))
     if not kinds or any(k not in ("unit", "case") for k in kinds):
         raise ConfigError(f"{r.key('kinds')}: expected one or more of ['unit', 'case'], got {list(kinds)}")
+    guide_cents = r.integer("guide_cents", 0, lo=0, hi=PRIZE_CENTS_MAX)
+    if guide_cents and (roles != ("consumer",) or "unit" not in kinds):
+        # a guide sells units to consumers: a commission on a store's or a case's prize has no guide
+        raise ConfigError(f"{r.key('guide_cents')}: a commission is paid on consumers' prizes for units; this "
+                          f"campaign rewards roles {list(roles)} and kinds {list(kinds)}: expected roles = "
+                          f"['consumer'] with kinds including 'unit', or no guide_cents")
     c = Campaign(id=cid, tenant=tenant, start_ms=start, end_ms=end,
                  budget_cents=r.integer("budget_cents", required=True, lo=0, hi=LUA_EXACT_MAX),
                  daily_cap=r.integer("daily_cap", required=True, lo=1, hi=LUA_EXACT_MAX),
                  tiers=tuple(tiers), seed=seed, skus=tuple(r.texts("skus", [])), regions=tuple(regions),
                  utc_offset_minutes=r.utc_offset_minutes("utc_offset_minutes", 480),
-                 roles=roles, kinds=tuple(KIND_BY_NAME[k] for k in kinds))
+                 roles=roles, kinds=tuple(KIND_BY_NAME[k] for k in kinds), guide_cents=guide_cents)
     r.done()
     return c
 

@@ -5,7 +5,8 @@ counts against its user_id, device_id and IP (each configurable) in a tumbling e
 window; at the scan that reaches the threshold an ``enumeration`` alert fires (once per
 identity and window) and, when the configuration says so, the identity goes on the block list
 for ``block_hours``.  A blocked identity's later scans keep their verdicts (genuine scans still
-count) but cannot win: their draw is ``blocked``.  A single typo never comes near a threshold.
+count) but cannot win: their draw is ``blocked``, and a blocked guide's sale scans make them no
+unit's guide (``engine.guides``).  A single typo never comes near a threshold.
 """
 from __future__ import annotations
 
@@ -55,7 +56,9 @@ class EnumerationGuard:
         window_ttl = 3 * window_ms // 1000
         blocked = np.zeros(n, bool)
         bad = ((verdict == Verdict.BAD_MAC) | (verdict == Verdict.MALFORMED)) & ~replay
-        could_win = (verdict == Verdict.OK) & (cols["role"] == "consumer")
+        # scans that could earn money: a consumer's first scan (a prize), a guide's sale (commissions)
+        could_win = (((verdict == Verdict.OK) & (cols["role"] == "consumer"))
+                     | ((cols["action"] == "sell") & ((verdict == Verdict.OK) | (verdict == Verdict.REPEAT))))
         alerts = []
         for number, kind in enumerate(s.identities):
             values = cols[kind]

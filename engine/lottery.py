@@ -57,6 +57,9 @@ class Campaign:
     # is 开箱有礼, store owners opening a case and scanning the case code inside
     roles: tuple[str, ...] = ("consumer",)
     kinds: tuple[int, ...] = (KIND_UNIT,)
+    # 超级导购码: what a unit's guide earns when its consumer's first scan wins a prize here,
+    # paid from the same budget after the prize (0: no commissions)
+    guide_cents: int = 0
 
     @property
     def key(self) -> bytes:
@@ -91,6 +94,8 @@ class LotteryResult:
     tier: np.ndarray  # object: tier name or ''
     cents: np.ndarray  # uint32
     awarded: np.ndarray  # bool: rows that hold a prize (new or given back on replay)
+    guide: np.ndarray  # object: the guide paid a commission with the row's prize, '' for none
+    commission: np.ndarray  # uint32: that commission's cents
 
 
 class Lottery:
@@ -101,12 +106,19 @@ class Lottery:
         self.state = state
         state.define_campaigns([c.limits for c in campaigns])
 
+    @property
+    def pays_commissions(self) -> bool:
+        """Some campaign pays guides a commission: the consumer scans that could win need their
+        unit's guide (``engine.guides``)."""
+        return any(c.guide_cents > 0 for c in self.campaigns)
+
     def run(self, cols: Columns, verdict: np.ndarray, sku: np.ndarray, place: tuple[np.ndarray, np.ndarray],
-            blocked: np.ndarray | None = None) -> LotteryResult:
+            blocked: np.ndarray | None = None, guide: np.ndarray | None = None) -> LotteryResult:
         """Stage 6 over a batch: ``cols`` the parsed columns (tenant, kind, batch, serial, ts, role,
         user_id), and what the earlier stages decided: verdicts, each code's sku and place (enrich),
-        which scanners are blocked (enumeration defence).  Draws, then grants within budget, stock
-        and caps in the state store."""
+        which scanners are blocked (enumeration defence), each unit's guide (``engine.guides``).
+        Draws, then grants within budget, stock and caps in the state store, with the guide's
+        commission where the campaign pays one."""
         tenant, kind, batch, serial, ts = cols["tenant"], cols["kind"], cols["batch"], cols["serial"], cols["ts"]
         role, user = cols["role"], cols["user_id"]
         n = len(tenant)
@@ -140,11 +152,13 @@ class Lottery:
             draw[(campaign_idx >= 0) & blocked & (verdict == Verdict.OK) & could_win] = DrawStatus.BLOCKED
         tier_name = _strings(n)
         cents = np.zeros(n, np.uint32)
+        paid_guide, paid_cents = _strings(n), np.zeros(n, np.uint32)
         rows = np.nonzero(eligible_idx >= 0)[0]
         if len(rows):
             tiers = np.full(len(rows), -1, np.int16)
             amounts = np.zeros(len(rows), np.int64)
             day = np.zeros(len(rows), np.int64)
+            commission = np.zeros(len(rows), np.int64)
             for ci in np.unique(eligible_idx[rows]):
                 c = self.campaigns[ci]
                 sel = eligible_idx[rows] == ci
@@ -152,9 +166,12 @@ class Lottery:
                 tiers[sel] = draw_tiers(c, draw_numbers(c, tenant[r], kind[r], batch[r], serial[r]))
                 amounts[sel] = np.array([t.cents for t in c.tiers] + [0], np.int64)[tiers[sel]]
                 day[sel] = (ts[r] + c.utc_offset_minutes * MS_PER_MINUTE) // MS_PER_DAY
+                commission[sel] = c.guide_cents  # only consumers' unit prizes (engine/config.py)
+            guides = np.full(len(rows), "", dtype=object) if guide is None else guide[rows]
             grants = self.state.grant(GrantRequests(
                 campaign=eligible_idx[rows], code=batch_key(tenant[rows], kind[rows], batch[rows]),
-                serial=serial[rows], user=user[rows], day=day, tier=tiers, cents=amounts))
+                serial=serial[rows], user=user[rows], day=day, tier=tiers, cents=amounts,
+                guide=guides, commission=np.where(guides != "", commission, 0)))
             draw[rows] = grants.status
             won = grants.tier >= 0
             for ci in np.unique(eligible_idx[rows][won]):
@@ -162,10 +179,13 @@ class Lottery:
                 sel = won & (eligible_idx[rows] == ci)
                 tier_name[rows[sel]] = names[grants.tier[sel]]
             cents[rows[won]] = grants.cents[won]
+            paid = grants.commission > 0
+            paid_guide[rows[paid]] = guides[paid]
+            paid_cents[rows[paid]] = grants.commission[paid]
         camp = _strings(n)
         ids = np.array([c.id for c in self.campaigns] + [""], dtype=object)
         camp[:] = ids[campaign_idx]
-        return LotteryResult(camp, draw, tier_name, cents, draw == DrawStatus.WON)
+        return LotteryResult(camp, draw, tier_name, cents, draw == DrawStatus.WON, paid_guide, paid_cents)
 
 
 def _any_of(values: np.ndarray, wanted: tuple) -> np.ndarray:

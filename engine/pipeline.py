@@ -9,7 +9,8 @@ The stages run in DESIGN.md's order, each over whole columns:
 5. diversion  ``engine.bindings``: outbound scans bind goods to a dealer, every scan finds where its
               goods went; ``engine.diversion``: region / channel mismatch, windowed alerts, cloned codes;
               ``engine.enumeration``: scanners submitting many forged codes, block list
-6. lottery    ``engine.lottery``: draw, then pay within stock, budget and daily cap
+6. lottery    ``engine.guides``: guides' sale scans, each unit's guide; ``engine.lottery``: draw, then
+              pay within stock, budget and daily cap, and the guide's commission after the prize
 7. emit       the caller hands the returned batches to its sinks
 
 The pipeline knows nothing of Kafka, files or ClickHouse; the same object runs under the local
@@ -24,6 +25,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from scanstream.engine import bindings
+from scanstream.engine import guides
 from scanstream.engine import diversion as div
 from scanstream.engine.audiences import CONSUMERS, audiences, claim_keys
 from scanstream.engine import outcomes
@@ -37,6 +39,10 @@ from scanstream.engine.state import DRAW_LABELS, StateStore
 from scanstream.engine.verdicts import LABELS, Verdict
 from scanstream.ext import codec
 from scanstream.ext.scanparse import parse_events
+
+
+#: The ``prize_tier`` of a guide's commission in the awards (no tier of a campaign is drawn for it).
+COMMISSION_TIER = "commission"
 
 
 @dataclass
@@ -120,8 +126,9 @@ class Pipeline:
         # 5b enumeration defence: many forged codes from one scanner -> alert, block list
         guard = self.enumeration.run(cols, verdict, replay)
         alerts = outcomes.concat(outcomes.ALERT_COLUMNS, [alerts, guard.alerts])
-        # 6 lottery
-        lot = self.lottery.run(cols, verdict, e.sku, e.place, blocked=guard.blocked)
+        # 6 lottery: guides' sales first, so that a sale earlier in the batch counts for a win after it
+        guide = guides.unit_guides(self.state, cols, verdict, replay, guard.blocked, self.lottery.pays_commissions)
+        lot = self.lottery.run(cols, verdict, e.sku, e.place, blocked=guard.blocked, guide=guide)
         # 7 emit
         scans = {
             "scan_id": cols["scan_id"], "ts": cols["ts"], "tenant": cols["tenant"], "kind": cols["kind"],
@@ -136,13 +143,22 @@ class Pipeline:
         # a store owner's 开箱有礼 prize is the trade's, apart from the consumer's prize on that code
         beneficiary = np.where(audiences(cols["role"][won]) == CONSUMERS, outcomes.BENEFICIARY_CONSUMER,
                                outcomes.BENEFICIARY_TRADE).astype(object)
+        # a guide's commission is an award of its own, right after the prize that earned it (awards
+        # in scan order, so that a stream cut into other batches gives the same rows in the same order)
+        earned = np.nonzero(lot.commission)[0]
+        order = np.argsort(np.concatenate([won, earned]), kind="stable")
+        rows = np.concatenate([won, earned])[order]
+        beneficiary = np.concatenate([beneficiary, np.full(len(earned), outcomes.BENEFICIARY_GUIDE,
+                                                           dtype=object)])[order]
         awards = {
-            "scan_id": cols["scan_id"][won], "ts": cols["ts"][won], "tenant": cols["tenant"][won],
-            "campaign": lot.campaign[won], "kind": cols["kind"][won], "batch": cols["batch"][won],
-            "serial": cols["serial"][won], "user_id": cols["user_id"][won], "prize_tier": lot.tier[won],
-            "prize_cents": lot.cents[won], "beneficiary": beneficiary,
-            "payout_key": outcomes.payout_keys(cols["tenant"][won], lot.campaign[won], cols["kind"][won],
-                                               cols["batch"][won], cols["serial"][won], beneficiary),
+            "scan_id": cols["scan_id"][rows], "ts": cols["ts"][rows], "tenant": cols["tenant"][rows],
+            "campaign": lot.campaign[rows], "kind": cols["kind"][rows], "batch": cols["batch"][rows],
+            "serial": cols["serial"][rows],
+            "user_id": np.concatenate([cols["user_id"][won], lot.guide[earned]])[order],
+            "prize_tier": np.concatenate([lot.tier[won], np.full(len(earned), COMMISSION_TIER, dtype=object)])[order],
+            "prize_cents": np.concatenate([lot.cents[won], lot.commission[earned]])[order], "beneficiary": beneficiary,
+            "payout_key": outcomes.payout_keys(cols["tenant"][rows], lot.campaign[rows], cols["kind"][rows],
+                                               cols["batch"][rows], cols["serial"][rows], beneficiary),
         }
         return BatchResult(scans, alerts, awards)
 

@@ -25,8 +25,8 @@ class Summary:
     cents: Counter = field(default_factory=Counter)  # campaign -> money won in this run
     alerts: Counter = field(default_factory=Counter)  # alert/subtype -> count
     replays: int = 0
-    # campaign -> (prizes, cents) paid in this run, read from the state (set by the driver): what
-    # was paid, whatever the rows say
+    # campaign -> (prizes, guide commissions, cents) paid in this run, read from the state (set by the
+    # driver): what was paid, prizes and commissions, whatever the rows say
     paid: dict = field(default_factory=dict)
 
     def add(self, result: BatchResult) -> None:
@@ -54,11 +54,12 @@ class Summary:
         for camp in campaigns:
             st = state.campaign_state(camp.id)
             spent = camp.budget_cents - st.budget_left
-            prizes, cents = self.paid.get(camp.id, (self.prizes[camp.id], self.cents[camp.id]))
+            prizes, commissions, cents = self.paid.get(camp.id, (self.prizes[camp.id], 0, self.cents[camp.id]))
+            guides = f"; {commissions:,} guide commissions included" if camp.guide_cents else ""
             lines.append(f"campaign {camp.id}: {prizes:,} prizes, "
                          f"{cents / 100:,.2f} yuan paid this run; budget used "
                          f"{spent / 100:,.2f} of {camp.budget_cents / 100:,.2f} yuan "
-                         f"({100 * spent / max(camp.budget_cents, 1):.1f} %)")
+                         f"({100 * spent / max(camp.budget_cents, 1):.1f} %){guides}")
             for tier, left in zip(camp.tiers, st.stock_left):
                 lines.append(f"  tier {tier.name:<8} {tier.cents / 100:>8.2f} yuan  stock left {left:,} of {tier.stock:,}")
         if self.draws:

@@ -86,6 +86,11 @@ MIX = {
 }
 CLONE_USERS = 6
 BOT_USER = "bot-7781"
+#: 超级导购码: the share of genuine bottles a shopping guide scans at sale (``action: sell``) before
+#: the consumer's first scan, when a stream asks for guide sales (the demo and the fault suite do);
+#: the guides are GUIDES accounts.
+GUIDE_SALE_SHARE = 0.05
+GUIDES = 20
 
 
 @dataclass
@@ -131,9 +136,12 @@ def build_world(tenant: int, key: bytes, key_id: int) -> World:
 
 
 class _Stream:
-    def __init__(self, world: World, seed: int):
+    def __init__(self, world: World, seed: int, guide_share: float = 0.0):
         self.world = world
         self.rng = np.random.default_rng(seed)
+        # its own generator: a stream without guide sales is the same stream it always was
+        self.guide_rng = np.random.default_rng([seed, 1]) if guide_share > 0 else None
+        self.guide_share = guide_share
         self.events: list[dict] = []
         self.scanned: list[tuple[str, str, str]] = []  # (code, user, home) of genuine scans, for repeats
         self.used: set[tuple[int, int, int]] = set()
@@ -187,14 +195,18 @@ class _Stream:
         code = self.code(batch, self.fresh_serial(batch, lo, hi))
         user = user or f"wx-{int(self.rng.integers(1, 40_000)):06d}"
         home = next(d[5] for d in DEALERS if d[0] == dealer)
+        if self.guide_rng is not None and self.guide_rng.random() < self.guide_share:
+            sale = self.emit(code, f"guide-{int(self.guide_rng.integers(GUIDES)):03d}", role="guide", action="sell")
+            self.place(home, sale)
         event = self.emit(code, user, role="consumer", ip=f"10.{self.rng.integers(256)}.{self.rng.integers(256)}.7")
         self.place(home, event)
         self.scanned.append((code, user, home))
 
 
-def generate_scans(world: World, n: int, seed: int = 7) -> list[bytes]:
-    """``n`` scan events (JSON lines, roughly) with the MIX of DESIGN.md's cases, in time order."""
-    st = _Stream(world, seed)
+def generate_scans(world: World, n: int, seed: int = 7, guide_share: float = 0.0) -> list[bytes]:
+    """``n`` scan events (JSON lines, roughly) with the MIX of DESIGN.md's cases, in time order;
+    with ``guide_share``, that share of the genuine bottles is first scanned by a guide at sale."""
+    st = _Stream(world, seed, guide_share)
     rng = st.rng
     kinds = list(MIX) + ["genuine"]
     weights = np.array(list(MIX.values()) + [1 - sum(MIX.values())])

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 
 from scanstream.engine.outcomes import payout_keys
@@ -273,12 +274,29 @@ def test_demo_summary_and_query_agree_with_results_file(demo, cwd):
     assert printed == collections.Counter(r["verdict"] for r in rows)
     assert {"ok", "repeat", "bad_mac", "malformed", "invalid_event"} <= set(printed)
     won = [r for r in rows if r["draw"] == "won" and r["replay"] == 0]
+    # 导购 commissions: award rows of their own (the results file has one row per scan)
+    commissions = query(config, "SELECT scan_id, campaign, user_id, prize_cents FROM awards FINAL "
+                                "WHERE beneficiary = 'guide'", cwd)
     for campaign in (CAMPAIGN, CASE_CAMPAIGN):  # the consumers' red packets and 开箱有礼
         m = re.search(rf"^campaign {campaign}: ([\d,]+) prizes, ([\d,.]+) yuan paid this run", out, re.M)
         assert m, out
         mine = [r for r in won if r["campaign"] == campaign]
+        earned = [int(c[3]) for c in commissions if c[1] == campaign]
         assert int(m.group(1).replace(",", "")) == len(mine) > 0
-        assert round(float(m.group(2).replace(",", "")) * 100) == sum(r["prize_cents"] for r in mine)
+        assert round(float(m.group(2).replace(",", "")) * 100) == sum(r["prize_cents"] for r in mine) + sum(earned)
+    assert re.search(rf"^campaign {CAMPAIGN}: .*; {len(commissions):,} guide commissions included$", out, re.M), out
+    # each commission: config/local.toml's 1 yuan, with a consumer's prize won by the same scan, to the
+    # guide whose sale scan of that bottle came first in the stream
+    assert len(commissions) > 0 and {int(c[3]) for c in commissions} == {100}
+    first_guide: dict[str, str] = {}
+    for line in scans_file.read_bytes().split(b"\n"):
+        event = orjson.loads(line) if line.startswith(b"{") else None
+        if isinstance(event, dict) and event.get("action") == "sell":
+            first_guide.setdefault(event["code"], event["user_id"])
+    by_scan = {r["scan_id"]: r for r in won}
+    for scan_id, campaign, guide, _ in commissions:
+        assert campaign == CAMPAIGN and by_scan[scan_id]["role"] == "consumer"
+        assert first_guide[by_scan[scan_id]["code"]] == guide
     assert {r["role"] for r in won if r["campaign"] == CASE_CAMPAIGN} == {"store"}
     assert {r["kind"] for r in won if r["campaign"] == CASE_CAMPAIGN} == {1}  # case codes
     alerts_block = out.split("\nalerts:", 1)[1].split("\n\n", 1)[0]
@@ -308,16 +326,18 @@ def test_demo_summary_and_query_agree_with_results_file(demo, cwd):
     (total,), = query(config, "SELECT count() FROM scan_events FINAL", cwd)
     assert int(total) == len(first) == len(nonblank) - duplicates
 
-    # awards hold exactly the prizes the run paid
+    # awards hold exactly the prizes and commissions the run paid
     (n_awards, cents), = query(config, "SELECT count(), sum(prize_cents) FROM awards FINAL", cwd)
-    assert (int(n_awards), int(cents)) == (len(won), sum(r["prize_cents"] for r in won))
+    assert (int(n_awards), int(cents)) == (len(won) + len(commissions),
+                                           sum(r["prize_cents"] for r in won) + 100 * len(commissions))
     # ... each under the payout key the engine derives from it, a consumer's prize, no key twice
     keyed = query(config, "SELECT tenant, campaign, kind, batch, serial, beneficiary, payout_key FROM awards FINAL",
                   cwd)
     columns = list(zip(*keyed))
     assert list(columns[6]) == payout_keys(*(np.array(c, dtype) for c, dtype in zip(
         columns[:6], (np.uint16, object, np.uint8, np.uint32, np.uint32, object)))).tolist()
-    assert set(columns[5]) == {"consumer", "trade"} and len(set(columns[6])) == len(won)  # trade: 开箱有礼
+    # trade: 开箱有礼; guide: commissions
+    assert set(columns[5]) == {"consumer", "trade", "guide"} and len(set(columns[6])) == len(won) + len(commissions)
 
 
 # --------------------------------------------------------------------------- 2 run on a file
@@ -465,12 +485,14 @@ def test_run_twice_same_input_keeps_one_row_per_scan_id(demo, home, cwd):
     ok(proc)
     config = write_config(home / "twice" / "scanstream.toml", str(data / "registry"), str(home / "twice" / "chdb"))
     scans_file = data / "demo-scans.jsonl"
-    outs = []
+    outs, commissions = [], []
     for i, fresh in ((1, []), (2, []), (3, ["--fresh"])):
         out_file = home / "twice" / f"out-{i}.jsonl"
-        ok(sh("--config", str(config), "run", "--input", str(scans_file), "--results", str(out_file), *fresh,
-              cwd=cwd))
+        proc = ok(sh("--config", str(config), "run", "--input", str(scans_file), "--results", str(out_file), *fresh,
+                     cwd=cwd))
         outs.append(results(out_file))
+        commissions.append(int(re.search(r"; ([\d,]+) guide commissions included$", proc.stdout, re.M)
+                               .group(1).replace(",", "")))
     # the state is kept: the second run is a redelivery of every readable scan, answered as the
     # first time (an invalid event is judged by its own bytes again); --fresh starts over
     assert outs[1] == [{**r, "replay": 1 if r["reason"] == "" else r["replay"]} for r in outs[0]]
@@ -479,8 +501,13 @@ def test_run_twice_same_input_keeps_one_row_per_scan_id(demo, home, cwd):
     (total, unique), = query(config, "SELECT count(), uniqExact(scan_id) FROM scan_events FINAL", cwd)
     assert int(total) == int(unique) == len(distinct)
     won = [r for r in outs[0] if r["draw"] == "won" and r["replay"] == 0]
-    (n_awards,), = query(config, "SELECT count() FROM awards FINAL", cwd)
+    (n_awards,), = query(config, "SELECT count() FROM awards FINAL WHERE beneficiary != 'guide'", cwd)
     assert int(n_awards) == len(won)
+    # guides' commissions: paid by the first run, none by the second (every prize given back),
+    # the same again by the --fresh run, and stored once
+    assert commissions[0] == commissions[2] > 0 and commissions[1] == 0
+    (n_commissions,), = query(config, "SELECT count() FROM awards FINAL WHERE beneficiary = 'guide'", cwd)
+    assert int(n_commissions) == commissions[0]
 
 
 # --------------------------------------------------------------------------- insert deduplication

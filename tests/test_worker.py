@@ -30,7 +30,7 @@ from config_writer import worker_toml
 from scanstream.engine.state.memory import MemoryStateStore
 from scanstream.wiring import build_pipeline, build_registry
 from scanstream.streams import envelope
-from scanstream.streams.synthetic import ACTIVATIONS, SHIPMENTS, build_world, generate_scans
+from scanstream.streams.synthetic import ACTIVATIONS, GUIDE_SALE_SHARE, SHIPMENTS, build_world, generate_scans
 from scanstream.streams.broker import free_port
 from scanstream.streams.worker import BatchHandler, Record, RegistryReloader, batch_token
 
@@ -46,7 +46,7 @@ def world(tmp_path_factory):
     config = load(LOCAL_TOML)
     w = build_world(7, config.keys.get(7, 1), 1)
     w.write_registry(base / "registry")
-    lines = generate_scans(w, STREAM_SCANS, seed=11)
+    lines = generate_scans(w, STREAM_SCANS, seed=11, guide_share=GUIDE_SALE_SHARE)  # guides' sales: commissions
     return base, lines
 
 
@@ -290,6 +290,13 @@ def test_worker_on_real_services_matches_the_local_driver(state, world, broker, 
         assert want_keys, "a world without awards would prove nothing"
         awards = consume(broker.bootstrap, names["awards"], len(want_keys), 60, keys=True)
         assert sorted(orjson.loads(value)["payout_key"] for _, value in awards) == want_keys
+        # 导购 commissions too, each to its guide (config/local.toml pays 1 yuan)
+        want_commissions = sorted((u, c) for u, c, b in zip(local.awards["user_id"].tolist(),
+                                                           local.awards["prize_cents"].tolist(),
+                                                           local.awards["beneficiary"].tolist()) if b == "guide")
+        assert want_commissions and {c for _, c in want_commissions} == {100}
+        assert sorted((a["user_id"], a["prize_cents"]) for a in map(orjson.loads, (v for _, v in awards))
+                      if a["beneficiary"] == "guide") == want_commissions
         assert all(key.decode() == orjson.loads(value)["payout_key"] for key, value in awards)
         # the scan API's synchronous reply, through Redis
         client = redis.Redis.from_url(redis_url)

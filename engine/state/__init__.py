@@ -127,15 +127,28 @@ class GrantRequests:
     day: np.ndarray  # int64: the scan's day number in the campaign's time zone
     tier: np.ndarray  # int16: drawn tier, -1 for no prize
     cents: np.ndarray  # int64: the drawn tier's amount
+    # 导购 commissions (DESIGN.md "Campaign"): the unit's guide ('' for none) and what the guide
+    # earns when this row's prize is paid (0 for none); None means none on every row
+    guide: np.ndarray | None = None  # object: a guide's user_id
+    commission: np.ndarray | None = None  # int64: cents
+
+    def __post_init__(self) -> None:
+        n = len(self.tier)
+        if self.guide is None:
+            self.guide = np.full(n, "", dtype=object)
+        if self.commission is None:
+            self.commission = np.zeros(n, np.int64)
 
 
 @dataclass
 class Grants:
-    """Result of ``grant``: per request, the status and the prize actually paid."""
+    """Result of ``grant``: per request, the status, the prize actually paid and the commission
+    paid with it to the unit's guide (a prize given back gives its commission back too)."""
 
     status: np.ndarray  # uint8 DrawStatus
     tier: np.ndarray  # int16, -1 when nothing was paid
     cents: np.ndarray  # int64
+    commission: np.ndarray  # int64, 0 when no commission was paid
 
 
 #: Bindings kept per key: a case re-shipped more often than this forgets its oldest bindings (a
@@ -198,13 +211,48 @@ def merge_binding(history: History, ts: int, dealer: str) -> History:
     return tuple(kept[-BINDING_HISTORY:])
 
 
+def unit_identities(code: np.ndarray, serial: np.ndarray) -> np.ndarray:
+    """Each row's exact code identity, (batch key, serial), as 12 packed little-endian bytes: the
+    field under which the Redis store keeps a code's prize and its guide, never a hash that two
+    codes could share."""
+    out = np.empty(len(code), np.dtype([("code", "<u8"), ("serial", "<u4")]))
+    out["code"] = code
+    out["serial"] = serial
+    return out
+
+
+def resolve_guides(index: np.ndarray, before: list[str], guide: np.ndarray) -> tuple[np.ndarray, dict[int, str]]:
+    """The answers of ``guides``: ``index`` gives each row's unit among the batch's distinct units,
+    ``before`` each distinct unit's guide before the batch ('' for none).  Returns each row's guide
+    after the row, and the units that got their first guide in this batch (unit index -> guide).
+
+    One function for every backend, as ``resolve_bindings`` is.  Only rows that name a guide are
+    walked (a sale); the reads are answered vectorised.
+    """
+    n = len(index)
+    current = np.asarray(before, dtype=object)
+    set_at = np.full(len(before), n, np.int64)  # the row at which a unit got its guide in this batch
+    changed: dict[int, str] = {}
+    for i in np.nonzero(guide != "")[0].tolist():
+        u = int(index[i])
+        if not current[u]:  # the first guide to sell the unit keeps it
+            current[u] = changed[u] = guide[i]
+            set_at[u] = i
+    out = current[index] if n else np.zeros(0, dtype=object)
+    if changed:
+        before_set = np.arange(n) < set_at[index]
+        out[before_set] = np.asarray(before, dtype=object)[index[before_set]]
+    return out, changed
+
+
 @dataclass(frozen=True)
 class CampaignState:
     """What is left of a campaign, for summaries and dashboards."""
 
-    budget_left: int
+    budget_left: int  # after prizes and commissions
     stock_left: tuple[int, ...]
     prizes: int
+    commissions: int = 0  # guides' commissions paid
 
 
 class StateStore(ABC):
@@ -231,11 +279,24 @@ class StateStore(ABC):
     def grant(self, requests: GrantRequests) -> Grants:
         """Pay each drawn prize if the code never won in this campaign and stock, budget and the
         user's daily cap allow, in request order, atomically for the batch.  A code that won
-        before gets its prize back (WON, same tier) without paying again."""
+        before gets its prize back (WON, same tier) without paying again.
+
+        A prize paid now on a row with a guide and a commission also pays the commission, from
+        the same budget, after the prize and only if what is left covers it; it is kept with the
+        prize, so a code pays at most one commission per campaign, given back as the prize is."""
 
     @abstractmethod
     def campaign_state(self, campaign: str) -> CampaignState:
-        """Budget and stock left, prizes paid so far."""
+        """Budget and stock left, prizes and commissions paid so far."""
+
+    # 超级导购码: the guide of a unit, the first guide whose sale scan of it was valid.  Kept for
+    # ever, one entry per unit sold by a guide, read for the consumer scans that could win.
+
+    @abstractmethod
+    def guides(self, code: np.ndarray, serial: np.ndarray, guide: np.ndarray) -> np.ndarray:
+        """In row order: a row with a ``guide`` (user_id) makes it the guide of its unit (``code``
+        the batch key, ``serial``) unless the unit has one; every row gets its unit's guide after
+        the row, '' when none.  Atomic for the batch; ``resolve_guides`` gives the answers."""
 
     # Outbound bindings (物流防窜): where a warehouse shipped a case or a unit.  Kept for ever, one
     # entry per key however many units a case holds, read for nearly every scan.

@@ -52,8 +52,9 @@ from scanstream.engine.errors import PermanentError
 from scanstream.engine.state import (Bindings, CampaignLimits, Claims, Grants, GrantRequests, StateUnavailable)
 from scanstream.engine.state.memory import DEFAULT_REPLAY_TTL_S, MemoryStateStore
 
-#: Bumped when the pickled structures or the log's calls change shape; an older file is refused.
-FORMAT = 2
+#: Bumped when the pickled structures or the log's calls change shape; an older file is refused
+#: (3: prizes kept with their guide's commission, and the units' guides).
+FORMAT = 3
 #: SQLite page size: the log's rows are blobs of tens to hundreds of KiB, written a page at a time.
 PAGE_BYTES = 65536
 #: Pages the WAL may hold before SQLite copies them into the main file (4 MiB).
@@ -67,7 +68,7 @@ LOG_PER_SNAPSHOT = 4
 #: The structures of ``MemoryStateStore`` that a snapshot holds (AUTOINCREMENT below: a folded log
 #: must not hand its sequence numbers to the calls after the snapshot).
 _STRUCTURES = ("_bits", "_answers", "_answer_expiry", "_campaigns", "_campaign_ids", "_awards", "_user_day",
-               "_windows", "_window_expiry", "_blocks", "_bindings")
+               "_windows", "_window_expiry", "_blocks", "_bindings", "_guides")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS ops (seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, op TEXT NOT NULL, args BLOB NOT NULL);
@@ -229,6 +230,11 @@ class EmbeddedStateStore(MemoryStateStore):
         if not (dealer != "").any():  # reads change nothing: no log row
             return MemoryStateStore.bind(self, keys, ts, dealer)
         return self._logged("bind", keys, ts, dealer)
+
+    def guides(self, code: np.ndarray, serial: np.ndarray, guide: np.ndarray) -> np.ndarray:
+        if not (guide != "").any():  # reads change nothing: no log row
+            return MemoryStateStore.guides(self, code, serial, guide)
+        return self._logged("guides", code, serial, guide)
 
     def count(self, keys: np.ndarray, ttl_s: int) -> np.ndarray:
         return self._logged("count", keys, ttl_s)

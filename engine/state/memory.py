@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 
 from scanstream.engine.state import (Bindings, CampaignLimits, CampaignState, Claims, DrawStatus, Grants,
-                                     GrantRequests, History, StateStore, resolve_bindings)
+                                     GrantRequests, History, StateStore, resolve_bindings, resolve_guides)
 from scanstream.engine.verdicts import Verdict
 
 #: Remember a scan_id's answer this long; a redelivery after that is a new scan.
@@ -36,7 +36,8 @@ class MemoryStateStore(StateStore):
         self._answer_expiry: deque[tuple[float, list[str]]] = deque()  # (expiry, scan_ids), oldest first
         self._campaigns: dict[str, dict] = {}
         self._campaign_ids: list[str] = []
-        self._awards: dict[str, dict[int, tuple[int, int]]] = {}  # campaign -> code -> (tier, cents)
+        # campaign -> code -> (tier, cents, commission paid with the prize)
+        self._awards: dict[str, dict[int, tuple[int, int, int]]] = {}
         self._user_day: dict[tuple[str, str, int], int] = {}  # (campaign, user, day) -> prizes
         # counters (int), sets (a lone member as int, else a set) and marks (True), by uint64 key;
         # one dict because the three kinds never share a key
@@ -44,6 +45,7 @@ class MemoryStateStore(StateStore):
         self._window_expiry: deque[tuple[float, list[int]]] = deque()
         self._blocks: dict[int, float] = {}  # block list: uint64 key -> expiry
         self._bindings: dict[int, History] = {}  # outbound bindings: uint64 key -> history
+        self._guides: dict[int, str] = {}  # a unit's exact identity (as in grant) -> its guide
 
     # -- dedup -----------------------------------------------------------------------------
 
@@ -129,7 +131,7 @@ class MemoryStateStore(StateStore):
             self._campaign_ids = [c.id for c in campaigns]
             for c in campaigns:
                 state = self._campaigns.setdefault(c.id, {"budget": c.budget_cents, "stock": list(c.stocks),
-                                                          "prizes": 0})
+                                                          "prizes": 0, "commissions": 0})
                 state["cap"] = c.daily_cap
                 if len(state["stock"]) < len(c.stocks):  # tiers added to a running campaign
                     state["stock"].extend(c.stocks[len(state["stock"]):])
@@ -139,8 +141,8 @@ class MemoryStateStore(StateStore):
         status = np.full(n, DrawStatus.NO_PRIZE, np.uint8)
         tier = np.full(n, -1, np.int16)
         cents = np.zeros(n, np.int64)
-        # a code's identity as one exact integer: tenant|kind|batch (42 bits) and serial (32)
-        codes = [(c << 32) | s for c, s in zip(requests.code.tolist(), requests.serial.tolist())]
+        commission = np.zeros(n, np.int64)
+        codes = _identities(requests.code, requests.serial)
         campaigns = requests.campaign.tolist()
         with self._lock:
             awards = [self._awards.setdefault(self._campaign_ids[c], {}) for c in range(len(self._campaign_ids))]
@@ -148,7 +150,7 @@ class MemoryStateStore(StateStore):
             for i, p in enumerate(prior):
                 if p is not None:  # the code won before: give the same prize back, pay nothing
                     status[i] = DrawStatus.WON
-                    tier[i], cents[i] = p
+                    tier[i], cents[i], commission[i] = p
             # only drawn prizes need the sequential check: the earlier scan takes the last one
             for i in np.nonzero((requests.tier >= 0) & (status != DrawStatus.WON))[0].tolist():
                 camp = campaigns[i]
@@ -159,7 +161,7 @@ class MemoryStateStore(StateStore):
                 user_key = (self._campaign_ids[camp], requests.user[i], int(requests.day[i]))
                 if codes[i] in awards[camp]:  # drawn twice in this batch: the first scan won it
                     status[i] = DrawStatus.WON
-                    tier[i], cents[i] = awards[camp][codes[i]]
+                    tier[i], cents[i], commission[i] = awards[camp][codes[i]]
                 elif state["stock"][t] <= 0:
                     status[i] = DrawStatus.OUT_OF_STOCK
                 elif state["budget"] < amount:
@@ -171,16 +173,40 @@ class MemoryStateStore(StateStore):
                     state["budget"] -= amount
                     state["prizes"] += 1
                     self._user_day[user_key] = self._user_day.get(user_key, 0) + 1
-                    awards[camp][codes[i]] = (t, amount)
-                    status[i], tier[i], cents[i] = DrawStatus.WON, t, amount
-        return Grants(status, tier, cents)
+                    # the guide's commission: after the prize, only while the budget covers it
+                    paid = int(requests.commission[i]) if requests.guide[i] else 0
+                    if 0 < paid <= state["budget"]:
+                        state["budget"] -= paid
+                        state["commissions"] += 1
+                    else:
+                        paid = 0
+                    awards[camp][codes[i]] = (t, amount, paid)
+                    status[i], tier[i], cents[i], commission[i] = DrawStatus.WON, t, amount, paid
+        return Grants(status, tier, cents, commission)
 
     def campaign_state(self, campaign: str) -> CampaignState:
         with self._lock:
             state = self._campaigns.get(campaign)
             if state is None:
                 raise KeyError(f"campaign {campaign!r} is not defined; defined: {sorted(self._campaigns)}")
-            return CampaignState(state["budget"], tuple(state["stock"]), state["prizes"])
+            return CampaignState(state["budget"], tuple(state["stock"]), state["prizes"], state["commissions"])
+
+    # -- guides ----------------------------------------------------------------------------
+
+    def guides(self, code: np.ndarray, serial: np.ndarray, guide: np.ndarray) -> np.ndarray:
+        n = len(code)
+        guide = np.asarray(guide, dtype=object)
+        with self._lock:
+            if not self._guides and not (guide != "").any():  # no unit sold by a guide yet
+                return np.full(n, "", dtype=object)
+            units: dict[int, int] = {}  # identity -> its index among the batch's distinct units
+            index = np.fromiter((units.setdefault(k, len(units)) for k in _identities(code, serial)), np.int64, n)
+            known = self._guides
+            out, changed = resolve_guides(index, [known.get(k, "") for k in units], guide)
+            if changed:
+                ids = list(units)
+                known.update((ids[u], g) for u, g in changed.items())
+        return out
 
     # -- bindings --------------------------------------------------------------------------
 
@@ -278,3 +304,8 @@ class MemoryStateStore(StateStore):
             if not blocks:
                 return np.zeros(len(keys), bool)
             return np.fromiter((blocks.get(k, now) > now for k in keys.tolist()), bool, len(keys))
+
+
+def _identities(code: np.ndarray, serial: np.ndarray) -> list[int]:
+    """Each code's identity as one exact integer: tenant|kind|batch (42 bits) and serial (32)."""
+    return [(c << 32) | s for c, s in zip(np.asarray(code).tolist(), np.asarray(serial).tolist())]

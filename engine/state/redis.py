@@ -27,14 +27,17 @@ Keys (``P`` is the prefix; ``{...}`` is a Redis Cluster hash tag)::
                                     event fingerprint, first user), for the scan_ids
                                     of one bucket (a byte of their hash) first claimed in epoch
                                     ``now // replay_ttl_s``; expires at the end of the next epoch
-    P cp:{<id>}             hash    budget, prizes, cap, tiers, s0 .. s<tiers-1> (stock left)
+    P cp:{<id>}             hash    budget, prizes, commissions, cap, tiers, s0 .. s<tiers-1> (stock left)
     P cp:{<id>}:aw          hash    12-byte code identity (uint64 batch key, uint32 serial, LE)
-                                    -> "tier:cents", kept for ever: one prize per code, ever
+                                    -> "tier:cents:commission", kept for ever: one prize per
+                                    code, ever, and the guide's commission paid with it
     P cp:{<id>}:ud:<day>    hash    user_id -> prizes paid that day (at most one entry per
                                     prize paid, so no expiry is needed to bound it)
     P bn:<bucket>           hash    outbound bindings (物流防窜): 8-byte key of a case or unit ->
                                     its history (``redis_lua.BIND_LUA``), kept for ever; one
                                     field per case shipped, whatever the case holds
+    P gd:<bucket>           hash    guides (超级导购码): 12-byte unit identity -> the user_id of the
+                                    first guide who sold it (``redis_lua.GUIDES_LUA``), kept for ever
     P campaigns             set     campaign ids, for error messages and operators
     P meta                  hash    the local driver's checkpoint (JSON values), see ``checkpoint``
     P bl                    zset    the block list: 8-byte keys scored by their expiry (ms)
@@ -116,10 +119,11 @@ from redis.retry import Retry
 
 from scanstream.engine.audiences import AUDIENCE_SHIFT
 from scanstream.engine.state import (BINDING_HISTORY, Bindings, CampaignLimits, CampaignState, Claims, DrawStatus, Grants,
-                                     GrantRequests, History, StateStore, StateUnavailable, resolve_bindings,
-                                     state_keys)
+                                     GrantRequests, History, StateStore, StateUnavailable, fold, resolve_bindings,
+                                     resolve_guides, state_keys, unit_identities)
 from scanstream.engine.state.redis_lua import (
-    BIND_LUA, BLOCKED_LUA, BLOCK_LUA, CLAIM_LUA, COUNT_LUA, DEFINE_LUA, DISTINCT_LUA, GRANT_LUA, MARK_ONCE_LUA)
+    BIND_LUA, BLOCKED_LUA, BLOCK_LUA, CLAIM_LUA, COUNT_LUA, DEFINE_LUA, DISTINCT_LUA, GRANT_LUA, GUIDES_LUA,
+    MARK_ONCE_LUA)
 from scanstream.engine.urls import redact_url
 from scanstream.engine.verdicts import Verdict
 
@@ -145,7 +149,7 @@ CLIENT_OPTIONS: dict[str, Any] = {"socket_timeout": 30.0, "socket_connect_timeou
 #: replica without its primary.
 _TRANSIENT = ("BUSY", "MASTERDOWN", "LOADING", "TRYAGAIN")
 _REPLAY_FLAG = 0x80  # claim answers: verdict | flag when the scan_id was claimed before
-_GRANT_DTYPE = np.dtype([("status", "u1"), ("tier", "<i2"), ("cents", "<i8")])  # packed, 11 bytes
+_GRANT_DTYPE = np.dtype([("status", "u1"), ("tier", "<i2"), ("cents", "<i8"), ("commission", "<i8")])  # 19 bytes
 
 
 def _size_classes(limit: int) -> list[int]:
@@ -205,9 +209,10 @@ class RedisStateStore(StateStore):
         self._block = client.register_script(BLOCK_LUA)
         self._blocked = client.register_script(BLOCKED_LUA)
         self._bind = client.register_script(BIND_LUA)
+        self._guides = client.register_script(GUIDES_LUA)
         # load them now: a wrong URL or a server without Lua fails at start, not mid-stream
         scripts = (self._claim, self._define, self._grant, self._count, self._distinct, self._mark_once,
-                   self._block, self._blocked, self._bind)
+                   self._block, self._blocked, self._bind, self._guides)
         self._call(lambda: [client.script_load(s.script) for s in scripts])
 
     @classmethod
@@ -302,20 +307,21 @@ class RedisStateStore(StateStore):
     def grant(self, requests: GrantRequests) -> Grants:
         n = len(requests.tier)
         if not n:
-            return Grants(np.zeros(0, np.uint8), np.zeros(0, np.int16), np.zeros(0, np.int64))
+            return Grants(np.zeros(0, np.uint8), np.zeros(0, np.int16), np.zeros(0, np.int64), np.zeros(0, np.int64))
         used, index = np.unique(np.asarray(requests.campaign, np.int64), return_inverse=True)
         ids = [self._campaign_ids[c] for c in used.tolist()]
-        identity = np.empty(n, np.dtype([("code", "<u8"), ("serial", "<u4")]))
-        identity["code"] = requests.code
-        identity["serial"] = requests.serial
+        identity = unit_identities(requests.code, requests.serial)
         lens, blob = _pack_strings(np.asarray(requests.user, dtype=object))
+        guide_lens, guides = _pack_strings(np.asarray(requests.guide, dtype=object))
         args = [self._pre, n, len(ids), index.astype("<u4").tobytes(), identity.tobytes(), lens, blob,
                 np.asarray(requests.day).astype("<i8").tobytes(), np.asarray(requests.tier).astype("<i2").tobytes(),
-                np.asarray(requests.cents).astype("<i8").tobytes(),
+                np.asarray(requests.cents).astype("<i8").tobytes(), guide_lens, guides,
+                np.asarray(requests.commission).astype("<i8").tobytes(),
                 int(DrawStatus.WON), int(DrawStatus.NO_PRIZE), int(DrawStatus.OUT_OF_STOCK), int(DrawStatus.BUDGET),
                 int(DrawStatus.CAP), *ids]
         out = np.frombuffer(self._call(lambda: self._grant(args=args)), _GRANT_DTYPE)
-        return Grants(out["status"].astype(np.uint8), out["tier"].astype(np.int16), out["cents"].astype(np.int64))
+        return Grants(out["status"].astype(np.uint8), out["tier"].astype(np.int16), out["cents"].astype(np.int64),
+                      out["commission"].astype(np.int64))
 
     def campaign_state(self, campaign: str) -> CampaignState:
         key = b"%bcp:{%b}" % (self._pre, campaign.encode("utf-8"))
@@ -324,7 +330,27 @@ class RedisStateStore(StateStore):
             defined = self._call(lambda: self.client.smembers(self._pre + b"campaigns"))
             raise KeyError(f"campaign {campaign!r} is not defined; defined: {sorted(d.decode() for d in defined)}")
         h = {k.decode(): int(v) for k, v in raw.items()}
-        return CampaignState(h["budget"], tuple(h[f"s{t}"] for t in range(h["tiers"])), h["prizes"])
+        return CampaignState(h["budget"], tuple(h[f"s{t}"] for t in range(h["tiers"])), h["prizes"],
+                             h.get("commissions", 0))
+
+    # -- guides ----------------------------------------------------------------------------
+
+    def guides(self, code: np.ndarray, serial: np.ndarray, guide: np.ndarray) -> np.ndarray:
+        n = len(code)
+        if not n:
+            return np.zeros(0, dtype=object)
+        # distinct units grouped by bucket, so the script reads each bucket with one HMGET
+        uniq, bucket, index = _by_bucket(unit_identities(code, serial),
+                                         fold(code, serial) & np.uint64(BUCKETS - 1))
+        guide = np.asarray(guide, dtype=object)
+        sales = np.nonzero(guide != "")[0]
+        lens, blob = _pack_strings(guide[sales])
+        args = [self._pre + b"gd:", len(uniq), uniq.tobytes(), bucket.tobytes(), len(sales),
+                index[sales].astype("<u4").tobytes(), lens, blob]
+        value_lens, values = self._call(lambda: self._guides(args=args))
+        ends = np.cumsum(np.frombuffer(value_lens, "<u4").astype(np.int64)).tolist()
+        before = [values[a:b].decode("utf-8", "surrogatepass") for a, b in zip([0] + ends[:-1], ends)]
+        return resolve_guides(index, before, guide)[0]
 
     # -- bindings --------------------------------------------------------------------------
 
@@ -334,11 +360,10 @@ class RedisStateStore(StateStore):
             return Bindings(np.zeros(0, dtype=object), np.zeros(0, np.int64))
         keys = np.asarray(keys, np.uint64)
         # distinct keys grouped by bucket, so the script reads each bucket with one HMGET
-        uniq, index = _by_bucket(keys)
+        uniq, bucket, index = _by_bucket(keys, keys & np.uint64(BUCKETS - 1))
         writes = np.nonzero(np.asarray(dealer, dtype=object) != "")[0]
         lens, blob = _pack_strings(np.asarray(dealer, dtype=object)[writes])
-        args = [self._pre + b"bn:", len(uniq), _keys_blob(uniq), (uniq & np.uint64(BUCKETS - 1)).astype(np.uint8)
-                .tobytes(), len(writes), index[writes].astype("<u4").tobytes(),
+        args = [self._pre + b"bn:", len(uniq), _keys_blob(uniq), bucket.tobytes(), len(writes), index[writes].astype("<u4").tobytes(),
                 np.asarray(ts, np.int64)[writes].astype("<i8").tobytes(), lens, blob, BINDING_HISTORY]
         value_lens, values = self._call(lambda: self._bind(args=args))
         ends = np.cumsum(np.frombuffer(value_lens, "<u4").astype(np.int64)).tolist()
@@ -411,13 +436,14 @@ class RedisStateStore(StateStore):
         return deleted
 
 
-def _by_bucket(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct ``keys`` ordered by bucket, and each row's index into them."""
-    uniq, index = np.unique(keys, return_inverse=True)
-    order = np.argsort(uniq & np.uint64(BUCKETS - 1), kind="stable")
+def _by_bucket(keys: np.ndarray, bucket: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct ``keys`` ordered by their bucket (``bucket`` per row, the same for equal keys),
+    each one's bucket as uint8, and each row's index into them."""
+    uniq, first, index = np.unique(keys, return_index=True, return_inverse=True)
+    order = np.argsort(bucket[first], kind="stable")
     rank = np.empty(len(order), np.int64)
     rank[order] = np.arange(len(order))
-    return uniq[order], rank[index]
+    return uniq[order], np.asarray(bucket)[first][order].astype(np.uint8), rank[index.reshape(-1)]
 
 
 def _history(raw: bytes) -> History:

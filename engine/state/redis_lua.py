@@ -45,6 +45,24 @@ local function pack_ints(fmt, t)
   return table.concat(parts)
 end
 
+-- the values of fields[1..k] (grouped by bucket, bucket[i] naming each one's hash pre .. bucket),
+-- '' for a missing field: one HMGET per run of a bucket, in slices
+local function hmget_buckets(pre, fields, bucket, k)
+  local vals, a = {}, 1
+  while a <= k do
+    local b = bucket[a]
+    local z = a
+    while z < k and bucket[z + 1] == b do z = z + 1 end
+    for s = a, z, 4000 do
+      local e = math.min(s + 3999, z)
+      local got = redis.call('HMGET', pre .. b, unpack(fields, s, e))
+      for j = 1, e - s + 1 do vals[s + j - 1] = got[j] or '' end
+    end
+    a = z + 1
+  end
+  return vals
+end
+
 local function strings(lens_blob, blob, n)
   local lens, out, pos = ints(lens_blob, 'I4', n), {}, 1
   for i = 1, n do
@@ -159,6 +177,7 @@ while i <= #ARGV do
   local base = pre .. 'cp:{' .. id .. '}'
   redis.call('HSETNX', base, 'budget', budget)
   redis.call('HSETNX', base, 'prizes', 0)
+  redis.call('HSETNX', base, 'commissions', 0)
   redis.call('HSET', base, 'cap', cap)
   local t = 0
   for s in string.gmatch(stocks, '[^,]+') do
@@ -187,20 +206,9 @@ local w = tonumber(ARGV[5])
 local widx, wts = ints(ARGV[6], 'I4', w), ints(ARGV[7], 'i8', w)
 local wdealer = strings(ARGV[8], ARGV[9], w)
 local keep = tonumber(ARGV[10])
-local fields, vals = {}, {}
+local fields = {}
 for i = 1, k do fields[i] = string.sub(kb, 8 * i - 7, 8 * i) end
-local a = 1
-while a <= k do
-  local b = bucket[a]
-  local z = a
-  while z < k and bucket[z + 1] == b do z = z + 1 end
-  for s = a, z, 4000 do
-    local e = math.min(s + 3999, z)
-    local got = redis.call('HMGET', pre .. b, unpack(fields, s, e))
-    for j = 1, e - s + 1 do vals[s + j - 1] = got[j] or '' end
-  end
-  a = z + 1
-end
+local vals = hmget_buckets(pre, fields, bucket, k)
 local function decode(raw)
   local out, pos = {}, 1
   while pos <= #raw do
@@ -231,20 +239,51 @@ for i = 1, k do lens[i] = #vals[i] end
 return {pack_ints('I4', lens), table.concat(vals)}
 """
 
+#: Guides of units.  ARGV: the bucket hash prefix (``P gd:``), number of distinct units k, their
+#: identities (12 bytes each, ``engine.state.unit_identities``, grouped by bucket), each unit's
+#: bucket (one byte), number of sales w, per sale in row order its unit (uint32 index, 0-based),
+#: guide lengths (uint32) and guide ids.  A sale makes its guide the unit's guide unless the unit
+#: has one.  The answer is every unit's guide before the batch (lengths as uint32, then the ids),
+#: from which ``engine.state.resolve_guides`` answers the rows.
+GUIDES_LUA = LUA_PRELUDE + r"""
+local pre, k = ARGV[1], tonumber(ARGV[2])
+local ib, bucket = ARGV[3], bytes(ARGV[4])
+local w = tonumber(ARGV[5])
+local widx = ints(ARGV[6], 'I4', w)
+local wguide = strings(ARGV[7], ARGV[8], w)
+local fields = {}
+for i = 1, k do fields[i] = string.sub(ib, 12 * i - 11, 12 * i) end
+local vals = hmget_buckets(pre, fields, bucket, k)
+local now = {}
+for j = 1, w do
+  local u = widx[j] + 1
+  if (now[u] or vals[u]) == '' then
+    now[u] = wguide[j]
+    redis.call('HSET', pre .. bucket[u], fields[u], wguide[j])
+  end
+end
+local lens = {}
+for i = 1, k do lens[i] = #vals[i] end
+return {pack_ints('I4', lens), table.concat(vals)}
+"""
+
 #: ARGV: prefix, n, number of campaigns m, campaign (uint32 index into the m ids), code
 #: identities (12 bytes each), user_id lengths (uint32), user_ids, day (int64), tier (int16),
-#: cents (int64), the DrawStatus codes WON NO_PRIZE OUT_OF_STOCK BUDGET CAP, then the m ids.
-#: Returns 11 bytes per request: status (uint8), tier (int16), cents (int64).
+#: cents (int64), guide lengths (uint32), guides, commission (int64), the DrawStatus codes WON
+#: NO_PRIZE OUT_OF_STOCK BUDGET CAP, then the m ids.  A code's prize is kept as
+#: "tier:cents:commission" (a prize stored before commissions existed, "tier:cents", had none).
+#: Returns 19 bytes per request: status (uint8), tier (int16), cents (int64), commission (int64).
 GRANT_LUA = LUA_PRELUDE + r"""
 local WON, NO_PRIZE, OUT_OF_STOCK, BUDGET, CAP =
-  tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14]), tonumber(ARGV[15])
+  tonumber(ARGV[14]), tonumber(ARGV[15]), tonumber(ARGV[16]), tonumber(ARGV[17]), tonumber(ARGV[18])
 local pre, n, m = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local camp = ints(ARGV[4], 'I4', n)
 local users = strings(ARGV[6], ARGV[7], n)
 local day, tier, cents = ints(ARGV[8], 'i8', n), ints(ARGV[9], 'h', n), ints(ARGV[10], 'i8', n)
+local guides, commission = strings(ARGV[11], ARGV[12], n), ints(ARGV[13], 'i8', n)
 local C = {}
 for c = 1, m do
-  local id = ARGV[15 + c]
+  local id = ARGV[18 + c]
   local base = pre .. 'cp:{' .. id .. '}'
   local h = redis.call('HGETALL', base)
   if #h == 0 then return redis.error_reply('campaign ' .. id .. ' is not defined in the state store') end
@@ -253,17 +292,17 @@ for c = 1, m do
   local stock = {}
   for t = 0, st.tiers - 1 do stock[t] = st['s' .. t] end
   C[c] = {base = base, aw = base .. ':aw', budget = st.budget, cap = st.cap, prizes = st.prizes,
-          stock = stock, won = {}, days = {}, paid = false}
+          commissions = st.commissions or 0, stock = stock, won = {}, days = {}, paid = false}
 end
-local field, status, otier, ocents, prior = {}, {}, {}, {}, {}
+local field, status, otier, ocents, ocomm, prior = {}, {}, {}, {}, {}, {}
 -- prizes won before this batch are given back whatever was drawn now
 for i = 1, n do
   field[i] = string.sub(ARGV[5], 12 * i - 11, 12 * i)
-  status[i], otier[i], ocents[i] = NO_PRIZE, -1, 0
+  status[i], otier[i], ocents[i], ocomm[i] = NO_PRIZE, -1, 0, 0
   local p = redis.call('HGET', C[camp[i] + 1].aw, field[i])
   if p then
-    local t, a = string.match(p, '^(-?%d+):(-?%d+)$')
-    status[i], otier[i], ocents[i], prior[i] = WON, tonumber(t), tonumber(a), true
+    local t, a, g = string.match(p, '^(-?%d+):(-?%d+):?(%d*)$')
+    status[i], otier[i], ocents[i], ocomm[i], prior[i] = WON, tonumber(t), tonumber(a), tonumber(g) or 0, true
   end
 end
 -- drawn prizes, in request order: the earlier scan takes the last one
@@ -273,7 +312,7 @@ for i = 1, n do
     local c, amount = C[camp[i] + 1], cents[i]
     local again = c.won[field[i]]
     if again then
-      status[i], otier[i], ocents[i] = WON, again[1], again[2]
+      status[i], otier[i], ocents[i], ocomm[i] = WON, again[1], again[2], again[3]
     else
       if c.stock[t] == nil then
         return redis.error_reply('campaign ' .. c.base .. ' has no tier ' .. t)
@@ -300,9 +339,16 @@ for i = 1, n do
           c.prizes = c.prizes + 1
           c.paid = true
           got[1], got[2] = got[1] + 1, true
-          redis.call('HSET', c.aw, field[i], string.format('%d:%d', t, amount))
-          c.won[field[i]] = {t, amount}
-          status[i], otier[i], ocents[i] = WON, t, amount
+          -- the guide's commission: after the prize, only while the budget covers it
+          local paid = 0
+          if guides[i] ~= '' and commission[i] > 0 and c.budget >= commission[i] then
+            paid = commission[i]
+            c.budget = c.budget - paid
+            c.commissions = c.commissions + 1
+          end
+          redis.call('HSET', c.aw, field[i], string.format('%d:%d:%d', t, amount, paid))
+          c.won[field[i]] = {t, amount, paid}
+          status[i], otier[i], ocents[i], ocomm[i] = WON, t, amount, paid
         end
       end
     end
@@ -311,7 +357,8 @@ end
 for c = 1, m do
   local s = C[c]
   if s.paid then
-    local args = {'budget', string.format('%d', s.budget), 'prizes', string.format('%d', s.prizes)}
+    local args = {'budget', string.format('%d', s.budget), 'prizes', string.format('%d', s.prizes),
+                  'commissions', string.format('%d', s.commissions)}
     for t, left in pairs(s.stock) do
       args[#args + 1] = 's' .. t
       args[#args + 1] = string.format('%d', left)
@@ -325,7 +372,7 @@ for c = 1, m do
   end
 end
 local parts = {}
-for i = 1, n do parts[i] = struct.pack('<Bhi8', status[i], otier[i], ocents[i]) end
+for i = 1, n do parts[i] = struct.pack('<Bhi8i8', status[i], otier[i], ocents[i], ocomm[i]) end
 return table.concat(parts)
 """
 

@@ -11,7 +11,7 @@ from scanstream.cli.common import config_option, load_config, open_clickhouse
 from scanstream.cli.dashboard import add_writer_options, writer_dashboard
 from scanstream.cli.run import Source, execute
 from scanstream.engine.config import ConfigError
-from scanstream.streams.synthetic import EMPTY_PRINTED_BATCH, build_world, generate_scans
+from scanstream.streams.synthetic import EMPTY_PRINTED_BATCH, GUIDE_SALE_SHARE, build_world, generate_scans
 
 DEFAULT_SCANS = 100_000
 DEMO_TENANT = 7
@@ -55,7 +55,7 @@ def _demo(args: argparse.Namespace, config, pairs: list[int], dashboard) -> None
     world = build_world(DEMO_TENANT, config.keys.get(DEMO_TENANT, key_id), key_id)
     world.write_registry(config.registry_dir)
     started = time.perf_counter()
-    lines = generate_scans(world, args.scans, seed=args.seed)
+    lines = generate_scans(world, args.scans, seed=args.seed, guide_share=GUIDE_SALE_SHARE)
     data_dir = config.registry_dir.parent
     scans_file = data_dir / "demo-scans.jsonl"
     scans_file.write_bytes(b"\n".join(lines) + b"\n")
@@ -82,6 +82,7 @@ Next:
   scanstream{cfg} query "SELECT prize_tier, count() AS prizes, sum(prize_cents) / 100 AS yuan FROM awards FINAL GROUP BY prize_tier"
   scanstream{cfg} query "SELECT sku, verdict, count() AS scans FROM scan_events FINAL WHERE batch = {EMPTY_PRINTED_BATCH} GROUP BY sku, verdict ORDER BY sku, verdict"   # 空码赋值 ranges
   scanstream{cfg} query "SELECT dealer_id, city, count, detail FROM alerts FINAL WHERE detail LIKE '%outbound_scan%'"   # a case diverted after its outbound scan
+  scanstream{cfg} query "SELECT user_id AS guide, count() AS commissions, sum(prize_cents) / 100 AS yuan FROM awards FINAL WHERE beneficiary = 'guide' GROUP BY guide ORDER BY yuan DESC LIMIT 5"   # 导购 commissions
   scanstream{cfg} run --input {scans_file} --results results.jsonl    # the same scans again, your own run
   scanstream{cfg} audit --campaign {config.campaigns[0].id if config.campaigns else 'ID'} CODE   # re-derive a prize draw
   scanstream{cfg} dashboard    # live charts of these tables at http://127.0.0.1:8765/ (or: demo --dashboard)""",

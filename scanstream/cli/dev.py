@@ -113,7 +113,7 @@ def _stop(proc: subprocess.Popen, what: str) -> None:
 def _demo_world(config: Config, seed: int, scans: int) -> list[bytes]:
     """The demo world's registry in ``registry.dir`` and its scan lines; output tables emptied."""
     from scanstream.cli.demo import DEMO_TABLES, DEMO_TENANT
-    from scanstream.streams.synthetic import build_world, generate_scans
+    from scanstream.streams.synthetic import GUIDE_SALE_SHARE, build_world, generate_scans
     pairs = [k for t, k in config.keys.pairs() if t == DEMO_TENANT]
     if not pairs or config.registry_dir is None:
         raise ConfigError(f"--demo needs a key for tenant {DEMO_TENANT} and registry.dir (config/local.toml has both)")
@@ -125,7 +125,7 @@ def _demo_world(config: Config, seed: int, scans: int) -> list[bytes]:
             sink.client.command(f"TRUNCATE TABLE IF EXISTS {table}")
     finally:
         sink.close()
-    return generate_scans(world, scans, seed=seed)
+    return generate_scans(world, scans, seed=seed, guide_share=GUIDE_SALE_SHARE)
 
 
 def _publish_demo(config: Config, lines: list[bytes], stop: threading.Event) -> None:

@@ -94,9 +94,9 @@ def execute(config: Config, source: Source, results: Path | None, progress_total
         if results_file is not None:
             results_file.finish()
             results_file = None
-        summary.paid = {c.id: (state.campaign_state(c.id).prizes - paid_before[c.id].prizes,
-                               paid_before[c.id].budget_left - state.campaign_state(c.id).budget_left)
-                        for c in config.campaigns}
+        paid_after = {c.id: state.campaign_state(c.id) for c in config.campaigns}
+        summary.paid = {c: (paid_after[c].prizes - before.prizes, paid_after[c].commissions - before.commissions,
+                            before.budget_left - paid_after[c].budget_left) for c, before in paid_before.items()}
         print(summary.render(state, config.campaigns), file=out)
         if pending:
             print(f"alert deliveries pending: {pending} (a webhook did not answer within the deadline); "

@@ -15,6 +15,7 @@ at what a scenario left behind (stores, topics, Redis, files), never at how it g
 from __future__ import annotations
 
 import collections
+import orjson
 import os
 import time
 from dataclasses import dataclass, field
@@ -131,10 +132,14 @@ def check_promises(sc: Scenario, sent: list[tuple[str, bytes, str]], *, redis_ur
                "toUnixTimestamp64Milli(ts) FROM scan_events FINAL WHERE draw = 'won'",
         "prized_not_won": "SELECT count() FROM scan_events FINAL WHERE prize_cents > 0 AND draw != 'won'",
         "awards": "SELECT scan_id, tenant, kind, batch, serial, campaign, prize_tier, prize_cents, user_id, "
-                  "toUnixTimestamp64Milli(ts) FROM awards FINAL",
-        "awards_raw": "SELECT tenant, campaign, kind, batch, serial, uniqExact(scan_id), "
-                      "uniqExact(prize_tier, prize_cents) FROM awards GROUP BY tenant, campaign, kind, batch, serial "
-                      "HAVING uniqExact(scan_id) > 1 OR uniqExact(prize_tier, prize_cents) > 1",
+                  "toUnixTimestamp64Milli(ts) FROM awards FINAL WHERE beneficiary != 'guide'",
+        "commissions": "SELECT a.scan_id, a.tenant, a.kind, a.batch, a.serial, a.campaign, a.prize_cents, a.user_id, "
+                       "s.code FROM (SELECT * FROM awards FINAL WHERE beneficiary = 'guide') AS a "
+                       "LEFT JOIN (SELECT scan_id, code FROM scan_events FINAL) AS s ON s.scan_id = a.scan_id",
+        "awards_raw": "SELECT tenant, campaign, kind, batch, serial, beneficiary, uniqExact(scan_id), "
+                      "uniqExact(user_id, prize_tier, prize_cents) FROM awards "
+                      "GROUP BY tenant, campaign, kind, batch, serial, beneficiary "
+                      "HAVING uniqExact(scan_id) > 1 OR uniqExact(user_id, prize_tier, prize_cents) > 1",
         "invalid": "SELECT scan_id FROM scan_events FINAL WHERE verdict = 'invalid_event'",
         "replayed": "SELECT scan_id FROM scan_events FINAL WHERE replay = 1",
         "alerts": "SELECT alert_id FROM alerts FINAL",
@@ -241,16 +246,42 @@ def check_promises(sc: Scenario, sent: list[tuple[str, bytes, str]], *, redis_ur
         only_awards = set(awards) - set(won_by_code)
         rep.fail(f"awards table and scan_events disagree: {len(only_scans)} wins without an award row, "
                  f"{len(only_awards)} awards without a winning scan")
+    # 导购 commissions: at most one per code (the table's key), paid with a prize of that code won by
+    # the same scan, of the campaign's amount, to a guide whose sale scan of that unit was sent
+    sellers: dict[str, set] = collections.defaultdict(set)
+    for _, line, _ in sent:
+        try:
+            event = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(event, dict) and event.get("action") == "sell" and isinstance(event.get("code"), str):
+            sellers[event["code"]].add(event.get("user_id"))
+    guide_cents = {c.id: c.guide_cents for c in sc.campaigns}
+    commissions = {}
+    for sid, tenant, kind, batch, serial, campaign, cents, guide, code in q["commissions"]:
+        k = (campaign, int(tenant), int(kind), int(batch), int(serial))
+        commissions[k] = (sid, int(cents), guide)
+        prize = awards.get(k)
+        if prize is None or prize[0] != sid:
+            rep.fail(f"commission {k} to {guide!r} (scan {sid}) has no prize won by that scan: {prize}")
+        if int(cents) != guide_cents.get(campaign):
+            rep.fail(f"commission {k} of {cents} cents; the campaign pays {guide_cents.get(campaign)}")
+        if guide not in sellers.get(code, ()):
+            rep.fail(f"commission {k} paid to {guide!r}, who sent no sale scan of {code!r}")
+    rep.extra["commissions"] = len(commissions)
+    rep.extra["units sold by guides"] = len(sellers)
     rep.prizes = len(awards)
-    rep.paid_cents = sum(a[2] for a in awards.values())
+    rep.paid_cents = sum(a[2] for a in awards.values()) + sum(c[1] for c in commissions.values())
     with sc.watchers["awards"].lock:
         topic_awards = {k: list(v) for k, v in sc.awards_seen.items()}
     for c in sc.campaigns:
         mine = {k: a for k, a in awards.items() if k[0] == c.id}
-        paid = sum(a[2] for a in mine.values())
+        mine_commissions = {k: a for k, a in commissions.items() if k[0] == c.id}
+        paid = sum(a[2] for a in mine.values()) + sum(a[1] for a in mine_commissions.values())
         tiers = collections.Counter(a[1] for a in mine.values())
         stock = {n: s for n, _, _, s in c.tiers}
-        info = {"prizes": len(mine), "paid_cents": paid, "budget_cents": c.budget_cents,
+        info = {"prizes": len(mine), "commissions": len(mine_commissions), "paid_cents": paid,
+                "budget_cents": c.budget_cents,
                 "tiers": {n: f"{tiers.get(n, 0)}/{stock[n]}" for n in stock}}
         rep.campaigns[c.id] = info
         if paid > c.budget_cents:
@@ -269,12 +300,15 @@ def check_promises(sc: Scenario, sent: list[tuple[str, bytes, str]], *, redis_ur
         # the Redis state: what was granted, and what is left
         base = f"{sc.prefix}cp:{{{c.id}}}"
         h = {k.decode(): int(v) for k, v in client.hgetall(base).items()}
+        # a prize is kept as "tier:cents:commission" (the guide's commission paid with it)
         granted = {(c.id, *_identity(f)): tuple(v.decode().split(":")) for f, v in client.hgetall(base + ":aw").items()}
         info["redis_prizes"] = len(granted)
         if h:
-            if h["prizes"] != len(granted) or h["budget"] != c.budget_cents - paid:
-                rep.fail(f"campaign {c.id}: Redis says {h['prizes']} prizes, budget left {h['budget']}; the awards "
-                         f"table says {len(mine)} prizes, {c.budget_cents - paid} left")
+            if (h["prizes"] != len(granted) or h["budget"] != c.budget_cents - paid
+                    or h.get("commissions", 0) != len(mine_commissions)):
+                rep.fail(f"campaign {c.id}: Redis says {h['prizes']} prizes, {h.get('commissions')} commissions, "
+                         f"budget left {h['budget']}; the awards table says {len(mine)} prizes, "
+                         f"{len(mine_commissions)} commissions, {c.budget_cents - paid} left")
             for t, (n, _, _, s) in enumerate(c.tiers):
                 if h.get(f"s{t}") != s - tiers.get(n, 0):
                     rep.fail(f"campaign {c.id}: Redis stock of tier {n} is {h.get(f's{t}')}, the awards table "
@@ -286,10 +320,13 @@ def check_promises(sc: Scenario, sent: list[tuple[str, bytes, str]], *, redis_ur
         if lost_awards:
             rep.fail(f"campaign {c.id}: {len(lost_awards)} prizes granted in Redis are not in the awards table, "
                      f"e.g. {lost_awards[:3]}")
-        for k, (t, cents) in granted.items():
+        for k, (t, cents, commission) in granted.items():
             a = mine.get(k)
             if a is not None and (a[1], a[2]) != (names_of[int(t)], int(cents)):
                 rep.fail(f"campaign {c.id}: Redis granted {k} tier {t} {cents}, the table says {a[1]} {a[2]}")
+            if int(commission) != mine_commissions.get(k, (None, 0))[1]:
+                rep.fail(f"campaign {c.id}: Redis paid a commission of {commission} with {k}, the table says "
+                         f"{mine_commissions.get(k)}")
             on_topic = topic_awards.get(f"{k[1]}:{k[2]}:{k[3]}:{k[4]}", [])
             if not any(r["campaign"] == c.id and r["prize_cents"] == int(cents) for r in on_topic):
                 rep.fail(f"campaign {c.id}: granted prize {k} never reached the awards topic")

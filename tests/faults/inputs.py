@@ -51,6 +51,7 @@ class CampaignSpec:
     utc_offset_minutes: int = -180  # the synthetic day (00:00-14:00 UTC) crosses midnight at 03:00 UTC
     via: str = "env"  # seed given as ``seed`` or through ``seed_env``
     skus: tuple[str, ...] = ("BEER-500", "BEER-330", "CRAFT-IPA")
+    guide_cents: int = 0  # 超级导购码: a guide's commission per prize on a unit they sold
 
     def model(self):
         """The engine's Campaign (for draws and limits)."""
@@ -58,10 +59,15 @@ class CampaignSpec:
         return Campaign(id=self.id, tenant=self.tenant, start_ms=1793462400000, end_ms=1798732800000,
                         budget_cents=self.budget_cents, daily_cap=self.daily_cap,
                         tiers=tuple(Tier(n, c, p, s) for n, c, p, s in self.tiers), seed=self.seed,
-                        skus=self.skus, utc_offset_minutes=self.utc_offset_minutes)
+                        skus=self.skus, utc_offset_minutes=self.utc_offset_minutes, guide_cents=self.guide_cents)
 
     def day(self, ts_ms: int) -> int:
         return (ts_ms + self.utc_offset_minutes * 60_000) // MS_PER_DAY
+
+
+#: The commission of the fault suite's campaigns: the streams carry guide sales (``make_stream``), so
+#: every fault scenario also pays commissions from the budget it must never exceed.
+GUIDE_CENTS = 50
 
 
 def stocked_campaign(cid: str, tenant: int, scans: int, *, cap: int = 3, via: str = "env") -> CampaignSpec:
@@ -74,7 +80,8 @@ def stocked_campaign(cid: str, tenant: int, scans: int, *, cap: int = 3, via: st
                                   ("168", 16800, 0.001, 0.25)):
         tiers.append((name, cents, p, max(1, int(p * eligible * share))))
     budget = int(sum(c * s for _, c, _, s in tiers) * 0.95)
-    return CampaignSpec(cid, tenant, f"seed-{uuid.uuid4().hex}", budget, cap, tiers, via=via)
+    return CampaignSpec(cid, tenant, f"seed-{uuid.uuid4().hex}", budget, cap, tiers, via=via,
+                        guide_cents=GUIDE_CENTS)
 
 
 def secret_needles(tenants: Iterable[TenantSpec], campaigns: Iterable[CampaignSpec]) -> dict[str, bytes]:
@@ -147,9 +154,9 @@ def write_registry(directory: Path, worlds: list) -> None:
 def make_stream(world, n: int, seed: int, id_prefix: str = "") -> list[bytes]:
     """``streams.synthetic.generate_scans`` with every scan_id (and bad event id) prefixed, and the
     dealer of each outbound scan named as ``write_registry`` names the tenant's dealers."""
-    from scanstream.streams.synthetic import generate_scans
+    from scanstream.streams.synthetic import GUIDE_SALE_SHARE, generate_scans
 
-    lines = generate_scans(world, n, seed=seed)
+    lines = generate_scans(world, n, seed=seed, guide_share=GUIDE_SALE_SHARE)
     out = []
     cache: dict[bytes, bytes] = {}
     for line in lines:

@@ -101,6 +101,7 @@ start = 2026-11-01T00:00:00+08:00
 end = 2027-01-01T00:00:00+08:00
 budget_cents = {c.budget_cents}
 daily_cap = {c.daily_cap}
+guide_cents = {c.guide_cents}
 utc_offset_minutes = {c.utc_offset_minutes}
 {seed}
 tiers = [

@@ -44,7 +44,7 @@ import pytest
 from config_writer import toml_table
 from scanstream.engine.lottery import draw_numbers, draw_tiers
 from scanstream.ext import codec
-from scanstream.streams.synthetic import DEMO_START_MS, build_world, generate_scans
+from scanstream.streams.synthetic import DEMO_START_MS, GUIDE_SALE_SHARE, build_world, generate_scans
 
 from . import inputs, processes, scenario, stores, topics
 
@@ -58,7 +58,7 @@ KEY_ID = 1
 #: the stream; the 88 tier has 3 in stock (out_of_stock); two prizes per user and day (the bot).
 CAMPAIGN = inputs.CampaignSpec("hostile-2026", TENANT, "hostile-seed-not-secret", budget_cents=250_000, daily_cap=2,
                                tiers=[("8.8", 880, 0.20, 100_000), ("88", 8_800, 0.01, 3)], utc_offset_minutes=480,
-                               via="seed")
+                               via="seed", guide_cents=inputs.GUIDE_CENTS)
 STREAM_SCANS = 4000
 BATCH = 100  # about 40 batches, 40 checkpoints: kills land between any two
 T_VICTIM = DEMO_START_MS + 3_600_000  # 2026-11-20T09:00+08:00, inside the campaign
@@ -81,6 +81,7 @@ start = 2026-11-01T00:00:00+08:00
 end = 2027-01-01T00:00:00+08:00
 budget_cents = {c.budget_cents}
 daily_cap = {c.daily_cap}
+guide_cents = {c.guide_cents}
 utc_offset_minutes = {c.utc_offset_minutes}
 seed = {json.dumps(c.seed)}
 tiers = [
@@ -224,7 +225,7 @@ class World:
         self.world = build_world(TENANT, KEY, KEY_ID)
         self.registry = base / "registry"
         self.world.write_registry(self.registry)
-        self.lines = generate_scans(self.world, STREAM_SCANS, seed=29)
+        self.lines = generate_scans(self.world, STREAM_SCANS, seed=29, guide_share=GUIDE_SALE_SHARE)
         self.text = b"\n".join(self.lines) + b"\n"
         ref = base / "reference"
         ref.mkdir()

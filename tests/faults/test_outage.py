@@ -130,7 +130,8 @@ def test_sink_failures_in_process_are_retried_without_loss_or_doubles(tmp_path, 
             "SELECT (SELECT count() FROM scan_events FINAL), (SELECT uniqExact(scan_id) FROM scan_events FINAL), "
             "(SELECT count() FROM scan_events)")
         _, ids = sink.query("SELECT scan_id FROM scan_events FINAL")
-        _, awards = sink.query("SELECT tenant, kind, batch, serial, prize_tier, prize_cents FROM awards FINAL")
+        _, awards = sink.query("SELECT tenant, kind, batch, serial, prize_tier, prize_cents, beneficiary "
+                               "FROM awards FINAL")
         _, (award_raw,) = sink.query("SELECT count() FROM awards")
     finally:
         sink.close()
@@ -142,8 +143,14 @@ def test_sink_failures_in_process_are_retried_without_loss_or_doubles(tmp_path, 
     assert raw == count, "the deduplication token must drop a re-sent scan_events insert"
     # a prize given back to a redelivered scan in a later batch is written again under another
     # token; the table keeps one row per code (FINAL), which is the promise
-    assert len(awards) == len(granted) > 0 and award_raw[0] >= len(awards)
-    tiers = collections.Counter(a[4] for a in awards)
+    # a code that won keeps "tier:cents:commission" in Redis: one prize row each, and a guide's
+    # commission row for each prize paid with one
+    prizes = [a for a in awards if a[6] != "guide"]
+    commissions = [a for a in awards if a[6] == "guide"]
+    assert len(prizes) == len(granted) > 0 and award_raw[0] >= len(awards)
+    assert len(commissions) == sum(int(v.split(b":")[2]) > 0 for v in granted.values()) > 0
+    assert {a[5] for a in commissions} == {campaign.guide_cents}
+    tiers = collections.Counter(a[4] for a in prizes)
     assert all(tiers[n] <= s for n, _, _, s in campaign.tiers)
     assert sum(a[5] for a in awards) <= campaign.budget_cents
 
