@@ -31,9 +31,10 @@ from pathlib import Path
 import pytest
 
 from scanstream.dashboard.labels import city_label
-from scanstream.dashboard.queries import LATEST_ALERTS_LIMIT
+from scanstream.dashboard.queries import GUIDES_LIMIT, LATEST_ALERTS_LIMIT, OUTBOUND_LIMIT
 from scanstream.engine.geo import division_names
 from scanstream.streams.synthetic import DEALERS as DEMO_DEALERS
+from scanstream.streams.synthetic import DIVERTED_CASE_DEALER
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL_TOML = REPO / "config" / "local.toml"
@@ -48,7 +49,7 @@ CHART_PANELS = {"scans_per_minute", "verdict_mix", "conversion_batch", "conversi
                 "repeat_rate", "new_returning", "spend_budget", "prizes_by_tier", "fraud_hotspots",
                 "diversion_dealer", "diversion_region", "throughput"}
 #: Panels the page draws as an HTML table.
-TABLE_PANELS = {"latest_alerts"}
+TABLE_PANELS = {"latest_alerts", "guides", "outbound"}
 #: Colours the panels give verdicts and bars (scanstream/dashboard/panels.py), as RGB.
 OK_GREEN, BAD_MAC_RED, BAR_BLUE = (0x2C, 0xA0, 0x2C), (0xD6, 0x27, 0x28), (0x1F, 0x77, 0xB4)
 STARTUP_TIMEOUT_S = 75
@@ -257,7 +258,8 @@ def test_overview_tiles(served, stored):
     assert kpi["scanners"] == len(scanners)
     assert kpi["codes"] == len({(r["tenant"], r["kind"], r["batch"], r["serial"]) for r in valid})
     assert kpi["counterfeit_scans"] == sum(r["verdict"] == "bad_mac" for r in stored)
-    assert kpi["prizes"] == len(won) and kpi["spent_cents"] == sum(r["prize_cents"] for r in won)
+    # spend: the prizes of the winning scans and the guides' commissions they earned (no prize themselves)
+    assert kpi["prizes"] == len(won) and kpi["spent_cents"] - kpi["commission_cents"] == sum(r["prize_cents"] for r in won)
     assert kpi["budget_cents"] == BUDGET_CENTS + CASE_BUDGET_CENTS  # every campaign of the tenant
 
 
@@ -307,14 +309,19 @@ def test_prizes_and_spend_against_budget(served, stored):
     rows = records(panel(served, "prizes_by_tier"))
     assert {r["prize_tier"]: r["prizes"] for r in rows} == dict(tiers)
     assert sum(r["cents"] for r in rows) == sum(r["prize_cents"] for r in won)
+    # the budget pays prizes and guides' commissions: spend = prizes + commissions
     spend = panel(served, "spend_budget")
     mine = [r for r in won if r["campaign"] == CAMPAIGN]
+    commission = spend["kpi"][CAMPAIGN]["commission_cents"]
     assert spend["kpi"][CAMPAIGN]["budget_cents"] == BUDGET_CENTS
-    assert spend["kpi"][CAMPAIGN]["spent_cents"] == sum(r["prize_cents"] for r in mine)
-    assert sum(k["spent_cents"] for k in spend["kpi"].values()) == sum(r["prize_cents"] for r in won)
+    assert spend["kpi"][CAMPAIGN]["spent_cents"] == sum(r["prize_cents"] for r in mine) + commission
+    assert sum(k["spent_cents"] - k["commission_cents"] for k in spend["kpi"].values()) == sum(
+        r["prize_cents"] for r in won)
+    assert sum(k["commission_cents"] for k in spend["kpi"].values()) == panel(served, "overview")["kpi"][
+        "commission_cents"]
     left = next(t for t in spend["figure"]["data"] if t["name"] == f"{CAMPAIGN}: budget left")
     assert left["y"][0] == BUDGET_CENTS / 100
-    assert left["y"][-1] == pytest.approx((BUDGET_CENTS - sum(r["prize_cents"] for r in mine)) / 100)
+    assert left["y"][-1] == pytest.approx((BUDGET_CENTS - sum(r["prize_cents"] for r in mine) - commission) / 100)
 
 
 def test_diversion_by_dealer_and_region(served, stored):
@@ -369,6 +376,81 @@ def test_latest_alerts_name_where_and_who(served, stored):
         assert row["delivery"] == "" and cell["delivery"].startswith("not sent")
     # goods of Shanghai Trading turn up in Shenzhen stores
     assert any(c["where"] == "广东省 深圳市" and c["dealer"] == "Shanghai Trading" for c in cells)
+
+
+def test_guides_table(served, stored):
+    """Sales, units and opened units per guide from the results file; commissions are what the
+    budgets paid beyond the prizes of the winning scans."""
+    sold = [r for r in stored if r["role"] == "guide" and r["verdict"] in VALID]
+    sales = collections.Counter((r["tenant"], r["user_id"]) for r in sold)
+    first = {}  # unit -> (ts, scan_id, guide) of its first guide
+    for r in sold:
+        if r["kind"] == 0:
+            unit, sale = (r["tenant"], r["batch"], r["serial"]), (r["ts"], r["scan_id"], r["user_id"])
+            first[unit] = min(first.get(unit, sale), sale)
+    units = collections.Counter((unit[0], guide) for unit, (_, _, guide) in first.items())
+    opened = collections.Counter()
+    for r in stored:
+        sale = first.get((r["tenant"], r["batch"], r["serial"])) if r["kind"] == 0 else None
+        if sale and r["role"] == "consumer" and r["user_id"] and r["verdict"] == "ok" and r["ts"] >= sale[0]:
+            opened[(r["tenant"], sale[2])] += 1
+    body = panel(served, "guides")
+    rows, kpi = records(body), body["kpi"]
+    overview = panel(served, "overview")["kpi"]
+    won = sum(r["prize_cents"] for r in stored if r["draw"] == "won")
+    assert (kpi["sales"], kpi["units"], kpi["consumer_scans"]) == (
+        sum(sales.values()), sum(units.values()), sum(opened.values()))
+    assert kpi["commission_cents"] == overview["spent_cents"] - won == overview["commission_cents"]
+    assert kpi["commissions"] == overview["commissions"]
+    assert len(rows) == min(GUIDES_LIMIT, kpi["guides"]) and kpi["guides"] >= len(sales)
+    for r in rows:
+        key = (r["tenant"], r["user_id"])
+        assert (r["sales"], r["units"], r["consumer_scans"]) == (sales[key], units[key], opened[key]), key
+    order = [(-r["commission_cents"], -r["sales"]) for r in rows]
+    assert order == sorted(order)  # most commission first
+    assert [c["cells"][0] for c in body["table"]["rows"]] == [r["user_id"] for r in rows]
+    assert body["table"]["empty"] and (body["headline"] or not rows)
+
+
+def test_outbound_table(served, stored):
+    """Outbound scans, cases, units (packing.csv expanded) and diverted scans per dealer from the
+    results file and the registry; the demo's case shipped to Zhejiang and opened in Guangzhou
+    raises an alert that names the outbound scan."""
+    packed = collections.defaultdict(list)
+    with (served["home"] / "data" / "registry" / "packing.csv").open(newline="", encoding="utf-8") as f:
+        for p in csv.DictReader(f):
+            packed[(int(p["tenant"]), int(p["case_batch"]), int(p["case_serial"]))].append(
+                (int(p["unit_batch"]), int(p["unit_serial_from"]), int(p["unit_serial_to"])))
+    scans, cases, units = collections.Counter(), collections.defaultdict(set), collections.defaultdict(set)
+    for r in stored:
+        if r["role"] != "warehouse" or r["verdict"] not in VALID:
+            continue
+        key = (r["tenant"], r["dealer_id"])
+        scans[key] += 1
+        if r["kind"] == 1:
+            cases[key].add((r["batch"], r["serial"]))
+            for batch, lo, hi in packed[(r["tenant"], r["batch"], r["serial"])]:
+                units[key].update((batch, s) for s in range(lo, hi + 1))
+        else:
+            units[key].add((r["batch"], r["serial"]))
+    diverted = collections.Counter((r["tenant"], r["dealer_id"]) for r in stored
+                                   if r["diversion"] not in ("none", "") and r["dealer_id"])
+    assert scans, "the demo ships cases"
+    body = panel(served, "outbound")
+    rows, kpi = records(body), body["kpi"]
+    assert len(rows) == min(OUTBOUND_LIMIT, len(set(scans) | set(diverted)))
+    for r in rows:
+        key = (r["tenant"], r["dealer_id"])
+        assert (r["outbound_scans"], r["cases"], r["units"], r["diverted_scans"]) == (
+            scans[key], len(cases[key]), len(units[key]), diverted[key]), key
+    assert [r["outbound_scans"] for r in rows] == sorted((r["outbound_scans"] for r in rows), reverse=True)
+    assert (kpi["outbound_scans"], kpi["dealers"]) == (sum(scans.values()), len(scans))
+    assert kpi["units"] == sum(len(u) for u in units.values())
+    alerts = panel(served, "overview")["kpi"]["alerts"]
+    assert 1 <= next(r["case_alerts"] for r in rows if r["dealer_id"] == DIVERTED_CASE_DEALER)
+    assert kpi["case_alerts"] <= alerts.get("diversion", 0)
+    dealers = {d[0]: d[1] for d in DEMO_DEALERS}
+    assert [c["cells"][0] for c in body["table"]["rows"]] == [dealers[r["dealer_id"]] for r in rows]
 
 
 def test_throughput_saw_the_run(served, stored):
@@ -450,6 +532,7 @@ def test_page_renders_every_chart(rendered, stored):
     # names in the operators' language, whole: the alerts list's cells and the charts' labels
     for text in ("广东省 深圳市", "Shanghai Trading", "not sent (no webhook, or webhooks off)"):
         assert f"<td>{text}</td>" in dom, text
+    assert "<td>Zhejiang E-commerce</td>" in dom  # the outbound table: the dealer its case was shipped to
     assert ">广东省<" in dom and ">湖南省<" in dom
     assert f">{len(stored):,}<" in dom
 

@@ -6,7 +6,9 @@ config/clickhouse/*.sql, views included), then writes it AGAIN in every way the 
 repeat itself: the same batch under the same dedup token, redelivered scans (replay = 1), a
 batch re-cut after a crash (replay = 0 copies under a new token), a batch re-sent under a new
 token, alerts/awards/registry/campaign rows written twice.  Every KPI view must read the same
-before and after, and equal the numbers worked out by hand below.
+before and after, and equal the numbers worked out by hand below.  The trade's views (shopping
+guides, outbound shipments) are also run on small databases of their own, with hostile rows
+written by hand (redeliveries, a reused scan_id, a second guide, a case shipped twice).
 
 Then every panel of the dashboards that read ClickHouse (config/grafana/dashboards/*.json but
 the worker's, which reads Prometheus only and is tests/test_metrics.py's) is run: its rawSql
@@ -24,6 +26,7 @@ import json
 import re
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
@@ -124,20 +127,35 @@ S = {r["scan_id"]: r for r in [
     # another tenant, same batch number: every view must keep tenants apart
     scan("s16", f"{D1}T10:00:00+08:00", "u1", "ok", (0, 101, 0), tenant=8, region="440106", sku="WINE",
          campaign="", draw="none"),
+    # the trade (outside 10:00-10:10 of D1, the window the live panels are checked on): guide G1 sells
+    # 101/0 before u1 opens it (s01, whose prize earns G1 a commission); guide G2 scans it again the next
+    # day; the warehouse ships case 201/0 (packed with 101/0-3) to D-GD and unit 101/5 to D-BJ
+    scan("s17", f"{D1}T09:30:00+08:00", "guide-G1", "ok", (0, 101, 0), region="440106", sku="BEER-500",
+         dealer="D-GD", role="guide", campaign="", draw="none"),
+    scan("s18", f"{D2}T09:30:00+08:00", "guide-G2", "repeat", (0, 101, 0), region="440106", sku="BEER-500",
+         dealer="D-GD", role="guide", campaign="", draw="none"),
+    scan("s19", f"{D1}T09:00:00+08:00", "wh-1", "ok", (1, 201, 0), region="440103", sku="BEER-500-CASE",
+         dealer="D-GD", role="warehouse", campaign="", draw="none"),
+    scan("s20", f"{D1}T09:00:30+08:00", "wh-1", "ok", (0, 101, 5), region="440103", sku="BEER-500",
+         dealer="D-BJ", role="warehouse", campaign="", draw="none"),
 ]}
 BATCH_A = [S[f"s{i:02d}"] for i in range(10)]
 # s13's first write was lost: only its redelivered copy (replay = 1) ever reached ClickHouse
-BATCH_B = [S["s10"], S["s11"], S["s12"], replayed(S["s13"]), S["s14"], S["s15"], S["s16"]]
-REDELIVERED = [replayed(S["s01"]), replayed(S["s06"]), replayed(S["s14"])]
+BATCH_B = [S["s10"], S["s11"], S["s12"], replayed(S["s13"]), S["s14"], S["s15"], S["s16"],
+           S["s17"], S["s18"], S["s19"], S["s20"]]
+REDELIVERED = [replayed(S["s01"]), replayed(S["s06"]), replayed(S["s14"]), replayed(S["s17"]), replayed(S["s19"])]
 RECUT = [S["s02"], S["s03"], S["s12"]]  # re-processed after a crash with the state lost: replay = 0 again
 
 ALERTS = [
     {"alert_id": "a1", "ts": ms(f"{D1}T10:02:10+08:00"), "tenant": 7, "alert": "diversion", "subtype": "region",
      "dealer_id": "D-BJ", "manager": "zhao.min", "city": "4301", "count": 1,
      "window_start": ms(f"{D1}T10:00:00+08:00"), "window_end": ms(f"{D1}T10:10:00+08:00")},
+    # s10's case 201/0 went to D-GD by the outbound scan s19 (engine/diversion.py names what sent it)
     {"alert_id": "a2", "ts": ms(f"{D1}T10:04:00+08:00"), "tenant": 7, "alert": "diversion", "subtype": "channel",
      "dealer_id": "D-GD", "manager": "wang.li", "city": "4401", "count": 1,
-     "window_start": ms(f"{D1}T10:00:00+08:00"), "window_end": ms(f"{D1}T10:10:00+08:00")},
+     "window_start": ms(f"{D1}T10:00:00+08:00"), "window_end": ms(f"{D1}T10:10:00+08:00"),
+     "detail": json.dumps({"role": "store", "scan_id": "s10", "case_batch": 201, "case_serial": 0,
+                           "sent_by": "outbound_scan"})},
     {"alert_id": "a3", "ts": ms(f"{D1}T10:03:00+08:00"), "tenant": 7, "alert": "cloned_code", "subtype": "users",
      "city": "4401", "code": "CODE-X", "count": 4},
     {"alert_id": "a4", "ts": ms(f"{D2}T09:00:00+08:00"), "tenant": 7, "alert": "cloned_code",
@@ -168,7 +186,12 @@ CONFLICTS = [
 ]
 AWARDS = [{"scan_id": r["scan_id"], "ts": r["ts"], "tenant": r["tenant"], "campaign": r["campaign"],
            "kind": r["kind"], "batch": r["batch"], "serial": r["serial"], "user_id": r["user_id"],
-           "prize_tier": r["prize_tier"], "prize_cents": r["prize_cents"]} for r in (S["s01"], S["s03"], S["s12"])]
+           "prize_tier": r["prize_tier"], "prize_cents": r["prize_cents"], "beneficiary": "consumer"}
+          for r in (S["s01"], S["s03"], S["s12"])]
+#: s01's prize earns guide G1 (who sold 101/0 in s17) a commission, from the campaign's budget.
+COMMISSION_CENTS = 100
+COMMISSIONS = [{**AWARDS[0], "user_id": "guide-G1", "prize_tier": "commission", "prize_cents": COMMISSION_CENTS,
+                "beneficiary": "guide"}]
 CAMPAIGNS = [
     {"id": WINTER, "tenant": 7, "budget_cents": 10_000, "start": ms(f"{D1}T00:00:00+08:00"),
      "end": ms("2026-11-22T00:00:00+08:00"), "tiers": ["8.8", "16.6", "88"], "tier_cents": [880, 1660, 8800],
@@ -205,7 +228,8 @@ REGISTRY = {
     ],
     "registry_stores": [{"store_id": "S1", "tenant": 7, "dealer_id": "D-GD", "region": "440106", "channel": "KA"}],
     "registry_activations": [],
-    "registry_packing": [],
+    "registry_packing": [{"tenant": 7, "case_batch": 201, "case_serial": 0, "unit_batch": 101, "unit_serial_from": 0,
+                          "unit_serial_to": 3}],
 }
 
 
@@ -218,9 +242,9 @@ def write_registry_and_campaigns(sink: ClickHouseSink) -> None:
 def load_stream(sink: ClickHouseSink) -> None:
     write_registry_and_campaigns(sink)
     sink.write_scans(columns(BATCH_A, SCAN_COLUMNS), dedup_token="scans:p0:0-9")
-    sink.write_scans(columns(BATCH_B, SCAN_COLUMNS), dedup_token="scans:p0:10-16")
+    sink.write_scans(columns(BATCH_B, SCAN_COLUMNS), dedup_token="scans:p0:10-20")
     sink.write_alerts(columns(ALERTS + CONFLICTS, ALERT_COLUMNS), dedup_token="alerts:p0:0-16")
-    sink.write_awards(columns(AWARDS, AWARD_COLUMNS), dedup_token="awards:p0:0-16")
+    sink.write_awards(columns(AWARDS + COMMISSIONS, AWARD_COLUMNS), dedup_token="awards:p0:0-16")
 
 
 #: Scan rows that reach scan_events in load_duplicates (the token-repeated batch does not).
@@ -230,12 +254,12 @@ DUPLICATE_ROWS = len(REDELIVERED) + len(RECUT) + len(BATCH_B)
 def load_duplicates(sink: ClickHouseSink) -> None:
     """Everything again, as a crashing, redelivering engine would write it."""
     sink.write_scans(columns(BATCH_A, SCAN_COLUMNS), dedup_token="scans:p0:0-9")  # same token: dropped
-    sink.write_scans(columns(REDELIVERED, SCAN_COLUMNS), dedup_token="scans:p0:17-19")
+    sink.write_scans(columns(REDELIVERED, SCAN_COLUMNS), dedup_token="scans:p0:21-25")
     sink.write_scans(columns(RECUT, SCAN_COLUMNS), dedup_token="scans:p0:recut")
-    sink.write_scans(columns(BATCH_B, SCAN_COLUMNS), dedup_token="scans:p0:10-16:retry")  # new token: stored
+    sink.write_scans(columns(BATCH_B, SCAN_COLUMNS), dedup_token="scans:p0:10-20:retry")  # new token: stored
     sink.write_alerts(columns(ALERTS[:2], ALERT_COLUMNS), dedup_token="alerts:p0:17-19")
     sink.write_alerts(columns(CONFLICTS[2:], ALERT_COLUMNS), dedup_token="alerts:p0:c3:retry")  # c3 again
-    sink.write_awards(columns(AWARDS[:1], AWARD_COLUMNS), dedup_token="awards:p0:17-19")  # a prize given back
+    sink.write_awards(columns(AWARDS[:1] + COMMISSIONS, AWARD_COLUMNS), dedup_token="awards:p0:17-19")  # given back
     write_registry_and_campaigns(sink)  # a registry reload and an engine restart
 
 
@@ -256,8 +280,12 @@ class Loaded:
 WRITE_COUNTING_VIEWS = {"kpi_ingest_minute"}
 
 
-#: The views of the dashboards' DDL (config/clickhouse/2*.sql); other files' views are not this module's.
-DASHBOARD_VIEWS = sorted({m.group(1) for path in DEFAULT_DDL_DIR.glob("2*.sql")
+#: The trade's views (shopping guides, outbound scans), which dashboards read beside the KPI views.
+TRADE_DDL = ("320_guides.sql", "330_outbound.sql")
+#: The views of the dashboards' DDL (config/clickhouse/2*.sql and TRADE_DDL); other files' views are not this
+#: module's.
+DASHBOARD_DDL = [*DEFAULT_DDL_DIR.glob("2*.sql"), *map(DEFAULT_DDL_DIR.joinpath, TRADE_DDL)]
+DASHBOARD_VIEWS = sorted({m.group(1) for path in DASHBOARD_DDL
                           for m in re.finditer(r"CREATE OR REPLACE VIEW (\w+)", path.read_text(encoding="utf-8"))})
 
 
@@ -315,7 +343,7 @@ def test_views_exist(loaded: Loaded) -> None:
         "kpi_conversion_day", "kpi_participation", "kpi_repeat_scan_rate", "kpi_new_returning_day",
         "kpi_campaign_spend", "kpi_campaign_spend_day", "kpi_spend", "kpi_prizes_tier", "kpi_cac_day",
         "kpi_counterfeit_province", "kpi_counterfeit_city", "kpi_cloned_hotspots", "kpi_diversion",
-        "kpi_scan_id_conflicts",
+        "kpi_scan_id_conflicts", "guides", "outbound",
     }
     assert expected <= names
     _, rows = loaded.sink.query("SELECT name, engine FROM system.tables WHERE database = currentDatabase() "
@@ -358,14 +386,14 @@ def test_duplicates_do_not_change_any_panel(loaded: Loaded) -> None:
 
 
 def test_ingest_counts_rows_written(loaded: Loaded) -> None:
-    # Rows stored: 10 (batch A) + 7 (batch B) + 3 redelivered + 3 re-cut + 7 (batch B under a new token)
-    # = 30; batch A sent again under its own token was dropped, before the MV as well.
-    assert loaded.raw_rows_after == 10 + 7 + DUPLICATE_ROWS == 30
-    assert loaded.ingest_rows_after == 30
+    # Rows stored: 10 (batch A) + 11 (batch B) + 5 redelivered + 3 re-cut + 11 (batch B under a new token)
+    # = 40; batch A sent again under its own token was dropped, before the MV as well.
+    assert loaded.raw_rows_after == 10 + 11 + DUPLICATE_ROWS == 40
+    assert loaded.ingest_rows_after == 40
     ((rows, replays, max_delay_s),) = kpi(loaded.sink, "SELECT sum(rows), sum(replays), max(delay_max_s) "
                                                        "FROM kpi_ingest_minute")
-    # replays: s13 in batch B (twice: batch B was stored twice) + the 3 redelivered = 5
-    assert (rows, replays) == (30, 5)
+    # replays: s13 in batch B (twice: batch B was stored twice) + the 5 redelivered = 7
+    assert (rows, replays) == (40, 7)
     # the oldest scan written is s00: its delay is the time from its ts to the write (this test run)
     expected = datetime.now(UTC).timestamp() - S["s00"]["ts"] / 1000
     assert abs(max_delay_s - expected) < 600
@@ -380,8 +408,9 @@ def test_throughput_by_verdict(loaded: Loaded) -> None:
         (0, "malformed", 1),  # s11: an undecodable code has no tenant
         (7, "bad_mac", 3),  # s07 s08 s09
         (7, "not_activated", 1),  # s15
-        (7, "ok", 9),  # s00 s01 s02 s03 s05 s06 s10 s12 s13 (s01 redelivered, s02 s03 s12 re-cut: once each)
-        (7, "repeat", 2),  # s04 s14
+        # s00 s01 s02 s03 s05 s06 s10 s12 s13 s17 s19 s20 (s01 s17 s19 redelivered, s02 s03 s12 re-cut: once each)
+        (7, "ok", 12),
+        (7, "repeat", 3),  # s04 s14 s18
         (8, "ok", 1),  # s16
     ]
 
@@ -527,31 +556,34 @@ def test_new_vs_returning(loaded: Loaded) -> None:
 
 def test_campaign_spend_and_cac(loaded: Loaded) -> None:
     rows = kpi(loaded.sink, "SELECT campaign, configured, budget_cents, spent_cents, prizes, winners, "
-                            "remaining_cents, spent_share, new_users, cac_cents FROM kpi_campaign_spend "
-                            "WHERE tenant = 7 ORDER BY campaign")
+                            "commission_cents, remaining_cents, spent_share, new_users, cac_cents "
+                            "FROM kpi_campaign_spend WHERE tenant = 7 ORDER BY campaign")
     assert rows == approx_rows([
-        (SPRING, True, 5000, 0, 0, 0, 5000, 0 / 5000, 0, None),  # no new user: no CAC
-        # 880 + 1660 + 880 = 3420 paid (s01's prize given back is not paid again); new users whose first
-        # valid scan is in [11-20, 11-22): u2 u3 u4 u5 (u1 first scanned 11-10) -> CAC 3420 / 4 = 855
-        (WINTER, True, 10000, 3420, 3, 3, 10000 - 3420, 3420 / 10000, 4, 3420 / 4),
+        (SPRING, True, 5000, 0, 0, 0, 0, 5000, 0 / 5000, 0, None),  # no new user: no CAC
+        # prizes 880 + 1660 + 880 = 3420 (s01's prize given back is not paid again) and G1's commission
+        # of 100 for s01 (written twice, paid once): 3520 spent, the commission neither a prize nor a
+        # winner; new users whose first valid scan is in [11-20, 11-22): u2 u3 u4 u5 (u1 first scanned
+        # 11-10) -> CAC 3520 / 4 = 880
+        (WINTER, True, 10000, 3520, 3, 3, 100, 10000 - 3520, 3520 / 10000, 4, 3520 / 4),
     ])
 
 
 def test_spend_by_dimension(loaded: Loaded) -> None:
-    rows = kpi(loaded.sink, "SELECT campaign, dimension, key, spent_cents, prizes, winners FROM kpi_spend "
-                            "WHERE tenant = 7 AND dimension != 'city' ORDER BY dimension, key")
-    # winning scans: s01 (u1, 880, batch 101, 44, 11-20), s03 (u2, 1660, 101, 11, 11-20), s12 (u5, 880, 102, 32, 11-21)
+    rows = kpi(loaded.sink, "SELECT campaign, dimension, key, spent_cents, prizes, winners, commission_cents "
+                            "FROM kpi_spend WHERE tenant = 7 AND dimension != 'city' ORDER BY dimension, key")
+    # winning scans: s01 (u1, 880, batch 101, 44, 11-20, and G1's commission of 100), s03 (u2, 1660, 101, 11,
+    # 11-20), s12 (u5, 880, 102, 32, 11-21)
     assert rows == [
-        (WINTER, "all", "", 3420, 3, 3),  # = kpi_campaign_spend's spent_cents
-        (WINTER, "batch", "101", 880 + 1660, 2, 2),
-        (WINTER, "batch", "102", 880, 1, 1),
-        (WINTER, "day", "2026-11-20", 880 + 1660, 2, 2),
-        (WINTER, "day", "2026-11-21", 880, 1, 1),
-        (WINTER, "province", "11", 1660, 1, 1),
-        (WINTER, "province", "32", 880, 1, 1),
-        (WINTER, "province", "44", 880, 1, 1),
-        (WINTER, "sku", "BEER-330", 880, 1, 1),
-        (WINTER, "sku", "BEER-500", 880 + 1660, 2, 2),
+        (WINTER, "all", "", 3420 + 100, 3, 3, 100),  # = kpi_campaign_spend's spent_cents, prizes, winners
+        (WINTER, "batch", "101", 880 + 100 + 1660, 2, 2, 100),
+        (WINTER, "batch", "102", 880, 1, 1, 0),
+        (WINTER, "day", "2026-11-20", 880 + 100 + 1660, 2, 2, 100),
+        (WINTER, "day", "2026-11-21", 880, 1, 1, 0),
+        (WINTER, "province", "11", 1660, 1, 1, 0),
+        (WINTER, "province", "32", 880, 1, 1, 0),
+        (WINTER, "province", "44", 880 + 100, 1, 1, 100),
+        (WINTER, "sku", "BEER-330", 880, 1, 1, 0),
+        (WINTER, "sku", "BEER-500", 880 + 100 + 1660, 2, 2, 100),
     ]
 
 
@@ -560,8 +592,9 @@ def test_burn_down(loaded: Loaded) -> None:
                             "remaining_cents FROM kpi_campaign_spend_day WHERE tenant = 7 ORDER BY campaign, day")
     assert rows == [
         (SPRING, date(2027, 3, 1), 0, 0, 0, 5000, 5000),  # its start day: full budget
-        (WINTER, date(2026, 11, 20), 880 + 1660, 2, 2540, 10000, 10000 - 2540),  # s01 s03
-        (WINTER, date(2026, 11, 21), 880, 1, 2540 + 880, 10000, 10000 - 3420),  # s12
+        # s01 s03, and s01's commission (spent, not a prize)
+        (WINTER, date(2026, 11, 20), 880 + 1660 + 100, 2, 2640, 10000, 10000 - 2640),
+        (WINTER, date(2026, 11, 21), 880, 1, 2640 + 880, 10000, 10000 - 3520),  # s12
     ]
 
 
@@ -569,6 +602,7 @@ def test_prizes_by_tier(loaded: Loaded) -> None:
     rows = kpi(loaded.sink, "SELECT campaign, prize_tier, prizes, spent_cents, winners, tier_cents, stock, "
                             "stock_left FROM kpi_prizes_tier WHERE tenant = 7 ORDER BY campaign, tier_cents")
     assert rows == [
+        (WINTER, "commission", 1, 100, 1, 0, 0, None),  # G1's commission: a pseudo-tier, no amount or stock
         (WINTER, "8.8", 2, 2 * 880, 2, 880, 100, 100 - 2),  # s01 (u1), s12 (u5)
         (WINTER, "16.6", 1, 1660, 1, 1660, 20, 20 - 1),  # s03 (u2)
         (WINTER, "88", 0, 0, 0, 8800, 2, 2),
@@ -580,7 +614,7 @@ def test_cac_by_day(loaded: Loaded) -> None:
                             "ORDER BY day")
     assert rows == approx_rows([
         (date(2026, 11, 10), 0, 1, 0 / 1),  # u1
-        (date(2026, 11, 20), 880 + 1660, 3, 2540 / 3),  # u2 u3 u4
+        (date(2026, 11, 20), 880 + 1660 + 100, 3, 2640 / 3),  # u2 u3 u4; prizes and the commission
         (date(2026, 11, 21), 880, 1, 880 / 1),  # u5
     ])
 
@@ -625,6 +659,155 @@ def test_scan_id_conflicts(loaded: Loaded) -> None:
     assert [(in_china(r[5]), in_china(r[6])) for r in rows] == [
         (datetime(2026, 11, 21, 9, 10, tzinfo=CHINA),) * 2,
         (datetime(2026, 11, 20, 10, 6, tzinfo=CHINA), datetime(2026, 11, 21, 9, 5, tzinfo=CHINA)),
+    ]
+
+
+# --------------------------------------------------------------------------- the trade: guides, outbound
+
+@contextmanager
+def own_database(loaded: Loaded, database: str) -> Iterator[ClickHouseSink]:
+    """A database of its own on the module's chdb path (one path per process), with the whole schema;
+    dropped at the end."""
+    sink = ClickHouseSink(connect(loaded.target, database=database))
+    try:
+        sink.ensure_schema()
+        yield sink
+    finally:
+        sink.client.command(f"DROP DATABASE IF EXISTS `{database}`")
+        sink.close()
+
+
+def award(scan_id: str, at: str, user: str, code: tuple[int, int, int], tier: str, cents: int, beneficiary: str, *,
+          tenant: int = 7, campaign: str = WINTER) -> dict[str, Any]:
+    kind, batch, serial = code
+    return {"scan_id": scan_id, "ts": ms(at), "tenant": tenant, "campaign": campaign, "kind": kind, "batch": batch,
+            "serial": serial, "user_id": user, "prize_tier": tier, "prize_cents": cents, "beneficiary": beneficiary}
+
+
+U1, U2, U3, U5 = (0, 301, 1), (0, 301, 2), (0, 301, 3), (0, 301, 5)
+T = "2026-11-20T"  # China time
+
+
+def test_guides_by_hand(loaded: Loaded) -> None:
+    g = dict(role="guide", campaign="", draw="none")
+    scans = [
+        scan("g01", f"{T}10:00:00+08:00", "G1", "ok", U1, **g),  # G1 sells U1 first
+        scan("g02", f"{T}11:00:00+08:00", "G2", "repeat", U1, **g),  # a second guide, later: G2's sale, G1's unit
+        scan("c01", f"{T}12:00:00+08:00", "cu1", "ok", U1, tier="8.8", cents=880, draw="won"),  # opened after
+        scan("c02", f"{T}12:30:00+08:00", "cu2", "repeat", U1),  # not a first scan: not counted
+        scan("c03", f"{T}09:00:00+08:00", "cu3", "ok", U2),  # opened BEFORE G1's sale of U2: not G1's doing
+        scan("g03", f"{T}10:30:00+08:00", "G1", "ok", U2, **g),
+        # the same ts on U3: the smaller scan_id is the first guide (G2); a consumer at that very ts counts
+        scan("g05", f"{T}14:00:00+08:00", "G2", "ok", U3, **g),
+        scan("g06", f"{T}14:00:00+08:00", "G1", "repeat", U3, **g),
+        scan("c04", f"{T}14:00:00+08:00", "cu4", "ok", U3, tier="8.8", cents=880, draw="won"),
+        scan("g07", f"{T}15:00:00+08:00", "G1", "ok", (1, 401, 1), **g),  # a case: G1's sale, not a unit
+        scan("g08", f"{T}15:30:00+08:00", "G1", "bad_mac", U5, **g),  # forged: no sale
+        scan("g09", f"{T}10:00:00+08:00", "G1", "ok", U1, tenant=8, **g),  # tenant 8's own G1 and U1
+    ]
+    again = [
+        replayed(scans[0]),  # g01 redelivered
+        replayed(scans[2]),  # c01 redelivered
+        # g03's scan_id reused by G3 for another unit: a conflict, collapsed into g03 (and never valid)
+        scan("g03", f"{T}10:30:00+08:00", "G3", "conflict", U5, **g),
+    ]
+    awards = [
+        award("c01", f"{T}12:00:00+08:00", "cu1", U1, "8.8", 880, "consumer"),  # a prize, not a commission
+        award("c01", f"{T}12:00:00+08:00", "G1", U1, "commission", 150, "guide"),
+        award("c04", f"{T}14:00:00+08:00", "G2", U3, "commission", 150, "guide"),
+        award("cx", f"{T}16:00:00+08:00", "G4", (0, 301, 9), "commission", 200, "guide"),  # scans not stored here
+    ]
+    with own_database(loaded, "guides_by_hand") as sink:
+        sink.write_scans(columns(scans, SCAN_COLUMNS), dedup_token="g:0")
+        sink.write_scans(columns(again, SCAN_COLUMNS), dedup_token="g:1")
+        sink.write_awards(columns(awards, AWARD_COLUMNS), dedup_token="a:0")
+        sink.write_awards(columns(awards[1:2], AWARD_COLUMNS), dedup_token="a:1")  # G1's commission written twice
+        rows = kpi(sink, "SELECT tenant, user_id, sales, units, consumer_scans, commissions, commission_cents "
+                         "FROM guides ORDER BY tenant, user_id")
+        units = kpi(sink, "SELECT tenant, batch, serial, guide_id FROM v_guide_units ORDER BY tenant, batch, serial")
+    assert rows == [
+        # sales g01 g03 g06 g07; units U1 U2 (U3 is G2's); opened after the sale: c01 (U1), not c03 (U2)
+        (7, "G1", 4, 2, 1, 1, 150),
+        (7, "G2", 2, 1, 1, 1, 150),  # sales g02 g05; unit U3; c04 at the sale's ts
+        (7, "G4", 0, 0, 0, 1, 200),  # paid, no sale stored
+        (8, "G1", 1, 1, 0, 0, 0),  # g09
+    ]
+    assert units == [(7, 301, 1, "G1"), (7, 301, 2, "G1"), (7, 301, 3, "G2"), (8, 301, 1, "G1")]
+
+
+CASE_1, CASE_2, CASE_3, CASE_9 = (1, 401, 1), (1, 401, 2), (1, 401, 3), (1, 401, 9)
+PACKING = [  # tenant, case_batch, case_serial, unit_batch, unit_serial_from, unit_serial_to
+    (7, 401, 1, 301, 0, 11),  # 12 units
+    (7, 401, 2, 301, 12, 23),  # never shipped
+    (7, 401, 3, 302, 0, 2), (7, 401, 3, 302, 10, 12),  # one case, two ranges: 6 units
+]
+
+
+def diversion_alert(alert_id: str, dealer: str, sent_by: str, *, alert: str = "diversion",
+                    tenant: int = 7) -> dict[str, Any]:
+    detail = {"role": "consumer", "scan_id": f"for-{alert_id}", "case_batch": 401, "case_serial": 1,
+              "sent_by": sent_by}
+    return {"alert_id": alert_id, "ts": ms(f"{T}18:00:00+08:00"), "tenant": tenant, "alert": alert,
+            "subtype": "region", "dealer_id": dealer, "city": "4301", "count": 1,
+            "window_start": ms(f"{T}18:00:00+08:00"), "window_end": ms(f"{T}18:10:00+08:00"),
+            "detail": json.dumps(detail)}
+
+
+def test_outbound_by_hand(loaded: Loaded) -> None:
+    w = dict(role="warehouse", campaign="", draw="none")
+    scans = [
+        scan("o01", f"{T}08:00:00+08:00", "wh", "ok", CASE_1, dealer="D-A", **w),
+        scan("o02", f"{T}08:05:00+08:00", "wh", "repeat", CASE_1, dealer="D-A", **w),  # the case shipped twice
+        scan("o03", f"{T}08:10:00+08:00", "wh", "ok", (0, 301, 5), dealer="D-A", **w),  # a unit of CASE_1
+        scan("o04", f"{T}08:20:00+08:00", "wh", "ok", (0, 301, 30), dealer="D-A", **w),  # a unit in no case
+        scan("o05", f"{T}09:00:00+08:00", "wh", "ok", CASE_3, dealer="D-B", **w),
+        scan("o06", f"{T}09:10:00+08:00", "wh", "repeat", CASE_1, dealer="D-B", **w),  # CASE_1 re-routed to D-B
+        scan("o07", f"{T}09:20:00+08:00", "wh", "ok", CASE_9, dealer="D-B", **w),  # not in packing: no units
+        scan("o08", f"{T}09:30:00+08:00", "wh", "bad_mac", CASE_2, dealer="D-C", **w),  # forged: not shipped
+        scan("o09", f"{T}09:00:00+08:00", "wh", "ok", CASE_1, tenant=8, dealer="D-A", **w),  # tenant 8: no packing
+        # scans judged against a dealer: D-A's goods out of territory (ok and repeat), one in it
+        scan("d01", f"{T}12:00:00+08:00", "cu1", "ok", (0, 301, 1), dealer="D-A", diversion="region"),
+        scan("d02", f"{T}12:10:00+08:00", "cu2", "repeat", (0, 301, 1), dealer="D-A", diversion="channel"),
+        scan("d03", f"{T}12:20:00+08:00", "cu3", "ok", (0, 301, 2), dealer="D-A"),
+        scan("d04", f"{T}12:30:00+08:00", "cu4", "ok", (0, 302, 0), dealer="D-B", diversion="region+channel"),
+        scan("d05", f"{T}12:40:00+08:00", "cu5", "ok", (0, 303, 0), dealer="D-S", diversion="region"),  # shipments
+    ]
+    again = [
+        replayed(scans[4]),  # o05 redelivered
+        replayed(scans[9]),  # d01 redelivered
+        # o04's scan_id reused for another unit and dealer: a conflict, collapsed into o04 (and never valid)
+        scan("o04", f"{T}08:20:00+08:00", "wh", "conflict", (0, 301, 31), dealer="D-C", **w),
+    ]
+    alerts = [
+        diversion_alert("x1", "D-A", "outbound_scan"),
+        diversion_alert("x2", "D-A", "shipments"),  # the dealer came from shipments.csv: not a case alert
+        diversion_alert("x3", "D-B", "outbound_scan"),
+        diversion_alert("x4", "D-A", "outbound_scan", alert="cloned_code"),  # not a diversion alert
+        diversion_alert("x5", "D-S", "shipments"),
+    ]
+    packing = [dict(zip(("tenant", "case_batch", "case_serial", "unit_batch", "unit_serial_from", "unit_serial_to"), p))
+               for p in PACKING]
+    dealers = [{"dealer_id": "D-A", "tenant": 7, "name": "Alpha Trading", "channel": "KA", "regions": ["44"]},
+               {"dealer_id": "D-B", "tenant": 7, "name": "华南物流", "channel": "KA", "regions": ["45"]}]
+    (pack,) = [f for f in REGISTRY_SCHEMA if f.table == "registry_packing"]
+    (deal,) = [f for f in REGISTRY_SCHEMA if f.table == "registry_dealers"]
+    with own_database(loaded, "outbound_by_hand") as sink:
+        for _ in range(2):  # a registry reload
+            sink.insert(pack.table, columns(packing, insert_spec(pack)), insert_spec(pack))
+            sink.insert(deal.table, columns(dealers, insert_spec(deal)), insert_spec(deal))
+        sink.write_scans(columns(scans, SCAN_COLUMNS), dedup_token="o:0")
+        sink.write_scans(columns(again, SCAN_COLUMNS), dedup_token="o:1")
+        sink.write_alerts(columns(alerts, ALERT_COLUMNS), dedup_token="x:0")
+        sink.write_alerts(columns(alerts[:1], ALERT_COLUMNS), dedup_token="x:1")  # x1 written twice
+        rows = kpi(sink, "SELECT tenant, dealer_id, dealer_name, outbound_scans, cases, units, diverted_scans, "
+                         "case_alerts FROM outbound ORDER BY tenant, dealer_id")
+    assert rows == [
+        # o01 o02 o03 o04; CASE_1; 301/0-11 (o03's 301/5 among them, CASE_1 twice: once) + 301/30; d01 d02; x1
+        (7, "D-A", "Alpha Trading", 4, 1, 12 + 1, 2, 1),
+        # o05 o06 o07; CASE_3 CASE_1 CASE_9; 302/0-2 + 302/10-12 + 301/0-11 (CASE_9 packs nothing); d04; x3
+        (7, "D-B", "华南物流", 3, 3, 6 + 12, 1, 1),
+        (7, "D-S", "", 0, 0, 0, 1, 0),  # d05; x5 was sent by shipments.csv; no such dealer in the registry
+        (8, "D-A", "", 1, 1, 0, 0, 0),  # o09: tenant 7's packing and dealer names are not tenant 8's
     ]
 
 
@@ -952,6 +1135,19 @@ def test_grafana_names_regions_and_dealers(loaded: Loaded) -> None:
     rows = panel_rows(loaded.sink, "Repeat-scan rate and participation by batch, sku and province (to date)",
                       full_range())
     assert {r[2] for r in rows if r[0] == "province"} == {"北京市", "江苏省", "浙江省", "湖南省", "广东省"}
+
+
+def test_trade_panels(loaded: Loaded) -> None:
+    rows = panel_rows(loaded.sink, "Shopping guides (to date)", full_range())
+    assert rows == [
+        ("guide-G1", 1, 1, 1, 1, 1.0),  # s17 sells 101/0; u1 opens it after (s01, ok), s04 is a repeat; 1 yuan
+        ("guide-G2", 1, 0, 0, 0, 0.0),  # s18: 101/0 again, a day later: G1's unit
+    ]
+    rows = panel_rows(loaded.sink, "Outbound shipments by dealer (to date)", full_range())
+    assert sorted(rows) == [
+        ("Beijing Distribution", 1, 0, 1, 2, 0),  # s20: unit 101/5; s06 s14 diverted; a1 named no outbound scan
+        ("Guangdong KA", 1, 1, 4, 1, 1),  # s19: case 201/0 packed with 101/0-3; s10 diverted; a2 (sent_by)
+    ]
 
 
 def test_provisioning_files() -> None:

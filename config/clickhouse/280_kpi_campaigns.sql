@@ -1,8 +1,13 @@
 -- Red-packet spend against budget, prizes by tier and customer acquisition cost.
--- Spend = the awards table FINAL (one row per awarded code: a prize given back to a replayed
--- scan is not paid twice).  Budgets and periods come from `campaigns` (200_campaigns.sql),
--- which the engine fills from its configuration; a campaign with awards but no campaigns row
--- still shows its spend, with configured = 0 and no budget.
+-- Spend = the awards table FINAL (one row per awarded code and beneficiary: a prize given back
+-- to a replayed scan is not paid twice).  A campaign's budget pays prizes AND shopping guides'
+-- commissions (DESIGN.md, guide_cents), so spend counts both; a commission is an award row with
+-- beneficiary = 'guide' (prize_tier 'commission', user_id the guide, scan_id the consumer's
+-- winning scan that earned it), and is never a prize: `prizes` and `winners` count the other
+-- rows only (consumers' prizes, and the trade's 开箱有礼 prizes, beneficiary 'trade').
+-- Budgets and periods come from `campaigns` (200_campaigns.sql), which the engine fills from
+-- its configuration; a campaign with awards but no campaigns row still shows its spend, with
+-- configured = 0 and no budget.
 
 CREATE OR REPLACE VIEW v_campaigns AS
 SELECT
@@ -21,8 +26,10 @@ FROM
 LEFT JOIN (SELECT id, tenant, budget_cents, start, end FROM campaigns FINAL) AS c_
     ON c_.tenant = k_.tenant AND c_.id = k_.campaign;
 
--- Per campaign: spend vs budget, and customer acquisition cost (CAC) = spend / new users,
--- new users = consumers whose first valid scan ever falls in the campaign's [start, end).
+-- Per campaign: spend (prizes and commissions) vs budget, and customer acquisition cost
+-- (CAC) = spend / new users, new users = consumers whose first valid scan ever falls in the
+-- campaign's [start, end).  prizes / winners: prize rows and distinct prize winners (no
+-- commission); commission_cents: the part of spent_cents paid to guides.
 CREATE OR REPLACE VIEW kpi_campaign_spend AS
 SELECT
     v_.tenant AS tenant, v_.campaign AS campaign, v_.configured AS configured,
@@ -30,6 +37,7 @@ SELECT
     ifNull(a_.cents, 0) AS spent_cents,
     ifNull(a_.prizes, 0) AS prizes,
     ifNull(a_.winners, 0) AS winners,
+    ifNull(a_.commission_cents, 0) AS commission_cents,
     toInt64(v_.budget_cents) - toInt64(spent_cents) AS remaining_cents,
     if(v_.budget_cents = 0, NULL, spent_cents / v_.budget_cents) AS spent_share,
     ifNull(n_.users, 0) AS new_users,
@@ -37,8 +45,9 @@ SELECT
 FROM v_campaigns AS v_
 LEFT JOIN
 (
-    SELECT tenant, toString(campaign) AS campaign, sum(prize_cents) AS cents, count() AS prizes,
-           uniqExact(user_id) AS winners
+    SELECT tenant, toString(campaign) AS campaign, sum(prize_cents) AS cents,
+           countIf(beneficiary != 'guide') AS prizes, uniqExactIf(user_id, beneficiary != 'guide') AS winners,
+           sumIf(prize_cents, beneficiary = 'guide') AS commission_cents
     FROM awards FINAL
     GROUP BY tenant, campaign
 ) AS a_ ON a_.tenant = v_.tenant AND a_.campaign = v_.campaign
@@ -50,7 +59,8 @@ LEFT JOIN
     GROUP BY c_.tenant, c_.id
 ) AS n_ ON n_.tenant = v_.tenant AND n_.campaign = v_.campaign;
 
--- Burn-down: spend per campaign and day, running total and budget left after the day.  Each
+-- Burn-down: spend (prizes and commissions) per campaign and day, running total and budget
+-- left after the day; prizes: prizes awarded that day (commissions not counted).  Each
 -- campaign also has a row on its start day (spend 0 when nothing was paid that day), so the
 -- curve starts at the full budget.
 CREATE OR REPLACE VIEW kpi_campaign_spend_day AS
@@ -68,7 +78,7 @@ FROM
     FROM
     (
         SELECT tenant, toString(campaign) AS campaign, toDate(ts, 'Asia/Shanghai') AS day,
-               toUInt64(prize_cents) AS cents, toUInt64(1) AS one
+               toUInt64(prize_cents) AS cents, toUInt64(beneficiary != 'guide') AS one
         FROM awards FINAL
         UNION ALL
         SELECT tenant, id, toDate(start, 'Asia/Shanghai'), toUInt64(0), toUInt64(0)
@@ -80,22 +90,43 @@ LEFT JOIN v_campaigns AS v_ ON v_.tenant = d_.tenant AND v_.campaign = d_.campai
 
 -- Spend per campaign and dimension ('all', 'day', 'batch', 'sku', 'province', 'city' as in
 -- 270_kpi_users.sql), from the winning scans themselves (scan_events FINAL, draw = 'won': one
--- row per scan, so a prize given back to a redelivered scan counts once).  Its totals equal
--- kpi_campaign_spend's, which reads the awards table.
+-- row per scan, so a prize given back to a redelivered scan counts once), each with the
+-- commission its prize earned a guide (the award row with beneficiary = 'guide' and the same
+-- tenant, campaign and scan_id; 0 when none): the commission falls on the winning scan's day,
+-- batch, sku and place.  spent_cents = prizes + commissions, commission_cents the commissions'
+-- part; prizes / winners count winning scans and their scanners (never a guide).  The 'all'
+-- totals equal kpi_campaign_spend's spent_cents, prizes, winners and commission_cents (which read
+-- the awards table) as long as every award's winning scan is stored in scan_events.
 CREATE OR REPLACE VIEW kpi_spend AS
 SELECT
-    tenant, toString(campaign) AS campaign, dim_.1 AS dimension, dim_.2 AS key,
-    sum(prize_cents) AS spent_cents,
+    tenant, campaign, dim_.1 AS dimension, dim_.2 AS key,
+    sum(prize_) + sum(commission_) AS spent_cents,
     count() AS prizes,
-    uniqExact(user_id) AS winners
-FROM v_scans
+    uniqExact(user_id) AS winners,
+    sum(commission_) AS commission_cents
+FROM
+(
+    SELECT s_.tenant AS tenant, toString(s_.campaign) AS campaign, s_.user_id AS user_id,
+           toUInt64(s_.prize_cents) AS prize_, toUInt64(ifNull(g_.cents, 0)) AS commission_,
+           s_.day AS day, s_.batch AS batch, s_.sku AS sku, s_.province AS province, s_.city AS city
+    FROM v_scans AS s_
+    LEFT JOIN
+    (
+        SELECT tenant, scan_id, toString(campaign) AS campaign, sum(prize_cents) AS cents
+        FROM awards FINAL
+        WHERE beneficiary = 'guide'
+        GROUP BY tenant, scan_id, campaign
+    ) AS g_ ON g_.tenant = s_.tenant AND g_.scan_id = s_.scan_id AND g_.campaign = toString(s_.campaign)
+    WHERE s_.draw = 'won'
+)
 ARRAY JOIN [('all', ''), ('day', toString(day)), ('batch', toString(batch)), ('sku', toString(sku)),
             ('province', toString(province)), ('city', toString(city))] AS dim_
-WHERE draw = 'won'
 GROUP BY tenant, campaign, dimension, key;
 
 -- Prizes by tier: awarded count and cents per (campaign, tier), with the tier's configured
 -- amount and stock when the campaigns row lists its tiers (stock_left NULL otherwise).
+-- Guides' commissions (beneficiary = 'guide') are the pseudo-tier 'commission', whatever their
+-- prize_tier says: prizes = commissions paid, winners = guides paid, no tier amount or stock.
 CREATE OR REPLACE VIEW kpi_prizes_tier AS
 SELECT
     k_.tenant AS tenant, k_.campaign AS campaign, k_.prize_tier AS prize_tier,
@@ -111,12 +142,12 @@ FROM
     FROM campaigns FINAL
     ARRAY JOIN arrayEnumerate(tiers) AS i_
     UNION DISTINCT
-    SELECT tenant, toString(campaign), toString(prize_tier) FROM awards FINAL
+    SELECT tenant, toString(campaign), if(beneficiary = 'guide', 'commission', toString(prize_tier)) FROM awards FINAL
 ) AS k_
 LEFT JOIN
 (
-    SELECT tenant, toString(campaign) AS campaign, toString(prize_tier) AS tier, count() AS prizes,
-           sum(prize_cents) AS cents, uniqExact(user_id) AS winners
+    SELECT tenant, toString(campaign) AS campaign, if(beneficiary = 'guide', 'commission', toString(prize_tier)) AS tier,
+           count() AS prizes, sum(prize_cents) AS cents, uniqExact(user_id) AS winners
     FROM awards FINAL
     GROUP BY tenant, campaign, tier
 ) AS a_ ON a_.tenant = k_.tenant AND a_.campaign = k_.campaign AND a_.tier = k_.prize_tier
@@ -128,8 +159,8 @@ LEFT JOIN
     ARRAY JOIN arrayEnumerate(tiers) AS i_
 ) AS t_ ON t_.tenant = k_.tenant AND t_.campaign = k_.campaign AND t_.tier = k_.prize_tier;
 
--- CAC per day: all prizes paid that day (every campaign of the tenant) / consumers whose
--- first valid scan ever was that day.
+-- CAC per day: all prizes and commissions paid that day (every campaign of the tenant) /
+-- consumers whose first valid scan ever was that day.
 CREATE OR REPLACE VIEW kpi_cac_day AS
 SELECT
     tenant, day,

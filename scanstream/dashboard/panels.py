@@ -35,7 +35,8 @@ from scanstream.dashboard.queries import (
     OVERVIEW_SQL, OVERVIEW_AWARDS_SQL, OVERVIEW_ALERTS_SQL, SPAN_SQL, SCANS_PER_MINUTE_SQL, VERDICT_MIX_SQL,
     CONVERSION_BATCH_SQL, CONVERSION_SKU_SQL, CONVERSION_PROVINCE_SQL, REPEAT_RATE_SQL, NEW_RETURNING_SQL, SPEND_SQL,
     PRIZES_SQL, FRAUD_SQL, FRAUD_ALERTS_SQL, FRAUD_CONFLICTS_SQL, DIVERSION_DEALER_SQL, DIVERSION_ALERTS_SQL,
-    DIVERSION_REGION_SQL, LATEST_ALERTS_SQL, LATEST_ALERTS_LIMIT,
+    DIVERSION_REGION_SQL, LATEST_ALERTS_SQL, LATEST_ALERTS_LIMIT, GUIDES_SQL, GUIDES_TOTALS_SQL, GUIDES_LIMIT,
+    OUTBOUND_SQL, OUTBOUND_TOTALS_SQL, OUTBOUND_LIMIT,
 )
 
 #: Fine time buckets of the scans/min panel, in minutes; the smallest that gives at most
@@ -167,6 +168,7 @@ def overview(ctx: Context) -> dict:
     a = ctx.records(OVERVIEW_AWARDS_SQL)[0]
     alerts = {r["alert"]: r["alerts"] for r in ctx.records(OVERVIEW_ALERTS_SQL)}
     prizes, cents = int(a["prizes"]), int(a["cents"] or 0)
+    commission_cents = int(a["commission_cents"] or 0)
     scanners = int(s["scanners"])
     budget = sum(c.budget_cents for c in ctx.campaigns_in_view())
     kpi = {
@@ -178,7 +180,9 @@ def overview(ctx: Context) -> dict:
         "counterfeit_scans": int(s["counterfeit_scans"]),
         "diverted_scans": int(s["diverted_scans"]),
         "prizes": prizes,
-        "spent_cents": cents,
+        "spent_cents": cents,  # prizes and commissions: both are paid from the budgets
+        "commissions": int(a["commissions"]),
+        "commission_cents": commission_cents,
         "budget_cents": budget,
         "cac_yuan": round(cents / 100.0 / scanners, 2) if scanners else None,
         "alerts": {str(k): int(v) for k, v in alerts.items()},
@@ -191,7 +195,8 @@ def overview(ctx: Context) -> dict:
         {"label": "codes scanned", "value": f"{kpi['codes']:,}"},
         {"label": "prizes paid", "value": f"{prizes:,}"},
         {"label": "spend", "value": f"¥{cents / 100:,.0f}",
-         "hint": f"of ¥{budget / 100:,.0f} budget" if budget else "no campaign budget"},
+         "hint": (f"of ¥{budget / 100:,.0f} budget" if budget else "no campaign budget")
+                 + (f", ¥{commission_cents / 100:,.0f} commissions" if commission_cents else "")},
         {"label": "cost per scanner", "value": f"¥{kpi['cac_yuan']:,.2f}" if kpi["cac_yuan"] is not None else "–",
          "hint": "spend / scanners (acquisition cost)"},
         {"label": "counterfeit scans", "value": f"{kpi['counterfeit_scans']:,}", "hint": "verdict bad_mac",
@@ -351,8 +356,10 @@ def spend_budget(ctx: Context) -> dict:
     interval, label = _coarse(ctx)
     names, rows = ctx.run(_with_bucket(SPEND_SQL, interval))
     by_campaign: dict[str, list] = {}
-    for campaign, bucket, bucket_end, prizes, cents in rows:
+    commissions: dict[str, int] = {}
+    for campaign, bucket, bucket_end, prizes, cents, commission_cents in rows:
         by_campaign.setdefault(campaign, []).append((bucket, bucket_end, int(prizes), int(cents)))
+        commissions[campaign] = commissions.get(campaign, 0) + int(commission_cents)
     campaigns = {c.id: c for c in ctx.campaigns_in_view()}
     data, kpi = [], {}
     palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2"]
@@ -370,7 +377,7 @@ def spend_budget(ctx: Context) -> dict:
             xs.append(end)
             spent_series.append(_yuan(spent))
             left.append(_yuan(budget - spent) if budget is not None else None)
-        kpi[cid] = {"budget_cents": budget, "spent_cents": spent,
+        kpi[cid] = {"budget_cents": budget, "spent_cents": spent, "commission_cents": commissions.get(cid, 0),
                     "prizes": sum(p for _, _, p, _ in paid),
                     "used_pct": _pct(spent, budget) if budget else None}
         color = palette[i % len(palette)]
@@ -562,6 +569,52 @@ def latest_alerts(ctx: Context) -> dict:
     return result
 
 
+def _table(columns: list[str], cells: list[list[str]], numeric: Sequence[int], empty: str) -> dict:
+    """A table the page draws (``static/dashboard.js`` renderTable): its columns, rows of text cells,
+    the indexes of the columns aligned as numbers, and what it says when there are no rows."""
+    return {"columns": columns, "rows": [{"cells": c} for c in cells], "numeric": list(numeric), "empty": empty}
+
+
+def guides(ctx: Context) -> dict:
+    """The top GUIDES_LIMIT shopping guides by commission, and the totals of all of them."""
+    names, rows = ctx.run(GUIDES_SQL, limit=GUIDES_LIMIT)
+    t = ctx.records(GUIDES_TOTALS_SQL)[0]
+    kpi = {k: int(t[k] or 0) for k in ("guides", "sales", "units", "consumer_scans", "commissions",
+                                        "commission_cents")}
+    kpi.update(shown=len(rows), limit=GUIDES_LIMIT)
+    cells = [[str(r["user_id"]), f"{int(r['sales']):,}", f"{int(r['units']):,}", f"{int(r['consumer_scans']):,}",
+              f"{int(r['commissions']):,}", f"¥{int(r['commission_cents']) / 100:,.2f}"]
+             for r in (dict(zip(names, row)) for row in rows)]
+    table = _table(["guide", "sales", "units", "opened", "commissions", "commission"], cells, range(1, 6),
+                   "no guide sales or commissions yet")
+    headline = (f"{kpi['guides']:,} guides: {kpi['sales']:,} sales, {kpi['units']:,} units, "
+                f"{kpi['consumer_scans']:,} opened by consumers, {kpi['commissions']:,} commissions "
+                f"(¥{kpi['commission_cents'] / 100:,.2f})"
+                + (f"; top {len(rows)} by commission" if kpi["guides"] > len(rows) else "")) if rows else ""
+    result = _result(names, rows, None, kpi, headline)
+    result["table"] = table
+    return result
+
+
+def outbound(ctx: Context) -> dict:
+    """The top OUTBOUND_LIMIT dealers by outbound scans, and the totals of all of them."""
+    names, rows = ctx.run(OUTBOUND_SQL, limit=OUTBOUND_LIMIT)
+    t = ctx.records(OUTBOUND_TOTALS_SQL)[0]
+    kpi = {k: int(t[k] or 0) for k in ("listed", "dealers", "outbound_scans", "cases", "units", "case_alerts")}
+    kpi.update(shown=len(rows), limit=OUTBOUND_LIMIT)
+    cells = [[dealer_label(r["dealer_id"], r["dealer_name"]), f"{int(r['outbound_scans']):,}", f"{int(r['cases']):,}",
+              f"{int(r['units']):,}", f"{int(r['diverted_scans']):,}", f"{int(r['case_alerts']):,}"]
+             for r in (dict(zip(names, row)) for row in rows)]
+    table = _table(["dealer (shipped to)", "outbound scans", "cases", "units", "diverted scans", "case alerts"],
+                   cells, range(1, 6), "no outbound scans or diverted goods yet")
+    more = f"; top {len(rows)} of {kpi['listed']:,} dealers" if kpi["listed"] > len(rows) else ""
+    headline = (f"{kpi['outbound_scans']:,} outbound scans to {kpi['dealers']:,} dealers: {kpi['cases']:,} cases, "
+                f"{kpi['units']:,} units; {kpi['case_alerts']:,} diversion alerts on shipped goods{more}") if rows else ""
+    result = _result(names, rows, None, kpi, headline)
+    result["table"] = table
+    return result
+
+
 def throughput(ctx: Context) -> dict:
     t = ctx.throughput() if ctx.throughput else {"samples": []}
     samples = t.get("samples", [])  # [[iso time, rows written, rows/s]]
@@ -606,9 +659,12 @@ PANELS: tuple[Panel, ...] = (
     Panel("new_returning", "New vs returning scanners",
           "Scanners per period: first valid scan in the period (new) or earlier (returning).", new_returning),
     Panel("spend_budget", "Spend vs budget",
-          "Budget left per campaign as prizes are paid (budget from the configuration, prizes from awards).",
+          "Budget left per campaign as prizes and guides' commissions are paid (budget from the configuration, "
+          "payments from awards).",
           spend_budget),
-    Panel("prizes_by_tier", "Prizes by tier", "Prizes paid per campaign and tier; labels: paid / stock.",
+    Panel("prizes_by_tier", "Prizes by tier",
+          "Prizes paid per campaign and tier; labels: paid / stock (guides' commissions are no prize: see "
+          "Shopping guides).",
           prizes_by_tier),
     Panel("fraud_hotspots", "Counterfeit & cloned-code hot spots",
           "By province of the scan: forged codes (bad_mac), and valid scans of codes named by cloned_code alerts; "
@@ -619,6 +675,16 @@ PANELS: tuple[Panel, ...] = (
           diversion_dealer),
     Panel("diversion_region", "Diversion by region",
           "Out-of-territory scans (region diversion) by dealer and province scanned in.", diversion_region),
+    Panel("guides", "Shopping guides (导购)",
+          f"The {GUIDES_LIMIT} guides paid most commission (then most sales): sales = valid scans by the guide; "
+          "units = unit codes the guide scanned first of all guides; opened = consumers' first scans of those units "
+          "at or after the guide's; commissions from the campaigns' budgets.  Headline: every guide.",
+          guides, kind="table"),
+    Panel("outbound", "Outbound shipments (物流出库) by dealer",
+          f"The {OUTBOUND_LIMIT} dealers with most outbound scans (valid warehouse scans naming the dealer): "
+          "distinct cases; units = unit codes shipped plus the units packed in shipped cases (packing.csv); "
+          "diverted scans of goods judged against the dealer; case alerts = diversion alerts whose dealer came "
+          "from an outbound scan.", outbound, kind="table"),
     Panel("throughput", "Engine throughput",
           "Rows written to scan_events per second, sampled every second by this dashboard since it started.",
           throughput),

@@ -3,7 +3,10 @@
 (``{tenant:Int32}``, ``{tz:String}``, ...), plus the filters and the name lookups they share
 (regions from the view ``geo_regions``, dealers from ``registry_dealers``: see "Names" below).  Kept apart from the
 figure code so that the queries can be read, reviewed and replaced (by a ``SELECT`` from a KPI
-view with the same columns) on their own.
+view with the same columns) on their own.  The trade's two tables (shopping guides, outbound
+shipments) read their views, ``guides`` and ``outbound`` (config/clickhouse/320-330), which
+Grafana reads too: their definitions (first guide of a unit, units packed in a shipped case) are
+long enough to be kept in one place.
 """
 from __future__ import annotations
 
@@ -44,7 +47,14 @@ SELECT count() AS scans,
 FROM scan_events FINAL
 WHERE {TENANT}
 """
-OVERVIEW_AWARDS_SQL = f"SELECT count() AS prizes, sum(prize_cents) AS cents FROM awards FINAL WHERE {TENANT}"
+#: Prizes (consumers' and the trade's) and everything paid from the budgets: prizes and shopping guides'
+#: commissions (award rows with beneficiary 'guide', never a prize).
+OVERVIEW_AWARDS_SQL = f"""
+SELECT countIf(beneficiary != 'guide') AS prizes, sum(prize_cents) AS cents,
+       countIf(beneficiary = 'guide') AS commissions, sumIf(prize_cents, beneficiary = 'guide') AS commission_cents
+FROM awards FINAL
+WHERE {TENANT}
+"""
 OVERVIEW_ALERTS_SQL = f"SELECT alert, count() AS alerts FROM alerts FINAL WHERE {TENANT} GROUP BY alert ORDER BY alert"
 
 #: First and last event time (no FINAL: a duplicate row does not move min or max).
@@ -149,20 +159,24 @@ GROUP BY s.bucket
 ORDER BY s.bucket
 """
 
+#: Paid per campaign and time bucket: prizes (a count), and cents of prizes AND guides' commissions
+#: (both paid from the budget), with the commissions' part.
 SPEND_SQL = f"""
 SELECT campaign, toString(toStartOfInterval(toDateTime(ts, {{tz:String}}), __BUCKET__)) AS bucket,
        toString(toStartOfInterval(toDateTime(ts, {{tz:String}}), __BUCKET__) + __BUCKET__) AS bucket_end,
-       count() AS prizes, sum(prize_cents) AS cents
+       countIf(beneficiary != 'guide') AS prizes, sum(prize_cents) AS cents,
+       sumIf(prize_cents, beneficiary = 'guide') AS commission_cents
 FROM awards FINAL
 WHERE {TENANT}
 GROUP BY campaign, bucket, bucket_end
 ORDER BY campaign, bucket
 """
 
+#: Prizes only: a guide's commission has no tier or stock (the guides panel shows commissions).
 PRIZES_SQL = f"""
 SELECT campaign, prize_tier, count() AS prizes, sum(prize_cents) AS cents
 FROM awards FINAL
-WHERE {TENANT}
+WHERE {TENANT} AND beneficiary != 'guide'
 GROUP BY campaign, prize_tier
 ORDER BY campaign, prize_tier
 """
@@ -280,6 +294,43 @@ LEFT JOIN (
     GROUP BY alert_id
 ) AS v ON v.alert_id = a.alert_id
 ORDER BY a.ts DESC, a.alert_id DESC
+"""
+
+#: Rows of the guides and outbound tables: the top guides by commission, the top dealers by outbound scans.
+GUIDES_LIMIT = 20
+OUTBOUND_LIMIT = 20
+
+#: Shopping guides (the view ``guides``, config/clickhouse/320_guides.sql): sales (valid guide scans),
+#: units they were the first guide of, consumers' first scans of those units after the sale, commissions.
+GUIDES_SQL = f"""
+SELECT tenant, user_id, sales, units, consumer_scans, commissions, commission_cents
+FROM guides
+WHERE {TENANT}
+ORDER BY commission_cents DESC, sales DESC, tenant, user_id
+LIMIT {{limit:UInt32}}
+"""
+GUIDES_TOTALS_SQL = f"""
+SELECT count() AS guides, sum(sales) AS sales, sum(units) AS units, sum(consumer_scans) AS consumer_scans,
+       sum(commissions) AS commissions, sum(commission_cents) AS commission_cents
+FROM guides
+WHERE {TENANT}
+"""
+
+#: Outbound shipments per dealer the goods were sent to (the view ``outbound``,
+#: config/clickhouse/330_outbound.sql), named by the registry.
+OUTBOUND_SQL = f"""
+SELECT tenant, toString(dealer_id) AS dealer_id, dealer_name, outbound_scans, cases, units, diverted_scans,
+       case_alerts
+FROM outbound
+WHERE {TENANT}
+ORDER BY outbound_scans DESC, tenant, dealer_id
+LIMIT {{limit:UInt32}}
+"""
+OUTBOUND_TOTALS_SQL = f"""
+SELECT count() AS listed, countIf(o.outbound_scans > 0) AS dealers, sum(o.outbound_scans) AS outbound_scans,
+       sum(o.cases) AS cases, sum(o.units) AS units, sum(o.case_alerts) AS case_alerts
+FROM outbound AS o
+WHERE {TENANT}
 """
 
 #: Rows written so far, sampled by the dashboard for the throughput panel (no FINAL: every

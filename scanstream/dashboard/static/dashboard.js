@@ -66,13 +66,16 @@ function buildPanels(panels) {
 }
 
 function renderTable(container, table) {
-  // a plain table, every cell set as text (names come from the registry: never markup)
-  const head = el("tr", {}, ...table.columns.map(c => el("th", {}, c)));
-  const body = table.rows.map(r => el("tr", { class: `state-${r.state.replace(/[^a-z]+/g, "-")}` },
-    ...r.cells.map(c => el("td", {}, c))));
+  // a plain table, every cell set as text (names come from the registry: never markup); a row may
+  // carry a state (its CSS class), the columns listed in `numeric` are aligned as numbers
+  const numeric = new Set(table.numeric || []);
+  const align = i => (numeric.has(i) ? { class: "num" } : {});
+  const head = el("tr", {}, ...table.columns.map((c, i) => el("th", align(i), c)));
+  const body = table.rows.map(r => el("tr", r.state ? { class: `state-${r.state.replace(/[^a-z]+/g, "-")}` } : {},
+    ...r.cells.map((c, i) => el("td", align(i), c))));
   container.replaceChildren(table.rows.length
     ? el("table", {}, el("thead", {}, head), el("tbody", {}, ...body))
-    : el("p", { class: "muted" }, "no alerts yet"));
+    : el("p", { class: "muted" }, table.empty || "no alerts yet"));
 }
 
 function renderTiles(answer) {
