@@ -14,8 +14,9 @@ stage, for each event in turn:
              ``dict`` scan_id -> first verdict for every scan (a redelivery gets its first outcome)
 5 diversion  outbound scans' bindings in a dict of (ts, dealer) lists per case or unit, region
              prefixes / channel of the dealer, windowed alert counters in dicts and sets
-6 lottery    SipHash-2-4 draw (``engine.codec.siphash24``) and dict / list counters for stock,
-             budget, daily caps and awarded codes
+6 lottery    guides' sale scans in a dict of unit -> first guide; SipHash-2-4 draw
+             (``engine.codec.siphash24``) and dict / list counters for stock, budget, daily caps and
+             awarded codes, with the guide's commission after the prize while the budget covers it
 7 emit       one output dict per scan (the ``scan_events`` columns), per alert, per award
 
 The rules are those of DESIGN.md as the engine implements them, so on the same input the
@@ -334,6 +335,7 @@ class _Campaign:
     cap: int
     roles: frozenset[str]  # who may win (DESIGN.md "Campaign")
     kinds: frozenset[int]
+    guide_cents: int  # a guide's commission per prize on a unit they sold
 
 
 STAGES = ("parse", "verify", "enrich", "dedup", "diversion", "lottery", "emit")
@@ -354,7 +356,7 @@ class BaselinePipeline:
         self.campaigns = [_Campaign(c.id, c.tenant, c.start_ms, c.end_ms, frozenset(c.skus), tuple(c.regions), c.key,
                                     list(accumulate(t.probability for t in c.tiers)), [t.name for t in c.tiers],
                                     [t.cents for t in c.tiers], c.utc_offset_minutes * MS_PER_MINUTE, c.daily_cap,
-                                    frozenset(c.roles), frozenset(c.kinds))
+                                    frozenset(c.roles), frozenset(c.kinds), c.guide_cents)
                           for c in config.campaigns]
         self.resolver_kind = "none"
         self.resolve: Callable[[float, float], str] | None = resolve_gps
@@ -379,7 +381,9 @@ class BaselinePipeline:
         self.budget = [c.budget_cents for c in config.campaigns]
         self.prizes = [0 for _ in config.campaigns]
         self.user_day: dict[tuple[int, str, int], int] = {}
-        self.awarded: dict[tuple[int, int, int, int, int], tuple[int, int]] = {}  # (campaign, code) -> (tier, cents)
+        # (campaign, code) -> (tier, cents, the guide paid a commission or '', its cents)
+        self.awarded: dict[tuple[int, int, int, int, int], tuple[int, int, str, int]] = {}
+        self.guides: dict[tuple[int, int, int], str] = {}  # (tenant, batch, serial) of a unit -> its first guide
 
     # -- stages, each on one event (a dict) ------------------------------------------------
 
@@ -622,6 +626,9 @@ class BaselinePipeline:
     def lottery(self, ev: dict[str, Any], awards: list[dict[str, Any]]) -> None:
         ev["campaign"], ev["draw"], ev["prize_tier"], ev["prize_cents"] = "", DRAW_NONE, "", 0
         tenant, ts = ev["tenant"], ev["ts"]
+        unit = (tenant, ev["batch"], ev["serial"])
+        if (ev["action"] == "sell" and ev["kind"] == 0 and ev["verdict"] in (OK, REPEAT) and not ev["replay"]):
+            self.guides.setdefault(unit, ev["user_id"])  # the first guide to sell the unit keeps it
         may_win = ev["verdict"] == OK
         applies = eligible = -1
         for ci, c in enumerate(self.campaigns):
@@ -643,7 +650,7 @@ class BaselinePipeline:
         award_key = (eligible, tenant, kind, batch, serial)
         won = self.awarded.get(award_key)
         if won is not None:  # a code that won keeps its prize, paid once
-            tier, cents = won
+            tier, cents, guide, commission = won
         else:
             payload = ref.payload_bytes(kind & 3, 0, tenant, batch & 0xFFFFFF, serial)
             number = (int.from_bytes(ref.siphash24(c.key, payload), "little") >> (64 - DRAW_BITS)) / DRAW_SCALE
@@ -666,11 +673,20 @@ class BaselinePipeline:
             self.budget[eligible] -= cents
             self.prizes[eligible] += 1
             self.user_day[user_key] = self.user_day.get(user_key, 0) + 1
-            self.awarded[award_key] = (tier, cents)
+            guide, commission = "", 0
+            if c.guide_cents and ev["role"] == "consumer" and kind == 0 and unit in self.guides \
+                    and self.budget[eligible] >= c.guide_cents:
+                guide, commission = self.guides[unit], c.guide_cents
+                self.budget[eligible] -= commission
+            self.awarded[award_key] = (tier, cents, guide, commission)
         ev["draw"], ev["prize_tier"], ev["prize_cents"] = DRAW_WON, c.names[tier], cents
         awards.append({"scan_id": ev["scan_id"], "ts": ts, "tenant": tenant, "campaign": c.id, "kind": kind,
                        "batch": batch, "serial": serial, "user_id": ev["user_id"], "prize_tier": c.names[tier],
                        "prize_cents": cents})
+        if commission:
+            awards.append({"scan_id": ev["scan_id"], "ts": ts, "tenant": tenant, "campaign": c.id, "kind": kind,
+                           "batch": batch, "serial": serial, "user_id": guide, "prize_tier": "commission",
+                           "prize_cents": commission})
 
     @staticmethod
     def emit(ev: dict[str, Any]) -> dict[str, Any]:

@@ -124,7 +124,7 @@ STAGE_LABELS = {
     "dedup": "4 dedup      state.claim",
     "bindings": "5 bindings   outbound scans, cases",
     "diversion": "5 diversion  judge + alerts",
-    "lottery": "6 lottery    draw + grant",
+    "lottery": "6 lottery    guides, draw + grant",
     "rest": "7 emit + glue (rest of process)",
     "emit": "7 emit       output rows",
 }
@@ -161,6 +161,7 @@ HOOKS = (
     Hook("diversion", "global:scanstream.engine.pipeline:div", "judge"),
     Hook("diversion", "attr:windows", "diversion_alerts"),
     Hook("diversion", "attr:windows", "clone_alerts"),
+    Hook("lottery", "global:scanstream.engine.pipeline:guides", "unit_guides"),
     Hook("lottery", "attr:lottery", "run"),
 )
 
@@ -302,9 +303,11 @@ def as_trade_scans(lines: list[bytes], share: float, seed: int) -> list[bytes]:
             if h / 2**32 < share:
                 role = TRADE_ROLES[h % len(TRADE_ROLES)]
                 # a warehouse's scan is an outbound scan: it binds the code to the dealer, the cost
-                # of bindings that every later scan of the code then reads
-                ship = {"action": "ship", "dealer_id": OUTBOUND_DEALER} if role == "warehouse" else {}
-                line = orjson.dumps({**event, "role": role, "user_id": f"{role}-{h % 500}", **ship})
+                # of bindings that every later scan of the code then reads; a guide's is a sale,
+                # which makes the guide the unit's guide for the commissions of its later wins
+                action = {"warehouse": {"action": "ship", "dealer_id": OUTBOUND_DEALER},
+                          "guide": {"action": "sell"}}.get(role, {})
+                line = orjson.dumps({**event, "role": role, "user_id": f"{role}-{h % 500}", **action})
         out.append(line)
     return out
 

@@ -23,7 +23,7 @@ from scanstream.engine.state.embedded import EmbeddedStateStore
 from scanstream.engine.state.memory import MemoryStateStore
 from tests.test_pipeline import MINUTE, PRIZE_CENTS, T0, code, config_dict, event, make_config, make_registry
 # the state-store fixtures, so that every case runs on the memory, embedded and Redis stores
-from tests.test_state_stores import kind, make_store, open_store, store  # noqa: F401,F811
+from tests.test_state_stores import answers_on_every_backend, kind, make_store, open_store, store  # noqa: F401,F811
 
 GUIDE_CENTS = 100
 BUDGET = 10_000_000
@@ -79,14 +79,7 @@ def test_stores_agree_on_a_random_stream(redis_url):
     rng = np.random.default_rng(16)
     rows = [(int(s), f"g{g}" if w else "") for s, g, w in
             zip(rng.integers(0, 300, 4000), rng.integers(0, 9, 4000), rng.random(4000) < 0.15)]
-    answers = []
-    for backend in ("memory", "embedded", "redis"):
-        with open_store(backend, redis_url) as s:
-            got, i = [], 0
-            for size in (1, 9, 250, 1000, 2740):
-                got += guides(s, rows[i:i + size])
-                i += size
-            answers.append(got)
+    answers = answers_on_every_backend(guides, rows, (1, 9, 250, 1000, 2740), redis_url)
     assert answers[0] == answers[1] == answers[2]
     assert sum(g != "" for g in answers[0]) > 2000  # the stream really reads guides
 

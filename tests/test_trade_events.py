@@ -13,7 +13,7 @@ from scanstream.engine.state.memory import MemoryStateStore
 from scanstream.ext.scanparse import parse_events
 from tests.test_pipeline import MINUTE, T0, code, csv_rows, event, make_config, make_registry
 # the state-store fixtures, so that every bindings case runs on the memory, embedded and Redis stores
-from tests.test_state_stores import kind, make_store, open_store, store  # noqa: F401
+from tests.test_state_stores import answers_on_every_backend, kind, make_store, open_store, store  # noqa: F401
 
 TS = 1767225600000
 
@@ -104,14 +104,7 @@ def test_stores_agree_on_a_random_stream(redis_url):
     rows = [(int(k), int(t), f"D{d}" if w else "") for k, t, d, w in
             zip((k * 0x9E3779B97F4A7C15 % 2**64 for k in rng.integers(0, 6, 3000).tolist()), rng.integers(0, 400, 3000),
                 rng.integers(0, 5, 3000), rng.random(3000) < 0.2)]
-    answers = []
-    for backend in ("memory", "embedded", "redis"):
-        with open_store(backend, redis_url) as s:
-            got, i = [], 0
-            for size in (1, 7, 100, 500, 2392):
-                got += bind(s, rows[i:i + size])
-                i += size
-            answers.append(got)
+    answers = answers_on_every_backend(bind, rows, (1, 7, 100, 500, 2392), redis_url)
     assert answers[0] == answers[1] == answers[2]
     assert sum(d != "" for d, _ in answers[0]) > 1000  # the stream really reads bindings
 
