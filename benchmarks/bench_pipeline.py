@@ -162,7 +162,8 @@ HOOKS = (
     Hook("diversion", "attr:windows", "diversion_alerts"),
     Hook("diversion", "attr:windows", "clone_alerts"),
     Hook("lottery", "global:scanstream.engine.pipeline:guides", "unit_guides"),
-    Hook("lottery", "attr:lottery", "run"),
+    Hook("lottery", "attr:lottery", "draw"),
+    Hook("lottery", "attr:lottery", "pay"),
 )
 
 

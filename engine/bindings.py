@@ -71,18 +71,21 @@ def route(registry: Registry, state: StateStore, cols: dict[str, np.ndarray], ve
     packed = rows[(case_batch[rows] >= 0) & (kind[rows] == KIND_UNIT) & ~writes[rows]]
     if not len(rows):
         return _routing(registry, dealer, outbound, case_batch, case_serial)
-    # one entry per scan for its own code, one more for a packed unit's case, in scan order
-    at = np.concatenate([rows, packed])
-    sub = np.concatenate([np.zeros(len(rows), np.int8), np.ones(len(packed), np.int8)])
-    order = np.lexsort((sub, at))
-    at, sub = at[order], sub[order]
-    own = sub == 0
+    # one entry per scan for its own code, one more for a packed unit's case, in scan order (its
+    # own code first): each row repeated once or twice, no sort
+    count = np.ones(len(rows), np.int64)
+    count[np.searchsorted(rows, packed)] = 2
+    at = np.repeat(rows, count)
+    own = np.zeros(len(at), bool)
+    own[np.cumsum(count) - count] = True
     keys = np.empty(len(at), np.uint64)
     i, c = at[own], at[~own]
     keys[own] = codec.keyed_hash(STATE_HASH_KEY, tenant[i], kind[i], batch[i], serial[i])
     keys[~own] = codec.keyed_hash(STATE_HASH_KEY, tenant[c], np.full(len(c), KIND_CASE, kind.dtype),
                                   case_batch[c].astype(batch.dtype), case_serial[c].astype(serial.dtype))
-    bound_to = np.where(writes[at], cols["dealer_id"][at], "").astype(object)
+    bound_to = np.full(len(at), "", dtype=object)
+    shipping = writes[at]
+    bound_to[shipping] = cols["dealer_id"][at[shipping]]
     got = state.bind(keys, cols["ts"][at], bound_to)
     # the later binding of a unit and of its case decides; entries of one scan are adjacent
     best_ts = np.full(n, -1, np.int64)

@@ -24,21 +24,20 @@ SELL = "sell"
 
 
 def unit_guides(state: StateStore, cols: dict[str, np.ndarray], verdict: np.ndarray, replay: np.ndarray,
-                blocked: np.ndarray, commissions: bool) -> np.ndarray:
+                blocked: np.ndarray, asks: np.ndarray) -> np.ndarray:
     """Per scan, its unit's guide as of the scan ('' for none), after the batch's sale scans set
-    theirs in order.  ``commissions`` says whether some campaign pays them: only then do consumer
-    scans that could win ask for their unit's guide (a sale is recorded either way, so that a
-    campaign started later finds the guides of units sold before it)."""
+    theirs in order; asked for the scans flagged in ``asks`` (``lottery.Draws.asks_guide``: those
+    whose draw would pay a commission) and the sales.  A sale is recorded whether or not a
+    campaign pays commissions now, so that one started later finds the guides of units sold before."""
     n = len(verdict)
     out = np.full(n, "", dtype=object)
-    unit = cols["kind"] == KIND_UNIT
-    sale = ((cols["action"] == SELL) & unit & ((verdict == Verdict.OK) | (verdict == Verdict.REPEAT))
-            & ~replay & ~blocked)
-    asks = sale
-    if commissions:
-        asks = sale | ((cols["role"] == "consumer") & unit & (verdict == Verdict.OK) & ~blocked)
-    rows = np.nonzero(asks)[0]
+    sale = ((cols["action"] == SELL) & (cols["kind"] == KIND_UNIT)
+            & ((verdict == Verdict.OK) | (verdict == Verdict.REPEAT)) & ~replay & ~blocked)
+    rows = np.nonzero(sale | asks)[0]
     if len(rows):
         code = batch_key(cols["tenant"][rows], cols["kind"][rows], cols["batch"][rows])
-        out[rows] = state.guides(code, cols["serial"][rows], np.where(sale[rows], cols["user_id"][rows], ""))
+        guide = np.full(len(rows), "", dtype=object)
+        sold = sale[rows]
+        guide[sold] = cols["user_id"][rows[sold]]
+        out[rows] = state.guides(code, cols["serial"][rows], guide)
     return out

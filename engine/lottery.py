@@ -98,29 +98,50 @@ class LotteryResult:
     commission: np.ndarray  # uint32: that commission's cents
 
 
+@dataclass
+class Draws:
+    """The pure half of the lottery over a batch: which campaign applies to each scan, which scans
+    may win it, and what each of those drew (``Lottery.draw``); ``Lottery.pay`` settles them."""
+
+    campaign_idx: np.ndarray  # int64 per scan: the campaign that applies (-1: none)
+    draw: np.ndarray  # uint8 DrawStatus per scan before payment (NONE, INELIGIBLE, BLOCKED)
+    rows: np.ndarray  # the scans that may win, in scan order
+    campaign: np.ndarray  # per row: index of the campaign it may win
+    tier: np.ndarray  # int16 per row: the drawn tier, -1 for no prize
+    cents: np.ndarray  # int64 per row: the drawn tier's amount
+    day: np.ndarray  # int64 per row: the scan's day in the campaign's time zone
+    commission: np.ndarray  # int64 per row: what the unit's guide would earn with the prize (0: none)
+
+    @property
+    def asks_guide(self) -> np.ndarray:
+        """Per scan: it drew a prize that would pay its unit's guide a commission, so it needs to
+        know that guide (``engine.guides``); nine in ten consumer scans draw no prize and do not."""
+        out = np.zeros(len(self.campaign_idx), bool)
+        out[self.rows[(self.tier >= 0) & (self.commission > 0)]] = True
+        return out
+
+
 class Lottery:
-    """The lottery stage: eligibility and draw (pure), payment (state store)."""
+    """The lottery stage: eligibility and draw (pure, ``draw``), payment (state store, ``pay``)."""
 
     def __init__(self, campaigns: list[Campaign], state: StateStore):
         self.campaigns = campaigns
         self.state = state
         state.define_campaigns([c.limits for c in campaigns])
 
-    @property
-    def pays_commissions(self) -> bool:
-        """Some campaign pays guides a commission: the consumer scans that could win need their
-        unit's guide (``engine.guides``)."""
-        return any(c.guide_cents > 0 for c in self.campaigns)
-
     def run(self, cols: Columns, verdict: np.ndarray, sku: np.ndarray, place: tuple[np.ndarray, np.ndarray],
-            blocked: np.ndarray | None = None, guide: np.ndarray | None = None) -> LotteryResult:
-        """Stage 6 over a batch: ``cols`` the parsed columns (tenant, kind, batch, serial, ts, role,
-        user_id), and what the earlier stages decided: verdicts, each code's sku and place (enrich),
-        which scanners are blocked (enumeration defence), each unit's guide (``engine.guides``).
-        Draws, then grants within budget, stock and caps in the state store, with the guide's
-        commission where the campaign pays one."""
+            blocked: np.ndarray | None = None) -> LotteryResult:
+        """``draw`` then ``pay``, for a batch in which no unit has a guide."""
+        return self.pay(self.draw(cols, verdict, sku, place, blocked), cols)
+
+    def draw(self, cols: Columns, verdict: np.ndarray, sku: np.ndarray, place: tuple[np.ndarray, np.ndarray],
+             blocked: np.ndarray | None = None) -> Draws:
+        """Eligibility and draws over a batch: ``cols`` the parsed columns (tenant, kind, batch,
+        serial, ts, role, user_id), and what the earlier stages decided: verdicts, each code's sku
+        and place (enrich), which scanners are blocked (enumeration defence).  Pure: the state is
+        not asked."""
         tenant, kind, batch, serial, ts = cols["tenant"], cols["kind"], cols["batch"], cols["serial"], cols["ts"]
-        role, user = cols["role"], cols["user_id"]
+        role = cols["role"]
         n = len(tenant)
         campaign_idx = np.full(n, -1, np.int64)
         eligible_idx = np.full(n, -1, np.int64)
@@ -150,33 +171,43 @@ class Lottery:
         draw[campaign_idx >= 0] = DrawStatus.INELIGIBLE
         if blocked is not None:  # say why: the scanner is blocked, not the scan
             draw[(campaign_idx >= 0) & blocked & (verdict == Verdict.OK) & could_win] = DrawStatus.BLOCKED
+        rows = np.nonzero(eligible_idx >= 0)[0]
+        tiers = np.full(len(rows), -1, np.int16)
+        amounts = np.zeros(len(rows), np.int64)
+        day = np.zeros(len(rows), np.int64)
+        commission = np.zeros(len(rows), np.int64)
+        for ci in np.unique(eligible_idx[rows]):
+            c = self.campaigns[ci]
+            sel = eligible_idx[rows] == ci
+            r = rows[sel]
+            tiers[sel] = draw_tiers(c, draw_numbers(c, tenant[r], kind[r], batch[r], serial[r]))
+            amounts[sel] = np.array([t.cents for t in c.tiers] + [0], np.int64)[tiers[sel]]
+            day[sel] = (ts[r] + c.utc_offset_minutes * MS_PER_MINUTE) // MS_PER_DAY
+            if c.guide_cents:  # a consumer's prize on a unit (engine/config.py refuses other roles)
+                commission[sel] = np.where(kind[r] == KIND_UNIT, c.guide_cents, 0)
+        return Draws(campaign_idx, draw, rows, eligible_idx[rows], tiers, amounts, day, commission)
+
+    def pay(self, draws: Draws, cols: Columns, guide: np.ndarray | None = None) -> LotteryResult:
+        """Settle ``draws`` in the state store: each drawn prize within stock, budget and caps, and
+        with it the commission of the unit's guide (``guide`` per scan, '' for none) where the
+        campaign pays one."""
+        tenant, kind, batch, serial = cols["tenant"], cols["kind"], cols["batch"], cols["serial"]
+        n = len(tenant)
+        draw, rows = draws.draw.copy(), draws.rows
         tier_name = _strings(n)
         cents = np.zeros(n, np.uint32)
         paid_guide, paid_cents = _strings(n), np.zeros(n, np.uint32)
-        rows = np.nonzero(eligible_idx >= 0)[0]
         if len(rows):
-            tiers = np.full(len(rows), -1, np.int16)
-            amounts = np.zeros(len(rows), np.int64)
-            day = np.zeros(len(rows), np.int64)
-            commission = np.zeros(len(rows), np.int64)
-            for ci in np.unique(eligible_idx[rows]):
-                c = self.campaigns[ci]
-                sel = eligible_idx[rows] == ci
-                r = rows[sel]
-                tiers[sel] = draw_tiers(c, draw_numbers(c, tenant[r], kind[r], batch[r], serial[r]))
-                amounts[sel] = np.array([t.cents for t in c.tiers] + [0], np.int64)[tiers[sel]]
-                day[sel] = (ts[r] + c.utc_offset_minutes * MS_PER_MINUTE) // MS_PER_DAY
-                commission[sel] = c.guide_cents  # only consumers' unit prizes (engine/config.py)
             guides = np.full(len(rows), "", dtype=object) if guide is None else guide[rows]
             grants = self.state.grant(GrantRequests(
-                campaign=eligible_idx[rows], code=batch_key(tenant[rows], kind[rows], batch[rows]),
-                serial=serial[rows], user=user[rows], day=day, tier=tiers, cents=amounts,
-                guide=guides, commission=np.where(guides != "", commission, 0)))
+                campaign=draws.campaign, code=batch_key(tenant[rows], kind[rows], batch[rows]),
+                serial=serial[rows], user=cols["user_id"][rows], day=draws.day, tier=draws.tier, cents=draws.cents,
+                guide=guides, commission=np.where(guides != "", draws.commission, 0)))
             draw[rows] = grants.status
             won = grants.tier >= 0
-            for ci in np.unique(eligible_idx[rows][won]):
+            for ci in np.unique(draws.campaign[won]):
                 names = np.array([t.name for t in self.campaigns[ci].tiers], dtype=object)
-                sel = won & (eligible_idx[rows] == ci)
+                sel = won & (draws.campaign == ci)
                 tier_name[rows[sel]] = names[grants.tier[sel]]
             cents[rows[won]] = grants.cents[won]
             paid = grants.commission > 0
@@ -184,7 +215,7 @@ class Lottery:
             paid_cents[rows[paid]] = grants.commission[paid]
         camp = _strings(n)
         ids = np.array([c.id for c in self.campaigns] + [""], dtype=object)
-        camp[:] = ids[campaign_idx]
+        camp[:] = ids[draws.campaign_idx]
         return LotteryResult(camp, draw, tier_name, cents, draw == DrawStatus.WON, paid_guide, paid_cents)
 
 

@@ -126,9 +126,11 @@ class Pipeline:
         # 5b enumeration defence: many forged codes from one scanner -> alert, block list
         guard = self.enumeration.run(cols, verdict, replay)
         alerts = outcomes.concat(outcomes.ALERT_COLUMNS, [alerts, guard.alerts])
-        # 6 lottery: guides' sales first, so that a sale earlier in the batch counts for a win after it
-        guide = guides.unit_guides(self.state, cols, verdict, replay, guard.blocked, self.lottery.pays_commissions)
-        lot = self.lottery.run(cols, verdict, e.sku, e.place, blocked=guard.blocked, guide=guide)
+        # 6 lottery: the draws (pure); then, in scan order, the guides' sales and the guides of the units
+        # whose draw won a prize that pays one a commission; then payment of prizes and commissions
+        draws = self.lottery.draw(cols, verdict, e.sku, e.place, blocked=guard.blocked)
+        guide = guides.unit_guides(self.state, cols, verdict, replay, guard.blocked, draws.asks_guide)
+        lot = self.lottery.pay(draws, cols, guide)
         # 7 emit
         scans = {
             "scan_id": cols["scan_id"], "ts": cols["ts"], "tenant": cols["tenant"], "kind": cols["kind"],

@@ -104,6 +104,21 @@ def test_no_campaign_id_can_shift_text_into_the_next_field():
     assert key(campaign="winter-2026", serial=1) != key(campaign="winter-202", serial=61)
 
 
+def test_the_key_is_sha256_of_the_award_as_a_json_array():
+    """The derivation a payment service can reproduce (and that keys already paid were made with):
+    SHA-256 of [version, tenant, campaign, kind, batch, serial, beneficiary] as compact JSON, for
+    campaign ids with quotes, backslashes, newlines and Chinese text too."""
+    import hashlib
+    from scanstream.engine.outcomes import PAYOUT_KEY_VERSION
+    rows = [(7, "winter-2026", 0, 101, 4242, BENEFICIARY_CONSUMER), (65535, '冬季"红包"\\n\n', 1, 2**24 - 1,
+            2**32 - 1, BENEFICIARY_GUIDE), (0, "", 2, 0, 0, BENEFICIARY_TRADE)]
+    got = payout_keys(*(np.array(c, dtype) for c, dtype in zip(zip(*rows), (np.uint16, object, np.uint8, np.uint32,
+                                                                          np.uint32, object))))
+    assert got.tolist() == [hashlib.sha256(orjson.dumps([PAYOUT_KEY_VERSION, *r])).hexdigest()[:PAYOUT_KEY_HEX]
+                            for r in rows]
+    assert got[0] == hashlib.sha256(b'["scanstream-payout-v1",7,"winter-2026",0,101,4242,"consumer"]').hexdigest()[:32]
+
+
 def test_keys_fit_wechat_pay_out_trade_no():
     k = key()
     assert len(k) == PAYOUT_KEY_HEX <= 32 and re.fullmatch(r"[0-9a-f]+", k)

@@ -646,6 +646,44 @@ def test_large_random_batches_give_identical_answers(redis_url):
             assert [mem.campaign_state(c) for c in "ab"] == [red.campaign_state(c) for c in "ab"]
 
 
+def test_grants_agree_on_neighbouring_codes_with_commissions(redis_url):
+    """Codes of adjacent batches and serials (whose packed identities differ in a few low bits, so
+    any cheap hash of them collides often), prizes drawn again and again, guides' commissions and
+    a budget that runs out: the three stores grant alike, batch by batch."""
+    rng = np.random.default_rng(3)
+    limits = [CampaignLimits("a", 60_000, (50, 5), 2), CampaignLimits("b", 2_500, (30,), 3)]
+    stores = [open_store(kind, redis_url) for kind in ("memory", "embedded", "redis")]
+    opened = [s.__enter__() for s in stores]
+    seen: set[int] = set()
+    try:
+        for st in opened:
+            st.define_campaigns(limits)
+        for _ in range(30):
+            n = 200
+            camp = rng.integers(0, 2, n)
+            tier = np.where(camp == 0, rng.integers(-1, 2, n), rng.integers(-1, 1, n)).astype(np.int16)
+            req = GrantRequests(camp, rng.integers(0, 4, n).astype(np.uint64) + u64(1 << 30),
+                                rng.integers(0, 300, n).astype(np.uint32),
+                                np.array([f"u{x}" for x in rng.integers(0, 40, n)], dtype=object),
+                                rng.integers(0, 2, n).astype(np.int64), tier,
+                                np.where(tier < 0, 0, np.where(tier == 0, 100, 700)).astype(np.int64),
+                                np.array(["", "g1", "g2"], dtype=object)[rng.integers(0, 3, n)],
+                                np.full(n, 40, np.int64))
+            got = [st.grant(req) for st in opened]
+            seen.update(got[0].status.tolist())
+            for g in got[1:]:
+                for f in ("status", "tier", "cents", "commission"):
+                    assert getattr(g, f).tolist() == getattr(got[0], f).tolist(), f
+        states = [[st.campaign_state(c.id) for c in limits] for st in opened]
+        assert states[0] == states[1] == states[2]
+        # the stream reached every limit: stock, budget (prizes and commissions), daily cap
+        assert {DrawStatus.OUT_OF_STOCK, DrawStatus.BUDGET, DrawStatus.CAP} <= seen
+        assert states[0][1].budget_left < 700 and states[0][0].commissions > 0
+    finally:
+        for s in stores:
+            s.__exit__(None, None, None)
+
+
 # --- the real pipeline over both stores --------------------------------------------------------
 
 KEY = bytes.fromhex("000102030405060708090a0b0c0d0e0f")

@@ -168,10 +168,12 @@ class Bindings:
 History = tuple[tuple[int, str], ...]
 
 
-def resolve_bindings(keys: np.ndarray, before: list[History | None], ts: np.ndarray,
-                     dealer: np.ndarray) -> tuple[Bindings, dict[int, History]]:
-    """The answers of ``bind`` for rows whose keys held ``before`` (per row, the key's history as
-    it was before the batch), and each written key's history after the batch.
+def resolve_bindings(keys: np.ndarray, before: dict[int, History], ts: np.ndarray, dealer: np.ndarray,
+                     walk: np.ndarray | None = None) -> tuple[Bindings, dict[int, History]]:
+    """The answers of ``bind`` for rows of ``keys``, given ``before``: the history of each of those
+    keys that had one before the batch (a key without one is absent).  Also returns each written
+    key's history after the batch.  ``walk`` may flag the rows whose key is in ``before`` or is
+    written in the batch, when the caller found them already.
 
     One function for every backend: the memory store passes its dict's entries, the Redis store
     the entries its script read in the same atomic step in which it applied the writes (the same
@@ -180,17 +182,16 @@ def resolve_bindings(keys: np.ndarray, before: list[History | None], ts: np.ndar
     """
     n = len(keys)
     out = Bindings(np.full(n, "", dtype=object), np.full(n, -1, np.int64))
-    writes = dealer != ""
-    walk = np.fromiter(map(bool, before), bool, n)
-    if writes.any():
-        walk |= np.isin(keys, keys[writes])
+    if walk is None:
+        involved = np.concatenate([np.fromiter(before, np.uint64, len(before)), keys[dealer != ""]])
+        walk = sorted_contains(np.unique(involved), keys)
     rows = np.nonzero(walk)[0]
     current: dict[int, History] = {}  # keys met so far in this batch
     changed: dict[int, History] = {}
     for i, k, t, d in zip(rows.tolist(), keys[rows].tolist(), ts[rows].tolist(), dealer[rows].tolist()):
         history = current.get(k)
         if history is None:
-            history = before[i] or ()
+            history = before.get(k, ())
         if d:
             current[k] = changed[k] = merge_binding(history, t, d)
             out.dealer[i], out.ts[i] = d, t
@@ -201,6 +202,21 @@ def resolve_bindings(keys: np.ndarray, before: list[History | None], ts: np.ndar
                     out.dealer[i], out.ts[i] = bound_dealer, bound_ts
                     break
     return out, changed
+
+
+def sorted_contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """True for each of ``keys`` found in ``sorted_keys`` (sorted): a binary search per key, where
+    ``np.isin`` would sort both arrays on every call."""
+    if not len(sorted_keys):
+        return np.zeros(len(keys), bool)
+    at = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+    return sorted_keys[at] == keys
+
+
+def sorted_insert(sorted_keys: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """``sorted_keys`` with ``new`` keys added, still sorted: one copy, no sort of the whole."""
+    new = np.unique(new)
+    return np.insert(sorted_keys, np.searchsorted(sorted_keys, new), new)
 
 
 def merge_binding(history: History, ts: int, dealer: str) -> History:

@@ -67,8 +67,9 @@ MIN_LOG_BYTES_FOR_SNAPSHOT = 64 << 20
 LOG_PER_SNAPSHOT = 4
 #: The structures of ``MemoryStateStore`` that a snapshot holds (AUTOINCREMENT below: a folded log
 #: must not hand its sequence numbers to the calls after the snapshot).
-_STRUCTURES = ("_bits", "_answers", "_answer_expiry", "_campaigns", "_campaign_ids", "_awards", "_user_day",
-               "_windows", "_window_expiry", "_blocks", "_bindings", "_guides")
+_STRUCTURES = ("_bits", "_answers", "_answer_expiry", "_campaigns", "_campaign_ids", "_awards", "_award_hashes",
+               "_user_day",
+               "_windows", "_window_expiry", "_blocks", "_bindings", "_bound_keys", "_guides")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS ops (seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, op TEXT NOT NULL, args BLOB NOT NULL);

@@ -14,7 +14,8 @@ from collections.abc import Callable
 import numpy as np
 
 from scanstream.engine.state import (Bindings, CampaignLimits, CampaignState, Claims, DrawStatus, Grants,
-                                     GrantRequests, History, StateStore, resolve_bindings, resolve_guides)
+                                     GrantRequests, History, StateStore, fold, resolve_bindings, resolve_guides,
+                                     sorted_contains, sorted_insert)
 from scanstream.engine.verdicts import Verdict
 
 #: Remember a scan_id's answer this long; a redelivery after that is a new scan.
@@ -38,6 +39,7 @@ class MemoryStateStore(StateStore):
         self._campaign_ids: list[str] = []
         # campaign -> code -> (tier, cents, commission paid with the prize)
         self._awards: dict[str, dict[int, tuple[int, int, int]]] = {}
+        self._award_hashes: dict[str, np.ndarray] = {}  # campaign -> sorted ``fold`` of its won codes
         self._user_day: dict[tuple[str, str, int], int] = {}  # (campaign, user, day) -> prizes
         # counters (int), sets (a lone member as int, else a set) and marks (True), by uint64 key;
         # one dict because the three kinds never share a key
@@ -45,6 +47,7 @@ class MemoryStateStore(StateStore):
         self._window_expiry: deque[tuple[float, list[int]]] = deque()
         self._blocks: dict[int, float] = {}  # block list: uint64 key -> expiry
         self._bindings: dict[int, History] = {}  # outbound bindings: uint64 key -> history
+        self._bound_keys = np.zeros(0, np.uint64)  # the keys of ``_bindings``, sorted
         self._guides: dict[int, str] = {}  # a unit's exact identity (as in grant) -> its guide
 
     # -- dedup -----------------------------------------------------------------------------
@@ -142,46 +145,80 @@ class MemoryStateStore(StateStore):
         tier = np.full(n, -1, np.int16)
         cents = np.zeros(n, np.int64)
         commission = np.zeros(n, np.int64)
-        codes = _identities(requests.code, requests.serial)
-        campaigns = requests.campaign.tolist()
+        # a code that won keeps its prize: found by a search of its campaign's sorted hashes of won
+        # codes first (most scans are of codes that never won), then exactly, by identity (a hash
+        # shared by another code costs one more look-up, never a wrong answer)
+        hashed = fold(requests.code, requests.serial)
         with self._lock:
-            awards = [self._awards.setdefault(self._campaign_ids[c], {}) for c in range(len(self._campaign_ids))]
-            prior = [awards[c].get(code) for c, code in zip(campaigns, codes)]
-            for i, p in enumerate(prior):
-                if p is not None:  # the code won before: give the same prize back, pay nothing
-                    status[i] = DrawStatus.WON
-                    tier[i], cents[i], commission[i] = p
-            # only drawn prizes need the sequential check: the earlier scan takes the last one
-            for i in np.nonzero((requests.tier >= 0) & (status != DrawStatus.WON))[0].tolist():
-                camp = campaigns[i]
-                state = self._campaigns[self._campaign_ids[camp]]
-                t = int(requests.tier[i])
-                amount = int(requests.cents[i])
+            ids = self._campaign_ids
+            awards = [self._awards.setdefault(cid, {}) for cid in ids]
+            maybe = np.zeros(n, bool)
+            for c in np.unique(requests.campaign).tolist():
+                won_hashes = self._award_hashes.get(ids[c])
+                if won_hashes is not None:
+                    sel = np.nonzero(requests.campaign == c)[0]
+                    maybe[sel[sorted_contains(won_hashes, hashed[sel])]] = True
+            drawn = requests.tier >= 0
+            look = np.nonzero(maybe | drawn)[0]
+            rows, campaigns = look.tolist(), requests.campaign[look].tolist()
+            codes = dict(zip(rows, _identities(requests.code[look], requests.serial[look])))
+            given = [(i, p) for i, c in zip(rows, campaigns) if (p := awards[c].get(codes[i])) is not None]
+            if given:  # codes that won before: the same prize back, nothing paid
+                at = [i for i, _ in given]
+                status[at] = int(DrawStatus.WON)
+                tier[at], cents[at], commission[at] = zip(*(p for _, p in given))
+                drawn[at] = False
+            # only drawn prizes need the sequential check: the earlier scan takes the last one;
+            # their columns as lists, each row's outcome collected and written back at once
+            drawn_rows = np.nonzero(drawn)[0]
+            WON, OUT_OF_STOCK, BUDGET, CAP = (int(DrawStatus.WON), int(DrawStatus.OUT_OF_STOCK), int(DrawStatus.BUDGET),
+                                              int(DrawStatus.CAP))
+            out_status, out_tier, out_cents, out_commission = [], [], [], []
+            new_wins: dict[str, list[int]] = {}
+            for i, camp, t, amount, user, day, guide, offered in zip(
+                    drawn_rows.tolist(), requests.campaign[drawn_rows].tolist(), requests.tier[drawn_rows].tolist(),
+                    requests.cents[drawn_rows].tolist(), requests.user[drawn_rows].tolist(),
+                    requests.day[drawn_rows].tolist(), requests.guide[drawn_rows].tolist(),
+                    requests.commission[drawn_rows].tolist()):
+                won = awards[camp]
                 # by campaign id, not position: the configuration may list campaigns in another order
-                user_key = (self._campaign_ids[camp], requests.user[i], int(requests.day[i]))
-                if codes[i] in awards[camp]:  # drawn twice in this batch: the first scan won it
-                    status[i] = DrawStatus.WON
-                    tier[i], cents[i], commission[i] = awards[camp][codes[i]]
+                cid = ids[camp]
+                state = self._campaigns[cid]
+                user_key = (cid, user, day)
+                prize = won.get(codes[i])
+                if prize is not None:  # drawn twice in this batch: the first scan won it
+                    out_status.append(WON)
+                    t, amount, paid = prize
                 elif state["stock"][t] <= 0:
-                    status[i] = DrawStatus.OUT_OF_STOCK
+                    out_status.append(OUT_OF_STOCK)
+                    t, amount, paid = -1, 0, 0
                 elif state["budget"] < amount:
-                    status[i] = DrawStatus.BUDGET
+                    out_status.append(BUDGET)
+                    t, amount, paid = -1, 0, 0
                 elif self._user_day.get(user_key, 0) >= state["cap"]:
-                    status[i] = DrawStatus.CAP
+                    out_status.append(CAP)
+                    t, amount, paid = -1, 0, 0
                 else:
                     state["stock"][t] -= 1
                     state["budget"] -= amount
                     state["prizes"] += 1
                     self._user_day[user_key] = self._user_day.get(user_key, 0) + 1
                     # the guide's commission: after the prize, only while the budget covers it
-                    paid = int(requests.commission[i]) if requests.guide[i] else 0
-                    if 0 < paid <= state["budget"]:
+                    paid = offered if guide and 0 < offered <= state["budget"] else 0
+                    if paid:
                         state["budget"] -= paid
                         state["commissions"] += 1
-                    else:
-                        paid = 0
-                    awards[camp][codes[i]] = (t, amount, paid)
-                    status[i], tier[i], cents[i], commission[i] = DrawStatus.WON, t, amount, paid
+                    won[codes[i]] = (t, amount, paid)
+                    new_wins.setdefault(cid, []).append(i)
+                    out_status.append(WON)
+                out_tier.append(t)
+                out_cents.append(amount)
+                out_commission.append(paid)
+            if len(drawn_rows):
+                status[drawn_rows], tier[drawn_rows] = out_status, out_tier
+                cents[drawn_rows], commission[drawn_rows] = out_cents, out_commission
+            for cid, won_rows in new_wins.items():
+                self._award_hashes[cid] = sorted_insert(self._award_hashes.get(cid, hashed[:0]), hashed[won_rows])
         return Grants(status, tier, cents, commission)
 
     def campaign_state(self, campaign: str) -> CampaignState:
@@ -212,13 +249,22 @@ class MemoryStateStore(StateStore):
 
     def bind(self, keys: np.ndarray, ts: np.ndarray, dealer: np.ndarray) -> Bindings:
         n = len(keys)
+        writes = dealer != ""
         with self._lock:
-            if not self._bindings and not (dealer != "").any():  # nothing shipped yet: nothing to read
+            if not self._bindings and not writes.any():  # nothing shipped yet: nothing to read
                 return Bindings(np.full(n, "", dtype=object), np.full(n, -1, np.int64))
             keys = np.asarray(keys, np.uint64)
-            out, changed = resolve_bindings(keys, list(map(self._bindings.get, keys.tolist())),
-                                            np.asarray(ts, np.int64), np.asarray(dealer, dtype=object))
+            # the rows whose key has a binding or gets one now, found by one search of the sorted
+            # bound keys rather than a dict look-up per row: most scans are of goods no outbound
+            # scan has touched
+            walk = sorted_contains(sorted_insert(self._bound_keys, keys[writes]), keys)
+            before = {k: h for k in keys[walk].tolist() if (h := self._bindings.get(k)) is not None}
+            out, changed = resolve_bindings(keys, before, np.asarray(ts, np.int64), np.asarray(dealer, dtype=object),
+                                            walk)
+            new = [k for k in changed if k not in self._bindings]
             self._bindings.update(changed)
+            if new:
+                self._bound_keys = sorted_insert(self._bound_keys, np.array(new, np.uint64))
         return out
 
     # -- windows ---------------------------------------------------------------------------

@@ -367,8 +367,7 @@ class RedisStateStore(StateStore):
                 np.asarray(ts, np.int64)[writes].astype("<i8").tobytes(), lens, blob, BINDING_HISTORY]
         value_lens, values = self._call(lambda: self._bind(args=args))
         ends = np.cumsum(np.frombuffer(value_lens, "<u4").astype(np.int64)).tolist()
-        stored = [_history(values[a:b]) if b > a else None for a, b in zip([0] + ends[:-1], ends)]
-        before = [stored[k] for k in index.tolist()]
+        before = {k: _history(values[a:b]) for k, a, b in zip(uniq.tolist(), [0] + ends[:-1], ends) if b > a}
         return resolve_bindings(keys, before, np.asarray(ts, np.int64), np.asarray(dealer, dtype=object))[0]
 
     # -- windows ---------------------------------------------------------------------------
