@@ -129,11 +129,6 @@ class Lottery:
         self.state = state
         state.define_campaigns([c.limits for c in campaigns])
 
-    def run(self, cols: Columns, verdict: np.ndarray, sku: np.ndarray, place: tuple[np.ndarray, np.ndarray],
-            blocked: np.ndarray | None = None) -> LotteryResult:
-        """``draw`` then ``pay``, for a batch in which no unit has a guide."""
-        return self.pay(self.draw(cols, verdict, sku, place, blocked), cols)
-
     def draw(self, cols: Columns, verdict: np.ndarray, sku: np.ndarray, place: tuple[np.ndarray, np.ndarray],
              blocked: np.ndarray | None = None) -> Draws:
         """Eligibility and draws over a batch: ``cols`` the parsed columns (tenant, kind, batch,

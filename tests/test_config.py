@@ -470,11 +470,11 @@ def test_zero_budget_is_allowed(tmp_path):
     assert c.budget_cents == 0
 
 
-def test_guide_cents_is_not_a_setting_yet(tmp_path):
-    """The campaign has no guide commission in this version: the key is refused, not ignored."""
+def test_a_negative_guide_commission_is_refused_naming_the_key(tmp_path):
+    """A commission below zero would pay the budget back from the guides: refused, with the range."""
     path = nonsense_config(tmp_path)
     path.write_text(path.read_text().replace('tenant = 7\n', 'tenant = 7\nguide_cents = -100\n'), encoding="utf-8")
-    assert str(load_error(path)).startswith("campaigns[0].guide_cents: unknown key")
+    assert str(load_error(path)) == "campaigns[0].guide_cents: -100 out of range; expected an integer 0..4294967295"
 
 
 START_END = {
