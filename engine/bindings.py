@@ -23,8 +23,7 @@ from scanstream.engine.registry import Registry
 from scanstream.engine.state import STATE_HASH_KEY, StateStore
 from scanstream.engine.verdicts import Verdict
 from scanstream.ext import codec
-
-SHIP = "ship"
+from scanstream.ext.scanparse import ACTION_SHIP
 
 
 @dataclass
@@ -41,7 +40,7 @@ class Routing:
 def refuse_unknown_dealers(registry: Registry, cols: dict[str, np.ndarray], verdict: np.ndarray) -> np.ndarray:
     """Rows (verified outbound scans) whose ``dealer_id`` is no dealer of their code's tenant; their
     ``reason`` is set.  Such a scan would bind goods to nobody, or to another brand's dealer."""
-    rows = np.nonzero((cols["action"] == SHIP) & (verdict == Verdict.OK))[0]
+    rows = np.nonzero((cols["action"] == ACTION_SHIP) & (verdict == Verdict.OK))[0]
     bad = [i for i, d, t in zip(rows.tolist(), cols["dealer_id"][rows].tolist(), cols["tenant"][rows].tolist())
            if registry.dealer_index.get(d) is None or registry.dealers.tenant[registry.dealer_index[d]] != t]
     for i in bad:
@@ -66,7 +65,7 @@ def route(registry: Registry, state: StateStore, cols: dict[str, np.ndarray], ve
     if len(units) and len(registry.packing.start):
         case_batch[units], case_serial[units] = registry.lookup_cases(tenant[units], kind[units], batch[units],
                                                                       serial[units])
-    writes = verified & ~replay & (cols["action"] == SHIP)
+    writes = verified & ~replay & (cols["action"] == ACTION_SHIP)
     rows = np.nonzero(verified)[0]
     packed = rows[(case_batch[rows] >= 0) & (kind[rows] == KIND_UNIT) & ~writes[rows]]
     if not len(rows):

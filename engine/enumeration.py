@@ -20,6 +20,7 @@ from scanstream.engine import outcomes
 from scanstream.engine.outcomes import MS_PER_MINUTE
 from scanstream.engine.state import Namespace, StateStore, fold, state_keys
 from scanstream.engine.verdicts import Verdict
+from scanstream.ext.scanparse import ACTION_SELL
 
 IDENTITIES = ("user_id", "device_id", "ip")
 
@@ -58,7 +59,7 @@ class EnumerationGuard:
         bad = ((verdict == Verdict.BAD_MAC) | (verdict == Verdict.MALFORMED)) & ~replay
         # scans that could earn money: a consumer's first scan (a prize), a guide's sale (commissions)
         could_win = (((verdict == Verdict.OK) & (cols["role"] == "consumer"))
-                     | ((cols["action"] == "sell") & ((verdict == Verdict.OK) | (verdict == Verdict.REPEAT))))
+                     | ((cols["action"] == ACTION_SELL) & ((verdict == Verdict.OK) | (verdict == Verdict.REPEAT))))
         alerts = []
         for number, kind in enumerate(s.identities):
             values = cols[kind]

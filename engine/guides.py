@@ -19,8 +19,7 @@ from scanstream.engine.codec import KIND_UNIT
 from scanstream.engine.registry import batch_key
 from scanstream.engine.state import StateStore
 from scanstream.engine.verdicts import Verdict
-
-SELL = "sell"
+from scanstream.ext.scanparse import ACTION_SELL
 
 
 def unit_guides(state: StateStore, cols: dict[str, np.ndarray], verdict: np.ndarray, replay: np.ndarray,
@@ -31,7 +30,7 @@ def unit_guides(state: StateStore, cols: dict[str, np.ndarray], verdict: np.ndar
     campaign pays commissions now, so that one started later finds the guides of units sold before."""
     n = len(verdict)
     out = np.full(n, "", dtype=object)
-    sale = ((cols["action"] == SELL) & (cols["kind"] == KIND_UNIT)
+    sale = ((cols["action"] == ACTION_SELL) & (cols["kind"] == KIND_UNIT)
             & ((verdict == Verdict.OK) | (verdict == Verdict.REPEAT)) & ~replay & ~blocked)
     rows = np.nonzero(sale | asks)[0]
     if len(rows):

@@ -32,6 +32,11 @@ ROLES = ("consumer", "dealer", "guide", "store", "warehouse")
 #: binds goods to a dealer, a sale scan makes a guide the unit's guide; from anyone else the
 #: action would move goods or money on a claim the role cannot make, so the event is refused.
 ACTIONS = {"ship": "warehouse", "sell": "guide"}
+#: The ``action`` column's codes: a small integer per scan (the stages compare it for every scan, an
+#: integer comparison where text would be compared object by object); ``ACTION_NAMES[code]``.
+ACTION_NONE, ACTION_SHIP, ACTION_SELL = 0, 1, 2
+ACTION_NAMES = ("", "ship", "sell")
+cdef dict _ACTION_CODES = {"ship": ACTION_SHIP, "sell": ACTION_SELL}
 #: SipHash key of event fingerprints.  Not a secret: the fingerprint only has to tell two events
 #: apart, the same on every worker and backend.
 FINGERPRINT_KEY = b"scanstream-event"
@@ -310,7 +315,8 @@ def parse_events(list lines):
     """Columns of the events in ``lines`` (each ``bytes`` or ``str``, one JSON object).
 
     Returns a dict of numpy columns: scan_id, ts (epoch ms), code, user_id, role, store_id,
-    channel, region, lat, lon, ip, device_id, action, dealer_id (an outbound scan's dealer), and ``reason`` ('' for a usable event, else
+    channel, region, lat, lon, ip, device_id, action (uint8 ``ACTION_*`` codes), dealer_id (an outbound
+    scan's dealer), and ``reason`` ('' for a usable event, else
     why it is an ``invalid_event``).  ``raw`` holds the original text of invalid events only.
     ``fingerprint`` (uint64) identifies a usable event's content: SipHash of its canonical form
     (``_fingerprint``: fields sorted by name, typed values), so key order and spacing do not
@@ -332,7 +338,7 @@ def parse_events(list lines):
     cdef uint64_t fk0 = k0, fk1 = k1
     fingerprint = np.zeros(n, dtype=np.uint64)
     cdef uint64_t[::1] fp_v = fingerprint
-    names = ("scan_id", "code", "user_id", "role", "store_id", "channel", "region", "ip", "device_id", "action",
+    names = ("scan_id", "code", "user_id", "role", "store_id", "channel", "region", "ip", "device_id",
              "dealer_id", "reason", "raw")
     cols = {}
     for name in names:
@@ -349,7 +355,9 @@ def parse_events(list lines):
     cdef object[::1] role_c = cols["role"], store_c = cols["store_id"], channel_c = cols["channel"]
     cdef object[::1] region_c = cols["region"], ip_c = cols["ip"], device_c = cols["device_id"]
     cdef object[::1] reason_c = cols["reason"], raw_c = cols["raw"]
-    cdef object[::1] action_c = cols["action"], dealer_c = cols["dealer_id"]
+    cdef object[::1] dealer_c = cols["dealer_id"]
+    action = np.zeros(n, dtype=np.uint8)
+    cdef uint8_t[::1] action_v = action
     for i in range(n):
         line = lines[i]
         event = None
@@ -440,7 +448,7 @@ def parse_events(list lines):
                 elif value == "ship" and not dealer_c[i]:
                     problems.append("action 'ship' needs the dealer_id the goods are shipped to")
                 else:
-                    action_c[i] = value
+                    action_v[i] = _ACTION_CODES[value]
             _coordinate(event, "lat", MAX_LAT, &lat_v[i], problems)
             _coordinate(event, "lon", MAX_LON, &lon_v[i], problems)
             if not problems:
@@ -454,6 +462,7 @@ def parse_events(list lines):
             problems.clear()
     free(canon.buf)
     cols["fingerprint"] = fingerprint
+    cols["action"] = action
     cols["ts"] = ts
     cols["lat"] = lat
     cols["lon"] = lon

@@ -10,7 +10,7 @@ from scanstream.engine.pipeline import Pipeline
 from scanstream.engine.registry import Registry, RegistryError
 from scanstream.engine.state import BINDING_HISTORY
 from scanstream.engine.state.memory import MemoryStateStore
-from scanstream.ext.scanparse import parse_events
+from scanstream.ext.scanparse import ACTION_NAMES, ACTION_NONE, parse_events
 from tests.test_pipeline import MINUTE, T0, code, csv_rows, event, make_config, make_registry
 # the state-store fixtures, so that every bindings case runs on the memory, embedded and Redis stores
 from tests.test_state_stores import answers_on_every_backend, kind, make_store, open_store, store  # noqa: F401
@@ -25,12 +25,12 @@ def _event(**fields) -> bytes:
 def test_outbound_scan_keeps_action_and_dealer():
     cols = parse_events([_event(role="warehouse", action="ship", dealer_id="D-GD")])
     assert cols["reason"][0] == ""
-    assert (cols["action"][0], cols["dealer_id"][0]) == ("ship", "D-GD")
+    assert (ACTION_NAMES[cols["action"][0]], cols["dealer_id"][0]) == ("ship", "D-GD")
 
 
 def test_sale_scan_keeps_action():
     cols = parse_events([_event(role="guide", action="sell")])
-    assert (cols["reason"][0], cols["action"][0], cols["dealer_id"][0]) == ("", "sell", "")
+    assert (cols["reason"][0], ACTION_NAMES[cols["action"][0]], cols["dealer_id"][0]) == ("", "sell", "")
 
 
 @pytest.mark.parametrize("fields, expected", [
@@ -46,7 +46,7 @@ def test_sale_scan_keeps_action():
 def test_hostile_trade_events_are_invalid_with_a_reason(fields, expected):
     cols = parse_events([_event(**fields)])
     assert expected in cols["reason"][0]
-    assert cols["action"][0] == ""
+    assert cols["action"][0] == ACTION_NONE
 
 
 def test_action_is_part_of_the_fingerprint():
