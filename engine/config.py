@@ -290,6 +290,21 @@ class KafkaSettings:
 
 
 @dataclass(frozen=True)
+class ApiSettings:
+    """``[api]``: the HTTP scan gateway (``scanstream api``)."""
+
+    host: str = "127.0.0.1"  # loopback unless an operator opens it on purpose
+    port: int = 8080
+    # how long a POST waits for the scan's outcome before it answers 202 with a poll address;
+    # counted from the request's arrival, so it is the scan API's budget for the whole answer
+    deadline_ms: int = 250
+    # how long publishing (the broker's acknowledgement included) may take before a 503
+    publish_timeout_ms: int = 2_000
+    max_body_bytes: int = 1_048_576  # a larger request body is refused with 413, unread
+    max_batch: int = 500  # scans in one POST /v1/scans:batch
+
+
+@dataclass(frozen=True)
 class Config:
     """A validated deployment configuration."""
 
@@ -310,6 +325,7 @@ class Config:
     alerts: AlertSettings = AlertSettings()
     redis: RedisSettings = RedisSettings()
     kafka: KafkaSettings = KafkaSettings()
+    api: ApiSettings = ApiSettings()
     enumeration: EnumerationSettings = EnumerationSettings()
     segments: SegmentSettings = SegmentSettings()
 
@@ -566,6 +582,21 @@ def _read_kafka(r: Reader) -> KafkaSettings:
     return out
 
 
+def _read_api(r: Reader) -> ApiSettings:
+    d = ApiSettings()
+    out = ApiSettings(
+        host=host_value(r.text("host", d.host), r.key("host")),
+        port=r.integer("port", d.port, lo=1, hi=65535),
+        deadline_ms=r.integer("deadline_ms", d.deadline_ms, lo=1, hi=60_000),
+        publish_timeout_ms=r.integer("publish_timeout_ms", d.publish_timeout_ms, lo=100, hi=60_000),
+        # at least one event of the largest size the worker parses (ext.scanparse.MAX_EVENT_BYTES)
+        max_body_bytes=r.integer("max_body_bytes", d.max_body_bytes, lo=65_536, hi=64 * 1_048_576),
+        max_batch=r.integer("max_batch", d.max_batch, lo=1, hi=10_000),
+    )
+    r.done()
+    return out
+
+
 def parse(data: dict[str, Any], source: Path) -> Config:
     """Validate an already-parsed TOML document; ``source`` locates relative paths."""
     root = Reader(data, "", source.parent)
@@ -599,6 +630,7 @@ def parse(data: dict[str, Any], source: Path) -> Config:
     alerts = _read_alerts(root.sub("alerts"))
     redis = _read_redis(root.sub("redis"))
     kafka = _read_kafka(root.sub("kafka"))
+    api = _read_api(root.sub("api"))
     enumeration = _read_enumeration(root.sub("enumeration"))
     segments = _read_segments(root.sub("segments"))
     root.done()
@@ -607,7 +639,7 @@ def parse(data: dict[str, Any], source: Path) -> Config:
     return Config(source=source, tenants=tenants, keys=keys, engine=engine, registry_dir=registry_dir,
                   registry_source=registry_source, registry_reload_s=registry_reload_s,
                   state_backend=state_backend, state_path=state_path, clickhouse=clickhouse, database=database, diversion=diversion,
-                  campaigns=tuple(campaigns), alerts=alerts, redis=redis, kafka=kafka,
+                  campaigns=tuple(campaigns), alerts=alerts, redis=redis, kafka=kafka, api=api,
                   enumeration=enumeration, segments=segments)
 
 

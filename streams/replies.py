@@ -105,3 +105,48 @@ def wait_reply(client, prefix: str, scan_id: str, timeout_s: float) -> dict[str,
         value = client.blmove(key, key, min(left, WAIT_SLICE_S), "LEFT", "RIGHT")
         if value is not None:
             return orjson.loads(value)
+
+
+#: ``wait_new_reply``'s polls while a scan_id's list already holds older outcomes: first and longest gap.
+POLL_FIRST_S = 0.005
+POLL_MAX_S = 0.05
+
+
+async def wait_new_reply(client, prefix: str, scan_id: str, seen: int, timeout_s: float) -> dict[str, Any] | None:
+    """The outcome of ``scan_id`` pushed after its reply list held ``seen`` outcomes; None after ``timeout_s``.
+
+    For an HTTP gateway on an event loop (``client`` is a ``redis.asyncio`` client).  Count the
+    list (``LLEN reply_key``) before publishing and pass it as ``seen``: a retried scan_id's list
+    already holds the first outcome, and the answer to this request is the one the worker
+    pushes for it (a redelivery's ``replay = 1``, or a ``conflict``), never the first outcome
+    served again to whoever resent the scan_id.
+
+    Reads never reorder the list (``wait_reply``'s ``BLMOVE LEFT RIGHT`` rotates it), so
+    outcomes keep their push order and ``seen`` stays an index.  A new scan_id (``seen`` 0)
+    blocks in Redis (``BLMOVE key key RIGHT RIGHT``, which returns at once and leaves the list
+    as it was once anything is there); an older one is polled, ``POLL_FIRST_S`` doubling to
+    ``POLL_MAX_S``: retries are rare.
+    """
+    import asyncio
+
+    key = reply_key(prefix, scan_id)
+    deadline = time.monotonic() + timeout_s
+    pause = POLL_FIRST_S
+    while True:
+        value = await client.lindex(key, seen)
+        if value is not None:
+            return orjson.loads(value)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        if seen == 0:
+            await client.blmove(key, key, max(min(left, WAIT_SLICE_S), 0.001), "RIGHT", "RIGHT")
+        else:
+            await asyncio.sleep(min(pause, left))
+            pause = min(pause * 2, POLL_MAX_S)
+
+
+async def latest_reply(client, prefix: str, scan_id: str) -> dict[str, Any] | None:
+    """The newest outcome of ``scan_id`` (a poll after a 202), or None while there is none."""
+    value = await client.lindex(reply_key(prefix, scan_id), -1)
+    return None if value is None else orjson.loads(value)

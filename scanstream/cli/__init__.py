@@ -8,7 +8,7 @@ import traceback
 from collections.abc import Sequence
 from importlib import metadata
 
-from scanstream.cli import (alerts, audit, codes, dashboard, demo, dev, exits, export, init, query, registry, run,
+from scanstream.cli import (alerts, api, audit, codes, dashboard, demo, dev, exits, export, init, query, registry, run,
                             segments, worker)
 from scanstream.cli.common import config_option
 from scanstream.cli.run import StateMismatch
@@ -21,7 +21,7 @@ from scanstream.sinks.exceptions import SinkError
 
 #: The distribution whose version ``--version`` prints.
 DISTRIBUTION = "scanstream"
-COMMANDS = (init, demo, dev, run, worker, query, export, dashboard, audit, registry, codes, segments, alerts)
+COMMANDS = (init, demo, dev, run, worker, api, query, export, dashboard, audit, registry, codes, segments, alerts)
 
 
 def _version() -> str:

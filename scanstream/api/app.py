@@ -1,0 +1,356 @@
+"""The HTTP scan gateway: check a scan, publish it once, await its outcome, answer JSON.
+
+FastAPI on uvicorn with uvloop and httptools, because the gateway spends its time waiting (on the
+broker's acknowledgement and on Redis for the outcome), which an event loop does for thousands
+of requests in one process, and FastAPI generates the OpenAPI document from the same pydantic
+models that shape the answers, so the contract cannot drift from the code.
+
+One ``POST /v1/scans``, in order:
+
+1. read the body, at most ``[api] max_body_bytes`` (413 beyond, the rest unread);
+2. parse it (400 for JSON that is not, or a key written twice, naming it) and check it with
+   the worker's own parse stage (``check_event``: 400 naming the field);
+3. count the scan_id's reply list in Redis (503 when Redis does not answer: nothing published);
+4. publish through ``ScanPublisher`` and flush, so the broker has it (503 when it does not);
+5. await the outcome pushed after that count (``replies.wait_new_reply``) until ``[api]
+   deadline_ms`` after the request arrived: 200 with the outcome, else 202 with a poll address.
+
+A scan is published once per request and never again by the gateway; a client that resends it
+(after a 202, a 503 or a lost answer) sends the same scan_id, which the engine answers as a
+redelivery (``replay``) or, with other content, as a ``conflict``.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from scanstream.api.models import BatchAnswer, Health, Pending, Problem, ScanEvent, ScanOutcome, outcome
+from scanstream.engine.config import Config
+from scanstream.streams import replies
+from scanstream.streams.publisher import InvalidEvent, PublishError, ScanPublisher, encode_events, topic_partitions
+
+log = logging.getLogger("scanstream.api")
+PROBLEM = "application/problem+json"
+#: How long a readiness probe waits for each service.
+READY_TIMEOUT_S = 1.0
+#: redis.asyncio client options: a dead server fails a request within a second, never hangs it.
+REDIS_OPTIONS = {"socket_connect_timeout": 1.0, "socket_timeout": replies.WAIT_SLICE_S + 4.0}
+_PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": Problem, "description": text, "content": {PROBLEM: {}}}
+    for code, text in ((400, "the event is invalid or the body is not JSON; `field` names what"),
+                       (413, "the body is larger than [api] max_body_bytes"),
+                       (422, "the request's shape is wrong (a batch that is not a list, too long, a scan_id twice)"),
+                       (503, "the broker or Redis does not answer; resending the same scan_id is safe"))}
+
+
+class Refused(Exception):
+    """An answer other than success: becomes one problem-details body."""
+
+    def __init__(self, status: int, title: str, detail: str, field: str | None = None, index: int | None = None,
+                 failed: dict[str, str] | None = None):
+        super().__init__(detail)
+        self.problem = Problem(type=f"https://scanstream.dev/problems/{title.lower().replace(' ', '-')}",
+                               title=title, status=status, detail=detail, field=field, index=index, failed=failed)
+
+
+def problem_response(problem: Problem, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(problem.model_dump(exclude_none=True), status_code=problem.status, media_type=PROBLEM,
+                        headers=headers)
+
+
+def _unavailable(service: str, detail: str) -> Refused:
+    return Refused(503, f"{service} unavailable", detail, failed={service: detail})
+
+
+# -- reading a request -----------------------------------------------------------------------
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, or 413 as soon as it is known to pass ``limit`` bytes (by Content-Length, else read)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise Refused(413, "Request too large", f"the body has {int(declared)} bytes; at most {limit} "
+                      f"([api] max_body_bytes)", field="body")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise Refused(413, "Request too large", f"the body passes {limit} bytes ([api] max_body_bytes)",
+                          field="body")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise Refused(400, "Invalid event", f"the key {key!r} is written twice in one object; the engine "
+                          f"treats such an event as unusable", field=key)
+        out[key] = value
+    return out
+
+
+def parse_json(body: bytes) -> Any:
+    """The body as JSON; 400 when it is not (a key written twice counts: DESIGN "invalid_event")."""
+    try:
+        return json.loads(body, object_pairs_hook=_no_duplicates)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8
+        raise Refused(400, "Malformed JSON", f"the body is not JSON: {exc}", field="body") from None
+
+
+def _invalid(exc: InvalidEvent) -> Refused:
+    where = f"scan {exc.index}: " if exc.index is not None else ""
+    return Refused(400, "Invalid event", f"{where}{exc.field}: {exc.problem}", field=exc.field, index=exc.index)
+
+
+# -- the gateway -----------------------------------------------------------------------------
+
+class Gateway:
+    """The services behind the routes: one publisher (made when the broker first answers) and Redis."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.api = config.api
+        self._publisher: ScanPublisher | None = None
+        # One publish-and-flush at a time: ``flush`` reports the failures since the last flush,
+        # so two requests flushing together could each be told of the other's failure.
+        self._send_lock = threading.Lock()
+        self.redis = None
+
+    async def start(self) -> None:
+        import redis.asyncio as aioredis
+
+        self.redis = aioredis.Redis.from_url(self.config.redis.url, **REDIS_OPTIONS)
+
+    async def close(self) -> None:
+        if self.redis is not None:
+            await self.redis.aclose()
+        if self._publisher is not None:
+            await asyncio.to_thread(self._publisher.close, self.api.publish_timeout_ms / 1000)
+
+    # -- broker
+
+    def _make_publisher(self) -> ScanPublisher:
+        if self._publisher is None:
+            k = self.config.kafka
+            self._publisher = ScanPublisher(k.bootstrap, k.scans_topic, linger_ms=k.linger_ms, keys=self.config.keys,
+                                            max_block_ms=self.api.publish_timeout_ms)
+        return self._publisher
+
+    def _send(self, events: Sequence[dict]) -> None:
+        """Publish ``events`` and wait until the broker acknowledged them (in a worker thread)."""
+        with self._send_lock:
+            publisher = self._make_publisher()
+            publisher.publish_many(events)
+            publisher.flush(self.api.publish_timeout_ms / 1000)
+
+    async def publish(self, events: Sequence[dict]) -> None:
+        try:
+            await asyncio.to_thread(self._send, events)
+        except InvalidEvent:
+            raise
+        except Exception as exc:  # PublishError, KafkaError: the broker did not take them
+            log.warning("publishing %d scans failed: %r", len(events), exc)
+            raise _unavailable("broker", f"the broker at {self.config.kafka.bootstrap} did not acknowledge the "
+                               f"scan within {self.api.publish_timeout_ms} ms ({type(exc).__name__}); "
+                               f"resending the same scan_id is safe") from None
+
+    # -- Redis
+
+    def _redis_down(self, exc: Exception, published: bool) -> Refused:
+        log.warning("Redis failed: %r", exc)
+        then = ("the scan was published; resend the same scan_id or poll later" if published
+                else "nothing was published")
+        return _unavailable("redis", f"Redis does not answer ({type(exc).__name__}); {then}")
+
+    async def seen(self, scan_ids: Sequence[str]) -> list[int]:
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for sid in scan_ids:
+                    pipe.llen(replies.reply_key(self.config.redis.prefix, sid))
+                return [int(n) for n in await pipe.execute()]
+        except Exception as exc:  # redis.RedisError, OSError
+            raise self._redis_down(exc, published=False) from None
+
+    async def wait(self, scan_id: str, seen: int, deadline: float) -> ScanOutcome | Pending:
+        left = deadline - time.monotonic()
+        try:
+            reply = (await replies.wait_new_reply(self.redis, self.config.redis.prefix, scan_id, seen, left)
+                     if left > 0 else None)
+        except Exception as exc:
+            raise self._redis_down(exc, published=True) from None
+        return Pending(scan_id=scan_id, poll=f"/v1/scans/{scan_id}") if reply is None else outcome(reply)
+
+    async def latest(self, scan_id: str) -> ScanOutcome | None:
+        try:
+            reply = await replies.latest_reply(self.redis, self.config.redis.prefix, scan_id)
+        except Exception as exc:
+            raise self._redis_down(exc, published=False) from None
+        return None if reply is None else outcome(reply)
+
+    # -- readiness
+
+    async def ready(self) -> dict[str, str]:
+        """Each service that does not answer within ``READY_TIMEOUT_S``, and why; {} when ready."""
+        k = self.config.kafka
+
+        async def broker() -> None:
+            await asyncio.to_thread(topic_partitions, k.bootstrap, k.scans_topic, int(READY_TIMEOUT_S * 1000))
+
+        async def redis() -> None:
+            await asyncio.wait_for(self.redis.ping(), READY_TIMEOUT_S)
+
+        failed = {}
+        for name, result in zip(("broker", "redis"), await asyncio.gather(broker(), redis(), return_exceptions=True)):
+            if isinstance(result, BaseException):
+                failed[name] = (str(result) if isinstance(result, PublishError)
+                                else f"{type(result).__name__}: {result}")[:300]
+        return failed
+
+
+# -- the application -------------------------------------------------------------------------
+
+def _event_body(schema: dict) -> dict:
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def create_app(config: Config) -> FastAPI:
+    """The gateway's ASGI application for ``config``."""
+    gateway = Gateway(config)
+    api = config.api
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await gateway.start()
+        try:
+            yield
+        finally:
+            await gateway.close()
+
+    app = FastAPI(title="scanstream scan gateway", version="1", lifespan=lifespan,
+                  description="Publish QR-code scans to scanstream and get each one's verdict and prize back.")
+    app.state.gateway = gateway
+    event_schema = ScanEvent.model_json_schema(ref_template="#/components/schemas/{model}")
+
+    @app.exception_handler(Refused)
+    async def _refused(request: Request, exc: Refused):
+        return problem_response(exc.problem)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        title = {404: "Not found", 405: "Method not allowed"}.get(exc.status_code, "HTTP error")
+        return problem_response(Refused(exc.status_code, title, str(exc.detail)).problem, getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        first = (exc.errors() or [{}])[0]
+        field = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+        return problem_response(Refused(422, "Invalid request", str(first.get("msg", "invalid request")),
+                                        field=field).problem)
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception):  # logged with its traceback here, never sent
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return problem_response(Refused(500, "Internal error", "the gateway failed; the error is in its log").problem)
+
+    @app.post("/v1/scans", response_model=ScanOutcome, openapi_extra=_event_body(event_schema),
+              responses={202: {"model": Pending, "description": "the deadline passed; poll for the outcome"},
+                         **_PROBLEM_RESPONSES})
+    async def post_scan(request: Request):
+        """Publish one scan and answer its outcome, or 202 with a poll address when the deadline passes."""
+        deadline = time.monotonic() + api.deadline_ms / 1000
+        event = parse_json(await read_body(request, api.max_body_bytes))
+        try:
+            encode_events([event])
+        except InvalidEvent as exc:
+            raise _invalid(InvalidEvent(exc.field, exc.value, exc.problem)) from None
+        scan_id = str(event["scan_id"])
+        (seen,) = await gateway.seen([scan_id])
+        await gateway.publish([event])
+        answer = await gateway.wait(scan_id, seen, deadline)
+        return _answer(answer, isinstance(answer, Pending))
+
+    @app.post("/v1/scans:batch", response_model=BatchAnswer,
+              openapi_extra=_event_body({"type": "array", "items": event_schema, "minItems": 1,
+                                         "maxItems": api.max_batch}),
+              responses={202: {"model": BatchAnswer, "description": "some outcomes passed the deadline: poll them"},
+                         **_PROBLEM_RESPONSES})
+    async def post_batch(request: Request):
+        """Publish a list of scans (all or none) and answer each outcome, in request order."""
+        deadline = time.monotonic() + api.deadline_ms / 1000
+        events = parse_json(await read_body(request, api.max_body_bytes))
+        if not isinstance(events, list) or not events:
+            raise Refused(422, "Invalid batch", "the body must be a non-empty JSON array of scan events", field="body")
+        if len(events) > api.max_batch:
+            raise Refused(422, "Invalid batch", f"{len(events)} scans; at most {api.max_batch} per batch "
+                          f"([api] max_batch)", field="body")
+        try:
+            encode_events(events)
+        except InvalidEvent as exc:
+            raise _invalid(exc) from None
+        scan_ids = [str(e["scan_id"]) for e in events]
+        first: dict[str, int] = {}
+        for i, sid in enumerate(scan_ids):
+            if first.setdefault(sid, i) != i:
+                raise Refused(422, "Invalid batch", f"scan {i} repeats the scan_id of scan {first[sid]}; send a "
+                              f"resent scan on its own", field="scan_id", index=i)
+        seen = await gateway.seen(scan_ids)
+        await gateway.publish(events)
+        answers = await asyncio.gather(*(gateway.wait(s, n, deadline) for s, n in zip(scan_ids, seen)))
+        pending = any(isinstance(a, Pending) for a in answers)
+        return JSONResponse(BatchAnswer(results=list(answers)).model_dump(), status_code=202 if pending else 200)
+
+    @app.get("/v1/scans/{scan_id}", response_model=ScanOutcome,
+             responses={404: {"model": Problem, "description": "no outcome (yet) for this scan_id",
+                              "content": {PROBLEM: {}}}, 503: _PROBLEM_RESPONSES[503]})
+    async def get_scan(scan_id: str):
+        """The newest outcome of ``scan_id``; 404 while there is none (not yet processed, or expired)."""
+        answer = await gateway.latest(scan_id)
+        if answer is None:
+            raise Refused(404, "Not found", f"no outcome for scan_id {scan_id!r} yet; outcomes are kept "
+                          f"{config.redis.result_ttl_s} s ([redis] result_ttl_s)", field="scan_id")
+        return answer
+
+    @app.get("/healthz", response_model=Health)
+    async def healthz():
+        """The process is alive and serving (services are not asked: see /readyz)."""
+        return Health(status="ok")
+
+    @app.get("/readyz", response_model=Health, responses={503: _PROBLEM_RESPONSES[503]})
+    async def readyz():
+        """200 when the broker (the scans topic) and Redis answer; else 503 naming which did not."""
+        failed = await gateway.ready()
+        if failed:
+            raise Refused(503, "Not ready", "not ready: " + "; ".join(f"{k}: {v}" for k, v in failed.items()),
+                          failed=failed)
+        return Health(status="ok", checks={"broker": "ok", "redis": "ok"})
+
+    return app
+
+
+def _answer(answer: ScanOutcome | Pending, pending: bool) -> JSONResponse:
+    if pending:
+        return JSONResponse(answer.model_dump(), status_code=202, headers={"Location": answer.poll})
+    return JSONResponse(answer.model_dump(), status_code=200)
+
+
+def serve(config: Config, host: str | None = None, port: int | None = None, log_level: str = "info"):
+    """A uvicorn server for ``config`` (uvloop, httptools), not yet started: ``.run()`` or ``await .serve()``."""
+    import uvicorn
+
+    app = create_app(config)
+    server_config = uvicorn.Config(app, host=host or config.api.host, port=port or config.api.port, loop="uvloop",
+                                   http="httptools", lifespan="on", log_level=log_level, access_log=False,
+                                   timeout_keep_alive=5, server_header=False)
+    return uvicorn.Server(server_config)
