@@ -537,8 +537,14 @@ class ScanPublisher:
 
     # -- outcomes ----------------------------------------------------------------------------
 
-    def await_result(self, scan_id: str, timeout: float = 0.5) -> dict | None:
+    def await_result(self, scan_id: str, timeout: float = 0.5, event: dict | None = None) -> dict | None:
         """The outcome of ``scan_id`` (the reply fields of ``streams.replies``), or None after ``timeout`` s.
+
+        Pass the ``event`` that was published: the outcome must then answer that event (the same
+        code, user_id, role and ts), so a scan_id that someone resent with another code is
+        answered with that resend's ``conflict``, never with the first delivery's verdict and
+        prize.  Without it, the scan_id's first outcome, whatever event it answered: only for
+        scan_ids the caller made itself and never resends with other content.
 
         Outcomes come back through Redis, not the ``scan-results`` topic: the worker pushes
         each one to a list named after its scan_id (``streams.replies.ReplyWriter``) and this
@@ -551,7 +557,13 @@ class ScanPublisher:
         """
         if not timeout > 0:
             raise ValueError(f"timeout must be above 0 seconds (Redis reads 0 as 'wait forever'), got {timeout!r}")
-        return replies.wait_reply(self.redis(), self.prefix, str(scan_id), timeout)
+        answers = None
+        if event is not None:
+            cols = parse_events([encode_event(event)])
+            want = (cols["code"][0], cols["user_id"][0], cols["role"][0], int(cols["ts"][0]))
+            answers = lambda reply: (reply.get("code"), reply.get("user_id"), reply.get("role"),  # noqa: E731
+                                     reply.get("ts")) == want
+        return replies.wait_reply(self.redis(), self.prefix, str(scan_id), timeout, answers)
 
     def redis(self):
         """The Redis client of ``await_result`` (made on first use; thread-safe)."""

@@ -13,7 +13,7 @@ slots, so it runs on a single server or a primary with replicas, not a Redis Clu
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,6 +25,9 @@ from scanstream.engine import outcomes
 WAIT_SLICE_S = 1.0
 #: Outcomes per script call: bounds the time one call holds the server (a few ms here).
 REPLY_CHUNK = 5000
+#: Polls while a scan_id's list holds outcomes of other events (a resend): first and longest gap.
+POLL_FIRST_S = 0.005
+POLL_MAX_S = 0.05
 
 #: ARGV: key prefix, TTL, n, scan_id lengths (uint32), scan_ids, outcome lengths (uint32),
 #: outcomes.  Arrays travel packed, as in the state store's scripts: a pipelined RPUSH and
@@ -91,25 +94,43 @@ class ReplyWriter:
         return self.push(scans["scan_id"].tolist(), outcomes.outcome_lines(scans))
 
 
-def wait_reply(client, prefix: str, scan_id: str, timeout_s: float) -> dict[str, Any] | None:
-    """The outcome of ``scan_id``, waiting up to ``timeout_s``; None when none came in time."""
+def wait_reply(client, prefix: str, scan_id: str, timeout_s: float,
+               answers: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any] | None:
+    """The outcome of ``scan_id``, waiting up to ``timeout_s``; None when none came in time.
+
+    Without ``answers``, the list's oldest outcome.  With it, the oldest outcome for which
+    ``answers`` is true: a scan_id resent with other content has two outcomes in its list, the
+    first delivery's and the resend's ``conflict``, and only the caller knows which event it is
+    waiting for (``ScanPublisher.await_result`` passes the event).
+    """
     if not timeout_s > 0:  # Redis reads a zero timeout as "wait for ever"
         raise ValueError(f"timeout_s {timeout_s!r} must be above 0")
     key = reply_key(prefix, scan_id)
     deadline = time.monotonic() + timeout_s
+    pause = POLL_FIRST_S
     while True:
         # short blocking slices: a client's socket timeout may be shorter than the whole wait
         left = deadline - time.monotonic()
+        if answers is None:
+            if left <= 0:
+                return None
+            value = client.blmove(key, key, min(left, WAIT_SLICE_S), "LEFT", "RIGHT")
+            if value is not None:
+                return orjson.loads(value)
+            continue
+        held = client.lrange(key, 0, -1)
+        for value in held:
+            reply = orjson.loads(value)
+            if answers(reply):
+                return reply
+        left = deadline - time.monotonic()
         if left <= 0:
             return None
-        value = client.blmove(key, key, min(left, WAIT_SLICE_S), "LEFT", "RIGHT")
-        if value is not None:
-            return orjson.loads(value)
-
-
-#: ``wait_new_reply``'s polls while a scan_id's list already holds older outcomes: first and longest gap.
-POLL_FIRST_S = 0.005
-POLL_MAX_S = 0.05
+        if not held:  # block until the first outcome comes (RIGHT to RIGHT: the order stays)
+            client.blmove(key, key, max(min(left, WAIT_SLICE_S), 0.001), "RIGHT", "RIGHT")
+        else:  # outcomes of other events under this scan_id: a resend, rare; poll for ours
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, POLL_MAX_S)
 
 
 async def wait_new_reply(client, prefix: str, scan_id: str, seen: int, timeout_s: float) -> dict[str, Any] | None:

@@ -99,7 +99,7 @@ def test_publisher_worker_redis_clickhouse(broker, redis_url, redis_prefix, tmp_
                 for i in sample:
                     answer = None
                     while answer is None and worker.poll() is None and time.monotonic() < deadline:
-                        answer = publisher.await_result(events[i]["scan_id"], timeout=1)
+                        answer = publisher.await_result(events[i]["scan_id"], timeout=1, event=events[i])
                     answers[i] = answer
 
             waiter = threading.Thread(target=wait_for_sample)

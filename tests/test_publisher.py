@@ -394,6 +394,37 @@ def test_await_result_through_redis(broker, topic, redis_url, redis_prefix):
     client.close()
 
 
+@pytest.mark.timeout(60)
+def test_a_resent_scan_id_with_another_code_is_not_answered_with_the_first_prize(broker, topic, redis_url,
+                                                                                   redis_prefix):
+    """The attack on the scan API's answer: a winning scan's scan_id resent with a forged code.  The
+    engine answers the resend ``conflict``; the API awaiting the resend's outcome must see that,
+    not "genuine, you won" from the first delivery still in the scan_id's reply list."""
+    from scanstream.engine.state.memory import MemoryStateStore
+    from scanstream.wiring import build_pipeline
+    from tests.test_pipeline import T0, code, event, make_config, make_registry
+
+    genuine = orjson.loads(event("s-win", code(42, 7), user="wx-1", ts=T0))
+    forged = {**genuine, "code": code(42, 8)[:-1] + ("X" if code(42, 8)[-1] != "X" else "Y"), "user_id": "wx-thief"}
+    pipeline = build_pipeline(make_config(), state=MemoryStateStore(), registry=make_registry())
+    client = redis.Redis.from_url(redis_url)
+    writer = ReplyWriter(client, redis_prefix, 60)
+    with ScanPublisher(broker.bootstrap, topic=topic, redis_url=redis_url, prefix=redis_prefix) as pub:
+        for e in (genuine, forged):  # the worker's side: each delivery's outcome pushed in turn
+            pub.publish(e)
+            writer.push_outcomes(pipeline.process([orjson.dumps(e)]).scans)
+        theirs = pub.await_result("s-win", timeout=2, event=forged)
+        assert (theirs["verdict"], theirs["prize_cents"], theirs["user_id"]) == ("conflict", 0, "wx-thief")
+        mine = pub.await_result("s-win", timeout=2, event=genuine)
+        assert (mine["verdict"], mine["prize_cents"] > 0, mine["user_id"]) == ("ok", True, "wx-1")
+        # an event whose outcome never came: None after the timeout, not another event's outcome
+        other = {**genuine, "code": code(42, 9)}
+        t0 = time.monotonic()
+        assert pub.await_result("s-win", timeout=0.3, event=other) is None
+        assert 0.25 < time.monotonic() - t0 < 2
+    client.close()
+
+
 def test_await_result_needs_redis(broker, topic):
     with ScanPublisher(broker.bootstrap, topic=topic) as pub:
         with pytest.raises(PublishError, match="redis_url"):

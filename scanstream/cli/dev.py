@@ -161,7 +161,7 @@ def _publish_demo(config: Config, lines: list[bytes], stop: threading.Event) -> 
         for event in events:
             try:
                 publisher.publish(event)
-                published.append(event["scan_id"])
+                published.append(event)
             except InvalidEvent:
                 refused += 1
             except PublishError as exc:
@@ -170,10 +170,10 @@ def _publish_demo(config: Config, lines: list[bytes], stop: threading.Event) -> 
         publisher.flush()
         say(f"demo: published {len(published):,} scans ({refused:,} lines refused as the scan API would)")
         missing = 0
-        for scan_id in published:
+        for event in published:
             if stop.is_set():
                 return
-            outcome = publisher.await_result(scan_id, timeout=OUTCOME_WAIT_S)
+            outcome = publisher.await_result(event["scan_id"], timeout=OUTCOME_WAIT_S, event=event)
             if outcome is None:
                 missing += 1
             else:
