@@ -289,6 +289,12 @@ class KafkaSettings:
     metrics_host: str = DEFAULT_METRICS_HOST
 
 
+#: Bounds of the gateway's rate limits: past them a limit is no limit, and a bucket's arithmetic in
+#: Redis (doubles) stays exact.
+RATE_MAX_PER_S = 1_000_000.0
+BURST_MAX = 1_000_000
+
+
 @dataclass(frozen=True)
 class ApiSettings:
     """``[api]``: the HTTP scan gateway (``scanstream api``)."""
@@ -302,6 +308,12 @@ class ApiSettings:
     publish_timeout_ms: int = 2_000
     max_body_bytes: int = 1_048_576  # a larger request body is refused with 413, unread
     max_batch: int = 500  # scans in one POST /v1/scans:batch
+    # token buckets in Redis, shared by every gateway process (0: no limit): requests per second
+    # and burst per client address, scans per second and burst per user_id; past them, 429
+    ip_rate_per_s: float = 50.0
+    ip_burst: int = 100
+    user_rate_per_s: float = 1.0
+    user_burst: int = 20
 
 
 @dataclass(frozen=True)
@@ -592,6 +604,10 @@ def _read_api(r: Reader) -> ApiSettings:
         # at least one event of the largest size the worker parses (ext.scanparse.MAX_EVENT_BYTES)
         max_body_bytes=r.integer("max_body_bytes", d.max_body_bytes, lo=65_536, hi=64 * 1_048_576),
         max_batch=r.integer("max_batch", d.max_batch, lo=1, hi=10_000),
+        ip_rate_per_s=r.number("ip_rate_per_s", d.ip_rate_per_s, lo=0, hi=RATE_MAX_PER_S),
+        ip_burst=r.integer("ip_burst", d.ip_burst, lo=1, hi=BURST_MAX),
+        user_rate_per_s=r.number("user_rate_per_s", d.user_rate_per_s, lo=0, hi=RATE_MAX_PER_S),
+        user_burst=r.integer("user_burst", d.user_burst, lo=1, hi=BURST_MAX),
     )
     r.done()
     return out

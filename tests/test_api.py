@@ -74,7 +74,8 @@ def services(winners, broker, redis_url, tmp_path_factory):
     path = worker_config(tmp / "scanstream.toml", registry, tmp / "chdb", broker.bootstrap, names, prefix, "memory",
                          redis_url, take=64, within_ms=5)
     with path.open("a", encoding="utf-8") as f:
-        f.write("\n[api]\ndeadline_ms = 10000\n")  # far more than a loaded CI machine needs
+        # far more than a loaded CI machine needs; no rate limits (tests/test_api_limits.py has them)
+        f.write("\n[api]\ndeadline_ms = 10000\nip_rate_per_s = 0\nuser_rate_per_s = 0\n")
     port = free_port()
     logs = [(tmp / "worker.log").open("wb"), (tmp / "api.log").open("wb")]
     worker = subprocess.Popen([SCANSTREAM, "--config", str(path), "worker"], stdout=logs[0], stderr=subprocess.STDOUT,

@@ -7,12 +7,15 @@ models that shape the answers, so the contract cannot drift from the code.
 
 One ``POST /v1/scans``, in order:
 
-1. read the body, at most ``[api] max_body_bytes`` (413 beyond, the rest unread);
-2. parse it (400 for JSON that is not, or a key written twice, naming it) and check it with
-   the worker's own parse stage (``check_event``: 400 naming the field);
-3. count the scan_id's reply list in Redis (503 when Redis does not answer: nothing published);
-4. publish through ``ScanPublisher`` and flush, so the broker has it (503 when it does not);
-5. await the outcome pushed after that count (``replies.wait_new_reply``) until ``[api]
+1. take a token from the client address's bucket (``scanstream.api.limits``: 429 with
+   Retry-After past ``[api] ip_rate_per_s``);
+2. read the body, at most ``[api] max_body_bytes`` (413 beyond, the rest unread);
+3. parse it (400 for JSON that is not, or a key written twice, naming it) and check it with
+   the worker's own parse stage (``check_event``: 400 naming the field), then take a token per
+   scan from its user_id's bucket (429 past ``[api] user_rate_per_s``; nothing published);
+4. count the scan_id's reply list in Redis (503 when Redis does not answer: nothing published);
+5. publish through ``ScanPublisher`` and flush, so the broker has it (503 when it does not);
+6. await the outcome pushed after that count (``replies.wait_new_reply``) until ``[api]
    deadline_ms`` after the request arrived: 200 with the outcome, else 202 with a poll address.
 
 A scan is published once per request and never again by the gateway; a client that resends it
@@ -26,6 +29,7 @@ import json
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -35,6 +39,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from scanstream.api.limits import RateLimits
 from scanstream.api.models import BatchAnswer, Health, Pending, Problem, ScanEvent, ScanOutcome, outcome
 from scanstream.engine.config import Config
 from scanstream.streams import replies
@@ -51,6 +56,8 @@ _PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     for code, text in ((400, "the event is invalid or the body is not JSON; `field` names what"),
                        (413, "the body is larger than [api] max_body_bytes"),
                        (422, "the request's shape is wrong (a batch that is not a list, too long, a scan_id twice)"),
+                       (429, "past the rate limit of the client address or of a user_id; Retry-After says when "
+                             "to ask again, and nothing was published"),
                        (503, "the broker or Redis does not answer; resending the same scan_id is safe"))}
 
 
@@ -58,8 +65,9 @@ class Refused(Exception):
     """An answer other than success: becomes one problem-details body."""
 
     def __init__(self, status: int, title: str, detail: str, field: str | None = None, index: int | None = None,
-                 failed: dict[str, str] | None = None):
+                 failed: dict[str, str] | None = None, headers: dict[str, str] | None = None):
         super().__init__(detail)
+        self.headers = headers
         self.problem = Problem(type=f"https://scanstream.dev/problems/{title.lower().replace(' ', '-')}",
                                title=title, status=status, detail=detail, field=field, index=index, failed=failed)
 
@@ -127,11 +135,48 @@ class Gateway:
         # so two requests flushing together could each be told of the other's failure.
         self._send_lock = threading.Lock()
         self.redis = None
+        self.limits: RateLimits | None = None
 
     async def start(self) -> None:
         import redis.asyncio as aioredis
 
         self.redis = aioredis.Redis.from_url(self.config.redis.url, **REDIS_OPTIONS)
+        a = self.api
+        self.limits = RateLimits(self.redis, self.config.redis.prefix, a.ip_rate_per_s, a.ip_burst,
+                                 a.user_rate_per_s, a.user_burst)
+
+    # -- rate limits
+
+    async def limit_client(self, request: Request) -> None:
+        """429 when the client address is past ``[api] ip_rate_per_s`` (the peer's address: a proxy
+        in front must be given a limit of its own or none)."""
+        address = request.client.host if request.client else "unknown"
+        try:
+            verdict = await self.limits.client(address)
+        except Exception as exc:
+            raise self._redis_down(exc, published=False) from None
+        if not verdict.allowed:
+            raise Refused(429, "Too many requests", f"client {address} is past {self.api.ip_rate_per_s:g} requests "
+                          f"a second (burst {self.api.ip_burst}); ask again in {verdict.retry_after_s} s",
+                          field="ip", headers={"Retry-After": str(verdict.retry_after_s)})
+
+    async def limit_users(self, events: Sequence[dict]) -> None:
+        """429 when a scan's user_id is past ``[api] user_rate_per_s``; nothing is taken from any
+        user then.  A batch with more scans of one user than ``user_burst`` could never pass: 422."""
+        users = [str(e["user_id"]) for e in events]
+        if self.api.user_rate_per_s:
+            user, most = Counter(users).most_common(1)[0]
+            if most > self.api.user_burst:
+                raise Refused(422, "Invalid batch", f"{most} scans of user_id {user!r} in one batch; at most "
+                              f"{self.api.user_burst} ([api] user_burst)", field="user_id")
+        try:
+            verdict = await self.limits.users(users)
+        except Exception as exc:
+            raise self._redis_down(exc, published=False) from None
+        if not verdict.allowed:
+            raise Refused(429, "Too many requests", f"a user_id is past {self.api.user_rate_per_s:g} scans a second "
+                          f"(burst {self.api.user_burst}); ask again in {verdict.retry_after_s} s",
+                          field="user_id", headers={"Retry-After": str(verdict.retry_after_s)})
 
     async def close(self) -> None:
         if self.redis is not None:
@@ -245,7 +290,7 @@ def create_app(config: Config) -> FastAPI:
 
     @app.exception_handler(Refused)
     async def _refused(request: Request, exc: Refused):
-        return problem_response(exc.problem)
+        return problem_response(exc.problem, exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
@@ -270,11 +315,13 @@ def create_app(config: Config) -> FastAPI:
     async def post_scan(request: Request):
         """Publish one scan and answer its outcome, or 202 with a poll address when the deadline passes."""
         deadline = time.monotonic() + api.deadline_ms / 1000
+        await gateway.limit_client(request)
         event = parse_json(await read_body(request, api.max_body_bytes))
         try:
             encode_events([event])
         except InvalidEvent as exc:
             raise _invalid(InvalidEvent(exc.field, exc.value, exc.problem)) from None
+        await gateway.limit_users([event])
         scan_id = str(event["scan_id"])
         (seen,) = await gateway.seen([scan_id])
         await gateway.publish([event])
@@ -289,6 +336,7 @@ def create_app(config: Config) -> FastAPI:
     async def post_batch(request: Request):
         """Publish a list of scans (all or none) and answer each outcome, in request order."""
         deadline = time.monotonic() + api.deadline_ms / 1000
+        await gateway.limit_client(request)
         events = parse_json(await read_body(request, api.max_body_bytes))
         if not isinstance(events, list) or not events:
             raise Refused(422, "Invalid batch", "the body must be a non-empty JSON array of scan events", field="body")
@@ -305,6 +353,7 @@ def create_app(config: Config) -> FastAPI:
             if first.setdefault(sid, i) != i:
                 raise Refused(422, "Invalid batch", f"scan {i} repeats the scan_id of scan {first[sid]}; send a "
                               f"resent scan on its own", field="scan_id", index=i)
+        await gateway.limit_users(events)
         seen = await gateway.seen(scan_ids)
         await gateway.publish(events)
         answers = await asyncio.gather(*(gateway.wait(s, n, deadline) for s, n in zip(scan_ids, seen)))

@@ -1,0 +1,102 @@
+"""The gateway's rate limits through real HTTP: token buckets in Redis, per client address and per
+user_id, shared by two gateway processes' worth of servers (two gateways in threads, one Redis).
+
+The attacks first: a client that floods, a user who scans faster than a person can, the same user
+spread over two gateways, a batch that would smuggle many scans of one user past the limit.  A
+refused request is a 429 problem with Retry-After, publishes nothing and takes no token from
+anyone else.
+"""
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+import httpx
+import pytest
+
+from scanstream.engine.config import ConfigError, load
+from test_api import Gateway, assert_problem, post, services, winners  # noqa: F401 - fixtures
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def limited(path, **limits):
+    config = load(path)
+    # a fresh key prefix per test: its buckets start full whatever an earlier test took
+    return replace(config, api=replace(config.api, deadline_ms=1, **limits),
+                   redis=replace(config.redis, prefix=f"{config.redis.prefix}{uuid.uuid4().hex[:6]}:"))
+
+
+def bad_event(n: int, user: str = "wx-limits") -> dict:
+    """An event the gateway refuses with 400 after the address's token was taken (no code)."""
+    return {"scan_id": f"lim-{uuid.uuid4().hex[:8]}-{n}", "ts": 1795132800000, "user_id": user}
+
+
+def event(n: int, user: str) -> dict:
+    """A valid event (a forged code: the engine answers bad_mac; publishing it is harmless)."""
+    return {**bad_event(n, user), "code": "2400E000CM00044JZQYY3T5X"}
+
+
+def test_a_flooding_client_gets_429_with_retry_after_and_the_bucket_refills(services):
+    _, path = services
+    with Gateway(limited(path, ip_rate_per_s=0.5, ip_burst=5, user_rate_per_s=0)) as g:
+        codes = [post(g.url, bad_event(i)).status_code for i in range(8)]
+        # the burst passes (and is judged: 400, no code); then the address is refused
+        assert codes[:5] == [400] * 5 and set(codes[5:]) == {429}
+        r = post(g.url, bad_event(99))
+        body = assert_problem(r, 429, "ip")
+        assert "127.0.0.1" in body["detail"] and int(r.headers["retry-after"]) == math.ceil(1 / 0.5)
+        # the health probes are not limited: an orchestrator keeps seeing the process alive
+        assert httpx.get(f"{g.url}/healthz").status_code == 200
+        time.sleep(2.2)  # a token every 2 s: one more request passes, the next does not
+        assert [post(g.url, bad_event(i)).status_code for i in range(2)] == [400, 429]
+
+
+def test_a_user_scanning_too_fast_is_refused_on_every_gateway_and_others_are_not(services):
+    _, path = services
+    config = limited(path, ip_rate_per_s=0, user_rate_per_s=0.01, user_burst=3)
+    with Gateway(config) as a, Gateway(config) as b:  # two gateways, one Redis: one bucket per user
+        statuses = [post(url, event(i, "wx-fast")).status_code for i, url in enumerate([a.url, b.url] * 2)]
+        assert set(statuses[:3]) <= {200, 202} and statuses[3] == 429, statuses
+        body = assert_problem(post(b.url, event(9, "wx-fast")), 429, "user_id")
+        assert "0.01 scans a second" in body["detail"]
+        # another user is not held back by wx-fast
+        assert post(a.url, event(10, "wx-calm")).status_code in (200, 202)
+
+
+def test_a_refused_batch_takes_no_token_and_one_user_cannot_fill_a_batch(services):
+    _, path = services
+    config = limited(path, ip_rate_per_s=0, user_rate_per_s=0.01, user_burst=2)
+    with Gateway(config) as g:
+        # three scans of one user in one batch could never pass: refused as a batch of the wrong shape
+        assert_problem(post(g.url, [event(i, "wx-batch") for i in range(3)], "/v1/scans:batch"), 422, "user_id")
+        assert post(g.url, [event(10, "wx-a"), event(11, "wx-b")], "/v1/scans:batch").status_code in (200, 202)
+        assert post(g.url, [event(12, "wx-a")], "/v1/scans:batch").status_code in (200, 202)
+        # wx-a is out of tokens: the batch is refused whole, and wx-b's token is not taken by it
+        assert_problem(post(g.url, [event(13, "wx-b"), event(14, "wx-a")], "/v1/scans:batch"), 429, "user_id")
+        assert post(g.url, event(15, "wx-b")).status_code in (200, 202)
+
+
+def test_a_dead_redis_refuses_with_503_before_the_limit_is_asked(services):
+    _, path = services
+    config = limited(path, ip_rate_per_s=5.0)
+    dead = replace(config, redis=replace(config.redis, url="redis://127.0.0.1:1/0"))
+    with Gateway(dead) as g:
+        body = assert_problem(post(g.url, event(1, "wx-1")), 503)
+        assert set(body["failed"]) == {"redis"} and "nothing was published" in body["detail"]
+
+
+@pytest.mark.parametrize("line, message", [
+    ("ip_rate_per_s = nan", "ip_rate_per_s"), ("ip_rate_per_s = -1", "ip_rate_per_s"),
+    ("user_burst = 0", "user_burst"), ("user_rate_per_s = true", "user_rate_per_s"),
+    ("ip_burst = 1.5", "ip_burst"),
+])
+def test_hostile_limits_are_refused_naming_the_key(tmp_path, line, message):
+    text = Path(__file__).resolve().parents[1].joinpath("config", "local.toml").read_text(encoding="utf-8")
+    path = tmp_path / "scanstream.toml"
+    path.write_text(text + f"\n[api]\n{line}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=f"api.{message}"):
+        load(path)
