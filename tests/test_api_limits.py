@@ -9,6 +9,7 @@ anyone else.
 from __future__ import annotations
 
 import math
+import re
 import time
 import uuid
 from dataclasses import replace
@@ -100,3 +101,18 @@ def test_hostile_limits_are_refused_naming_the_key(tmp_path, line, message):
     path.write_text(text + f"\n[api]\n{line}\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=f"api.{message}"):
         load(path)
+
+
+def test_the_gateway_counts_its_answers_by_route_and_status_in_bounded_series(services):
+    _, path = services
+    with Gateway(limited(path, ip_rate_per_s=0.01, ip_burst=2, user_rate_per_s=0)) as g:
+        for i in range(3):
+            post(g.url, bad_event(i))  # 400, 400, then 429
+        for i in range(5):  # random paths must not make series of their own
+            httpx.get(f"{g.url}/no/such/{uuid.uuid4().hex}")
+        text = httpx.get(f"{g.url}/metrics").text
+    counts = {(route, status): float(n) for route, status, n in
+              re.findall(r'scanstream_api_requests_total\{route="([^"]+)",status="(\w+)"\} (\S+)', text)}
+    assert counts[("/v1/scans", "400")] == 2 and counts[("/v1/scans", "429")] == 1
+    assert counts[("other", "404")] == 5 and not any("no/such" in r for r, _ in counts)
+    assert 'scanstream_api_request_seconds_count{route="/v1/scans"} 3.0' in text

@@ -36,10 +36,11 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from scanstream.api.limits import RateLimits
+from scanstream.api.metrics import METRICS_CONTENT_TYPE, GatewayMetrics
 from scanstream.api.models import BatchAnswer, Health, Pending, Problem, ScanEvent, ScanOutcome, outcome
 from scanstream.engine.config import Config
 from scanstream.streams import replies
@@ -286,6 +287,21 @@ def create_app(config: Config) -> FastAPI:
     app = FastAPI(title="scanstream scan gateway", version="1", lifespan=lifespan,
                   description="Publish QR-code scans to scanstream and get each one's verdict and prize back.")
     app.state.gateway = gateway
+    metrics = GatewayMetrics()
+    app.state.metrics = metrics
+
+    @app.middleware("http")
+    async def _measure(request: Request, call_next):
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        metrics.observe(getattr(route, "path", ""), response.status_code, time.perf_counter() - started)
+        return response
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics():
+        """The gateway's Prometheus metrics (``scanstream.api.metrics``)."""
+        return Response(metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
     event_schema = ScanEvent.model_json_schema(ref_template="#/components/schemas/{model}")
 
     @app.exception_handler(Refused)
