@@ -1,8 +1,12 @@
 """The dashboard's web server: the page, its static files, Plotly from the installed package,
 and one JSON endpoint per panel.
 
-Standard library only (``http.server.ThreadingHTTPServer``).  The server binds its port when
-it is created (so a busy port fails before a run starts) and serves from a daemon thread.
+Starlette on uvicorn, the HTTP gateway's stack (``scanstream.api``), in a daemon thread: one
+event loop holds every connection, so a slow or idle client costs a socket, not a thread (the
+standard library's threading server gave each connection a thread, and had a backlog of 5), and
+keep-alive connections are closed after ``KEEP_ALIVE_S``.  The panel endpoints are plain
+functions that Starlette runs in its bounded thread pool, because the queries block.  The port is
+bound when the dashboard is created (so a busy port fails before a run starts).
 Until a ClickHouse sink is attached (``attach``) the panel endpoints answer 503, so a writer
 can start serving the page before it has opened ClickHouse.
 
@@ -19,17 +23,21 @@ import fcntl
 import importlib.util
 import logging
 import os
+import socket
 import threading
 import time
-import urllib.parse
 from collections import deque
 from collections.abc import Mapping, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import orjson
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from scanstream.dashboard import panels as panels_mod
 from scanstream.dashboard.queries import ROWS_WRITTEN_SQL
@@ -49,6 +57,15 @@ MAX_SAMPLES = 3600
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                 ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml", ".png": "image/png"}
+#: Every answer is fresh data (or a file that changes with the installed version): never cached,
+#: never sniffed into another type.
+NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+#: Pending connections the listening socket queues (the standard library's server kept 5).
+BACKLOG = 128
+#: An idle keep-alive connection is closed after this many seconds.
+KEEP_ALIVE_S = 5
+#: How long ``start`` and ``close`` wait for the server thread.
+START_TIMEOUT_S = 10.0
 #: Plotly's bundled browser build inside the ``plotly`` Python package.
 PLOTLY_PACKAGE = "plotly"
 PLOTLY_FILE = ("package_data", "plotly.min.js")
@@ -134,19 +151,21 @@ class Dashboard:
         self._plotly = plotly_js_path()
         self._plotly_bytes: bytes | None = None
         # binds now: a busy port is an error before any work starts
-        self.httpd = ThreadingHTTPServer((host, port), _Handler)
-        self.httpd.daemon_threads = True
-        self.httpd.dashboard = self  # type: ignore[attr-defined]
+        self._socket = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
+                                            backlog=BACKLOG)
+        self.server = uvicorn.Server(uvicorn.Config(
+            _app(self), loop="asyncio", http="h11", lifespan="off", log_level="warning", access_log=False,
+            timeout_keep_alive=KEEP_ALIVE_S, server_header=False))
 
     # ---- lifecycle ------------------------------------------------------
 
     @property
     def port(self) -> int:
-        return self.httpd.server_address[1]
+        return self._socket.getsockname()[1]
 
     @property
     def url(self) -> str:
-        host = self.httpd.server_address[0]
+        host = self._socket.getsockname()[0]
         if host in ("0.0.0.0", "::", ""):
             host = "127.0.0.1"
         return f"http://{host}:{self.port}/"
@@ -157,10 +176,13 @@ class Dashboard:
 
     def start(self) -> Dashboard:
         """Serve from a daemon thread; returns self."""
-        t = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2},
-                             name="dashboard-http", daemon=True)
+        t = threading.Thread(target=self.server.run, kwargs={"sockets": [self._socket]}, name="dashboard-http",
+                             daemon=True)
         t.start()
         self._threads.append(t)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not self.server.started and t.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
         return self
 
     def attach(self, sink, *, owned: bool = False) -> None:
@@ -181,9 +203,11 @@ class Dashboard:
     def close(self) -> None:
         """Stop serving and sampling; close the sink when it was handed over as owned."""
         self._stop.set()
-        if any(t.name == "dashboard-http" for t in self._threads):
-            self.httpd.shutdown()  # waits for serve_forever to return; it must be running
-        self.httpd.server_close()
+        self.server.should_exit = True
+        for t in self._threads:
+            if t.name == "dashboard-http":
+                t.join(START_TIMEOUT_S)
+        self._socket.close()
         with self._lock:
             sink, owned, self._sink = self._sink, self._owns_sink, None
         if sink is not None and owned:
@@ -265,90 +289,71 @@ class Dashboard:
         return self._plotly_bytes
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server_version = "scanstream-dashboard"
-    protocol_version = "HTTP/1.1"
+def _json_response(status: int, value: Any) -> Response:
+    return Response(_json(value), status_code=status, media_type="application/json", headers=NO_STORE)
 
-    @property
-    def dashboard(self) -> Dashboard:
-        return self.server.dashboard  # type: ignore[attr-defined]
 
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s %s", self.address_string(), format % args)
+def _static(name: str) -> Response:
+    # only files that are in the static folder, by their plain name
+    if "/" in name or name.startswith(".") or not (STATIC_DIR / name).is_file():
+        return _json_response(404, {"error": f"no such file {name!r}"})
+    kind = STATIC_TYPES.get(Path(name).suffix, "application/octet-stream")
+    return Response((STATIC_DIR / name).read_bytes(), media_type=kind, headers=NO_STORE)
 
-    def _send(self, status: int, body: bytes, content_type: str, cache: str = "no-store") -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", cache)
-        self.send_header("X-Content-Type-Options", "nosniff")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
 
-    def _send_json(self, status: int, value: Any) -> None:
-        self._send(status, _json(value), "application/json")
+def _app(dashboard: Dashboard) -> Starlette:
+    """The page, its files and the JSON endpoints of ``dashboard``, as an ASGI application."""
 
-    def do_HEAD(self) -> None:
-        self.do_GET()
+    def index(request: Request) -> Response:
+        return _static("index.html")
 
-    def do_GET(self) -> None:
-        url = urllib.parse.urlsplit(self.path)
-        path = url.path
-        query = urllib.parse.parse_qs(url.query)
-        try:
-            if path in ("/", "/index.html"):
-                self._static("index.html")
-            elif path.startswith("/static/"):
-                self._static(path[len("/static/"):])
-            elif path == "/vendor/plotly.min.js":
-                body = self.dashboard.plotly_bytes()
-                if body is None:
-                    self._send(404, b"// plotly is not installed: pip install 'scanstream[embedded]'\n",
-                               STATIC_TYPES[".js"])
-                else:
-                    self._send(200, body, STATIC_TYPES[".js"], cache="max-age=86400")
-            elif path == "/api/status":
-                self._send_json(200, self.dashboard.status())
-            elif path == "/api/panels":
-                self._send_json(200, self.dashboard.status()["panels"])
-            elif path.startswith("/api/panel/"):
-                self._panel(path[len("/api/panel/"):], query)
-            elif path == "/favicon.ico":
-                self._send(204, b"", "image/x-icon")
-            else:
-                self._send_json(404, {"error": f"no such page {path!r}"})
-        except (BrokenPipeError, ConnectionResetError):
-            pass
+    def static(request: Request) -> Response:
+        return _static(request.path_params["name"])
 
-    def _static(self, name: str) -> None:
-        # only files that are in the static folder, by their plain name
-        if "/" in name or name.startswith(".") or not (STATIC_DIR / name).is_file():
-            self._send_json(404, {"error": f"no such file {name!r}"})
-            return
-        kind = STATIC_TYPES.get(Path(name).suffix, "application/octet-stream")
-        self._send(200, (STATIC_DIR / name).read_bytes(), kind)
+    def plotly(request: Request) -> Response:
+        body = dashboard.plotly_bytes()
+        if body is None:
+            return Response(b"// plotly is not installed: pip install 'scanstream[embedded]'\n", status_code=404,
+                            media_type=STATIC_TYPES[".js"], headers=NO_STORE)
+        return Response(body, media_type=STATIC_TYPES[".js"], headers={**NO_STORE, "Cache-Control": "max-age=86400"})
 
-    def _panel(self, name: str, query: dict[str, list[str]]) -> None:
+    def status(request: Request) -> Response:
+        return _json_response(200, dashboard.status())
+
+    def panels(request: Request) -> Response:
+        return _json_response(200, dashboard.status()["panels"])
+
+    def panel(request: Request) -> Response:
+        name = request.path_params["name"]
         if name not in panels_mod.PANELS_BY_NAME:
-            self._send_json(404, {"error": f"no panel {name!r}; expected one of {list(panels_mod.PANELS_BY_NAME)}"})
-            return
+            return _json_response(404, {"error": f"no panel {name!r}; expected one of {list(panels_mod.PANELS_BY_NAME)}"})
         try:
-            tenant = int((query.get("tenant") or ["-1"])[0] or -1)
-            window = int((query.get("window") or [str(panels_mod.DEFAULT_WINDOW_MIN)])[0])
+            tenant = int(request.query_params.get("tenant") or -1)
+            window = int(request.query_params.get("window") or panels_mod.DEFAULT_WINDOW_MIN)
             if not -1 <= tenant <= 65535 or not 1 <= window <= panels_mod.MAX_WINDOW_MIN:
                 raise ValueError
         except ValueError:
-            self._send_json(400, {"name": name, "error": "tenant: expected -1 (all) or 0..65535; "
-                                                         f"window: expected 1..{panels_mod.MAX_WINDOW_MIN} minutes"})
-            return
+            return _json_response(400, {"name": name, "error": "tenant: expected -1 (all) or 0..65535; "
+                                                               f"window: expected 1..{panels_mod.MAX_WINDOW_MIN} minutes"})
         try:
-            self._send_json(200, self.dashboard.panel(name, tenant, window))
+            return _json_response(200, dashboard.panel(name, tenant, window))
         except NotReady as exc:
-            self._send_json(503, {"name": name, "error": str(exc)})
+            return _json_response(503, {"name": name, "error": str(exc)})
         except SinkError as exc:
             log.warning("panel %s: %s", name, exc)
-            self._send_json(500, {"name": name, "error": str(exc)})
+            return _json_response(500, {"name": name, "error": str(exc)})
         except Exception as exc:  # a bug in a panel must not take the page down
             log.exception("panel %s failed", name)
-            self._send_json(500, {"name": name, "error": f"{type(exc).__name__}: {exc}"})
+            return _json_response(500, {"name": name, "error": f"{type(exc).__name__}: {exc}"})
+
+    def favicon(request: Request) -> Response:
+        return Response(b"", status_code=204, media_type="image/x-icon")
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return _json_response(404, {"error": f"no such page {request.url.path!r}"})
+
+    return Starlette(routes=[
+        Route("/", index), Route("/index.html", index), Route("/static/{name:path}", static),
+        Route("/vendor/plotly.min.js", plotly), Route("/api/status", status), Route("/api/panels", panels),
+        Route("/api/panel/{name:path}", panel), Route("/favicon.ico", favicon),
+    ], exception_handlers={404: not_found, 405: not_found})
