@@ -252,6 +252,25 @@ def test_a_passed_deadline_answers_202_and_the_poll_gets_the_outcome(services, w
         assert polled.json()["verdict"] == "ok" and polled.json()["prize"] == {"tier": tier, "cents": cents}
 
 
+def test_a_scan_id_in_any_script_passing_the_deadline_is_polled_at_its_encoded_address(services, winner):
+    # found by tests/test_api_fuzz.py: a 202 for a scan_id outside Latin-1 was a 500 after the scan was
+    # published (the Location header could not hold it); a slash or CR LF broke the poll address or the header
+    _, path = services
+    event, tier, cents = winner
+    event = {**event, "scan_id": f"扫码/{uuid.uuid4().hex}?#\r\nX: y"}
+    config = load(path)
+    with Gateway(replace(config, api=replace(config.api, deadline_ms=1))) as g:
+        r = post(g.url, event)
+        assert r.status_code == 202, r.text
+        poll = r.json()["poll"]
+        assert r.json()["scan_id"] == event["scan_id"] and r.headers["location"] == poll and "x" not in r.headers
+        assert poll.isascii() and poll.startswith("/v1/scans/") and poll.count("/") == 3
+        polled = _until(lambda: (p := httpx.get(f"{g.url}{poll}")).status_code == 200 and p, WAIT_S,
+                        "the polled outcome did not come")
+        assert polled.json()["scan_id"] == event["scan_id"] and polled.json()["verdict"] == "ok"
+        assert polled.json()["prize"] == {"tier": tier, "cents": cents}
+
+
 def test_a_dead_broker_is_a_503_naming_it(services, winner):
     _, path = services
     config = load(path)
@@ -276,6 +295,21 @@ def test_a_dead_redis_is_a_503_naming_it_before_anything_is_published(services, 
 
 
 # --------------------------------------------------------------------------- the contract
+
+
+def test_problems_are_documented_under_the_media_type_they_are_sent_with(services):
+    # FastAPI filed the Problem schema under application/json, never sent, and left the type sent,
+    # application/problem+json, without one: no client or fuzzer could check an error body
+    url, _ = services
+    doc = httpx.get(f"{url}/openapi.json").json()
+    problems = [(method, path, status, answer["content"]) for path, item in doc["paths"].items()
+                for method, operation in item.items() for status, answer in operation["responses"].items()
+                if int(status) >= 400]
+    assert len(problems) >= 10
+    for method, path, status, content in problems:
+        assert content == {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}, \
+            (method, path, status)
+    assert_problem(post(url, {}), 400, "scan_id")  # and that is what is sent
 
 
 def design_event_fields() -> dict[str, bool]:

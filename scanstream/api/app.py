@@ -33,10 +33,12 @@ from collections import Counter
 from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from scanstream.api.limits import RateLimits
@@ -76,6 +78,28 @@ class Refused(Exception):
 def problem_response(problem: Problem, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(problem.model_dump(exclude_none=True), status_code=problem.status, media_type=PROBLEM,
                         headers=headers)
+
+
+def poll_address(scan_id: str) -> str:
+    """Where a 202's outcome is polled: the scan_id percent-encoded, so that any scan_id (Chinese,
+    a slash, CR LF) is one path segment and fits the Location header (Latin-1, one line)."""
+    return f"/v1/scans/{quote(scan_id, safe='')}"
+
+
+class _AnyText(Convertor):
+    """A path parameter of any text: the server decodes %2F and %0A before routing, and Starlette's
+    ``:path`` stops at a line break, so a scan_id the parse stage takes could not be polled."""
+
+    regex = r"[\s\S]*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("any_text", _AnyText())
 
 
 def _unavailable(service: str, detail: str) -> Refused:
@@ -236,7 +260,7 @@ class Gateway:
                      if left > 0 else None)
         except Exception as exc:
             raise self._redis_down(exc, published=True) from None
-        return Pending(scan_id=scan_id, poll=f"/v1/scans/{scan_id}") if reply is None else outcome(reply)
+        return Pending(scan_id=scan_id, poll=poll_address(scan_id)) if reply is None else outcome(reply)
 
     async def latest(self, scan_id: str) -> ScanOutcome | None:
         try:
@@ -269,6 +293,29 @@ class Gateway:
 
 def _event_body(schema: dict) -> dict:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def _problems_as_sent(app: FastAPI) -> None:
+    """Document problems under the media type they are sent with.
+
+    FastAPI files an extra response's model under the route's own media type (application/json),
+    so the document said every error body was application/json and left application/problem+json,
+    the type actually sent, without a schema: a client validating by content type (or a fuzzer)
+    had nothing to check a problem against.  The Problem schema moves to application/problem+json.
+    """
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            for item in generate()["paths"].values():
+                for operation in item.values():
+                    for answer in operation.get("responses", {}).values():
+                        content = answer.get("content", {})
+                        if PROBLEM in content and "application/json" in content:
+                            content[PROBLEM] = content.pop("application/json")
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def create_app(config: Config) -> FastAPI:
@@ -376,9 +423,9 @@ def create_app(config: Config) -> FastAPI:
         pending = any(isinstance(a, Pending) for a in answers)
         return JSONResponse(BatchAnswer(results=list(answers)).model_dump(), status_code=202 if pending else 200)
 
-    @app.get("/v1/scans/{scan_id}", response_model=ScanOutcome,
+    @app.get("/v1/scans/{scan_id:any_text}", response_model=ScanOutcome,
              responses={404: {"model": Problem, "description": "no outcome (yet) for this scan_id",
-                              "content": {PROBLEM: {}}}, 503: _PROBLEM_RESPONSES[503]})
+                              "content": {PROBLEM: {}}}, 422: _PROBLEM_RESPONSES[422], 503: _PROBLEM_RESPONSES[503]})
     async def get_scan(scan_id: str):
         """The newest outcome of ``scan_id``; 404 while there is none (not yet processed, or expired)."""
         answer = await gateway.latest(scan_id)
@@ -401,6 +448,7 @@ def create_app(config: Config) -> FastAPI:
                           failed=failed)
         return Health(status="ok", checks={"broker": "ok", "redis": "ok"})
 
+    _problems_as_sent(app)
     return app
 
 

@@ -7,15 +7,26 @@ cannot disagree on what is ``invalid_event``.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from scanstream.engine.verdicts import Verdict
-from scanstream.ext.scanparse import ACTIONS, MAX_ID_CHARS, ROLES
+from scanstream.ext.scanparse import ACTIONS, MAX_ID_CHARS, ROLES, TS_MAX_MS, TS_MIN_MS
 
+# The bounds below are the parse stage's own, so the document says what the gateway refuses
+# (and a generated client, or a fuzzer, sends events the gateway takes).
+#: An integer the publisher can write (orjson: 64 bits, signed or not).
+Whole = Annotated[int, Field(ge=-(2 ** 63), le=2 ** 64 - 1)]
 #: Identifiers may be integers too: the parse stage keeps them as their text.
-Ident = str | int
+Ident = Annotated[str, Field(max_length=MAX_ID_CHARS)] | Whole
+#: scan_id and user_id: an empty one makes the event invalid.
+RequiredIdent = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)] | Whole
+#: RFC 3339 with a zone, or epoch milliseconds; either in 2000..2100.
+Time = Annotated[str, Field(json_schema_extra={"format": "date-time"})] | Annotated[int, Field(ge=TS_MIN_MS,
+                                                                                                lt=TS_MAX_MS)]
+#: An adcode as text: 2, 4 or 6 ASCII digits (or empty: no region).
+Adcode = Annotated[str, Field(pattern=r"^([0-9]{2}){0,3}$")] | Whole
 Role = Literal[ROLES]  # type: ignore[valid-type]
 Action = Literal[tuple(ACTIONS)]  # type: ignore[valid-type]
 VerdictName = Literal[tuple(v.label for v in Verdict)]  # type: ignore[valid-type]
@@ -31,14 +42,14 @@ class ScanEvent(BaseModel):
 
     model_config = ConfigDict(extra="allow", title="ScanEvent")
 
-    scan_id: Ident = Field(json_schema_extra=_id("unique id of this scan; a resent scan has the same scan_id"))
-    ts: str | int = Field(description="scan time: RFC 3339 with a zone, or epoch milliseconds")
+    scan_id: RequiredIdent = Field(json_schema_extra=_id("unique id of this scan; a resent scan has the same scan_id"))
+    ts: Time = Field(description="scan time: RFC 3339 with a zone, or epoch milliseconds; in 2000..2100")
     code: str = Field(description="the code (24 Crockford base32 characters), or the QR URL that ends with it")
-    user_id: Ident = Field(json_schema_extra=_id("the scanner's account, e.g. a WeChat openid"))
+    user_id: RequiredIdent = Field(json_schema_extra=_id("the scanner's account, e.g. a WeChat openid"))
     role: Role = Field("consumer", description="who scanned")
     store_id: Ident | None = Field(None, json_schema_extra=_id("for store scans; the store registry gives its place"))
     channel: Ident | None = Field(None, json_schema_extra=_id("the channel the scan came through"))
-    region: Ident | None = Field(None, description="adcode of the scan place: 2, 4 or 6 digits")
+    region: Adcode | None = Field(None, description="adcode of the scan place: 2, 4 or 6 digits")
     lat: float | None = Field(None, ge=-90, le=90, description="GPS latitude; resolved to an adcode without region")
     lon: float | None = Field(None, ge=-180, le=180, description="GPS longitude")
     ip: Ident | None = Field(None, json_schema_extra=_id("kept for fraud analysis"))
