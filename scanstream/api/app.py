@@ -176,14 +176,8 @@ class Gateway:
         """429 when the client address is past ``[api] ip_rate_per_s`` (the peer's address: a proxy
         in front must be given a limit of its own or none)."""
         address = request.client.host if request.client else "unknown"
-        try:
-            verdict = await self.limits.client(address)
-        except Exception as exc:
-            raise self._redis_down(exc, published=False) from None
-        if not verdict.allowed:
-            raise Refused(429, "Too many requests", f"client {address} is past {self.api.ip_rate_per_s:g} requests "
-                          f"a second (burst {self.api.ip_burst}); ask again in {verdict.retry_after_s} s",
-                          field="ip", headers={"Retry-After": str(verdict.retry_after_s)})
+        await self._limit(self.limits.client(address), "ip", f"client {address}", self.api.ip_rate_per_s,
+                          self.api.ip_burst, "requests")
 
     async def limit_users(self, events: Sequence[dict]) -> None:
         """429 when a scan's user_id is past ``[api] user_rate_per_s``; nothing is taken from any
@@ -194,14 +188,18 @@ class Gateway:
             if most > self.api.user_burst:
                 raise Refused(422, "Invalid batch", f"{most} scans of user_id {user!r} in one batch; at most "
                               f"{self.api.user_burst} ([api] user_burst)", field="user_id")
+        await self._limit(self.limits.users(users), "user_id", "a user_id", self.api.user_rate_per_s,
+                          self.api.user_burst, "scans")
+
+    async def _limit(self, check, field: str, who: str, rate: float, burst: int, unit: str) -> None:
         try:
-            verdict = await self.limits.users(users)
-        except Exception as exc:
+            verdict = await check
+        except Exception as exc:  # redis.RedisError, OSError: before anything was published
             raise self._redis_down(exc, published=False) from None
         if not verdict.allowed:
-            raise Refused(429, "Too many requests", f"a user_id is past {self.api.user_rate_per_s:g} scans a second "
-                          f"(burst {self.api.user_burst}); ask again in {verdict.retry_after_s} s",
-                          field="user_id", headers={"Retry-After": str(verdict.retry_after_s)})
+            raise Refused(429, "Too many requests", f"{who} is past {rate:g} {unit} a second (burst {burst}); ask "
+                          f"again in {verdict.retry_after_s} s", field=field,
+                          headers={"Retry-After": str(verdict.retry_after_s)})
 
     async def close(self) -> None:
         if self.redis is not None:
