@@ -278,6 +278,10 @@ class KafkaSettings:
     partitions: int = 8
     take: int = 1000  # messages per batch at most: under load batches grow, which amortises their fixed costs
     within_ms: int = 50  # ... or whatever arrived within this time
+    # how long the broker may hold the worker's fetch while no scan arrives: Apache Kafka answers
+    # as soon as data is there, so this only bounds idle polling (its own default, 500); a broker
+    # that holds every fetch for the whole wait (Tansu) adds it to every scan's answer
+    fetch_wait_ms: int = 500
     in_flight: int = 2  # batches whose outcomes are being stored and produced while the next runs
     session_timeout_s: float = 10.0
     # how long the worker waits for the first answer of a bootstrap broker before it stops with
@@ -581,6 +585,7 @@ def _read_kafka(r: Reader) -> KafkaSettings:
         partitions=r.integer("partitions", d.partitions, lo=1, hi=10_000),
         take=r.integer("take", d.take, lo=1, hi=100_000),
         within_ms=r.integer("within_ms", d.within_ms, lo=1, hi=60_000),
+        fetch_wait_ms=r.integer("fetch_wait_ms", d.fetch_wait_ms, lo=1, hi=60_000),
         in_flight=r.integer("in_flight", d.in_flight, lo=1, hi=16),
         session_timeout_s=r.number("session_timeout_s", d.session_timeout_s, lo=1, hi=300),
         connect_timeout_s=r.number("connect_timeout_s", d.connect_timeout_s, lo=0.5, hi=600),

@@ -82,6 +82,30 @@ class WorkerStatus:
     seconds: Counter = field(default_factory=Counter)
 
 
+def use_fetch_wait(app: faust.App, fetch_wait_ms: int) -> None:
+    """Make ``app``'s consumer ask the broker to hold a fetch at most ``fetch_wait_ms``.
+
+    Faust builds aiokafka's consumer with a fixed ``fetch_max_wait_ms`` of 1 500 ms.  The app's
+    transport gets a consumer class of its own whose consumer thread sets the wait on the
+    aiokafka consumer it creates, before that consumer starts (it hands the wait to its fetcher
+    when it starts)."""
+    from faust.transport.drivers import aiokafka as driver
+
+    class ConsumerThread(driver.AIOKafkaConsumerThread):
+        def _create_worker_consumer(self, transport):
+            consumer = super()._create_worker_consumer(transport)
+            consumer._fetch_max_wait_ms = fetch_wait_ms
+            return consumer
+
+    base = app.transport.Consumer
+
+    class Consumer(base):  # type: ignore[misc, valid-type]
+        def _new_consumer_thread(self):
+            return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    app.transport.Consumer = Consumer
+
+
 def read_campaigns(state: StateStore, campaigns: Sequence[Campaign]) -> list[tuple[Campaign, CampaignState]]:
     """What the state store says is left of each campaign it knows (one read per campaign).
 
@@ -127,6 +151,7 @@ def build_app(config: Config, handler: BatchHandler, reloader: RegistryReloader 
         # offsets stay uncommitted and the group takes them again (see ``STOP_FINISH_S``)
         stream_wait_empty=False,
     )
+    use_fetch_wait(app, k.fetch_wait_ms)
     scans = app.topic(k.scans_topic, value_type=bytes, key_type=bytes, partitions=k.partitions)
     status = WorkerStatus()
     # one thread runs the pipeline (batches in order), the others reply and store earlier

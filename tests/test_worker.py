@@ -25,7 +25,7 @@ import numpy as np
 import orjson
 import pytest
 
-from scanstream.engine.config import load
+from scanstream.engine.config import KafkaSettings, load
 from config_writer import worker_toml
 from scanstream.engine.state.memory import MemoryStateStore
 from scanstream.wiring import build_pipeline, build_registry
@@ -444,3 +444,31 @@ def test_a_permanent_error_stops_the_worker_with_one_line_and_loses_nothing(worl
     got = collections.Counter(sid for sid in (orjson.loads(r)["scan_id"] for r in results) if not sid.startswith("pos:"))
     want = collections.Counter(sid for sid in expected["scan_id"].tolist() if not sid.startswith("raw:"))
     assert got == want  # every scan answered once: nothing of the refused batch lost or doubled
+
+
+def test_the_worker_asks_the_broker_to_hold_a_fetch_at_most_fetch_wait_ms(world):
+    """Faust fixes aiokafka's fetch wait at 1 500 ms; a broker that holds every fetch for the whole
+    wait (Tansu) then adds it to every scan's answer.  The worker's consumer takes [kafka]
+    fetch_wait_ms instead (no broker is contacted: the consumer is made, not started)."""
+    import asyncio
+
+    from scanstream.streams.app import build_app
+    from scanstream.streams.worker import BatchHandler
+
+    base, _ = world
+    config = local_config(base / "registry")
+    config = replace(config, kafka=replace(config.kafka, bootstrap="127.0.0.1:1", fetch_wait_ms=37))
+    app, _ = build_app(config, BatchHandler(config, build_pipeline(config, state=MemoryStateStore()), None, None))
+
+    async def fetch_wait() -> int:
+        noop = lambda *a: None  # noqa: E731
+        consumer = app.transport.create_consumer(callback=noop, on_partitions_revoked=noop,
+                                                 on_partitions_assigned=noop)
+        aio = consumer._new_consumer_thread()._create_worker_consumer(app.transport)
+        try:
+            return aio._fetch_max_wait_ms
+        finally:
+            await aio.stop()
+
+    assert asyncio.run(fetch_wait()) == 37
+    assert load(LOCAL_TOML).kafka.fetch_wait_ms == KafkaSettings().fetch_wait_ms == 500  # Apache Kafka's own
