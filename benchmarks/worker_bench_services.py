@@ -30,12 +30,13 @@ def topic_names(tag: str) -> dict[str, str]:
 
 
 def write_config(base: Path, path: Path, registry: Path, chdb: Path, bootstrap: str, names: dict[str, str],
-                 redis_url: str, prefix: str) -> Path:
-    """``base`` with the registry, chdb, webhooks off, Redis state under ``prefix`` and the topics."""
+                 redis_url: str, prefix: str, **kafka_settings) -> Path:
+    """``base`` with the registry, chdb, webhooks off, Redis state under ``prefix``, the topics and
+    any other ``[kafka]`` keys given."""
     from config_writer import worker_toml
     kafka = {"bootstrap": bootstrap, "group": names["group"], "partitions": PARTITIONS,
              "session_timeout_s": SESSION_TIMEOUT_S,
-             **{f"{k}_topic": names[k] for k in ("scans", "results", "awards", "alerts", "dlq")}}
+             **{f"{k}_topic": names[k] for k in ("scans", "results", "awards", "alerts", "dlq")}, **kafka_settings}
     try:
         text = worker_toml(base.read_text(encoding="utf-8"), registry=registry, chdb=chdb, state="redis",
                            redis={"url": redis_url, "prefix": prefix}, kafka=kafka)
