@@ -157,8 +157,12 @@ class Gateway:
         self.api = config.api
         self._publisher: ScanPublisher | None = None
         # One publish-and-flush at a time: ``flush`` reports the failures since the last flush,
-        # so two requests flushing together could each be told of the other's failure.
+        # so two flushes at once could each be told of the other's failure.  The requests that
+        # arrive while one is under way wait together and go in the next (a group commit): a
+        # broker's acknowledgement is shared by every request of its group, and so is a failure.
         self._send_lock = threading.Lock()
+        self._waiting: list[tuple[Sequence[dict], asyncio.Future]] = []
+        self._sender: asyncio.Task | None = None
         self.redis = None
         self.limits: RateLimits | None = None
 
@@ -224,8 +228,14 @@ class Gateway:
             publisher.flush(self.api.publish_timeout_ms / 1000)
 
     async def publish(self, events: Sequence[dict]) -> None:
+        """Publish ``events`` with the other requests waiting now, and return once the broker has
+        them all; 503 when it does not (then none of the group counts as published)."""
+        done = asyncio.get_running_loop().create_future()
+        self._waiting.append((events, done))
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.create_task(self._send_groups())
         try:
-            await asyncio.to_thread(self._send, events)
+            await done
         except InvalidEvent:
             raise
         except Exception as exc:  # PublishError, KafkaError: the broker did not take them
@@ -233,6 +243,20 @@ class Gateway:
             raise _unavailable("broker", f"the broker at {self.config.kafka.bootstrap} did not acknowledge the "
                                f"scan within {self.api.publish_timeout_ms} ms ({type(exc).__name__}); "
                                f"resending the same scan_id is safe") from None
+
+    async def _send_groups(self) -> None:
+        while self._waiting:
+            group, self._waiting = self._waiting, []
+            try:
+                await asyncio.to_thread(self._send, [e for events, _ in group for e in events])
+            except Exception as exc:
+                for _, done in group:
+                    if not done.done():
+                        done.set_exception(exc)
+            else:
+                for _, done in group:
+                    if not done.done():
+                        done.set_result(None)
 
     # -- Redis
 
