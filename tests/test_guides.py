@@ -156,8 +156,8 @@ def test_a_sale_then_a_consumers_win_pays_the_guide_once():
     assert state.campaign_state("red").budget_left == st.budget_left
 
 
-def test_attacks_make_no_guide_and_earn_nothing():
-    state = MemoryStateStore()
+def test_attacks_make_no_guide_and_earn_nothing(store):
+    state = store  # memory, embedded and Redis (the worker's store)
     p = Pipeline(guided_config(), make_registry(), state)
     forged = code(42, 11)
     forged = forged[:-1] + ("X" if forged[-1] != "X" else "Y")

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -156,11 +155,11 @@ class Gateway:
         self.config = config
         self.api = config.api
         self._publisher: ScanPublisher | None = None
-        # One publish-and-flush at a time: ``flush`` reports the failures since the last flush,
-        # so two flushes at once could each be told of the other's failure.  The requests that
-        # arrive while one is under way wait together and go in the next (a group commit): a
-        # broker's acknowledgement is shared by every request of its group, and so is a failure.
-        self._send_lock = threading.Lock()
+        # One publish-and-flush at a time (one sender task, ``_send_groups``): ``flush`` reports the
+        # failures since the last flush, so two flushes at once could each be told of the other's
+        # failure.  The requests that arrive while one is under way wait together and go in the
+        # next (a group commit): a broker's acknowledgement is shared by every request of its
+        # group, and so is a failure.
         self._waiting: list[tuple[Sequence[dict], asyncio.Future]] = []
         self._sender: asyncio.Task | None = None
         self.redis = None
@@ -221,11 +220,11 @@ class Gateway:
         return self._publisher
 
     def _send(self, events: Sequence[dict]) -> None:
-        """Publish ``events`` and wait until the broker acknowledged them (in a worker thread)."""
-        with self._send_lock:
-            publisher = self._make_publisher()
-            publisher.publish_many(events)
-            publisher.flush(self.api.publish_timeout_ms / 1000)
+        """Publish ``events`` and wait until the broker acknowledged them (in a worker thread, called
+        by the one sender task only)."""
+        publisher = self._make_publisher()
+        publisher.publish_many(events)
+        publisher.flush(self.api.publish_timeout_ms / 1000)
 
     async def publish(self, events: Sequence[dict]) -> None:
         """Publish ``events`` with the other requests waiting now, and return once the broker has
