@@ -127,18 +127,26 @@ def encode_events(events: Sequence[Any]) -> list[bytes]:
     Raises ``InvalidEvent`` (with the event's index) for the first event the worker would
     judge ``invalid_event``: the publisher and the worker cannot disagree on the schema.
     """
+    return encode_checked(events)[0]
+
+
+def encode_checked(events: Sequence[Any]) -> tuple[list[bytes], list[tuple]]:
+    """``encode_events`` and each event's ``replies.outcome_key`` (the code, user_id, role and
+    ts its outcome will carry), from the one parse."""
     lines = []
     for i, event in enumerate(events):
         try:
             lines.append(_serialise(event))
         except InvalidEvent as exc:
             raise exc.at(i) from None
-    reasons = parse_events(lines)["reason"]
+    cols = parse_events(lines)
+    reasons = cols["reason"]
     bad = np.nonzero(reasons != "")[0]
     if len(bad):
         i = int(bad[0])
         raise _problem(events[i], reasons[i]).at(i)
-    return lines
+    return lines, list(zip(cols["code"].tolist(), cols["user_id"].tolist(), cols["role"].tolist(),
+                           cols["ts"].astype(np.int64).tolist()))
 
 
 def encode_event(event: Any) -> bytes:
@@ -559,10 +567,8 @@ class ScanPublisher:
             raise ValueError(f"timeout must be above 0 seconds (Redis reads 0 as 'wait forever'), got {timeout!r}")
         answers = None
         if event is not None:
-            cols = parse_events([encode_event(event)])
-            want = (cols["code"][0], cols["user_id"][0], cols["role"][0], int(cols["ts"][0]))
-            answers = lambda reply: (reply.get("code"), reply.get("user_id"), reply.get("role"),  # noqa: E731
-                                     reply.get("ts")) == want
+            want = encode_checked([event])[1][0]
+            answers = lambda reply: replies.outcome_key(reply) == want  # noqa: E731
         return replies.wait_reply(self.redis(), self.prefix, str(scan_id), timeout, answers)
 
     def redis(self):

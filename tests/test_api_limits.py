@@ -116,3 +116,45 @@ def test_the_gateway_counts_its_answers_by_route_and_status_in_bounded_series(se
     assert counts[("/v1/scans", "400")] == 2 and counts[("/v1/scans", "429")] == 1
     assert counts[("other", "404")] == 5 and not any("no/such" in r for r, _ in counts)
     assert 'scanstream_api_request_seconds_count{route="/v1/scans"} 3.0' in text
+
+
+def test_an_overloaded_gateway_refuses_with_429_and_publishes_nothing_it_refused(services):
+    """More POSTs at once than [api] max_in_flight: the excess is refused at once with 429 and
+    Retry-After, and only the admitted scans are published (each gets its outcome; a refused
+    scan_id never gets one), so a client that retries later is neither lost nor counted twice."""
+    import concurrent.futures
+
+    _, path = services
+    config = load(path)
+    config = replace(config, api=replace(config.api, deadline_ms=3000, max_in_flight=2, ip_rate_per_s=0,
+                                         user_rate_per_s=0))
+    sent = [event(i, f"wx-overload-{i}") for i in range(8)]
+    with Gateway(config) as g, concurrent.futures.ThreadPoolExecutor(len(sent)) as pool:
+        answers = list(pool.map(lambda e: post(g.url, e), sent))
+        statuses = [a.status_code for a in answers]
+        assert set(statuses) <= {200, 202, 429} and statuses.count(429) >= 1, statuses
+        admitted = [e for e, a in zip(sent, answers) if a.status_code != 429]
+        assert 1 <= len(admitted) < len(sent)
+        for e, a in zip(sent, answers):
+            if a.status_code == 429:
+                body = assert_problem(a, 429, "gateway")
+                assert "max_in_flight" in body["detail"] and int(a.headers["retry-after"]) >= 1
+        # every admitted scan has its outcome; no refused one was published
+        for e in admitted:
+            _poll_outcome(g.url, e["scan_id"])
+        time.sleep(1.0)  # a refused scan published by mistake would be answered by now
+        for e, a in zip(sent, answers):
+            if a.status_code == 429:
+                assert httpx.get(f"{g.url}/v1/scans/{e['scan_id']}").status_code == 404, e["scan_id"]
+        # capacity comes back once the admitted requests are answered
+        assert post(g.url, event(99, "wx-overload-after")).status_code in (200, 202)
+
+
+def _poll_outcome(url: str, scan_id: str, timeout_s: float = 30.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        r = httpx.get(f"{url}/v1/scans/{scan_id}")
+        if r.status_code == 200:
+            return r.json()
+        time.sleep(0.1)
+    raise AssertionError(f"no outcome for {scan_id} within {timeout_s} s")

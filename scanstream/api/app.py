@@ -7,6 +7,8 @@ models that shape the answers, so the contract cannot drift from the code.
 
 One ``POST /v1/scans``, in order:
 
+0. hold one of the gateway's ``[api] max_in_flight`` places (429 with Retry-After at capacity:
+   an overloaded gateway refuses at once, before reading or publishing anything);
 1. take a token from the client address's bucket (``scanstream.api.limits``: 429 with
    Retry-After past ``[api] ip_rate_per_s``);
 2. read the body, at most ``[api] max_body_bytes`` (413 beyond, the rest unread);
@@ -15,7 +17,8 @@ One ``POST /v1/scans``, in order:
    scan from its user_id's bucket (429 past ``[api] user_rate_per_s``; nothing published);
 4. count the scan_id's reply list in Redis (503 when Redis does not answer: nothing published);
 5. publish through ``ScanPublisher`` and flush, so the broker has it (503 when it does not);
-6. await the outcome pushed after that count (``replies.wait_new_reply``) until ``[api]
+6. await the outcome pushed after that count that answers this event (the same code, user_id,
+   role and ts: ``replies.ReplyWatcher``, woken by the worker's notice) until ``[api]
    deadline_ms`` after the request arrived: 200 with the outcome, else 202 with a poll address.
 
 A scan is published once per request and never again by the gateway; a client that resends it
@@ -29,8 +32,8 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 from urllib.parse import quote
 
@@ -45,7 +48,7 @@ from scanstream.api.metrics import METRICS_CONTENT_TYPE, GatewayMetrics
 from scanstream.api.models import BatchAnswer, Health, Pending, Problem, ScanEvent, ScanOutcome, outcome
 from scanstream.engine.config import Config
 from scanstream.streams import replies
-from scanstream.streams.publisher import InvalidEvent, PublishError, ScanPublisher, encode_events, topic_partitions
+from scanstream.streams.publisher import InvalidEvent, PublishError, ScanPublisher, encode_checked, topic_partitions
 
 log = logging.getLogger("scanstream.api")
 PROBLEM = "application/problem+json"
@@ -53,13 +56,21 @@ PROBLEM = "application/problem+json"
 READY_TIMEOUT_S = 1.0
 #: redis.asyncio client options: a dead server fails a request within a second, never hangs it.
 REDIS_OPTIONS = {"socket_connect_timeout": 1.0, "socket_timeout": replies.WAIT_SLICE_S + 4.0}
+#: Redis connections of one gateway.  Requests share round trips (``RoundTrips``), so a few are
+#: busy at once; past this many a command waits for one (at most ``REDIS_POOL_WAIT_S``) instead
+#: of failing the request.
+REDIS_CONNECTIONS = 32
+REDIS_POOL_WAIT_S = 2.0
+#: Retry-After of a request refused because the gateway is at ``[api] max_in_flight``.
+OVERLOAD_RETRY_S = 1
 _PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": Problem, "description": text, "content": {PROBLEM: {}}}
     for code, text in ((400, "the event is invalid or the body is not JSON; `field` names what"),
                        (413, "the body is larger than [api] max_body_bytes"),
                        (422, "the request's shape is wrong (a batch that is not a list, too long, a scan_id twice)"),
-                       (429, "past the rate limit of the client address or of a user_id; Retry-After says when "
-                             "to ask again, and nothing was published"),
+                       (429, "past the rate limit of the client address or of a user_id, or the gateway is at "
+                             "capacity ([api] max_in_flight); Retry-After says when to ask again, and nothing was "
+                             "published"),
                        (503, "the broker or Redis does not answer; resending the same scan_id is safe"))}
 
 
@@ -148,6 +159,50 @@ def _invalid(exc: InvalidEvent) -> Refused:
 
 # -- the gateway -----------------------------------------------------------------------------
 
+class RoundTrips:
+    """The Redis commands of requests that arrive together, sent in one pipelined round trip.
+
+    Under load a gateway holds hundreds of requests at once; a round trip each would cost each
+    request a connection and the event loop a write, a read and a wake-up per command.  Commands
+    queued in one turn of the loop go out together on the next, and each caller gets its own
+    results (or the round trip's error)."""
+
+    def __init__(self, client):
+        self.client = client
+        self._queued: list[tuple[list[Callable[[Any], Any]], asyncio.Future]] = []
+
+    async def run(self, commands: list[Callable[[Any], Any]]) -> list[Any]:
+        """Each of ``commands`` is called with the shared pipeline to add one command; their results."""
+        future = asyncio.get_running_loop().create_future()
+        if not self._queued:
+            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self._send()))
+        self._queued.append((commands, future))
+        return await future
+
+    async def _send(self) -> None:
+        queued, self._queued = self._queued, []
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for commands, _ in queued:
+                    for add in commands:
+                        add(pipe)
+                results = await pipe.execute(raise_on_error=False)
+        except Exception as exc:  # noqa: BLE001 - every caller of this round trip is told
+            for _, future in queued:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        at = 0
+        for commands, future in queued:
+            mine, at = results[at:at + len(commands)], at + len(commands)
+            failed = next((r for r in mine if isinstance(r, Exception)), None)
+            if not future.done():
+                if failed is not None:
+                    future.set_exception(failed)
+                else:
+                    future.set_result(mine)
+
+
 class Gateway:
     """The services behind the routes: one publisher (made when the broker first answers) and Redis."""
 
@@ -164,14 +219,21 @@ class Gateway:
         self._sender: asyncio.Task | None = None
         self.redis = None
         self.limits: RateLimits | None = None
+        self.watcher: replies.ReplyWatcher | None = None
+        self.active = 0  # POSTs being handled (``admitted``)
 
     async def start(self) -> None:
         import redis.asyncio as aioredis
 
-        self.redis = aioredis.Redis.from_url(self.config.redis.url, **REDIS_OPTIONS)
+        pool = aioredis.BlockingConnectionPool.from_url(self.config.redis.url, max_connections=REDIS_CONNECTIONS,
+                                                        timeout=REDIS_POOL_WAIT_S, **REDIS_OPTIONS)
+        self.redis = aioredis.Redis(connection_pool=pool)
+        self.trips = RoundTrips(self.redis)
+        self.watcher = replies.ReplyWatcher(self.redis, self.config.redis.prefix)
+        await self.watcher.start()
         a = self.api
         self.limits = RateLimits(self.redis, self.config.redis.prefix, a.ip_rate_per_s, a.ip_burst,
-                                 a.user_rate_per_s, a.user_burst)
+                                 a.user_rate_per_s, a.user_burst, run=self.trips.run)
 
     # -- rate limits
 
@@ -204,7 +266,26 @@ class Gateway:
                           f"again in {verdict.retry_after_s} s", field=field,
                           headers={"Retry-After": str(verdict.retry_after_s)})
 
+    @contextmanager
+    def admitted(self):
+        """Hold one of the ``[api] max_in_flight`` places for a POST, or refuse it with 429.
+
+        Past capacity a request is refused before its body is read and before anything is asked
+        of Redis or the broker, which costs the gateway almost nothing: overload is answered at
+        once, while the requests already admitted keep their deadlines."""
+        if self.active >= self.api.max_in_flight:
+            raise Refused(429, "Too many requests", f"the gateway is handling {self.active} requests, its most "
+                          f"([api] max_in_flight); ask again in {OVERLOAD_RETRY_S} s", field="gateway",
+                          headers={"Retry-After": str(OVERLOAD_RETRY_S)})
+        self.active += 1
+        try:
+            yield
+        finally:
+            self.active -= 1
+
     async def close(self) -> None:
+        if self.watcher is not None:
+            await self.watcher.close()
         if self.redis is not None:
             await self.redis.aclose()
         if self._publisher is not None:
@@ -266,19 +347,33 @@ class Gateway:
         return _unavailable("redis", f"Redis does not answer ({type(exc).__name__}); {then}")
 
     async def seen(self, scan_ids: Sequence[str]) -> list[int]:
+        """How many outcomes each scan_id's reply list holds now (before publishing)."""
+        prefix = self.config.redis.prefix
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for sid in scan_ids:
-                    pipe.llen(replies.reply_key(self.config.redis.prefix, sid))
-                return [int(n) for n in await pipe.execute()]
+            return [int(n) for n in await self.trips.run([lambda pipe, sid=sid: pipe.llen(replies.reply_key(prefix, sid))
+                                                          for sid in scan_ids])]
         except Exception as exc:  # redis.RedisError, OSError
             raise self._redis_down(exc, published=False) from None
 
-    async def wait(self, scan_id: str, seen: int, deadline: float) -> ScanOutcome | Pending:
-        left = deadline - time.monotonic()
+    async def publish_and_wait(self, events: Sequence[dict], keys: Sequence[tuple],
+                               deadline: float) -> list[ScanOutcome | Pending]:
+        """Publish ``events`` (their ``outcome_key``s ``keys``) and await each outcome until ``deadline``.
+
+        The waits are registered before the publish, so the worker's notice cannot come first."""
+        scan_ids = [str(e["scan_id"]) for e in events]
+        seen = await self.seen(scan_ids)
+        expected = [self.watcher.expect(s, n, k) for s, n, k in zip(scan_ids, seen, keys)]
         try:
-            reply = (await replies.wait_new_reply(self.redis, self.config.redis.prefix, scan_id, seen, left)
-                     if left > 0 else None)
+            await self.publish(events)
+        except BaseException:
+            for e in expected:
+                self.watcher.forget(e)
+            raise
+        return list(await asyncio.gather(*(self._wait(s, e, deadline) for s, e in zip(scan_ids, expected))))
+
+    async def _wait(self, scan_id: str, expected: replies.Expected, deadline: float) -> ScanOutcome | Pending:
+        try:
+            reply = await self.watcher.wait(expected, deadline - time.monotonic())
         except Exception as exc:
             raise self._redis_down(exc, published=True) from None
         return Pending(scan_id=scan_id, poll=poll_address(scan_id)) if reply is None else outcome(reply)
@@ -311,6 +406,36 @@ class Gateway:
 
 
 # -- the application -------------------------------------------------------------------------
+
+class _Measured:
+    """Counts each answer by route and status and times it (``GatewayMetrics``).
+
+    A plain ASGI middleware: Starlette's ``BaseHTTPMiddleware`` (``@app.middleware``) runs each
+    request in a task group of its own and copies the response through a stream, which cost the
+    gateway more CPU per request than its own work."""
+
+    def __init__(self, app, metrics: GatewayMetrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = [500]
+
+        async def sent(message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sent)
+        finally:
+            route = scope.get("route")
+            self.metrics.observe(getattr(route, "path", ""), status[0], time.perf_counter() - started)
+
 
 def _event_body(schema: dict) -> dict:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
@@ -358,13 +483,7 @@ def create_app(config: Config) -> FastAPI:
     metrics = GatewayMetrics()
     app.state.metrics = metrics
 
-    @app.middleware("http")
-    async def _measure(request: Request, call_next):
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        metrics.observe(getattr(route, "path", ""), response.status_code, time.perf_counter() - started)
-        return response
+    app.add_middleware(_Measured, metrics=metrics)
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus_metrics():
@@ -399,17 +518,18 @@ def create_app(config: Config) -> FastAPI:
     async def post_scan(request: Request):
         """Publish one scan and answer its outcome, or 202 with a poll address when the deadline passes."""
         deadline = time.monotonic() + api.deadline_ms / 1000
+        with gateway.admitted():
+            return await _post_scan(request, deadline)
+
+    async def _post_scan(request: Request, deadline: float):
         await gateway.limit_client(request)
         event = parse_json(await read_body(request, api.max_body_bytes))
         try:
-            encode_events([event])
+            _, (key,) = encode_checked([event])
         except InvalidEvent as exc:
             raise _invalid(InvalidEvent(exc.field, exc.value, exc.problem)) from None
         await gateway.limit_users([event])
-        scan_id = str(event["scan_id"])
-        (seen,) = await gateway.seen([scan_id])
-        await gateway.publish([event])
-        answer = await gateway.wait(scan_id, seen, deadline)
+        (answer,) = await gateway.publish_and_wait([event], [key], deadline)
         return _answer(answer, isinstance(answer, Pending))
 
     @app.post("/v1/scans:batch", response_model=BatchAnswer,
@@ -420,6 +540,10 @@ def create_app(config: Config) -> FastAPI:
     async def post_batch(request: Request):
         """Publish a list of scans (all or none) and answer each outcome, in request order."""
         deadline = time.monotonic() + api.deadline_ms / 1000
+        with gateway.admitted():
+            return await _post_batch(request, deadline)
+
+    async def _post_batch(request: Request, deadline: float):
         await gateway.limit_client(request)
         events = parse_json(await read_body(request, api.max_body_bytes))
         if not isinstance(events, list) or not events:
@@ -428,7 +552,7 @@ def create_app(config: Config) -> FastAPI:
             raise Refused(422, "Invalid batch", f"{len(events)} scans; at most {api.max_batch} per batch "
                           f"([api] max_batch)", field="body")
         try:
-            encode_events(events)
+            _, keys = encode_checked(events)
         except InvalidEvent as exc:
             raise _invalid(exc) from None
         scan_ids = [str(e["scan_id"]) for e in events]
@@ -438,9 +562,7 @@ def create_app(config: Config) -> FastAPI:
                 raise Refused(422, "Invalid batch", f"scan {i} repeats the scan_id of scan {first[sid]}; send a "
                               f"resent scan on its own", field="scan_id", index=i)
         await gateway.limit_users(events)
-        seen = await gateway.seen(scan_ids)
-        await gateway.publish(events)
-        answers = await asyncio.gather(*(gateway.wait(s, n, deadline) for s, n in zip(scan_ids, seen)))
+        answers = await gateway.publish_and_wait(events, keys, deadline)
         pending = any(isinstance(a, Pending) for a in answers)
         return JSONResponse(BatchAnswer(results=list(answers)).model_dump(), status_code=202 if pending else 200)
 

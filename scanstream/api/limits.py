@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 #: KEYS: buckets.  ARGV: rate (tokens per second), burst, then per key the tokens to take.
 #: Returns {0, 0} when every bucket had its tokens (taken), else {1, ms until the emptiest bucket
@@ -56,18 +58,30 @@ class Verdict:
 class RateLimits:
     """The gateway's limits per client address and per user_id (``[api]`` ip_* and user_*)."""
 
-    def __init__(self, redis, prefix: str, ip_rate: float, ip_burst: int, user_rate: float, user_burst: int):
+    def __init__(self, redis, prefix: str, ip_rate: float, ip_burst: int, user_rate: float, user_burst: int,
+                 run: Callable[[list[Callable[[Any], Any]]], Awaitable[list[Any]]] | None = None):
+        """``run``, when given, sends commands in a round trip shared with other requests (the
+        gateway's ``RoundTrips.run``); else each check is a round trip of its own."""
         self.redis = redis
         self.prefix = prefix
         self.ip = (ip_rate, ip_burst)
         self.user = (user_rate, user_burst)
         self._take = redis.register_script(_TAKE_LUA)
+        self._run = run
 
     async def _check(self, kind: str, counts: Counter, rate: float, burst: int) -> Verdict:
         if not rate or not counts:
             return Verdict(True)
         keys = [f"{self.prefix}rl:{kind}:{who}" for who in counts]
-        refused, wait_ms = await self._take(keys=keys, args=[repr(rate), burst, *counts.values()])
+        args = [repr(rate), burst, *counts.values()]
+        if self._run is None:
+            refused, wait_ms = await self._take(keys=keys, args=args)
+        else:
+            def take(pipe) -> None:  # queued on the shared pipeline, which loads the script if Redis lacks it
+                pipe.scripts.add(self._take)
+                pipe.evalsha(self._take.sha, len(keys), *keys, *args)
+
+            ((refused, wait_ms),) = await self._run([take])
         return Verdict(not refused, max(1, math.ceil(int(wait_ms) / 1000)) if refused else 0)
 
     async def client(self, address: str) -> Verdict:
