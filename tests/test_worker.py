@@ -389,8 +389,10 @@ def test_a_permanent_error_stops_the_worker_with_one_line_and_loses_nothing(worl
     base, lines = world
     admin = redis.Redis.from_url(redis_url)
     user, password = f"scanstream-test-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    # keys and channels under the prefix: the worker PUBLISHes a notice per reply batch on
+    # {prefix}replied, and Redis 7 grants new users no channel unless told
     admin.acl_setuser(user, enabled=True, passwords=[f"+{password}"], keys=[f"{redis_prefix}*"],
-                      commands=["+@all"])
+                      channels=[f"{redis_prefix}*"], commands=["+@all"])
     host = redis_url.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1]
     names = {k: f"{k}-{uuid.uuid4().hex[:8]}" for k in ("scans", "results", "awards", "alerts", "dlq", "group")}
     config_path = worker_config(tmp_path / "worker.toml", base / "registry", tmp_path / "chdb", broker.bootstrap,
