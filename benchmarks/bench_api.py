@@ -45,8 +45,9 @@ sys.path.insert(1, str(ROOT / "tests"))  # config_writer: the worker configurati
 SCANSTREAM = shutil.which("scanstream", path=str(Path(sys.executable).parent)) or shutil.which("scanstream")
 #: Threads that wait for outcomes on the direct path (each holds a Redis connection while waiting).
 WAITERS = 64
-#: HTTP connections the load generator keeps open to the gateway.
-HTTP_CONNECTIONS = 256
+#: HTTP connections the load generator keeps open to the gateway: phones each open their own, so
+#: enough that the gateway, not the generator's pool, decides what waits (``[api] max_in_flight``).
+HTTP_CONNECTIONS = 1024
 
 
 def cpu_s(pid: int) -> float:

@@ -315,6 +315,9 @@ class ApiSettings:
     # POSTs one gateway process handles at once; past it 429 with Retry-After (nothing published):
     # an overloaded gateway refuses at once instead of queueing answers past every deadline
     max_in_flight: int = 500
+    # ... and while its event loop runs more than this late (requests then wait unseen in sockets
+    # and the loop's queue, where max_in_flight cannot count them); 0: never
+    max_lag_ms: int = 100
     # token buckets in Redis, shared by every gateway process (0: no limit): requests per second
     # and burst per client address, scans per second and burst per user_id; past them, 429
     ip_rate_per_s: float = 50.0
@@ -613,6 +616,7 @@ def _read_api(r: Reader) -> ApiSettings:
         max_body_bytes=r.integer("max_body_bytes", d.max_body_bytes, lo=65_536, hi=64 * 1_048_576),
         max_batch=r.integer("max_batch", d.max_batch, lo=1, hi=10_000),
         max_in_flight=r.integer("max_in_flight", d.max_in_flight, lo=1, hi=1_000_000),
+        max_lag_ms=r.integer("max_lag_ms", d.max_lag_ms, lo=0, hi=60_000),
         ip_rate_per_s=r.number("ip_rate_per_s", d.ip_rate_per_s, lo=0, hi=RATE_MAX_PER_S),
         ip_burst=r.integer("ip_burst", d.ip_burst, lo=1, hi=BURST_MAX),
         user_rate_per_s=r.number("user_rate_per_s", d.user_rate_per_s, lo=0, hi=RATE_MAX_PER_S),

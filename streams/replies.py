@@ -7,7 +7,10 @@ blocks on that list with ``BLMOVE`` from the list to itself, which returns the o
 leaves it in place for a retried wait.
 
 The pushes of a batch go in one Lua script call per ``REPLY_CHUNK`` outcomes (see
-``_PUSH_LUA``), and the outcome lines are written by ``ext.jsonlines``.  Like the state store, the script touches keys of many hash
+``_PUSH_LUA``), which then publishes a notice of the chunk's scan_ids, and the outcome lines are
+written by ``ext.jsonlines``.  ``await_result`` (threads, one blocking read each) suits a Python
+scan API; an event-loop process waiting for hundreds of scans at once (the HTTP gateway) holds
+one subscription to the notices instead (``ReplyWatcher``).  Like the state store, the script touches keys of many hash
 slots, so it runs on a single server or a primary with replicas, not a Redis Cluster.
 """
 from __future__ import annotations

@@ -163,6 +163,26 @@ def test_a_resent_scan_id_with_other_content_is_a_conflict_never_the_first_answe
     assert again.json()["prize"] == {"tier": tier, "cents": cents}
 
 
+def test_a_scan_id_sent_twice_at_once_with_other_content_answers_each_its_own_outcome(services, winner):
+    """The race: the victim's winning scan and an attacker's resend of its scan_id (another user)
+    reach the gateway together, so both count an empty reply list before publishing.  Each is
+    answered with the outcome of its own event: the attacker never reads "ok, prize"."""
+    import concurrent.futures
+
+    url, _ = services
+    event, tier, cents = winner
+    attack = {**event, "user_id": "wx-racer"}
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        victim, stolen = pool.map(lambda e: post(url, e), [event, attack])
+    assert victim.status_code == 200 and stolen.status_code == 200, (victim.text, stolen.text)
+    answers = [victim.json(), stolen.json()]
+    # whichever the worker took first is the genuine scan and the other the conflict: one "ok"
+    # with the prize, never two (each request answered with its own event's outcome)
+    assert sorted(a["verdict"] for a in answers) == ["conflict", "ok"], answers
+    for a in answers:
+        assert a["prize"] == ({"tier": tier, "cents": cents} if a["verdict"] == "ok" else None), a
+
+
 def test_a_forged_code_is_bad_mac_and_wins_nothing(services, winner):
     url, _ = services
     event, _, _ = winner

@@ -61,8 +61,10 @@ REDIS_OPTIONS = {"socket_connect_timeout": 1.0, "socket_timeout": replies.WAIT_S
 #: of failing the request.
 REDIS_CONNECTIONS = 32
 REDIS_POOL_WAIT_S = 2.0
-#: Retry-After of a request refused because the gateway is at ``[api] max_in_flight``.
+#: Retry-After of a request refused because the gateway is at capacity (``Gateway.admitted``).
 OVERLOAD_RETRY_S = 1
+#: How often the gateway measures its event loop's lag (``[api] max_lag_ms``).
+LAG_PROBE_S = 0.01
 _PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": Problem, "description": text, "content": {PROBLEM: {}}}
     for code, text in ((400, "the event is invalid or the body is not JSON; `field` names what"),
@@ -221,6 +223,8 @@ class Gateway:
         self.limits: RateLimits | None = None
         self.watcher: replies.ReplyWatcher | None = None
         self.active = 0  # POSTs being handled (``admitted``)
+        self.lag_s = 0.0  # how late the event loop ran at its last probe (``_probe_lag``)
+        self._lag_probe: asyncio.Task | None = None
 
     async def start(self) -> None:
         import redis.asyncio as aioredis
@@ -234,6 +238,15 @@ class Gateway:
         a = self.api
         self.limits = RateLimits(self.redis, self.config.redis.prefix, a.ip_rate_per_s, a.ip_burst,
                                  a.user_rate_per_s, a.user_burst, run=self.trips.run)
+        self._lag_probe = asyncio.create_task(self._probe_lag())
+
+    async def _probe_lag(self) -> None:
+        """Measure, every ``LAG_PROBE_S``, how much later than asked the loop woke this task."""
+        loop = asyncio.get_running_loop()
+        while True:
+            asked = loop.time() + LAG_PROBE_S
+            await asyncio.sleep(LAG_PROBE_S)
+            self.lag_s = max(0.0, loop.time() - asked)
 
     # -- rate limits
 
@@ -272,11 +285,18 @@ class Gateway:
 
         Past capacity a request is refused before its body is read and before anything is asked
         of Redis or the broker, which costs the gateway almost nothing: overload is answered at
-        once, while the requests already admitted keep their deadlines."""
+        once, while the requests already admitted keep their deadlines.  Capacity is also passed
+        when the event loop runs late (``lag_s`` above ``[api] max_lag_ms``): requests
+        then wait unseen in sockets and the loop's queue, where ``max_in_flight`` cannot count them,
+        and a request admitted then would answer past its deadline."""
         if self.active >= self.api.max_in_flight:
             raise Refused(429, "Too many requests", f"the gateway is handling {self.active} requests, its most "
                           f"([api] max_in_flight); ask again in {OVERLOAD_RETRY_S} s", field="gateway",
                           headers={"Retry-After": str(OVERLOAD_RETRY_S)})
+        if self.api.max_lag_ms and self.lag_s * 1000 > self.api.max_lag_ms:
+            raise Refused(429, "Too many requests", f"the gateway runs {1000 * self.lag_s:.0f} ms behind, more "
+                          f"than [api] max_lag_ms ({self.api.max_lag_ms}); ask again in {OVERLOAD_RETRY_S} s",
+                          field="gateway", headers={"Retry-After": str(OVERLOAD_RETRY_S)})
         self.active += 1
         try:
             yield
@@ -284,6 +304,8 @@ class Gateway:
             self.active -= 1
 
     async def close(self) -> None:
+        if self._lag_probe is not None:
+            self._lag_probe.cancel()
         if self.watcher is not None:
             await self.watcher.close()
         if self.redis is not None:
@@ -325,7 +347,12 @@ class Gateway:
                                f"resending the same scan_id is safe") from None
 
     async def _send_groups(self) -> None:
+        linger = self.config.kafka.linger_ms / 1000
         while self._waiting:
+            # the publisher's linger: requests of the next few ms join the group, so the broker gets
+            # fuller envelopes and the worker fewer messages (its cost is per message, not per scan)
+            if linger:
+                await asyncio.sleep(linger)
             group, self._waiting = self._waiting, []
             try:
                 await asyncio.to_thread(self._send, [e for events, _ in group for e in events])
