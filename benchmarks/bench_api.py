@@ -124,10 +124,24 @@ async def _drive_http(spec: dict, events: list[dict]) -> dict:
                 break
             data, due = item
             try:
+                if reader is not None and reader.at_eof():  # the gateway closed it while idle (keep-alive
+                    writer.close()                           # timeout), as a browser would see, it reconnects
+                    reader = writer = None
+                reused = writer is not None
                 if writer is None:
                     reader, writer = await asyncio.open_connection(host, int(port))
-                writer.write(data)
-                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+                try:
+                    writer.write(data)
+                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+                except (asyncio.IncompleteReadError, ConnectionResetError) as exc:
+                    if not reused or getattr(exc, "partial", b"") != b"":
+                        raise
+                    # closed as the request went out, before a byte of answer: sent again on a new
+                    # connection, as HTTP clients do (the same scan_id: a resend is safe by contract)
+                    writer.close()
+                    reader, writer = await asyncio.open_connection(host, int(port))
+                    writer.write(data)
+                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
                 status = head[9:12].decode()
                 length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
                 await reader.readexactly(length)
@@ -181,6 +195,8 @@ def main(argv=None) -> int:
     p.add_argument("--deadline-ms", type=int, default=1000, help="the gateway's [api] deadline_ms (default 1000)")
     p.add_argument("--fetch-wait-ms", type=int, default=None,
                    help="the worker's [kafka] fetch_wait_ms (default: the configuration's)")
+    p.add_argument("--idle-seconds", type=float, default=3.0,
+                   help="seconds with no load before the runs, to measure each process's fixed cost (default 3)")
     p.add_argument("--redis-url", default=os.environ.get("SCANSTREAM_REDIS_URL", "redis://127.0.0.1:6379/0"))
     p.add_argument("--config", type=Path, default=ROOT / "config" / "local.toml")
     p.add_argument("--drive", type=Path, help=argparse.SUPPRESS)  # the load generator's own process
@@ -243,6 +259,14 @@ def main(argv=None) -> int:
         seed = 100
         for event in make_events(world, 50, seed, f"w{tag}"):  # the worker's group join, the first batches
             httpx.post(f"{url}/v1/scans", json=event, timeout=60)
+        # the fixed cost: what each process spends with nothing to do (fetch polling, timers), which
+        # the per-scan figures below carry divided by the rate
+        before = ({pr.name: cpu_s(pr.pid) for pr in procs}, redis_cpu_s(client))
+        time.sleep(args.idle_seconds)
+        idle = {pr.name: cpu_s(pr.pid) - before[0][pr.name] for pr in procs}
+        idle["redis"] = redis_cpu_s(client) - before[1]
+        print(f"{'idle':>6} CPU % of a core over {args.idle_seconds:g} s with no scans: "
+              + ", ".join(f"{name} {100 * sec / args.idle_seconds:.1f}" for name, sec in idle.items()), flush=True)
         for rate in rates:
             for mode in ("direct", "http"):
                 seed += 1

@@ -194,3 +194,21 @@ def test_a_gateway_whose_event_loop_runs_late_refuses_new_posts_until_it_catches
         probe.cancel()
 
     asyncio.run(main())
+
+
+def test_a_bug_under_a_scan_post_answers_a_500_problem_and_is_counted(services):
+    """The scan POSTs skip the router (``_Measured.direct``): an error nobody expected there must
+    still reach the app's last handler, a problem body without the traceback, counted as 500."""
+    _, path = services
+    with Gateway(limited(path, ip_rate_per_s=0, user_rate_per_s=0)) as g:
+        gateway = g.server.config.app.state.gateway
+
+        async def broken(request):
+            raise RuntimeError("a bug in the rate limiter")
+
+        gateway.limit_client = broken
+        r = post(g.url, event(1, "wx-bug"))
+        body = assert_problem(r, 500, None)
+        assert "rate limiter" not in r.text and "Traceback" not in r.text, body
+        text = httpx.get(f"{g.url}/metrics").text
+    assert 'scanstream_api_requests_total{route="/v1/scans",status="500"} 1.0' in text
