@@ -315,7 +315,7 @@ class ApiSettings:
     # POSTs one gateway process handles at once; past it 429 with Retry-After (nothing published):
     # an overloaded gateway refuses at once instead of queueing answers past every deadline
     max_in_flight: int = 500
-    # ... and while its event loop runs more than this late (requests then wait unseen in sockets
+    # ... and while its event loop keeps running more than this late at 3 probes (requests then wait unseen in sockets
     # and the loop's queue, where max_in_flight cannot count them); 0: never
     max_lag_ms: int = 100
     # token buckets in Redis, shared by every gateway process (0: no limit): requests per second

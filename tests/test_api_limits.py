@@ -160,35 +160,45 @@ def _poll_outcome(url: str, scan_id: str, timeout_s: float = 30.0) -> dict:
     raise AssertionError(f"no outcome for {scan_id} within {timeout_s} s")
 
 
-def test_a_gateway_whose_event_loop_runs_late_refuses_new_posts_until_it_catches_up(services):
-    """Requests waiting in sockets and in the loop's queue are not counted by max_in_flight: a loop
-    that runs later than [api] max_lag_ms refuses new POSTs with 429 until it has caught up."""
+async def _hold_loop(times: int, seconds: float = 0.12) -> None:
+    """Hold the running event loop ``times`` times, as a burst of work holds it, letting the lag
+    probe run between holds (its timer is overdue, so it runs on the next turns)."""
     import asyncio
 
-    from scanstream.api.app import Gateway as App, Refused
+    for _ in range(times):
+        time.sleep(seconds)
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+
+def test_a_gateway_whose_event_loop_runs_late_refuses_new_posts_until_it_catches_up(services):
+    """Requests waiting in sockets and in the loop's queue are not counted by max_in_flight: a loop
+    that keeps running later than [api] max_lag_ms refuses new POSTs with 429 until it has caught
+    up; one stall (a garbage collection) refuses nothing."""
+    import asyncio
+
+    from scanstream.api.app import LAG_PROBES, Gateway as App, Refused
 
     _, path = services
     config = load(path)
-    config = replace(config, api=replace(config.api, max_lag_ms=20))
+    config = replace(config, api=replace(config.api, max_lag_ms=50))
 
     async def main() -> None:
         gateway = App(config)
         probe = asyncio.create_task(gateway._probe_lag())
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.1)
+        await _hold_loop(1)  # one stall
         with gateway.admitted():
-            pass
-        time.sleep(0.12)  # the loop is held, as a burst of work holds it
-        for _ in range(20):  # the probe wakes late and says so
-            await asyncio.sleep(0)
-            if gateway.lag_s > 0.02:
-                break
+            assert gateway.lag_s <= 0.05
+        await _hold_loop(LAG_PROBES)  # behind at every probe: a backlog
+        assert gateway.lag_s > 0.05
         with pytest.raises(Refused) as refused:
             with gateway.admitted():
                 pass
         assert refused.value.problem.status == 429 and refused.value.problem.field == "gateway"
         assert "max_lag_ms" in refused.value.problem.detail and refused.value.headers["Retry-After"] == "1"
         assert gateway.active == 0
-        await asyncio.sleep(0.05)  # caught up: admitted again
+        await asyncio.sleep(0.1)  # caught up: admitted again
         with gateway.admitted():
             assert gateway.active == 1
         probe.cancel()
