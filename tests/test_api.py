@@ -227,6 +227,24 @@ def test_a_batch_answers_each_scan_in_order_and_refuses_all_for_one_bad_scan(ser
         [(e["scan_id"], "ok", False) for e in events]
 
 
+def test_a_batch_smuggling_someone_elses_scan_id_gets_a_conflict_and_pays_nothing(services, winners):
+    """The attack through the batch route: a victim's winning scan_id resent with the attacker's
+    user_id, hidden among honest scans.  Its answer is the conflict of its own event, never the
+    victim's prize; the honest scan beside it is judged as usual; the victim's own resend is a replay."""
+    url, _ = services
+    (victim, tier, cents), (honest, honest_tier, honest_cents) = winners[1].pop(), winners[1].pop()
+    assert post(url, victim).json()["prize"] == {"tier": tier, "cents": cents}
+    r = post(url, [{**victim, "user_id": "wx-smuggler"}, honest, victim], "/v1/scans:batch")
+    assert assert_problem(r, 422, "scan_id")["index"] == 2  # one scan_id twice in one batch: refused whole
+    r = post(url, [{**victim, "user_id": "wx-smuggler"}, honest], "/v1/scans:batch")
+    assert r.status_code == 200, r.text
+    stolen, fair = r.json()["results"]
+    assert (stolen["scan_id"], stolen["verdict"], stolen["prize"]) == (victim["scan_id"], "conflict", None)
+    assert (fair["verdict"], fair["prize"]) == ("ok", {"tier": honest_tier, "cents": honest_cents})
+    again = post(url, [victim], "/v1/scans:batch").json()["results"][0]
+    assert (again["verdict"], again["replay"], again["prize"]) == ("ok", True, {"tier": tier, "cents": cents})
+
+
 # --------------------------------------------------------------------------- bad requests
 
 
