@@ -128,20 +128,21 @@ async def _drive_http(spec: dict, events: list[dict]) -> dict:
                     writer.close()                           # timeout), as a browser would see, it reconnects
                     reader = writer = None
                 reused = writer is not None
-                if writer is None:
-                    reader, writer = await asyncio.open_connection(host, int(port))
-                try:
-                    writer.write(data)
-                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
-                except (asyncio.IncompleteReadError, ConnectionResetError) as exc:
-                    if not reused or getattr(exc, "partial", b"") != b"":
-                        raise
-                    # closed as the request went out, before a byte of answer: sent again on a new
-                    # connection, as HTTP clients do (the same scan_id: a resend is safe by contract)
-                    writer.close()
-                    reader, writer = await asyncio.open_connection(host, int(port))
-                    writer.write(data)
-                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+                while True:
+                    if writer is None:
+                        reader, writer = await asyncio.open_connection(host, int(port))
+                    try:
+                        writer.write(data)
+                        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+                        break
+                    except (asyncio.IncompleteReadError, ConnectionResetError) as exc:
+                        if not reused or getattr(exc, "partial", b"") != b"":
+                            raise
+                        # closed as the request went out, before a byte of answer: sent once more on a
+                        # new connection, as HTTP clients do (the same scan_id: a resend is safe by contract)
+                        writer.close()
+                        reader = writer = None
+                        reused = False
                 status = head[9:12].decode()
                 length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
                 await reader.readexactly(length)

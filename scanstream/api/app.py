@@ -118,6 +118,12 @@ class _AnyText(Convertor):
 register_url_convertor("any_text", _AnyText())
 
 
+def _overloaded(why: str) -> Refused:
+    """429 for a gateway at capacity (``Gateway.admitted``), with when to ask again."""
+    return Refused(429, "Too many requests", f"{why}; ask again in {OVERLOAD_RETRY_S} s", field="gateway",
+                   headers={"Retry-After": str(OVERLOAD_RETRY_S)})
+
+
 def _unavailable(service: str, detail: str) -> Refused:
     return Refused(503, f"{service} unavailable", detail, failed={service: detail})
 
@@ -297,13 +303,10 @@ class Gateway:
         then wait unseen in sockets and the loop's queue, where ``max_in_flight`` cannot count them,
         and a request admitted then would answer past its deadline."""
         if self.active >= self.api.max_in_flight:
-            raise Refused(429, "Too many requests", f"the gateway is handling {self.active} requests, its most "
-                          f"([api] max_in_flight); ask again in {OVERLOAD_RETRY_S} s", field="gateway",
-                          headers={"Retry-After": str(OVERLOAD_RETRY_S)})
+            raise _overloaded(f"the gateway is handling {self.active} requests, its most ([api] max_in_flight)")
         if self.api.max_lag_ms and self.lag_s * 1000 > self.api.max_lag_ms:
-            raise Refused(429, "Too many requests", f"the gateway runs {1000 * self.lag_s:.0f} ms behind, more "
-                          f"than [api] max_lag_ms ({self.api.max_lag_ms}); ask again in {OVERLOAD_RETRY_S} s",
-                          field="gateway", headers={"Retry-After": str(OVERLOAD_RETRY_S)})
+            raise _overloaded(f"the gateway runs {1000 * self.lag_s:.0f} ms behind, more than [api] max_lag_ms "
+                              f"({self.api.max_lag_ms})")
         self.active += 1
         try:
             yield
@@ -532,9 +535,6 @@ def create_app(config: Config) -> FastAPI:
     metrics = GatewayMetrics()
     app.state.metrics = metrics
 
-    direct: dict[str, Callable] = {}  # filled below with the POST handlers (``_Measured``)
-    app.add_middleware(_Measured, metrics=metrics, direct=direct)
-
     @app.get("/metrics", include_in_schema=False)
     async def prometheus_metrics():
         """The gateway's Prometheus metrics (``scanstream.api.metrics``)."""
@@ -616,7 +616,7 @@ def create_app(config: Config) -> FastAPI:
         pending = any(isinstance(a, Pending) for a in answers)
         return JSONResponse(BatchAnswer(results=list(answers)).model_dump(), status_code=202 if pending else 200)
 
-    direct.update({"/v1/scans": post_scan, "/v1/scans:batch": post_batch})
+    app.add_middleware(_Measured, metrics=metrics, direct={"/v1/scans": post_scan, "/v1/scans:batch": post_batch})
 
     @app.get("/v1/scans/{scan_id:any_text}", response_model=ScanOutcome,
              responses={404: {"model": Problem, "description": "no outcome (yet) for this scan_id",
