@@ -264,6 +264,9 @@ class RedisSettings:
     prefix: str = "scanstream:"  # every key starts with it, so deployments and tests can share a server
     result_ttl_s: int = 300  # how long a scan's outcome waits for the scan API's await_result
     replies: bool = True  # a worker pushes each outcome to Redis for await_result
+    # the url is a node of a Redis Cluster: every key carries the hash tag of a state shard (or
+    # of its campaign), and the store calls each script once per shard of a batch
+    cluster: bool = False
 
 
 @dataclass(frozen=True)
@@ -293,6 +296,8 @@ class KafkaSettings:
     metrics_host: str = DEFAULT_METRICS_HOST
 
 
+#: The characters that delimit a Redis Cluster hash tag in a key name.
+HASH_TAG_BRACES = "{}"
 #: Bounds of the gateway's rate limits: past them a limit is no limit, and a bucket's arithmetic in
 #: Redis (doubles) stays exact.
 RATE_MAX_PER_S = 1_000_000.0
@@ -444,6 +449,9 @@ def _read_campaign(r: Reader, tenants: dict[int, Tenant]) -> Campaign:
     cid = r.text("id", required=True)
     if not cid:
         raise ConfigError(f"{r.key('id')}: must not be empty")
+    if set(cid) & set(HASH_TAG_BRACES):
+        # the id is the hash tag of the campaign's Redis keys: a brace in it would split them over slots
+        raise ConfigError(f"{r.key('id')}: {cid!r} must not contain {HASH_TAG_BRACES[0]} or {HASH_TAG_BRACES[1]}")
     tenant = r.integer("tenant", required=True, lo=0, hi=TENANT_MAX)
     if tenant not in tenants:
         raise ConfigError(f"{r.key('tenant')}: tenant {tenant} is not configured under [[tenants]]")
@@ -576,7 +584,11 @@ def _read_redis(r: Reader) -> RedisSettings:
         raise ConfigError(f"{r.key('url')}: expected a redis://, rediss:// or unix:// URL, got {url.split('@')[-1]!r}")
     out = RedisSettings(url=url, prefix=r.text("prefix", d.prefix),
                         result_ttl_s=r.integer("result_ttl_s", d.result_ttl_s, lo=1, hi=86_400),
-                        replies=r.flag("replies", d.replies))
+                        replies=r.flag("replies", d.replies), cluster=r.flag("cluster", d.cluster))
+    if out.cluster and set(out.prefix) & set(HASH_TAG_BRACES):
+        # a tag in the prefix would come before every key's own shard tag: one slot for all
+        raise ConfigError(f"{r.key('prefix')}: {out.prefix!r} must not contain {HASH_TAG_BRACES[0]} or "
+                          f"{HASH_TAG_BRACES[1]} on a Redis Cluster (cluster = true)")
     r.done()
     return out
 

@@ -36,7 +36,7 @@ def build_state(config: Config) -> StateStore:
         from scanstream.engine.state.memory import MemoryStateStore
         return MemoryStateStore(replay_ttl_s=config.engine.replay_ttl_hours * 3600)
     from scanstream.engine.state.redis import RedisStateStore
-    return RedisStateStore.from_url(config.redis.url, prefix=config.redis.prefix,
+    return RedisStateStore.from_url(config.redis.url, prefix=config.redis.prefix, cluster=config.redis.cluster,
                                     replay_ttl_s=config.engine.replay_ttl_hours * 3600)
 
 

@@ -289,7 +289,7 @@ class ScanPublisher:
                  keys: KeyTable | None = None, redis_url: str | None = None, prefix: str = "scanstream:",
                  max_envelope_bytes: int = envelope.MAX_ENVELOPE_BYTES, *, retries: int = 5,
                  max_block_ms: int = 10_000, max_pending: int = MAX_PENDING_MESSAGES,
-                 idempotent: bool = True, **producer_config: Any):
+                 idempotent: bool = True, redis_cluster: bool = False, **producer_config: Any):
         if not MAX_EVENT_BYTES <= max_envelope_bytes <= envelope.MAX_ENVELOPE_BYTES:
             raise ValueError(f"max_envelope_bytes {max_envelope_bytes} must be in {MAX_EVENT_BYTES}.."
                              f"{envelope.MAX_ENVELOPE_BYTES} (one event .. the envelope cap)")
@@ -299,6 +299,7 @@ class ScanPublisher:
         self.linger_s = linger_ms / 1000
         self.keys = keys
         self.redis_url = redis_url
+        self.redis_cluster = redis_cluster  # redis_url is a node of a Redis Cluster (``[redis] cluster``)
         self.prefix = prefix
         self.max_envelope_bytes = max_envelope_bytes
         self.max_block_s = max_block_ms / 1000
@@ -580,7 +581,8 @@ class ScanPublisher:
 
             with self._cond:
                 if self._redis is None:
-                    self._redis = redis.Redis.from_url(self.redis_url)
+                    self._redis = (redis.RedisCluster.from_url(self.redis_url) if self.redis_cluster
+                                   else redis.Redis.from_url(self.redis_url))
         return self._redis
 
     def __repr__(self) -> str:

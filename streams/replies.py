@@ -10,8 +10,11 @@ The pushes of a batch go in one Lua script call per ``REPLY_CHUNK`` outcomes (se
 ``_PUSH_LUA``), which then publishes a notice of the chunk's scan_ids, and the outcome lines are
 written by ``ext.jsonlines``.  ``await_result`` (threads, one blocking read each) suits a Python
 scan API; an event-loop process waiting for hundreds of scans at once (the HTTP gateway) holds
-one subscription to the notices instead (``ReplyWatcher``).  Like the state store, the script touches keys of many hash
-slots, so it runs on a single server or a primary with replicas, not a Redis Cluster.
+one subscription to the notices instead (``ReplyWatcher``).
+
+A reply list lives in the state shard of its scan_id (``reply_key``), as the state store's keys
+do: on a Redis Cluster the pushes go in one call per shard, and their notices reach every
+subscriber whichever node publishes them.
 """
 from __future__ import annotations
 
@@ -24,6 +27,8 @@ import numpy as np
 import orjson
 
 from scanstream.engine import outcomes
+from scanstream.engine.state import state_keys
+from scanstream.engine.state.redis_lua import SHARD_LUA, SHARD_TAGS, SHARDS
 
 #: Longest single blocking call of ``wait_reply``.
 WAIT_SLICE_S = 1.0
@@ -36,12 +41,13 @@ POLL_MAX_S = 0.05
 SWEEP_S = 0.25
 
 #: ARGV: key prefix, TTL, n, scan_id lengths (uint32), scan_ids, outcome lengths (uint32),
-#: outcomes, the notice channel (``notice_channel``).  After the pushes the script publishes one
+#: outcomes, the notice channel (``notice_channel``), each scan_id's shard (one byte): its list is
+#: ``reply_key``.  After the pushes the script publishes one
 #: notice on that channel: n (uint32) and the chunk's packed scan_ids, which wakes the gateways
 #: waiting for any of them (``ReplyWatcher``); with nobody subscribed it costs next to nothing.  Arrays travel packed, as in the state store's scripts: a pipelined RPUSH and
 #: EXPIRE per scan, or an argument per key and value, cost the worker more Python time (command
 #: packing) than the whole pipeline.
-_PUSH_LUA = r"""
+_PUSH_LUA = SHARD_LUA + r"""
 local function strings(lens_blob, blob, n)
   local out, pos, done = {}, 1, 0
   while done < n do
@@ -58,7 +64,7 @@ end
 local pre, ttl, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local ids, lines = strings(ARGV[4], ARGV[5], n), strings(ARGV[6], ARGV[7], n)
 for i = 1, n do
-  local key = pre .. ids[i]
+  local key = shard_key(pre, string.byte(ARGV[9], i)) .. ids[i]
   redis.call('RPUSH', key, lines[i])
   redis.call('EXPIRE', key, ttl)
 end
@@ -69,7 +75,13 @@ return n
 
 
 def reply_key(prefix: str, scan_id: str) -> str:
-    return f"{prefix}reply:{scan_id}"
+    """The reply list of ``scan_id``: ``P reply:{tag}<scan_id>``, in the state shard of the scan_id."""
+    return f"{prefix}reply:{{{SHARD_TAGS[int(reply_shards([scan_id])[0])]}}}{scan_id}"
+
+
+def reply_shards(scan_ids: Sequence[str]) -> np.ndarray:
+    """The state shard of each scan_id (that of its identity in the state store)."""
+    return (state_keys(list(scan_ids)) & np.uint64(SHARDS - 1)).astype(np.uint8)
 
 
 def notice_channel(prefix: str) -> str:
@@ -114,16 +126,26 @@ class ReplyWriter:
         self.ttl_s = int(ttl_s)
         self.channel = notice_channel(prefix).encode("utf-8")
         self._push = client.register_script(_PUSH_LUA)
+        import redis
+        #: a Cluster takes one call per shard (a script touches one slot)
+        self.cluster = isinstance(client, redis.RedisCluster)
 
     def push(self, scan_ids: Sequence[str], lines: Sequence[bytes]) -> int:
         """Push ``lines[i]`` to the reply list of ``scan_ids[i]``; the number pushed."""
         if len(scan_ids) != len(lines):
             raise ValueError(f"{len(scan_ids)} scan_ids for {len(lines)} outcomes: expected one each")
-        pre = reply_key(self.prefix, "").encode("utf-8")
-        for a in range(0, len(lines), REPLY_CHUNK):
-            ids = [s.encode("utf-8", "surrogatepass") for s in scan_ids[a:a + REPLY_CHUNK]]
-            chunk = lines[a:a + REPLY_CHUNK]
-            self._push(args=[pre, self.ttl_s, len(chunk), *_packed(ids), *_packed(chunk), self.channel])
+        pre = f"{self.prefix}reply:".encode("utf-8")
+        shards = reply_shards(scan_ids) if len(scan_ids) else np.zeros(0, np.uint8)
+        groups = ([np.nonzero(shards == s)[0] for s in np.unique(shards).tolist()] if self.cluster
+                  else [np.arange(len(lines))])
+        for rows in groups:
+            for a in range(0, len(rows), REPLY_CHUNK):
+                part = rows[a:a + REPLY_CHUNK].tolist()
+                ids = [scan_ids[i].encode("utf-8", "surrogatepass") for i in part]
+                routing = [reply_key(self.prefix, scan_ids[part[0]])]  # where a Cluster runs the call
+                self._push(keys=routing, args=[pre, self.ttl_s, len(part), *_packed(ids),
+                                               *_packed([lines[i] for i in part]), self.channel,
+                                               shards[part].tobytes()])
         return len(lines)
 
     def push_outcomes(self, scans: outcomes.Columns) -> int:
@@ -268,7 +290,7 @@ class ReplyWatcher:
             self._answer(sid, start, values)
 
     def _key(self, scan_id: bytes) -> bytes:
-        return reply_key(self.prefix, "").encode("utf-8") + scan_id
+        return reply_key(self.prefix, scan_id.decode("utf-8", "surrogatepass")).encode("utf-8", "surrogatepass")
 
     def _answer(self, scan_id: bytes, start: int, values: list[bytes], only: tuple | None = None) -> None:
         """Answer the waits for ``scan_id`` (or the one wait ``only``) that ``values``, the reply

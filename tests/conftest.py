@@ -6,6 +6,9 @@
 - ``redis_url``: the Redis of ``.ci/services.sh`` (``SCANSTREAM_REDIS_URL``, default
   ``redis://127.0.0.1:6379/0``); a Redis that does not answer fails the test.
 - ``redis_prefix``: a key prefix of its own per test; its keys are deleted afterwards.
+- ``redis_cluster``: a real Redis Cluster of three ``redis-server`` processes in cluster mode
+  on loopback (``tests/redis_cluster.py``), started once per session; ``redis_cluster_url`` is
+  the URL of one of its nodes.
 """
 from __future__ import annotations
 
@@ -40,6 +43,19 @@ def redis_url() -> str:
     finally:
         client.close()
     return url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator:
+    from redis_cluster import RedisCluster
+
+    with RedisCluster() as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(redis_cluster) -> str:
+    return redis_cluster.url
 
 
 @pytest.fixture

@@ -31,6 +31,7 @@ from scanstream.engine.state.memory import MemoryStateStore
 from scanstream.wiring import build_pipeline
 from scanstream.streams.publisher import InvalidEvent, ScanPublisher, encode_event
 from scanstream.streams.synthetic import build_world, generate_scans
+from scanstream.streams.replies import reply_key
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL_TOML = REPO / "config" / "local.toml"
@@ -115,7 +116,7 @@ def test_publisher_worker_redis_clickhouse(broker, redis_url, redis_prefix, tmp_
         while missing and worker.poll() is None and time.monotonic() < deadline:
             pipe = client.pipeline(transaction=False)
             for sid in missing:
-                pipe.exists(f"{redis_prefix}reply:{sid}")
+                pipe.exists(reply_key(redis_prefix, sid))
             missing = [sid for sid, there in zip(missing, pipe.execute()) if not there]
             if missing:
                 time.sleep(1)

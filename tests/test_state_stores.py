@@ -33,7 +33,9 @@ from scanstream.engine.state import CampaignLimits, DrawStatus, GrantRequests, S
 from scanstream.engine.state.embedded import EmbeddedStateStore
 from scanstream.engine.state.memory import MemoryStateStore
 from scanstream.engine.state import StateUnavailable
-from scanstream.engine.state.redis import CHUNK_BYTES, CHUNK_SERIALS, RedisStateStore, good_length
+from scanstream.engine.state.redis import CHUNK_BYTES, CHUNK_SERIALS, RedisStateStore, chunk_shards, good_length
+from scanstream.engine.state.redis_lua import SHARD_TAGS, shard_key
+from redis.crc import key_slot
 from scanstream.engine.verdicts import Verdict
 
 OK, REPEAT, BAD_MAC, NOT_ACTIVATED = Verdict.OK, Verdict.REPEAT, Verdict.BAD_MAC, Verdict.NOT_ACTIVATED
@@ -48,7 +50,8 @@ CODE = int(batch_key(7, 0, 42))
 
 @contextmanager
 def open_store(kind: str, url: str | None = None, replay_ttl_s: int = 3600):
-    """A fresh store of ``kind``; a Redis one (on ``url``) gets a unique prefix, deleted on exit."""
+    """A fresh store of ``kind``; a Redis one (on ``url``; ``cluster``: on the Redis Cluster whose
+    node ``url`` is) gets a unique prefix, deleted on exit."""
     if kind == "memory":
         yield MemoryStateStore(replay_ttl_s=replay_ttl_s)
         return
@@ -61,7 +64,7 @@ def open_store(kind: str, url: str | None = None, replay_ttl_s: int = 3600):
                 store.close()
         return
     store = RedisStateStore.from_url(url, prefix=f"scanstream-test:{uuid.uuid4().hex[:12]}:",
-                                        replay_ttl_s=replay_ttl_s)
+                                     replay_ttl_s=replay_ttl_s, cluster=kind == "cluster")
     try:
         yield store
     finally:
@@ -84,7 +87,7 @@ def answers_on_every_backend(call, rows: list, sizes: tuple[int, ...], redis_url
     return answers
 
 
-@pytest.fixture(params=["memory", "redis", "embedded"])
+@pytest.fixture(params=["memory", "redis", "embedded", "cluster"])
 def kind(request) -> str:
     return request.param
 
@@ -92,8 +95,16 @@ def kind(request) -> str:
 @pytest.fixture
 def make_store(kind, request):
     """``make_store(replay_ttl_s=...)``: a context manager giving a fresh store of ``kind``."""
-    url = request.getfixturevalue("redis_url") if kind == "redis" else None
+    url = {"redis": "redis_url", "cluster": "redis_cluster_url"}.get(kind)
+    url = request.getfixturevalue(url) if url else None
     return lambda **options: open_store(kind, url, **options)
+
+
+@pytest.fixture(scope="module", params=["redis", "cluster"])
+def server(request) -> tuple[str, str]:
+    """A Redis store's kind and URL: a single server, then a real Redis Cluster."""
+    fixture = {"redis": "redis_url", "cluster": "redis_cluster_url"}[request.param]
+    return request.param, request.getfixturevalue(fixture)
 
 
 @pytest.fixture
@@ -508,8 +519,8 @@ def apply(store: StateStore, op: str, rows: list) -> tuple:
                           window_rows("distinct_new", 40),
                           window_rows("mark_once", 30), window_rows("block", 30), window_rows("blocked", 30),
                           st.just(("define", []))), max_size=14))
-def test_random_call_sequences_give_identical_answers(redis_url, ops):
-    with open_store("memory") as mem, open_store("redis", redis_url) as red:
+def test_random_call_sequences_give_identical_answers(server, ops):
+    with open_store("memory") as mem, open_store(*server) as red:
         for s in (mem, red):
             s.define_campaigns(LIMITS)
         for op, rows in ops:
@@ -596,10 +607,10 @@ def test_embedded_store_folds_its_log_into_a_snapshot(tmp_path, monkeypatch):
     emb.close()
 
 
-def test_large_random_batches_give_identical_answers(redis_url):
+def test_large_random_batches_give_identical_answers(server):
     """Batches larger than every slice of the Redis scripts, with collisions of every kind."""
     rng = np.random.default_rng(2024)
-    with open_store("memory") as mem, open_store("redis", redis_url) as red:
+    with open_store("memory") as mem, open_store(*server) as red:
         for s in (mem, red):
             # limits that bind during the run, so that rows fall on every side of them
             s.define_campaigns(LIMITS[:1] + [CampaignLimits("b", 300_000, (4000, 50), daily_cap=3)])
@@ -727,12 +738,12 @@ def run_stream(pipeline: Pipeline, lines: list[bytes], size: int) -> list[dict]:
     return out
 
 
-def test_pipeline_gives_identical_outcomes_with_both_stores(synthetic_world, redis_url):
+def test_pipeline_gives_identical_outcomes_with_both_stores(synthetic_world, server):
     from scanstream.engine.geo import AdcodeIndex
     config, registry, lines = synthetic_world
     resolve = AdcodeIndex.load().resolve
     results = {}
-    with open_store("memory") as mem, open_store("redis", redis_url) as red:
+    with open_store("memory") as mem, open_store(*server) as red:
         for name, s in (("memory", mem), ("redis", red)):
             pipeline = Pipeline(config, registry, s, resolve_gps=resolve)
             first = run_stream(pipeline, lines, 300)
@@ -752,7 +763,9 @@ def test_pipeline_gives_identical_outcomes_with_both_stores(synthetic_world, red
 
 # --- Redis only: layout, memory, round trips, errors ----------------------------------------
 
-def test_each_call_is_one_round_trip(redis_store):
+def test_each_call_is_one_round_trip_and_a_claim_two(redis_store):
+    """On a single server a call is one script over the whole batch; a claim with OK rows is two
+    (the scan_ids' identities, then the codes' bits)."""
     calls = []
     original = redis_store.client.execute_command
 
@@ -772,19 +785,23 @@ def test_each_call_is_one_round_trip(redis_store):
     redis_store.count(keys, 60)
     redis_store.distinct(keys + u64(n), keys, 60)
     redis_store.mark_once(keys + u64(2 * n), 60)
-    assert calls == ["EVALSHA"] * 5
+    assert calls == ["EVALSHA"] * 6
 
 
-def test_dedup_chunks_are_keyed_per_code_and_chunk_with_a_hash_tag(redis_store):
+def test_dedup_chunks_are_keyed_per_code_and_chunk_with_their_shard_tag(redis_store):
     code = int(batch_key(65535, 1, 2**24 - 1))
     claim(redis_store, [("a", code, CHUNK_SERIALS - 1, OK), ("b", code, CHUNK_SERIALS, OK),
                         ("c", code, SERIAL_MAX, OK)])
     keys = sorted(set(redis_store.client.scan_iter(match=redis_store.prefix.encode() + b"dd:*")))
-    p = redis_store.prefix.encode()
-    assert keys == sorted([p + b"dd:{65535:1:16777215:0}", p + b"dd:{65535:1:16777215:1}",
-                           p + b"dd:{65535:1:16777215:%d}" % (SERIAL_MAX // CHUNK_SERIALS)])
-    assert redis_store.client.getbit(keys[0], CHUNK_SERIALS - 1) == 1
-    assert redis_store.client.getbit(p + b"dd:{65535:1:16777215:1}", 0) == 1
+    chunks = (0, 1, SERIAL_MAX // CHUNK_SERIALS)
+    assert keys == sorted(redis_store.dedup_key(code, c) for c in chunks)
+    for c in chunks:  # the chunk's identity in the name, after the tag of its shard
+        key = redis_store.dedup_key(code, c)
+        shard = int(chunk_shards(np.array([(code << 20) | c], np.uint64))[0])
+        assert key == shard_key(redis_store.prefix.encode() + b"dd:", shard) + b"65535:1:16777215:%d" % c
+        assert key_slot(key) == key_slot(b"{%s}" % SHARD_TAGS[shard].encode())
+    assert redis_store.client.getbit(redis_store.dedup_key(code, 0), CHUNK_SERIALS - 1) == 1
+    assert redis_store.client.getbit(redis_store.dedup_key(code, 1), 0) == 1
 
 
 def test_bitmaps_grow_to_exact_size_classes(redis_store):
@@ -807,19 +824,29 @@ def test_bitmaps_grow_to_exact_size_classes(redis_store):
 def test_keys_have_their_ttls(redis_store):
     r, p = redis_store.client, redis_store.prefix.encode()
     claim(redis_store, [("scan-1", CODE, 1, OK)])
-    # the answer is a field of this epoch's bucket hash, kept between one and two replay TTLs
-    (answers,) = redis_store.keys(b"rp:*")
-    assert r.hget(answers, "scan-1") == pack_answer(OK, 1, "u")
-    assert 3600 <= r.ttl(answers) <= 7200
+    # the scan_id's identity is a field of this epoch's hash of its shard, naming the shard of
+    # its code's chunk, where its outcome is a field of that shard's hash; both are kept between
+    # one and two replay TTLs
+    (identities,) = redis_store.keys(b"rp:*")
+    code_shard = int(chunk_shards(np.array([CODE << 20], np.uint64))[0])
+    assert r.hget(identities, "scan-1") == pack_answer(0x40 + code_shard, 1, "u")
+    (outcomes,) = redis_store.keys(b"ck:*")
+    assert outcomes.startswith(shard_key(p + b"ck:", code_shard))
+    assert r.hget(outcomes, "scan-1") == bytes([OK])
+    for key in (identities, outcomes):
+        assert 3600 <= r.ttl(key) <= 7200
     assert r.ttl(redis_store.dedup_key(CODE, 0)) == -1  # a code is taken for ever
     redis_store.count(u64([1]), 100)
     redis_store.distinct(u64([2]), u64([U64_MAX]), 100)
     redis_store.mark_once(u64([3]), 100)
+    def window_key(k: int) -> bytes:  # in the shard of its low bits
+        return shard_key(p + b"w:", k % len(SHARD_TAGS)) + k.to_bytes(8, "little")
+
     for k in (1, 3):
-        assert 90 < r.ttl(p + b"w:" + int(k).to_bytes(8, "little")) <= 100
+        assert 90 < r.ttl(window_key(k)) <= 100
     # the TTL counts from the key's creation, as in the memory store: a later add keeps it
     redis_store.count(u64([1]), 5000)
-    assert r.ttl(p + b"w:" + (1).to_bytes(8, "little")) <= 100
+    assert r.ttl(window_key(1)) <= 100
     # a small distinct set is a field of packed members in a bucket hash of its epoch, which
     # expires at the end of the next epoch: between one and two TTLs after the set was made
     redis_store.distinct(u64([2]), u64([5]), 100)
@@ -836,7 +863,7 @@ def test_flush_prefix_deletes_only_its_own_keys(redis_url):
         inner.count(u64([1]), 60)
         decoy = outer.prefix + "x*Z:decoy"  # matched by the prefix read as a glob pattern
         outer.client.set(decoy, 1)
-        assert inner.flush_prefix() == 3
+        assert inner.flush_prefix() == 4  # identities, outcomes, a dedup chunk, a counter
         assert set(outer.client.scan_iter(match=outer.prefix + "*")) == {decoy.encode()}
 
 

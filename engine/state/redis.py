@@ -19,36 +19,41 @@ One round trip per call
     come back as one binary string (one byte per claim, 11 bytes per grant, 8 per count).
     An empty batch makes no call.
 
-Keys (``P`` is the prefix; ``{...}`` is a Redis Cluster hash tag)::
+Keys (``P`` is the prefix; ``{t}`` the hash tag of a state shard, ``redis_lua.SHARD_TAGS``)::
 
-    P dd:{T:K:B:C}          string  dedup bitmap of chunk C of (tenant T, kind K, batch B),
-                                    bit ``serial % CHUNK_SERIALS``, no expiry
-    P rp:<epoch>:<bucket>   hash    scan_id -> its first answer (``engine.state.pack_answer``: verdict,
-                                    event fingerprint, first user), for the scan_ids
-                                    of one bucket (a byte of their hash) first claimed in epoch
-                                    ``now // replay_ttl_s``; expires at the end of the next epoch
+    P dd:{t}T:K:B:C         string  dedup bitmap of chunk C of (tenant T, kind K, batch B), in the
+                                    chunk's shard (``chunk_shards``), bit ``serial % CHUNK_SERIALS``,
+                                    no expiry (``ddN:`` for audience N, ``audiences.claim_keys``)
+    P rp:{t}:<epoch>        hash    scan_id -> its identity (``engine.state.pack_answer``: verdict, or
+                                    CLAIMED + the shard of its code's chunk; event fingerprint;
+                                    first user), in the scan_id's shard (its ``state_keys`` hash),
+                                    for scan_ids first claimed in epoch ``now // replay_ttl_s``;
+                                    expires at the end of the next epoch
+    P ck:{t}:<epoch>        hash    scan_id -> the verdict its code's claim gave (OK or REPEAT), in
+                                    the shard of the code's chunk, as ``rp:``
     P cp:{<id>}             hash    budget, prizes, commissions, cap, tiers, s0 .. s<tiers-1> (stock left)
     P cp:{<id>}:aw          hash    12-byte code identity (uint64 batch key, uint32 serial, LE)
                                     -> "tier:cents:commission", kept for ever: one prize per
                                     code, ever, and the guide's commission paid with it
     P cp:{<id>}:ud:<day>    hash    user_id -> prizes paid that day (at most one entry per
                                     prize paid, so no expiry is needed to bound it)
-    P bn:<bucket>           hash    outbound bindings (物流防窜): 8-byte key of a case or unit ->
+    P bn:{t}                hash    outbound bindings (物流防窜): 8-byte key of a case or unit ->
                                     its history (``redis_lua.BIND_LUA``), kept for ever; one
                                     field per case shipped, whatever the case holds
-    P gd:<bucket>           hash    guides (超级导购码): 12-byte unit identity -> the user_id of the
+    P gd:{t}                hash    guides (超级导购码): 12-byte unit identity -> the user_id of the
                                     first guide who sold it (``redis_lua.GUIDES_LUA``), kept for ever
     P campaigns             set     campaign ids, for error messages and operators
     P meta                  hash    the local driver's checkpoint (JSON values), see ``checkpoint``
     P bl                    zset    the block list: 8-byte keys scored by their expiry (ms)
-    P w:<8 bytes>           windowed state under a uint64 key, EX ttl from its creation:
+    P w:{t}<8 bytes>        windowed state under a uint64 key, EX ttl from its creation:
                                     a counter (count) or a mark (mark_once)
-    P wd:<epoch>:<bucket>   hash    distinct sets of one bucket (key's first byte % BUCKETS), made in
-                                    epoch ``now // ttl``: 8-byte key -> packed 8-byte members
-                                    (or "" once they moved to ``P ws:<key>``, a set); expires
-                                    at the end of the next epoch
-    P reply:<scan_id>       list    a scan's outcome for the scan API (``streams/replies.py``,
+    P wd:{t}:<epoch>        hash    distinct sets of one shard, made in epoch ``now // ttl``:
+                                    8-byte key -> packed 8-byte members (or "" once they moved
+                                    to ``P ws:{t}<key>``, a set); expires at the end of the next epoch
+    P reply:{t}<scan_id>    list    a scan's outcome for the scan API (``streams/replies.py``,
                                     written by the worker under the same prefix), EX reply TTL
+
+A uint64 key's shard is its low bits (``key_shards``); a scan_id's that of its hash.
 
 Memory
     A bitmap costs one bit per serial below the highest serial scanned in its chunk.  Two
@@ -68,24 +73,16 @@ Memory
     hash per scan_id (its length plus about 50 bytes), kept for one to two ``replay_ttl_s``.
 
 Redis Cluster
-    A script may only touch keys of one hash slot.  Every key that a script changes together
-    shares a hash tag: a dedup chunk (``{T:K:B:C}``), a campaign (``{<id>}``), a window key
-    (its own slot); bucket hashes (replay answers, distinct sets) would take the tag of their
-    bucket.  On a single server (or a primary with replicas, the deployment this
-    store connects to today) each method is one script call, as described.  For a Cluster the
-    batch is split by slot (``redis.cluster.key_slot`` of the group's key) and one script is
-    called per slot group, pipelined per node; that split changes no answer because the
-    groups share no state: grants of different campaigns are independent, window keys are
-    independent, and dedup chunks are independent.  The one key that does not follow is the
-    replay record, which is looked up by scan_id but must live in the slot of the bitmap its
-    claim sets (the test-and-set and the record of its answer are one atomic step, else a
-    crash between them turns a redelivered first scan into a REPEAT).  In Cluster mode it is
-    therefore to be filed under the tag of the scan's own chunk: a redelivered scan carries the
-    same code, so it finds its record.  That is the only
-    difference from the single-server layout (a scan_id reused with a *different* code would
-    not be recognised as a replay) and the reason this store does not pretend to support a
-    Cluster until that split is written and tested against one.  A prefix that itself holds
-    a hash tag (``{ss}:``) puts every key in one slot: correct, but nothing spreads.
+    A script may only touch keys of one hash slot, and every key above but ``campaigns``,
+    ``meta`` and ``bl`` (each one key, used alone) carries the tag of its shard or campaign.  On a
+    single server each method is one script call over the whole batch (the claim two); on a
+    Cluster (``from_url(..., cluster=True)``) ``_sharded`` splits the batch by shard (grants by
+    campaign) and calls the same script once per shard, which changes no answer because rows of
+    different shards share no key: a scan_id's rows are all in its shard, a code's in its
+    chunk's, a window key's in its own.  The claim is split into two steps for that reason (see
+    ``redis_lua``): the scan_id's identity and the code's bit live in different shards, and each
+    step is atomic where it decides.  The calls of one step run one after another, so a batch
+    takes up to ``SHARDS`` round trips per step on a Cluster.
 
 Windows
     Window keys get their TTL when they are created and keep it (like the memory store, whose
@@ -122,8 +119,8 @@ from scanstream.engine.state import (BINDING_HISTORY, Bindings, CampaignLimits, 
                                      GrantRequests, History, StateStore, StateUnavailable, fold, resolve_bindings,
                                      resolve_guides, state_keys, unit_identities)
 from scanstream.engine.state.redis_lua import (
-    BIND_LUA, BLOCKED_LUA, BLOCK_LUA, CLAIM_LUA, COUNT_LUA, DEFINE_LUA, DISTINCT_LUA, GRANT_LUA, GUIDES_LUA,
-    MARK_ONCE_LUA)
+    BIND_LUA, BLOCKED_LUA, BLOCK_LUA, CODES_LUA, COUNT_LUA, DEFINE_LUA, DISTINCT_LUA, GRANT_LUA, GUIDES_LUA, IDS_LUA,
+    MARK_ONCE_LUA, SHARDS, shard_key)
 from scanstream.engine.urls import redact_url
 from scanstream.engine.verdicts import Verdict
 
@@ -134,12 +131,6 @@ CHUNK_SERIALS = CHUNK_BYTES * 8
 #: Members of a ``distinct`` set kept packed in its bucket hash (8 bytes each); a larger set
 #: becomes a Redis set of its own.
 PACKED_MEMBERS = 32
-#: Replay answers and distinct sets are spread over this many hashes per epoch (a power of two up
-#: to 256).  Few and therefore large: a hash of up to ``hash-max-listpack-entries`` (128 to 512)
-#: fields is a listpack, which Redis searches from end to end on every HGET and HSET, so many
-#: small hashes are slower than a few large ones (measured here: 256 buckets cost more than a
-#: key per scan_id).
-BUCKETS = 16
 #: Remember a scan_id's answer this long; a redelivery after that is a new scan.
 DEFAULT_REPLAY_TTL_S = 7 * 24 * 3600
 #: Client options unless the URL sets them (``?socket_timeout=...``): a large batch's script
@@ -147,8 +138,14 @@ DEFAULT_REPLAY_TTL_S = 7 * 24 * 3600
 CLIENT_OPTIONS: dict[str, Any] = {"socket_timeout": 30.0, "socket_connect_timeout": 5.0, "health_check_interval": 30}
 #: Server replies that mean "not now" rather than "wrong": another script running too long, a
 #: replica without its primary.
-_TRANSIENT = ("BUSY", "MASTERDOWN", "LOADING", "TRYAGAIN")
+_TRANSIENT = ("BUSY", "MASTERDOWN", "LOADING", "TRYAGAIN", "CLUSTERDOWN")
 _REPLAY_FLAG = 0x80  # claim answers: verdict | flag when the scan_id was claimed before
+#: A scan_id's identity mark while its code's claim decides its verdict (``redis_lua.IDS_LUA``):
+#: ``_CLAIMED`` + the shard of the code's chunk, above every ``Verdict``, below ``_REPLAY_FLAG``.
+_CLAIMED = 0x40
+assert max(Verdict) < _CLAIMED and _CLAIMED + SHARDS <= _REPLAY_FLAG
+_SHARD_BITS = np.uint64(SHARDS - 1)
+_FOLD_SHARD = np.uint64(0x9E3779B97F4A7C15)  # 2**64 / golden ratio: a multiplier that mixes every bit into the top ones
 _GRANT_DTYPE = np.dtype([("status", "u1"), ("tier", "<i2"), ("cents", "<i8"), ("commission", "<i8")])  # 19 bytes
 
 
@@ -171,6 +168,30 @@ assert GOOD_LENGTHS[-1] == CHUNK_BYTES
 def good_length(needed: np.ndarray) -> np.ndarray:
     """The bitmap length to allocate for strings that need ``needed`` bytes."""
     return GOOD_LENGTHS[np.searchsorted(GOOD_LENGTHS, needed)]
+
+
+def chunk_shards(groups: np.ndarray) -> np.ndarray:
+    """The shard of each dedup chunk, given as ``batch key << 20 | chunk number``: the top bits
+    of a multiplicative hash, so that the chunks of one batch spread over the shards."""
+    return (np.asarray(groups, np.uint64) * _FOLD_SHARD) >> np.uint64(64 - (SHARDS - 1).bit_length())
+
+
+def key_shards(keys: np.ndarray) -> np.ndarray:
+    """The shard of each uint64 state key (already a uniform hash): its low bits, which are the
+    first byte's as the scripts read the key packed little-endian."""
+    return (np.asarray(keys, np.uint64) & _SHARD_BITS).astype(np.uint8)
+
+
+def connect(url: str, *, cluster: bool = False, **options: Any) -> redis_py.Redis | redis_py.RedisCluster:
+    """A client of the server at ``url``, or of the Redis Cluster its node belongs to, with
+    ``CLIENT_OPTIONS`` under ``options`` and no automatic retries: a script that timed out may
+    have run, and running ``count`` again would count twice.  A Cluster client still follows
+    MOVED and ASK redirections, which the server sends before running anything."""
+    kwargs = {**CLIENT_OPTIONS, "retry": Retry(NoBackoff(), 0), **options}
+    if cluster:
+        kwargs.pop("health_check_interval", None)  # per node connection option a Cluster client sets itself
+        return redis_py.RedisCluster.from_url(url, **kwargs)
+    return redis_py.Redis.from_url(url, **kwargs)
 
 
 # --------------------------------------------------------------------------- store
@@ -198,9 +219,12 @@ class RedisStateStore(StateStore):
         self.prefix = prefix
         self.replay_ttl_s = int(replay_ttl_s)
         self.url = redact_url(url) if url else _describe(client)
+        #: a Cluster takes one script call per shard; a single server one call per batch
+        self.cluster = isinstance(client, redis_py.RedisCluster)
         self._pre = prefix.encode("utf-8")
         self._campaign_ids: list[str] = []
-        self._claim = client.register_script(CLAIM_LUA)
+        self._ids = client.register_script(IDS_LUA)
+        self._codes = client.register_script(CODES_LUA)
         self._define = client.register_script(DEFINE_LUA)
         self._grant = client.register_script(GRANT_LUA)
         self._count = client.register_script(COUNT_LUA)
@@ -211,23 +235,25 @@ class RedisStateStore(StateStore):
         self._bind = client.register_script(BIND_LUA)
         self._guides = client.register_script(GUIDES_LUA)
         # load them now: a wrong URL or a server without Lua fails at start, not mid-stream
-        scripts = (self._claim, self._define, self._grant, self._count, self._distinct, self._mark_once,
+        scripts = (self._ids, self._codes, self._define, self._grant, self._count, self._distinct, self._mark_once,
                    self._block, self._blocked, self._bind, self._guides)
         self._call(lambda: [client.script_load(s.script) for s in scripts])
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "scanstream:", replay_ttl_s: int = DEFAULT_REPLAY_TTL_S,
-                 **options: Any) -> RedisStateStore:
-        """A store on the server at ``url`` (``redis://``, ``rediss://`` or ``unix://``).
+                 cluster: bool = False, **options: Any) -> RedisStateStore:
+        """A store on the server at ``url`` (``redis://``, ``rediss://`` or ``unix://``), or on the
+        Redis Cluster that the node at ``url`` belongs to when ``cluster`` is set.
 
-        ``options`` go to ``redis.Redis.from_url`` over ``CLIENT_OPTIONS``; automatic retries
-        are off (see the module docstring).
+        ``options`` go to the client over ``CLIENT_OPTIONS``; automatic retries are off (see
+        the module docstring).
         """
-        kwargs = {**CLIENT_OPTIONS, "retry": Retry(NoBackoff(), 0), **options}
         try:
-            client = redis_py.Redis.from_url(url, **kwargs)
+            client = connect(url, cluster=cluster, **options)
         except ValueError as exc:
             raise ValueError(f"Redis URL {redact_url(url)!r}: {exc}") from None
+        except (redis_py.ConnectionError, redis_py.TimeoutError, redis_py.exceptions.ClusterError) as exc:
+            raise StateUnavailable(f"Redis state store {redact_url(url)}: unavailable: {exc}") from exc
         return cls(client, prefix=prefix, replay_ttl_s=replay_ttl_s, url=url)
 
     def close(self) -> None:
@@ -240,55 +266,116 @@ class RedisStateStore(StateStore):
             raise StateUnavailable(f"Redis state store {self.url}: unavailable: {exc}") from exc
         except (redis_py.ReadOnlyError, redis_py.OutOfMemoryError) as exc:
             raise StateUnavailable(f"Redis state store {self.url}: cannot take writes: {exc}") from exc
+        except redis_py.exceptions.ClusterError as exc:  # no node serves a slot, or the cluster is down
+            raise StateUnavailable(f"Redis state store {self.url}: cluster unavailable: {exc}") from exc
         except redis_py.ResponseError as exc:
             if str(exc).startswith(_TRANSIENT):
                 raise StateUnavailable(f"Redis state store {self.url}: unavailable: {exc}") from exc
             raise
 
+    def _sharded(self, script, shards: np.ndarray, call: Callable[[np.ndarray], tuple[list, list]]) -> list[tuple[np.ndarray, Any]]:
+        """Run ``script`` over rows whose keys live in ``shards`` (one per row): on a single server
+        one call over every row, on a Cluster one call per shard, each over its rows in order.
+        ``call(rows)`` gives the KEYS and ARGV of the rows at the indices ``rows``; the answers
+        come back with the rows they cover.  Rows of different shards share no key, so splitting
+        them changes no answer."""
+        if not self.cluster:
+            groups = [np.arange(len(shards))]
+        else:
+            order = np.argsort(shards, kind="stable")
+            groups = np.split(order, np.nonzero(np.diff(np.asarray(shards)[order]))[0] + 1)
+        out = []
+        for rows in groups:
+            keys, args = call(rows)
+            out.append((rows, self._call(lambda: script(keys=keys, args=args))))
+        return out
+
     # -- dedup -----------------------------------------------------------------------------
 
     def dedup_key(self, code: int, chunk: int) -> bytes:
         """Key of a dedup chunk; ``code`` is ``audiences.claim_keys``: the batch key
-        (tenant, kind, batch) and the audience above it.  Consumers' keys (audience 0) are named
-        as before audiences existed, ``dd:{tenant:kind:batch:chunk}``; the others ``ddN:``."""
+        (tenant, kind, batch) and the audience above it.  Consumers' keys (audience 0) are
+        ``dd:{tag}T:K:B:C``, the others' ``ddN:{tag}...``, in the chunk's shard (``chunk_shards``)."""
         audience = code >> AUDIENCE_SHIFT
-        return b"%bdd%b:{%d:%d:%d:%d}" % (self._pre, b"%d" % audience if audience else b"", (code >> 26) & 0xFFFF,
-                                          (code >> 24) & 3, code & 0xFFFFFF, chunk)
+        shard = int(chunk_shards(np.array([(code << 20) | chunk], np.uint64))[0])
+        name = shard_key(b"%bdd%b:" % (self._pre, b"%d" % audience if audience else b""), shard)
+        return b"%b%d:%d:%d:%d" % (name, (code >> 26) & 0xFFFF, (code >> 24) & 3, code & 0xFFFFFF, chunk)
 
     def claim(self, scan_id: np.ndarray, fingerprint: np.ndarray, user: np.ndarray, code: np.ndarray,
               serial: np.ndarray, verdict: np.ndarray) -> Claims:
+        """The two steps of ``redis_lua``: each scan_id's identity in its shard, then the codes'
+        bits in theirs for the rows whose identity leaves the verdict to the code."""
         n = len(scan_id)
         if not n:
             return Claims(np.zeros(0, np.uint8), np.zeros(0, bool), np.zeros(0, object))
         given = np.asarray(verdict, np.uint8)
-        lens, blob = _pack_strings(np.asarray(scan_id))
-        user_lens, user_blob = _pack_strings(np.asarray(user))
-        ok = np.nonzero(given == Verdict.OK)[0]
-        s = np.asarray(serial)[ok].astype(np.uint64)
+        ids, users = np.asarray(scan_id), np.asarray(user)
+        id_shards = (state_keys(ids) & _SHARD_BITS).astype(np.uint8)
+        fps = np.asarray(fingerprint, np.uint64).astype("<u8")
+        code, serial = np.asarray(code, np.uint64), np.asarray(serial).astype(np.uint64)
         # a chunk as one integer: batch key (42 bits) and chunk number (20 bits)
-        groups = (np.asarray(code, np.uint64)[ok] << np.uint64(20)) | (s // np.uint64(CHUNK_SERIALS))
-        uniq, chunk = np.unique(groups, return_inverse=True)
-        offset = s % np.uint64(CHUNK_SERIALS)
-        last = np.zeros(len(uniq), np.int64)
-        np.maximum.at(last, chunk, (offset >> np.uint64(3)).astype(np.int64))
-        keys = [self.dedup_key(int(g) >> 20, int(g) & 0xFFFFF) for g in uniq.tolist()]
-        args = [self._pre + b"rp:", self.replay_ttl_s, n, lens, blob, given.tobytes(),
-                chunk.astype("<u4").tobytes(), offset.astype("<u4").tobytes(),
-                good_length(last + 1).astype("<u4").tobytes(), int(Verdict.OK), int(Verdict.REPEAT),
-                (state_keys(np.asarray(scan_id)) & np.uint64(BUCKETS - 1)).astype(np.uint8).tobytes(),
-                np.asarray(fingerprint, np.uint64).astype("<u8").tobytes(), user_lens, user_blob,
-                int(Verdict.CONFLICT)]
-        reply = self._call(lambda: self._claim(keys=keys, args=args))
-        out = np.frombuffer(reply[0], np.uint8)
-        verdicts = (out & ~np.uint8(_REPLAY_FLAG)).astype(np.uint8)
+        groups = (code << np.uint64(20)) | (serial // np.uint64(CHUNK_SERIALS))
+        code_shards = chunk_shards(groups).astype(np.uint8)
+        rp = self._pre + b"rp:"
+
+        def identities(rows: np.ndarray) -> tuple[list, list]:
+            return [shard_key(rp, int(id_shards[rows[0]]))], [
+                rp, self.replay_ttl_s, len(rows), *_pack_strings(ids[rows]), given[rows].tobytes(),
+                id_shards[rows].tobytes(), fps[rows].tobytes(), *_pack_strings(users[rows]), int(Verdict.CONFLICT),
+                _CLAIMED, int(Verdict.OK), code_shards[rows].tobytes()]
+
+        out = np.empty(n, np.uint8)
         first_user = np.full(n, "", dtype=object)
-        conflicts = np.nonzero(verdicts == Verdict.CONFLICT)[0]
-        first_user[conflicts] = [u.decode("utf-8", "surrogatepass") for u in reply[1:]]
+        for rows, reply in self._sharded(self._ids, id_shards, identities):
+            got = np.frombuffer(reply[0], np.uint8)
+            out[rows] = got
+            first_user[rows[got == Verdict.CONFLICT]] = [u.decode("utf-8", "surrogatepass") for u in reply[1:]]
+        mark = out & ~np.uint8(_REPLAY_FLAG)
+        claimed = np.nonzero(mark >= _CLAIMED)[0]
+        if len(claimed):
+            # the shard the identity names: a redelivery's own code's, unless the same event
+            # fingerprint came with another code (then only its record can answer: no bit is set)
+            where = (mark[claimed] - _CLAIMED).astype(np.uint8)
+            setting = np.where(where == code_shards[claimed], given[claimed], np.uint8(Verdict.CONFLICT))
+            out[claimed] = self._claim_codes(ids[claimed], setting, groups[claimed], serial[claimed], where)
+            lost = claimed[out[claimed] == Verdict.CONFLICT]  # no record there: the first answer is gone
+            out[lost] = given[lost]
+        verdicts = (out & ~np.uint8(_REPLAY_FLAG)).astype(np.uint8)
         return Claims(verdicts, out >= _REPLAY_FLAG, first_user)
+
+    def _claim_codes(self, ids: np.ndarray, given: np.ndarray, groups: np.ndarray, serial: np.ndarray,
+                     shards: np.ndarray) -> np.ndarray:
+        """Step 2 of the claim (``redis_lua.CODES_LUA``) for rows whose identity is CLAIMED, in the
+        code shards ``shards``: one byte per row (a row not at OK gets its record or keeps its verdict)."""
+        offset = (serial % np.uint64(CHUNK_SERIALS)).astype(np.int64)
+        ck = self._pre + b"ck:"
+        setting = given == Verdict.OK
+        assert (chunk_shards(groups[setting]) == shards[setting]).all(), "a bit is set in its own chunk's shard only"
+
+        def codes(rows: np.ndarray) -> tuple[list, list]:
+            # KEYS: the chunks of the rows that may set a bit (the others only read records),
+            # after a key of the shard that routes a call without any
+            sets = setting[rows]
+            uniq, inverse = np.unique(groups[rows][sets], return_inverse=True)
+            chunk = np.zeros(len(rows), np.int64)
+            chunk[sets] = inverse.reshape(-1) + 1
+            last = np.full(len(uniq) + 1, -1, np.int64)  # the routing key is not grown
+            np.maximum.at(last, chunk[sets], offset[rows][sets] >> 3)
+            want = np.where(last >= 0, good_length(np.maximum(last, 0) + 1), 0)
+            keys = [shard_key(ck, int(shards[rows[0]]))] + [
+                self.dedup_key(int(g) >> 20, int(g) & 0xFFFFF) for g in uniq.tolist()]
+            return keys, [ck, self.replay_ttl_s, len(rows), *_pack_strings(ids[rows]), given[rows].tobytes(),
+                          shards[rows].tobytes(), chunk.astype("<u4").tobytes(), offset[rows].astype("<u4").tobytes(),
+                          want.astype("<u4").tobytes(), int(Verdict.OK), int(Verdict.REPEAT)]
+
+        out = np.empty(len(ids), np.uint8)
+        for rows, reply in self._sharded(self._codes, shards, codes):
+            out[rows] = np.frombuffer(reply, np.uint8)
+        return out
 
     def dedup_bytes(self) -> int:
         """Bytes of Redis memory held by the dedup bitmaps under this prefix (for memory reports)."""
-        keys = self.keys(b"dd*:{*")
+        keys = self.keys(b"dd*:{*}*")
         pipe = self.client.pipeline(transaction=False)
         for k in keys:
             pipe.memory_usage(k, samples=0)
@@ -297,34 +384,50 @@ class RedisStateStore(StateStore):
     # -- lottery ---------------------------------------------------------------------------
 
     def define_campaigns(self, campaigns: list[CampaignLimits]) -> None:
-        args: list[Any] = [self._pre]
-        for c in campaigns:
-            args += [c.id, int(c.budget_cents), int(c.daily_cap), ",".join(str(int(s)) for s in c.stocks)]
         if campaigns:
-            self._call(lambda: self._define(args=args))
+            def define(rows: np.ndarray) -> tuple[list, list]:
+                args: list[Any] = [self._pre]
+                for c in (campaigns[i] for i in rows.tolist()):
+                    args += [c.id, int(c.budget_cents), int(c.daily_cap), ",".join(str(int(s)) for s in c.stocks)]
+                return [self._campaign_key(campaigns[rows[0]].id)], args
+
+            self._sharded(self._define, np.arange(len(campaigns)), define)
+            self._call(lambda: self.client.sadd(self._pre + b"campaigns", *[c.id for c in campaigns]))
         self._campaign_ids = [c.id for c in campaigns]
+
+    def _campaign_key(self, campaign: str) -> bytes:
+        """A campaign's hash; its other keys start with it, so they share its slot."""
+        return b"%bcp:{%b}" % (self._pre, campaign.encode("utf-8"))
 
     def grant(self, requests: GrantRequests) -> Grants:
         n = len(requests.tier)
         if not n:
             return Grants(np.zeros(0, np.uint8), np.zeros(0, np.int16), np.zeros(0, np.int64), np.zeros(0, np.int64))
-        used, index = np.unique(np.asarray(requests.campaign, np.int64), return_inverse=True)
-        ids = [self._campaign_ids[c] for c in used.tolist()]
+        campaign = np.asarray(requests.campaign, np.int64)
         identity = unit_identities(requests.code, requests.serial)
-        lens, blob = _pack_strings(np.asarray(requests.user, dtype=object))
-        guide_lens, guides = _pack_strings(np.asarray(requests.guide, dtype=object))
-        args = [self._pre, n, len(ids), index.astype("<u4").tobytes(), identity.tobytes(), lens, blob,
-                np.asarray(requests.day).astype("<i8").tobytes(), np.asarray(requests.tier).astype("<i2").tobytes(),
-                np.asarray(requests.cents).astype("<i8").tobytes(), guide_lens, guides,
-                np.asarray(requests.commission).astype("<i8").tobytes(),
+        users, guides = np.asarray(requests.user, dtype=object), np.asarray(requests.guide, dtype=object)
+        day, tier = np.asarray(requests.day).astype("<i8"), np.asarray(requests.tier).astype("<i2")
+        cents, commission = np.asarray(requests.cents).astype("<i8"), np.asarray(requests.commission).astype("<i8")
+
+        def grant(rows: np.ndarray) -> tuple[list, list]:
+            used, index = np.unique(campaign[rows], return_inverse=True)
+            ids = [self._campaign_ids[c] for c in used.tolist()]
+            return [self._campaign_key(ids[0])], [
+                self._pre, len(rows), len(ids), index.reshape(-1).astype("<u4").tobytes(), identity[rows].tobytes(),
+                *_pack_strings(users[rows]), day[rows].tobytes(), tier[rows].tobytes(), cents[rows].tobytes(),
+                *_pack_strings(guides[rows]), commission[rows].tobytes(),
                 int(DrawStatus.WON), int(DrawStatus.NO_PRIZE), int(DrawStatus.OUT_OF_STOCK), int(DrawStatus.BUDGET),
                 int(DrawStatus.CAP), *ids]
-        out = np.frombuffer(self._call(lambda: self._grant(args=args)), _GRANT_DTYPE)
+
+        out = np.empty(n, _GRANT_DTYPE)
+        # a campaign's keys share its slot: on a Cluster one call per campaign
+        for rows, reply in self._sharded(self._grant, campaign, grant):
+            out[rows] = np.frombuffer(reply, _GRANT_DTYPE)
         return Grants(out["status"].astype(np.uint8), out["tier"].astype(np.int16), out["cents"].astype(np.int64),
                       out["commission"].astype(np.int64))
 
     def campaign_state(self, campaign: str) -> CampaignState:
-        key = b"%bcp:{%b}" % (self._pre, campaign.encode("utf-8"))
+        key = self._campaign_key(campaign)
         raw = self._call(lambda: self.client.hgetall(key))
         if not raw:
             defined = self._call(lambda: self.client.smembers(self._pre + b"campaigns"))
@@ -335,64 +438,98 @@ class RedisStateStore(StateStore):
 
     # -- guides ----------------------------------------------------------------------------
 
+    def _keyed(self, script, name: bytes, uniq: bytes | np.ndarray, width: int, shard: np.ndarray, index: np.ndarray,
+               writes: np.ndarray, write_args: Callable[[np.ndarray], list]) -> list[bytes]:
+        """Run a script of distinct keys (``guides``, ``bind``): ``uniq`` are the distinct keys
+        (``width`` bytes each) grouped by ``shard``, ``index`` each row's key, ``writes`` the rows
+        that write (in row order), ``write_args(rows)`` their arguments past the key indices.
+        Returns each distinct key's value before the batch."""
+        blob = np.ascontiguousarray(uniq).view(np.uint8).reshape(-1, width)
+
+        def call(units: np.ndarray) -> tuple[list, list]:
+            lo, hi = int(units[0]), int(units[-1]) + 1  # a shard's keys are contiguous
+            mine = writes[(index[writes] >= lo) & (index[writes] < hi)]
+            return [shard_key(name, int(shard[lo]))], [
+                name, hi - lo, blob[lo:hi].tobytes(), shard[lo:hi].tobytes(), len(mine),
+                (index[mine] - lo).astype("<u4").tobytes(), *write_args(mine)]
+
+        before: list[bytes] = [b""] * len(shard)
+        for units, (value_lens, values) in self._sharded(script, shard, call):
+            ends = np.cumsum(np.frombuffer(value_lens, "<u4").astype(np.int64)).tolist()
+            for u, a, b in zip(units.tolist(), [0] + ends[:-1], ends):
+                before[u] = values[a:b]
+        return before
+
     def guides(self, code: np.ndarray, serial: np.ndarray, guide: np.ndarray) -> np.ndarray:
-        n = len(code)
-        if not n:
+        if not len(code):
             return np.zeros(0, dtype=object)
-        # distinct units grouped by bucket, so the script reads each bucket with one HMGET
-        uniq, bucket, index = _by_bucket(unit_identities(code, serial),
-                                         fold(code, serial) & np.uint64(BUCKETS - 1))
+        # distinct units grouped by shard, so the script reads each shard's hash with one HMGET
+        uniq, shard, index = _by_bucket(unit_identities(code, serial), key_shards(fold(code, serial)))
         guide = np.asarray(guide, dtype=object)
-        sales = np.nonzero(guide != "")[0]
-        lens, blob = _pack_strings(guide[sales])
-        args = [self._pre + b"gd:", len(uniq), uniq.tobytes(), bucket.tobytes(), len(sales),
-                index[sales].astype("<u4").tobytes(), lens, blob]
-        value_lens, values = self._call(lambda: self._guides(args=args))
-        ends = np.cumsum(np.frombuffer(value_lens, "<u4").astype(np.int64)).tolist()
-        before = [values[a:b].decode("utf-8", "surrogatepass") for a, b in zip([0] + ends[:-1], ends)]
-        return resolve_guides(index, before, guide)[0]
+        raw = self._keyed(self._guides, self._pre + b"gd:", uniq, uniq.dtype.itemsize, shard, index,
+                          np.nonzero(guide != "")[0], lambda rows: [*_pack_strings(guide[rows])])
+        return resolve_guides(index, [v.decode("utf-8", "surrogatepass") for v in raw], guide)[0]
 
     # -- bindings --------------------------------------------------------------------------
 
     def bind(self, keys: np.ndarray, ts: np.ndarray, dealer: np.ndarray) -> Bindings:
-        n = len(keys)
-        if not n:
+        if not len(keys):
             return Bindings(np.zeros(0, dtype=object), np.zeros(0, np.int64))
         keys = np.asarray(keys, np.uint64)
-        # distinct keys grouped by bucket, so the script reads each bucket with one HMGET
-        uniq, bucket, index = _by_bucket(keys, keys & np.uint64(BUCKETS - 1))
-        writes = np.nonzero(np.asarray(dealer, dtype=object) != "")[0]
-        lens, blob = _pack_strings(np.asarray(dealer, dtype=object)[writes])
-        args = [self._pre + b"bn:", len(uniq), _keys_blob(uniq), bucket.tobytes(), len(writes), index[writes].astype("<u4").tobytes(),
-                np.asarray(ts, np.int64)[writes].astype("<i8").tobytes(), lens, blob, BINDING_HISTORY]
-        value_lens, values = self._call(lambda: self._bind(args=args))
-        ends = np.cumsum(np.frombuffer(value_lens, "<u4").astype(np.int64)).tolist()
-        before = {k: _history(values[a:b]) for k, a, b in zip(uniq.tolist(), [0] + ends[:-1], ends) if b > a}
-        return resolve_bindings(keys, before, np.asarray(ts, np.int64), np.asarray(dealer, dtype=object))[0]
+        ts, dealer = np.asarray(ts, np.int64), np.asarray(dealer, dtype=object)
+        # distinct keys grouped by shard, so the script reads each shard's hash with one HMGET
+        uniq, shard, index = _by_bucket(keys, key_shards(keys))
+        raw = self._keyed(self._bind, self._pre + b"bn:", uniq.astype("<u8"), 8, shard, index,
+                          np.nonzero(dealer != "")[0],
+                          lambda rows: [ts[rows].astype("<i8").tobytes(), *_pack_strings(dealer[rows]), BINDING_HISTORY])
+        before = {k: _history(v) for k, v in zip(uniq.tolist(), raw) if v}
+        return resolve_bindings(keys, before, ts, dealer)[0]
 
     # -- windows ---------------------------------------------------------------------------
 
-    def _window(self, script, keys: np.ndarray, ttl_s: int, *extra: bytes) -> bytes:
-        args = [self._pre + b"w:", max(int(ttl_s), 1), _keys_blob(keys), *extra]
-        return self._call(lambda: script(args=args))
+    def _window(self, script, keys: np.ndarray, ttl_s: int, *extra: np.ndarray) -> list[tuple[np.ndarray, Any]]:
+        """Run a window script over ``keys`` (and per-row ``extra`` columns, packed), by shard."""
+        keys = np.asarray(keys, np.uint64)
+        shards = key_shards(keys)
+        name = self._pre + b"w:"
+
+        def call(rows: np.ndarray) -> tuple[list, list]:
+            return [shard_key(name, int(shards[rows[0]]))], [
+                name, max(int(ttl_s), 1), _keys_blob(keys[rows]), *(e[rows].tobytes() for e in extra)]
+
+        return self._sharded(script, shards, call)
 
     def count(self, keys: np.ndarray, ttl_s: int) -> np.ndarray:
-        if not len(keys):
-            return np.zeros(0, np.int64)
-        return np.frombuffer(self._window(self._count, keys, ttl_s), "<i8").astype(np.int64)
+        out = np.zeros(len(keys), np.int64)
+        if len(keys):
+            for rows, reply in self._window(self._count, keys, ttl_s):
+                out[rows] = np.frombuffer(reply, "<i8")
+        return out
 
     def distinct(self, keys: np.ndarray, members: np.ndarray, ttl_s: int, new: np.ndarray | None = None) -> np.ndarray:
+        out = np.zeros(len(keys), np.int64)
         if not len(keys):
-            return np.zeros(0, np.int64)
-        flags = (np.zeros(len(keys), np.uint8) if new is None else np.asarray(new, bool).astype(np.uint8)).tobytes()
-        args = [self._pre, max(int(ttl_s), 1), _keys_blob(keys), _keys_blob(members), flags, PACKED_MEMBERS,
-                BUCKETS]
-        return np.frombuffer(self._call(lambda: self._distinct(args=args)), "<i8").astype(np.int64)
+            return out
+        flags = np.zeros(len(keys), np.uint8) if new is None else np.asarray(new, bool).astype(np.uint8)
+        keys = np.asarray(keys, np.uint64)
+        shards = key_shards(keys)
+        members = np.ascontiguousarray(members, np.uint64).astype("<u8")
+
+        def call(rows: np.ndarray) -> tuple[list, list]:
+            return [shard_key(self._pre + b"wd:", int(shards[rows[0]]))], [
+                self._pre, max(int(ttl_s), 1), _keys_blob(keys[rows]), members[rows].tobytes(), flags[rows].tobytes(),
+                PACKED_MEMBERS]
+
+        for rows, reply in self._sharded(self._distinct, shards, call):
+            out[rows] = np.frombuffer(reply, "<i8")
+        return out
 
     def mark_once(self, keys: np.ndarray, ttl_s: int) -> np.ndarray:
-        if not len(keys):
-            return np.zeros(0, bool)
-        return np.frombuffer(self._window(self._mark_once, keys, ttl_s), np.uint8) == 1
+        out = np.zeros(len(keys), bool)
+        if len(keys):
+            for rows, reply in self._window(self._mark_once, keys, ttl_s):
+                out[rows] = np.frombuffer(reply, np.uint8) == 1
+        return out
 
     def block(self, keys: np.ndarray, ttl_s: int) -> None:
         if len(keys):

@@ -4,11 +4,67 @@ Each is atomic over a whole batch, takes its arrays packed (little-endian binary
 with ``struct.unpack``) and answers packed.  They live apart from the store because they are a
 program of their own, read and changed on their own terms: their ARGV layouts are documented
 above each script, and the store's methods are the only callers.
+
+Shards
+    Every key a script touches carries the hash tag of one of ``SHARDS`` state shards (or, for a
+    campaign's keys, the campaign's id), so that on a Redis Cluster one call touches one slot:
+    the store splits a batch by shard there and calls each script once per shard, while on a
+    single server one call takes the rows of every shard.  The scripts are the same either way:
+    each row (or key) carries its shard number and the script builds its keys from ``TAGS``.
+    A shard's tag is chosen so that its slot lies in its own ``1 / SHARDS`` of the slot space,
+    so the shards spread evenly over primaries that split the slots evenly.
 """
+import itertools
+import string
+
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+
+#: State shards: a uint64 state key's shard is its low bits (``key & (SHARDS - 1)``), a
+#: scan_id's that of its ``state_keys`` hash.  A power of two up to 64.  Few and therefore large
+#: bucket hashes: a hash of up to ``hash-max-listpack-entries`` (128 to 512) fields is a
+#: listpack, which Redis searches from end to end on every HGET and HSET, so many small hashes are
+#: slower than a few large ones (measured here: 256 buckets cost more than a key per scan_id).
+#: It also bounds the script calls of a batch on a Cluster (one per shard touched) and the
+#: primaries the state spreads over.  Changing it changes every key's name.
+SHARDS = 16
+
+
+def _shard_tags(shards: int) -> tuple[str, ...]:
+    """For each shard, the shortest tag (then the first in alphabetical order) of digits and
+    lowercase letters whose slot lies in the shard's own part of the slot space: short, because
+    the tag is part of every key's name, and a dedup chunk's name is a part of its memory."""
+    span = REDIS_CLUSTER_HASH_SLOTS // shards
+    tags: dict[int, str] = {}
+    for length in range(1, 4):
+        for chars in itertools.product(TAG_ALPHABET, repeat=length):
+            tag = "".join(chars)
+            tags.setdefault(key_slot(tag.encode()) // span, tag)
+        if len(tags) == shards:
+            return tuple(tags[s] for s in range(shards))
+    raise AssertionError(f"no tag of three characters for every one of {shards} shards")
+
+
+TAG_ALPHABET = string.digits + string.ascii_lowercase
+#: The hash tag of each shard (without braces).
+SHARD_TAGS = _shard_tags(SHARDS)
+
+
+def shard_key(name: bytes, shard: int) -> bytes:
+    """``name{tag}``: the key (or key prefix) ``name`` in ``shard``, as the scripts' ``shard_key`` builds it."""
+    return b"%b{%b}" % (name, SHARD_TAGS[shard].encode())
+
+
+#: The shards in Lua: ``shard_key(name, shard)`` as in Python (also for ``streams/replies.py``).
+SHARD_LUA = ("local TAGS = {" + ", ".join(f"'{t}'" for t in SHARD_TAGS) + "}\n"
+             + f"local SHARDS = {SHARDS}" + r"""
+-- a key (or key prefix) name in a shard: name{tag}
+local function shard_key(name, shard) return name .. '{' .. TAGS[shard + 1] .. '}' end
+""")
 
 #: Helpers shared by the scripts: packed arrays in, packed answers out.  Lua's stack takes a
 #: few thousand values, so every bulk unpack/pack goes in slices.
-LUA_PRELUDE = r"""
+LUA_PRELUDE = SHARD_LUA + r"""
+
 local function ints(blob, fmt, n)
   local out, pos, done = {}, 1, 0
   while done < n do
@@ -45,8 +101,8 @@ local function pack_ints(fmt, t)
   return table.concat(parts)
 end
 
--- the values of fields[1..k] (grouped by bucket, bucket[i] naming each one's hash pre .. bucket),
--- '' for a missing field: one HMGET per run of a bucket, in slices
+-- the values of fields[1..k] (grouped by shard, shard[i] naming each one's hash shard_key(pre, shard)),
+-- '' for a missing field: one HMGET per run of a shard, in slices
 local function hmget_buckets(pre, fields, bucket, k)
   local vals, a = {}, 1
   while a <= k do
@@ -55,12 +111,57 @@ local function hmget_buckets(pre, fields, bucket, k)
     while z < k and bucket[z + 1] == b do z = z + 1 end
     for s = a, z, 4000 do
       local e = math.min(s + 3999, z)
-      local got = redis.call('HMGET', pre .. b, unpack(fields, s, e))
+      local got = redis.call('HMGET', shard_key(pre, b), unpack(fields, s, e))
       for j = 1, e - s + 1 do vals[s + j - 1] = got[j] or '' end
     end
     a = z + 1
   end
   return vals
+end
+
+-- records of ids[1..n] (shard[i] naming each one's hash shard_key(pre, shard) .. ':' .. epoch):
+-- one HMGET per shard in this epoch, then in the one before for the rest; nil when none
+local function lookup(pre, ids, shard, n, epoch)
+  local rows_of, stored = {}, {}
+  for i = 1, n do
+    local r = rows_of[shard[i]]
+    if r == nil then r = {}; rows_of[shard[i]] = r end
+    r[#r + 1] = i
+  end
+  for s, rows in pairs(rows_of) do
+    for e = epoch, epoch - 1, -1 do
+      local ask = {}
+      for _, i in ipairs(rows) do
+        if stored[i] == nil then ask[#ask + 1] = i end
+      end
+      for a = 1, #ask, 1000 do
+        local fields = {}
+        for j = a, math.min(a + 999, #ask) do fields[#fields + 1] = ids[ask[j]] end
+        local vals = redis.call('HMGET', shard_key(pre, s) .. ':' .. e, unpack(fields))
+        for j = 1, #fields do
+          if vals[j] then stored[ask[a + j - 1]] = vals[j] end
+        end
+      end
+    end
+  end
+  return stored
+end
+
+-- queue field = value for the epoch hash of shard s; store() writes the queue
+local function add_write(writes, s, field, value)
+  local w = writes[s]
+  if w == nil then w = {}; writes[s] = w end
+  w[#w + 1] = field
+  w[#w + 1] = value
+end
+
+-- one HSET per shard into this epoch's hash, which expires at the end of the next epoch
+local function store(pre, writes, epoch, ttl)
+  for s, w in pairs(writes) do
+    local key = shard_key(pre, s) .. ':' .. epoch
+    for a = 1, #w, 1000 do redis.call('HSET', key, unpack(w, a, math.min(a + 999, #w))) end
+    redis.call('EXPIREAT', key, (epoch + 2) * ttl)
+  end
 end
 
 local function strings(lens_blob, blob, n)
@@ -73,77 +174,55 @@ local function strings(lens_blob, blob, n)
 end
 """
 
-#: KEYS: the batch's dedup chunks.  ARGV: replay key prefix, replay TTL, n, scan_id lengths
-#: (uint32), scan_ids, given verdicts (one byte each), then for the rows at OK in row order
-#: their chunk (uint32 index into KEYS, 0-based) and bit offset (uint32), and per chunk the
-#: length to grow it to before any SETBIT; then OK, REPEAT, and each row's replay bucket (one
-#: byte).  Returns one byte per row: verdict | 0x80 on replay.
-#: Answers live in bucket hashes ``P rp:<epoch>:<bucket>`` (epoch = now // TTL), scan_id ->
-#: verdict, read with one HMGET per bucket and epoch (this one, then the one before for the
-#: rest) and written with one HSET per bucket: a key with a TTL per scan_id cost a SET EX each
-#: (about 4 us of server time) and 130 bytes.  A bucket expires at the end of the next epoch,
-#: so an answer is kept between one and two TTLs.
-#: ARGV: replay prefix, ttl, n, scan_id lengths + blob, verdicts, chunk + offset per OK row, chunk
-#: lengths, OK, REPEAT, bucket per row, fingerprints (8 bytes each), user lengths + blob, CONFLICT.
-#: A stored answer is ``engine.state.pack_answer``: verdict byte, fingerprint, first user.
-#: Returns {one byte per row: verdict, + 128 for a replay; the first user of each CONFLICT row ...}.
-CLAIM_LUA = LUA_PRELUDE + r"""
-local OK, REPEAT, CONFLICT = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[16])
+
+#: The claim is two steps, because a scan_id and a code live in different shards (on a Cluster,
+#: on different servers) and each step must be atomic where it decides:
+#:
+#: 1. ``IDS_LUA``, in the scan_id's shard: the scan_id's identity.  A scan_id seen before with
+#:    another event is a CONFLICT, with the same event a replay.  A new scan_id is recorded with
+#:    its event's fingerprint and user; a row that is not OK gets its final verdict there and
+#:    then, an OK row the mark CLAIMED + the shard of its code's chunk: its verdict is decided by
+#:    step 2, in that shard (a redelivery looks there, whatever code it carries).
+#: 2. ``CODES_LUA``, in the code's shard, for the rows marked CLAIMED: the test-and-set of the
+#:    code's bit and the record of its outcome under the scan_id, together.  A scan_id whose
+#:    outcome is recorded gets it back; only a scan_id without one sets a bit.
+#:
+#: A crash between the steps leaves an identity without an outcome; the batch's redelivery
+#: finds its own identity (same fingerprint) and step 2 decides as the first time would have.
+#: A scan_id reused with another event never reaches step 2, whatever its code.
+#:
+#: Both keep their records in shard hashes per epoch of the replay TTL (epoch = now // TTL),
+#: read with one HMGET per shard and epoch (this one, then the one before for the rest) and
+#: written with one HSET per shard: a key with a TTL per scan_id cost a SET EX each (about 4 us
+#: of server time) and 130 bytes.  A hash expires at the end of the next epoch, so a record is
+#: kept between one and two TTLs.
+#:
+#: IDS_LUA.  KEYS[1]: a key in the rows' shard (routing only).  ARGV: identity prefix
+#: (``P rp:``), TTL, n, scan_id lengths (uint32) + scan_ids, given verdicts (one byte each),
+#: each row's shard (one byte), fingerprints (8 bytes each), user lengths + users, CONFLICT,
+#: CLAIMED, OK, and each row's code shard (one byte).  An identity is ``engine.state.pack_answer``:
+#: verdict (or CLAIMED + code shard), fingerprint, first user.  Returns {one byte per row: its
+#: verdict, or CLAIMED + code shard, + 128 when its scan_id was known with the same event; the
+#: first user of each CONFLICT row ...}.
+IDS_LUA = LUA_PRELUDE + r"""
+local CONFLICT, CLAIMED, OK = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13])
 local rp, ttl, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local ids = strings(ARGV[4], ARGV[5], n)
 local given = bytes(ARGV[6])
-local bucket = bytes(ARGV[12])
-local fps = ARGV[13]
-local users = strings(ARGV[14], ARGV[15], n)
-local nok = #ARGV[7] / 4
-local chunk, offset = ints(ARGV[7], 'I4', nok), ints(ARGV[8], 'I4', nok)
-local want = ints(ARGV[9], 'I4', #KEYS)
--- grow each chunk at an exact length first: SETBIT would double the allocation
-for g = 1, #KEYS do
-  local have = redis.call('STRLEN', KEYS[g])
-  if have == 0 then
-    redis.call('SETRANGE', KEYS[g], want[g] - 1, '\0')
-  elseif have < want[g] then
-    redis.call('SET', KEYS[g], redis.call('GET', KEYS[g]) .. string.rep('\0', want[g] - have))
-  end
-end
+local shard = bytes(ARGV[7])
+local fps = ARGV[8]
+local users = strings(ARGV[9], ARGV[10], n)
+local code_shard = bytes(ARGV[14])
 local now = redis.call('TIME')
 local epoch = math.floor(tonumber(now[1]) / ttl)
--- the answers known before this batch
-local rows_of = {}
+local stored = lookup(rp, ids, shard, n, epoch)
+local known, out, writes, firsts = {}, {}, {}, {}
 for i = 1, n do
-  local r = rows_of[bucket[i]]
-  if r == nil then r = {}; rows_of[bucket[i]] = r end
-  r[#r + 1] = i
-end
-local stored = {}
-for b, rows in pairs(rows_of) do
-  for e = epoch, epoch - 1, -1 do
-    local ask = {}
-    for _, i in ipairs(rows) do
-      if stored[i] == nil then ask[#ask + 1] = i end
-    end
-    for a = 1, #ask, 1000 do
-      local fields = {}
-      for j = a, math.min(a + 999, #ask) do fields[#fields + 1] = ids[ask[j]] end
-      local vals = redis.call('HMGET', rp .. e .. ':' .. b, unpack(fields))
-      for j = 1, #fields do
-        if vals[j] then stored[ask[a + j - 1]] = vals[j] end
-      end
-    end
-  end
-end
-local known, out, writes, firsts, j = {}, {}, {}, {}, 0
-for i = 1, n do
-  local id, v = ids[i], given[i]
+  local id = ids[i]
   local fp = string.sub(fps, 8 * i - 7, 8 * i)
-  if v == OK then j = j + 1 end
-  local first = known[id]  -- the stored answer, or the one an earlier row of this batch made
-  if first == nil and stored[i] then
-    first = stored[i]
-    known[id] = first
-  end
+  local first = known[id] or stored[i]  -- the stored identity, or the one an earlier row made
   if first ~= nil then
+    known[id] = first
     if string.sub(first, 2, 9) == fp then
       out[i] = string.byte(first, 1) + 128
     else
@@ -151,25 +230,93 @@ for i = 1, n do
       firsts[#firsts + 1] = string.sub(first, 10)
     end
   else
-    if v == OK and redis.call('SETBIT', KEYS[chunk[j] + 1], offset[j], 1) == 1 then v = REPEAT end
+    local v = given[i]
+    if v == OK then v = CLAIMED + code_shard[i] end
     local answer = string.char(v) .. fp .. users[i]
-    local w = writes[bucket[i]]
-    if w == nil then w = {}; writes[bucket[i]] = w end
-    w[#w + 1] = id
-    w[#w + 1] = answer
+    add_write(writes, shard[i], id, answer)
     known[id] = answer
     out[i] = v
   end
 end
-for b, w in pairs(writes) do
-  local key = rp .. epoch .. ':' .. b
-  for a = 1, #w, 1000 do redis.call('HSET', key, unpack(w, a, math.min(a + 999, #w))) end
-  redis.call('EXPIREAT', key, (epoch + 2) * ttl)
-end
+store(rp, writes, epoch, ttl)
 return {chars(out), unpack(firsts)}
 """
 
-#: ARGV: prefix, then per campaign: id, budget, daily cap, stocks (comma separated).
+#: CODES_LUA.  KEYS: a key of the rows' shard (routing only), then the dedup chunks in which rows
+#: may set a bit (one shard's on a Cluster).  ARGV: outcome
+#: prefix (``P ck:``), TTL, n, scan_id lengths + scan_ids, given verdicts, each row's shard (its
+#: chunk's), chunk (uint32 index into KEYS, 0-based) and bit offset (uint32) per row, per chunk
+#: the length to grow it to before any bit is set (0: no row sets a bit there), OK, REPEAT.  A row whose scan_id has an outcome
+#: (recorded before, or by an earlier row) gets it back; else an OK row sets its bit (OK, or
+#: REPEAT when it was set) and records that; any other row keeps its verdict (its record has
+#: expired).  Returns one byte per row: verdict, + 128 when it was recorded before.
+CODES_LUA = LUA_PRELUDE + r"""
+local OK, REPEAT = tonumber(ARGV[11]), tonumber(ARGV[12])
+local ck, ttl, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local ids = strings(ARGV[4], ARGV[5], n)
+local given = bytes(ARGV[6])
+local shard = bytes(ARGV[7])
+local chunk, offset = ints(ARGV[8], 'I4', n), ints(ARGV[9], 'I4', n)
+local want = ints(ARGV[10], 'I4', #KEYS)
+-- grow each chunk at an exact length first: BITFIELD and SETBIT would double the allocation
+for g = 1, #KEYS do
+  local have = redis.call('STRLEN', KEYS[g])
+  if want[g] == 0 then  -- no row sets a bit in it
+  elseif have == 0 then
+    redis.call('SETRANGE', KEYS[g], want[g] - 1, '\0')
+  elseif have < want[g] then
+    redis.call('SET', KEYS[g], redis.call('GET', KEYS[g]) .. string.rep('\0', want[g] - have))
+  end
+end
+local now = redis.call('TIME')
+local epoch = math.floor(tonumber(now[1]) / ttl)
+local stored = lookup(ck, ids, shard, n, epoch)
+-- which rows set a bit: those at OK whose scan_id has no outcome yet (a later row of the same
+-- scan_id takes the outcome of the first); their bits are set per chunk in row order, with one
+-- BITFIELD per slice of a chunk's rows instead of a SETBIT per row
+local out, first_row, copies, ops, writes = {}, {}, {}, {}, {}
+for i = 1, n do
+  local id = ids[i]
+  if stored[i] ~= nil then
+    out[i] = string.byte(stored[i], 1) + 128
+  elseif first_row[id] ~= nil then
+    copies[#copies + 1] = i
+  elseif given[i] == OK then
+    first_row[id] = i
+    local c = chunk[i] + 1
+    local list = ops[c]
+    if list == nil then list = {}; ops[c] = list end
+    list[#list + 1] = i
+  else
+    out[i] = given[i]
+  end
+end
+for c, rows in pairs(ops) do
+  for a = 1, #rows, 500 do
+    local args = {}
+    for j = a, math.min(a + 499, #rows) do
+      args[#args + 1] = 'SET'
+      args[#args + 1] = 'u1'
+      args[#args + 1] = offset[rows[j]]
+      args[#args + 1] = 1
+    end
+    local old = redis.call('BITFIELD', KEYS[c], unpack(args))
+    for j = 1, #old do
+      local i = rows[a + j - 1]
+      local v = OK
+      if old[j] == 1 then v = REPEAT end
+      out[i] = v
+      add_write(writes, shard[i], ids[i], string.char(v))
+    end
+  end
+end
+for _, i in ipairs(copies) do out[i] = out[first_row[ids[i]]] + 128 end
+store(ck, writes, epoch, ttl)
+return chars(out)
+"""
+
+#: KEYS[1]: the first campaign's hash (routing only; on a Cluster one call per campaign).  ARGV:
+#: prefix, then per campaign: id, budget, daily cap, stocks (comma separated).
 DEFINE_LUA = r"""
 local pre, i = ARGV[1], 2
 while i <= #ARGV do
@@ -185,14 +332,14 @@ while i <= #ARGV do
     t = t + 1
   end
   if t > tonumber(redis.call('HGET', base, 'tiers') or 0) then redis.call('HSET', base, 'tiers', t) end
-  redis.call('SADD', pre .. 'campaigns', id)
   i = i + 4
 end
 return 1
 """
 
-#: Outbound bindings.  ARGV: the bucket hash prefix (``P bn:``), number of distinct keys k, the
-#: keys (8 bytes each, grouped by bucket), each key's bucket (one byte), number of writes w, per
+#: Outbound bindings.  KEYS[1]: a key in the keys' shard (routing only).  ARGV: the shard hash
+#: prefix (``P bn:``), number of distinct keys k, the keys (8 bytes each, grouped by shard), each
+#: key's shard (one byte), number of writes w, per
 #: write in row order its key (uint32 index, 0-based), ts (int64), dealer lengths (uint32) and
 #: dealer ids, and the history kept per key.  A key's value is its history, entries of ts (int64),
 #: dealer length (uint16) and dealer id, sorted by ts.  The writes are merged as
@@ -232,16 +379,16 @@ end
 for key, h in pairs(hist) do
   local parts = {}
   for _, e in ipairs(h) do parts[#parts + 1] = struct.pack('<i8I2', e[1], #e[2]) .. e[2] end
-  redis.call('HSET', pre .. bucket[key], fields[key], table.concat(parts))
+  redis.call('HSET', shard_key(pre, bucket[key]), fields[key], table.concat(parts))
 end
 local lens = {}
 for i = 1, k do lens[i] = #vals[i] end
 return {pack_ints('I4', lens), table.concat(vals)}
 """
 
-#: Guides of units.  ARGV: the bucket hash prefix (``P gd:``), number of distinct units k, their
-#: identities (12 bytes each, ``engine.state.unit_identities``, grouped by bucket), each unit's
-#: bucket (one byte), number of sales w, per sale in row order its unit (uint32 index, 0-based),
+#: Guides of units.  KEYS[1]: a key in the units' shard (routing only).  ARGV: the shard hash
+#: prefix (``P gd:``), number of distinct units k, their identities (12 bytes each,
+#: ``engine.state.unit_identities``, grouped by shard), each unit's shard (one byte), number of sales w, per sale in row order its unit (uint32 index, 0-based),
 #: guide lengths (uint32) and guide ids.  A sale makes its guide the unit's guide unless the unit
 #: has one.  The answer is every unit's guide before the batch (lengths as uint32, then the ids),
 #: from which ``engine.state.resolve_guides`` answers the rows.
@@ -259,7 +406,7 @@ for j = 1, w do
   local u = widx[j] + 1
   if (now[u] or vals[u]) == '' then
     now[u] = wguide[j]
-    redis.call('HSET', pre .. bucket[u], fields[u], wguide[j])
+    redis.call('HSET', shard_key(pre, bucket[u]), fields[u], wguide[j])
   end
 end
 local lens = {}
@@ -295,14 +442,29 @@ for c = 1, m do
           commissions = st.commissions or 0, stock = stock, won = {}, days = {}, paid = false}
 end
 local field, status, otier, ocents, ocomm, prior = {}, {}, {}, {}, {}, {}
--- prizes won before this batch are given back whatever was drawn now
+-- prizes won before this batch are given back whatever was drawn now: one HMGET per campaign
+-- and slice of its rows
+local rows_of = {}
 for i = 1, n do
   field[i] = string.sub(ARGV[5], 12 * i - 11, 12 * i)
   status[i], otier[i], ocents[i], ocomm[i] = NO_PRIZE, -1, 0, 0
-  local p = redis.call('HGET', C[camp[i] + 1].aw, field[i])
-  if p then
-    local t, a, g = string.match(p, '^(-?%d+):(-?%d+):?(%d*)$')
-    status[i], otier[i], ocents[i], ocomm[i], prior[i] = WON, tonumber(t), tonumber(a), tonumber(g) or 0, true
+  local c = camp[i] + 1
+  local r = rows_of[c]
+  if r == nil then r = {}; rows_of[c] = r end
+  r[#r + 1] = i
+end
+for c, rows in pairs(rows_of) do
+  for a = 1, #rows, 1000 do
+    local ask = {}
+    for j = a, math.min(a + 999, #rows) do ask[#ask + 1] = field[rows[j]] end
+    local got = redis.call('HMGET', C[c].aw, unpack(ask))
+    for j = 1, #ask do
+      local p, i = got[j], rows[a + j - 1]
+      if p then
+        local t, amt, g = string.match(p, '^(-?%d+):(-?%d+):?(%d*)$')
+        status[i], otier[i], ocents[i], ocomm[i], prior[i] = WON, tonumber(t), tonumber(amt), tonumber(g) or 0, true
+      end
+    end
   end
 end
 -- drawn prizes, in request order: the earlier scan takes the last one
@@ -376,13 +538,14 @@ for i = 1, n do parts[i] = struct.pack('<Bhi8i8', status[i], otier[i], ocents[i]
 return table.concat(parts)
 """
 
-#: Window scripts.  ARGV: key prefix, TTL, keys (8 bytes each) [, members as signed decimals
-#: separated by commas].
+#: Window scripts.  KEYS[1]: a key in the keys' shard (routing only).  ARGV: key prefix, TTL,
+#: keys (8 bytes each); a key lives in its shard (its first byte % SHARDS), as ``P w:{tag}<key>``.
 COUNT_LUA = LUA_PRELUDE + r"""
 local pre, ttl, blob = ARGV[1], ARGV[2], ARGV[3]
 local out = {}
 for i = 1, #blob / 8 do
-  local k = pre .. string.sub(blob, 8 * i - 7, 8 * i)
+  local raw = string.sub(blob, 8 * i - 7, 8 * i)
+  local k = shard_key(pre, string.byte(raw, 1) % SHARDS) .. raw
   local total = redis.call('INCR', k)
   if total == 1 then redis.call('EXPIRE', k, ttl) end
   out[i] = total
@@ -390,24 +553,26 @@ end
 return pack_ints('i8', out)
 """
 
-#: ``distinct``.  ARGV: prefix, TTL (s), keys and members (8 bytes each), one byte per row (1
-#: where the caller flags the key as new), the most members kept packed, BUCKETS (constants of the store, passed as ARGV).
-#: A set lives as one field of a bucket hash, ``P wd:<epoch>:<its key's first byte % BUCKETS>`` with
+#: ``distinct``.  KEYS[1]: a key in the keys' shard (routing only).  ARGV: prefix, TTL (s), keys
+#: and members (8 bytes each), one byte per row (1 where the caller flags the key as new), the
+#: most members kept packed (a constant of the store, passed as ARGV).
+#: A set lives as one field of a shard hash, ``P wd:{<tag of its key's first byte % SHARDS>}:<epoch>`` with
 #: epoch = now // TTL, holding its members packed (a code's scanners in one window are one or
 #: two), read with one HMGET per bucket (this epoch, then the one before for the rest) and
 #: written with one HSET per bucket: no key of its own to create and expire per set.  Each bucket hash expires at the
 #: end of the epoch after its own, so a set lives between one and two TTLs.  Past the packed
-#: size the members move to a Redis set ``P ws:<key>`` with the same expiry, and the field
+#: size the members move to a Redis set ``P ws:{<tag>}<key>`` with the same expiry, and the field
 #: holds an empty string.  Flagged rows go first and replace whatever their key held, then the
 #: rest in order: the memory store's order, so even a wrong flag gets the same answers.
 DISTINCT_LUA = LUA_PRELUDE + r"""
 local pre, ttl, blob, members = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
-local flagged, spill, nb = bytes(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local flagged, spill = bytes(ARGV[5]), tonumber(ARGV[6])
 local now = redis.call('TIME')
 local epoch = math.floor(tonumber(now[1]) / ttl)
 local n = #blob / 8
 local out, held = {}, {}
-local function bucket(e, b) return pre .. 'wd:' .. e .. ':' .. b end
+local function bucket(e, b) return shard_key(pre .. 'wd:', b) .. ':' .. e end
+local function spilled(k) return shard_key(pre .. 'ws:', string.byte(k, 1) % SHARDS) .. k end
 local function key(i) return string.sub(blob, 8 * i - 7, 8 * i) end
 local function member(i) return string.sub(members, 8 * i - 7, 8 * i) end
 for i = 1, n do
@@ -422,7 +587,7 @@ for i = 1, n do
   if flagged[i] ~= 1 then
     local k = key(i)
     if held[k] == nil and wanted[k] == nil then
-      local b = string.byte(k, 1) % nb
+      local b = string.byte(k, 1) % SHARDS
       wanted[k] = b
     end
   end
@@ -442,7 +607,7 @@ for e = epoch, epoch - 1, -1 do
         local v, k = vals[j], part[j]
         if v then
           if v == '' then
-            local h = {set = pre .. 'ws:' .. k, epoch = e}
+            local h = {set = spilled(k), epoch = e}
             h.size = redis.call('SCARD', h.set)
             held[k] = h
           else
@@ -477,14 +642,14 @@ end
 local writes = {}
 for k, h in pairs(held) do
   if h.dirty then
-    local home = bucket(h.epoch, string.byte(k, 1) % nb)
+    local home = bucket(h.epoch, string.byte(k, 1) % SHARDS)
     local w = writes[home]
     if w == nil then w = {expiry = (h.epoch + 2) * ttl}; writes[home] = w end
     if h.size <= spill then
       w[#w + 1] = k
       w[#w + 1] = h.packed
     else
-      local set = pre .. 'ws:' .. k
+      local set = spilled(k)
       redis.call('DEL', set)
       for a = 1, h.size, 500 do
         local part = {}
@@ -508,7 +673,8 @@ MARK_ONCE_LUA = LUA_PRELUDE + r"""
 local pre, ttl, blob = ARGV[1], ARGV[2], ARGV[3]
 local out = {}
 for i = 1, #blob / 8 do
-  out[i] = redis.call('SET', pre .. string.sub(blob, 8 * i - 7, 8 * i), 1, 'EX', ttl, 'NX') and 1 or 0
+  local raw = string.sub(blob, 8 * i - 7, 8 * i)
+  out[i] = redis.call('SET', shard_key(pre, string.byte(raw, 1) % SHARDS) .. raw, 1, 'EX', ttl, 'NX') and 1 or 0
 end
 return chars(out)
 """

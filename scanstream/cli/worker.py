@@ -63,7 +63,6 @@ def main(args: argparse.Namespace) -> int:
     except ImportError:  # pragma: no cover - uvloop is a dependency; Windows has none
         pass
     import faust
-    import redis as redis_py
 
     from scanstream.wiring import build_alerting, build_pipeline, build_registry, build_state
     from scanstream.streams.app import build_app
@@ -80,9 +79,9 @@ def main(args: argparse.Namespace) -> int:
         from scanstream.sinks.registry_tables import publish_registry
         publish_registry(clickhouse, registry)
     pipeline = build_pipeline(config, registry, build_state(config))
-    from scanstream.engine.state.redis import CLIENT_OPTIONS
-    # the same timeouts as the state store: a dead server fails the step (retried), never hangs it
-    replies = redis_py.Redis.from_url(config.redis.url, **CLIENT_OPTIONS) if config.redis.replies else None
+    from scanstream.engine.state.redis import connect
+    # the same client options as the state store: a dead server fails the step (retried), never hangs it
+    replies = connect(config.redis.url, cluster=config.redis.cluster) if config.redis.replies else None
     alerting = build_alerting(config, registry, clickhouse)
     handler = BatchHandler(config, pipeline, clickhouse, replies, alerting)
     reloader = RegistryReloader(config, pipeline, lambda: build_registry(config, clickhouse), clickhouse,

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scanstream.streams.replies import reply_key
+
 from .inputs import find_secrets
 from .scenario import Scenario
 from .stores import merge_stores, probe
@@ -213,7 +215,7 @@ def check_promises(sc: Scenario, sent: list[tuple[str, bytes, str]], *, redis_ur
     for i in range(0, len(ordered), 5000):
         pipe = client.pipeline(transaction=False)
         for n in ordered[i:i + 5000]:
-            pipe.exists(f"{sc.prefix}reply:{n}")
+            pipe.exists(reply_key(sc.prefix, n))
         missing_replies += sum(1 for x in pipe.execute() if not x)
     rep.replies_missing = missing_replies
     if missing_replies:

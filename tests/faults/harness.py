@@ -90,17 +90,18 @@ def new_key() -> bytes:
 
 
 def crash_scenario(root: Path, bootstrap: str, redis_url: str, sc_: Scale, *, seed: int = 1,
-                   kill_seed: int | None = None) -> Report:
+                   kill_seed: int | None = None, cluster: bool = False) -> Report:
     """Test 1: ``kills`` kill -9 of the worker at random moments while it works; restart each time.
 
-    The kill moments are random (``kill_seed``, logged, makes a run's moments repeatable)."""
+    The kill moments are random (``kill_seed``, logged, makes a run's moments repeatable).
+    ``cluster``: ``redis_url`` is a node of a Redis Cluster."""
     kill_seed = kill_seed if kill_seed is not None else int.from_bytes(os.urandom(4), "big")
     log(f"crash: kill moments from kill_seed={kill_seed}")
     rng = random.Random(kill_seed)
     tenants = [TenantSpec(7, new_key(), key_id=1, via="env", name="Crash Brewery")]
     campaigns = [stocked_campaign("crash-campaign", 7, sc_.crash_scans)]
     sc = Scenario(root, bootstrap, redis_url, label="crash", tenants=tenants, campaigns=campaigns, take=4,
-                  per_envelope=40)
+                  per_envelope=40, cluster=cluster)
     try:
         lines = make_stream(sc.worlds[0], sc_.crash_scans, seed=seed)
         # the stream arrives in parts, one while the worker is down after each kill, so the
@@ -140,12 +141,14 @@ def crash_scenario(root: Path, bootstrap: str, redis_url: str, sc_: Scale, *, se
         sc.close()
 
 
-def race_scenario(root: Path, bootstrap: str, redis_url: str, sc_: Scale, *, seed: int = 2) -> Report:
-    """Test 2: two workers in one group; the second joins mid-stream, later the first is stopped."""
+def race_scenario(root: Path, bootstrap: str, redis_url: str, sc_: Scale, *, seed: int = 2,
+                  cluster: bool = False) -> Report:
+    """Test 2: two workers in one group; the second joins mid-stream, later the first is stopped.
+    ``cluster``: ``redis_url`` is a node of a Redis Cluster."""
     tenants = [TenantSpec(7, new_key(), key_id=0, via="hex", name="Race Brewery")]
     campaigns = [stocked_campaign("race-campaign", 7, sc_.race_scans, via="seed")]
     sc = Scenario(root, bootstrap, redis_url, label="race", tenants=tenants, campaigns=campaigns, take=4,
-                  per_envelope=40)
+                  per_envelope=40, cluster=cluster)
     try:
         lines = make_stream(sc.worlds[0], sc_.race_scans, seed=seed)
         sc.watch()

@@ -34,13 +34,14 @@ class Scenario:
 
     def __init__(self, root: Path, bootstrap: str, redis_url: str, *, label: str, tenants: list[TenantSpec],
                  campaigns: list[CampaignSpec], partitions: int = 4, take: int = 4, within_ms: int = 50,
-                 per_envelope: int = 50, session_timeout_s: float = 4):
+                 per_envelope: int = 50, session_timeout_s: float = 4, cluster: bool = False):
         from scanstream.streams.synthetic import build_world
 
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.bootstrap = bootstrap
         self.redis_url = redis_url
+        self.cluster = cluster  # redis_url is a node of a Redis Cluster
         self.label = label
         self.tenants = tenants
         self.campaigns = campaigns
@@ -137,7 +138,8 @@ clickhouse = {json.dumps("chdb:" + str(chdb))}
 webhooks = false
 allow_loopback = true
 
-""" + toml_table("redis", {"url": redis_url or self.redis_url, "prefix": self.prefix, "result_ttl_s": 7200}) + "\n" + \
+""" + toml_table("redis", {"url": redis_url or self.redis_url, "prefix": self.prefix, "result_ttl_s": 7200,
+                                 "cluster": self.cluster}) + "\n" + \
             toml_table("kafka", {"bootstrap": self.bootstrap, **{f"{n}_topic": k[n] for n in
                                                                   ("scans", "results", "awards", "alerts", "dlq")},
                                  "group": self.group, "partitions": self.partitions, "take": self.take,
@@ -209,6 +211,8 @@ allow_loopback = true
 
     def redis_client(self, url: str | None = None):
         import redis
+        if self.cluster:
+            return redis.RedisCluster.from_url(url or self.redis_url, socket_timeout=30)
         return redis.Redis.from_url(url or self.redis_url, socket_timeout=30)
 
     def close(self) -> None:

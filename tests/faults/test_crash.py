@@ -24,3 +24,13 @@ def test_kill_9_at_random_points_loses_and_doubles_nothing(broker, redis_url, tm
     checks.assert_report(rep)
     assert rep.kills >= SCALE.crash_kills
     assert rep.lost == 0 and rep.doubled == 0 and rep.prizes > 0 and rep.out_of_stock > 0
+
+
+def test_kill_9_at_random_points_on_a_redis_cluster_loses_and_doubles_nothing(broker, redis_cluster_url, tmp_path):
+    """The same on a real Redis Cluster of three primaries: a kill may now also land between the
+    two steps of a claim (the scan_ids' identities, then the codes' bits, on other nodes) and
+    between the per-shard calls of one step."""
+    rep = h.crash_scenario(tmp_path, broker.bootstrap, redis_cluster_url, SCALE, cluster=True)
+    checks.assert_report(rep)
+    assert rep.kills >= SCALE.crash_kills
+    assert rep.lost == 0 and rep.doubled == 0 and rep.prizes > 0 and rep.out_of_stock > 0

@@ -21,3 +21,10 @@ def test_second_worker_joins_then_first_leaves(broker, redis_url, tmp_path):
     rep = h.race_scenario(tmp_path, broker.bootstrap, redis_url, SCALE)
     checks.assert_report(rep)
     assert rep.lost == 0 and rep.doubled == 0 and rep.prizes > 0
+
+
+def test_second_worker_joins_then_first_leaves_on_a_redis_cluster(broker, redis_cluster_url, tmp_path):
+    """Two workers sharing a real Redis Cluster: rebalanced partitions, nothing lost or paid twice."""
+    rep = h.race_scenario(tmp_path, broker.bootstrap, redis_cluster_url, SCALE, cluster=True)
+    checks.assert_report(rep)
+    assert rep.lost == 0 and rep.doubled == 0 and rep.prizes > 0
