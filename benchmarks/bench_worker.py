@@ -65,6 +65,25 @@ can be read against the machine's cores: everything here shares them.  So is the
 worker's threads spent runnable but waiting for a CPU (``/proc/PID/task/*/schedstat``), and
 the load average at the start and the end: on a busy machine the figures are pessimistic.
 
+Per-scan cost (``worker_bench_costs.py``), for the envelope phase and the naive agent's phase,
+printed side by side with their ratio (never judged):
+
+- process CPU, µs per scan: user + system of the worker (or agent), every thread, from /proc;
+- Redis server CPU, µs per scan (``INFO cpu``) and commands per scan (``INFO commandstats``:
+  calls and usec per command, the top ones listed; a command a script runs counts as one of
+  its own and inside its script's usec).  Both are server-wide: other users' work is in them,
+  and is estimated, with the server's own housekeeping, from idle windows of 2 s just before
+  and after the phase (printed beside them); the naive agent also counts its own commands;
+- new Redis keys, entries (hash fields, list elements, set and sorted-set members; a string is
+  one) and bytes per scan, by key family: the keys under the phase's prefix walked before and
+  after the phase, outside its clock (SCAN + TYPE + HLEN / LLEN / SCARD / ZCARD, and ``MEMORY
+  USAGE key SAMPLES 0`` summed: the run's keys only); the server's used_memory difference beside;
+- ClickHouse (chdb) insert cost, wall µs per row inserted into scan_events, awards and alerts:
+  the worker's ``store`` step seconds from its ``/metrics`` (it is started with
+  ``--metrics-port``), the naive agent's one-row inserts timed by itself (``--stats-file``);
+- broker bytes per scan: key + value + headers of the records of the scans topic (the messages
+  the benchmark sends) and of each output topic (read back by the benchmark's consumers).
+
 Goals (printed PASS / MISS, never asserted): >= 100 000 scans/s per worker with
 envelopes and >= 10x the naive agent; p99 publish -> outcome < 300 ms at 10 000 scans/s.
 The fourth goal of the issue, Redis dedup memory <= 1.1 bits per issued code, is measured by
@@ -78,7 +97,8 @@ The code: this file is the command line and the order of the run (inputs, servic
 phases, cleanup); ``worker_bench_load.py`` generates the scans and the publisher's messages,
 ``worker_bench_services.py`` holds the configuration, subprocesses, CPU accounting and Redis
 cleanup, ``worker_bench_results.py`` counts the outcomes, ``worker_bench_phases.py`` times the
-phases and ``worker_bench_report.py`` prints the figures and goals and writes the JSON.
+phases, ``worker_bench_costs.py`` takes the per-scan cost readings and
+``worker_bench_report.py`` prints the figures and goals and writes the JSON.
 """
 from __future__ import annotations
 
@@ -99,11 +119,13 @@ sys.path.insert(1, str(Path(__file__).resolve().parent))
 sys.path.insert(2, str(ROOT / "tests"))  # config_writer: the worker configurations tests use too
 
 from machine import machine  # noqa: E402
+from worker_bench_costs import CostProbe, TopicTally, scrape_worker_store  # noqa: E402
 from worker_bench_load import make_events  # noqa: E402
 from worker_bench_phases import Ctx, latency_phase, naive_phase, staged_phase  # noqa: E402
 from worker_bench_report import GOAL_RATE, Figures, code_version, fmt, print_machine, report  # noqa: E402
 from worker_bench_results import ResultCounter  # noqa: E402
-from worker_bench_services import PARTITIONS, CpuMeter, Proc, delete_prefix, topic_names, write_config  # noqa: E402
+from worker_bench_services import (PARTITIONS, CpuMeter, Proc, delete_prefix, free_port, topic_names,  # noqa: E402
+                                    write_config)
 
 REDIS_URL_ENV = "SCANSTREAM_REDIS_URL"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -111,6 +133,8 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_ENVELOPE_SCANS = 125
 #: The bound on the naive agent without insert.
 BARE_BOUND_S = 20.0
+#: The worker's output topics other than the results, tallied for their bytes per scan.
+TALLIED_OUTPUTS = ("awards", "alerts", "dlq")
 SCANSTREAM = shutil.which("scanstream", path=str(Path(sys.executable).parent)) or shutil.which("scanstream")
 
 
@@ -178,6 +202,7 @@ def main(argv=None) -> int:
     broker = TansuBroker(log_path=tmp / "tansu.log")
     ctx = Ctx(tmp, broker, topic_names(tag), args.redis_url, prefix, client, base_config.kafka.linger_ms)
     naive_names, bare_names = topic_names(f"naive-{tag}"), topic_names(f"naive-bare-{tag}")
+    tally: TopicTally | None = None
     t_run = time.perf_counter()
     try:
         # ------------------------------------------------------------ inputs
@@ -220,9 +245,13 @@ def main(argv=None) -> int:
         # ------------------------------------------------------------ worker
         ctx.counter = ResultCounter(broker.bootstrap, ctx.names["results"], PARTITIONS)
         ctx.counter.start()
+        tally = TopicTally(broker.bootstrap, {role: ctx.names[role] for role in TALLIED_OUTPUTS}, PARTITIONS)
+        tally.start()
+        metrics_port = free_port()
+        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         t = time.perf_counter()
-        ctx.worker = Proc("worker", [SCANSTREAM, "--config", str(cfg), "worker", "--loglevel", "info"],
-                          tmp / "worker.log", tmp)
+        ctx.worker = Proc("worker", [SCANSTREAM, "--config", str(cfg), "worker", "--loglevel", "info",
+                                     "--metrics-port", str(metrics_port)], tmp / "worker.log", tmp)
         ctx.procs.append(ctx.worker)
         with ScanPublisher(broker.bootstrap, topic=ctx.names["scans"], linger_ms=ctx.linger_ms) as pub:
             pub.publish_many(warm)
@@ -235,7 +264,12 @@ def main(argv=None) -> int:
               flush=True)
         ctx.cpu = CpuMeter(ctx.worker.pid, broker.pid, client)
 
-        envelopes = staged_phase(ctx, env_events, False, args.envelope_scans, 300, "envelope phase")
+        costs = {}
+        probe = CostProbe("worker, envelopes", client, prefix,
+                          outputs=lambda: {"results": ctx.counter.topic_totals(), **tally.totals()},
+                          settle=tally.settle, store=lambda: scrape_worker_store(metrics_url))
+        envelopes = staged_phase(ctx, env_events, False, args.envelope_scans, 300, "envelope phase", probe)
+        costs["envelopes"] = probe.result
         print(f"[1] envelopes: {envelopes.done:,} of {envelopes.scans:,} scans in {envelopes.messages:,} messages "
               f"({envelopes.scans / envelopes.messages:,.0f} scans each) in {fmt(envelopes.seconds, '.2f')} s; "
               f"publisher alone {envelopes.publisher_s:.2f} s", flush=True)
@@ -256,24 +290,26 @@ def main(argv=None) -> int:
 
         naive = naive_startup = bare = bare_startup = None
         if not args.skip_naive:
-            naive, naive_startup = naive_phase(ctx, cfg_naive, naive_names, naive_events, naive_warm,
-                                               args.naive_seconds, "naive agent")
+            naive, naive_startup, costs["naive"] = naive_phase(ctx, cfg_naive, naive_names, naive_events, naive_warm,
+                                                               args.naive_seconds, "naive agent", costs=True)
             print(f"[4] naive agent: {naive.done:,} of {naive.scans:,} scans in {fmt(naive.seconds, '.1f')} s "
                   f"(started and warmed up in {naive_startup:.1f} s)", flush=True)
-            bare, bare_startup = naive_phase(ctx, cfg_bare, bare_names, bare_events, bare_warm,
-                                             min(args.naive_seconds, BARE_BOUND_S), "naive agent without insert",
-                                             ("--no-insert",))
+            bare, bare_startup, _ = naive_phase(ctx, cfg_bare, bare_names, bare_events, bare_warm,
+                                                min(args.naive_seconds, BARE_BOUND_S), "naive agent without insert",
+                                                ("--no-insert",))
             print(f"[5] naive agent without the per-event insert: {bare.done:,} of {bare.scans:,} scans in "
                   f"{fmt(bare.seconds, '.1f')} s (started and warmed up in {bare_startup:.1f} s)", flush=True)
 
         # ------------------------------------------------------------ report
         report(args, Figures(envelopes, single, lat, naive, naive_startup, bare, bare_startup, startup_s,
-                             worker_stop_s, retries), ctx.notes, k, gen_s, info, version, t_run)
+                             worker_stop_s, retries, {k2: c for k2, c in costs.items() if c is not None}),
+               ctx.notes, k, gen_s, info, version, t_run)
         return 0
     finally:
         t_clean = time.perf_counter()
         cleanup = [*((f"stop {proc.name}", proc.stop) for proc in ctx.procs),
-                   *([("results consumer", ctx.counter.stop)] if ctx.counter else []), ("broker", broker.stop),
+                   *([("results consumer", ctx.counter.stop)] if ctx.counter else []),
+                   *([("output tally", tally.stop)] if tally else []), ("broker", broker.stop),
                    ("Redis keys", lambda: delete_prefix(client, prefix)), ("Redis client", client.close)]
         slow = []
         for name, step in cleanup:

@@ -24,7 +24,14 @@ unknown_tenant, bad_mac, unknown_batch, not_activated, repeat, ok.
 Run (the same ``--config`` as ``scanstream worker``: ``[kafka]``, ``[redis]``, ``[sink]``,
 ``[registry]`` and the tenants' keys are read from it)::
 
-    python benchmarks/naive_agent.py --config worker.toml [--pure-codec] [--no-insert] [--loglevel info]
+    python benchmarks/naive_agent.py --config worker.toml [--pure-codec] [--no-insert] [--stats-file F]
+        [--loglevel info]
+
+``--stats-file F``: every ``STATS_INTERVAL_S`` the agent rewrites F with its counters as JSON:
+``scans`` handled, ``inserts`` done and ``insert_s``, the wall seconds they took in the insert
+thread, and ``redis_calls``, the Redis commands it sent by name (``bench_worker.py`` reads the
+insert cost per row from it, and tells the agent's own commands from other clients' on a
+shared server).
 
 Redis keys: ``<redis.prefix>naive:dd:<tenant>:<kind>:<batch>:<serial>`` (no expiry), so the
 keys of a run are deleted with the prefix.
@@ -36,7 +43,9 @@ import asyncio
 import csv
 import json
 import logging
+import os
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -50,6 +59,8 @@ from scanstream.engine.verdicts import Verdict  # noqa: E402
 log = logging.getLogger("scanstream.naive")
 
 REQUIRED = ("scan_id", "ts", "code", "user_id")
+#: Seconds between two writes of ``--stats-file``.
+STATS_INTERVAL_S = 0.5
 KIND_BY_NAME = {"unit": 0, "case": 1, "": 0}
 
 
@@ -76,8 +87,16 @@ def scan_row(ev: dict, scan_id: str, verdict: str, kind: int, tenant: int, batch
             "replay": 0, "reason": reason, "raw": raw}
 
 
-def build_naive_app(config: Config, *, pure_codec: bool = False, insert: bool = True):
-    """The Faust app and its one agent; returns (app, counters)."""
+def write_stats(path: Path, counters: dict) -> None:
+    """``counters`` as JSON into ``path``, replaced whole so that a reader never sees half a file."""
+    part = path.with_name(path.name + ".part")
+    part.write_text(json.dumps(counters))
+    os.replace(part, path)
+
+
+def build_naive_app(config: Config, *, pure_codec: bool = False, insert: bool = True,
+                    stats_file: Path | None = None):
+    """The Faust app and its one agent; returns (app, counters).  ``stats_file``: see the module's docstring."""
     import faust
     import redis.asyncio as aioredis
 
@@ -101,7 +120,8 @@ def build_naive_app(config: Config, *, pure_codec: bool = False, insert: bool = 
         sink.ensure_schema()
     columns = [name for name, _, _ in outcomes.SCAN_COLUMNS]
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="naive-insert")
-    counters = {"scans": 0}
+    counters = {"scans": 0, "inserts": 0, "insert_s": 0.0}
+    redis_calls = {"set": 0, "get": 0}
 
     app = faust.App(
         k.group,
@@ -121,7 +141,11 @@ def build_naive_app(config: Config, *, pure_codec: bool = False, insert: bool = 
     state: dict = {}
 
     def insert(row: dict) -> None:
+        started = time.perf_counter()
         sink.write_scans({c: [row[c]] for c in columns})
+        # one insert thread: the counters have a single writer
+        counters["insert_s"] += time.perf_counter() - started
+        counters["inserts"] += 1
 
     @app.agent(scans, name="scanstream.naive")
     async def process(stream):
@@ -165,7 +189,9 @@ def build_naive_app(config: Config, *, pure_codec: bool = False, insert: bool = 
                 # 4 dedup: SET NX per code
                 if verdict == Verdict.OK:
                     key = f"{prefix}dd:{d.tenant}:{d.kind}:{d.batch}:{d.serial}"
+                    redis_calls["set"] += 1
                     if not await r.set(key, scan_id, nx=True):
+                        redis_calls["get"] += 1
                         first = await r.get(key)
                         if first is None or first.decode() != scan_id:  # else: a redelivery, same answer
                             verdict = Verdict.REPEAT
@@ -182,6 +208,11 @@ def build_naive_app(config: Config, *, pure_codec: bool = False, insert: bool = 
     async def report() -> None:
         log.info("naive agent: %d scans", counters["scans"])
 
+    if stats_file is not None:
+        @app.timer(interval=STATS_INTERVAL_S)
+        async def stats() -> None:
+            write_stats(stats_file, {**counters, "redis_calls": redis_calls})
+
     return app, counters
 
 
@@ -190,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", type=Path, required=True, help="the worker's configuration file")
     p.add_argument("--pure-codec", action="store_true", help="verify with the pure-Python reference codec")
     p.add_argument("--no-insert", action="store_true", help="leave out the per-event ClickHouse insert")
+    p.add_argument("--stats-file", type=Path, default=None,
+                   help=f"rewrite this file with the agent's counters (JSON) every {STATS_INTERVAL_S:g} s")
     p.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
     args = p.parse_args(argv)
     try:  # as `scanstream worker` does
@@ -204,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = load(args.config)
     ensure_topics(config.kafka)
-    app, _ = build_naive_app(config, pure_codec=args.pure_codec, insert=not args.no_insert)
+    app, _ = build_naive_app(config, pure_codec=args.pure_codec, insert=not args.no_insert,
+                             stats_file=args.stats_file)
     sys.argv = sys.argv[:1]  # faust.Worker must not read this script's options
     faust.Worker(app, loglevel=args.loglevel.upper(), quiet=True).execute_from_commandline()
     return 0

@@ -3,7 +3,9 @@
 ``staged_phase`` (envelopes, single-scan messages: the publisher alone, then the worker on
 the same scans), ``latency_phase`` (paced ``publish`` with sampled ``await_result``) and
 ``naive_phase`` (``naive_agent.py`` started, warmed up and timed) share a ``Ctx`` with the
-run's broker, Redis, results counter and worker.  Separate from the entry point because this
+run's broker, Redis, results counter and worker.  A phase given a ``CostProbe`` (or, for the
+naive agent, ``costs=True``) also takes the readings of ``worker_bench_costs`` at the same
+instants as its CPU meter, and walks the Redis keys before and after, outside its clock.  Separate from the entry point because this
 is the measurement itself: what the clock covers and how an incomplete phase is accounted
 for, apart from the setup before it and the report after it.
 """
@@ -21,12 +23,16 @@ from typing import Any
 
 import numpy as np
 
+from worker_bench_costs import (SETTLE_BOUND_S, SETTLE_QUIET_S, CostProbe, PhaseCost, messages_totals,
+                                naive_redis_calls, naive_store)
 from worker_bench_load import build_messages, read_back, replay
 from worker_bench_results import ResultCounter
 from worker_bench_services import PARTITIONS, CpuMeter, Proc
 
 #: How long the latency phase waits for a worker that fell behind.
 DRAIN_BOUND_S = 15.0
+#: What the naive agent puts after the run's prefix in its key names (``naive_agent.py``).
+NAIVE_KEY_PREFIX = "naive:"
 
 
 # ---------------------------------------------------------------------------- run context
@@ -88,8 +94,11 @@ class Throughput:
 
 
 def staged_phase(ctx: Ctx, events: list[dict], single: bool, per_envelope: int, timeout_s: float,
-                 label: str) -> Throughput:
-    """Time the publisher alone (to a staging topic), then the worker on the same scans (replayed)."""
+                 label: str, probe: CostProbe | None = None) -> Throughput:
+    """Time the publisher alone (to a staging topic), then the worker on the same scans (replayed).
+
+    With a ``probe``, its readings are taken around the worker's part and ``probe.result`` is
+    the phase's cost (the scans topic's bytes are those of the messages replayed)."""
     from scanstream.streams.publisher import ScanPublisher
 
     staging = f"bench-staging-{uuid.uuid4().hex[:8]}"
@@ -116,15 +125,23 @@ def staged_phase(ctx: Ctx, events: list[dict], single: bool, per_envelope: int, 
         pass
     target = ctx.counter.count + n
     mix = ctx.counter.verdict_snapshot()
+    if probe is not None:
+        probe.begin()  # untimed: a walk of the keys and an idle window of the Redis server
     before = ctx.cpu.read()
     t0, send_s = replay(ctx.broker.bootstrap, ctx.names["scans"], messages)
     t_end = ctx.counter.wait_for(target, timeout_s, ctx.worker.alive)
     cpu = CpuMeter.spent(before, ctx.cpu.read())
+    if probe is not None:
+        probe.end()
     done = n if t_end is not None else n - (target - ctx.counter.count)
     seconds = (t_end if t_end is not None else time.perf_counter()) - t0
     if t_end is None:
         why = "the worker exited" if not ctx.worker.alive() else worker_trouble(ctx.worker)
         ctx.note(f"{label}: only {done:,} of {n:,} outcomes after {seconds:.0f} s; {why}")
+    if probe is not None:
+        # a worker cut short goes on answering: the walk's keys go with the scans answered by then
+        walked = n if t_end is not None else n - (target - ctx.counter.count)
+        probe.finish(done, walked, seconds, cpu.get("agent"), messages_totals(messages), t_end is not None)
     return Throughput(n, len(messages), seconds, publisher_s, send_s, cpu, done, sealed, t_end is not None,
                       dict(ctx.counter.verdict_snapshot() - mix))
 
@@ -248,13 +265,20 @@ def latency_phase(ctx: Ctx, events: list[dict], rate: float, every: int, waiters
 
 
 def naive_phase(ctx: Ctx, config: Path, names: dict[str, str], events: list[dict], warmup: list[dict],
-                limit_s: float, label: str, extra: tuple[str, ...] = ()) -> tuple[Throughput, float]:
-    """Start naive_agent.py, warm it up, then time ``events`` through it (single-scan messages)."""
+                limit_s: float, label: str, extra: tuple[str, ...] = (),
+                costs: bool = False) -> tuple[Throughput, float, PhaseCost | None]:
+    """Start naive_agent.py, warm it up, then time ``events`` through it (single-scan messages).
+
+    With ``costs``, the readings of ``worker_bench_costs`` are taken around the timed part (the
+    agent's keys under the run's prefix + ``NAIVE_KEY_PREFIX``, its inserts from its stats
+    file); a phase cut short by its bound stops the agent before the second walk of the keys."""
     from scanstream.streams.publisher import ScanPublisher
 
-    log_name = re.sub(r"\W+", "-", label) + ".log"
+    stem = re.sub(r"\W+", "-", label)
+    stats_path = ctx.tmp / f"{stem}.stats.json"
     agent = Proc(label, [sys.executable, str(Path(__file__).with_name("naive_agent.py")), "--config", str(config),
-                         "--loglevel", "info", *extra], ctx.tmp / log_name, ctx.tmp)
+                         "--loglevel", "info", *extra, *(("--stats-file", str(stats_path)) if costs else ())],
+                 ctx.tmp / f"{stem}.log", ctx.tmp)
     ctx.procs.append(agent)
     counter = ResultCounter(ctx.broker.bootstrap, names["results"], PARTITIONS)
     counter.start()
@@ -269,6 +293,15 @@ def naive_phase(ctx: Ctx, config: Path, names: dict[str, str], events: list[dict
                                    f"{agent.log_tail()}")
             startup = time.perf_counter() - t
             meter = CpuMeter(agent.pid, ctx.broker.pid, ctx.redis)
+            probe = None
+            if costs:
+                probe = CostProbe(label, ctx.redis, ctx.prefix + NAIVE_KEY_PREFIX,
+                                  outputs=lambda: {"results": counter.topic_totals()},
+                                  settle=lambda: counter.settle(SETTLE_QUIET_S, SETTLE_BOUND_S),
+                                  store=lambda: naive_store(stats_path),
+                                  own_calls=lambda: naive_redis_calls(stats_path))
+                probe.begin()  # untimed: a walk of the keys and an idle window of the Redis server
+            base = counter.count
             mix = counter.verdict_snapshot()
             before = meter.read()
             t0 = time.perf_counter()
@@ -280,13 +313,24 @@ def naive_phase(ctx: Ctx, config: Path, names: dict[str, str], events: list[dict
         t_end = counter.wait_for(target, max(limit_s - (time.perf_counter() - t0), 0.1), agent.alive,
                                  stall_s=limit_s)
         cpu = CpuMeter.spent(before, meter.read())
+        if probe is not None:
+            probe.end()
         done = len(events) if t_end is not None else counter.count - len(warmup)
         seconds = (t_end if t_end is not None else time.perf_counter()) - t0
         if t_end is None:
             ctx.note(f"{label}: {done:,} of {len(events):,} scans within the {limit_s:.0f} s bound; "
                      f"its rate is scans done / {seconds:.1f} s")
+        cost = None
+        if probe is not None:
+            if t_end is None:  # cut short: no more keys once it stopped and its last outcomes are in
+                agent.stop()
+                counter.settle(SETTLE_QUIET_S, SETTLE_BOUND_S)
+            # the scans topic: the messages of the scans it answered (all of them sent, same sizes)
+            sent = build_messages(events[:max(done, 0)], PARTITIONS, None)
+            cost = probe.finish(done, counter.count - base, seconds, cpu.get("agent"), messages_totals(sent),
+                                t_end is not None)
         return Throughput(len(events), len(events), seconds, publisher_s, None, cpu, done, len(events),
-                          t_end is not None, dict(counter.verdict_snapshot() - mix)), startup
+                          t_end is not None, dict(counter.verdict_snapshot() - mix)), startup, cost
     finally:
         counter.stop()
         agent.stop()

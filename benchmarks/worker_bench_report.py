@@ -1,4 +1,5 @@
-"""The report of ``bench_worker.py``: what ran where, the figures of the phases, the goals, the JSON.
+"""The report of ``bench_worker.py``: what ran where, the figures of the phases, the per-scan
+cost of the worker beside the naive agent's (``worker_bench_costs``), the goals, the JSON.
 
 Everything here formats what the phases measured; nothing starts a service or reads a
 clock except the run's total time.  Separate so that the entry point reads as the order of
@@ -12,16 +13,22 @@ import json
 import os
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from worker_bench_costs import BACKGROUND_WINDOW_S, PhaseCost
 from worker_bench_phases import Latency, Throughput
 from worker_bench_services import PARTITIONS
 
 GOAL_RATE = 100_000
 GOAL_RATIO = 10.0
 GOAL_P99_MS = 300.0
+#: Redis commands listed by their server µs per scan, and the width of the cost table's columns.
+TOP_COMMANDS = 6
+COST_LABEL_W, COST_VALUE_W, COST_RATIO_W = 62, 22, 14
+#: How the output topics are named in the cost table.
+OUTPUT_LABELS = {"results": "scan-results", "awards": "awards", "alerts": "alerts", "dlq": "dead letters"}
 
 
 def code_version(root: Path) -> dict[str, Any]:
@@ -77,6 +84,106 @@ class Figures:
     startup_s: float
     worker_stop_s: float
     retries: int
+    #: per-scan cost of a phase (``envelopes``, ``naive``), when it was measured
+    costs: dict[str, PhaseCost] = field(default_factory=dict)
+
+
+#: Below this, a ratio reads better as a fraction: "1/1,400" rather than "0.000714x".
+FRACTION_BELOW = 0.1
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    """``a / b`` as "2.5x", or "1/1,400" when small; "-" when either is missing or b is 0."""
+    if a is None or not b:
+        return "-"
+    r = a / b
+    return f"1/{1 / r:,.0f}" if 0 < r < FRACTION_BELOW else f"{r:.3g}x"
+
+
+def print_costs(costs: dict[str, PhaseCost]) -> None:
+    """The per-scan cost of each measured phase side by side, with worker / naive where both exist."""
+    phases = [(key, costs[key]) for key in ("envelopes", "naive") if key in costs]
+    if not phases:
+        return
+    figures = {key: cost.per_scan() for key, cost in phases}
+    both = len(phases) == 2
+    lw, vw, rw = COST_LABEL_W, COST_VALUE_W, COST_RATIO_W
+
+    def line(label: str, cells: list[str], ratio: str = "") -> None:
+        print(f"{label:<{lw}}" + "".join(f"{c:>{vw}}" for c in cells) + (f"{ratio:>{rw}}" if both else ""))
+
+    def row(label: str, get, spec: str, ratio: bool = True) -> None:
+        values = [get(figures[key]) for key, _ in phases]
+        line(label, [fmt(v, spec) for v in values], _ratio(*values) if both and ratio else "")
+
+    def triple(label: str, get) -> None:
+        """A row of three figures per phase (e.g. calls / µs, keys / entries / bytes)."""
+        cells = []
+        for key, _ in phases:
+            got = get(figures[key])
+            cells.append(" / ".join(fmt(v, spec) for v, spec in got) if got else "-")
+        line(label, cells)
+
+    print("per-scan cost (each figure divided by the scans of its phase; worker / naive is a ratio, not a goal)")
+    line("", [cost.label for _, cost in phases], "worker/naive" if both else "")
+    line("scans: in the timed section / when the keys were walked",
+         [f"{cost.scans:,} / {cost.walked_scans:,}" for _, cost in phases])
+    row("process CPU, us/scan (user+sys, every thread, /proc)", lambda f: f["process_cpu_us"], ",.1f")
+    row("Redis server CPU, us/scan (INFO cpu: the whole server)", lambda f: f["redis_cpu_us"], ",.1f")
+    row(f"  background: others + idle server, 2x{BACKGROUND_WINDOW_S:g} s idle windows", lambda f:
+        f["redis_cpu_us_background"], ",.1f", ratio=False)
+    row("  own commands' server us/scan (own calls x us/call)", lambda f: f["redis_own_usec_est"],
+        ",.2f", ratio=False)
+    row("Redis commands/scan (INFO commandstats, whole server)", lambda f: f["redis_commands"], ",.2f")
+    row("  background: others, from the idle windows", lambda f: f["redis_commands_background"], ",.2f",
+        ratio=False)
+    row("  own commands/scan (counted by the process itself)", lambda f: f["redis_own_commands"], ",.3f",
+        ratio=False)
+    row("  of which script calls (EVALSHA, EVAL, FCALL)", lambda f: f["redis_script_calls"], ",.3f", ratio=False)
+    top: list[str] = []
+    for _, cost in phases:
+        top += [name for name in cost.top_commands(TOP_COMMANDS) if name not in top]
+    for name in top:
+        triple(f"  {name}: calls/scan / server us/scan", lambda f, name=name: (
+            (f["redis_commands_by_usec"][name]["calls"], ".3f"), (f["redis_commands_by_usec"][name]["usec"], ",.2f"))
+            if name in f["redis_commands_by_usec"] else None)
+    row("Redis new keys/scan (walk of the run's prefix)", lambda f: f["redis_new_keys"], ".3f")
+    row("Redis new entries/scan (fields, elements, members; string 1)", lambda f: f["redis_new_entries"], ".3f")
+    row("Redis bytes/scan (MEMORY USAGE SAMPLES 0, the run's keys)", lambda f: f["redis_bytes_memory_usage"], ",.0f")
+    row("  server used_memory change/scan (every client)", lambda f: f["redis_used_memory_delta_bytes"], ",.0f",
+        ratio=False)
+    families = sorted({name for key, _ in phases for name in figures[key]["redis_by_family"]})
+    for name in families:
+        triple(f"  family {name}: keys / entries / bytes per scan", lambda f, name=name: (
+            (f["redis_by_family"][name]["keys"], ".3f"), (f["redis_by_family"][name]["entries"], ".3f"),
+            (f["redis_by_family"][name]["bytes"], ",.0f")) if name in f["redis_by_family"] else None)
+    row("ClickHouse insert, wall us/row (scan_events, awards, alerts)", lambda f: f["clickhouse_us_per_row"],
+        ",.2f")
+    row("  rows inserted per scan", lambda f: f["clickhouse_rows"], ".3f", ratio=False)
+    row("  wall us/scan", lambda f: f["clickhouse_us"], ",.2f")
+    row("broker bytes/scan, scans topic (key+value+headers)", lambda f: f["broker_in_bytes"], ",.1f")
+    row("  messages/scan", lambda f: f["broker_in_messages"], ".4f", ratio=False)
+    roles = [role for role in OUTPUT_LABELS if any(role in figures[key]["broker_out_bytes"] for key, _ in phases)]
+    for role in roles:
+        row(f"broker bytes/scan, {OUTPUT_LABELS[role]}", lambda f, role=role: f["broker_out_bytes"]
+            .get(role), ",.1f", ratio=role == "results")
+        row("  messages/scan", lambda f, role=role: f["broker_out_messages"].get(role), ".4f", ratio=False)
+    row("broker bytes/scan, every output topic", lambda f: sum(v for v in f["broker_out_bytes"].values()
+                                                                 if v is not None), ",.1f")
+    print("  Redis: the server's counters include every client of this shared server; the idle windows (our "
+          "process idle) estimate the background: other clients' work, which comes and goes, and the server's "
+          "own housekeeping, which weighs on a slow phase; own commands: only the naive agent "
+          "counts its own (the worker's are not counted apart). A command run by a script is "
+          "counted once itself and again inside the script's usec; usec is the server's wall time in a "
+          "command, which on a busy machine includes time its thread waited for a CPU, so it can exceed the "
+          "CPU figure. ClickHouse: worker = its store step "
+          "(three inserts per batch, materialized views included, wall time in its store thread); naive "
+          "agent = its one-row insert per scan, timed in its insert thread. Broker: record bytes as a "
+          "consumer reads them, not the broker's batch framing.")
+    for key, cost in phases:
+        for note in cost.notes:
+            print(f"  note ({cost.label}): {note}")
+        print(f"  {cost.label}: key walks took {cost.walk_s:.1f} s (outside the clock)")
 
 
 def report(args: argparse.Namespace, fig: Figures, notes: list[str], kafka: Any, gen_s: float,
@@ -126,6 +233,9 @@ def report(args: argparse.Namespace, fig: Figures, notes: list[str], kafka: Any,
         print(f"worker (envelopes) / naive agent: {ratio:.1f}x"
               + (f"; worker (one scan per message) / naive agent: {ratio_single:.1f}x" if ratio_single else ""))
     print()
+    if fig.costs:
+        print_costs(fig.costs)
+        print()
     if lat is not None:
         print(f"latency publish -> await_result: {lat.scans:,} scans published at {lat.achieved_rate:,.0f} "
               f"scans/s (target {lat.target_rate:,.0f}) for {lat.publish_s:.1f} s with ScanPublisher.publish; "
@@ -188,6 +298,7 @@ def report(args: argparse.Namespace, fig: Figures, notes: list[str], kafka: Any,
             "naive": {**naive.as_dict(), "startup_s": fig.naive_startup} if naive else None,
             "naive_without_insert": {**bare.as_dict(), "startup_s": fig.bare_startup} if bare else None,
             "ratios": {"envelopes_vs_naive": ratio, "single_vs_naive": ratio_single},
+            "costs": {key: cost.as_dict() for key, cost in fig.costs.items()},
             "notes": notes,
             "goals": goals,
         }

@@ -12,6 +12,8 @@ import threading
 import time
 from collections import Counter
 
+from worker_bench_costs import TopicTotals, record_size
+
 #: A verdict in an outcome's JSON (the worker's orjson and the naive agent's json spell it differently).
 VERDICT_RE = re.compile(rb'"verdict":\s*"(\w+)"')
 
@@ -32,6 +34,7 @@ class ResultCounter(threading.Thread):
         self.cond = threading.Condition()
         self.count = 0
         self.verdicts: Counter[str] = Counter()
+        self.totals = TopicTotals()  # records and their bytes read (worker_bench_costs: bytes per scan)
         self.history: list[tuple[float, int]] = []  # (perf_counter, count) after each poll that brought scans
         self._halt = threading.Event()
         self.error: BaseException | None = None
@@ -44,14 +47,17 @@ class ResultCounter(threading.Thread):
                 if not got:
                     continue
                 t = time.perf_counter()
-                n = 0
+                n = size = records_read = 0
                 seen: Counter[str] = Counter()
                 for records in got.values():
+                    records_read += len(records)
                     for r in records:
                         n += len(envelope.decode(r.value, envelope.header(r.headers)))
                         seen.update(VERDICT_RE.findall(r.value))
+                        size += record_size(r.key, r.value, r.headers)
                 with self.cond:
                     self.verdicts.update(seen)
+                    self.totals = self.totals + TopicTotals(records_read, size)
                     self.count += n
                     self.history.append((t, self.count))
                     self.cond.notify_all()
@@ -80,6 +86,24 @@ class ResultCounter(threading.Thread):
                     return None
                 self.cond.wait(min(deadline - now, 0.5))
             return next(t for t, c in self.history if c >= target)
+
+    def topic_totals(self) -> TopicTotals:
+        """Records of the results topic read so far, and their bytes."""
+        with self.cond:
+            return self.totals
+
+    def settle(self, quiet_s: float, bound_s: float) -> bool:
+        """Wait until no scan arrived for ``quiet_s``; False when ``bound_s`` passed first (an agent
+        that was stopped with scans in hand may still send a few outcomes)."""
+        deadline = time.perf_counter() + bound_s
+        while time.perf_counter() < deadline:
+            with self.cond:
+                last = self.history[-1][0] if self.history else 0.0
+            quiet = time.perf_counter() - last
+            if quiet >= quiet_s:
+                return True
+            time.sleep(quiet_s - quiet)
+        return False
 
     def verdict_snapshot(self) -> Counter[str]:
         with self.cond:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import resource
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -49,6 +50,14 @@ def write_config(base: Path, path: Path, registry: Path, chdb: Path, bootstrap: 
 
 
 # ---------------------------------------------------------------------------- processes and CPU
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now (for the worker's metrics), chosen by the kernel."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
 
 
 class Proc:
