@@ -661,3 +661,23 @@ def test_metrics_host_that_is_no_host_is_rejected_naming_key_and_value(tmp_path,
 def test_metrics_host_must_be_a_string(tmp_path):
     err = str(load_error(write(tmp_path, MINIMAL_TENANT + "[kafka]\nmetrics_host = 127\n")))
     assert err == "kafka.metrics_host: expected a string, got 127", err
+
+
+@pytest.mark.parametrize("cid", ["c{x}", "}c", "{}"])
+def test_a_campaign_id_with_a_brace_is_rejected(cid, tmp_path):
+    """A campaign id is the hash tag of its Redis keys: a brace would split them over slots."""
+    text = NONSENSE_BASE.substitute(NONSENSE_DEFAULTS).replace('id = "c"', f'id = "{cid}"')
+    message = str(load_error(write(tmp_path, text)))
+    assert message.startswith("campaigns[0].id:") and repr(cid) in message and "{ or }" in message
+
+
+def test_a_cluster_prefix_with_a_brace_is_rejected_and_a_plain_one_loads(tmp_path):
+    base = NONSENSE_BASE.substitute(NONSENSE_DEFAULTS)
+    assert "[redis]" in base
+    tagged = base.replace("[redis]", '[redis]\ncluster = true\nprefix = "ss{1}:"')
+    message = str(load_error(write(tmp_path, tagged)))
+    assert message.startswith("redis.prefix:") and "Redis Cluster" in message
+    on_one_server = base.replace("[redis]", '[redis]\nprefix = "ss{1}:"')  # one slot for all: allowed there
+    assert config_mod.load(write(tmp_path, on_one_server, "one.toml")).redis.prefix == "ss{1}:"
+    plain = base.replace("[redis]", "[redis]\ncluster = true")
+    assert config_mod.load(write(tmp_path, plain, "plain.toml")).redis.cluster is True

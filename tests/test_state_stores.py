@@ -29,11 +29,12 @@ from hypothesis import strategies as st
 from scanstream.engine import config as config_mod
 from scanstream.engine.pipeline import Pipeline
 from scanstream.engine.registry import Registry, batch_key
-from scanstream.engine.state import CampaignLimits, DrawStatus, GrantRequests, StateStore, pack_answer
+from scanstream.engine.state import CampaignLimits, DrawStatus, GrantRequests, StateStore, pack_answer, state_keys
 from scanstream.engine.state.embedded import EmbeddedStateStore
 from scanstream.engine.state.memory import MemoryStateStore
 from scanstream.engine.state import StateUnavailable
-from scanstream.engine.state.redis import CHUNK_BYTES, CHUNK_SERIALS, RedisStateStore, chunk_shards, good_length
+from scanstream.engine.state.redis import (CHUNK_BYTES, CHUNK_SERIALS, OldStateLayout, RedisStateStore, chunk_shards,
+                                          good_length)
 from scanstream.engine.state.redis_lua import SHARD_TAGS, shard_key
 from redis.crc import key_slot
 from scanstream.engine.verdicts import Verdict
@@ -855,6 +856,52 @@ def test_keys_have_their_ttls(redis_store):
     assert 100 <= r.ttl(bucket) <= 200
 
 
+def write_layout_1(client, prefix: bytes, ttl_s: int) -> None:
+    """State as the store of layout 1 wrote it, before the shard tags: a dedup chunk of CODE with
+    serial 5 taken, the answer of scan_id ``old-1`` in its bucket hash, a window counter at 3 and
+    an outbound binding."""
+    client.setbit(prefix + b"dd:{7:0:42:0}", 5, 1)
+    bucket = int(state_keys(["old-1"])[0]) % len(SHARD_TAGS)
+    client.hset(prefix + b"rp:%d:%d" % (int(time.time()) // ttl_s, bucket), "old-1", pack_answer(OK, 1, "u"))
+    client.set(prefix + b"w:" + (1).to_bytes(8, "little"), 3, ex=600)
+    history = (5).to_bytes(8, "little", signed=True) + len(b"D-1").to_bytes(2, "little") + b"D-1"
+    client.hset(prefix + b"bn:%d" % (9 % len(SHARD_TAGS)), (9).to_bytes(8, "little"), history)
+
+
+def test_state_of_layout_1_is_refused_until_migrated_then_answers_as_before(redis_url):
+    """An upgrade must not start on state it cannot read (every code would be new again and pay
+    again where no prize record guards it): the store refuses, ``state migrate`` renames the keys,
+    and the old bits, answers, windows and bindings answer as before."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    prefix = f"scanstream-test:{uuid.uuid4().hex[:12]}:"
+    try:
+        write_layout_1(client, prefix.encode(), 3600)
+        with pytest.raises(OldStateLayout, match="scanstream state migrate"):
+            RedisStateStore(client, prefix=prefix, replay_ttl_s=3600)
+        renamed = RedisStateStore(client, prefix=prefix, replay_ttl_s=3600, check_layout=False).migrate_layout()
+        assert renamed == {"dd": 1, "rp": 1, "w": 1, "bn": 1}
+        store = RedisStateStore(client, prefix=prefix, replay_ttl_s=3600)
+        assert claim(store, [("old-1", CODE, 5, OK), ("new-1", CODE, 5, OK), ("new-2", CODE, 6, OK)]) == \
+            [(OK, True), (REPEAT, False), (OK, False)]
+        assert store.count(u64([1]), 600).tolist() == [4]
+        bound = store.bind(u64([9]), np.array([6], np.int64), np.array([""], dtype=object))
+        assert bound.dealer.tolist() == ["D-1"] and bound.ts.tolist() == [5]
+        assert RedisStateStore(client, prefix=prefix, check_layout=False).migrate_layout() == {}  # idempotent
+    finally:
+        keys = list(client.scan_iter(match=f"{prefix}*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+def test_a_prefix_marked_with_an_unknown_layout_is_refused(redis_store):
+    redis_store.client.set(redis_store.prefix + "layout", 99)
+    with pytest.raises(OldStateLayout, match="layout 99"):
+        RedisStateStore(redis_store.client, prefix=redis_store.prefix)
+
+
 def test_flush_prefix_deletes_only_its_own_keys(redis_url):
     with open_store("redis", redis_url) as outer:
         glob_prefix = outer.prefix + "x[*]?:"
@@ -863,8 +910,8 @@ def test_flush_prefix_deletes_only_its_own_keys(redis_url):
         inner.count(u64([1]), 60)
         decoy = outer.prefix + "x*Z:decoy"  # matched by the prefix read as a glob pattern
         outer.client.set(decoy, 1)
-        assert inner.flush_prefix() == 4  # identities, outcomes, a dedup chunk, a counter
-        assert set(outer.client.scan_iter(match=outer.prefix + "*")) == {decoy.encode()}
+        assert inner.flush_prefix() == 5  # its layout mark, identities, outcomes, a dedup chunk, a counter
+        assert set(outer.client.scan_iter(match=outer.prefix + "*")) == {decoy.encode(), (outer.prefix + "layout").encode()}
 
 
 def test_unreachable_server_is_state_unavailable_without_the_password():

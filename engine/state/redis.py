@@ -115,6 +115,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from scanstream.engine.audiences import AUDIENCE_SHIFT
+from scanstream.engine.errors import PermanentError
 from scanstream.engine.state import (BINDING_HISTORY, Bindings, CampaignLimits, CampaignState, Claims, DrawStatus, Grants,
                                      GrantRequests, History, StateStore, StateUnavailable, fold, resolve_bindings,
                                      resolve_guides, state_keys, unit_identities)
@@ -146,6 +147,17 @@ _CLAIMED = 0x40
 assert max(Verdict) < _CLAIMED and _CLAIMED + SHARDS <= _REPLAY_FLAG
 _SHARD_BITS = np.uint64(SHARDS - 1)
 _FOLD_SHARD = np.uint64(0x9E3779B97F4A7C15)  # 2**64 / golden ratio: a multiplier that mixes every bit into the top ones
+#: The key layout this store writes, kept in ``P layout``.  Layout 1 (no shard tags, one claim
+#: script) was written before the Redis Cluster support; ``migrate_layout`` renames its keys.
+LAYOUT = 2
+#: Keys of layout 1 that ``migrate_layout`` renames, by family: ``dd`` and ``ddN`` bitmaps named
+#: ``{T:K:B:C}``, bucket hashes ``rp:<epoch>:<bucket>`` and ``wd:<epoch>:<bucket>``, ``bn:<bucket>``,
+#: ``gd:<bucket>``, and the 8-byte window keys ``w:<key>`` and spilled sets ``ws:<key>``.
+_OLD_DEDUP = re.compile(rb"dd(\d*):\{(\d+):(\d+):(\d+):(\d+)\}")
+_OLD_EPOCH_BUCKET = re.compile(rb"(rp|wd):(\d+):(\d+)")
+_OLD_BUCKET = re.compile(rb"(bn|gd):(\d+)")
+_WINDOW_KEY_BYTES = 8
+FAMILY = re.compile(rb"[a-z]+")  # a key's family: its first word after the prefix
 _GRANT_DTYPE = np.dtype([("status", "u1"), ("tier", "<i2"), ("cents", "<i8"), ("commission", "<i8")])  # 19 bytes
 
 
@@ -208,11 +220,16 @@ def _keys_blob(keys: np.ndarray) -> bytes:
     return np.ascontiguousarray(keys, np.uint64).astype("<u8").tobytes()
 
 
+class OldStateLayout(PermanentError):
+    """The server holds this prefix's state in an older key layout (permanent until migrated):
+    this version would not find its bitmaps and answers, so every code would be new again."""
+
+
 class RedisStateStore(StateStore):
     """State in a Redis server, shared by every worker that uses the same prefix."""
 
     def __init__(self, client: redis_py.Redis, *, prefix: str = "scanstream:",
-                 replay_ttl_s: int = DEFAULT_REPLAY_TTL_S, url: str | None = None):
+                 replay_ttl_s: int = DEFAULT_REPLAY_TTL_S, url: str | None = None, check_layout: bool = True):
         if replay_ttl_s < 1:
             raise ValueError(f"replay_ttl_s: expected at least 1 second, got {replay_ttl_s}")
         self.client = client
@@ -238,10 +255,78 @@ class RedisStateStore(StateStore):
         scripts = (self._ids, self._codes, self._define, self._grant, self._count, self._distinct, self._mark_once,
                    self._block, self._blocked, self._bind, self._guides)
         self._call(lambda: [client.script_load(s.script) for s in scripts])
+        if check_layout:
+            self._check_layout()
+
+    def _check_layout(self) -> None:
+        """Refuse state of an older layout (``OldStateLayout``); mark a prefix without any as ``LAYOUT``.
+
+        The marker makes the check one GET after the first start.  A prefix without it is looked
+        through once (SCAN) for keys of layout 1: a single server's only, since layout 1 never ran
+        on a Cluster."""
+        key = self._pre + b"layout"
+        found = self._call(lambda: self.client.get(key))
+        if found is None:
+            old = [] if self.cluster else self._old_keys(limit=1)
+            if old:
+                raise OldStateLayout(
+                    f"Redis state store {self.url}: prefix {self.prefix!r} holds state of layout 1 (e.g. "
+                    f"{old[0]!r}); stop every worker and run `scanstream state migrate` once, then start "
+                    f"this version (expected layout {LAYOUT})")
+            self._call(lambda: self.client.set(key, LAYOUT, nx=True))
+        elif int(found) != LAYOUT:
+            raise OldStateLayout(f"Redis state store {self.url}: prefix {self.prefix!r} holds state of layout "
+                                 f"{int(found)}; this version reads layout {LAYOUT}")
+
+    def _old_keys(self, limit: int | None = None) -> list[bytes]:
+        """Keys of layout 1 under the prefix (up to ``limit``)."""
+        out = []
+        for key in self.keys():
+            if self._renamed(key) is not None:
+                out.append(key)
+                if limit is not None and len(out) >= limit:
+                    break
+        return out
+
+    def _renamed(self, key: bytes) -> bytes | None:
+        """The layout-2 name of a layout-1 ``key``, or None for a key of no older layout."""
+        rest = key[len(self._pre):]
+        m = _OLD_DEDUP.fullmatch(rest)
+        if m:
+            audience, tenant, kind, batch, chunk = (int(g or 0) for g in m.groups())
+            code = (audience << AUDIENCE_SHIFT) | (tenant << 26) | (kind << 24) | batch
+            return self.dedup_key(code, chunk)
+        m = _OLD_EPOCH_BUCKET.fullmatch(rest)
+        if m and int(m.group(3)) < SHARDS:
+            return shard_key(self._pre + m.group(1) + b":", int(m.group(3))) + b":" + m.group(2)
+        m = _OLD_BUCKET.fullmatch(rest)
+        if m and int(m.group(2)) < SHARDS:
+            return shard_key(self._pre + m.group(1) + b":", int(m.group(2)))
+        for family in (b"w:", b"ws:"):  # a raw 8-byte key: its shard is its first byte's low bits
+            if rest.startswith(family) and len(rest) == len(family) + _WINDOW_KEY_BYTES:
+                raw = rest[len(family):]
+                return shard_key(self._pre + family, raw[0] % SHARDS) + raw
+        return None
+
+    def migrate_layout(self) -> dict[str, int]:
+        """Rename this prefix's keys of layout 1 to layout 2 (RENAME keeps each key's TTL), then
+        mark the prefix; the number renamed per family.  Every worker on the prefix must be
+        stopped.  Reply lists are left to expire (minutes): they answer requests of the old
+        workers.  On a single server only: layout 1 never ran on a Cluster."""
+        if self.cluster:
+            raise OldStateLayout("migrate_layout: layout 1 never ran on a Redis Cluster; nothing to migrate")
+        renamed: dict[str, int] = {}
+        for key in self._old_keys():
+            new = self._renamed(key)
+            self._call(lambda: self.client.rename(key, new))
+            family = FAMILY.match(key[len(self._pre):]).group(0).decode()
+            renamed[family] = renamed.get(family, 0) + 1
+        self._call(lambda: self.client.set(self._pre + b"layout", LAYOUT))
+        return renamed
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "scanstream:", replay_ttl_s: int = DEFAULT_REPLAY_TTL_S,
-                 cluster: bool = False, **options: Any) -> RedisStateStore:
+                 cluster: bool = False, check_layout: bool = True, **options: Any) -> RedisStateStore:
         """A store on the server at ``url`` (``redis://``, ``rediss://`` or ``unix://``), or on the
         Redis Cluster that the node at ``url`` belongs to when ``cluster`` is set.
 
@@ -254,7 +339,7 @@ class RedisStateStore(StateStore):
             raise ValueError(f"Redis URL {redact_url(url)!r}: {exc}") from None
         except (redis_py.ConnectionError, redis_py.TimeoutError, redis_py.exceptions.ClusterError) as exc:
             raise StateUnavailable(f"Redis state store {redact_url(url)}: unavailable: {exc}") from exc
-        return cls(client, prefix=prefix, replay_ttl_s=replay_ttl_s, url=url)
+        return cls(client, prefix=prefix, replay_ttl_s=replay_ttl_s, url=url, check_layout=check_layout)
 
     def close(self) -> None:
         self.client.close()

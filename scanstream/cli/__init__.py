@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from importlib import metadata
 
 from scanstream.cli import (alerts, api, audit, codes, dashboard, demo, dev, exits, export, init, query, registry, run,
-                            segments, worker)
+                            segments, state, worker)
 from scanstream.cli.common import config_option
 from scanstream.cli.run import StateMismatch
 from scanstream.engine.config import ConfigError
@@ -21,7 +21,8 @@ from scanstream.sinks.exceptions import SinkError
 
 #: The distribution whose version ``--version`` prints.
 DISTRIBUTION = "scanstream"
-COMMANDS = (init, demo, dev, run, worker, api, query, export, dashboard, audit, registry, codes, segments, alerts)
+COMMANDS = (init, demo, dev, run, worker, api, query, export, dashboard, audit, registry, codes, segments, alerts,
+            state)
 
 
 def _version() -> str:
