@@ -1,9 +1,9 @@
-"""Scans per second through one ``scanstream worker`` on real services, and publish -> outcome latency.
+"""Scans per second through ``scanstream worker`` (one, or a group) on real services, and publish -> outcome latency.
 
 One run starts everything it needs and removes it afterwards:
 
 - a Tansu broker (``streams.broker.TansuBroker``, Kafka protocol, in memory) on a free port,
-  with uniquely named topics of 4 partitions;
+  with uniquely named topics of ``--partitions`` partitions (default 4);
 - the Redis at ``--redis-url`` (default ``$SCANSTREAM_REDIS_URL`` or
   redis://127.0.0.1:6379/0), used under a fresh random key prefix whose keys are deleted at
   the end (nothing else is touched);
@@ -11,11 +11,12 @@ One run starts everything it needs and removes it afterwards:
   a temporary folder, and a configuration made from ``--config`` (default
   ``config/local.toml``: its tenants, keys, campaign, diversion settings) with the registry,
   ``state.backend = "redis"`` under that prefix, chdb in the temporary folder, webhooks off,
-  the topics, ``kafka.partitions = 4`` and ``kafka.session_timeout_s = 4``; ``kafka.take``
-  and ``kafka.within_ms`` keep their defaults;
-- ``scanstream worker`` as a subprocess (as tests/test_worker.py starts it), then, for the
-  baseline, ``benchmarks/naive_agent.py`` as a subprocess on topics, a consumer group and a
-  chdb folder of its own.
+  the topics, ``kafka.partitions`` (``--partitions``) and ``kafka.session_timeout_s = 4``;
+  ``kafka.take`` (unless ``--take``) and ``kafka.within_ms`` keep their defaults;
+- ``--workers`` ``scanstream worker`` subprocesses (default 1; as tests/test_worker.py starts
+  one) in one consumer group, each with a chdb folder and a metrics port of its own, then,
+  for the baseline, ``benchmarks/naive_agent.py`` as a subprocess on topics, a consumer
+  group and a chdb folder of its own.
 
 Every scan's outcome comes out on the results topic; a consumer in this process, with
 ``assign()`` (no group, so no join delay) and a short fetch wait, counts the scans they carry
@@ -59,6 +60,24 @@ Phases, in this order:
    (no ClickHouse insert per scan), bounded at 20 s, for information: what the per-event
    insert costs the naive design.
 
+Several workers (``--workers N``): the warm-up waits until each of them logged its first
+assignment, so the group holds them all before any scan and no join rebalances it during a
+phase.  The figure that matters is then scans per CPU-second of the workers: the phase's scans
+over the CPU seconds of all the workers' processes.  On this shared 2-core machine the wall
+rate says how busy the machine was; the CPU figure says what the work cost, so N workers that
+scale keep it where one worker has it.  The report prints it with each worker's CPU seconds,
+the wall rate and the Redis server's CPU µs per scan (JSON: ``group``).  A 5 s idle window
+before the envelope phase measures what the workers spend with nothing to do (fetch loops,
+heartbeats, timers): a cost per second, which a phase slowed down by other processes pays
+longer, so the figure is also given net of it.  ``--kill-after S``
+kills the group's last worker (SIGKILL) S seconds into the envelope phase; the counter then
+counts each scan_id once (the survivors answer the killed worker's uncommitted batches again)
+and the report gives the group's rate before the kill, the stall (session timeout, then the
+rebalance) and the survivors' rate after it (``worker_bench_phases.recovery_figures``).  The
+later phases run on the survivors.  Under a backlog a worker takes ``kafka.take`` messages
+(1 000 by default: 125 000 scans in envelopes) and answers them together, so such a run needs
+a ``--take`` that makes batches much shorter than the phase.
+
 CPU seconds of the worker (or agent), the broker, the Redis server (``INFO cpu``: every
 client's work, other users' too) and this process are taken around each phase, so a figure
 can be read against the machine's cores: everything here shares them.  So is the time the
@@ -91,7 +110,8 @@ The fourth goal of the issue, Redis dedup memory <= 1.1 bits per issued code, is
 
 Run: ``python benchmarks/bench_worker.py [--scans N] [--envelope-scans N] [--single-scans N]
 [--naive-scans N] [--naive-seconds S] [--latency-rate R] [--latency-seconds S] [--skip-naive]
-[--keep] [--json FILE]`` (about 3 minutes with the defaults on an idle 2-CPU machine).
+[--workers N] [--partitions P] [--take N] [--kill-after S] [--keep] [--json FILE]`` (about 3 minutes with the
+defaults on an idle 2-CPU machine).
 
 The code: this file is the command line and the order of the run (inputs, services,
 phases, cleanup); ``worker_bench_load.py`` generates the scans and the publisher's messages,
@@ -119,13 +139,14 @@ sys.path.insert(1, str(Path(__file__).resolve().parent))
 sys.path.insert(2, str(ROOT / "tests"))  # config_writer: the worker configurations tests use too
 
 from machine import machine  # noqa: E402
-from worker_bench_costs import CostProbe, TopicTally, scrape_worker_store  # noqa: E402
+from worker_bench_costs import CostProbe, GroupStore, TopicTally  # noqa: E402
 from worker_bench_load import make_events  # noqa: E402
-from worker_bench_phases import Ctx, latency_phase, naive_phase, staged_phase  # noqa: E402
-from worker_bench_report import GOAL_RATE, Figures, code_version, fmt, print_machine, report  # noqa: E402
+from worker_bench_phases import Ctx, KillPlan, latency_phase, naive_phase, staged_phase  # noqa: E402
+from worker_bench_report import (GOAL_RATE, Figures, code_version, fmt, group_figures, print_machine,  # noqa: E402
+                                 report)
 from worker_bench_results import ResultCounter  # noqa: E402
-from worker_bench_services import (PARTITIONS, CpuMeter, Proc, delete_prefix, free_port, topic_names,  # noqa: E402
-                                    write_config)
+from worker_bench_services import (PARTITIONS, GroupCpuMeter, Proc, delete_prefix, free_port,  # noqa: E402
+                                    topic_names, wait_ready, write_config)
 
 REDIS_URL_ENV = "SCANSTREAM_REDIS_URL"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -135,6 +156,11 @@ DEFAULT_ENVELOPE_SCANS = 125
 BARE_BOUND_S = 20.0
 #: The worker's output topics other than the results, tallied for their bytes per scan.
 TALLIED_OUTPUTS = ("awards", "alerts", "dlq")
+#: How long the workers get to start and form their group, and then to answer the warm-up.
+STARTUP_BOUND_S = 180.0
+#: The idle window before the envelope phase in which the workers' CPU use with nothing to do
+#: (fetch loops, heartbeats, timers) is measured: a cost per second, not per scan.
+IDLE_WINDOW_S = 5.0
 SCANSTREAM = shutil.which("scanstream", path=str(Path(sys.executable).parent)) or shutil.which("scanstream")
 
 
@@ -161,12 +187,30 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--redis-url", default=os.environ.get(REDIS_URL_ENV, DEFAULT_REDIS_URL),
                    help=f"Redis (default ${REDIS_URL_ENV} or {DEFAULT_REDIS_URL})")
     p.add_argument("--skip-naive", action="store_true", help="do not run the naive agent")
+    p.add_argument("--workers", type=int, default=1,
+                   help="scanstream worker processes in one consumer group, each with its own chdb (default 1)")
+    p.add_argument("--partitions", type=int, default=PARTITIONS,
+                   help=f"partitions of every topic, at least --workers (default {PARTITIONS})")
+    p.add_argument("--take", type=int, metavar="N",
+                   help="kafka.take of the workers: messages per batch (default: the configuration's). Under a "
+                        "backlog a worker takes that many at once, and answers them together: a --kill-after run "
+                        "needs batches much shorter than the phase to show the rates before and after")
+    p.add_argument("--kill-after", type=float, metavar="S",
+                   help="kill one worker (SIGKILL) S seconds into the envelope phase and report the survivors' rate "
+                        "after the rebalance against the group's before (needs --workers 2 or more)")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, configs, chdb)")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON to FILE")
     args = p.parse_args(argv)
-    for name in ("scans", "single_scans", "naive_scans", "warmup", "sample_every", "waiters"):
+    for name in ("scans", "single_scans", "naive_scans", "warmup", "sample_every", "waiters", "workers",
+                 "partitions"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.take is not None and args.take < 1:
+        p.error("--take must be at least 1")
+    if args.workers > args.partitions:
+        p.error("--workers above --partitions: a worker without a partition would idle in the group")
+    if args.kill_after is not None and (args.kill_after <= 0 or args.workers < 2):
+        p.error("--kill-after needs a number of seconds above 0 and --workers 2 or more (one must survive)")
     if args.envelope_scans < 0:
         p.error("--envelope-scans must be 0 or more")
     if args.latency_rate <= 0 or args.latency_seconds <= 0 or args.naive_seconds <= 0:
@@ -200,7 +244,8 @@ def main(argv=None) -> int:
     prefix = f"scanstream-bench:{tag}:"
     tmp = Path(tempfile.mkdtemp(prefix="bench-worker-"))
     broker = TansuBroker(log_path=tmp / "tansu.log")
-    ctx = Ctx(tmp, broker, topic_names(tag), args.redis_url, prefix, client, base_config.kafka.linger_ms)
+    ctx = Ctx(tmp, broker, topic_names(tag), args.redis_url, prefix, client, base_config.kafka.linger_ms,
+              partitions=args.partitions)
     naive_names, bare_names = topic_names(f"naive-{tag}"), topic_names(f"naive-bare-{tag}")
     tally: TopicTally | None = None
     t_run = time.perf_counter()
@@ -222,19 +267,25 @@ def main(argv=None) -> int:
         gen_s = time.perf_counter() - t
 
         broker.start()
-        all_topics = {n: PARTITIONS for k, n in ctx.names.items() if k != "group"}
+        all_topics = {n: args.partitions for k, n in ctx.names.items() if k != "group"}
         for names in (naive_names, bare_names):
-            all_topics.update({n: PARTITIONS for k, n in names.items() if k != "group"})
+            all_topics.update({n: args.partitions for k, n in names.items() if k != "group"})
         broker.create_topics(all_topics)
-        cfg = write_config(args.config, tmp / "worker.toml", tmp / "registry", tmp / "chdb", broker.bootstrap,
-                           ctx.names, args.redis_url, prefix)
+        # one configuration per worker: the same group and topics, a chdb folder of its own (chdb
+        # opens a folder in one process only), as workers on separate machines would have
+        members = ["worker"] if args.workers == 1 else [f"worker-{i + 1}" for i in range(args.workers)]
+        take = {"take": args.take} if args.take is not None else {}
+        cfgs = [write_config(args.config, tmp / f"{name}.toml", tmp / "registry", tmp / f"chdb-{name}",
+                             broker.bootstrap, ctx.names, args.redis_url, prefix, partitions=args.partitions, **take)
+                for name in members]
         cfg_naive = write_config(args.config, tmp / "naive.toml", tmp / "registry", tmp / "chdb-naive",
-                                 broker.bootstrap, naive_names, args.redis_url, prefix)
+                                 broker.bootstrap, naive_names, args.redis_url, prefix, partitions=args.partitions)
         cfg_bare = write_config(args.config, tmp / "naive-bare.toml", tmp / "registry", tmp / "chdb-naive",
-                                broker.bootstrap, bare_names, args.redis_url, prefix)
-        k = load(cfg).kafka
+                                broker.bootstrap, bare_names, args.redis_url, prefix, partitions=args.partitions)
+        k = load(cfgs[0]).kafka
         print(f"setup:   Tansu {broker.bootstrap} (pid {broker.pid}), Redis {args.redis_url} under a fresh prefix, "
-              f"chdb in a temp folder; topics of {PARTITIONS} partitions; worker: take {k.take} messages or "
+              f"chdb in a temp folder; topics of {args.partitions} partitions; {len(members)} worker"
+              f"{'s in one group' if len(members) > 1 else ''}: take {k.take} messages or "
               f"{k.within_ms} ms, session timeout {k.session_timeout_s:g} s; publisher linger {k.linger_ms} ms")
         print(f"input:   synthetic world of `scanstream demo` ({args.config.name}); streams generated in "
               f"{gen_s:.1f} s: "
@@ -243,33 +294,56 @@ def main(argv=None) -> int:
         print(flush=True)
 
         # ------------------------------------------------------------ worker
-        ctx.counter = ResultCounter(broker.bootstrap, ctx.names["results"], PARTITIONS)
+        # with a kill, count each scan once: the survivors answer the killed worker's uncommitted batches again
+        ctx.counter = ResultCounter(broker.bootstrap, ctx.names["results"], args.partitions,
+                                    distinct=args.kill_after is not None)
         ctx.counter.start()
-        tally = TopicTally(broker.bootstrap, {role: ctx.names[role] for role in TALLIED_OUTPUTS}, PARTITIONS)
+        tally = TopicTally(broker.bootstrap, {role: ctx.names[role] for role in TALLIED_OUTPUTS}, args.partitions)
         tally.start()
-        metrics_port = free_port()
-        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        metrics_urls = []
         t = time.perf_counter()
-        ctx.worker = Proc("worker", [SCANSTREAM, "--config", str(cfg), "worker", "--loglevel", "info",
-                                     "--metrics-port", str(metrics_port)], tmp / "worker.log", tmp)
-        ctx.procs.append(ctx.worker)
+        for name, cfg in zip(members, cfgs):
+            metrics_port = free_port()
+            metrics_urls.append(f"http://127.0.0.1:{metrics_port}/metrics")
+            ctx.group.append(Proc(name, [SCANSTREAM, "--config", str(cfg), "worker", "--loglevel", "info",
+                                         "--metrics-port", str(metrics_port)], tmp / f"{name}.log", tmp))
+            ctx.procs.append(ctx.group[-1])
+        ctx.worker = ctx.group[0]
+        # every worker in the group before any scan: a late joiner would rebalance it mid-phase
+        group_s = wait_ready(ctx.group, STARTUP_BOUND_S)
         with ScanPublisher(broker.bootstrap, topic=ctx.names["scans"], linger_ms=ctx.linger_ms) as pub:
             pub.publish_many(warm)
             pub.flush(30)
-        if ctx.counter.wait_for(len(warm), 180, ctx.worker.alive, stall_s=180) is None:
-            raise RuntimeError(f"the worker gave no outcome for its warm-up scans within 180 s; its log ends "
-                               f"with:\n{ctx.worker.log_tail()}")
+        if ctx.counter.wait_for(ctx.expected(warm), STARTUP_BOUND_S, ctx.alive, stall_s=STARTUP_BOUND_S) is None:
+            raise RuntimeError(f"no outcome for the warm-up scans within {STARTUP_BOUND_S:.0f} s; "
+                               f"{ctx.trouble()}")
         startup_s = time.perf_counter() - t
-        print(f"[0] worker started and warmed up: {len(warm):,} scans answered {startup_s:.1f} s after its start",
-              flush=True)
-        ctx.cpu = CpuMeter(ctx.worker.pid, broker.pid, client)
+        print(f"[0] {'worker' if len(members) == 1 else f'{len(members)} workers'} started and warmed up: "
+              f"{len(warm):,} scans answered {startup_s:.1f} s after the start"
+              + (f" (the group formed in {group_s:.1f} s)" if len(members) > 1 else ""), flush=True)
+        ctx.cpu = GroupCpuMeter([proc.pid for proc in ctx.group], broker.pid, client)
+        idle_start = ctx.cpu.read()
+        time.sleep(IDLE_WINDOW_S)
+        idle_cpu_s = GroupCpuMeter.spent(idle_start, ctx.cpu.read()).get("agent")
+        store = GroupStore(metrics_urls)
+        kill = None
+        if args.kill_after is not None:
+            victim, victim_url = ctx.group[-1], metrics_urls[-1]
+
+            def before_kill() -> None:  # the last readings of a process about to vanish
+                ctx.cpu.freeze(victim.pid)
+                store.refresh(victim_url)
+
+            kill = KillPlan(args.kill_after, victim, before_kill)
 
         costs = {}
         probe = CostProbe("worker, envelopes", client, prefix,
                           outputs=lambda: {"results": ctx.counter.topic_totals(), **tally.totals()},
-                          settle=tally.settle, store=lambda: scrape_worker_store(metrics_url))
-        envelopes = staged_phase(ctx, env_events, False, args.envelope_scans, 300, "envelope phase", probe)
+                          settle=tally.settle, store=store)
+        envelopes = staged_phase(ctx, env_events, False, args.envelope_scans, 300, "envelope phase", probe, kill)
         costs["envelopes"] = probe.result
+        group = group_figures(envelopes, len(members), args.partitions, probe.result,
+                              idle_cpu_s / IDLE_WINDOW_S if idle_cpu_s is not None else None)
         print(f"[1] envelopes: {envelopes.done:,} of {envelopes.scans:,} scans in {envelopes.messages:,} messages "
               f"({envelopes.scans / envelopes.messages:,.0f} scans each) in {fmt(envelopes.seconds, '.2f')} s; "
               f"publisher alone {envelopes.publisher_s:.2f} s", flush=True)
@@ -284,9 +358,9 @@ def main(argv=None) -> int:
                   f"outcomes awaited", flush=True)
         else:
             ctx.note("the worker is stuck: later worker phases skipped")
-        worker_log = ctx.worker.log_path.read_text(errors="replace")
-        retries = len(re.findall(r"retrying in", worker_log))
-        worker_stop_s = ctx.worker.stop()
+        retries = sum(len(re.findall(r"retrying in", proc.log_path.read_text(errors="replace")))
+                      for proc in ctx.group)
+        worker_stop_s = max(proc.stop() for proc in ctx.group)
 
         naive = naive_startup = bare = bare_startup = None
         if not args.skip_naive:
@@ -302,7 +376,8 @@ def main(argv=None) -> int:
 
         # ------------------------------------------------------------ report
         report(args, Figures(envelopes, single, lat, naive, naive_startup, bare, bare_startup, startup_s,
-                             worker_stop_s, retries, {k2: c for k2, c in costs.items() if c is not None}),
+                             worker_stop_s, retries, {k2: c for k2, c in costs.items() if c is not None},
+                             group),
                ctx.notes, k, gen_s, info, version, t_run)
         return 0
     finally:

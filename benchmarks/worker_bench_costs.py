@@ -354,6 +354,31 @@ def scrape_worker_store(url: str) -> StoreTotals:
     return StoreTotals(seconds, int(calls), int(rows))
 
 
+class GroupStore:
+    """``scrape_worker_store`` summed over the workers of a group, each from its own ``/metrics``.
+
+    A worker that is gone (killed on purpose) keeps its last reading: ``refresh`` it just before
+    the kill, so that its inserts up to then are counted."""
+
+    def __init__(self, urls: list[str]):
+        self.urls = list(urls)
+        self._last: dict[str, StoreTotals] = {}
+
+    def refresh(self, url: str) -> StoreTotals:
+        try:
+            self._last[url] = scrape_worker_store(url)
+        except OSError:  # the worker is gone: its last reading stands
+            pass
+        return self._last.get(url, StoreTotals())
+
+    def __call__(self) -> StoreTotals:
+        seconds = calls = rows = 0
+        for url in self.urls:
+            got = self.refresh(url)
+            seconds, calls, rows = seconds + got.seconds, calls + got.calls, rows + got.scan_rows
+        return StoreTotals(seconds, calls, rows)
+
+
 def read_naive_stats(path: Path, wait_s: float = STATS_WAIT_S) -> dict[str, Any]:
     """The naive agent's ``--stats-file`` (waiting up to ``wait_s`` for its first write)."""
     deadline = time.perf_counter() + wait_s

@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,9 @@ from worker_bench_services import PARTITIONS, CpuMeter, Proc
 DRAIN_BOUND_S = 15.0
 #: What the naive agent puts after the run's prefix in its key names (``naive_agent.py``).
 NAIVE_KEY_PREFIX = "naive:"
+#: The survivors' rate after a kill is measured until this share of the phase is answered: at the
+#: very end some partitions are drained while others are not, which says nothing about the group.
+RECOVERY_TAIL_SHARE = 0.9
 
 
 # ---------------------------------------------------------------------------- run context
@@ -50,14 +54,33 @@ class Ctx:
     redis: Any
     linger_ms: int
     counter: ResultCounter | None = None
-    worker: Proc | None = None
+    worker: Proc | None = None  # the first worker of the group
     cpu: CpuMeter | None = None
     procs: list[Proc] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    partitions: int = PARTITIONS
+    group: list[Proc] = field(default_factory=list)  # every worker in the consumer group
+    killed: Proc | None = None  # the worker killed on purpose (``--kill-after``)
 
     def note(self, text: str) -> None:
         self.notes.append(text)
         print(f"  note: {text}", flush=True)
+
+    def alive(self) -> bool:
+        """Every worker of the group runs, but the one killed on purpose."""
+        return all(proc.alive() for proc in self.group or [self.worker] if proc is not self.killed)
+
+    def trouble(self) -> str:
+        """Why a phase stalled: which worker exited, else each worker's last warning."""
+        procs = [proc for proc in self.group or [self.worker] if proc is not self.killed]
+        gone = [proc.name for proc in procs if not proc.alive()]
+        if gone:
+            return f"{', '.join(gone)} exited"
+        return "; ".join(f"{proc.name}: {worker_trouble(proc)}" for proc in procs)
+
+    def expected(self, events: list[dict]) -> int:
+        """The count the results counter reaches once every scan of ``events`` is answered."""
+        return len({ev["scan_id"] for ev in events}) if self.counter.distinct else len(events)
 
 
 # ---------------------------------------------------------------------------- throughput
@@ -75,6 +98,7 @@ class Throughput:
     publisher_messages: int = 0
     complete: bool = True
     verdicts: dict = field(default_factory=dict)
+    recovery: dict = field(default_factory=dict)  # around a worker killed in the phase (``KillPlan``)
 
     @property
     def rate(self) -> float | None:
@@ -90,19 +114,84 @@ class Throughput:
                 "seconds": self.seconds, "scans_per_s": self.rate,
                 "publisher_s": self.publisher_s, "publisher_scans_per_s": self.publisher_rate,
                 "publisher_messages": self.publisher_messages, "replay_send_s": self.send_s, "cpu_s": self.cpu,
-                "verdicts": self.verdicts}
+                "verdicts": self.verdicts, "recovery": self.recovery or None}
+
+
+@dataclass
+class KillPlan:
+    """One worker of the group killed with SIGKILL ``after_s`` seconds into a phase.
+
+    ``before_kill`` runs just before the signal (the CPU meter and the metrics readings of a
+    process that is about to vanish); ``at`` is the perf_counter time of the kill once done."""
+
+    after_s: float
+    victim: Proc
+    before_kill: Callable[[], None] = lambda: None
+    at: float | None = None
+
+    def arm(self, ctx: Ctx) -> threading.Timer:
+        def fire() -> None:
+            self.before_kill()
+            ctx.killed = self.victim  # first, so that no wait takes the kill for a crash
+            self.victim.kill9()
+            self.at = time.perf_counter()
+            print(f"  killed {self.victim.name} (SIGKILL) {self.after_s:g} s into the phase", flush=True)
+
+        timer = threading.Timer(self.after_s, fire)
+        timer.daemon = True
+        timer.start()
+        return timer
+
+
+def _count_at(history: list[tuple[float, int]], t: float, base: int) -> int:
+    """The results counter's count at ``t`` (its last reading by then), ``base`` before any."""
+    return max((n for at, n in history if at <= t), default=base)
+
+
+def recovery_figures(history: list[tuple[float, int]], base: int, target: int, t0: float, t_kill: float,
+                     t_end: float) -> dict:
+    """The group's rate before a kill and the survivors' after it, from the counter's history.
+
+    before: scans/s from the phase's start until the kill (its first answers come in bursts, so a
+    clock started at the first one would overstate it); stall: the longest time without a new
+    answer after the kill (the killed worker's session timing out, then the rebalance: no member
+    works while the partitions move); after: scans/s from the end of that stall until
+    ``RECOVERY_TAIL_SHARE`` of the phase was answered."""
+    mine = [(at, n) for at, n in history if t0 <= at <= t_end and n > base]
+    if not mine or t_kill <= t0:
+        return {}
+    at_kill = _count_at(history, t_kill, base)
+    before = (at_kill - base) / (t_kill - t0)
+    last_t, last_n, stall = t_kill, at_kill, (t_kill, t_kill)
+    for at, n in mine:
+        if at > t_kill and n > last_n:
+            if at - last_t > stall[1] - stall[0]:
+                stall = (last_t, at)
+            last_t, last_n = at, n
+    tail = base + RECOVERY_TAIL_SHARE * (target - base)
+    t_tail = next((at for at, n in mine if n >= tail), t_end)
+    if t_tail <= stall[1]:  # the backlog was nearly done when the survivors resumed: use what is left
+        t_tail = t_end
+    after_n = _count_at(history, t_tail, base) - _count_at(history, stall[1], base)
+    after = after_n / (t_tail - stall[1]) if t_tail > stall[1] else None
+    return {"kill_after_s": t_kill - t0, "answered_at_kill": at_kill - base, "before_scans_per_s": before,
+            "stall_s": stall[1] - stall[0], "stall_from_kill_s": stall[0] - t_kill,
+            "after_scans_per_s": after, "after_window_s": t_tail - stall[1],
+            "after_vs_before": after / before if after is not None and before else None}
 
 
 def staged_phase(ctx: Ctx, events: list[dict], single: bool, per_envelope: int, timeout_s: float,
-                 label: str, probe: CostProbe | None = None) -> Throughput:
+                 label: str, probe: CostProbe | None = None, kill: KillPlan | None = None) -> Throughput:
     """Time the publisher alone (to a staging topic), then the worker on the same scans (replayed).
 
     With a ``probe``, its readings are taken around the worker's part and ``probe.result`` is
-    the phase's cost (the scans topic's bytes are those of the messages replayed)."""
+    the phase's cost (the scans topic's bytes are those of the messages replayed).  With a
+    ``kill``, one worker of the group is killed that many seconds after the replay began, and
+    the phase's ``recovery`` holds the rates before and after (``recovery_figures``)."""
     from scanstream.streams.publisher import ScanPublisher
 
     staging = f"bench-staging-{uuid.uuid4().hex[:8]}"
-    ctx.broker.create_topics({staging: PARTITIONS})
+    ctx.broker.create_topics({staging: ctx.partitions})
     n = len(events)
     with ScanPublisher(ctx.broker.bootstrap, topic=staging, linger_ms=ctx.linger_ms) as pub:
         t = time.perf_counter()
@@ -116,34 +205,46 @@ def staged_phase(ctx: Ctx, events: list[dict], single: bool, per_envelope: int, 
         publisher_s = time.perf_counter() - t
         sealed = pub.stats()["singles" if single else "envelopes"]
     if single or per_envelope > 0:
-        messages = build_messages(events, PARTITIONS, None if single else per_envelope)
+        messages = build_messages(events, ctx.partitions, None if single else per_envelope)
     else:  # the publisher's own envelopes, as it sealed them at full speed
-        messages = read_back(ctx.broker.bootstrap, staging, PARTITIONS, n)
+        messages = read_back(ctx.broker.bootstrap, staging, ctx.partitions, n)
     try:  # free the broker's memory; Tansu may not support it
         ctx.broker.admin().delete_topics([staging])
     except Exception:  # noqa: BLE001
         pass
-    target = ctx.counter.count + n
+    expected = ctx.expected(events)
+    base = ctx.counter.count
+    target = base + expected
     mix = ctx.counter.verdict_snapshot()
     if probe is not None:
         probe.begin()  # untimed: a walk of the keys and an idle window of the Redis server
     before = ctx.cpu.read()
+    timer = kill.arm(ctx) if kill is not None else None
     t0, send_s = replay(ctx.broker.bootstrap, ctx.names["scans"], messages)
-    t_end = ctx.counter.wait_for(target, timeout_s, ctx.worker.alive)
+    t_end = ctx.counter.wait_for(target, timeout_s, ctx.alive)
+    if timer is not None:
+        timer.cancel()  # a phase done before its kill kills nobody
+        timer.join()
     cpu = CpuMeter.spent(before, ctx.cpu.read())
     if probe is not None:
         probe.end()
-    done = n if t_end is not None else n - (target - ctx.counter.count)
+    done = expected if t_end is not None else expected - (target - ctx.counter.count)
     seconds = (t_end if t_end is not None else time.perf_counter()) - t0
     if t_end is None:
-        why = "the worker exited" if not ctx.worker.alive() else worker_trouble(ctx.worker)
-        ctx.note(f"{label}: only {done:,} of {n:,} outcomes after {seconds:.0f} s; {why}")
+        ctx.note(f"{label}: only {done:,} of {expected:,} outcomes after {seconds:.0f} s; {ctx.trouble()}")
+    recovery = {}
+    if kill is not None and kill.at is not None:
+        with ctx.counter.cond:
+            history = list(ctx.counter.history)
+        recovery = recovery_figures(history, base, target, t0, kill.at, t0 + seconds)
+    elif kill is not None:
+        ctx.note(f"{label}: done in {seconds:.1f} s, before the kill planned at {kill.after_s:g} s")
     if probe is not None:
         # a worker cut short goes on answering: the walk's keys go with the scans answered by then
-        walked = n if t_end is not None else n - (target - ctx.counter.count)
+        walked = expected if t_end is not None else expected - (target - ctx.counter.count)
         probe.finish(done, walked, seconds, cpu.get("agent"), messages_totals(messages), t_end is not None)
-    return Throughput(n, len(messages), seconds, publisher_s, send_s, cpu, done, sealed, t_end is not None,
-                      dict(ctx.counter.verdict_snapshot() - mix))
+    return Throughput(expected, len(messages), seconds, publisher_s, send_s, cpu, done, sealed, t_end is not None,
+                      dict(ctx.counter.verdict_snapshot() - mix), recovery)
 
 
 def worker_trouble(proc: Proc) -> str:
@@ -226,7 +327,7 @@ def latency_phase(ctx: Ctx, events: list[dict], rate: float, every: int, waiters
     for th in threads:
         th.start()
     n = len(events)
-    target = ctx.counter.count + n
+    target = ctx.counter.count + ctx.expected(events)
     before = ctx.cpu.read()
     try:
         t0 = time.perf_counter()
@@ -244,7 +345,7 @@ def latency_phase(ctx: Ctx, events: list[dict], rate: float, every: int, waiters
         publish_s = time.perf_counter() - t0
         pub.flush(30)
         # a worker that fell behind need not catch up: it is stopped after this phase
-        t_end = ctx.counter.wait_for(target, DRAIN_BOUND_S, ctx.worker.alive, stall_s=DRAIN_BOUND_S)
+        t_end = ctx.counter.wait_for(target, DRAIN_BOUND_S, ctx.alive, stall_s=DRAIN_BOUND_S)
         drain = t_end - (t0 + publish_s) if t_end is not None else None
         if t_end is None:
             ctx.note(f"latency phase: {target - ctx.counter.count:,} outcomes still missing {DRAIN_BOUND_S:.0f} s "
@@ -280,7 +381,7 @@ def naive_phase(ctx: Ctx, config: Path, names: dict[str, str], events: list[dict
                          "--loglevel", "info", *extra, *(("--stats-file", str(stats_path)) if costs else ())],
                  ctx.tmp / f"{stem}.log", ctx.tmp)
     ctx.procs.append(agent)
-    counter = ResultCounter(ctx.broker.bootstrap, names["results"], PARTITIONS)
+    counter = ResultCounter(ctx.broker.bootstrap, names["results"], ctx.partitions)
     counter.start()
     try:
         with ScanPublisher(ctx.broker.bootstrap, topic=names["scans"], linger_ms=ctx.linger_ms) as pub:
@@ -326,7 +427,7 @@ def naive_phase(ctx: Ctx, config: Path, names: dict[str, str], events: list[dict
                 agent.stop()
                 counter.settle(SETTLE_QUIET_S, SETTLE_BOUND_S)
             # the scans topic: the messages of the scans it answered (all of them sent, same sizes)
-            sent = build_messages(events[:max(done, 0)], PARTITIONS, None)
+            sent = build_messages(events[:max(done, 0)], ctx.partitions, None)
             cost = probe.finish(done, counter.count - base, seconds, cpu.get("agent"), messages_totals(sent),
                                 t_end is not None)
         return Throughput(len(events), len(events), seconds, publisher_s, None, cpu, done, len(events),

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from worker_bench_costs import BACKGROUND_WINDOW_S, PhaseCost
+from worker_bench_costs import BACKGROUND_WINDOW_S, US_PER_S, PhaseCost
 from worker_bench_phases import Latency, Throughput
 from worker_bench_services import PARTITIONS
 
@@ -86,6 +86,8 @@ class Figures:
     retries: int
     #: per-scan cost of a phase (``envelopes``, ``naive``), when it was measured
     costs: dict[str, PhaseCost] = field(default_factory=dict)
+    #: the envelope phase per worker of the group (``group_figures``)
+    group: dict[str, Any] = field(default_factory=dict)
 
 
 #: Below this, a ratio reads better as a fraction: "1/1,400" rather than "0.000714x".
@@ -98,6 +100,58 @@ def _ratio(a: float | None, b: float | None) -> str:
         return "-"
     r = a / b
     return f"1/{1 / r:,.0f}" if 0 < r < FRACTION_BELOW else f"{r:.3g}x"
+
+
+def group_figures(t: Throughput, workers: int, partitions: int, cost: PhaseCost | None,
+                  idle_cpu_per_s: float | None = None) -> dict[str, Any]:
+    """The envelope phase read per worker: scans per CPU-second of the workers (every scan over
+    the CPU seconds of all the group's processes: on a shared 2-core machine wall time says how
+    busy the machine was, CPU time what the work cost), each worker's CPU seconds, the wall
+    rate and the Redis server's CPU per scan; with a kill, the rates before and after it.
+
+    ``idle_cpu_per_s``: CPU seconds per second the group spends with nothing to do (fetch
+    loops, heartbeats, timers).  That cost grows with the phase's wall time, not its scans, so
+    a phase slowed down by other processes shows fewer scans per CPU-second; the ``net``
+    figure takes it out (an estimate: a busy worker polls less than an idle one)."""
+    total = t.cpu.get("agent")
+    idle = idle_cpu_per_s * t.seconds if idle_cpu_per_s is not None and t.seconds else None
+    net = total - idle if total is not None and idle is not None else None
+    each = [t.cpu.get(f"worker {i + 1}") for i in range(workers)] if workers > 1 else [total]
+    redis = t.cpu.get("redis server")
+    per_scan = cost.per_scan() if cost is not None else {}
+    return {"workers": workers, "partitions": partitions, "scans": t.done, "seconds": t.seconds,
+            "complete": t.complete, "wall_scans_per_s": t.rate, "worker_cpu_s": each, "worker_cpu_s_total": total,
+            "scans_per_worker_cpu_s": t.done / total if total else None,
+            "idle_cpu_s_per_s": idle_cpu_per_s, "idle_cpu_s_in_phase": idle,
+            "scans_per_worker_cpu_s_net_of_idle": t.done / net if net and net > 0 else None,
+            "worker_cores_busy": total / t.seconds if total is not None and t.seconds else None,
+            "redis_cpu_us_per_scan": redis * US_PER_S / t.done if redis is not None and t.done else None,
+            "redis_cpu_us_per_scan_background": per_scan.get("redis_cpu_us_background"),
+            "recovery": t.recovery or None}
+
+
+def print_group(g: dict[str, Any]) -> None:
+    """The per-worker figures of the envelope phase (``group_figures``)."""
+    print(f"group: {g['workers']} worker{'s' if g['workers'] > 1 else ''} on {g['partitions']} partitions, "
+          f"envelopes: {g['scans']:,} scans in {fmt(g['seconds'], '.1f')} s = {fmt(g['wall_scans_per_s'])} scans/s "
+          f"(wall)" + ("" if g["complete"] else " (incomplete)"))
+    print(f"  scans per worker CPU-second: {fmt(g['scans_per_worker_cpu_s'])} ({g['scans']:,} scans / "
+          f"{fmt(g['worker_cpu_s_total'], '.1f')} CPU s of the workers: "
+          + ", ".join(fmt(c, ".1f") for c in g["worker_cpu_s"]) + f"; {fmt(g['worker_cores_busy'], '.2f')} "
+          f"cores busy in all)")
+    if g.get("idle_cpu_s_per_s") is not None:
+        print(f"  idle, the group uses {g['idle_cpu_s_per_s'] * 1000:.0f} ms of CPU per second (fetch loops, "
+              f"heartbeats, timers): {fmt(g['idle_cpu_s_in_phase'], '.1f')} CPU s over the phase; net of it "
+              f"{fmt(g['scans_per_worker_cpu_s_net_of_idle'])} scans per worker CPU-second")
+    print(f"  Redis server CPU: {fmt(g['redis_cpu_us_per_scan'], '.1f')} us/scan (INFO cpu, every client; "
+          f"the idle windows' background {fmt(g['redis_cpu_us_per_scan_background'], '.1f')} us/scan)")
+    r = g.get("recovery")
+    if r:
+        print(f"  kill: one worker SIGKILLed {r['kill_after_s']:.1f} s into the phase at {r['answered_at_kill']:,} "
+              f"answered; the group {fmt(r['before_scans_per_s'])} scans/s before it; longest stall "
+              f"{r['stall_s']:.1f} s, from {r['stall_from_kill_s']:.1f} s after the kill (session timeout, "
+              f"rebalance); the survivors {fmt(r['after_scans_per_s'])} scans/s after it over "
+              f"{r['after_window_s']:.1f} s ({fmt(r['after_vs_before'], '.2f')}x)")
 
 
 def print_costs(costs: dict[str, PhaseCost]) -> None:
@@ -233,6 +287,9 @@ def report(args: argparse.Namespace, fig: Figures, notes: list[str], kafka: Any,
         print(f"worker (envelopes) / naive agent: {ratio:.1f}x"
               + (f"; worker (one scan per message) / naive agent: {ratio_single:.1f}x" if ratio_single else ""))
     print()
+    if fig.group:
+        print_group(fig.group)
+        print()
     if fig.costs:
         print_costs(fig.costs)
         print()
@@ -288,7 +345,8 @@ def report(args: argparse.Namespace, fig: Figures, notes: list[str], kafka: Any,
             "machine": info,
             "code": version,
             "params": {k2: (str(v) if isinstance(v, Path) else v) for k2, v in vars(args).items()},
-            "setup": {"partitions": PARTITIONS, "take": kafka.take, "within_ms": kafka.within_ms,
+            "setup": {"partitions": getattr(args, "partitions", PARTITIONS), "take": kafka.take,
+                      "within_ms": kafka.within_ms, "workers": getattr(args, "workers", 1),
                       "session_timeout_s": kafka.session_timeout_s, "linger_ms": kafka.linger_ms,
                       "generate_s": gen_s, "load_average_end": list(end_load) if end_load else None},
             "worker": {"startup_s": fig.startup_s, "stop_s": fig.worker_stop_s, "retry_warnings": fig.retries},
@@ -299,6 +357,7 @@ def report(args: argparse.Namespace, fig: Figures, notes: list[str], kafka: Any,
             "naive_without_insert": {**bare.as_dict(), "startup_s": fig.bare_startup} if bare else None,
             "ratios": {"envelopes_vs_naive": ratio, "single_vs_naive": ratio_single},
             "costs": {key: cost.as_dict() for key, cost in fig.costs.items()},
+            "group": fig.group or None,
             "notes": notes,
             "goals": goals,
         }

@@ -16,12 +16,18 @@ from worker_bench_costs import TopicTotals, record_size
 
 #: A verdict in an outcome's JSON (the worker's orjson and the naive agent's json spell it differently).
 VERDICT_RE = re.compile(rb'"verdict":\s*"(\w+)"')
+#: A scan_id in an outcome's JSON (the publisher's scan_ids carry no quote or backslash).
+SCAN_ID_RE = re.compile(rb'"scan_id":\s*"([^"\\]*)"')
 
 
 class ResultCounter(threading.Thread):
-    """Counts the scans carried by the messages of the results topic; notes when each count was reached."""
+    """Counts the scans carried by the messages of the results topic; notes when each count was reached.
 
-    def __init__(self, bootstrap: str, topic: str, partitions: int):
+    ``distinct``: count each scan_id once.  A worker killed with batches processed but not
+    committed has them delivered again to the survivors, which answer those scans a second
+    time; counting them again would end a phase before every scan was answered."""
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int, distinct: bool = False):
         super().__init__(name="results-counter", daemon=True)
         from kafka import KafkaConsumer, TopicPartition
 
@@ -36,6 +42,9 @@ class ResultCounter(threading.Thread):
         self.verdicts: Counter[str] = Counter()
         self.totals = TopicTotals()  # records and their bytes read (worker_bench_costs: bytes per scan)
         self.history: list[tuple[float, int]] = []  # (perf_counter, count) after each poll that brought scans
+        self.distinct = distinct
+        self.seen: set[bytes] = set()  # the scan_ids answered, when distinct
+        self.answers = 0  # every answer read, repeated ones included
         self._halt = threading.Event()
         self.error: BaseException | None = None
 
@@ -47,18 +56,28 @@ class ResultCounter(threading.Thread):
                 if not got:
                     continue
                 t = time.perf_counter()
-                n = size = records_read = 0
+                n = size = records_read = answers = 0
                 seen: Counter[str] = Counter()
                 for records in got.values():
                     records_read += len(records)
                     for r in records:
-                        n += len(envelope.decode(r.value, envelope.header(r.headers)))
+                        if self.distinct:
+                            ids = SCAN_ID_RE.findall(r.value)
+                            answers += len(ids)
+                            fresh = set(ids) - self.seen
+                            self.seen |= fresh
+                            n += len(fresh)
+                        else:
+                            n += len(envelope.decode(r.value, envelope.header(r.headers)))
                         seen.update(VERDICT_RE.findall(r.value))
                         size += record_size(r.key, r.value, r.headers)
+                if not self.distinct:
+                    answers = n
                 with self.cond:
                     self.verdicts.update(seen)
                     self.totals = self.totals + TopicTotals(records_read, size)
                     self.count += n
+                    self.answers += answers
                     self.history.append((t, self.count))
                     self.cond.notify_all()
         except BaseException as exc:  # noqa: BLE001 - reported by wait_for

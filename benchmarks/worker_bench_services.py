@@ -20,6 +20,10 @@ from pathlib import Path
 
 PARTITIONS = 4
 SESSION_TIMEOUT_S = 4
+#: What Faust logs once a worker has its first assignment in its group (``wait_ready``).
+READY_LINE = "[^Worker]: Ready"
+#: How often ``wait_ready`` reads the workers' logs.
+READY_POLL_S = 0.2
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -96,6 +100,38 @@ class Proc:
         self._log.close()
         return time.perf_counter() - t
 
+    def kill9(self) -> None:
+        """SIGKILL, as a crashed machine would stop it: no shutdown, nothing flushed or committed."""
+        if self.p.poll() is None:
+            self.p.kill()
+            self.p.wait(30)
+
+
+def wait_ready(procs: list[Proc], timeout_s: float) -> float:
+    """Seconds until every worker of a group logged its first assignment (``READY_LINE``).
+
+    A member's first assignment completes only once every member has joined that generation,
+    so from then on the group holds them all, each with its partitions, and no join rebalances
+    it during a phase."""
+    t = time.perf_counter()
+    deadline = t + timeout_s
+    while True:
+        waiting = []
+        for proc in procs:
+            if not proc.alive():
+                raise RuntimeError(f"{proc.name} exited before the group formed; its log ends with:\n"
+                                   f"{proc.log_tail()}")
+            try:
+                if READY_LINE not in proc.log_path.read_text(errors="replace"):
+                    waiting.append(proc.name)
+            except OSError:
+                waiting.append(proc.name)
+        if not waiting:
+            return time.perf_counter() - t
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"{', '.join(waiting)} had no assignment in the group within {timeout_s:.0f} s")
+        time.sleep(READY_POLL_S)
+
 
 def proc_cpu_s(pid: int | None) -> float | None:
     """User + system CPU seconds of a process (all its threads), from /proc."""
@@ -154,6 +190,40 @@ class CpuMeter:
     @staticmethod
     def spent(a: dict, b: dict) -> dict[str, float | None]:
         return {k: (b[k] - a[k]) if a.get(k) is not None and b.get(k) is not None else None for k in a}
+
+
+class GroupCpuMeter(CpuMeter):
+    """A ``CpuMeter`` over the workers of one group: ``agent`` is their sum (and the time their
+    threads waited for a CPU, summed too), ``worker i`` each one's when there are several.
+
+    A worker about to be killed is ``freeze``-d first: its reading stays the last one taken,
+    since a reaped process has no ``/proc`` entry left to read."""
+
+    def __init__(self, worker_pids: list[int], broker_pid: int | None, redis_client):
+        super().__init__(worker_pids[0] if worker_pids else None, broker_pid, redis_client)
+        self.worker_pids = list(worker_pids)
+        self._frozen: dict[int, tuple[float | None, float | None]] = {}
+
+    def freeze(self, pid: int) -> None:
+        self._frozen[pid] = (proc_cpu_s(pid), runq_wait_s(pid))
+
+    def _worker(self, pid: int) -> tuple[float | None, float | None]:
+        return self._frozen[pid] if pid in self._frozen else (proc_cpu_s(pid), runq_wait_s(pid))
+
+    def read(self) -> dict[str, float | None]:
+        each = [self._worker(pid) for pid in self.worker_pids]
+        cpu = [c for c, _ in each]
+        waited = [w for _, w in each]
+        out: dict[str, float | None] = {
+            "agent": sum(cpu) if None not in cpu else None,
+            "broker": proc_cpu_s(self.pids["broker"]),
+            "agent waiting for a CPU": sum(waited) if None not in waited else None,
+            "redis server": redis_cpu_s(self.redis),  # every client's work, not only this run's
+            "bench": self_cpu_s(),
+        }
+        if len(each) > 1:
+            out.update({f"worker {i + 1}": c for i, c in enumerate(cpu)})
+        return out
 
 
 # ---------------------------------------------------------------------------- Redis keys

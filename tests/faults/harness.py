@@ -1,6 +1,6 @@
 """Fault scenarios: real ``scanstream worker`` processes on a real broker, Redis and chdb, broken on purpose.
 
-This module holds the scenarios each fault test runs (crash, race, outage, tenants, fuzz), their
+This module holds the scenarios each fault test runs (crash, race, workers, outage, tenants, fuzz), their
 ``Scale`` and the command line (``python -m tests.faults.harness``, which runs them all and then
 the secrets search).  The parts they are made of are modules of their own:
 
@@ -21,15 +21,17 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import os
 import random
 import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
@@ -54,6 +56,7 @@ class Scale:
     crash_scans: int
     crash_kills: int
     race_scans: int
+    workers_scans: int  # the stream of the several-workers scenario, published at once
     outage_scans: int
     redis_outage_s: float
     clickhouse_outage_s: float
@@ -63,12 +66,12 @@ class Scale:
     wait_s: float  # upper bound of any wait for a stream to be processed
 
 
-SHORT = Scale("short", crash_scans=30_000, crash_kills=5, race_scans=12_000, outage_scans=10_000,
-              redis_outage_s=8, clickhouse_outage_s=8, fuzz_batches=130, fuzz_worker_events=1_500,
-              tenant_scans=2_000, wait_s=240)
-LONG = Scale("long", crash_scans=200_000, crash_kills=20, race_scans=100_000, outage_scans=60_000,
-             redis_outage_s=30, clickhouse_outage_s=30, fuzz_batches=1_000, fuzz_worker_events=6_000,
-             tenant_scans=20_000, wait_s=1_800)
+SHORT = Scale("short", crash_scans=30_000, crash_kills=5, race_scans=12_000, workers_scans=20_000,
+              outage_scans=10_000, redis_outage_s=8, clickhouse_outage_s=8, fuzz_batches=130,
+              fuzz_worker_events=1_500, tenant_scans=2_000, wait_s=240)
+LONG = Scale("long", crash_scans=200_000, crash_kills=20, race_scans=100_000, workers_scans=150_000,
+             outage_scans=60_000, redis_outage_s=30, clickhouse_outage_s=30, fuzz_batches=1_000,
+             fuzz_worker_events=6_000, tenant_scans=20_000, wait_s=1_800)
 
 
 def scale(name: str | None = None) -> Scale:
@@ -195,6 +198,247 @@ def _wait_progress(sc: Scenario, cond: Callable[[], bool], timeout_s: float, wor
         if time.monotonic() > deadline:
             raise TimeoutError(f"no progress within {timeout_s} s ({sc.answered()} answered)")
         time.sleep(0.2)
+
+
+# --------------------------------------------------------------------------- several workers
+
+#: Partitions of the several-workers scenario: 2 or 4 workers get two or more each, and the
+#: survivors of a kill an uneven share, as a production group would.
+WORKERS_PARTITIONS = 8
+#: The kill comes once this share of the stream is answered: every worker is at work by then
+#: and most of the stream is still a backlog, so the survivors' own rate can be measured.
+WORKERS_KILL_SHARE = 0.35
+#: The survivors' rate after the rebalance is measured until this share is answered: at the
+#: very end some partitions are drained while others are not, which says nothing about the group.
+WORKERS_TAIL_SHARE = 0.9
+#: The rate before the kill is taken over at most this many seconds before it (the start-up ramp left out).
+RATE_WINDOW_S = 5.0
+#: How often the answered count is sampled for those rates.
+PROGRESS_SAMPLE_S = 0.2
+#: What Faust logs once a worker has its first assignment in the group, and how often the logs are read for it.
+READY_LINE = "[^Worker]: Ready"
+READY_POLL_S = 0.2
+#: What a worker logs when its first batch is done (streams/app.py): it had partitions and worked them.
+RUNNING_LINE = "worker running (after"
+
+
+class ProgressTimeline(threading.Thread):
+    """Samples ``Scenario.answered()`` every ``PROGRESS_SAMPLE_S`` as (monotonic time, answered) pairs,
+    so that the group's rate before a kill, the stall of the rebalance and the survivors' rate
+    after it can be read afterwards."""
+
+    def __init__(self, sc: Scenario):
+        super().__init__(name="faults-progress", daemon=True)
+        self.sc = sc
+        self.samples: list[tuple[float, int]] = []
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            self.samples.append((time.monotonic(), self.sc.answered()))
+            self._halt.wait(PROGRESS_SAMPLE_S)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(10)
+
+    def count_at(self, t: float) -> int:
+        """Answered at time ``t`` (the last sample taken by then)."""
+        return max((n for at, n in self.samples if at <= t), default=0)
+
+    def time_of(self, n: int) -> float | None:
+        """When ``n`` scans were answered (the first sample that saw it), None if never."""
+        return next((at for at, got in self.samples if got >= n), None)
+
+    def rate(self, t0: float, t1: float) -> float:
+        return (self.count_at(t1) - self.count_at(t0)) / (t1 - t0) if t1 > t0 else 0.0
+
+    def write(self, path: Path, t_kill: float) -> None:
+        """The samples as "seconds since the kill, answered" lines, beside the workers' logs."""
+        path.write_text("".join(f"{at - t_kill:.2f}\t{n}\n" for at, n in self.samples), encoding="utf-8")
+
+    def longest_stall(self, after: float, until: float) -> tuple[float, float]:
+        """(start, end) of the longest time without a new answer between ``after`` and ``until``."""
+        last_t, last_n = after, self.count_at(after)
+        best = (after, after)
+        for at, n in self.samples:
+            if at <= after or at > until:
+                continue
+            if n > last_n:
+                if at - last_t > best[1] - best[0]:
+                    best = (last_t, at)
+                last_t, last_n = at, n
+        return best
+
+
+@dataclass
+class WorkerShare:
+    """What one worker of the group stored, split by whether it had answered the scan when the kill
+    came: scans per ``scans`` partition (a scan_id sent on several partitions, e.g. reused with
+    another code, is counted in the totals only)."""
+
+    before: int = 0
+    after: int = 0
+    before_by_partition: collections.Counter[int] = field(default_factory=collections.Counter)
+    after_by_partition: collections.Counter[int] = field(default_factory=collections.Counter)
+
+    def text(self) -> str:
+        def spread(counts: collections.Counter[int]) -> str:
+            return ", ".join(f"p{p} {n}" for p, n in sorted(counts.items()))
+        return (f"{self.before} before the kill ({spread(self.before_by_partition)}), "
+                f"{self.after} after ({spread(self.after_by_partition)})")
+
+
+def worker_shares(sc: Scenario, sent: list[tuple[str, bytes, str]],
+                  answered_before: dict[str, set[str]]) -> dict[str, WorkerShare]:
+    """Per worker label: the scans its chdb folder holds, split into those it answered first by
+    the time of the kill (``answered_before[label]``: the scan_ids seen answered then) and the
+    others, per ``scans`` partition they were read from.
+
+    A scan is stored (step 3) before it is produced (step 5), so a scan answered before the kill
+    was stored by then by the worker that answered it.  A batch the killed worker had processed
+    but not committed is delivered again to a survivor, which stores its scans again with
+    ``replay = 1`` (their claims were made): the survivor's work after the kill, even when the
+    killed worker had answered them; so is a later line reusing an answered scan_id (a
+    ``conflict`` or a redelivery in the stream).  ``original`` says which row is neither.
+    Invalid events are left out: they claim nothing, so a redelivered one is stored as if new."""
+    partitions_of: dict[str, set[int]] = collections.defaultdict(set)
+    for name, _, position in sent:  # a position is "topic/partition@offset:line"
+        partitions_of[name].add(int(position.rsplit("/", 1)[1].split("@", 1)[0]))
+    shares = {}
+    for w in sc.workers:
+        share = WorkerShare()
+        answered = answered_before[w.label]
+        rows = probe(w.chdb, {"ids": "SELECT scan_id, max(original) FROM scan_events "
+                                     "WHERE verdict != 'invalid_event' GROUP BY scan_id"})["ids"]
+        for sid, first in rows:
+            before = sid in answered and bool(int(first))
+            if before:
+                share.before += 1
+            else:
+                share.after += 1
+            parts = partitions_of.get(sid, set())
+            if len(parts) == 1:
+                (share.before_by_partition if before else share.after_by_partition)[next(iter(parts))] += 1
+        shares[w.label] = share
+    return shares
+
+
+def _wait_group(workers: list[Worker], timeout_s: float) -> None:
+    """Until every worker has had an assignment: the group then holds them all, each with partitions
+    (a member's first assignment completes only once every member has joined that generation)."""
+    deadline = time.monotonic() + timeout_s
+    while not all(READY_LINE in w.log_text() for w in workers):
+        for w in workers:
+            if not w.alive():
+                raise RuntimeError(f"worker {w.label} exited before the group formed:\n{w.log_tail()}")
+        if time.monotonic() > deadline:
+            waiting = [w.label for w in workers if READY_LINE not in w.log_text()]
+            raise TimeoutError(f"workers {waiting} had no assignment within {timeout_s} s")
+        time.sleep(READY_POLL_S)
+
+
+def workers_scenario(root: Path, bootstrap: str, redis_url: str, sc_: Scale, *, workers: int,
+                     cluster: bool = False, seed: int = 6, kill_seed: int | None = None) -> Report:
+    """Test 7: ``workers`` workers in one group on 8 partitions; one of them killed with kill -9 mid-stream.
+
+    The workers start together and the whole stream is published once the group holds them all,
+    so that it is a backlog the group works through at its own speed.  Once about a third is
+    answered, one worker (chosen by ``kill_seed``, logged) is killed; its partitions stay
+    unserved until its session times out, then the group rebalances and the survivors take them
+    over, with its batches that were processed but not committed.  Then every promise is checked,
+    and that the survivors did take over: every partition the killed worker served before the
+    kill was served by a survivor after it.  Figures: per worker, the scans answered before and
+    after the kill and on which partitions; the group's rate before the kill, the stall, and the
+    survivors' rate after the rebalance.  ``cluster``: ``redis_url`` is a node of a Redis Cluster."""
+    if not 2 <= workers <= WORKERS_PARTITIONS:
+        raise ValueError(f"workers={workers}: between 2 (one survives) and {WORKERS_PARTITIONS} (one partition each)")
+    kill_seed = kill_seed if kill_seed is not None else int.from_bytes(os.urandom(4), "big")
+    victim_index = random.Random(kill_seed).randrange(workers)
+    tenants = [TenantSpec(7, new_key(), key_id=1, via="hex", name="Workers Brewery")]
+    campaigns = [stocked_campaign("workers-campaign", 7, sc_.workers_scans)]
+    sc = Scenario(root, bootstrap, redis_url, label="workers", tenants=tenants, campaigns=campaigns,
+                  partitions=WORKERS_PARTITIONS, take=4, per_envelope=40, cluster=cluster)
+    timeline = ProgressTimeline(sc)
+    try:
+        lines = make_stream(sc.worlds[0], sc_.workers_scans, seed=seed)
+        sc.watch()
+        group = [sc.worker(f"w{i + 1}").start() for i in range(workers)]
+        victim = group[victim_index]
+        survivors = [w for w in group if w is not victim]
+        log(f"workers: {workers} workers; {victim.label} is killed (kill_seed={kill_seed})")
+        t0 = time.monotonic()
+        _wait_group(group, sc_.wait_s)
+        log(f"workers: the group formed {time.monotonic() - t0:.0f} s after the start")
+        timeline.start()
+        sc.producer.send_lines(lines)
+        sc.producer.flush()
+        sent = sc.producer.names()
+        names = {n for n, _, _ in sent}
+        _wait_progress(sc, lambda: sc.answered() >= len(names) * WORKERS_KILL_SHARE, sc_.wait_s, group)
+        if RUNNING_LINE not in victim.log_text():
+            raise RuntimeError(f"worker {victim.label} had done no batch when it was to be killed:\n"
+                               f"{victim.log_tail()}")
+        victim.kill9()
+        t_kill = time.monotonic()
+        with sc.watchers["results"].lock:
+            answered_at_kill = set(sc.results.count)
+        log(f"workers: kill -9 of {victim.label} at {len(answered_at_kill)} answered")
+        # its last answers may reach the watcher late; until its session times out its partitions
+        # cannot move, so a scan of its own answered meanwhile was answered by it, before the kill
+        time.sleep(sc.session_timeout_s / 2)
+        with sc.watchers["results"].lock:
+            answered_soon_after = set(sc.results.count)
+        answered_before = {w.label: answered_soon_after if w is victim else answered_at_kill for w in group}
+        sc.wait_done(names, sc_.wait_s, workers=survivors)
+        timeline.stop()
+        timeline.write(sc.root / "progress.tsv", t_kill)
+        for w in survivors:
+            w.stop()
+        rep = check_promises(sc, sent, kills=victim.kills, reference=local_reference(sc, lines))
+        rep.extra["seconds"] = round(time.monotonic() - t0)
+        rep.extra["kill_seed"] = kill_seed
+        shares = worker_shares(sc, sent, answered_before)
+        for w in group:
+            rep.extra[f"{w.label}{' (killed)' if w is victim else ''}"] = shares[w.label].text()
+        taken = set(shares[victim.label].before_by_partition)
+        if not shares[victim.label].before:
+            rep.fail(f"the killed worker {victim.label} had answered no scan: the kill tested nothing")
+        for w in survivors:
+            if not shares[w.label].after:
+                rep.fail(f"survivor {w.label} answered nothing after the kill")
+        orphaned = taken - set().union(*(shares[w.label].after_by_partition for w in survivors))
+        if orphaned:
+            rep.fail(f"partitions {sorted(orphaned)} of the killed worker were not taken over by a survivor")
+        _rates(rep, timeline, t_kill, len(names))
+        for w in survivors:
+            if w.proc.returncode not in (0, -signal.SIGTERM):
+                rep.fail(f"survivor {w.label} exited with {w.proc.returncode} on SIGTERM:\n{w.log_tail()}")
+            if "Traceback" in w.log_text():
+                rep.fail(f"survivor {w.label} logged a traceback:\n{w.log_tail()}")
+        return rep
+    finally:
+        if timeline.is_alive():
+            timeline.stop()
+        sc.close()
+
+
+def _rates(rep: Report, timeline: ProgressTimeline, t_kill: float, total: int) -> None:
+    """The group's rate before the kill, the longest stall after it, and the survivors' rate from
+    the end of that stall until ``WORKERS_TAIL_SHARE`` of the stream was answered."""
+    t_first = timeline.time_of(1)
+    t_done = timeline.time_of(total) or timeline.samples[-1][0]
+    t_tail = timeline.time_of(int(total * WORKERS_TAIL_SHARE)) or t_done
+    before = timeline.rate(max(t_first or t_kill, t_kill - RATE_WINDOW_S), t_kill)
+    stall_start, stall_end = timeline.longest_stall(t_kill, t_done)
+    if t_tail <= stall_end:  # the backlog was nearly done when the survivors resumed: use what is left
+        t_tail = t_done
+    after = timeline.rate(stall_end, t_tail)
+    rep.extra["group scans/s before the kill"] = round(before)
+    rep.extra["longest stall after the kill"] = (f"{stall_end - stall_start:.1f} s, from "
+                                                 f"{stall_start - t_kill:.1f} s after it")
+    rep.extra["survivors' scans/s after the stall"] = round(after)
+    rep.extra["after / before"] = round(after / before, 2) if before else None
 
 
 def outage_scenario(root: Path, bootstrap: str, shared_redis_url: str, sc_: Scale, *, seed: int = 3) -> Report:
@@ -436,9 +680,11 @@ def main(argv: list[str] | None = None) -> int:
                                      description="Run the fault scenarios against real services and print figures.")
     parser.add_argument("--long", action="store_true",
                         help="the long form (>= 200k scans, >= 20 kill -9, 30 s outages)")
-    parser.add_argument("--only", default="crash,race,outage,fuzz,tenants",
-                        help="comma-separated scenarios: crash, race, outage, fuzz, tenants (the secrets search "
-                             "over all of them always runs last)")
+    parser.add_argument("--only", default="crash,race,workers,outage,fuzz,tenants",
+                        help="comma-separated scenarios: crash, race, workers, outage, fuzz, tenants (the secrets "
+                             "search over all of them always runs last)")
+    parser.add_argument("--workers", type=int, default=4,
+                        help="workers in the group of the workers scenario, one of them killed (default 4)")
     parser.add_argument("--bootstrap", default=None, help="use this Kafka broker (default: start a Tansu)")
     parser.add_argument("--redis-url", default=os.environ.get(REDIS_URL_ENV, DEFAULT_REDIS_URL))
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, chdb)")
@@ -452,8 +698,9 @@ def main(argv: list[str] | None = None) -> int:
         bootstrap = broker.bootstrap
     else:
         bootstrap = args.bootstrap
-    runs = {"crash": crash_scenario, "race": race_scenario, "outage": outage_scenario, "fuzz": fuzz_scenario,
-            "tenants": tenants_scenario}
+    runs = {"crash": crash_scenario, "race": race_scenario,
+            "workers": functools.partial(workers_scenario, workers=args.workers), "outage": outage_scenario,
+            "fuzz": fuzz_scenario, "tenants": tenants_scenario}
     failed = 0
     try:
         for name in args.only.split(","):
