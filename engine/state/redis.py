@@ -11,12 +11,13 @@ Synchronous client
     safe (a connection pool), so several executor threads may share one store.
 
 One round trip per call
-    Each method is one Lua script over the whole batch, loaded once (``SCRIPT LOAD`` through
+    On a single server each method is one Lua script over the whole batch (the claim two, see
+    ``redis_lua``; on a Cluster one per shard, see below), loaded once (``SCRIPT LOAD`` through
     redis-py's ``register_script``) and called by SHA; a script is atomic, which is what the
     memory store gets from its lock.  Arrays travel packed: uint32/int64 columns as
     little-endian binary strings (read in Lua with ``struct.unpack``), strings as a uint32
-    length column plus one concatenated blob, set members as signed decimal text; answers
-    come back as one binary string (one byte per claim, 11 bytes per grant, 8 per count).
+    length column plus one concatenated blob, 8-byte keys and set members packed; answers
+    come back as one binary string (one byte per claim, 19 bytes per grant, 8 per count).
     An empty batch makes no call.
 
 Keys (``P`` is the prefix; ``{t}`` the hash tag of a state shard, ``redis_lua.SHARD_TAGS``)::
