@@ -158,7 +158,14 @@ def test_redis_names_consumer_bitmaps_as_before_and_the_others_apart(redis_url):
         outcomes_of(Pipeline(CONFIG, REGISTRY, store), scan("consumer", 8, "consumer"), scan("store", 8, "store"),
                     scan("ship", 8, "warehouse"))
         names = sorted(k.decode().split(":", 2)[2] for k in store.keys(b"dd*:{*"))
-        assert names == ["dd1:{7:0:42:0}", "dd2:{7:0:42:0}", "dd:{7:0:42:0}"]
+        # consumers' chunks keep their name (dd:), the trade's and logistics' are dd1: and dd2:,
+        # each after the tag of its chunk's shard
+        code = int(batch_key(7, 0, 42))
+        expected = [store.dedup_key((a << AUDIENCE_SHIFT) | code, 0).decode().split(":", 2)[2]
+                    for a in (CONSUMERS, TRADE, LOGISTICS)]
+        assert names == sorted(expected)
+        assert [n.split("{")[0] for n in expected] == ["dd:", "dd1:", "dd2:"]
+        assert all(n.endswith("}7:0:42:0") for n in names)
     finally:
         store.flush_prefix()
         store.close()
