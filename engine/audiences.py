@@ -34,12 +34,21 @@ if max(AUDIENCE_OF_ROLE.values()).bit_length() + AUDIENCE_SHIFT > CLAIM_KEY_BITS
 
 
 
-def audiences(role: np.ndarray) -> np.ndarray:
-    """The audience of each scan (uint64), from its role (one of ``ROLES``, as the parser checked).
+#: The audience of each role by its number in ``ROLES`` (the parser's ``role_no`` column).
+AUDIENCE_BY_ROLE_NO = np.array([AUDIENCE_OF_ROLE[r] for r in ROLES], np.uint64)
 
-    Consumers are most scans: one vectorised comparison finds the others, which are looked up
-    one by one (a searchsorted over the object array compared every role in Python, about 1 ms
-    per 5 000 scans, 4 % of the pipeline)."""
+
+def audiences(role: np.ndarray) -> np.ndarray:
+    """The audience of each scan (uint64), from its role: one of ``ROLES`` as the parser checked, or
+    the role's number in ``ROLES`` (integers: the parser's ``role_no`` column, read by indexing
+    where the names are compared object by object).
+
+    Consumers are most scans: with names, one vectorised comparison finds the others, which are
+    looked up one by one (a searchsorted over the object array compared every role in Python,
+    about 1 ms per 5 000 scans, 4 % of the pipeline)."""
+    role = np.asarray(role)
+    if np.issubdtype(role.dtype, np.integer):
+        return AUDIENCE_BY_ROLE_NO[role]
     out = np.full(len(role), CONSUMERS, np.uint64)
     others = np.nonzero(role != "consumer")[0]
     if len(others):
@@ -48,5 +57,6 @@ def audiences(role: np.ndarray) -> np.ndarray:
 
 
 def claim_keys(batch_keys: np.ndarray, role: np.ndarray) -> np.ndarray:
-    """The key under which a scan claims its code's first scan: its batch key and its audience."""
+    """The key under which a scan claims its code's first scan: its batch key and its audience
+    (``role``: names or numbers, as ``audiences`` takes them)."""
     return np.asarray(batch_keys, np.uint64) | (audiences(role) << np.uint64(AUDIENCE_SHIFT))

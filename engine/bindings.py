@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from scanstream.engine.codec import KIND_CASE, KIND_UNIT
+from scanstream.engine.outcomes import texts
 from scanstream.engine.registry import Registry
 from scanstream.engine.state import STATE_HASH_KEY, StateStore
 from scanstream.engine.verdicts import Verdict
@@ -82,13 +83,13 @@ def route(registry: Registry, state: StateStore, cols: dict[str, np.ndarray], ve
     keys[own] = codec.keyed_hash(STATE_HASH_KEY, tenant[i], kind[i], batch[i], serial[i])
     keys[~own] = codec.keyed_hash(STATE_HASH_KEY, tenant[c], np.full(len(c), KIND_CASE, kind.dtype),
                                   case_batch[c].astype(batch.dtype), case_serial[c].astype(serial.dtype))
-    bound_to = np.full(len(at), "", dtype=object)
+    bound_to = texts(len(at))
     shipping = writes[at]
     bound_to[shipping] = cols["dealer_id"][at[shipping]]
     got = state.bind(keys, cols["ts"][at], bound_to)
     # the later binding of a unit and of its case decides; entries of one scan are adjacent
     best_ts = np.full(n, -1, np.int64)
-    best_dealer = np.full(n, "", dtype=object)
+    best_dealer = texts(n)
     for part in (own, ~own):
         i = at[part]
         later = got.ts[part] > best_ts[i]
@@ -103,7 +104,7 @@ def route(registry: Registry, state: StateStore, cols: dict[str, np.ndarray], ve
 
 def _routing(registry: Registry, dealer: np.ndarray, outbound: np.ndarray, case_batch: np.ndarray,
              case_serial: np.ndarray) -> Routing:
-    dealer_id = np.full(len(dealer), "", dtype=object)
+    dealer_id = texts(len(dealer))
     has = dealer >= 0
     dealer_id[has] = registry.dealers.dealer_id[dealer[has]]
     return Routing(dealer, dealer_id, case_batch, case_serial, outbound)

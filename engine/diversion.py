@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 
-from scanstream.ext.scanparse import ROLES  # sorted: searchsorted gives each role its number
+from scanstream.ext.scanparse import ROLES
 from scanstream.engine import adcode, outcomes
 from scanstream.engine.bindings import Routing
 from scanstream.engine.registry import Registry
@@ -40,13 +40,18 @@ class DiversionSettings:
     clone_max_users: int = 3  # more distinct users than this in a window is a clone
 
 
+#: The number in ROLES of the warehouse's role (the parser's ``role_no``).
+WAREHOUSE_NO = ROLES.index("warehouse")
+
+
 def judge(registry: Registry, dealer: np.ndarray, place: tuple[np.ndarray, np.ndarray], channel: np.ndarray,
-          verdict: np.ndarray, role: np.ndarray) -> np.ndarray:
+          verdict: np.ndarray, role_no: np.ndarray) -> np.ndarray:
     """Diversion bits per scan (REGION | CHANNEL), for ok/repeat scans with a known dealer; never
-    for a warehouse's scans, which set where the goods are meant to be (DESIGN.md)."""
+    for a warehouse's scans, which set where the goods are meant to be (DESIGN.md).  ``role_no``:
+    each scan's role as its number in ROLES (the parser's column of that name)."""
     out = np.zeros(len(dealer), np.uint8)
     rows = np.nonzero(((verdict == Verdict.OK) | (verdict == Verdict.REPEAT)) & (dealer >= 0)
-                      & (role != "warehouse"))[0]
+                      & (role_no != WAREHOUSE_NO))[0]
     if not len(rows):
         return out
     d = dealer[rows]
@@ -96,7 +101,7 @@ class AlertWindows:
         base = [f"{t}|{di}|{k}|{c}|{w}" for t, di, k, c, w in
                 zip(tenant.tolist(), dealer_ids.tolist(), kind.tolist(), cities.tolist(), window.tolist())]
         alert_key = state_keys(base)
-        role_no = np.searchsorted(np.array(ROLES, dtype=object), role)
+        role_no = cols["role_no"][rows]  # each role's number in ROLES
         totals = self.state.count(fold(alert_key, role_no, np.full(len(rows), Namespace.DIVERSION)), ttl)
         threshold = np.array([s.thresholds[r] for r in role.tolist()], np.int64)
         crossing = np.nonzero(totals == threshold)[0]

@@ -56,19 +56,21 @@ def enrich(registry: Registry, cols: dict[str, np.ndarray], verdict: np.ndarray,
     dealer[known] = registry.lookup_dealers(tenant[known], kind[known], batch[known], serial[known])
 
     store = registry.lookup_stores(tenant, cols["store_id"])
-    has_store = store >= 0
+    # the texts of only the rows that could use them are compared (a comparison of texts costs an
+    # object comparison per row): store scans, and scans with a GPS fix
+    at_store = np.nonzero(store >= 0)[0]
     region = cols["region"].copy()
-    fill = (region == "") & has_store
+    fill = at_store[region[at_store] == ""]
     region[fill] = registry.stores.region[store[fill]]
     if resolve_gps is not None:
-        gps = (region == "") & ~np.isnan(cols["lat"]) & ~np.isnan(cols["lon"])
-        if gps.any():
+        located = np.nonzero(~np.isnan(cols["lat"]) & ~np.isnan(cols["lon"]))[0]
+        gps = located[region[located] == ""]
+        if len(gps):
             region[gps] = resolve_gps(cols["lat"][gps], cols["lon"][gps])
     channel = cols["channel"].copy()
-    store_channel = np.where(has_store, registry.stores.channel[np.maximum(store, 0)] if len(registry.stores.channel)
-                             else "", "")
-    use_store = has_store & (store_channel != "")
-    channel[use_store] = store_channel[use_store]
+    store_channel = registry.stores.channel[store[at_store]]
+    use_store = store_channel != ""
+    channel[at_store[use_store]] = store_channel[use_store]
 
     dealer_id = np.empty(n, dtype=object)
     dealer_id[:] = ""

@@ -20,9 +20,11 @@ from scanstream.engine import outcomes
 from scanstream.engine.outcomes import MS_PER_MINUTE
 from scanstream.engine.state import Namespace, StateStore, fold, state_keys
 from scanstream.engine.verdicts import Verdict
-from scanstream.ext.scanparse import ACTION_SELL
+from scanstream.ext.scanparse import ACTION_SELL, ROLES
 
 IDENTITIES = ("user_id", "device_id", "ip")
+#: The number in ROLES of the consumer's role (the parser's ``role_no``).
+CONSUMER_NO = ROLES.index("consumer")
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ class EnumerationGuard:
         blocked = np.zeros(n, bool)
         bad = ((verdict == Verdict.BAD_MAC) | (verdict == Verdict.MALFORMED)) & ~replay
         # scans that could earn money: a consumer's first scan (a prize), a guide's sale (commissions)
-        could_win = (((verdict == Verdict.OK) & (cols["role"] == "consumer"))
+        could_win = (((verdict == Verdict.OK) & (cols["role_no"] == CONSUMER_NO))
                      | ((cols["action"] == ACTION_SELL) & ((verdict == Verdict.OK) | (verdict == Verdict.REPEAT))))
         alerts = []
         for number, kind in enumerate(s.identities):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from scanstream.engine.codec import KIND_UNIT
+from scanstream.engine.outcomes import texts
 from scanstream.engine.registry import batch_key
 from scanstream.engine.state import StateStore
 from scanstream.engine.verdicts import Verdict
@@ -29,13 +30,13 @@ def unit_guides(state: StateStore, cols: dict[str, np.ndarray], verdict: np.ndar
     whose draw would pay a commission) and the sales.  A sale is recorded whether or not a
     campaign pays commissions now, so that one started later finds the guides of units sold before."""
     n = len(verdict)
-    out = np.full(n, "", dtype=object)
+    out = texts(n)
     sale = ((cols["action"] == ACTION_SELL) & (cols["kind"] == KIND_UNIT)
             & ((verdict == Verdict.OK) | (verdict == Verdict.REPEAT)) & ~replay & ~blocked)
     rows = np.nonzero(sale | asks)[0]
     if len(rows):
         code = batch_key(cols["tenant"][rows], cols["kind"][rows], cols["batch"][rows])
-        guide = np.full(len(rows), "", dtype=object)
+        guide = texts(len(rows))
         sold = sale[rows]
         guide[sold] = cols["user_id"][rows[sold]]
         out[rows] = state.guides(code, cols["serial"][rows], guide)

@@ -16,10 +16,11 @@ import numpy as np
 from scanstream.engine import adcode
 from scanstream.engine.codec import KIND_UNIT
 from scanstream.engine.registry import batch_key
-from scanstream.engine.outcomes import MS_PER_DAY, MS_PER_MINUTE, Columns
+from scanstream.engine.outcomes import MS_PER_DAY, MS_PER_MINUTE, Columns, texts
 from scanstream.engine.state import CampaignLimits, DrawStatus, GrantRequests, StateStore
 from scanstream.engine.verdicts import Verdict
 from scanstream.ext import codec
+from scanstream.ext.scanparse import ROLES
 
 #: The draw uses the top 53 bits of the hash: exactly representable as a float64 in [0, 1).
 DRAW_BITS = 53
@@ -136,7 +137,7 @@ class Lottery:
         and place (enrich), which scanners are blocked (enumeration defence).  Pure: the state is
         not asked."""
         tenant, kind, batch, serial, ts = cols["tenant"], cols["kind"], cols["batch"], cols["serial"], cols["ts"]
-        role = cols["role"]
+        role_no = cols["role_no"]  # roles as their numbers in ROLES: compared as integers
         n = len(tenant)
         campaign_idx = np.full(n, -1, np.int64)
         eligible_idx = np.full(n, -1, np.int64)
@@ -148,7 +149,8 @@ class Lottery:
             applies = (tenant == c.tenant) & (ts >= c.start_ms) & (ts < c.end_ms)
             if not applies.any():
                 continue
-            audience = applies & _any_of(role, c.roles) & _any_of(kind, c.kinds)
+            audience = applies & _any_of(role_no, tuple(ROLES.index(r) for r in c.roles if r in ROLES)) \
+                & _any_of(kind, c.kinds)
             could_win |= audience
             eligible = audience & may_win
             if c.skus:
@@ -171,7 +173,7 @@ class Lottery:
         amounts = np.zeros(len(rows), np.int64)
         day = np.zeros(len(rows), np.int64)
         commission = np.zeros(len(rows), np.int64)
-        for ci in np.unique(eligible_idx[rows]):
+        for ci in _present(eligible_idx[rows]):
             c = self.campaigns[ci]
             sel = eligible_idx[rows] == ci
             r = rows[sel]
@@ -189,18 +191,18 @@ class Lottery:
         tenant, kind, batch, serial = cols["tenant"], cols["kind"], cols["batch"], cols["serial"]
         n = len(tenant)
         draw, rows = draws.draw.copy(), draws.rows
-        tier_name = _strings(n)
+        tier_name = texts(n)
         cents = np.zeros(n, np.uint32)
-        paid_guide, paid_cents = _strings(n), np.zeros(n, np.uint32)
+        paid_guide, paid_cents = texts(n), np.zeros(n, np.uint32)
         if len(rows):
-            guides = np.full(len(rows), "", dtype=object) if guide is None else guide[rows]
+            guides = texts(len(rows)) if guide is None else guide[rows]
             grants = self.state.grant(GrantRequests(
                 campaign=draws.campaign, code=batch_key(tenant[rows], kind[rows], batch[rows]),
                 serial=serial[rows], user=cols["user_id"][rows], day=draws.day, tier=draws.tier, cents=draws.cents,
                 guide=guides, commission=np.where(guides != "", draws.commission, 0)))
             draw[rows] = grants.status
             won = grants.tier >= 0
-            for ci in np.unique(draws.campaign[won]):
+            for ci in _present(draws.campaign[won]):
                 names = np.array([t.name for t in self.campaigns[ci].tiers], dtype=object)
                 sel = won & (draws.campaign == ci)
                 tier_name[rows[sel]] = names[grants.tier[sel]]
@@ -208,22 +210,22 @@ class Lottery:
             paid = grants.commission > 0
             paid_guide[rows[paid]] = guides[paid]
             paid_cents[rows[paid]] = grants.commission[paid]
-        camp = _strings(n)
+        camp = texts(n)
         ids = np.array([c.id for c in self.campaigns] + [""], dtype=object)
         camp[:] = ids[draws.campaign_idx]
         return LotteryResult(camp, draw, tier_name, cents, draw == DrawStatus.WON, paid_guide, paid_cents)
 
 
 def _any_of(values: np.ndarray, wanted: tuple) -> np.ndarray:
-    """``values`` equal to one of the few ``wanted``: one comparison each, where ``np.isin`` would
-    sort an object array in Python."""
-    out = values == wanted[0]
-    for w in wanted[1:]:
+    """``values`` equal to one of the few ``wanted`` (none: all False): one comparison each, where
+    ``np.isin`` would sort."""
+    out = np.zeros(len(values), bool)
+    for w in wanted:
         out |= values == w
     return out
 
 
-def _strings(n: int) -> np.ndarray:
-    out = np.empty(n, dtype=object)
-    out[:] = ""
-    return out
+def _present(index: np.ndarray) -> np.ndarray:
+    """The distinct values of ``index`` (campaign indexes, >= 0), sorted: counted, where ``np.unique``
+    would hash or sort the whole column for a handful of campaigns."""
+    return np.flatnonzero(np.bincount(index)) if len(index) else np.zeros(0, np.int64)

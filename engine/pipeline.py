@@ -83,8 +83,8 @@ class Pipeline:
         n = len(lines)
         # 1 parse
         cols = parse_events(lines)
-        valid = cols["reason"] == ""
-        _name_anonymous(cols, lines, positions)
+        valid = cols["fingerprint"] != 0  # the parser fingerprints exactly the usable events
+        _name_anonymous(cols, lines, positions, valid)
         # 2 verify
         v = codec.verify_batch(cols["code"], self.config.keys)
         verdict = np.where(valid, v.verdict, Verdict.INVALID_EVENT).astype(np.uint8)
@@ -102,20 +102,20 @@ class Pipeline:
         # An invalid event is judged by its own bytes: a poison message that reuses an earlier
         # scan_id must not pass for that scan's redelivery.
         replay = np.zeros(n, bool)
-        first_user = np.full(n, "", dtype=object)
+        first_user = outcomes.texts(n)
         readable = np.nonzero(valid)[0]
         if len(readable):
             claims = self.state.claim(cols["scan_id"][readable], cols["fingerprint"][readable],
                                       cols["user_id"][readable],
                                       claim_keys(batch_key(cols["tenant"][readable], cols["kind"][readable],
-                                                           cols["batch"][readable]), cols["role"][readable]),
+                                                           cols["batch"][readable]), cols["role_no"][readable]),
                                       cols["serial"][readable], verdict[readable])
             verdict[readable], replay[readable] = claims.verdict, claims.replay
             first_user[readable] = claims.first_user
         conflicts = conflict_alerts(np.nonzero(verdict == Verdict.CONFLICT)[0], cols, first_user)
         # 5 diversion, against where the goods were sent (an outbound scan's binding, else shipments.csv)
         routing = bindings.route(self.registry, self.state, cols, verdict, replay, e.dealer)
-        diversion = div.judge(self.registry, routing.dealer, e.place, e.channel, verdict, cols["role"])
+        diversion = div.judge(self.registry, routing.dealer, e.place, e.channel, verdict, cols["role_no"])
         verified = ((verdict == Verdict.OK) | (verdict == Verdict.REPEAT)) & ~replay
         alerts = outcomes.concat(outcomes.ALERT_COLUMNS, [
             conflicts,
@@ -143,7 +143,7 @@ class Pipeline:
         }
         won = np.nonzero(lot.awarded)[0]
         # a store owner's 开箱有礼 prize is the trade's, apart from the consumer's prize on that code
-        beneficiary = np.where(audiences(cols["role"][won]) == CONSUMERS, outcomes.BENEFICIARY_CONSUMER,
+        beneficiary = np.where(audiences(cols["role_no"][won]) == CONSUMERS, outcomes.BENEFICIARY_CONSUMER,
                                outcomes.BENEFICIARY_TRADE).astype(object)
         # a guide's commission is an award of its own, right after the prize that earned it (awards
         # in scan order, so that a stream cut into other batches gives the same rows in the same order)
@@ -165,8 +165,11 @@ class Pipeline:
         return BatchResult(scans, alerts, awards)
 
 
-def _name_anonymous(cols: dict[str, np.ndarray], lines: list, positions: np.ndarray | None) -> None:
-    missing = np.nonzero(cols["scan_id"] == "")[0]
+def _name_anonymous(cols: dict[str, np.ndarray], lines: list, positions: np.ndarray | None,
+                    valid: np.ndarray) -> None:
+    # a usable event has a scan_id: only the others are looked at
+    invalid = np.nonzero(~valid)[0]
+    missing = invalid[cols["scan_id"][invalid] == ""]
     if not len(missing):
         return
     if positions is not None:

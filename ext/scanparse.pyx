@@ -9,15 +9,28 @@ event: the event's ``reason`` column says what is wrong and the pipeline turns i
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.math cimport NAN, isfinite
 from libc.stdlib cimport free, realloc
-from libc.string cimport memcmp, memcpy
+from libc.string cimport memchr, memcmp, memcpy
 
 import numpy as np
 import orjson
 
-from cpython.dict cimport PyDict_GetItem, PyDict_Next
+from cpython.bytes cimport PyBytes_AS_STRING
+from cpython.dict cimport PyDict_Next
+from cpython.exc cimport PyErr_Clear
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.object cimport PyObject
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
+
+cdef extern from "Python.h":
+    # The same function as PyUnicode_AsUTF8AndSize, declared without an exception check: the
+    # single pass over an event's fields (``_collect``) notes a failure and lets the fingerprint,
+    # which reports it, raise it again.
+    const char* _utf8_or_null "PyUnicode_AsUTF8AndSize"(PyObject* text, Py_ssize_t* size)
+    # An ASCII text's characters are its UTF-8 bytes: read in place, without a call per text
+    bint PyUnicode_CheckExact(PyObject* o)
+    bint PyUnicode_IS_COMPACT_ASCII(PyObject* o)
+    void* PyUnicode_DATA(PyObject* o)
+    Py_ssize_t PyUnicode_GET_LENGTH(PyObject* o)
 
 from ext.siphash cimport _siphash_bytes
 from scanstream.ext.codec import _key_halves
@@ -28,6 +41,8 @@ MAX_EVENT_BYTES = 65536
 MAX_ID_CHARS = 256
 #: The roles of the event schema, sorted (engine/audiences.py numbers them by position).
 ROLES = ("consumer", "dealer", "guide", "store", "warehouse")
+#: The role of an event that names none.
+DEFAULT_ROLE = "consumer"
 #: Trade actions (DESIGN "Trade events") and the one role allowed to take each: an outbound scan
 #: binds goods to a dealer, a sale scan makes a guide the unit's guide; from anyone else the
 #: action would move goods or money on a claim the role cannot make, so the event is refused.
@@ -49,6 +64,11 @@ TS_MAX_MS = 4102444800000
 
 cdef int64_t _TS_MIN = TS_MIN_MS
 cdef int64_t _TS_MAX = TS_MAX_MS
+# C copies of the limits the per-event loop compares with (a module attribute is an object look-up)
+cdef Py_ssize_t _MAX_EVENT_BYTES = MAX_EVENT_BYTES
+cdef Py_ssize_t _MAX_ID_CHARS = MAX_ID_CHARS
+cdef tuple _ROLES = ROLES
+cdef tuple _ROLE_BYTES = tuple(role.encode("ascii") for role in ROLES)
 
 
 cdef inline int64_t _days_from_civil(int64_t y, int64_t m, int64_t d) noexcept nogil:
@@ -123,20 +143,54 @@ cdef int _rfc3339_ms(const unsigned char* s, Py_ssize_t n, int64_t* out) noexcep
     return 0
 
 
+cdef enum:
+    # A byte counter holds this many: ``_colons`` counts in blocks of this many bytes
+    BYTE_COUNT_MAX = 255
+
+
+cdef Py_ssize_t _colons(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    """The ':' bytes of ``s``, wherever they are.  Counted in a byte per block, which compilers
+    vectorise into a comparison and a subtraction per 16 bytes (a wider counter costs more)."""
+    cdef Py_ssize_t start = 0, i, end, count = 0
+    cdef uint8_t block
+    while start < n:
+        end = start + BYTE_COUNT_MAX if n - start > BYTE_COUNT_MAX else n
+        block = 0
+        for i in range(start, end):
+            block += s[i] == 58
+        count += block
+        start = end
+    return count
+
+
+cdef inline bint _keys_written_once(const unsigned char* s, Py_ssize_t n, Py_ssize_t distinct) noexcept nogil:
+    """Whether the outermost object in ``s`` (valid JSON), which has ``distinct`` keys, writes none of
+    them twice.  Every key written is followed by a ':', so when the line holds no more colons than
+    distinct keys (no colon in a text or a nested object: most events) no key was written twice,
+    without walking the JSON; otherwise the keys of the outermost object are counted."""
+    return _colons(s, n) == distinct or _top_level_keys(s, n) == distinct
+
+
 cdef Py_ssize_t _top_level_keys(const unsigned char* s, Py_ssize_t n) noexcept nogil:
     """Keys of the outermost JSON object in ``s``, counted as written: a key written twice counts
     twice.  ``s`` is known to be valid JSON whose outermost value is an object."""
-    cdef Py_ssize_t i = 0, keys = 0
+    cdef Py_ssize_t i = 0, keys = 0, before
     cdef int depth = 0
-    cdef bint in_string = False
+    cdef const unsigned char* quote
     while i < n:
-        if in_string:
-            if s[i] == 92:  # backslash: the next byte is escaped
-                i += 1
-            elif s[i] == 34:
-                in_string = False
-        elif s[i] == 34:
-            in_string = True
+        if s[i] == 34:  # a string: skip to its closing quote, found by memchr rather than byte by byte
+            while True:
+                quote = <const unsigned char*>memchr(s + i + 1, 34, n - i - 1)
+                if quote == NULL:  # not valid JSON after all: nothing more to count
+                    return keys
+                i = quote - s
+                # a quote is escaped when an odd number of backslashes precede it ("\\" is one
+                # backslash); the opening quote stops the walk back
+                before = i - 1
+                while s[before] == 92:
+                    before -= 1
+                if (i - 1 - before) % 2 == 0:
+                    break
         elif s[i] == 123 or s[i] == 91:  # { [
             depth += 1
         elif s[i] == 125 or s[i] == 93:  # } ]
@@ -204,7 +258,10 @@ cdef inline int _put_value(Canon* c, object value) except -1:
     cdef int overflow = 0
     cdef double real
     if type(value) is str:
-        text = PyUnicode_AsUTF8AndSize(value, &size)
+        if PyUnicode_IS_COMPACT_ASCII(<PyObject*>value):
+            text, size = <const char*>PyUnicode_DATA(<PyObject*>value), PyUnicode_GET_LENGTH(<PyObject*>value)
+        else:
+            text = PyUnicode_AsUTF8AndSize(value, &size)
         _put(c, TAG_STR, text, size)
     elif value is True:
         _put(c, TAG_TRUE, NULL, 0)
@@ -228,67 +285,186 @@ cdef inline int _put_value(Canon* c, object value) except -1:
     return 0
 
 
-cdef uint64_t _fingerprint(dict event, Canon* c, uint64_t k0, uint64_t k1) except? 0:
-    """SipHash of the event's canonical form: its fields in the byte order of their names, each
-    name and value with a type tag and a length.  Spacing, key order and the spelling of a
-    number ("1.50" or "1.5") do not change it; any field's value does."""
-    cdef Py_ssize_t pos = 0, n = 0, i, j, size
+#: The fields the parser reads, in the order of their slots in ``Fields.slot`` (``F_*``).
+FIELD_NAMES = ("scan_id", "ts", "code", "user_id", "role", "store_id", "channel", "region", "ip", "device_id",
+               "dealer_id", "action", "lat", "lon")
+
+cdef enum:
+    F_SCAN_ID, F_TS, F_CODE, F_USER_ID, F_ROLE, F_STORE_ID, F_CHANNEL, F_REGION, F_IP, F_DEVICE_ID, F_DEALER_ID, \
+        F_ACTION, F_LAT, F_LON, F_COUNT
+    # Bytes of a name's prefix (``_prefix``), and of the longest name in FIELD_NAMES: a name is
+    # recognised by its prefix and the prefix of its remaining bytes
+    PREFIX_BYTES = 8
+    FIELD_NAME_MAX = 2 * PREFIX_BYTES
+
+
+cdef struct Fields:
+    # One pass over an event's fields (``_collect``): what the field checks and the fingerprint read
+    PyObject* slot[F_COUNT]  # the value of each field of FIELD_NAMES (borrowed), NULL when absent
+    Py_ssize_t n  # fields of the event
+    bint unreadable  # a name without a UTF-8 form (never from orjson): the fingerprint raises for it
+    # the first FIELDS_MAX fields in dict order: name as UTF-8, its length and prefix, value (borrowed)
+    const char* names[FIELDS_MAX]
+    Py_ssize_t sizes[FIELDS_MAX]
+    uint64_t prefixes[FIELDS_MAX]
+    PyObject* values[FIELDS_MAX]
+
+
+cdef inline uint64_t _prefix(const char* name, Py_ssize_t size) noexcept nogil:
+    """The first PREFIX_BYTES bytes of a name as a big-endian integer, zero-padded.  Two names whose
+    prefixes differ sort as their prefixes do (byte order, a name before the longer ones it starts):
+    the bytes before the first difference are equal, and where a name ends its zero padding is below
+    the other's byte there, which is not zero since the prefixes differ there."""
+    cdef const uint8_t* p = <const uint8_t*>name
+    cdef uint64_t out = 0
+    cdef Py_ssize_t i
+    if size >= PREFIX_BYTES:  # one expression: compilers make it one load
+        return ((<uint64_t>p[0] << 56) | (<uint64_t>p[1] << 48) | (<uint64_t>p[2] << 40) | (<uint64_t>p[3] << 32)
+                | (<uint64_t>p[4] << 24) | (<uint64_t>p[5] << 16) | (<uint64_t>p[6] << 8) | <uint64_t>p[7])
+    for i in range(size):
+        out |= (<uint64_t>p[i]) << (8 * (PREFIX_BYTES - 1 - i))
+    return out
+
+
+cdef uint64_t _FIELD_PREFIX[F_COUNT]
+cdef uint64_t _FIELD_REST[F_COUNT]  # the prefix of a name's bytes after its first PREFIX_BYTES
+# the slots ordered by the length of their names, and where those of each length start in that
+# order: a name is compared only with the two or three of its length
+cdef int _BY_SIZE[F_COUNT]
+cdef int _FIRST_OF_SIZE[FIELD_NAME_MAX + 2]
+
+
+def _init_fields():
+    """Fill the tables ``_slot_of`` reads from FIELD_NAMES (once, at import)."""
+    cdef int f, size
+    cdef bytes name
+    if len(FIELD_NAMES) != F_COUNT:
+        raise ImportError(f"FIELD_NAMES has {len(FIELD_NAMES)} names for {F_COUNT} slots")
+    for f in range(F_COUNT):
+        name = FIELD_NAMES[f].encode("ascii")
+        if len(name) > FIELD_NAME_MAX:
+            raise ImportError(f"field name {FIELD_NAMES[f]!r} is longer than {FIELD_NAME_MAX} bytes")
+        _FIELD_PREFIX[f] = _prefix(name, len(name))
+        _FIELD_REST[f] = _prefix(<const char*>name + PREFIX_BYTES, len(name) - PREFIX_BYTES) \
+            if len(name) > PREFIX_BYTES else 0
+    by_size = sorted(range(F_COUNT), key=lambda slot: len(FIELD_NAMES[slot]))
+    for f in range(F_COUNT):
+        _BY_SIZE[f] = by_size[f]
+    for size in range(FIELD_NAME_MAX + 2):
+        _FIRST_OF_SIZE[size] = sum(1 for name in FIELD_NAMES if len(name) < size)
+
+
+_init_fields()
+
+
+cdef inline int _slot_of(const char* name, Py_ssize_t size, uint64_t prefix) noexcept nogil:
+    """The slot of a field of FIELD_NAMES, -1 for any other name."""
+    cdef int at, f
+    if size > FIELD_NAME_MAX:
+        return -1
+    for at in range(_FIRST_OF_SIZE[size], _FIRST_OF_SIZE[size + 1]):
+        f = _BY_SIZE[at]
+        if _FIELD_PREFIX[f] == prefix and (size <= PREFIX_BYTES
+                                           or _FIELD_REST[f] == _prefix(name + PREFIX_BYTES, size - PREFIX_BYTES)):
+            return f
+    return -1
+
+
+cdef void _collect(dict event, Fields* f) noexcept:
+    """Every field of ``event`` in one pass: the slots of the fields the parser reads (a look-up per
+    field would compare names again for each of them) and the names and values the fingerprint sorts."""
+    cdef Py_ssize_t pos = 0, n = 0, size
     cdef PyObject* key
     cdef PyObject* value
-    cdef const char* names[FIELDS_MAX]
-    cdef Py_ssize_t sizes[FIELDS_MAX]
-    cdef PyObject* values[FIELDS_MAX]
-    cdef const char* tn
-    cdef Py_ssize_t ts
-    cdef PyObject* tv
-    cdef int order
-    if len(event) > FIELDS_MAX:
-        raise ValueError(f"an event has at most {FIELDS_MAX} fields, this one {len(event)}")
+    cdef const char* name
+    cdef uint64_t prefix
+    cdef int slot
+    for slot in range(F_COUNT):
+        f.slot[slot] = NULL
+    f.unreadable = False
     while PyDict_Next(event, &pos, &key, &value):
-        names[n] = PyUnicode_AsUTF8AndSize(<object>key, &size)  # JSON keys are str
-        sizes[n], values[n] = size, value
-        # insertion sort: a handful of fields
-        j = n
-        while j > 0:
-            order = memcmp(names[j - 1], names[j], sizes[j - 1] if sizes[j - 1] < sizes[j] else sizes[j])
-            if order < 0 or (order == 0 and sizes[j - 1] <= sizes[j]):
-                break
-            tn, ts, tv = names[j], sizes[j], values[j]
-            names[j], sizes[j], values[j] = names[j - 1], sizes[j - 1], values[j - 1]
-            names[j - 1], sizes[j - 1], values[j - 1] = tn, ts, tv
-            j -= 1
+        if PyUnicode_CheckExact(key) and PyUnicode_IS_COMPACT_ASCII(key):  # JSON names are str
+            name, size = <const char*>PyUnicode_DATA(key), PyUnicode_GET_LENGTH(key)
+        else:
+            name = _utf8_or_null(key, &size)
+        if name == NULL:
+            PyErr_Clear()
+            f.unreadable = True
+        else:
+            prefix = _prefix(name, size)
+            slot = _slot_of(name, size, prefix)
+            if slot >= 0:
+                f.slot[slot] = value
+            if n < FIELDS_MAX:
+                f.names[n], f.sizes[n], f.prefixes[n], f.values[n] = name, size, prefix, value
         n += 1
+    f.n = n
+
+
+cdef inline bint _sorts_after(Fields* f, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    """Whether name ``a`` comes after name ``b`` in byte order (a name before the longer ones it
+    starts); the prefixes decide unless they are equal."""
+    cdef int order
+    if f.prefixes[a] != f.prefixes[b]:
+        return f.prefixes[a] > f.prefixes[b]
+    order = memcmp(f.names[a], f.names[b], f.sizes[a] if f.sizes[a] < f.sizes[b] else f.sizes[b])
+    return order > 0 or (order == 0 and f.sizes[a] > f.sizes[b])
+
+
+cdef uint64_t _fingerprint(dict event, Fields* f, Canon* c, uint64_t k0, uint64_t k1) except? 0:
+    """SipHash of the event's canonical form: its fields in the byte order of their names, each
+    name and value with a type tag and a length.  Spacing, key order and the spelling of a
+    number ("1.50" or "1.5") do not change it; any field's value does.  ``f`` is the event's
+    fields as ``_collect`` found them."""
+    cdef Py_ssize_t pos = 0, n = f.n, i, j, size, at
+    cdef Py_ssize_t order[FIELDS_MAX]
+    cdef PyObject* key
+    cdef PyObject* value
+    if n > FIELDS_MAX:
+        raise ValueError(f"an event has at most {FIELDS_MAX} fields, this one {len(event)}")
+    if f.unreadable:  # the error of reading the name, for the reason to name it
+        while PyDict_Next(event, &pos, &key, &value):
+            PyUnicode_AsUTF8AndSize(<object>key, &size)
+        raise ValueError("a field name has no UTF-8 form")
+    for i in range(n):  # insertion sort of the positions: a handful of fields
+        j = i
+        while j > 0 and _sorts_after(f, order[j - 1], i):
+            order[j] = order[j - 1]
+            j -= 1
+        order[j] = i
     c.len = 0
     for i in range(n):
-        _put(c, 0, names[i], sizes[i])
-        _put_value(c, <object>values[i])
+        at = order[i]
+        _put(c, 0, f.names[at], f.sizes[at])
+        _put_value(c, <object>f.values[at])
     return _siphash_bytes(k0, k1, c.buf, c.len) | 1  # never 0: 0 marks an event without one
 
 
-cdef str _ident(dict event, str field, bint required, list problems):
-    """An identifier field as str ('' when absent); records a problem when unusable."""
-    cdef PyObject* p = PyDict_GetItem(event, field)
+cdef str _ident(PyObject* p, str field, bint required, list problems):
+    """An identifier field (its value ``p``, NULL when absent) as str ('' when absent); records a
+    problem when unusable."""
+    cdef str text
     if p == NULL or <object>p is None:
         if required:
             problems.append(f"missing required field {field!r}")
         return ""
     value = <object>p
     if type(value) is str:
-        if required and not value:
+        text = <str>value
+        if required and len(text) == 0:
             problems.append(f"{field} is empty")
-        elif len(value) > MAX_ID_CHARS:
-            problems.append(f"{field} has {len(value)} characters; at most {MAX_ID_CHARS} allowed")
+        elif len(text) > _MAX_ID_CHARS:
+            problems.append(f"{field} has {len(text)} characters; at most {MAX_ID_CHARS} allowed")
             return ""
-        return value
+        return text
     if type(value) is int:  # numeric ids are common in scan APIs: keep them, as text
         return str(value)
     problems.append(f"{field} must be a string, got {type(value).__name__}")
     return ""
 
 
-cdef inline bint _number(dict event, str field, double* out, list problems):
-    """Read an optional number field into ``out``; False (with a problem) when unusable."""
-    cdef PyObject* p = PyDict_GetItem(event, field)
+cdef inline bint _number(PyObject* p, str field, double* out, list problems):
+    """Read an optional number field (its value ``p``) into ``out``; False (with a problem) when unusable."""
     if p == NULL or <object>p is None:
         return True
     value = <object>p
@@ -299,11 +475,11 @@ cdef inline bint _number(dict event, str field, double* out, list problems):
     return False
 
 
-cdef inline void _coordinate(dict event, str field, double limit, double* out, list problems):
-    """An optional coordinate into ``out`` (NaN when absent); a problem when unusable or off Earth."""
+cdef inline void _coordinate(PyObject* p, str field, double limit, double* out, list problems):
+    """An optional coordinate (its value ``p``) into ``out`` (NaN when absent); a problem when unusable
+    or off Earth."""
     cdef double coord
-    cdef PyObject* p = PyDict_GetItem(event, field)
-    if p == NULL or <object>p is None or not _number(event, field, &coord, problems):
+    if p == NULL or <object>p is None or not _number(p, field, &coord, problems):
         return
     if -limit <= coord <= limit:
         out[0] = coord
@@ -311,12 +487,42 @@ cdef inline void _coordinate(dict event, str field, double limit, double* out, l
         problems.append(f"{field} {coord!r} is outside -{limit:g}..{limit:g}")
 
 
+cdef int _role(object value):
+    """The number in ROLES of the role ``value`` names, -1 when it names none.  An ASCII text is
+    compared byte by byte with each role, without a comparison of objects."""
+    cdef Py_ssize_t size, r
+    cdef const char* text
+    if type(value) is not str:
+        return -1
+    if not PyUnicode_IS_COMPACT_ASCII(<PyObject*>value):  # a role is ASCII: rare texts take the long way
+        return _ROLES.index(value) if value in _ROLES else -1
+    text, size = <const char*>PyUnicode_DATA(<PyObject*>value), PyUnicode_GET_LENGTH(<PyObject*>value)
+    for r in range(len(_ROLES)):
+        if size == len(<bytes>_ROLE_BYTES[r]) and memcmp(text, <const char*><bytes>_ROLE_BYTES[r], size) == 0:
+            return r
+    return -1
+
+
+cdef int _is_adcode(str region) except -1:
+    """Whether ``region`` is 2, 4 or 6 ASCII digits, read from its UTF-8 bytes (a digit of another
+    script is not ASCII, and an ASCII text has as many bytes as characters)."""
+    cdef Py_ssize_t size, i
+    cdef const char* text = PyUnicode_AsUTF8AndSize(region, &size)
+    if size != 2 and size != 4 and size != 6:
+        return False
+    for i in range(size):
+        if text[i] < 48 or text[i] > 57:  # '0' .. '9'
+            return False
+    return True
+
+
 def parse_events(list lines):
     """Columns of the events in ``lines`` (each ``bytes`` or ``str``, one JSON object).
 
     Returns a dict of numpy columns: scan_id, ts (epoch ms), code, user_id, role, store_id,
     channel, region, lat, lon, ip, device_id, action (uint8 ``ACTION_*`` codes), dealer_id (an outbound
-    scan's dealer), and ``reason`` ('' for a usable event, else
+    scan's dealer), ``role_no`` (uint8: the role's number in ROLES, for the stages to compare numbers
+    rather than texts), and ``reason`` ('' for a usable event, else
     why it is an ``invalid_event``).  ``raw`` holds the original text of invalid events only.
     ``fingerprint`` (uint64) identifies a usable event's content: SipHash of its canonical form
     (``_fingerprint``: fields sorted by name, typed values), so key order and spacing do not
@@ -325,14 +531,20 @@ def parse_events(list lines):
     different events under one fingerprint.
     """
     cdef Py_ssize_t n = len(lines), i
+    cdef int role
     cdef object line, value, text
     cdef dict event
     cdef PyObject* p
     cdef int64_t ms
+    cdef long long whole
+    cdef int overflow = 0
     cdef double coord
     cdef const unsigned char* buf
     cdef list problems = []
+    cdef Fields fields
     cdef Canon canon
+    # module attributes read once per batch, not once per event
+    loads, JSONDecodeError = orjson.loads, orjson.JSONDecodeError
     canon.buf, canon.len, canon.cap = NULL, 0, 0
     k0, k1 = _key_halves(FINGERPRINT_KEY)
     cdef uint64_t fk0 = k0, fk1 = k1
@@ -344,7 +556,9 @@ def parse_events(list lines):
     for name in names:
         cols[name] = np.empty(n, dtype=object)
         cols[name][:] = ""
-    cols["role"][:] = "consumer"
+    cols["role"][:] = DEFAULT_ROLE
+    role_no = np.full(n, ROLES.index(DEFAULT_ROLE), dtype=np.uint8)
+    cdef uint8_t[::1] role_no_v = role_no
     ts = np.zeros(n, dtype=np.int64)
     lat = np.full(n, np.nan)
     lon = np.full(n, np.nan)
@@ -371,39 +585,41 @@ def parse_events(list lines):
             pass
         elif type(line) is not bytes:
             problems.append(f"event must be bytes or str, got {type(line).__name__}")
-        elif len(line) > MAX_EVENT_BYTES:
+        elif len(<bytes>line) > _MAX_EVENT_BYTES:
             problems.append(f"event of {len(line)} bytes exceeds the limit of {MAX_EVENT_BYTES}")
         else:
             try:
-                value = orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
+                value = loads(line)
+            except JSONDecodeError as exc:
                 problems.append(f"not JSON: {exc}")
             else:
                 if type(value) is dict:
-                    buf = line
-                    if _top_level_keys(buf, len(line)) != len(<dict>value):
+                    buf = <const unsigned char*>PyBytes_AS_STRING(line)
+                    if not _keys_written_once(buf, len(<bytes>line), len(<dict>value)):
                         problems.append("a key is written twice in the event")
                     event = value
                 else:
                     problems.append(f"not a JSON object but {type(value).__name__}")
         if event is not None:
-            scan_id_c[i] = _ident(event, "scan_id", True, problems)
-            user_c[i] = _ident(event, "user_id", True, problems)
-            p = PyDict_GetItem(event, "code")
+            _collect(event, &fields)
+            scan_id_c[i] = _ident(fields.slot[F_SCAN_ID], "scan_id", True, problems)
+            user_c[i] = _ident(fields.slot[F_USER_ID], "user_id", True, problems)
+            p = fields.slot[F_CODE]
             if p == NULL or <object>p is None:
                 problems.append("missing required field 'code'")
             elif type(<object>p) is str:
                 code_c[i] = <object>p  # the codec judges it; a bad code is 'malformed', not invalid
             else:
                 problems.append(f"code must be a string, got {type(<object>p).__name__}")
-            p = PyDict_GetItem(event, "ts")
+            p = fields.slot[F_TS]
             if p == NULL or <object>p is None:
                 problems.append("missing required field 'ts'")
             else:
                 value = <object>p
                 if type(value) is int:
-                    if _TS_MIN <= value < _TS_MAX:
-                        ts_v[i] = value
+                    whole = PyLong_AsLongLongAndOverflow(value, &overflow)  # compared in C, not as objects
+                    if not overflow and _TS_MIN <= whole < _TS_MAX:
+                        ts_v[i] = whole
                     else:
                         problems.append(f"ts {value} is not epoch milliseconds in 2000..2100")
                 elif type(value) is str:
@@ -417,28 +633,29 @@ def parse_events(list lines):
                         ts_v[i] = ms
                 else:
                     problems.append(f"ts must be an RFC 3339 string or epoch milliseconds, got {type(value).__name__}")
-            p = PyDict_GetItem(event, "role")
+            p = fields.slot[F_ROLE]
             if p != NULL and <object>p is not None:
-                if <object>p in ROLES:
-                    role_c[i] = <object>p
+                role = _role(<object>p)
+                if role >= 0:  # the column holds the ROLES constant: one object per role
+                    role_c[i], role_no_v[i] = _ROLES[role], role
                 else:
                     problems.append(f"role {str(<object>p)[:40]!r} is not one of {list(ROLES)}")
-            if PyDict_GetItem(event, "store_id") != NULL:
-                store_c[i] = _ident(event, "store_id", False, problems)
-            if PyDict_GetItem(event, "channel") != NULL:
-                channel_c[i] = _ident(event, "channel", False, problems)
-            if PyDict_GetItem(event, "region") != NULL:
-                region = _ident(event, "region", False, problems)
-                if region and not (len(region) in (2, 4, 6) and region.isdigit() and region.isascii()):
+            if fields.slot[F_STORE_ID] != NULL:
+                store_c[i] = _ident(fields.slot[F_STORE_ID], "store_id", False, problems)
+            if fields.slot[F_CHANNEL] != NULL:
+                channel_c[i] = _ident(fields.slot[F_CHANNEL], "channel", False, problems)
+            if fields.slot[F_REGION] != NULL:
+                region = _ident(fields.slot[F_REGION], "region", False, problems)
+                if region and not _is_adcode(region):
                     problems.append(f"region {region[:40]!r} is not an adcode of 2, 4 or 6 digits")
                 region_c[i] = region
-            if PyDict_GetItem(event, "ip") != NULL:
-                ip_c[i] = _ident(event, "ip", False, problems)
-            if PyDict_GetItem(event, "device_id") != NULL:
-                device_c[i] = _ident(event, "device_id", False, problems)
-            if PyDict_GetItem(event, "dealer_id") != NULL:
-                dealer_c[i] = _ident(event, "dealer_id", False, problems)
-            p = PyDict_GetItem(event, "action")
+            if fields.slot[F_IP] != NULL:
+                ip_c[i] = _ident(fields.slot[F_IP], "ip", False, problems)
+            if fields.slot[F_DEVICE_ID] != NULL:
+                device_c[i] = _ident(fields.slot[F_DEVICE_ID], "device_id", False, problems)
+            if fields.slot[F_DEALER_ID] != NULL:
+                dealer_c[i] = _ident(fields.slot[F_DEALER_ID], "dealer_id", False, problems)
+            p = fields.slot[F_ACTION]
             if p != NULL and <object>p is not None:
                 value = <object>p
                 if type(value) is not str or value not in ACTIONS:
@@ -449,11 +666,13 @@ def parse_events(list lines):
                     problems.append("action 'ship' needs the dealer_id the goods are shipped to")
                 else:
                     action_v[i] = _ACTION_CODES[value]
-            _coordinate(event, "lat", MAX_LAT, &lat_v[i], problems)
-            _coordinate(event, "lon", MAX_LON, &lon_v[i], problems)
+            _coordinate(fields.slot[F_LAT], "lat", MAX_LAT, &lat_v[i], problems)
+            _coordinate(fields.slot[F_LON], "lon", MAX_LON, &lon_v[i], problems)
             if not problems:
                 try:
-                    fp_v[i] = _fingerprint(event, &canon, fk0, fk1)
+                    fp_v[i] = _fingerprint(event, &fields, &canon, fk0, fk1)
+                    if fp_v[i] == 0:  # 0 marks an unusable event (the stages read it so): a 1-in-2**64 hash moves
+                        fp_v[i] = 1
                 except (TypeError, ValueError, orjson.JSONEncodeError) as exc:  # nested past orjson's depth limit
                     problems.append(f"event cannot be fingerprinted: {exc}")
         if problems:
@@ -463,6 +682,7 @@ def parse_events(list lines):
     free(canon.buf)
     cols["fingerprint"] = fingerprint
     cols["action"] = action
+    cols["role_no"] = role_no
     cols["ts"] = ts
     cols["lat"] = lat
     cols["lon"] = lon

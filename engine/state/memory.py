@@ -16,12 +16,16 @@ import numpy as np
 from scanstream.engine.state import (Bindings, CampaignLimits, CampaignState, Claims, DrawStatus, Grants,
                                      GrantRequests, History, StateStore, fold, resolve_bindings, resolve_guides,
                                      sorted_contains, sorted_insert)
+from scanstream.engine.outcomes import texts
 from scanstream.engine.verdicts import Verdict
+from scanstream.ext import memstate
 
 #: Remember a scan_id's answer this long; a redelivery after that is a new scan.
 DEFAULT_REPLAY_TTL_S = 24 * 3600
 #: Dedup bitsets grow in steps of this many bytes (65 536 serials).
 BITSET_STEP_BYTES = 8192
+#: Bits of a code's serial (DESIGN.md "Code format v1").
+SERIAL_BITS = 32
 
 
 class MemoryStateStore(StateStore):
@@ -55,32 +59,30 @@ class MemoryStateStore(StateStore):
     def claim(self, scan_id: np.ndarray, fingerprint: np.ndarray, user: np.ndarray, code: np.ndarray,
               serial: np.ndarray, verdict: np.ndarray) -> Claims:
         n = len(scan_id)
-        ids, fps = scan_id.tolist(), np.asarray(fingerprint, np.uint64).tolist()
+        scan_id = np.ascontiguousarray(scan_id, dtype=object)
+        fingerprint = np.ascontiguousarray(fingerprint, np.uint64)
         out = np.asarray(verdict, np.uint8).copy()
         replay = np.zeros(n, bool)
-        first_user = np.full(n, "", dtype=object)
+        first_user = texts(n)
         with self._lock:
             now = self._clock()
             self._expire_answers(now)
-            stored = list(map(self._answers.get, ids))
-            fresh = np.fromiter((a is None for a in stored), bool, n)
-            # a scan_id repeated inside the batch is judged against its first occurrence
-            first_at = dict(zip(reversed(ids), range(n - 1, -1, -1)))  # id -> first row
-            if len(first_at) < n:
-                is_first = np.zeros(n, bool)
-                is_first[np.fromiter(first_at.values(), np.int64, len(first_at))] = True
-                fresh &= is_first
+            answers = self._answers
+            # each scan_id's answer, and the first row of each new one, in one compiled loop
+            # (ext/memstate.pyx): a scan_id repeated inside the batch is judged against its first row
+            fresh, stored, known = memstate.look_up(answers, scan_id)
             rows = np.nonzero(fresh)[0]
             valid = rows[out[rows] == Verdict.OK]
             out[valid] = self._test_and_set(code[valid], serial[valid])
-            # an answer: (verdict, fingerprint, first user); tuples zipped in C, a dict in one update
-            new = dict(zip(scan_id[rows].tolist(), zip(out[rows].tolist(), np.asarray(fingerprint, np.uint64)[rows]
-                                                       .tolist(), user[rows].tolist())))
-            self._answers.update(new)
-            self._answer_expiry.append((now + self.replay_ttl_s, list(new)))
-            for i in np.nonzero(~fresh)[0].tolist():
-                verdict_of, fp_of, user_of = stored[i] if stored[i] is not None else new[ids[i]]
-                if fp_of == fps[i]:
+            # an answer: (verdict, fingerprint, first user), under each new scan_id
+            memstate.remember(answers, scan_id, rows, out, fingerprint, np.ascontiguousarray(user, dtype=object))
+            self._answer_expiry.append((now + self.replay_ttl_s, scan_id[rows].tolist()))
+            again = np.nonzero(~fresh)[0]
+            before = iter(known)
+            for i, fp, was_stored in zip(again.tolist(), fingerprint[again].tolist(), stored[again].tolist()):
+                # answered before the batch, or earlier in it
+                verdict_of, fp_of, user_of = next(before) if was_stored else answers[scan_id[i]]
+                if fp_of == fp:
                     out[i], replay[i] = verdict_of, True
                 else:
                     out[i] = Verdict.CONFLICT
@@ -91,16 +93,23 @@ class MemoryStateStore(StateStore):
         out = np.full(len(code), Verdict.REPEAT, np.uint8)
         if not len(code):
             return out
-        serial = serial.astype(np.int64)
-        # within the batch, only the first scan of a code can be its first scan ever
-        order = np.lexsort((np.arange(len(code)), serial, code))
-        same = (code[order][1:] == code[order][:-1]) & (serial[order][1:] == serial[order][:-1])
-        first = order[np.concatenate([[True], ~same])]
-        for key in np.unique(code[first]):
-            sel = first[code[first] == key]
-            s = serial[sel]
-            bits = self._bitset(int(key), int(s.max()))
-            byte, mask = s >> 3, (1 << (s & 7)).astype(np.uint8)
+        # within the batch, only the first scan of a code can be its first scan ever: the first row of
+        # each (code, serial), found by one stable sort of the two packed in 64 bits (the batch's few
+        # codes numbered densely above the 32-bit serial) rather than a sort by three keys
+        keys, key_of = np.unique(code, return_inverse=True)
+        if serial.min() >= 0 and int(serial.max()) >> SERIAL_BITS == 0:
+            packed = (key_of.astype(np.uint64) << np.uint64(SERIAL_BITS)) | serial.astype(np.uint64)
+            first = np.unique(packed, return_index=True)[1]
+        else:  # not serials of the code format: sorted by the three keys
+            order = np.lexsort((np.arange(len(code)), serial, key_of))
+            same = (key_of[order][1:] == key_of[order][:-1]) & (serial[order][1:] == serial[order][:-1])
+            first = order[np.concatenate([[True], ~same])]
+        key_of, s = key_of[first], serial[first].astype(np.int64)
+        for k, key in enumerate(keys.tolist()):
+            at = np.nonzero(key_of == k)[0]
+            sel, ks = first[at], s[at]
+            bits = self._bitset(int(key), int(ks.max()))
+            byte, mask = ks >> 3, (1 << (ks & 7)).astype(np.uint8)
             new = (bits[byte] & mask) == 0
             # several serials can share a byte: an unbuffered OR keeps every bit
             np.bitwise_or.at(bits, byte[new], mask[new])
@@ -153,7 +162,8 @@ class MemoryStateStore(StateStore):
             ids = self._campaign_ids
             awards = [self._awards.setdefault(cid, {}) for cid in ids]
             maybe = np.zeros(n, bool)
-            for c in np.unique(requests.campaign).tolist():
+            # the campaigns of the batch (indexes >= 0): counted, not sorted or hashed
+            for c in (np.flatnonzero(np.bincount(np.asarray(requests.campaign, np.int64))).tolist() if n else []):
                 won_hashes = self._award_hashes.get(ids[c])
                 if won_hashes is not None:
                     sel = np.nonzero(requests.campaign == c)[0]
@@ -235,7 +245,7 @@ class MemoryStateStore(StateStore):
         guide = np.asarray(guide, dtype=object)
         with self._lock:
             if not self._guides and not (guide != "").any():  # no unit sold by a guide yet
-                return np.full(n, "", dtype=object)
+                return texts(n)
             units: dict[int, int] = {}  # identity -> its index among the batch's distinct units
             index = np.fromiter((units.setdefault(k, len(units)) for k in _identities(code, serial)), np.int64, n)
             known = self._guides
@@ -252,7 +262,7 @@ class MemoryStateStore(StateStore):
         writes = dealer != ""
         with self._lock:
             if not self._bindings and not writes.any():  # nothing shipped yet: nothing to read
-                return Bindings(np.full(n, "", dtype=object), np.full(n, -1, np.int64))
+                return Bindings(texts(n), np.full(n, -1, np.int64))
             keys = np.asarray(keys, np.uint64)
             # the rows whose key has a binding or gets one now, found by one search of the sorted
             # bound keys rather than a dict look-up per row: most scans are of goods no outbound
