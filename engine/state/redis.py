@@ -378,12 +378,14 @@ class RedisStateStore(StateStore):
 
     # -- dedup -----------------------------------------------------------------------------
 
-    def dedup_key(self, code: int, chunk: int) -> bytes:
+    def dedup_key(self, code: int, chunk: int, shard: int | None = None) -> bytes:
         """Key of a dedup chunk; ``code`` is ``audiences.claim_keys``: the batch key
         (tenant, kind, batch) and the audience above it.  Consumers' keys (audience 0) are
-        ``dd:{tag}T:K:B:C``, the others' ``ddN:{tag}...``, in the chunk's shard (``chunk_shards``)."""
+        ``dd:{tag}T:K:B:C``, the others' ``ddN:{tag}...``, in the chunk's shard (``chunk_shards``;
+        a batch's caller passes it, found for all its chunks at once)."""
         audience = code >> AUDIENCE_SHIFT
-        shard = int(chunk_shards(np.array([(code << 20) | chunk], np.uint64))[0])
+        if shard is None:
+            shard = int(chunk_shards(np.array([(code << 20) | chunk], np.uint64))[0])
         name = shard_key(b"%bdd%b:" % (self._pre, b"%d" % audience if audience else b""), shard)
         return b"%b%d:%d:%d:%d" % (name, (code >> 26) & 0xFFFF, (code >> 24) & 3, code & 0xFFFFFF, chunk)
 
@@ -435,8 +437,7 @@ class RedisStateStore(StateStore):
         code shards ``shards``: one byte per row (a row not at OK gets its record or keeps its verdict)."""
         offset = (serial % np.uint64(CHUNK_SERIALS)).astype(np.int64)
         ck = self._pre + b"ck:"
-        setting = given == Verdict.OK
-        assert (chunk_shards(groups[setting]) == shards[setting]).all(), "a bit is set in its own chunk's shard only"
+        setting = given == Verdict.OK  # the caller sends a row at OK only to its own chunk's shard
 
         def codes(rows: np.ndarray) -> tuple[list, list]:
             # KEYS: the chunks of the rows that may set a bit (the others only read records),
@@ -449,7 +450,7 @@ class RedisStateStore(StateStore):
             np.maximum.at(last, chunk[sets], offset[rows][sets] >> 3)
             want = np.where(last >= 0, good_length(np.maximum(last, 0) + 1), 0)
             keys = [shard_key(ck, int(shards[rows[0]]))] + [
-                self.dedup_key(int(g) >> 20, int(g) & 0xFFFFF) for g in uniq.tolist()]
+                self.dedup_key(g >> 20, g & 0xFFFFF, sh) for g, sh in zip(uniq.tolist(), chunk_shards(uniq).tolist())]
             return keys, [ck, self.replay_ttl_s, len(rows), *_pack_strings(ids[rows]), given[rows].tobytes(),
                           shards[rows].tobytes(), chunk.astype("<u4").tobytes(), offset[rows].astype("<u4").tobytes(),
                           want.astype("<u4").tobytes(), int(Verdict.OK), int(Verdict.REPEAT)]
