@@ -764,6 +764,32 @@ def test_pipeline_gives_identical_outcomes_with_both_stores(synthetic_world, ser
 
 # --- Redis only: layout, memory, round trips, errors ----------------------------------------
 
+@pytest.mark.parametrize("kind", ["redis", "cluster"])
+def test_a_claim_cut_between_its_two_steps_is_decided_again_as_the_first_time(make_store, monkeypatch):
+    """The attack on the two-step claim: the worker dies after the scan_ids' identities are
+    written and before the codes' bits are set.  The redelivered batch (and a reused scan_id
+    sent meanwhile) must get exactly the answers of an uninterrupted claim."""
+    rows = [("first", CODE, 5, OK), ("again", CODE, 5, OK), ("forged", CODE, 9, BAD_MAC), ("other", CODE, 6, OK)]
+    with make_store() as cut, make_store() as whole:
+        expected = claim(whole, rows)
+        assert expected == [(OK, False), (REPEAT, False), (BAD_MAC, False), (OK, False)]
+
+        def killed(*args, **kwargs):
+            raise KeyboardInterrupt("kill -9 between the two steps")
+
+        with monkeypatch.context() as m:
+            m.setattr(type(cut), "_claim_codes", killed)
+            with pytest.raises(KeyboardInterrupt):
+                claim(cut, rows)
+        # a reused scan_id with another event, before the redelivery: a conflict, no bit taken
+        assert claim(cut, [("first", CODE, 7, OK, 2, "thief")], full=True) == [(Verdict.CONFLICT, False, "u")]
+        # the redelivery decides as the first time; the forged row's answer was final in the
+        # first step already, so it comes back as a replay, as after a kill past a whole claim
+        assert claim(cut, rows) == [(OK, False), (REPEAT, False), (BAD_MAC, True), (OK, False)]
+        assert claim(cut, rows) == [(v, True) for v, _ in expected]  # and then it is a replay
+        assert claim(cut, [("late", CODE, 7, OK)]) == [(OK, False)]  # the thief's code was not taken
+
+
 def test_each_call_is_one_round_trip_and_a_claim_two(redis_store):
     """On a single server a call is one script over the whole batch; a claim with OK rows is two
     (the scan_ids' identities, then the codes' bits)."""
