@@ -17,7 +17,7 @@ random key prefix that is deleted at the end (only that prefix is touched):
     string key per code (``SET <prefix>code:<tenant>:<kind>:<batch>:<serial> 1``) measured by
     ``used_memory`` delta, and one set per batch with the serials as members (``SADD``), by
     ``MEMORY USAGE`` of the sets.
-(c) A replay record (the first answer of a scan_id, a field of a bucket hash ``P rp:<epoch>:<bucket>``):
+(c) A replay record (the first answer of a scan_id, a field of its shard's hash ``P rp:{tag}:<epoch>``):
     ``used_memory`` delta per record, and the sum of ``MEMORY USAGE`` over the bucket hashes, for
     ``--baseline`` scan_ids whose verdict is not ok (so no bit is set), in three layouts:
     the record before answers kept the event (``old``: the verdict alone as the field's value,
@@ -61,7 +61,8 @@ import numpy as np  # noqa: E402
 from scanstream.engine.registry import batch_key  # noqa: E402
 from scanstream.engine.state import pack_answer, state_keys  # noqa: E402
 from scanstream.engine.state.memory import MemoryStateStore  # noqa: E402
-from scanstream.engine.state.redis import BUCKETS, CHUNK_SERIALS, RedisStateStore, StateUnavailable  # noqa: E402
+from scanstream.engine.state.redis import CHUNK_SERIALS, RedisStateStore, StateUnavailable  # noqa: E402
+from scanstream.engine.state.redis_lua import SHARDS, shard_key  # noqa: E402
 from scanstream.engine.verdicts import Verdict  # noqa: E402
 
 TENANT = 7
@@ -130,7 +131,8 @@ def bench_bitmaps(store: RedisStateStore, args: argparse.Namespace, rng: np.rand
     verdict = np.full(scans, Verdict.OK, np.uint8)
     before = settle(store)
     seconds = claim_in_calls(store, ids, fps, users, codes, serial, verdict, args.claim_batch)
-    delete_matching(store, b"rp:*")  # the replay records are measured in (c)
+    for records in (b"rp:*", b"ck:*"):  # the scan_ids' records are measured in (c): only bitmaps stay
+        delete_matching(store, records)
     after = settle(store)
     redis_bytes = store.dedup_bytes()
     mem = MemoryStateStore()
@@ -155,13 +157,13 @@ def replay_keys_usage(store: RedisStateStore) -> tuple[int, int]:
 
 def write_old_records(store: RedisStateStore, ids: np.ndarray, verdict: int, size: int) -> None:
     """The replay records as the claim script wrote them before answers kept the event: field
-    scan_id, value the verdict (a Lua number, stored as its decimal string), in the bucket hash
-    ``P rp:<epoch>:<bucket>`` of this epoch, which expires at the end of the next one."""
+    scan_id, value the verdict (a Lua number, stored as its decimal string), in this epoch's hash
+    of the scan_id's shard, ``P rp:{tag}:<epoch>``, which expires at the end of the next one."""
     r, ttl = store.client, store.replay_ttl_s
     epoch = int(r.time()[0]) // ttl
-    bucket = (state_keys(ids) & np.uint64(BUCKETS - 1)).astype(np.int64)
-    for b in range(BUCKETS):
-        key = b"%brp:%d:%d" % (store.prefix.encode(), epoch, b)
+    bucket = (state_keys(ids) & np.uint64(SHARDS - 1)).astype(np.int64)
+    for b in range(SHARDS):
+        key = shard_key(store.prefix.encode() + b"rp:", b) + b":%d" % epoch
         mine = ids[bucket == b].tolist()
         for i in range(0, len(mine), size):
             r.hset(key, mapping=dict.fromkeys(mine[i:i + size], verdict))
