@@ -57,7 +57,7 @@ def test_a_command_on_state_of_layout_1_stops_with_one_line_until_state_migrate(
     assert len(err.splitlines()) == 1 and "layout 1" in err and "scanstream state migrate" in err
     assert main(["--config", str(config), "state", "migrate"]) == exits.OK
     out = capsys.readouterr().out
-    assert "layout 2" in out and "1 dd" in out and "1 rp" in out
+    assert "layout 3" in out and "1 dd" in out and "1 rp" in out
     store = RedisStateStore.from_url(redis_url, prefix=old_prefix, replay_ttl_s=24 * 3600)
     assert claim(store, [("old-1", CODE, 5, OK), ("new-1", CODE, 5, OK)]) == [(OK, True), (REPEAT, False)]
     store.close()

@@ -39,7 +39,8 @@ from scanstream.engine.state.redis_lua import SHARD_TAGS, shard_key
 from redis.crc import key_slot
 from scanstream.engine.verdicts import Verdict
 
-OK, REPEAT, BAD_MAC, NOT_ACTIVATED = Verdict.OK, Verdict.REPEAT, Verdict.BAD_MAC, Verdict.NOT_ACTIVATED
+OK, REPEAT, BAD_MAC, NOT_ACTIVATED, CONFLICT = (Verdict.OK, Verdict.REPEAT, Verdict.BAD_MAC, Verdict.NOT_ACTIVATED,
+                                             Verdict.CONFLICT)
 WON, NO_PRIZE, OUT_OF_STOCK, BUDGET, CAP = (DrawStatus.WON, DrawStatus.NO_PRIZE, DrawStatus.OUT_OF_STOCK,
                                              DrawStatus.BUDGET, DrawStatus.CAP)
 SERIAL_MAX = 2**32 - 1
@@ -848,19 +849,29 @@ def test_bitmaps_grow_to_exact_size_classes(redis_store):
     assert redis_store.client.memory_usage(key, samples=0) <= 8 * 1024 + 100
 
 
+def identity_key(store: RedisStateStore, scan_id: str) -> bytes:
+    """The hash that holds ``scan_id``'s identity now: its shard's, this epoch's."""
+    shard = int(state_keys([scan_id])[0]) % len(SHARD_TAGS)
+    return shard_key(store.prefix.encode() + b"rp:", shard) + b":%d" % (int(time.time()) // store.replay_ttl_s)
+
+
 def test_keys_have_their_ttls(redis_store):
     r, p = redis_store.client, redis_store.prefix.encode()
-    claim(redis_store, [("scan-1", CODE, 1, OK)])
     # the scan_id's identity is a field of this epoch's hash of its shard, naming the shard of
-    # its code's chunk, where its outcome is a field of that shard's hash; both are kept between
-    # one and two replay TTLs
-    (identities,) = redis_store.keys(b"rp:*")
+    # its code's chunk and its outcome's place there: the claim call's token and the row's rank,
+    # where the token's field holds a byte per rank; both are kept between one and two replay TTLs
+    claim(redis_store, [("scan-0", CODE, 2, BAD_MAC), ("scan-1", CODE, 1, OK), ("scan-2", CODE, 3, OK)])
     code_shard = int(chunk_shards(np.array([CODE << 20], np.uint64))[0])
-    assert r.hget(identities, "scan-1") == pack_answer(0x40 + code_shard, 1, "u")
+    assert r.hget(identity_key(redis_store, "scan-0"), "scan-0") == pack_answer(BAD_MAC, 1, "u")
+    first = r.hget(identity_key(redis_store, "scan-1"), "scan-1")
+    token = first[9:17]
+    assert first == pack_answer(0x40 + code_shard, 1, "u", token + (0).to_bytes(4, "little"))
+    assert r.hget(identity_key(redis_store, "scan-2"), "scan-2") == \
+        pack_answer(0x40 + code_shard, 1, "u", token + (1).to_bytes(4, "little"))
     (outcomes,) = redis_store.keys(b"ck:*")
     assert outcomes.startswith(shard_key(p + b"ck:", code_shard))
-    assert r.hget(outcomes, "scan-1") == bytes([OK])
-    for key in (identities, outcomes):
+    assert r.hgetall(outcomes) == {token: bytes([OK, OK])}  # one field for the whole claim call
+    for key in (identity_key(redis_store, "scan-1"), outcomes):
         assert 3600 <= r.ttl(key) <= 7200
     assert r.ttl(redis_store.dedup_key(CODE, 0)) == -1  # a code is taken for ever
     redis_store.count(u64([1]), 100)
@@ -920,6 +931,32 @@ def test_state_of_layout_1_is_refused_until_migrated_then_answers_as_before(redi
         if keys:
             client.delete(*keys)
         client.close()
+
+
+def test_claims_of_layout_2_are_refused_until_migrated_then_answer_as_their_first_run(server):
+    """Layout 2 kept a claim's outcome as a field per scan_id.  After the migration a claim whose
+    outcome was recorded answers with it (here REPEAT, which a fresh decision would not give), and
+    one killed between its steps decides as its first run would have (not a replay: the first
+    run answered nothing)."""
+    kind, url = server
+    with open_store(kind, url) as store:
+        client, p = store.client, store.prefix.encode()
+        epoch = int(time.time()) // store.replay_ttl_s
+        code_shard = int(chunk_shards(np.array([CODE << 20], np.uint64))[0])
+        client.setbit(store.dedup_key(CODE, 0), 5, 1)  # serial 5 is taken by "done"'s first run
+        client.hset(identity_key(store, "done"), "done", pack_answer(0x40 + code_shard, 1, "u"))
+        client.hset(shard_key(p + b"ck:", code_shard) + b":%d" % epoch, "done", bytes([REPEAT]))
+        client.hset(identity_key(store, "killed"), "killed", pack_answer(0x40 + code_shard, 1, "u"))
+        client.set(p + b"layout", 2)
+        with pytest.raises(OldStateLayout, match="layout 2.*scanstream state migrate"):
+            RedisStateStore(client, prefix=store.prefix)
+        assert RedisStateStore(client, prefix=store.prefix, check_layout=False).migrate_layout() == {"rp claimed": 2}
+        assert store.keys(b"ck:*") == []  # the per-scan records are gone
+        migrated = RedisStateStore(client, prefix=store.prefix, replay_ttl_s=store.replay_ttl_s)
+        assert claim(migrated, [("done", CODE, 5, OK), ("killed", CODE, 6, OK), ("killed", CODE, 6, OK),
+                                ("done", CODE, 7, OK, 2)]) == [(REPEAT, True), (OK, False), (OK, True), (CONFLICT, False)]
+        assert claim(migrated, [("killed", CODE, 6, OK), ("thief", CODE, 7, OK)]) == [(OK, True), (OK, False)]
+        assert RedisStateStore(client, prefix=store.prefix, check_layout=False).migrate_layout() == {}  # idempotent
 
 
 def test_a_prefix_marked_with_an_unknown_layout_is_refused(redis_store):

@@ -109,11 +109,12 @@ class Claims:
     first_user: np.ndarray  # object: '' except on CONFLICT rows
 
 
-def pack_answer(verdict: int, fingerprint: int, user: str) -> bytes:
+def pack_answer(verdict: int, fingerprint: int, user: str, ref: bytes = b"") -> bytes:
     """A scan_id's stored answer as the Redis store keeps it (a hash field's value, written by its
-    claim script): verdict byte, 8-byte fingerprint (little-endian), the first user's id (UTF-8).
-    The memory store keeps the same three values as a tuple."""
-    return bytes((verdict,)) + int(fingerprint).to_bytes(8, "little") + user.encode("utf-8", "surrogatepass")
+    claim script): verdict byte, 8-byte fingerprint (little-endian), for a claim whose verdict its
+    code decides the 12-byte ``ref`` to its outcome record, the first user's id (UTF-8).
+    The memory store keeps the verdict, fingerprint and user as a tuple."""
+    return bytes((verdict,)) + int(fingerprint).to_bytes(8, "little") + ref + user.encode("utf-8", "surrogatepass")
 
 
 @dataclass

@@ -27,11 +27,13 @@ Keys (``P`` is the prefix; ``{t}`` the hash tag of a state shard, ``redis_lua.SH
                                     no expiry (``ddN:`` for audience N, ``audiences.claim_keys``)
     P rp:{t}:<epoch>        hash    scan_id -> its identity (``engine.state.pack_answer``: verdict, or
                                     CLAIMED + the shard of its code's chunk; event fingerprint;
+                                    for CLAIMED the reference of its outcome: claim token, rank;
                                     first user), in the scan_id's shard (its ``state_keys`` hash),
                                     for scan_ids first claimed in epoch ``now // replay_ttl_s``;
                                     expires at the end of the next epoch
-    P ck:{t}:<epoch>        hash    scan_id -> the verdict its code's claim gave (OK or REPEAT), in
-                                    the shard of the code's chunk, as ``rp:``
+    P ck:{t}:<epoch>        hash    claim token -> the verdicts its claim call's code step gave
+                                    (OK or REPEAT, a byte per rank) in the shard of the codes'
+                                    chunks: one field per claim call and shard, not per scan
     P cp:{<id>}             hash    budget, prizes, commissions, cap, tiers, s0 .. s<tiers-1> (stock left)
     P cp:{<id>}:aw          hash    12-byte code identity (uint64 batch key, uint32 serial, LE)
                                     -> "tier:cents:commission", kept for ever: one prize per
@@ -105,6 +107,7 @@ Errors
 """
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from typing import Any
@@ -147,10 +150,16 @@ _REPLAY_FLAG = 0x80  # claim answers: verdict | flag when the scan_id was claime
 _CLAIMED = 0x40
 assert max(Verdict) < _CLAIMED and _CLAIMED + SHARDS <= _REPLAY_FLAG
 _SHARD_BITS = np.uint64(SHARDS - 1)
+#: A CLAIMED identity's reference to its outcome record: the claim's token and a uint32 rank.
+_TOKEN_BYTES = 8
+_REF_BYTES = _TOKEN_BYTES + 4
 _FOLD_SHARD = np.uint64(0x9E3779B97F4A7C15)  # 2**64 / golden ratio: a multiplier that mixes every bit into the top ones
 #: The key layout this store writes, kept in ``P layout``.  Layout 1 (no shard tags, one claim
 #: script) was written before the Redis Cluster support; ``migrate_layout`` renames its keys.
-LAYOUT = 2
+#: Layout 2 kept a claim's outcome per scan_id (``ck:`` field scan_id); ``migrate_layout`` turns
+#: its CLAIMED identities into layout 3's (a final verdict where its outcome is known, else a
+#: reference to no record) and drops those records.
+LAYOUT = 3
 #: Keys of layout 1 that ``migrate_layout`` renames, by family: ``dd`` and ``ddN`` bitmaps named
 #: ``{T:K:B:C}``, bucket hashes ``rp:<epoch>:<bucket>`` and ``wd:<epoch>:<bucket>``, ``bn:<bucket>``,
 #: ``gd:<bucket>``, and the 8-byte window keys ``w:<key>`` and spilled sets ``ws:<key>``.
@@ -217,6 +226,26 @@ def _pack_strings(values: np.ndarray) -> tuple[bytes, bytes]:
     return np.fromiter(map(len, encoded), np.uint32, len(encoded)).astype("<u4").tobytes(), b"".join(encoded)
 
 
+def _ranks(shards: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Each flagged row's rank among the flagged rows of its shard, in row order (0 elsewhere):
+    the byte of the claim's record (one per shard) that keeps the row's outcome."""
+    out = np.zeros(len(shards), np.int64)
+    at = np.nonzero(rows)[0]
+    order = np.argsort(shards[at], kind="stable")
+    sorted_shards = shards[at][order]
+    out[at[order]] = np.arange(len(at)) - np.searchsorted(sorted_shards, sorted_shards)
+    return out
+
+
+def claim_token() -> bytes:
+    """A claim call's token: 8 random bytes naming its outcome records, never all zero (the
+    reference of an identity whose record is unknown, see ``migrate_layout``)."""
+    while True:
+        token = os.urandom(_TOKEN_BYTES)
+        if any(token):
+            return token
+
+
 def _keys_blob(keys: np.ndarray) -> bytes:
     return np.ascontiguousarray(keys, np.uint64).astype("<u8").tobytes()
 
@@ -275,6 +304,10 @@ class RedisStateStore(StateStore):
                     f"{old[0]!r}); stop every worker and run `scanstream state migrate` once, then start "
                     f"this version (expected layout {LAYOUT})")
             self._call(lambda: self.client.set(key, LAYOUT, nx=True))
+        elif int(found) < LAYOUT:
+            raise OldStateLayout(
+                f"Redis state store {self.url}: prefix {self.prefix!r} holds state of layout {int(found)}; stop "
+                f"every worker and run `scanstream state migrate` once, then start this version (expected layout {LAYOUT})")
         elif int(found) != LAYOUT:
             raise OldStateLayout(f"Redis state store {self.url}: prefix {self.prefix!r} holds state of layout "
                                  f"{int(found)}; this version reads layout {LAYOUT}")
@@ -310,20 +343,58 @@ class RedisStateStore(StateStore):
         return None
 
     def migrate_layout(self) -> dict[str, int]:
-        """Rename this prefix's keys of layout 1 to layout 2 (RENAME keeps each key's TTL), then
-        mark the prefix; the number renamed per family.  Every worker on the prefix must be
-        stopped.  Reply lists are left to expire (minutes): they answer requests of the old
-        workers.  On a single server only: layout 1 never ran on a Cluster."""
-        if self.cluster:
-            raise OldStateLayout("migrate_layout: layout 1 never ran on a Redis Cluster; nothing to migrate")
-        renamed: dict[str, int] = {}
-        for key in self._old_keys():
-            new = self._renamed(key)
-            self._call(lambda: self.client.rename(key, new))
-            family = FAMILY.match(key[len(self._pre):]).group(0).decode()
-            renamed[family] = renamed.get(family, 0) + 1
+        """Bring this prefix to ``LAYOUT``, then mark it; the number of keys or fields changed per
+        family.  Every worker on the prefix must be stopped.  Idempotent.
+
+        Layout 1 to 2 renames keys (RENAME keeps each key's TTL), on a single server only: layout 1
+        never ran on a Cluster.  Layout 2 to 3 rewrites each CLAIMED identity (``rp``): to the
+        verdict its layout-2 outcome record gives, or, without one (a claim killed between its
+        steps), to a reference that names no record, so that its redelivery decides as the first
+        run would have; then it deletes the layout-2 records (``ck``).  Reply lists are left to
+        expire (minutes): they answer requests of the old workers."""
+        changed: dict[str, int] = {}
+        found = self._call(lambda: self.client.get(self._pre + b"layout"))
+        if found is not None and int(found) > LAYOUT:
+            raise OldStateLayout(f"migrate_layout: prefix {self.prefix!r} is at layout {int(found)}, newer than "
+                                 f"this version's {LAYOUT}")
+        if not self.cluster:
+            for key in self._old_keys():
+                new = self._renamed(key)
+                self._call(lambda: self.client.rename(key, new))
+                family = FAMILY.match(key[len(self._pre):]).group(0).decode()
+                changed[family] = changed.get(family, 0) + 1
+        if found is None or int(found) < 3:
+            claims = self._migrate_claims()
+            if claims:
+                changed["rp claimed"] = claims
         self._call(lambda: self.client.set(self._pre + b"layout", LAYOUT))
-        return renamed
+        return changed
+
+    def _migrate_claims(self) -> int:
+        """Layout 2 to 3 (see ``migrate_layout``); the number of identities rewritten."""
+        ck = self._pre + b"ck:"
+        records = set(self.keys(b"ck:*"))
+        rewritten = 0
+        for key in self.keys(b"rp:{*}:*"):
+            epoch = int(key.rsplit(b":", 1)[1])
+            for scan_id, identity in self._call(lambda: list(self.client.hscan_iter(key, count=1000))):
+                mark = identity[0]
+                if not _CLAIMED <= mark < _CLAIMED + SHARDS:
+                    continue
+                outcome = None
+                for e in (epoch, epoch + 1, epoch - 1):  # step 2 ran in the identity's epoch or just after
+                    name = shard_key(ck, mark - _CLAIMED) + b":%d" % e
+                    if name in records:
+                        outcome = self._call(lambda: self.client.hget(name, scan_id))
+                        if outcome:
+                            break
+                new = (outcome[:1] + identity[1:] if outcome else
+                       identity[:9] + bytes(_REF_BYTES) + identity[9:])
+                self._call(lambda: self.client.hset(key, scan_id, new))
+                rewritten += 1
+        for key in records:
+            self._call(lambda: self.client.delete(key))
+        return rewritten
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "scanstream:", replay_ttl_s: int = DEFAULT_REPLAY_TTL_S,
@@ -404,20 +475,24 @@ class RedisStateStore(StateStore):
         # a chunk as one integer: batch key (42 bits) and chunk number (20 bits)
         groups = (code << np.uint64(20)) | (serial // np.uint64(CHUNK_SERIALS))
         code_shards = chunk_shards(groups).astype(np.uint8)
+        ranks = _ranks(code_shards, given == Verdict.OK).astype("<u4")
+        token = claim_token()
         rp = self._pre + b"rp:"
 
         def identities(rows: np.ndarray) -> tuple[list, list]:
             return [shard_key(rp, int(id_shards[rows[0]]))], [
                 rp, self.replay_ttl_s, len(rows), *_pack_strings(ids[rows]), given[rows].tobytes(),
                 id_shards[rows].tobytes(), fps[rows].tobytes(), *_pack_strings(users[rows]), int(Verdict.CONFLICT),
-                _CLAIMED, int(Verdict.OK), code_shards[rows].tobytes()]
+                _CLAIMED, int(Verdict.OK), code_shards[rows].tobytes(), token, ranks[rows].tobytes()]
 
         out = np.empty(n, np.uint8)
+        refs = np.empty((n, _REF_BYTES), np.uint8)
         first_user = np.full(n, "", dtype=object)
         for rows, reply in self._sharded(self._ids, id_shards, identities):
             got = np.frombuffer(reply[0], np.uint8)
             out[rows] = got
-            first_user[rows[got == Verdict.CONFLICT]] = [u.decode("utf-8", "surrogatepass") for u in reply[1:]]
+            refs[rows] = np.frombuffer(reply[1], np.uint8).reshape(len(rows), _REF_BYTES)
+            first_user[rows[got == Verdict.CONFLICT]] = [u.decode("utf-8", "surrogatepass") for u in reply[2:]]
         mark = out & ~np.uint8(_REPLAY_FLAG)
         claimed = np.nonzero(mark >= _CLAIMED)[0]
         if len(claimed):
@@ -425,16 +500,17 @@ class RedisStateStore(StateStore):
             # fingerprint came with another code (then only its record can answer: no bit is set)
             where = (mark[claimed] - _CLAIMED).astype(np.uint8)
             setting = np.where(where == code_shards[claimed], given[claimed], np.uint8(Verdict.CONFLICT))
-            out[claimed] = self._claim_codes(ids[claimed], setting, groups[claimed], serial[claimed], where)
+            out[claimed] = self._claim_codes(refs[claimed], setting, groups[claimed], serial[claimed], where)
             lost = claimed[out[claimed] == Verdict.CONFLICT]  # no record there: the first answer is gone
             out[lost] = given[lost]
         verdicts = (out & ~np.uint8(_REPLAY_FLAG)).astype(np.uint8)
         return Claims(verdicts, out >= _REPLAY_FLAG, first_user)
 
-    def _claim_codes(self, ids: np.ndarray, given: np.ndarray, groups: np.ndarray, serial: np.ndarray,
+    def _claim_codes(self, refs: np.ndarray, given: np.ndarray, groups: np.ndarray, serial: np.ndarray,
                      shards: np.ndarray) -> np.ndarray:
-        """Step 2 of the claim (``redis_lua.CODES_LUA``) for rows whose identity is CLAIMED, in the
-        code shards ``shards``: one byte per row (a row not at OK gets its record or keeps its verdict)."""
+        """Step 2 of the claim (``redis_lua.CODES_LUA``) for rows whose identity is CLAIMED, with
+        their identities' references ``refs`` (12 bytes a row), in the code shards ``shards``: one
+        byte per row (a row not at OK gets its record or keeps its verdict)."""
         offset = (serial % np.uint64(CHUNK_SERIALS)).astype(np.int64)
         ck = self._pre + b"ck:"
         setting = given == Verdict.OK  # the caller sends a row at OK only to its own chunk's shard
@@ -451,11 +527,11 @@ class RedisStateStore(StateStore):
             want = np.where(last >= 0, good_length(np.maximum(last, 0) + 1), 0)
             keys = [shard_key(ck, int(shards[rows[0]]))] + [
                 self.dedup_key(g >> 20, g & 0xFFFFF, sh) for g, sh in zip(uniq.tolist(), chunk_shards(uniq).tolist())]
-            return keys, [ck, self.replay_ttl_s, len(rows), *_pack_strings(ids[rows]), given[rows].tobytes(),
+            return keys, [ck, self.replay_ttl_s, len(rows), refs[rows].tobytes(), given[rows].tobytes(),
                           shards[rows].tobytes(), chunk.astype("<u4").tobytes(), offset[rows].astype("<u4").tobytes(),
                           want.astype("<u4").tobytes(), int(Verdict.OK), int(Verdict.REPEAT)]
 
-        out = np.empty(len(ids), np.uint8)
+        out = np.empty(len(refs), np.uint8)
         for rows, reply in self._sharded(self._codes, shards, codes):
             out[rows] = np.frombuffer(reply, np.uint8)
         return out
@@ -680,7 +756,11 @@ def _history(raw: bytes) -> History:
     return tuple(out)
 
 
-def _describe(client: redis_py.Redis) -> str:
+def _describe(client: redis_py.Redis | redis_py.RedisCluster) -> str:
+    """The server a client talks to, as a URL without its password (for messages)."""
+    if isinstance(client, redis_py.RedisCluster):
+        node = client.get_default_node()
+        return f"redis://{node.host}:{node.port} (cluster)"
     kw = client.connection_pool.connection_kwargs
     if "path" in kw:
         return f"unix://{kw['path']}"

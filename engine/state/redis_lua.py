@@ -181,15 +181,19 @@ end
 #: 1. ``IDS_LUA``, in the scan_id's shard: the scan_id's identity.  A scan_id seen before with
 #:    another event is a CONFLICT, with the same event a replay.  A new scan_id is recorded with
 #:    its event's fingerprint and user; a row that is not OK gets its final verdict there and
-#:    then, an OK row the mark CLAIMED + the shard of its code's chunk: its verdict is decided by
-#:    step 2, in that shard (a redelivery looks there, whatever code it carries).
+#:    then, an OK row the mark CLAIMED + the shard of its code's chunk and a reference to where
+#:    step 2 records its verdict: the claim's token (8 random bytes, one per claim call) and the
+#:    row's rank among the claim's OK rows of that shard.  A redelivery follows the reference,
+#:    whatever code it carries.
 #: 2. ``CODES_LUA``, in the code's shard, for the rows marked CLAIMED: the test-and-set of the
-#:    code's bit and the record of its outcome under the scan_id, together.  A scan_id whose
-#:    outcome is recorded gets it back; only a scan_id without one sets a bit.
+#:    code's bit and the record of its outcome, together.  The outcomes of one claim call in one
+#:    shard are one field, the token, holding a byte per rank (0: none yet), not a field per
+#:    scan: a reference whose byte is set gets it back; only a row without one sets a bit.
 #:
-#: A crash between the steps leaves an identity without an outcome; the batch's redelivery
-#: finds its own identity (same fingerprint) and step 2 decides as the first time would have.
-#: A scan_id reused with another event never reaches step 2, whatever its code.
+#: A crash between the steps leaves an identity whose reference has no byte; the batch's
+#: redelivery finds its own identity (same fingerprint) and step 2 decides as the first time
+#: would have, recording the byte under the first claim's token.  A scan_id reused with another
+#: event never reaches step 2, whatever its code.
 #:
 #: Both keep their records in shard hashes per epoch of the replay TTL (epoch = now // TTL),
 #: read with one HMGET per shard and epoch (this one, then the one before for the rest) and
@@ -200,10 +204,12 @@ end
 #: IDS_LUA.  KEYS[1]: a key in the rows' shard (routing only).  ARGV: identity prefix
 #: (``P rp:``), TTL, n, scan_id lengths (uint32) + scan_ids, given verdicts (one byte each),
 #: each row's shard (one byte), fingerprints (8 bytes each), user lengths + users, CONFLICT,
-#: CLAIMED, OK, and each row's code shard (one byte).  An identity is ``engine.state.pack_answer``:
-#: verdict (or CLAIMED + code shard), fingerprint, first user.  Returns {one byte per row: its
-#: verdict, or CLAIMED + code shard, + 128 when its scan_id was known with the same event; the
-#: first user of each CONFLICT row ...}.
+#: CLAIMED, OK, each row's code shard (one byte), the claim's token (8 bytes) and each row's
+#: rank (uint32).  An identity is ``engine.state.pack_answer``: verdict (or CLAIMED + code
+#: shard), fingerprint, for a CLAIMED mark its reference (token, rank as uint32), first user.
+#: Returns {one byte per row: its verdict, or CLAIMED + code shard, + 128 when its scan_id was
+#: known with the same event; 12 bytes per row: the reference of a CLAIMED row (zeros for the
+#: others); the first user of each CONFLICT row ...}.
 IDS_LUA = LUA_PRELUDE + r"""
 local CONFLICT, CLAIMED, OK = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13])
 local rp, ttl, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -213,51 +219,64 @@ local shard = bytes(ARGV[7])
 local fps = ARGV[8]
 local users = strings(ARGV[9], ARGV[10], n)
 local code_shard = bytes(ARGV[14])
+local token, ranks = ARGV[15], ARGV[16]
+local NOREF = string.rep('\0', 12)
 local now = redis.call('TIME')
 local epoch = math.floor(tonumber(now[1]) / ttl)
 local stored = lookup(rp, ids, shard, n, epoch)
-local known, out, writes, firsts = {}, {}, {}, {}
+local known, out, refs, writes, firsts = {}, {}, {}, {}, {}
 for i = 1, n do
   local id = ids[i]
   local fp = string.sub(fps, 8 * i - 7, 8 * i)
   local first = known[id] or stored[i]  -- the stored identity, or the one an earlier row made
+  refs[i] = NOREF
   if first ~= nil then
     known[id] = first
+    local mark = string.byte(first, 1)
     if string.sub(first, 2, 9) == fp then
-      out[i] = string.byte(first, 1) + 128
+      out[i] = mark + 128
+      if mark >= CLAIMED then refs[i] = string.sub(first, 10, 21) end
     else
       out[i] = CONFLICT
-      firsts[#firsts + 1] = string.sub(first, 10)
+      if mark >= CLAIMED then firsts[#firsts + 1] = string.sub(first, 22) else firsts[#firsts + 1] = string.sub(first, 10) end
     end
   else
     local v = given[i]
-    if v == OK then v = CLAIMED + code_shard[i] end
-    local answer = string.char(v) .. fp .. users[i]
+    local answer
+    if v == OK then
+      v = CLAIMED + code_shard[i]
+      refs[i] = token .. string.sub(ranks, 4 * i - 3, 4 * i)
+      answer = string.char(v) .. fp .. refs[i] .. users[i]
+    else
+      answer = string.char(v) .. fp .. users[i]
+    end
     add_write(writes, shard[i], id, answer)
     known[id] = answer
     out[i] = v
   end
 end
 store(rp, writes, epoch, ttl)
-return {chars(out), unpack(firsts)}
+return {chars(out), table.concat(refs), unpack(firsts)}
 """
 
 #: CODES_LUA.  KEYS: a key of the rows' shard (routing only), then the dedup chunks in which rows
-#: may set a bit (one shard's on a Cluster).  ARGV: outcome
-#: prefix (``P ck:``), TTL, n, scan_id lengths + scan_ids, given verdicts, each row's shard (its
+#: may set a bit (one shard's on a Cluster).  ARGV: outcome prefix (``P ck:``), TTL, n, each
+#: row's reference (12 bytes: token, rank as uint32), given verdicts, each row's shard (its
 #: chunk's), chunk (uint32 index into KEYS, 0-based) and bit offset (uint32) per row, per chunk
-#: the length to grow it to before any bit is set (0: no row sets a bit there), OK, REPEAT.  A row whose scan_id has an outcome
-#: (recorded before, or by an earlier row) gets it back; else an OK row sets its bit (OK, or
-#: REPEAT when it was set) and records that; any other row keeps its verdict (its record has
-#: expired).  Returns one byte per row: verdict, + 128 when it was recorded before.
+#: the length to grow it to before any bit is set (0: no row sets a bit there), OK, REPEAT.  A
+#: token's record (``P ck:{t}:<epoch>`` field token) holds one byte per rank, 0 where none is
+#: recorded.  A row whose reference has a byte (recorded before, or by an earlier row) gets it
+#: back; else an OK row sets its bit (OK, or REPEAT when it was set) and records that; any other
+#: row keeps its verdict (its record has expired).  Returns one byte per row: verdict, + 128
+#: when it was recorded before.
 CODES_LUA = LUA_PRELUDE + r"""
-local OK, REPEAT = tonumber(ARGV[11]), tonumber(ARGV[12])
+local OK, REPEAT = tonumber(ARGV[10]), tonumber(ARGV[11])
 local ck, ttl, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local ids = strings(ARGV[4], ARGV[5], n)
-local given = bytes(ARGV[6])
-local shard = bytes(ARGV[7])
-local chunk, offset = ints(ARGV[8], 'I4', n), ints(ARGV[9], 'I4', n)
-local want = ints(ARGV[10], 'I4', #KEYS)
+local refs = ARGV[4]
+local given = bytes(ARGV[5])
+local shard = bytes(ARGV[6])
+local chunk, offset = ints(ARGV[7], 'I4', n), ints(ARGV[8], 'I4', n)
+local want = ints(ARGV[9], 'I4', #KEYS)
 -- grow each chunk at an exact length first: BITFIELD and SETBIT would double the allocation
 for g = 1, #KEYS do
   local have = redis.call('STRLEN', KEYS[g])
@@ -270,19 +289,62 @@ for g = 1, #KEYS do
 end
 local now = redis.call('TIME')
 local epoch = math.floor(tonumber(now[1]) / ttl)
-local stored = lookup(ck, ids, shard, n, epoch)
--- which rows set a bit: those at OK whose scan_id has no outcome yet (a later row of the same
--- scan_id takes the outcome of the first); their bits are set per chunk in row order, with one
--- BITFIELD per slice of a chunk's rows instead of a SETBIT per row
-local out, first_row, copies, ops, writes = {}, {}, {}, {}, {}
+-- the records of the rows' tokens: one HMGET per shard in this epoch, then in the one before
+local names, shards_of, rank, slot = {}, {}, {}, {}
 for i = 1, n do
-  local id = ids[i]
-  if stored[i] ~= nil then
-    out[i] = string.byte(stored[i], 1) + 128
-  elseif first_row[id] ~= nil then
+  local tok = string.sub(refs, 12 * i - 11, 12 * i - 4)
+  rank[i] = struct.unpack('<I4', refs, 12 * i - 3)
+  slot[i] = shard[i] .. ':' .. tok
+  if names[slot[i]] == nil then
+    names[slot[i]] = tok
+    local list = shards_of[shard[i]]
+    if list == nil then list = {}; shards_of[shard[i]] = list end
+    list[#list + 1] = slot[i]
+  end
+end
+local rec = {}  -- slot -> {raw = the stored string, t = its bytes once changed}
+for s, list in pairs(shards_of) do
+  local missing = list
+  for e = epoch, epoch - 1, -1 do
+    local rest = {}
+    for a = 1, #missing, 1000 do
+      local part, toks = {}, {}
+      for j = a, math.min(a + 999, #missing) do part[#part + 1] = missing[j]; toks[#toks + 1] = names[missing[j]] end
+      local vals = redis.call('HMGET', shard_key(ck, s) .. ':' .. e, unpack(toks))
+      for j = 1, #part do
+        if vals[j] then rec[part[j]] = {raw = vals[j], s = s} else rest[#rest + 1] = part[j] end
+      end
+    end
+    missing = rest
+  end
+  for _, name in ipairs(missing) do rec[name] = {raw = '', s = s} end
+end
+local function recorded(i)
+  local r = rec[slot[i]]
+  local b
+  if r.t then b = r.t[rank[i] + 1] else b = string.byte(r.raw, rank[i] + 1) end
+  if b == nil or b == 0 then return nil end
+  return b
+end
+local function record(i, v)
+  local r = rec[slot[i]]
+  if r.t == nil then r.t = bytes(r.raw) end
+  for k = #r.t + 1, rank[i] do r.t[k] = 0 end
+  r.t[rank[i] + 1] = v
+end
+-- which rows set a bit: those at OK whose reference has no byte yet (a later row of the same
+-- reference takes the outcome of the first); their bits are set per chunk in row order, with one
+-- BITFIELD per slice of a chunk's rows instead of a SETBIT per row
+local out, first_row, copies, ops = {}, {}, {}, {}
+for i = 1, n do
+  local ref = slot[i] .. rank[i]
+  local b = recorded(i)
+  if b ~= nil then
+    out[i] = b + 128
+  elseif first_row[ref] ~= nil then
     copies[#copies + 1] = i
   elseif given[i] == OK then
-    first_row[id] = i
+    first_row[ref] = i
     local c = chunk[i] + 1
     local list = ops[c]
     if list == nil then list = {}; ops[c] = list end
@@ -306,11 +368,16 @@ for c, rows in pairs(ops) do
       local v = OK
       if old[j] == 1 then v = REPEAT end
       out[i] = v
-      add_write(writes, shard[i], ids[i], string.char(v))
+      record(i, v)
     end
   end
 end
-for _, i in ipairs(copies) do out[i] = out[first_row[ids[i]]] + 128 end
+for _, i in ipairs(copies) do out[i] = out[first_row[slot[i] .. rank[i]]] + 128 end
+-- one HSET per shard of the records changed, into this epoch's hash
+local writes = {}
+for name, r in pairs(rec) do
+  if r.t then add_write(writes, r.s, names[name], chars(r.t)) end
+end
 store(ck, writes, epoch, ttl)
 return chars(out)
 """

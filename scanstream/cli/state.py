@@ -13,7 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     actions = state.add_subparsers(dest="state_command", required=True, metavar="ACTION")
     migrate = actions.add_parser(
         "migrate", parents=[config_option()],
-        help="rename the keys of an older layout under redis.prefix to this version's (stop every worker first)")
+        help="bring the keys of an older layout under redis.prefix to this version's (stop every worker first)")
     migrate.set_defaults(handler=main)
 
 
@@ -29,6 +29,6 @@ def main(args: argparse.Namespace) -> int:
         renamed = store.migrate_layout()
     finally:
         store.close()
-    moved = ", ".join(f"{n} {family}" for family, n in sorted(renamed.items())) or "nothing to rename"
+    moved = ", ".join(f"{n} {family}" for family, n in sorted(renamed.items())) or "nothing to change"
     print(f"state of prefix {config.redis.prefix!r} is at layout {LAYOUT}: {moved}")
     return exits.OK
