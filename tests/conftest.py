@@ -9,12 +9,15 @@
 - ``redis_cluster``: a real Redis Cluster of three ``redis-server`` processes in cluster mode
   on loopback (``tests/redis_cluster.py``), started once per session; ``redis_cluster_url`` is
   the URL of one of its nodes.
+- ``redis_deployment``: a test that runs once on the single Redis and once on the Redis Cluster
+  takes it: its ``url`` and ``cluster`` flag.
 """
 from __future__ import annotations
 
 import os
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 
@@ -56,6 +59,20 @@ def redis_cluster() -> Iterator:
 @pytest.fixture(scope="session")
 def redis_cluster_url(redis_cluster) -> str:
     return redis_cluster.url
+
+
+@dataclass(frozen=True)
+class RedisDeployment:
+    url: str
+    cluster: bool  # ``url`` is a node of a Redis Cluster
+
+
+@pytest.fixture(params=["redis", "cluster"])
+def redis_deployment(request) -> RedisDeployment:
+    """The single Redis, then the Redis Cluster."""
+    if request.param == "cluster":
+        return RedisDeployment(request.getfixturevalue("redis_cluster_url"), True)
+    return RedisDeployment(request.getfixturevalue("redis_url"), False)
 
 
 @pytest.fixture

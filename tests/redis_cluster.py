@@ -1,9 +1,13 @@
 """A real Redis Cluster on loopback for the tests: ``CLUSTER_NODES`` ``redis-server`` processes in
-cluster mode, their slots assigned by ``redis-cli --cluster create``, no replicas, nothing on disk.
+cluster mode, their slots assigned by ``redis-cli --cluster create``, no replicas, nothing on disk
+unless ``persistent``.
 
 ``RedisCluster.start()`` returns when every slot is served and the cluster state is ``ok``;
 ``stop()`` kills the nodes and removes their folder.  ``kill_node`` / ``restart_node`` take one
-primary away and bring it back, for outage tests.  Used by the ``redis_cluster_url`` fixture of
+primary away and bring it back, for outage tests: a ``persistent`` cluster's nodes keep an
+append-only file fsynced at every write, as ``faults.processes.PrivateRedis`` does, so a
+restarted node serves its slots with their state (a node that forgets its state breaks every
+promise by construction; the outage tested is the node being down).  Used by the ``redis_cluster_url`` fixture of
 ``tests/conftest.py`` (one cluster per test session) and by ``benchmarks/``.
 """
 from __future__ import annotations
@@ -43,13 +47,14 @@ def _free_ports(n: int) -> list[int]:
 class RedisCluster:
     """``CLUSTER_NODES`` cluster-mode ``redis-server`` processes on 127.0.0.1."""
 
-    def __init__(self, nodes: int = CLUSTER_NODES):
+    def __init__(self, nodes: int = CLUSTER_NODES, *, persistent: bool = False):
         for tool in ("redis-server", "redis-cli"):
             if shutil.which(tool) is None:
                 raise RuntimeError(f"{tool} is not installed: the cluster tests need it (bash .ci/services.sh installs it)")
         self.ports = _free_ports(nodes)
         self.dir = Path(tempfile.mkdtemp(prefix="scanstream-cluster-"))
         self.procs: dict[int, subprocess.Popen] = {}
+        self.persistent = persistent
 
     @property
     def url(self) -> str:
@@ -62,7 +67,8 @@ class RedisCluster:
         self.procs[port] = subprocess.Popen(
             ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
              "--cluster-config-file", str(home / "nodes.conf"), "--cluster-node-timeout", "2000",
-             "--save", "", "--appendonly", "no", "--dir", str(home), "--logfile", str(home / "redis.log")],
+             "--save", "", "--dir", str(home), "--logfile", str(home / "redis.log"),
+             *(["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def _cli(self, port: int, *args: str, timeout: float = 10.0) -> str:
@@ -103,7 +109,8 @@ class RedisCluster:
         proc.wait(timeout=10)
 
     def restart_node(self, port: int) -> None:
-        """Start a killed node again from its nodes.conf; it serves its slots again (empty: nothing is on disk)."""
+        """Start a killed node again from its nodes.conf; it serves its slots again, with their state
+        when the cluster is ``persistent`` (else empty)."""
         self._start_node(port)
         self._wait(lambda: "PONG" in self._cli(port, "ping"), f"node {port} answering")
         self._wait(self.healthy, "cluster_state:ok after the restart")

@@ -1,7 +1,7 @@
 """End to end on real services: 100 000 scans through the scan API's publisher, a worker, Redis and chdb.
 
-The scan API publishes with ``ScanPublisher``; one ``scanstream worker`` (Redis state store,
-embedded ClickHouse) consumes them from a Tansu broker.  Checked afterwards: every scan_id is
+The scan API publishes with ``ScanPublisher``; one ``scanstream worker`` (Redis state store on a
+single server, then on a Redis Cluster; embedded ClickHouse) consumes them from a Tansu broker.  Checked afterwards: every scan_id is
 in ``scan_events`` exactly once with the verdict the local driver gives the same stream,
 prizes stay within budget, stock and daily caps, and ``await_result`` returned the right
 outcome for a sample of scans while the worker ran.
@@ -52,8 +52,10 @@ def query(config: Path, sql: str, cwd: Path) -> list[list[str]]:
 
 
 @pytest.mark.timeout(600)
-def test_publisher_worker_redis_clickhouse(broker, redis_url, redis_prefix, tmp_path):
+def test_publisher_worker_redis_clickhouse(broker, redis_deployment, redis_prefix, tmp_path):
     import redis
+
+    redis_url, cluster = redis_deployment.url, redis_deployment.cluster
 
     config = load(LOCAL_TOML)
     world = build_world(7, config.keys.get(7, 1), 1)
@@ -80,7 +82,7 @@ def test_publisher_worker_redis_clickhouse(broker, redis_url, redis_prefix, tmp_
     kafka = {"bootstrap": broker.bootstrap, "group": names["group"], "partitions": 4, "take": 32,
              "session_timeout_s": 4, **{f"{k}_topic": names[k] for k in ("scans", "results", "awards", "alerts", "dlq")}}
     text = worker_toml(LOCAL_TOML.read_text(encoding="utf-8"), registry=tmp_path / "registry", chdb=tmp_path / "chdb",
-                       state="redis", redis={"url": redis_url, "prefix": redis_prefix}, kafka=kafka)
+                       state="redis", redis={"url": redis_url, "prefix": redis_prefix, "cluster": cluster}, kafka=kafka)
     config_path = tmp_path / "worker.toml"
     config_path.write_text(text, encoding="utf-8")
 
@@ -91,7 +93,7 @@ def test_publisher_worker_redis_clickhouse(broker, redis_url, redis_prefix, tmp_
     answers: dict[int, dict | None] = {}
     try:
         with ScanPublisher(broker.bootstrap, topic=names["scans"], linger_ms=5, redis_url=redis_url,
-                           prefix=redis_prefix) as publisher:
+                           prefix=redis_prefix, redis_cluster=cluster) as publisher:
             # one deadline for all the waiting, and none once the worker has stopped: a worker
             # that died fails the test with its log, well before the test's own timeout
             deadline = time.monotonic() + WAIT_S
@@ -111,7 +113,7 @@ def test_publisher_worker_redis_clickhouse(broker, redis_url, redis_prefix, tmp_
             waiter.join(max(0.0, deadline - time.monotonic()) + 2)
         # all outcomes are out once the last scan's reply is in Redis (one partition per code,
         # so wait for the last scan of every partition: simply every scan_id's reply)
-        client = redis.Redis.from_url(redis_url)
+        client = redis.RedisCluster.from_url(redis_url) if cluster else redis.Redis.from_url(redis_url)
         missing = list(first)
         while missing and worker.poll() is None and time.monotonic() < deadline:
             pipe = client.pipeline(transaction=False)

@@ -183,11 +183,12 @@ def test_registry_reload_from_files_without_restart(tmp_path, world):
 
 
 def worker_config(path: Path, registry: Path, chdb: Path, bootstrap: str, names: dict[str, str], prefix: str,
-                  state: str, redis_url: str | None = None, **kafka_settings) -> Path:
+                  state: str, redis_url: str | None = None, *, cluster: bool = False, **kafka_settings) -> Path:
+    """A worker's configuration file; ``cluster``: ``redis_url`` is a node of a Redis Cluster."""
     kafka = {"bootstrap": bootstrap, **{f"{k}_topic": names[k] for k in ("scans", "results", "awards", "alerts", "dlq")},
              "group": names["group"], "partitions": 4, "take": 16, "within_ms": 50, "session_timeout_s": 4,
              **kafka_settings}
-    redis = {"prefix": prefix, **({"url": redis_url} if redis_url else {})}
+    redis = {"prefix": prefix, **({"url": redis_url} if redis_url else {}), **({"cluster": True} if cluster else {})}
     path.write_text(worker_toml(LOCAL_TOML.read_text(encoding="utf-8"), registry=registry, chdb=chdb, state=state,
                                 redis=redis, kafka=kafka), encoding="utf-8")
     return path
@@ -240,17 +241,20 @@ def committed_offset(bootstrap: str, group: str, topic: str, partition: int, wan
 
 
 @pytest.mark.skipif(SCANSTREAM is None, reason="the scanstream console script is not installed")
-@pytest.mark.parametrize("state", ["memory", "redis"])
-def test_worker_on_real_services_matches_the_local_driver(state, world, broker, redis_url, redis_prefix, tmp_path):
+@pytest.mark.parametrize("state", ["memory", "redis", "cluster"])
+def test_worker_on_real_services_matches_the_local_driver(state, world, broker, redis_url, redis_prefix, tmp_path,
+                                                          request):
     import redis
     from kafka import KafkaProducer
 
-    if state == "redis":
-        pytest.importorskip("scanstream.engine.state.redis")
+    cluster = state == "cluster"
+    if cluster:  # the state store on the Redis Cluster, the replies too
+        redis_url = request.getfixturevalue("redis_cluster_url")
     base, lines = world
     names = {k: f"{k}-{uuid.uuid4().hex[:8]}" for k in ("scans", "results", "awards", "alerts", "dlq", "group")}
     config_path = worker_config(tmp_path / "worker.toml", base / "registry", tmp_path / "chdb", broker.bootstrap,
-                                names, redis_prefix, state)
+                                names, redis_prefix, "redis" if cluster else state,
+                                redis_url if cluster else None, cluster=cluster)
     local = build_pipeline(local_config(base / "registry"), state=MemoryStateStore()).process(lines)
     expected = local.scans
     log = (tmp_path / "worker.log").open("wb")
@@ -299,7 +303,7 @@ def test_worker_on_real_services_matches_the_local_driver(state, world, broker, 
                       if a["beneficiary"] == "guide") == want_commissions
         assert all(key.decode() == orjson.loads(value)["payout_key"] for key, value in awards)
         # the scan API's synchronous reply, through Redis
-        client = redis.Redis.from_url(redis_url)
+        client = redis.RedisCluster.from_url(redis_url) if cluster else redis.Redis.from_url(redis_url)
         from scanstream.streams.replies import wait_reply
         sample = expected["scan_id"][123]
         assert wait_reply(client, redis_prefix, sample, 5)["verdict"] == expected["verdict"][123]

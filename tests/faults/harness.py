@@ -441,14 +441,51 @@ def _rates(rep: Report, timeline: ProgressTimeline, t_kill: float, total: int) -
     rep.extra["after / before"] = round(after / before, 2) if before else None
 
 
-def outage_scenario(root: Path, bootstrap: str, shared_redis_url: str, sc_: Scale, *, seed: int = 3) -> Report:
+class _ClusterNodeOutage:
+    """The Redis of an outage on a Redis Cluster: a private persistent cluster of its own, one of
+    whose primaries (the one that serves the most state shards) is killed and restarted."""
+
+    def __init__(self):
+        from redis_cluster import RedisCluster
+        self.cluster = RedisCluster(persistent=True).start()
+        self.url = self.cluster.url
+        self.node = self._busiest_port()
+
+    def _busiest_port(self) -> int:
+        import redis
+        from scanstream.engine.state.redis_lua import SHARD_TAGS
+        client = redis.RedisCluster.from_url(self.url)
+        try:
+            ports = [client.get_node_from_key("{%s}" % tag).port for tag in SHARD_TAGS]
+        finally:
+            client.close()
+        return max(set(ports), key=ports.count)
+
+    def stop(self) -> None:
+        self.cluster.kill_node(self.node)
+
+    def start(self) -> None:
+        self.cluster.restart_node(self.node)
+
+    def close(self) -> None:
+        self.cluster.stop()
+
+
+def outage_scenario(root: Path, bootstrap: str, shared_redis_url: str, sc_: Scale, *, seed: int = 3,
+                    cluster: bool = False) -> Report:
     """Test 3: the worker's Redis (a private server) stopped mid-stream, then its ClickHouse storage
-    frozen; the worker keeps running, retries, reports it, and catches up."""
-    redis_server = PrivateRedis(root).start()
+    frozen; the worker keeps running, retries, reports it, and catches up.  ``cluster``: the
+    worker's Redis is a private Redis Cluster, and one of its primaries is killed (kill -9) and
+    restarted from its append-only file."""
+    if cluster:
+        outage = _ClusterNodeOutage()
+        redis_server = outage
+    else:
+        redis_server = PrivateRedis(root).start()
     tenants = [TenantSpec(7, new_key(), key_id=1, via="file", name="Outage Brewery")]
     campaigns = [stocked_campaign("outage-campaign", 7, sc_.outage_scans)]
     sc = Scenario(root, bootstrap, redis_server.url, label="outage", tenants=tenants, campaigns=campaigns, take=4,
-                  per_envelope=40)
+                  per_envelope=40, cluster=cluster)
     try:
         lines = make_stream(sc.worlds[0], sc_.outage_scans, seed=seed)
         sc.watch()
@@ -519,10 +556,14 @@ def outage_scenario(root: Path, bootstrap: str, shared_redis_url: str, sc_: Scal
         return rep
     finally:
         sc.close()
-        redis_server.stop()
+        if cluster:
+            outage.close()
+        else:
+            redis_server.stop()
 
 
-def tenants_scenario(root: Path, bootstrap: str, redis_url: str, sc_: Scale, *, seed: int = 5) -> Report:
+def tenants_scenario(root: Path, bootstrap: str, redis_url: str, sc_: Scale, *, seed: int = 5,
+                     cluster: bool = False) -> Report:
     """Test 5: tenants A (7) and B (8), a campaign each (B's first and with A's skus); forged codes."""
     from scanstream.ext import codec
 
@@ -530,7 +571,8 @@ def tenants_scenario(root: Path, bootstrap: str, redis_url: str, sc_: Scale, *, 
     b = TenantSpec(8, new_key(), key_id=0, via="env", name="Tenant B")
     camp_b = stocked_campaign("tenant-b-campaign", 8, sc_.tenant_scans * 4, cap=50)
     camp_a = stocked_campaign("tenant-a-campaign", 7, sc_.tenant_scans * 4, cap=50)
-    sc = Scenario(root, bootstrap, redis_url, label="tenants", tenants=[a, b], campaigns=[camp_b, camp_a], take=8)
+    sc = Scenario(root, bootstrap, redis_url, label="tenants", tenants=[a, b], campaigns=[camp_b, camp_a], take=8,
+                  cluster=cluster)
     try:
         lines = make_stream(sc.worlds[0], sc_.tenant_scans, seed=seed, id_prefix="A-") + \
             make_stream(sc.worlds[1], sc_.tenant_scans, seed=seed + 1, id_prefix="B-")
@@ -592,15 +634,17 @@ def tenants_scenario(root: Path, bootstrap: str, redis_url: str, sc_: Scale, *, 
 
 
 def fuzz_worker_scenario(root: Path, bootstrap: str, redis_url: str, sc_: Scale, corpus: list, tenant: TenantSpec,
-                         genuine: list[str]) -> Report:
+                         genuine: list[str], *, cluster: bool = False) -> Report:
     """Test 4 on a real worker: fuzzed records on the ``scans`` topic, then every promise checked.
 
     ``corpus`` holds (value, headers, events) records; each goes to a random partition with a
-    random key, followed by a few genuine scans (the worker must still be working)."""
+    random key, followed by a few genuine scans (the worker must still be working).  ``cluster``:
+    ``redis_url`` is a node of a Redis Cluster."""
     from scanstream.streams import envelope
 
     campaigns = [stocked_campaign("fuzz-worker-campaign", 7, 2_000)]
-    sc = Scenario(root, bootstrap, redis_url, label="fuzz", tenants=[tenant], campaigns=campaigns, take=8)
+    sc = Scenario(root, bootstrap, redis_url, label="fuzz", tenants=[tenant], campaigns=campaigns, take=8,
+                  cluster=cluster)
     try:
         sc.watch()
         worker = sc.worker("w1").start()

@@ -296,10 +296,11 @@ def corpus(codes: Codes, n_events: int, seed: int = 0) -> list[tuple[bytes | Non
 
 @pytest.mark.skipif(processes.SCANSTREAM is None, reason="the scanstream console script is not installed")
 @pytest.mark.timeout(300 if SCALE.name == "short" else 3600)
-def test_fuzzed_records_through_a_real_worker(fuzz_world, broker, redis_url, tmp_path):
+def test_fuzzed_records_through_a_real_worker(fuzz_world, broker, redis_deployment, tmp_path):
     _, tenant, codes = fuzz_world
-    rep = h.fuzz_worker_scenario(tmp_path, broker.bootstrap, redis_url, SCALE,
-                                 corpus(codes, SCALE.fuzz_worker_events), tenant, codes.genuine)
+    rep = h.fuzz_worker_scenario(tmp_path, broker.bootstrap, redis_deployment.url, SCALE,
+                                 corpus(codes, SCALE.fuzz_worker_events), tenant, codes.genuine,
+                                 cluster=redis_deployment.cluster)
     checks.assert_report(rep)
     assert rep.extra["refused messages"] > 0 and rep.invalid_lines > 0
 

@@ -19,7 +19,8 @@ A. The run path (``scanstream run`` as a subprocess; embedded state on disk, ``[
      an unfinished run over another input, changed campaigns, another database, a tier
      probability ``nan``.
 
-B. The services path (Tansu + Redis + ``scanstream worker``, the fault harness's ``Scenario``):
+B. The services path (Tansu + Redis, a single server and a Cluster, + ``scanstream worker``, the fault
+   harness's ``Scenario``):
    the same four attacks after a winning scan, checked on the results and alerts topics, in
    ClickHouse and in the Redis campaign state.
 """
@@ -756,13 +757,12 @@ def test_nan_probability_is_a_configuration_error(world):
 # --------------------------------------------------------------------------- B the services path
 
 
-def test_worker_conflicts_on_real_services(broker, redis_url, tmp_path):
+def test_worker_conflicts_on_real_services(broker, redis_deployment, tmp_path):
     from scanstream.streams import envelope
 
-    t0 = time.monotonic()
     tenant = inputs.TenantSpec(TENANT, KEY, key_id=KEY_ID, via="hex", name="Hostile Brewery")
-    sc = scenario.Scenario(tmp_path / "svc", broker.bootstrap, redis_url, label="hostile", tenants=[tenant],
-                           campaigns=[CAMPAIGN], take=4, within_ms=20)
+    sc = scenario.Scenario(tmp_path / "svc", broker.bootstrap, redis_deployment.url, label="hostile", tenants=[tenant],
+                           campaigns=[CAMPAIGN], take=4, within_ms=20, cluster=redis_deployment.cluster)
     try:
         kept = {name: topics.TopicWatcher(sc.bootstrap, sc.topics[name], sc.partitions, keep=True)
                 for name in ("results", "alerts", "awards")}
@@ -838,6 +838,5 @@ def test_worker_conflicts_on_real_services(broker, redis_url, tmp_path):
             client.close()
         assert state["prizes"] == 1 and state["budget"] == CAMPAIGN.budget_cents - victim["prize_cents"], state
         assert len(granted) == 1
-        assert time.monotonic() - t0 < 60, f"the services test took {time.monotonic() - t0:.0f} s"
     finally:
         sc.close()

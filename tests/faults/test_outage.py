@@ -1,7 +1,8 @@
 """Fault test 3, outage: Redis, then ClickHouse, unavailable for a while mid-stream.
 
 Real processes: the worker's Redis is a private ``redis-server`` of the harness, stopped and
-started again (the shared Redis is never touched); its ClickHouse is the embedded chdb, which
+started again (the shared Redis is never touched), or a private Redis Cluster one of whose
+primaries is killed and restarted; its ClickHouse is the embedded chdb, which
 cannot be stopped like a server, so its storage is made immutable (``chattr -R +i``) for the
 same while: every insert then fails inside the engine, at the new part's directory, as on a
 disk gone read-only.  The worker must keep running, log ``retrying`` with the error and its
@@ -38,6 +39,17 @@ def test_redis_then_clickhouse_outage_mid_stream(broker, redis_url, tmp_path):
     checks.assert_report(rep)
     assert rep.lost == 0 and rep.doubled == 0
     assert rep.extra["clickhouse outage made by"].startswith("chattr")
+
+
+@skip_no_cli
+@pytest.mark.timeout(300 if SCALE.name == "short" else 3600)
+def test_a_redis_cluster_primary_killed_then_restarted_mid_stream(broker, redis_url, tmp_path):
+    """The same outage on a Redis Cluster: the primary that serves the most state shards is killed
+    (kill -9) and started again from its append-only file.  Meanwhile a batch whose rows touch its
+    shards cannot finish (CLUSTERDOWN, refused connections): the worker holds it and retries."""
+    rep = h.outage_scenario(tmp_path, broker.bootstrap, redis_url, SCALE, cluster=True)
+    checks.assert_report(rep)
+    assert rep.lost == 0 and rep.doubled == 0
 
 
 # --------------------------------------------------------------------------- in process

@@ -130,7 +130,7 @@ def local_rows(pipeline, phases: list[list[bytes]]) -> tuple[dict[str, list[dict
     return by_scan_id(rows), alerts
 
 
-def test_resent_outbound_scan_cannot_move_the_goods(broker, redis_url, redis_prefix, tmp_path):
+def test_resent_outbound_scan_cannot_move_the_goods(broker, redis_deployment, redis_prefix, tmp_path):
     from kafka import KafkaProducer
 
     config = load(LOCAL_TOML)
@@ -142,7 +142,8 @@ def test_resent_outbound_scan_cannot_move_the_goods(broker, redis_url, redis_pre
     names = {k: f"ship-attack-{k}-{uuid.uuid4().hex[:8]}" for k in ("scans", "results", "awards", "alerts", "dlq",
                                                                      "group")}
     config_path = worker_config(tmp_path / "worker.toml", registry, tmp_path / "chdb", broker.bootstrap, names,
-                                redis_prefix + "worker:", "redis", redis_url=redis_url)
+                                redis_prefix + "worker:", "redis", redis_url=redis_deployment.url,
+                                cluster=redis_deployment.cluster)
     ensure_topics(load(config_path).kafka)
     log_path = tmp_path / "worker.log"
     with log_path.open("wb") as log:
@@ -190,7 +191,8 @@ def test_resent_outbound_scan_cannot_move_the_goods(broker, redis_url, redis_pre
     assert int(stored["alerts"][0][0]) == 3
 
     # the local driver, Redis store, the same phases; the embedded store, the whole stream in one batch
-    redis_store = RedisStateStore.from_url(redis_url, prefix=redis_prefix + "local:")
+    redis_store = RedisStateStore.from_url(redis_deployment.url, prefix=redis_prefix + "local:",
+                                           cluster=redis_deployment.cluster)
     try:
         local, local_alerts = local_rows(build_pipeline(local_config(registry), state=redis_store), phases)
     finally:

@@ -20,8 +20,8 @@ SCALE = h.scale()
 
 @pytest.mark.skipif(processes.SCANSTREAM is None, reason="the scanstream console script is not installed")
 @pytest.mark.timeout(300 if SCALE.name == "short" else 3600)
-def test_a_code_of_one_tenant_never_wins_in_another_tenants_campaign(broker, redis_url, tmp_path):
-    rep = h.tenants_scenario(tmp_path, broker.bootstrap, redis_url, SCALE)
+def test_a_code_of_one_tenant_never_wins_in_another_tenants_campaign(broker, redis_deployment, tmp_path):
+    rep = h.tenants_scenario(tmp_path, broker.bootstrap, redis_deployment.url, SCALE, cluster=redis_deployment.cluster)
     checks.assert_report(rep)
     assert rep.extra["forged codes"] == {"bad_mac": 400, "unknown_tenant": 600}
 
