@@ -153,15 +153,12 @@ class AlertWindows:
         code_window = fold(ident, window)
         ones = np.ones(len(rows), np.int64)
         new = first_scan[rows] if first_scan is not None else None
-        users = self.state.distinct(fold(code_window, ones * Namespace.CLONE_USERS), state_keys(cols["user_id"][rows]), ttl,
-                                    new)
-        provinces = np.zeros(len(rows), np.int64)
+        # the users and the provinces (where the scan has a place) of a code in one entry
         province_of = adcode.truncate(place[0][rows], place[1][rows], 2)
-        sel = np.nonzero(province_of >= 0)[0]
-        if len(sel):
-            province = province_of[sel].astype(np.uint64)
-            provinces[sel] = self.state.distinct(fold(code_window[sel], ones[sel] * Namespace.CLONE_PROVINCES), province, ttl,
-                                                 new[sel] if new is not None else None)
+        members = np.stack([state_keys(cols["user_id"][rows]), np.maximum(province_of, 0).astype(np.uint64)], axis=1)
+        present = np.stack([np.ones(len(rows), bool), province_of >= 0], axis=1)
+        sizes = self.state.distinct(fold(code_window, ones * Namespace.CLONE), members, ttl, new, present)
+        users, provinces = sizes[:, 0], sizes[:, 1]
         by_users = users == s.clone_max_users + 1
         by_provinces = provinces == 2
         crossing = np.nonzero(by_users | by_provinces)[0]

@@ -417,6 +417,33 @@ def test_distinct_past_the_packed_size_keeps_counting_and_its_ttl(make_store):
         assert s.distinct(u64([7, 9]), u64([5, int(many[0])]), 60).tolist() == [1, 1]
 
 
+def test_distinct_with_two_sets_per_key(store):
+    # a clone check's users and provinces of one code: column 1 only where the scan has a place
+    keys = u64([1, 1, 2, 1, 1, 2])
+    members = u64([[7, 44], [8, 44], [7, 0], [7, 31], [9, 0], [7, 0]])
+    present = np.array([[1, 1], [1, 1], [1, 0], [1, 1], [1, 0], [1, 1]], bool)
+    assert store.distinct(keys, members, 60, present=present).tolist() == \
+        [[1, 1], [2, 1], [1, 0], [2, 2], [3, 2], [1, 1]]
+    # flagged rows start both sets, a later row of the same key adds to them; a set that was
+    # kept with one column (a one-set call) is column 0 of a two-set call
+    new = np.array([True, False, True, False])
+    got = store.distinct(u64([3, 3, 4, 1]), u64([[5, 11], [6, 11], [5, 0], [10, 44]]), 60, new,
+                         np.array([[1, 1], [1, 1], [1, 0], [1, 1]], bool))
+    assert got.tolist() == [[1, 1], [2, 1], [1, 0], [4, 2]]
+    assert store.distinct(u64([5, 5]), u64([1, 2]), 60).tolist() == [1, 2]
+    assert store.distinct(u64([5]), u64([[3, 9]]), 60).tolist() == [[3, 1]]
+    assert store.distinct(u64([5]), u64([4]), 60, present=np.array([False])).tolist() == [3]
+
+
+def test_distinct_with_two_sets_one_past_the_packed_size(make_store):
+    many = np.arange(1, 81, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    with make_store() as s:
+        members = np.stack([many, np.full(80, 44, np.uint64)], axis=1)
+        assert s.distinct(u64([7] * 80), members, 60).tolist() == [[i, 1] for i in range(1, 81)]
+        more = np.stack([many[:5], u64([31] * 5)], axis=1)
+        assert s.distinct(u64([7] * 5), more, 60).tolist() == [[80, 2]] * 5
+
+
 def test_mark_once(store):
     assert store.mark_once(u64([5, 6, 5, U64_MAX]), 60).tolist() == [True, True, False, True]
     assert store.mark_once(u64([6, 7]), 60).tolist() == [False, True]
@@ -482,6 +509,15 @@ def window_rows(name: str, base: int):
     return st.tuples(st.just(name), st.lists(st.tuples(keys, members, st.booleans()), max_size=10))
 
 
+def pair_rows(base: int):
+    """``distinct`` with two sets per key, on the keys of the one-set calls too: (key, member,
+    flag, second member, whether the second is present)."""
+    keys = st.sampled_from([base, base + 1, base + 2, U64_MAX - base])
+    members = st.sampled_from([0, 1, 2**63, U64_MAX])
+    return st.tuples(st.just("distinct_pairs"),
+                     st.lists(st.tuples(keys, members, st.booleans(), members, st.booleans()), max_size=10))
+
+
 def apply(store: StateStore, op: str, rows: list) -> tuple:
     """One call on ``store``; its answer as plain lists (dtypes included)."""
     if op == "claim":
@@ -506,6 +542,10 @@ def apply(store: StateStore, op: str, rows: list) -> tuple:
         out = store.distinct(keys, u64([r[1] for r in rows]), 600)
     elif op == "distinct_new":
         out = store.distinct(keys, u64([r[1] for r in rows]), 600, np.array([r[2] for r in rows], bool))
+    elif op == "distinct_pairs":
+        out = store.distinct(keys, u64([(r[1], r[3]) for r in rows]).reshape(len(rows), 2), 600,
+                             np.array([r[2] for r in rows], bool), np.array([(True, r[4]) for r in rows], bool
+                                                                            ).reshape(len(rows), 2))
     elif op == "block":
         store.block(keys, 600)
         return ()
@@ -518,7 +558,7 @@ def apply(store: StateStore, op: str, rows: list) -> tuple:
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.one_of(claim_rows(), grant_rows(), window_rows("count", 10), window_rows("distinct", 20),
-                          window_rows("distinct_new", 40),
+                          window_rows("distinct_new", 40), pair_rows(20), pair_rows(40),
                           window_rows("mark_once", 30), window_rows("block", 30), window_rows("blocked", 30),
                           st.just(("define", []))), max_size=14))
 def test_random_call_sequences_give_identical_answers(server, ops):
@@ -644,6 +684,13 @@ def test_large_random_batches_give_identical_answers(server):
             # a few hot keys with many members: sets past the Redis store's packed size
             hot, many = keys % u64(20) + u64(3 * 10**6), u64(rng.integers(0, 1000, n))
             assert mem.distinct(hot, many, 600).tolist() == red.distinct(hot, many, 600).tolist()
+            # two sets per key (a clone check's users and provinces), some flagged, the second
+            # set of hot keys past the packed size, half the second members missing
+            pairs = np.stack([members, many], axis=1)
+            present = np.stack([np.ones(n, bool), rng.random(n) < 0.5], axis=1)
+            for kk, flags in ((fresh_keys + u64(5 * 10**6), first), (hot + u64(10**5), None)):
+                assert mem.distinct(kk, pairs, 600, flags, present).tolist() == \
+                    red.distinct(kk, pairs, 600, flags, present).tolist()
             marks = keys + u64(2 * 10**6)
             assert mem.mark_once(marks, 600).tolist() == red.mark_once(marks, 600).tolist()
             for s in (mem, red):
@@ -889,7 +936,7 @@ def test_keys_have_their_ttls(redis_store):
     # expires at the end of the next epoch: between one and two TTLs after the set was made
     redis_store.distinct(u64([2]), u64([5]), 100)
     (bucket,) = redis_store.keys(b"wd:*")
-    assert r.hget(bucket, (2).to_bytes(8, "little")) == b"\xff" * 8 + (5).to_bytes(8, "little")
+    assert r.hget(bucket, (2).to_bytes(8, "little")) == b"\x02" + b"\xff" * 8 + (5).to_bytes(8, "little")
     assert 100 <= r.ttl(bucket) <= 200
 
 
@@ -933,11 +980,11 @@ def test_state_of_layout_1_is_refused_until_migrated_then_answers_as_before(redi
         client.close()
 
 
-def test_claims_of_layout_2_are_refused_until_migrated_then_answer_as_their_first_run(server):
+def test_state_of_layout_2_is_refused_until_migrated_then_answers_as_before(server):
     """Layout 2 kept a claim's outcome as a field per scan_id.  After the migration a claim whose
     outcome was recorded answers with it (here REPEAT, which a fresh decision would not give), and
     one killed between its steps decides as its first run would have (not a replay: the first
-    run answered nothing)."""
+    run answered nothing).  Its distinct sets, packed or spilled, count on."""
     kind, url = server
     with open_store(kind, url) as store:
         client, p = store.client, store.prefix.encode()
@@ -947,15 +994,23 @@ def test_claims_of_layout_2_are_refused_until_migrated_then_answer_as_their_firs
         client.hset(identity_key(store, "done"), "done", pack_answer(0x40 + code_shard, 1, "u"))
         client.hset(shard_key(p + b"ck:", code_shard) + b":%d" % epoch, "done", bytes([REPEAT]))
         client.hset(identity_key(store, "killed"), "killed", pack_answer(0x40 + code_shard, 1, "u"))
+        # distinct sets of layout 2: one packed, one spilled into a set of its own
+        window = shard_key(p + b"wd:", 3) + b":%d" % (int(time.time()) // 600)
+        packed, spilled = (3).to_bytes(8, "little"), (19).to_bytes(8, "little")
+        client.hset(window, packed, (5).to_bytes(8, "little") + (6).to_bytes(8, "little"))
+        client.hset(window, spilled, b"")
+        client.sadd(shard_key(p + b"ws:", 3) + spilled, *[m.to_bytes(8, "little") for m in range(40)])
         client.set(p + b"layout", 2)
         with pytest.raises(OldStateLayout, match="layout 2.*scanstream state migrate"):
             RedisStateStore(client, prefix=store.prefix)
-        assert RedisStateStore(client, prefix=store.prefix, check_layout=False).migrate_layout() == {"rp claimed": 2}
+        assert RedisStateStore(client, prefix=store.prefix, check_layout=False).migrate_layout() == \
+            {"rp claimed": 2, "wd": 2}
         assert store.keys(b"ck:*") == []  # the per-scan records are gone
         migrated = RedisStateStore(client, prefix=store.prefix, replay_ttl_s=store.replay_ttl_s)
         assert claim(migrated, [("done", CODE, 5, OK), ("killed", CODE, 6, OK), ("killed", CODE, 6, OK),
                                 ("done", CODE, 7, OK, 2)]) == [(REPEAT, True), (OK, False), (OK, True), (CONFLICT, False)]
         assert claim(migrated, [("killed", CODE, 6, OK), ("thief", CODE, 7, OK)]) == [(OK, True), (OK, False)]
+        assert migrated.distinct(u64([3, 19, 19]), u64([7, 0, 99]), 600).tolist() == [3, 40, 41]
         assert RedisStateStore(client, prefix=store.prefix, check_layout=False).migrate_layout() == {}  # idempotent
 
 

@@ -77,9 +77,9 @@ class Namespace(IntEnum):
     that two stages can never count into the same key.  All of them are here, in one place."""
     DIVERSION = 1  # scans of a (dealer, place, role) in a window (engine/diversion.py)
     DIVERSION_FIRED = 2  # a diversion alert raised for that window
-    CLONE_USERS = 3  # distinct users of a code in a window
-    CLONE_PROVINCES = 4  # distinct provinces of a code in a window
+    # 3 and 4 were a code's users and provinces in two sets of their own: not to be reused
     CLONE_FIRED = 5  # a clone alert raised for that window
+    CLONE = 6  # distinct users (set 0) and provinces (set 1) of a code in a window, one key
     ENUMERATION = 11  # forged or malformed scans of one identity in a window (engine/enumeration.py)
     ENUMERATION_FIRED = 12  # an enumeration alert raised for that window
     BLOCK = 13  # an identity on the block list
@@ -333,12 +333,19 @@ class StateStore(ABC):
         """Add one to the counter of each key, in order (keys may repeat); totals after each add."""
 
     @abstractmethod
-    def distinct(self, keys: np.ndarray, members: np.ndarray, ttl_s: int, new: np.ndarray | None = None) -> np.ndarray:
+    def distinct(self, keys: np.ndarray, members: np.ndarray, ttl_s: int, new: np.ndarray | None = None,
+                 present: np.ndarray | None = None) -> np.ndarray:
         """Add each uint64 member to the set ``keys[i]``, in order; the set's size after each add.
 
+        ``members`` may be a matrix of k columns: a key then holds k independent sets, column j's
+        members going to its set j, and the answer is a matrix of the sizes (a clone check's
+        users and provinces of one code: one entry, one look-up).  ``present`` (the members'
+        shape, bool) leaves the members it marks False out: their row adds nothing to that set
+        and gets its size as it is (0 for none).
+
         ``new`` may flag rows whose key the caller knows has no set yet and appears on no
-        earlier row of the batch (a code's first scan ever): such a row starts its set afresh
-        with its member, without the store looking first.
+        earlier row of the batch (a code's first scan ever): such a row starts its sets afresh
+        with its members, without the store looking first.
         """
 
     @abstractmethod

@@ -240,8 +240,9 @@ class EmbeddedStateStore(MemoryStateStore):
     def count(self, keys: np.ndarray, ttl_s: int) -> np.ndarray:
         return self._logged("count", keys, ttl_s)
 
-    def distinct(self, keys: np.ndarray, members: np.ndarray, ttl_s: int, new: np.ndarray | None = None) -> np.ndarray:
-        return self._logged("distinct", keys, members, ttl_s, new)
+    def distinct(self, keys: np.ndarray, members: np.ndarray, ttl_s: int, new: np.ndarray | None = None,
+                 present: np.ndarray | None = None) -> np.ndarray:
+        return self._logged("distinct", keys, members, ttl_s, new, present)
 
     def mark_once(self, keys: np.ndarray, ttl_s: int) -> np.ndarray:
         return self._logged("mark_once", keys, ttl_s)

@@ -304,7 +304,10 @@ class MemoryStateStore(StateStore):
             self._track(new, ttl_s, now)
         return totals
 
-    def distinct(self, keys: np.ndarray, members: np.ndarray, ttl_s: int, new: np.ndarray | None = None) -> np.ndarray:
+    def distinct(self, keys: np.ndarray, members: np.ndarray, ttl_s: int, new: np.ndarray | None = None,
+                 present: np.ndarray | None = None) -> np.ndarray:
+        if np.ndim(members) == 2 or present is not None:
+            return self._distinct_columns(keys, members, ttl_s, new, present)
         sizes = np.ones(len(keys), np.int64)
         with self._lock:
             now = self._clock()
@@ -324,11 +327,70 @@ class MemoryStateStore(StateStore):
                     if cur != m:
                         store[k] = {cur, m}
                         sizes[i] = 2
+                elif type(cur) is list:  # sets kept by a call of several: this is column 0
+                    first = cur[0]
+                    if first is None or first == m:
+                        cur[0] = m
+                    elif type(first) is int:
+                        cur[0] = {first, m}
+                    else:
+                        first.add(m)
+                    sizes[i] = 1 if type(cur[0]) is int else len(cur[0])
                 else:
                     cur.add(m)
                     sizes[i] = len(cur)
             self._track(added, ttl_s, now)
         return sizes
+
+    def _distinct_columns(self, keys: np.ndarray, members: np.ndarray, ttl_s: int, new: np.ndarray | None,
+                          present: np.ndarray | None) -> np.ndarray:
+        """``distinct`` with k sets per key.  A key's value is then a list of k columns, each
+        None (empty), a member or a set; a value of one column (a member or a set, as the one-set
+        calls keep it) is its column 0."""
+        n = len(keys)
+        members = np.asarray(members, np.uint64)
+        flat = members.ndim == 1
+        k = 1 if flat else members.shape[1]
+        members = members.reshape(n, k)
+        has = np.ones((n, k), bool) if present is None else np.asarray(present, bool).reshape(n, k)
+        sizes = np.zeros((n, k), np.int64)
+        fresh = np.zeros(n, bool) if new is None else np.asarray(new, bool)
+        cells = [[m if h else None for m, h in zip(ms, hs)] for ms, hs in zip(members.tolist(), has.tolist())]
+        with self._lock:
+            now = self._clock()
+            self._sweep(now)
+            store, added = self._windows, []
+            for i in np.nonzero(fresh)[0].tolist():  # flagged rows first: each starts its sets afresh
+                key = int(keys[i])
+                if key not in store:
+                    added.append(key)
+                store[key] = list(cells[i])
+                sizes[i] = has[i]
+            for i in np.nonzero(~fresh)[0].tolist():
+                key = int(keys[i])
+                value = store.get(key)
+                if value is None:
+                    columns = [None] * k
+                    added.append(key)
+                elif type(value) is list:
+                    columns = value + [None] * (k - len(value))
+                else:
+                    columns = [value] + [None] * (k - 1)
+                for j, m in enumerate(cells[i]):
+                    cur = columns[j]
+                    if m is not None:
+                        if cur is None:
+                            cur = m
+                        elif type(cur) is int:
+                            if cur != m:
+                                cur = {cur, m}
+                        else:
+                            cur.add(m)
+                        columns[j] = cur
+                    sizes[i, j] = 0 if cur is None else 1 if type(cur) is int else len(cur)
+                store[key] = columns
+            self._track(added, ttl_s, now)
+        return sizes[:, 0] if flat else sizes
 
     def mark_once(self, keys: np.ndarray, ttl_s: int) -> np.ndarray:
         first = np.zeros(len(keys), bool)

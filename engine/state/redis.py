@@ -51,8 +51,9 @@ Keys (``P`` is the prefix; ``{t}`` the hash tag of a state shard, ``redis_lua.SH
     P w:{t}<8 bytes>        windowed state under a uint64 key, EX ttl from its creation:
                                     a counter (count) or a mark (mark_once)
     P wd:{t}:<epoch>        hash    distinct sets of one shard, made in epoch ``now // ttl``:
-                                    8-byte key -> packed 8-byte members (or "" once they moved
-                                    to ``P ws:{t}<key>``, a set); expires at the end of the next epoch
+                                    8-byte key -> per set of the key its size byte and packed
+                                    8-byte members (or ``SPILLED_SET`` once they moved to
+                                    ``P ws:{t}<key><set>``, a set); expires at the end of the next epoch
     P reply:{t}<scan_id>    list    a scan's outcome for the scan API (``streams/replies.py``,
                                     written by the worker under the same prefix), EX reply TTL
 
@@ -125,7 +126,7 @@ from scanstream.engine.state import (BINDING_HISTORY, Bindings, CampaignLimits, 
                                      resolve_guides, state_keys, unit_identities)
 from scanstream.engine.state.redis_lua import (
     BIND_LUA, BLOCKED_LUA, BLOCK_LUA, CODES_LUA, COUNT_LUA, DEFINE_LUA, DISTINCT_LUA, GRANT_LUA, GUIDES_LUA, IDS_LUA,
-    MARK_ONCE_LUA, SHARDS, shard_key)
+    MARK_ONCE_LUA, SHARDS, SPILLED_SET, shard_key)
 from scanstream.engine.urls import redact_url
 from scanstream.engine.verdicts import Verdict
 
@@ -136,6 +137,7 @@ CHUNK_SERIALS = CHUNK_BYTES * 8
 #: Members of a ``distinct`` set kept packed in its bucket hash (8 bytes each); a larger set
 #: becomes a Redis set of its own.
 PACKED_MEMBERS = 32
+assert PACKED_MEMBERS < SPILLED_SET  # a set's size byte
 #: Remember a scan_id's answer this long; a redelivery after that is a new scan.
 DEFAULT_REPLAY_TTL_S = 7 * 24 * 3600
 #: Client options unless the URL sets them (``?socket_timeout=...``): a large batch's script
@@ -367,8 +369,29 @@ class RedisStateStore(StateStore):
             claims = self._migrate_claims()
             if claims:
                 changed["rp claimed"] = claims
+            sets = self._migrate_distinct_sets()
+            if sets:
+                changed["wd"] = sets
         self._call(lambda: self.client.set(self._pre + b"layout", LAYOUT))
         return changed
+
+    def _migrate_distinct_sets(self) -> int:
+        """Layout 2 to 3 for ``distinct``'s sets: a field of packed members becomes a field of one set
+        (its size, then the members), an empty one (moved to ``ws:{t}<key>``) the spilled mark, and
+        the spilled set is renamed ``ws:{t}<key>`` + set 0; the number of fields rewritten."""
+        rewritten = 0
+        for key in self.keys(b"wd:{*}:*"):
+            for field, value in self._call(lambda: list(self.client.hscan_iter(key, count=1000))):
+                if value:
+                    new = bytes((len(value) // 8,)) + value
+                else:
+                    new = bytes((SPILLED_SET,))
+                    old_set = shard_key(self._pre + b"ws:", field[0] % SHARDS) + field  # a key's shard: its first byte's
+                    if self._call(lambda: self.client.exists(old_set)):
+                        self._call(lambda: self.client.rename(old_set, old_set + b"\x00"))
+                self._call(lambda: self.client.hset(key, field, new))
+                rewritten += 1
+        return rewritten
 
     def _migrate_claims(self) -> int:
         """Layout 2 to 3 (see ``migrate_layout``); the number of identities rewritten."""
@@ -514,6 +537,9 @@ class RedisStateStore(StateStore):
         offset = (serial % np.uint64(CHUNK_SERIALS)).astype(np.int64)
         ck = self._pre + b"ck:"
         setting = given == Verdict.OK  # the caller sends a row at OK only to its own chunk's shard
+        refs = np.ascontiguousarray(refs)
+        token_ids = refs[:, :_TOKEN_BYTES].copy().view("<u8").reshape(-1)
+        ranks = refs[:, _TOKEN_BYTES:].copy().view("<u4").reshape(-1)
 
         def codes(rows: np.ndarray) -> tuple[list, list]:
             # KEYS: the chunks of the rows that may set a bit (the others only read records),
@@ -527,7 +553,10 @@ class RedisStateStore(StateStore):
             want = np.where(last >= 0, good_length(np.maximum(last, 0) + 1), 0)
             keys = [shard_key(ck, int(shards[rows[0]]))] + [
                 self.dedup_key(g >> 20, g & 0xFFFFF, sh) for g, sh in zip(uniq.tolist(), chunk_shards(uniq).tolist())]
-            return keys, [ck, self.replay_ttl_s, len(rows), refs[rows].tobytes(), given[rows].tobytes(),
+            # the rows' tokens once each (a call's rows share a few), and each row's by its index
+            tokens, which = np.unique(token_ids[rows], return_inverse=True)
+            return keys, [ck, self.replay_ttl_s, len(rows), tokens.astype("<u8").tobytes(),
+                          which.reshape(-1).astype("<u4").tobytes(), ranks[rows].tobytes(), given[rows].tobytes(),
                           shards[rows].tobytes(), chunk.astype("<u4").tobytes(), offset[rows].astype("<u4").tobytes(),
                           want.astype("<u4").tobytes(), int(Verdict.OK), int(Verdict.REPEAT)]
 
@@ -669,23 +698,30 @@ class RedisStateStore(StateStore):
                 out[rows] = np.frombuffer(reply, "<i8")
         return out
 
-    def distinct(self, keys: np.ndarray, members: np.ndarray, ttl_s: int, new: np.ndarray | None = None) -> np.ndarray:
-        out = np.zeros(len(keys), np.int64)
-        if not len(keys):
-            return out
-        flags = np.zeros(len(keys), np.uint8) if new is None else np.asarray(new, bool).astype(np.uint8)
-        keys = np.asarray(keys, np.uint64)
-        shards = key_shards(keys)
-        members = np.ascontiguousarray(members, np.uint64).astype("<u8")
+    def distinct(self, keys: np.ndarray, members: np.ndarray, ttl_s: int, new: np.ndarray | None = None,
+                 present: np.ndarray | None = None) -> np.ndarray:
+        n = len(keys)
+        flat = np.ndim(members) == 1
+        members = np.asarray(members, np.uint64)
+        k = 1 if flat else members.shape[1]
+        members = members.reshape(n, k)
+        out = np.zeros((n, k), np.int64)
+        if n:
+            flags = np.zeros(n, np.uint8) if new is None else np.asarray(new, bool).astype(np.uint8)
+            has = (np.ones((n, k), np.uint8) if present is None
+                   else np.asarray(present, bool).reshape(n, k).astype(np.uint8))
+            keys = np.asarray(keys, np.uint64)
+            shards = key_shards(keys)
+            packed = np.ascontiguousarray(members).astype("<u8")
 
-        def call(rows: np.ndarray) -> tuple[list, list]:
-            return [shard_key(self._pre + b"wd:", int(shards[rows[0]]))], [
-                self._pre, max(int(ttl_s), 1), _keys_blob(keys[rows]), members[rows].tobytes(), flags[rows].tobytes(),
-                PACKED_MEMBERS]
+            def call(rows: np.ndarray) -> tuple[list, list]:
+                return [shard_key(self._pre + b"wd:", int(shards[rows[0]]))], [
+                    self._pre, max(int(ttl_s), 1), _keys_blob(keys[rows]), packed[rows].tobytes(),
+                    flags[rows].tobytes(), PACKED_MEMBERS, k, has[rows].tobytes()]
 
-        for rows, reply in self._sharded(self._distinct, shards, call):
-            out[rows] = np.frombuffer(reply, "<i8")
-        return out
+            for rows, reply in self._sharded(self._distinct, shards, call):
+                out[rows] = np.frombuffer(reply, "<i8").reshape(len(rows), k)
+        return out[:, 0] if flat else out
 
     def mark_once(self, keys: np.ndarray, ttl_s: int) -> np.ndarray:
         out = np.zeros(len(keys), bool)

@@ -260,23 +260,24 @@ return {chars(out), table.concat(refs), unpack(firsts)}
 """
 
 #: CODES_LUA.  KEYS: a key of the rows' shard (routing only), then the dedup chunks in which rows
-#: may set a bit (one shard's on a Cluster).  ARGV: outcome prefix (``P ck:``), TTL, n, each
-#: row's reference (12 bytes: token, rank as uint32), given verdicts, each row's shard (its
-#: chunk's), chunk (uint32 index into KEYS, 0-based) and bit offset (uint32) per row, per chunk
-#: the length to grow it to before any bit is set (0: no row sets a bit there), OK, REPEAT.  A
-#: token's record (``P ck:{t}:<epoch>`` field token) holds one byte per rank, 0 where none is
-#: recorded.  A row whose reference has a byte (recorded before, or by an earlier row) gets it
-#: back; else an OK row sets its bit (OK, or REPEAT when it was set) and records that; any other
-#: row keeps its verdict (its record has expired).  Returns one byte per row: verdict, + 128
-#: when it was recorded before.
+#: may set a bit (one shard's on a Cluster).  ARGV: outcome prefix (``P ck:``), TTL, n, the
+#: distinct tokens of the rows' references (8 bytes each), each row's token (uint32 index into
+#: them, 0-based) and rank (uint32), given verdicts, each row's shard (its chunk's), chunk (uint32
+#: index into KEYS, 0-based) and bit offset (uint32) per row, per chunk the length to grow it to
+#: before any bit is set (0: no row sets a bit there), OK, REPEAT.  A token's record (``P
+#: ck:{t}:<epoch>`` field token) holds one byte per rank, 0 where none is recorded.  A row whose
+#: reference has a byte (recorded before, or by an earlier row) gets it back; else an OK row sets
+#: its bit (OK, or REPEAT when it was set) and records that; any other row keeps its verdict (its
+#: record has expired).  Returns one byte per row: verdict, + 128 when it was recorded before.
 CODES_LUA = LUA_PRELUDE + r"""
-local OK, REPEAT = tonumber(ARGV[10]), tonumber(ARGV[11])
+local OK, REPEAT = tonumber(ARGV[12]), tonumber(ARGV[13])
 local ck, ttl, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local refs = ARGV[4]
-local given = bytes(ARGV[5])
-local shard = bytes(ARGV[6])
-local chunk, offset = ints(ARGV[7], 'I4', n), ints(ARGV[8], 'I4', n)
-local want = ints(ARGV[9], 'I4', #KEYS)
+local tokens = ARGV[4]
+local tidx, rank = ints(ARGV[5], 'I4', n), ints(ARGV[6], 'I4', n)
+local given = bytes(ARGV[7])
+local shard = bytes(ARGV[8])
+local chunk, offset = ints(ARGV[9], 'I4', n), ints(ARGV[10], 'I4', n)
+local want = ints(ARGV[11], 'I4', #KEYS)
 -- grow each chunk at an exact length first: BITFIELD and SETBIT would double the allocation
 for g = 1, #KEYS do
   local have = redis.call('STRLEN', KEYS[g])
@@ -289,62 +290,52 @@ for g = 1, #KEYS do
 end
 local now = redis.call('TIME')
 local epoch = math.floor(tonumber(now[1]) / ttl)
--- the records of the rows' tokens: one HMGET per shard in this epoch, then in the one before
-local names, shards_of, rank, slot = {}, {}, {}, {}
+local function token(t) return string.sub(tokens, 8 * t - 7, 8 * t) end
+-- the records of the rows' tokens, rec[shard][token] = {raw = the stored string, t = its bytes
+-- once changed, first = the first row of each rank}: one HMGET per shard in this epoch, then in
+-- the one before for the rest
+local rec, asked = {}, {}
 for i = 1, n do
-  local tok = string.sub(refs, 12 * i - 11, 12 * i - 4)
-  rank[i] = struct.unpack('<I4', refs, 12 * i - 3)
-  slot[i] = shard[i] .. ':' .. tok
-  if names[slot[i]] == nil then
-    names[slot[i]] = tok
-    local list = shards_of[shard[i]]
-    if list == nil then list = {}; shards_of[shard[i]] = list end
-    list[#list + 1] = slot[i]
+  local s, t = shard[i], tidx[i] + 1
+  local rs = rec[s]
+  if rs == nil then rs = {}; rec[s] = rs; asked[s] = {} end
+  if rs[t] == nil then
+    rs[t] = false
+    local list = asked[s]
+    list[#list + 1] = t
   end
 end
-local rec = {}  -- slot -> {raw = the stored string, t = its bytes once changed}
-for s, list in pairs(shards_of) do
-  local missing = list
+for s, missing in pairs(asked) do
   for e = epoch, epoch - 1, -1 do
     local rest = {}
     for a = 1, #missing, 1000 do
-      local part, toks = {}, {}
-      for j = a, math.min(a + 999, #missing) do part[#part + 1] = missing[j]; toks[#toks + 1] = names[missing[j]] end
-      local vals = redis.call('HMGET', shard_key(ck, s) .. ':' .. e, unpack(toks))
-      for j = 1, #part do
-        if vals[j] then rec[part[j]] = {raw = vals[j], s = s} else rest[#rest + 1] = part[j] end
+      local fields = {}
+      for j = a, math.min(a + 999, #missing) do fields[#fields + 1] = token(missing[j]) end
+      local vals = redis.call('HMGET', shard_key(ck, s) .. ':' .. e, unpack(fields))
+      for j = 1, #fields do
+        local t = missing[a + j - 1]
+        if vals[j] then rec[s][t] = {raw = vals[j], first = {}} else rest[#rest + 1] = t end
       end
     end
     missing = rest
   end
-  for _, name in ipairs(missing) do rec[name] = {raw = '', s = s} end
-end
-local function recorded(i)
-  local r = rec[slot[i]]
-  local b
-  if r.t then b = r.t[rank[i] + 1] else b = string.byte(r.raw, rank[i] + 1) end
-  if b == nil or b == 0 then return nil end
-  return b
-end
-local function record(i, v)
-  local r = rec[slot[i]]
-  if r.t == nil then r.t = bytes(r.raw) end
-  for k = #r.t + 1, rank[i] do r.t[k] = 0 end
-  r.t[rank[i] + 1] = v
+  for _, t in ipairs(missing) do rec[s][t] = {raw = '', first = {}} end
 end
 -- which rows set a bit: those at OK whose reference has no byte yet (a later row of the same
 -- reference takes the outcome of the first); their bits are set per chunk in row order, with one
 -- BITFIELD per slice of a chunk's rows instead of a SETBIT per row
-local out, first_row, copies, ops = {}, {}, {}, {}
+local out, copies, ops, record_of = {}, {}, {}, {}
 for i = 1, n do
-  local ref = slot[i] .. rank[i]
-  local b = recorded(i)
-  if b ~= nil then
+  local r, at = rec[shard[i]][tidx[i] + 1], rank[i] + 1
+  local b
+  if r.t then b = r.t[at] else b = string.byte(r.raw, at) end
+  if b ~= nil and b ~= 0 then
     out[i] = b + 128
-  elseif first_row[ref] ~= nil then
+  elseif r.first[at] ~= nil then
     copies[#copies + 1] = i
   elseif given[i] == OK then
-    first_row[ref] = i
+    r.first[at] = i
+    record_of[i] = r
     local c = chunk[i] + 1
     local list = ops[c]
     if list == nil then list = {}; ops[c] = list end
@@ -368,15 +359,20 @@ for c, rows in pairs(ops) do
       local v = OK
       if old[j] == 1 then v = REPEAT end
       out[i] = v
-      record(i, v)
+      local r = record_of[i]
+      if r.t == nil then r.t = bytes(r.raw) end
+      for x = #r.t + 1, rank[i] do r.t[x] = 0 end
+      r.t[rank[i] + 1] = v
     end
   end
 end
-for _, i in ipairs(copies) do out[i] = out[first_row[slot[i] .. rank[i]]] + 128 end
+for _, i in ipairs(copies) do out[i] = out[rec[shard[i]][tidx[i] + 1].first[rank[i] + 1]] + 128 end
 -- one HSET per shard of the records changed, into this epoch's hash
 local writes = {}
-for name, r in pairs(rec) do
-  if r.t then add_write(writes, r.s, names[name], chars(r.t)) end
+for s, rs in pairs(rec) do
+  for t, r in pairs(rs) do
+    if r.t then add_write(writes, s, token(t), chars(r.t)) end
+  end
 end
 store(ck, writes, epoch, ttl)
 return chars(out)
@@ -621,111 +617,165 @@ return pack_ints('i8', out)
 """
 
 #: ``distinct``.  KEYS[1]: a key in the keys' shard (routing only).  ARGV: prefix, TTL (s), keys
-#: and members (8 bytes each), one byte per row (1 where the caller flags the key as new), the
-#: most members kept packed (a constant of the store, passed as ARGV).
-#: A set lives as one field of a shard hash, ``P wd:{<tag of its key's first byte % SHARDS>}:<epoch>`` with
-#: epoch = now // TTL, holding its members packed (a code's scanners in one window are one or
-#: two), read with one HMGET per bucket (this epoch, then the one before for the rest) and
-#: written with one HSET per bucket: no key of its own to create and expire per set.  Each bucket hash expires at the
-#: end of the epoch after its own, so a set lives between one and two TTLs.  Past the packed
-#: size the members move to a Redis set ``P ws:{<tag>}<key>`` with the same expiry, and the field
-#: holds an empty string.  Flagged rows go first and replace whatever their key held, then the
-#: rest in order: the memory store's order, so even a wrong flag gets the same answers.
-DISTINCT_LUA = LUA_PRELUDE + r"""
+#: (8 bytes each), members (8 bytes each, k per row, row by row), one byte per row (1 where the
+#: caller flags the key as new), the most members kept packed per set (a constant of the store,
+#: passed as ARGV), k, and one byte per member (1 where it is present).
+#: A key's k sets live as one field of a shard hash, ``P wd:{<tag of its key's first byte % SHARDS>}:<epoch>``
+#: with epoch = now // TTL: per set a byte, its size, then its members packed (a code's scanners
+#: in one window are one or two), or ``SPILLED_SET`` once its members moved to a Redis set
+#: ``P ws:{<tag>}<key><set number, one byte>`` with the same expiry; a field of fewer sets than
+#: asked for holds the rest empty, and a call of fewer sets leaves the others as they are.  Read with one HMGET per bucket (this epoch, then the one
+#: before for the rest) and written with one HSET per bucket: no key of its own to create and
+#: expire per key.  Each bucket hash expires at the end of the epoch after its own, so a set
+#: lives between one and two TTLs.  Flagged rows go first and replace whatever their key held,
+#: then the rest in order: the memory store's order, so even a wrong flag gets the same answers.
+#: A flagged row is written as it came, without a table of its own, unless a later row of the
+#: batch adds to its key.  Returns the sizes, k per row (int64).
+#: The size byte of a ``distinct`` set whose members moved to a Redis set of its own.
+SPILLED_SET = 255
+DISTINCT_LUA = LUA_PRELUDE + f"local SPILLED = {SPILLED_SET}\n" + r"""
 local pre, ttl, blob, members = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
-local flagged, spill = bytes(ARGV[5]), tonumber(ARGV[6])
+local flagged, spill, k, present = bytes(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
 local now = redis.call('TIME')
 local epoch = math.floor(tonumber(now[1]) / ttl)
 local n = #blob / 8
-local out, held = {}, {}
+local out, held, fresh = {}, {}, {}
 local function bucket(e, b) return shard_key(pre .. 'wd:', b) .. ':' .. e end
-local function spilled(k) return shard_key(pre .. 'ws:', string.byte(k, 1) % SHARDS) .. k end
+local function spilled(key, j) return shard_key(pre .. 'ws:', string.byte(key, 1) % SHARDS) .. key .. string.char(j - 1) end
 local function key(i) return string.sub(blob, 8 * i - 7, 8 * i) end
-local function member(i) return string.sub(members, 8 * i - 7, 8 * i) end
-for i = 1, n do
-  if flagged[i] == 1 then
-    held[key(i)] = {packed = member(i), size = 1, epoch = epoch, dirty = true}
-    out[i] = 1
+-- a field's value: its k sets as {packed = members, size = n} or {set = key, size = n}
+local function decode(kk, v, e)
+  local h, pos = {epoch = e, cols = {}}, 1
+  for j = 1, k do
+    local c = string.byte(v, pos)
+    if c == nil then
+      h.cols[j] = {packed = '', size = 0}
+    elseif c == SPILLED then
+      local set = spilled(kk, j)
+      h.cols[j] = {set = set, size = redis.call('SCARD', set)}
+      pos = pos + 1
+    else
+      h.cols[j] = {packed = string.sub(v, pos + 1, pos + 8 * c), size = c}
+      pos = pos + 1 + 8 * c
+    end
   end
+  h.rest = string.sub(v, pos)  -- sets past the k asked for, kept as they are
+  return h
 end
--- the other rows' sets: one HMGET per bucket in this epoch, then in the one before for the rest
+-- a flagged row's field: its present members, one set each
+local function started(i)
+  local parts = {}
+  for j = 1, k do
+    local at = k * (i - 1) + j
+    if string.byte(present, at) == 1 then
+      parts[j] = '\1' .. string.sub(members, 8 * at - 7, 8 * at)
+      out[at] = 1
+    else
+      parts[j] = '\0'
+      out[at] = 0
+    end
+  end
+  return table.concat(parts)
+end
+for i = 1, n do
+  if flagged[i] == 1 then fresh[key(i)] = started(i) end
+end
+-- the other rows' keys: one HMGET per bucket in this epoch, then in the one before for the rest
 local wanted = {}
 for i = 1, n do
   if flagged[i] ~= 1 then
-    local k = key(i)
-    if held[k] == nil and wanted[k] == nil then
-      local b = string.byte(k, 1) % SHARDS
-      wanted[k] = b
-    end
+    local kk = key(i)
+    if fresh[kk] == nil and wanted[kk] == nil then wanted[kk] = string.byte(kk, 1) % SHARDS end
   end
 end
 for e = epoch, epoch - 1, -1 do
   local by_bucket = {}
-  for k, b in pairs(wanted) do
+  for kk, b in pairs(wanted) do
     local list = by_bucket[b]
     if list == nil then list = {}; by_bucket[b] = list end
-    list[#list + 1] = k
+    list[#list + 1] = kk
   end
   for b, list in pairs(by_bucket) do
     for a = 1, #list, 1000 do
       local part = {unpack(list, a, math.min(a + 999, #list))}
       local vals = redis.call('HMGET', bucket(e, b), unpack(part))
       for j = 1, #part do
-        local v, k = vals[j], part[j]
-        if v then
-          if v == '' then
-            local h = {set = spilled(k), epoch = e}
-            h.size = redis.call('SCARD', h.set)
-            held[k] = h
-          else
-            held[k] = {packed = v, size = #v / 8, epoch = e}
-          end
-          wanted[k] = nil
+        if vals[j] then
+          held[part[j]] = decode(part[j], vals[j], e)
+          wanted[part[j]] = nil
         end
       end
     end
   end
 end
-for k in pairs(wanted) do held[k] = {packed = '', size = 0, epoch = epoch} end
+for kk in pairs(wanted) do held[kk] = decode(kk, '', epoch) end
 for i = 1, n do
   if flagged[i] ~= 1 then
-    local k, m = key(i), member(i)
-    local h = held[k]
-    if h.set then
-      h.size = h.size + redis.call('SADD', h.set, m)
-    else
-      local seen = false
-      for p = 1, #h.packed, 8 do
-        if string.sub(h.packed, p, p + 7) == m then seen = true; break end
-      end
-      if not seen then
-        h.packed, h.size, h.dirty = h.packed .. m, h.size + 1, true
-      end
+    local kk = key(i)
+    local h = held[kk]
+    if h == nil then  -- a key a flagged row started: its sets become a table now
+      h = decode(kk, fresh[kk], epoch)
+      h.dirty = true
+      held[kk] = h
+      fresh[kk] = nil
     end
-    out[i] = h.size
+    for j = 1, k do
+      local at = k * (i - 1) + j
+      local c = h.cols[j]
+      if string.byte(present, at) == 1 then
+        local m = string.sub(members, 8 * at - 7, 8 * at)
+        if c.set then
+          c.size = c.size + redis.call('SADD', c.set, m)
+        else
+          local seen = false
+          for p = 1, #c.packed, 8 do
+            if string.sub(c.packed, p, p + 7) == m then seen = true; break end
+          end
+          if not seen then
+            c.packed, c.size, h.dirty = c.packed .. m, c.size + 1, true
+          end
+        end
+      end
+      out[at] = c.size
+    end
   end
 end
 -- write back: one HSET per bucket hash, which expires at the end of the epoch after its own
 local writes = {}
-for k, h in pairs(held) do
+local function write(e, kk, value)
+  local home = bucket(e, string.byte(kk, 1) % SHARDS)
+  local w = writes[home]
+  if w == nil then w = {expiry = (e + 2) * ttl}; writes[home] = w end
+  w[#w + 1] = kk
+  w[#w + 1] = value
+  return w.expiry
+end
+for kk, value in pairs(fresh) do write(epoch, kk, value) end
+for kk, h in pairs(held) do
   if h.dirty then
-    local home = bucket(h.epoch, string.byte(k, 1) % SHARDS)
-    local w = writes[home]
-    if w == nil then w = {expiry = (h.epoch + 2) * ttl}; writes[home] = w end
-    if h.size <= spill then
-      w[#w + 1] = k
-      w[#w + 1] = h.packed
-    else
-      local set = spilled(k)
+    local parts, spills = {}, {}
+    for j = 1, k do
+      local c = h.cols[j]
+      if c.set then
+        parts[j] = string.char(SPILLED)
+      elseif c.size > spill then
+        parts[j] = string.char(SPILLED)
+        spills[#spills + 1] = j
+      else
+        parts[j] = string.char(c.size) .. c.packed
+      end
+    end
+    parts[k + 1] = h.rest
+    local expiry = write(h.epoch, kk, table.concat(parts))
+    for _, j in ipairs(spills) do
+      local c, set = h.cols[j], spilled(kk, j)
       redis.call('DEL', set)
-      for a = 1, h.size, 500 do
+      for a = 1, c.size, 500 do
         local part = {}
-        for j = a, math.min(a + 499, h.size) do part[#part + 1] = string.sub(h.packed, 8 * j - 7, 8 * j) end
+        for x = a, math.min(a + 499, c.size) do part[#part + 1] = string.sub(c.packed, 8 * x - 7, 8 * x) end
         redis.call('SADD', set, unpack(part))
       end
-      redis.call('EXPIREAT', set, w.expiry)
-      w[#w + 1] = k
-      w[#w + 1] = ''
+      redis.call('EXPIREAT', set, expiry)
     end
   end
 end
