@@ -62,17 +62,20 @@ def winners(tmp_path_factory):
     return base / "registry", found
 
 
-@pytest.fixture(scope="module")
-def services(winners, broker, redis_url, tmp_path_factory):
-    """(gateway base URL, configuration path): a worker and ``scanstream api`` on the real services."""
+@pytest.fixture(scope="module", params=["redis", "cluster"])
+def services(request, winners, broker, tmp_path_factory):
+    """(gateway base URL, configuration path): a worker and ``scanstream api`` on the real services,
+    with their replies and rate limits on the single Redis, then on the Redis Cluster."""
     import redis
 
+    cluster = request.param == "cluster"
+    redis_url = request.getfixturevalue("redis_cluster_url" if cluster else "redis_url")
     registry, _ = winners
     tmp = tmp_path_factory.mktemp("api")
     prefix = f"scanstream-test:{uuid.uuid4().hex[:12]}:"
     names = {k: f"{k}-{uuid.uuid4().hex[:8]}" for k in ("scans", "results", "awards", "alerts", "dlq", "group")}
     path = worker_config(tmp / "scanstream.toml", registry, tmp / "chdb", broker.bootstrap, names, prefix, "memory",
-                         redis_url, take=64, within_ms=5)
+                         redis_url, cluster=cluster, take=64, within_ms=5)
     with path.open("a", encoding="utf-8") as f:
         # far more than a loaded CI machine needs; no rate limits (tests/test_api_limits.py has them)
         f.write("\n[api]\ndeadline_ms = 10000\nip_rate_per_s = 0\nuser_rate_per_s = 0\n")
@@ -93,10 +96,9 @@ def services(winners, broker, redis_url, tmp_path_factory):
         stop(worker)
         for f in logs:
             f.close()
-        client = redis.Redis.from_url(redis_url)
-        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-        if keys:
-            client.delete(*keys)
+        client = redis.RedisCluster.from_url(redis_url) if cluster else redis.Redis.from_url(redis_url)
+        for key in list(client.scan_iter(match=f"{prefix}*", count=1000)):
+            client.delete(key)  # one by one: on a Cluster the keys are in many slots
         client.close()
 
 

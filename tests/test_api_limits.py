@@ -1,5 +1,6 @@
 """The gateway's rate limits through real HTTP: token buckets in Redis, per client address and per
-user_id, shared by two gateway processes' worth of servers (two gateways in threads, one Redis).
+user_id, shared by two gateway processes' worth of servers (two gateways in threads, one Redis or
+one Redis Cluster: every test runs on both, as ``test_api.services`` does).
 
 The attacks first: a client that floods, a user who scans faster than a person can, the same user
 spread over two gateways, a batch that would smuggle many scans of one user past the limit.  A
@@ -79,6 +80,26 @@ def test_a_refused_batch_takes_no_token_and_one_user_cannot_fill_a_batch(service
         # wx-a is out of tokens: the batch is refused whole, and wx-b's token is not taken by it
         assert_problem(post(g.url, [event(13, "wx-b"), event(14, "wx-a")], "/v1/scans:batch"), 429, "user_id")
         assert post(g.url, event(15, "wx-b")).status_code in (200, 202)
+
+
+def test_a_refused_batch_of_users_in_two_shards_gives_back_the_token_it_took(services):
+    """On a Redis Cluster the buckets of two shards are taken one after the other: the second
+    refusing gives the first its token back (on a single server one script takes none)."""
+    from scanstream.streams.replies import reply_shards
+
+    _, path = services
+    users = [f"wx-shard-{i}" for i in range(40)]
+    shards = reply_shards(users).tolist()
+    first = users[0]
+    second = next(u for u, s in zip(users, shards) if s != shards[0])
+    config = limited(path, ip_rate_per_s=0, user_rate_per_s=0.01, user_burst=2)
+    with Gateway(config) as g:
+        assert post(g.url, [event(1, first), event(2, second)], "/v1/scans:batch").status_code in (200, 202)
+        assert post(g.url, event(3, second)).status_code in (200, 202)  # second's bucket is empty now
+        assert_problem(post(g.url, [event(4, first), event(5, second)], "/v1/scans:batch"), 429, "user_id")
+        # first's token, taken before second's shard refused, was given back: one left, then none
+        assert post(g.url, event(6, first)).status_code in (200, 202)
+        assert_problem(post(g.url, event(7, first)), 429, "user_id")
 
 
 def test_a_dead_redis_refuses_with_503_before_the_limit_is_asked(services):

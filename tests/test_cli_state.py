@@ -1,4 +1,4 @@
-"""``scanstream state migrate`` and the commands that refuse a Redis Cluster, end to end.
+"""``scanstream state migrate``, end to end.
 
 An upgrade over state of an older key layout must stop with one line that says what to run,
 and the migration must leave the state answering as before (``tests/test_state_stores.py``
@@ -68,10 +68,3 @@ def test_state_migrate_needs_the_redis_store(tmp_path, capsys):
     (tmp_path / "m.toml").write_text(config)
     assert main(["--config", str(tmp_path / "m.toml"), "state", "migrate"]) == exits.CONFIG
     assert "only the Redis state store" in capsys.readouterr().err
-
-
-def test_the_http_gateway_refuses_a_redis_cluster_with_one_line(tmp_path, capsys):
-    config = config_file(tmp_path, {"prefix": "x:", "cluster": True})
-    assert main(["--config", str(config), "api"]) == exits.CONFIG
-    err = capsys.readouterr().err
-    assert "redis.cluster" in err and "single Redis server" in err

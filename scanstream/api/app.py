@@ -239,15 +239,22 @@ class Gateway:
     async def start(self) -> None:
         import redis.asyncio as aioredis
 
-        pool = aioredis.BlockingConnectionPool.from_url(self.config.redis.url, max_connections=REDIS_CONNECTIONS,
-                                                        timeout=REDIS_POOL_WAIT_S, **REDIS_OPTIONS)
-        self.redis = aioredis.Redis(connection_pool=pool)
+        cluster = self.config.redis.cluster
+        if cluster:  # connections per node; a pipeline goes to each node its keys' slots are on
+            self.redis = aioredis.RedisCluster.from_url(self.config.redis.url, max_connections=REDIS_CONNECTIONS,
+                                                        **REDIS_OPTIONS)
+        else:
+            pool = aioredis.BlockingConnectionPool.from_url(self.config.redis.url, max_connections=REDIS_CONNECTIONS,
+                                                            timeout=REDIS_POOL_WAIT_S, **REDIS_OPTIONS)
+            self.redis = aioredis.Redis(connection_pool=pool)
         self.trips = RoundTrips(self.redis)
         self.watcher = replies.ReplyWatcher(self.redis, self.config.redis.prefix)
         await self.watcher.start()
         a = self.api
+        # a Cluster's pipeline cannot load a script a node lacks: its limits take a round trip each
         self.limits = RateLimits(self.redis, self.config.redis.prefix, a.ip_rate_per_s, a.ip_burst,
-                                 a.user_rate_per_s, a.user_burst, run=self.trips.run)
+                                 a.user_rate_per_s, a.user_burst, run=None if cluster else self.trips.run,
+                                 cluster=cluster)
         self._lag_probe = asyncio.create_task(self._probe_lag())
 
     async def _probe_lag(self) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 
 from scanstream.cli.common import config_option, load_config
-from scanstream.engine.config import ConfigError
 from scanstream.cli.worker import _host, _port
 
 
@@ -19,10 +18,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     config = load_config(args)
-    if config.redis.cluster:
-        # its rate limits, round trips and reply watcher use one server's client
-        raise ConfigError("redis.cluster: the HTTP gateway runs on a single Redis server (or a primary with "
-                          "replicas), not on a Redis Cluster; workers and ScanPublisher.await_result do")
     from scanstream.api.app import serve
 
     server = serve(config, args.host, args.port, args.loglevel)
