@@ -4,10 +4,14 @@
 share goes.  It runs the pipeline over a saved demo stream (``process_batches.py --save DIR``)
 on the Redis state store, under a fresh key prefix, in batches of ``--batch`` scans (a worker's
 batch), and pushes each batch's outcome lines to the reply lists as the worker does
-(``streams.replies.ReplyWriter``).  Around every store call and every push it reads the
-server's CPU (``INFO cpu``, user + system); the cost of the two readings alone, measured
-``CALIBRATION_CALLS`` times before the run, is taken off each.  At the end it walks the
-prefix's keys (entries and ``MEMORY USAGE`` by key family) and deletes them.
+(``streams.replies.ReplyWriter``).  Twice, each time on a fresh prefix, with the same work:
+
+1. plain: the server's CPU (``INFO cpu``, user + system) read once before and once after: the
+   whole cost, command parsing and network included; then the prefix's keys are walked
+   (entries and ``MEMORY USAGE`` by key family);
+2. attributed: around every store call and every push, ``INFO commandstats``: the server's own
+   timing of the commands (and scripts) that call ran, summed, by method.  It leaves out the
+   I/O, which is why the plain pass gives the total.
 
     redis-server --port 6390 --save "" --daemonize yes
     python benchmarks/process_batches.py --save /tmp/stream
@@ -16,7 +20,7 @@ prefix's keys (entries and ``MEMORY USAGE`` by key family) and deletes them.
 Give it a Redis of its own: the server's counters count every client.  Run by path, so an older
 checkout's interpreter (a ``git worktree`` with its own venv) runs the same file on the same
 input: the two engines' figures then come from one machine in one sitting.  The figures are
-server CPU µs, entries and bytes per scan of the stream (junk lines included).
+per scan of the stream (junk lines included).
 """
 from __future__ import annotations
 
@@ -41,8 +45,8 @@ from scanstream.wiring import build_pipeline  # noqa: E402
 
 #: The state store's methods that talk to the server (``engine.state.StateStore``).
 METHODS = ("claim", "grant", "count", "distinct", "mark_once", "block", "blocked", "bind", "guides")
-#: Pairs of CPU readings taken back to back, to learn what a reading itself costs the server.
-CALIBRATION_CALLS = 200
+#: Commands of the readings themselves, left out of the attributed time.
+READING_COMMANDS = ("cmdstat_info",)
 
 
 def server_cpu_s(client) -> float:
@@ -50,28 +54,62 @@ def server_cpu_s(client) -> float:
     return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
 
 
-class Meter:
-    """Server CPU seconds and calls per method, each net of the cost of its two readings."""
+#: Commands the store and the reply writer run only inside their scripts: counted in their
+#: script's time (EVALSHA's), so not again on their own.
+SCRIPTED = frozenset(f"cmdstat_{c}" for c in (
+    "hmget", "hset", "hget", "hgetall", "hsetnx", "expireat", "expire", "bitfield", "setrange", "strlen", "get",
+    "set", "time", "incr", "sadd", "scard", "del", "zadd", "zremrangebyscore", "zmscore", "exists", "rpush",
+    "publish"))
+
+
+def command_usec(client) -> int:
+    """The server's own timing, in µs, of every top-level command so far but the readings."""
+    stats = client.info("commandstats")
+    return sum(int(v["usec"]) for k, v in stats.items() if k not in SCRIPTED and k not in READING_COMMANDS)
+
+
+class Attribution:
+    """Server-timed µs and calls per method."""
 
     def __init__(self, client):
         self.client = client
-        self.cpu_s: dict[str, float] = defaultdict(float)
+        self.usec: dict[str, int] = defaultdict(int)
         self.calls: dict[str, int] = defaultdict(int)
-        before = server_cpu_s(client)
-        for _ in range(CALIBRATION_CALLS):
-            server_cpu_s(client)
-        #: what the readings around a call add to its delta: one reading's cost
-        self.reading_s = (server_cpu_s(client) - before) / (CALIBRATION_CALLS + 1)
 
     def wrap(self, name: str, fn):
         def measured(*args, **kwargs):
-            start = server_cpu_s(self.client)
+            start = command_usec(self.client)
             try:
                 return fn(*args, **kwargs)
             finally:
-                self.cpu_s[name] += server_cpu_s(self.client) - start - self.reading_s
+                self.usec[name] += command_usec(self.client) - start
                 self.calls[name] += 1
         return measured
+
+
+def run(config, lines: list[bytes], url: str, batch: int, attribute: bool):
+    """One pass over ``lines`` on a fresh prefix: (server CPU s, Attribution or None, key families)."""
+    prefix = f"bench-state:{uuid.uuid4().hex[:12]}:"
+    store = RedisStateStore.from_url(url, prefix=prefix, replay_ttl_s=config.engine.replay_ttl_hours * 3600)
+    replies = ReplyWriter(store.client, prefix, config.redis.result_ttl_s)
+    push = replies.push
+    attribution = Attribution(store.client) if attribute else None
+    if attribution:
+        for name in METHODS:
+            setattr(store, name, attribution.wrap(name, getattr(store, name)))
+        push = attribution.wrap("replies", push)
+    pipeline = build_pipeline(config, state=store)
+    try:
+        before = server_cpu_s(store.client)
+        for start in range(0, len(lines), batch):
+            scans = pipeline.process(lines[start:start + batch]).scans
+            push(scans["scan_id"].tolist(), outcomes.outcome_lines(scans))
+        cpu_s = server_cpu_s(store.client) - before
+        families = census(store.client, prefix).families
+    finally:
+        store.flush_prefix()
+        store.close()
+    return cpu_s, attribution, families
 
 
 def main() -> int:
@@ -86,33 +124,18 @@ def main() -> int:
         p.error("--batch and --scans must be at least 1")
     lines = pickle.loads((args.load / "lines.pkl").read_bytes())[:args.scans]
     config = replace(load(args.load / "scanstream.toml"), registry_dir=args.load / "registry", clickhouse="")
-    prefix = f"bench-state:{uuid.uuid4().hex[:12]}:"
-    store = RedisStateStore.from_url(args.redis_url, prefix=prefix,
-                                     replay_ttl_s=config.engine.replay_ttl_hours * 3600)
-    meter = Meter(store.client)
-    for name in METHODS:
-        setattr(store, name, meter.wrap(name, getattr(store, name)))
-    replies = ReplyWriter(store.client, prefix, config.redis.result_ttl_s)
-    push = meter.wrap("replies", replies.push)
-    pipeline = build_pipeline(config, state=store)
-    try:
-        started = time.perf_counter()
-        for start in range(0, len(lines), args.batch):
-            scans = pipeline.process(lines[start:start + args.batch]).scans
-            push(scans["scan_id"].tolist(), outcomes.outcome_lines(scans))
-        wall = time.perf_counter() - started
-        families = census(store.client, prefix).families
-    finally:
-        store.flush_prefix()
-        store.close()
+    started = time.perf_counter()
+    cpu_s, _, families = run(config, lines, args.redis_url, args.batch, attribute=False)
+    wall = time.perf_counter() - started
+    _, attribution, _ = run(config, lines, args.redis_url, args.batch, attribute=True)
     n = len(lines)
-    per_scan = {name: round(meter.cpu_s[name] / n * 1e6, 2) for name in sorted(meter.cpu_s, key=meter.cpu_s.get,
-                                                                                  reverse=True)}
+    order = sorted(attribution.usec, key=attribution.usec.get, reverse=True)
     figures = {
         "scans": n, "batch": args.batch, "wall_s": round(wall, 2),
-        "reading_us": round(meter.reading_s * 1e6, 1),
-        "server_cpu_us_per_scan": {"total": round(sum(meter.cpu_s.values()) / n * 1e6, 2), **per_scan},
-        "calls_per_batch": {name: round(meter.calls[name] / -(-n // args.batch), 2) for name in per_scan},
+        "server_cpu_us_per_scan": round(cpu_s / n * 1e6, 2),
+        "command_us_per_scan": {"total": round(sum(attribution.usec.values()) / n, 2),
+                                **{k: round(attribution.usec[k] / n, 2) for k in order}},
+        "calls_per_batch": {k: round(attribution.calls[k] / -(-n // args.batch), 2) for k in order},
         "entries_per_scan": {"total": round(sum(f.entries for f in families.values()) / n, 3),
                              **{k: round(f.entries / n, 3) for k, f in sorted(families.items())}},
         "bytes_per_scan": {"total": round(sum(f.bytes for f in families.values()) / n, 1),
