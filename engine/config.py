@@ -258,6 +258,12 @@ class AlertSettings:
     allow_loopback: bool = False  # webhooks may point at 127.0.0.0/8 and ::1 (local receivers, tests)
 
 
+#: Bounds of ``[redis] wait_replicas`` and ``wait_timeout_ms``: more replicas than any deployment
+#: runs, and a wait past which a batch would hold its partition longer than a rebalance takes.
+MAX_WAIT_REPLICAS = 16
+MAX_WAIT_TIMEOUT_MS = 60_000
+
+
 @dataclass(frozen=True)
 class RedisSettings:
     url: str = "redis://127.0.0.1:6379/0"
@@ -267,6 +273,10 @@ class RedisSettings:
     # the url is a node of a Redis Cluster: every key carries the hash tag of a state shard (or
     # of its campaign), and the store calls each script once per shard of a batch
     cluster: bool = False
+    # replicas of each primary that must hold a batch's state writes before any of its outcomes
+    # is told (WAIT): a failover to a replica then cannot lose a claim or a prize; 0 waits for none
+    wait_replicas: int = 0
+    wait_timeout_ms: int = 1000  # how long a batch waits for them before it is retried (transient)
 
 
 @dataclass(frozen=True)
@@ -584,7 +594,9 @@ def _read_redis(r: Reader) -> RedisSettings:
         raise ConfigError(f"{r.key('url')}: expected a redis://, rediss:// or unix:// URL, got {url.split('@')[-1]!r}")
     out = RedisSettings(url=url, prefix=r.text("prefix", d.prefix),
                         result_ttl_s=r.integer("result_ttl_s", d.result_ttl_s, lo=1, hi=86_400),
-                        replies=r.flag("replies", d.replies), cluster=r.flag("cluster", d.cluster))
+                        replies=r.flag("replies", d.replies), cluster=r.flag("cluster", d.cluster),
+                        wait_replicas=r.integer("wait_replicas", d.wait_replicas, lo=0, hi=MAX_WAIT_REPLICAS),
+                        wait_timeout_ms=r.integer("wait_timeout_ms", d.wait_timeout_ms, lo=1, hi=MAX_WAIT_TIMEOUT_MS))
     if out.cluster and set(out.prefix) & set(HASH_TAG_BRACES):
         # a tag in the prefix would come before every key's own shard tag: one slot for all
         raise ConfigError(f"{r.key('prefix')}: {out.prefix!r} must not contain {HASH_TAG_BRACES[0]} or "

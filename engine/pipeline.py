@@ -162,6 +162,8 @@ class Pipeline:
             "payout_key": outcomes.payout_keys(cols["tenant"][rows], lot.campaign[rows], cols["kind"][rows],
                                                cols["batch"][rows], cols["serial"][rows], beneficiary),
         }
+        # nothing of the batch is told before its state writes would survive a failover
+        self.state.durable()
         return BatchResult(scans, alerts, awards)
 
 

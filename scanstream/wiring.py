@@ -37,7 +37,9 @@ def build_state(config: Config) -> StateStore:
         return MemoryStateStore(replay_ttl_s=config.engine.replay_ttl_hours * 3600)
     from scanstream.engine.state.redis import RedisStateStore
     return RedisStateStore.from_url(config.redis.url, prefix=config.redis.prefix, cluster=config.redis.cluster,
-                                    replay_ttl_s=config.engine.replay_ttl_hours * 3600)
+                                    replay_ttl_s=config.engine.replay_ttl_hours * 3600,
+                                    wait_replicas=config.redis.wait_replicas,
+                                    wait_timeout_ms=config.redis.wait_timeout_ms)
 
 
 def build_pipeline(config: Config, registry: Registry | None = None, state: StateStore | None = None) -> Pipeline:

@@ -364,6 +364,13 @@ class StateStore(ABC):
     def blocked(self, keys: np.ndarray) -> np.ndarray:
         """True for each key on the block list and not expired."""
 
+    def durable(self) -> None:
+        """Return once every call so far would survive the loss of the server that took it; raise
+        ``StateUnavailable`` when that cannot be known in time (transient: nothing may be told
+        of the batch, which is taken again).  The pipeline calls it after a batch's last state
+        call, before any outcome leaves.  The Redis store waits for replicas (``WAIT``) when
+        asked to; the in-process stores have nothing to wait for."""
+
     # The driver's checkpoint: where in its input the state is, kept with the state itself so
     # that the two can never disagree.
 

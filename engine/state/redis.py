@@ -221,6 +221,11 @@ def connect(url: str, *, cluster: bool = False, **options: Any) -> redis_py.Redi
 # --------------------------------------------------------------------------- store
 
 
+#: Tags to find a key in a slot of each primary with (``durable``): their slots cover nearly all
+#: 16 384, so any primary that serves a few slots serves one of them.
+_SYNC_TAGS = tuple(b"%d" % i for i in range(20_000))
+
+
 def _pack_strings(values: np.ndarray) -> tuple[bytes, bytes]:
     """uint32 lengths and the concatenation of ``values`` (str) in UTF-8."""
     encoded = [v.encode("utf-8", "surrogatepass") if isinstance(v, str) else v if isinstance(v, bytes)
@@ -261,9 +266,14 @@ class RedisStateStore(StateStore):
     """State in a Redis server, shared by every worker that uses the same prefix."""
 
     def __init__(self, client: redis_py.Redis, *, prefix: str = "scanstream:",
-                 replay_ttl_s: int = DEFAULT_REPLAY_TTL_S, url: str | None = None, check_layout: bool = True):
+                 replay_ttl_s: int = DEFAULT_REPLAY_TTL_S, url: str | None = None, check_layout: bool = True,
+                 wait_replicas: int = 0, wait_timeout_ms: int = 1000):
         if replay_ttl_s < 1:
             raise ValueError(f"replay_ttl_s: expected at least 1 second, got {replay_ttl_s}")
+        if wait_replicas < 0 or wait_timeout_ms < 1:
+            raise ValueError(f"wait_replicas {wait_replicas}, wait_timeout_ms {wait_timeout_ms}: expected at least "
+                             f"0 replicas and 1 ms")
+        self.wait_replicas, self.wait_timeout_ms = int(wait_replicas), int(wait_timeout_ms)
         self.client = client
         self.prefix = prefix
         self.replay_ttl_s = int(replay_ttl_s)
@@ -421,7 +431,8 @@ class RedisStateStore(StateStore):
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "scanstream:", replay_ttl_s: int = DEFAULT_REPLAY_TTL_S,
-                 cluster: bool = False, check_layout: bool = True, **options: Any) -> RedisStateStore:
+                 cluster: bool = False, check_layout: bool = True, wait_replicas: int = 0,
+                 wait_timeout_ms: int = 1000, **options: Any) -> RedisStateStore:
         """A store on the server at ``url`` (``redis://``, ``rediss://`` or ``unix://``), or on the
         Redis Cluster that the node at ``url`` belongs to when ``cluster`` is set.
 
@@ -434,7 +445,8 @@ class RedisStateStore(StateStore):
             raise ValueError(f"Redis URL {redact_url(url)!r}: {exc}") from None
         except (redis_py.ConnectionError, redis_py.TimeoutError, redis_py.exceptions.ClusterError) as exc:
             raise StateUnavailable(f"Redis state store {redact_url(url)}: unavailable: {exc}") from exc
-        return cls(client, prefix=prefix, replay_ttl_s=replay_ttl_s, url=url, check_layout=check_layout)
+        return cls(client, prefix=prefix, replay_ttl_s=replay_ttl_s, url=url, check_layout=check_layout,
+                   wait_replicas=wait_replicas, wait_timeout_ms=wait_timeout_ms)
 
     def close(self) -> None:
         self.client.close()
@@ -740,6 +752,50 @@ class RedisStateStore(StateStore):
             return np.zeros(0, bool)
         out = self._call(lambda: self._blocked(keys=[self._pre + b"bl"], args=[_keys_blob(keys)]))
         return np.frombuffer(out, np.uint8) == 1 if out else np.zeros(len(keys), bool)
+
+    # -- durability ------------------------------------------------------------------------
+
+    def durable(self) -> None:
+        """Wait until ``wait_replicas`` replicas of every primary hold the writes so far (``WAIT``).
+
+        WAIT counts what the replicas acknowledged of the writes of its own connection, so on each
+        primary one connection writes a mark (``P sync``, in a slot of that primary) and waits.
+        A primary's replication is one ordered stream: replicas that hold the mark hold every
+        write that primary took before it, whichever connection made it.  Fewer in time raises
+        ``StateUnavailable``: the batch is not answered, and a failover meanwhile cannot have
+        told anyone an outcome whose claim or prize it lost."""
+        if not self.wait_replicas:
+            return
+        for name, node, key in self._primaries():
+            def wait(node=node, key=key) -> list:
+                pipe = node.pipeline(transaction=False)
+                pipe.set(key, b"1")
+                pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
+                return pipe.execute()
+            _, acked = self._call(wait)
+            if int(acked) < self.wait_replicas:
+                raise StateUnavailable(
+                    f"Redis state store {self.url}: {int(acked)} of {self.wait_replicas} replicas of primary {name} "
+                    f"acknowledged the batch's writes within {self.wait_timeout_ms} ms ([redis] wait_replicas, "
+                    f"wait_timeout_ms); its outcomes are held and it is taken again")
+
+    def _primaries(self) -> list[tuple[str, Any, bytes]]:
+        """(name, client, key of a slot it serves) of every primary: the one server, or each
+        primary of the Cluster as its slot map says now (a failover moves slots)."""
+        key = self._pre + b"sync"
+        if not self.cluster:
+            return [(self.url, self.client, key)]
+        out = []
+        for node in self._call(self.client.get_primaries):
+            for tag in _SYNC_TAGS:
+                tagged = b"%b{%b}" % (key, tag)
+                if self.client.get_node_from_key(tagged).name == node.name:
+                    out.append((node.name, node.redis_connection, tagged))
+                    break
+            else:
+                raise StateUnavailable(f"Redis state store {self.url}: no key of {len(_SYNC_TAGS)} tags falls in a "
+                                       f"slot of primary {node.name}")
+        return out
 
     # -- maintenance -----------------------------------------------------------------------
 
