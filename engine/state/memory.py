@@ -327,15 +327,16 @@ class MemoryStateStore(StateStore):
                     if cur != m:
                         store[k] = {cur, m}
                         sizes[i] = 2
-                elif type(cur) is list:  # sets kept by a call of several: this is column 0
+                elif type(cur) is tuple:  # sets kept by a call of several: this is column 0
                     first = cur[0]
                     if first is None or first == m:
-                        cur[0] = m
+                        first = m
                     elif type(first) is int:
-                        cur[0] = {first, m}
+                        first = {first, m}
                     else:
                         first.add(m)
-                    sizes[i] = 1 if type(cur[0]) is int else len(cur[0])
+                    store[k] = (first,) + cur[1:]
+                    sizes[i] = 1 if type(first) is int else len(first)
                 else:
                     cur.add(m)
                     sizes[i] = len(cur)
@@ -344,9 +345,9 @@ class MemoryStateStore(StateStore):
 
     def _distinct_columns(self, keys: np.ndarray, members: np.ndarray, ttl_s: int, new: np.ndarray | None,
                           present: np.ndarray | None) -> np.ndarray:
-        """``distinct`` with k sets per key.  A key's value is then a list of k columns, each
-        None (empty), a member or a set; a value of one column (a member or a set, as the one-set
-        calls keep it) is its column 0."""
+        """``distinct`` with k sets per key.  A key's value is then a tuple of k columns, each None
+        (empty), a member or a set; a value of one column (a member or a set, as the one-set calls
+        keep it) is its column 0.  Flagged rows, most of a batch, go in with one bulk update."""
         n = len(keys)
         members = np.asarray(members, np.uint64)
         flat = members.ndim == 1
@@ -355,30 +356,31 @@ class MemoryStateStore(StateStore):
         has = np.ones((n, k), bool) if present is None else np.asarray(present, bool).reshape(n, k)
         sizes = np.zeros((n, k), np.int64)
         fresh = np.zeros(n, bool) if new is None else np.asarray(new, bool)
-        cells = [[m if h else None for m, h in zip(ms, hs)] for ms, hs in zip(members.tolist(), has.tolist())]
+        first, rest = np.nonzero(fresh)[0], np.nonzero(~fresh)[0]
         with self._lock:
             now = self._clock()
             self._sweep(now)
-            store, added = self._windows, []
-            for i in np.nonzero(fresh)[0].tolist():  # flagged rows first: each starts its sets afresh
-                key = int(keys[i])
-                if key not in store:
-                    added.append(key)
-                store[key] = list(cells[i])
-                sizes[i] = has[i]
-            for i in np.nonzero(~fresh)[0].tolist():
-                key = int(keys[i])
+            store = self._windows
+            # flagged rows first, each starting its sets afresh: one tuple a row, built in C
+            added = keys[first].tolist()
+            store.update(zip(added, zip(*(np.where(has[first, j], members[first, j].astype(object), None).tolist()
+                                          for j in range(k)))))
+            sizes[first] = has[first]
+            cells = members[rest].tolist()
+            marks = has[rest].tolist()
+            for i, key, ms, hs in zip(rest.tolist(), keys[rest].tolist(), cells, marks):
                 value = store.get(key)
                 if value is None:
                     columns = [None] * k
                     added.append(key)
-                elif type(value) is list:
-                    columns = value + [None] * (k - len(value))
+                elif type(value) is tuple:
+                    columns = list(value) + [None] * (k - len(value))
                 else:
                     columns = [value] + [None] * (k - 1)
-                for j, m in enumerate(cells[i]):
+                for j in range(k):
                     cur = columns[j]
-                    if m is not None:
+                    if hs[j]:
+                        m = ms[j]
                         if cur is None:
                             cur = m
                         elif type(cur) is int:
@@ -388,7 +390,7 @@ class MemoryStateStore(StateStore):
                             cur.add(m)
                         columns[j] = cur
                     sizes[i, j] = 0 if cur is None else 1 if type(cur) is int else len(cur)
-                store[key] = columns
+                store[key] = tuple(columns)
             self._track(added, ttl_s, now)
         return sizes[:, 0] if flat else sizes
 
