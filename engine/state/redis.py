@@ -158,9 +158,10 @@ _REF_BYTES = _TOKEN_BYTES + 4
 _FOLD_SHARD = np.uint64(0x9E3779B97F4A7C15)  # 2**64 / golden ratio: a multiplier that mixes every bit into the top ones
 #: The key layout this store writes, kept in ``P layout``.  Layout 1 (no shard tags, one claim
 #: script) was written before the Redis Cluster support; ``migrate_layout`` renames its keys.
-#: Layout 2 kept a claim's outcome per scan_id (``ck:`` field scan_id); ``migrate_layout`` turns
-#: its CLAIMED identities into layout 3's (a final verdict where its outcome is known, else a
-#: reference to no record) and drops those records.
+#: Layout 2 kept a claim's outcome per scan_id (``ck:`` field scan_id) and a ``distinct`` set as
+#: bare packed members; ``migrate_layout`` turns its CLAIMED identities into layout 3's (a final
+#: verdict where its outcome is known, else a reference to no record), drops those records and
+#: gives each set its size byte.
 LAYOUT = 3
 #: Keys of layout 1 that ``migrate_layout`` renames, by family: ``dd`` and ``ddN`` bitmaps named
 #: ``{T:K:B:C}``, bucket hashes ``rp:<epoch>:<bucket>`` and ``wd:<epoch>:<bucket>``, ``bn:<bucket>``,
@@ -362,8 +363,9 @@ class RedisStateStore(StateStore):
         never ran on a Cluster.  Layout 2 to 3 rewrites each CLAIMED identity (``rp``): to the
         verdict its layout-2 outcome record gives, or, without one (a claim killed between its
         steps), to a reference that names no record, so that its redelivery decides as the first
-        run would have; then it deletes the layout-2 records (``ck``).  Reply lists are left to
-        expire (minutes): they answer requests of the old workers."""
+        run would have; then it deletes the layout-2 records (``ck``), and gives each ``distinct``
+        set its size byte (``wd``, ``ws``).  Reply lists are left to expire (minutes): they answer
+        requests of the old workers."""
         changed: dict[str, int] = {}
         found = self._call(lambda: self.client.get(self._pre + b"layout"))
         if found is not None and int(found) > LAYOUT:
@@ -421,8 +423,9 @@ class RedisStateStore(StateStore):
                         outcome = self._call(lambda: self.client.hget(name, scan_id))
                         if outcome:
                             break
+                head = 1 + 8  # the mark and the fingerprint; the first user follows
                 new = (outcome[:1] + identity[1:] if outcome else
-                       identity[:9] + bytes(_REF_BYTES) + identity[9:])
+                       identity[:head] + bytes(_REF_BYTES) + identity[head:])
                 self._call(lambda: self.client.hset(key, scan_id, new))
                 rewritten += 1
         for key in records:
