@@ -1014,6 +1014,19 @@ def test_state_of_layout_2_is_refused_until_migrated_then_answers_as_before(serv
         assert RedisStateStore(client, prefix=store.prefix, check_layout=False).migrate_layout() == {}  # idempotent
 
 
+def test_a_node_that_forgot_the_scripts_still_answers(server):
+    """A restarted node has no scripts: the calls pipelined to it answer NOSCRIPT, and the store
+    makes them again through the client, which loads the script (on a Cluster, per primary)."""
+    kind, url = server
+    with open_store(kind, url) as store:
+        assert claim(store, [(f"s{i}", CODE, i * CHUNK_SERIALS, OK) for i in range(40)]) == [(OK, False)] * 40
+        nodes = store.client.get_primaries() if store.cluster else [None]
+        for node in nodes:
+            (store.client.get_redis_connection(node) if node else store.client).script_flush()
+        assert claim(store, [(f"s{i}", CODE, i * CHUNK_SERIALS, OK) for i in range(40)]) == [(OK, True)] * 40
+        assert claim(store, [(f"t{i}", CODE, i * CHUNK_SERIALS, OK) for i in range(40)]) == [(REPEAT, False)] * 40
+
+
 def test_a_prefix_marked_with_an_unknown_layout_is_refused(redis_store):
     redis_store.client.set(redis_store.prefix + "layout", 99)
     with pytest.raises(OldStateLayout, match="layout 99"):

@@ -85,8 +85,8 @@ Redis Cluster
     different shards share no key: a scan_id's rows are all in its shard, a code's in its
     chunk's, a window key's in its own.  The claim is split into two steps for that reason (see
     ``redis_lua``): the scan_id's identity and the code's bit live in different shards, and each
-    step is atomic where it decides.  The calls of one step run one after another, so a batch
-    takes up to ``SHARDS`` round trips per step on a Cluster.
+    step is atomic where it decides.  The calls of the shards that one primary serves go to it
+    pipelined (``_sharded``), so a step takes one round trip per primary, not per shard.
 
 Windows
     Window keys get their TTL when they are created and keep it (like the memory store, whose
@@ -252,6 +252,11 @@ def claim_token() -> bytes:
         token = os.urandom(_TOKEN_BYTES)
         if any(token):
             return token
+
+
+def _raise(error: Exception) -> None:
+    """Raise an error a pipeline returned, so that ``RedisStateStore._call`` says what it means."""
+    raise error
 
 
 def _keys_blob(keys: np.ndarray) -> bytes:
@@ -473,16 +478,35 @@ class RedisStateStore(StateStore):
         one call over every row, on a Cluster one call per shard, each over its rows in order.
         ``call(rows)`` gives the KEYS and ARGV of the rows at the indices ``rows``; the answers
         come back with the rows they cover.  Rows of different shards share no key, so splitting
-        them changes no answer."""
+        them changes no answer.
+
+        On a Cluster the calls of the shards one primary serves go to it pipelined on one of its
+        connections: a round trip per primary, not per shard.  A call the primary answers with
+        MOVED or ASK (its slot moved, refused before anything ran) or NOSCRIPT (a restarted node)
+        is made again through the Cluster client, which follows the slot and loads the script."""
         if not self.cluster:
-            groups = [np.arange(len(shards))]
-        else:
-            order = np.argsort(shards, kind="stable")
-            groups = np.split(order, np.nonzero(np.diff(np.asarray(shards)[order]))[0] + 1)
-        out = []
-        for rows in groups:
+            keys, args = call(np.arange(len(shards)))
+            return [(np.arange(len(shards)), self._call(lambda: script(keys=keys, args=args)))]
+        order = np.argsort(shards, kind="stable")
+        by_node: dict[str, tuple[Any, list[tuple[np.ndarray, list, list]]]] = {}
+        for rows in np.split(order, np.nonzero(np.diff(np.asarray(shards)[order]))[0] + 1):
             keys, args = call(rows)
-            out.append((rows, self._call(lambda: script(keys=keys, args=args))))
+            node = self.client.get_node_from_key(keys[0])
+            by_node.setdefault(node.name, (node, []))[1].append((rows, keys, args))
+        out = []
+        for node, calls in by_node.values():
+            def pipelined(node=node, calls=calls) -> list:
+                pipe = self.client.get_redis_connection(node).pipeline(transaction=False)
+                for _, keys, args in calls:
+                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                return pipe.execute(raise_on_error=False)
+
+            for (rows, keys, args), reply in zip(calls, self._call(pipelined)):
+                if isinstance(reply, (redis_py.exceptions.NoScriptError, redis_py.exceptions.AskError)):
+                    reply = self._call(lambda keys=keys, args=args: script(keys=keys, args=args))
+                elif isinstance(reply, Exception):
+                    self._call(lambda reply=reply: _raise(reply))
+                out.append((rows, reply))
         return out
 
     # -- dedup -----------------------------------------------------------------------------
