@@ -5,7 +5,8 @@ batch is *done* when its input position is committed.  ``Checkpoint`` runs the s
 order, and no other code decides it:
 
 1. **process**: the pipeline decides every outcome; the state store (claims, budget, stock, caps,
-   windows) makes them final.  A batch whose later step fails is retried from that step with
+   windows) makes them final, and its ``durable`` (the pipeline's last call) returns only once they
+   would survive a failover (the Redis store's ``[redis] wait_replicas``).  A batch whose later step fails is retried from that step with
    these outcomes: the pipeline never runs twice over one batch in one process, since a second
    run would answer replays and lose the alerts the first run fired.
 2. **reply**: each outcome to the scan API's reply list (the worker's Redis lists; the local
