@@ -70,9 +70,11 @@ class CampaignSpec:
 GUIDE_CENTS = 50
 
 
-def stocked_campaign(cid: str, tenant: int, scans: int, *, cap: int = 3, via: str = "env") -> CampaignSpec:
+def stocked_campaign(cid: str, tenant: int, scans: int, *, cap: int = 3, via: str = "env",
+                     seed: str | None = None) -> CampaignSpec:
     """A campaign whose tiers run out about halfway through a stream of ``scans`` scans and whose
-    budget is a little short of paying every stocked prize."""
+    budget is a little short of paying every stocked prize.  ``seed`` fixes its draws (a random
+    seed otherwise): which tier runs out before the budget then depends on the stream alone."""
     eligible = scans * 0.8  # genuine first consumer scans of the synthetic mix
     tiers = []
     # the rare tiers run out first (about a quarter into the stream), the common ones about halfway
@@ -80,7 +82,7 @@ def stocked_campaign(cid: str, tenant: int, scans: int, *, cap: int = 3, via: st
                                   ("168", 16800, 0.001, 0.25)):
         tiers.append((name, cents, p, max(1, int(p * eligible * share))))
     budget = int(sum(c * s for _, c, _, s in tiers) * 0.95)
-    return CampaignSpec(cid, tenant, f"seed-{uuid.uuid4().hex}", budget, cap, tiers, via=via,
+    return CampaignSpec(cid, tenant, seed or f"seed-{uuid.uuid4().hex}", budget, cap, tiers, via=via,
                         guide_cents=GUIDE_CENTS)
 
 

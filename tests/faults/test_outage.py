@@ -47,7 +47,8 @@ def test_a_redis_cluster_primary_killed_then_restarted_mid_stream(broker, redis_
     """The same outage on a Redis Cluster: the primary that serves the most state shards is killed
     (kill -9) and started again from its append-only file.  Meanwhile a batch whose rows touch its
     shards cannot finish (CLUSTERDOWN, refused connections): the worker holds it and retries."""
-    rep = h.outage_scenario(tmp_path, broker.bootstrap, redis_url, SCALE, cluster=True)
+    # ClickHouse's outage is the same whatever Redis runs as: the test above makes it
+    rep = h.outage_scenario(tmp_path, broker.bootstrap, redis_url, SCALE, cluster=True, clickhouse=False)
     checks.assert_report(rep)
     assert rep.lost == 0 and rep.doubled == 0
 
