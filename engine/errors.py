@@ -40,7 +40,8 @@ def is_transient(exc: BaseException) -> bool:
     """True when retrying the step that raised ``exc`` can succeed.
 
     In order: the error's own ``transient`` attribute (set where it is raised); a Kafka client's
-    timeout, then its ``retriable`` attribute; connection and timeout errors of the standard library and of redis-py;
+    timeout, then its ``retriable`` attribute; connection and timeout errors of the standard library and of redis-py,
+    and a Redis Cluster's errors of a missing primary;
     other ``OSError`` (a full disk, a reset socket) except the ones that name a missing or
     forbidden path.  Everything else is permanent.
     """
@@ -57,8 +58,12 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, (ConnectionError, TimeoutError, OSError)):
         return True
     try:  # redis-py's connection errors do not derive from the standard library's
+        from redis.exceptions import ClusterError, RedisClusterUnreachableError, SlotNotCoveredError, TryAgainError
         from redis.exceptions import ConnectionError as RedisConnectionError
         from redis.exceptions import TimeoutError as RedisTimeoutError
     except ImportError:  # pragma: no cover - redis is a dependency
         return False
-    return isinstance(exc, (RedisConnectionError, RedisTimeoutError))
+    # a Redis Cluster without a primary for some slots (CLUSTERDOWN, MASTERDOWN, TRYAGAIN, no node
+    # reachable or serving a slot) is a server away, not a wrong command; CROSSSLOT is a ResponseError
+    return isinstance(exc, (RedisConnectionError, RedisTimeoutError, ClusterError, RedisClusterUnreachableError,
+                            SlotNotCoveredError, TryAgainError))

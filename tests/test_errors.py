@@ -30,6 +30,16 @@ from scanstream.sinks.exceptions import SinkError
     (redis.ConnectionError("Error 111"), True),
     (redis.TimeoutError("Timeout reading"), True),
     (redis.exceptions.NoPermissionError("no permissions to run 'evalsha'"), False),
+    # a Redis Cluster that lost a primary says so until it is back or failed over (found by the
+    # Cluster outage test: the reply push stopped the worker on it)
+    (redis.exceptions.ClusterDownError("The cluster is down"), True),
+    (redis.exceptions.MasterDownError("MASTERDOWN"), True),
+    (redis.exceptions.TryAgainError("TRYAGAIN"), True),
+    (redis.exceptions.ClusterError("TTL exhausted."), True),
+    (redis.exceptions.RedisClusterUnreachableError("Redis Cluster cannot be connected"), True),
+    (redis.exceptions.RedisClusterException("Cluster mode is not enabled on this node"), False),
+    (redis.exceptions.SlotNotCoveredError("slot 42 is not covered"), True),
+    (redis.exceptions.ClusterCrossSlotError("CROSSSLOT Keys in request don't hash to the same slot"), False),
     (redis.ResponseError("WRONGTYPE Operation against a key"), False),
     (ValueError("bad data"), False),
     (KeyError("campaign"), False),
