@@ -3,7 +3,7 @@
 ``bench_worker.py`` gives a scan's whole cost in a running worker; this one says where Redis's
 share goes.  It runs the pipeline over a saved demo stream (``process_batches.py --save DIR``)
 on the Redis state store, under a fresh key prefix, in batches of ``--batch`` scans (a worker's
-batch), and pushes each batch's outcome lines to the reply lists as the worker does
+batch), and writes each batch's outcome lines to the reply hashes as the worker does
 (``streams.replies.ReplyWriter``).  Twice, each time on a fresh prefix, with the same work:
 
 1. plain: the server's CPU (``INFO cpu``, user + system) read once before and once after: the

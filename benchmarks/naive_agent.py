@@ -17,7 +17,7 @@ and, for every message (one scan event, ``application/json``):
 6. one message per scan to the results topic (``Topic.send``, keyed by scan_id).
 
 It does less than the engine (no shipments / dealers / stores, no GPS, no diversion, no
-alert windows, no lottery, no Redis reply lists for ``await_result``), so a comparison
+alert windows, no lottery, no Redis replies for ``await_result``), so a comparison
 with it flatters the naive side.  Verdicts it can give: invalid_event, malformed,
 unknown_tenant, bad_mac, unknown_batch, not_activated, repeat, ok.
 

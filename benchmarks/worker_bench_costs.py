@@ -18,7 +18,7 @@ same two instants as the phase's CPU meter and turns them into figures per scan:
   SCARD / ZCARD / XLEN, a string counting as one entry, and ``MEMORY USAGE key SAMPLES 0``:
   every element counted, not sampled) before and after the phase, outside the timed section;
   the difference is what the phase created, by key family (the key's first word after the
-  prefix: ``reply``, ``rp``, ``dd`` ...).  Bytes are ``MEMORY USAGE`` summed over the
+  prefix: ``rh``, ``rp``, ``dd`` ...).  Bytes are ``MEMORY USAGE`` summed over the
   prefix's keys (this run's keys only, allocator overhead per key included); the server's
   ``used_memory`` difference is kept alongside, for information, since other users move it;
 - ClickHouse (chdb): the wall seconds of the inserts over the rows inserted.  The worker's
@@ -268,7 +268,7 @@ def glob_escape(text: str) -> str:
 
 
 def family_of(key: bytes, prefix: bytes) -> str:
-    """The key's family: the first word after the prefix (``reply``, ``rp``, ``dd``)."""
+    """The key's family: the first word after the prefix (``rh``, ``rp``, ``dd``)."""
     found = FAMILY_RE.match(key, len(prefix))
     return found.group().decode() if found else OTHER_FAMILY
 

@@ -288,12 +288,9 @@ def latency_phase(ctx: Ctx, events: list[dict], rate: float, every: int, waiters
                   await_timeout_s: float = 5.0) -> Latency:
     from scanstream.streams.publisher import ScanPublisher
 
-    url = ctx.redis_url
-    if "max_connections=" not in url:  # one connection per waiting thread (redis-py's default pool holds 100)
-        url += ("&" if "?" in url else "?") + f"max_connections={waiters + 16}"
     pub = ScanPublisher(ctx.broker.bootstrap, topic=ctx.names["scans"], linger_ms=ctx.linger_ms,
-                        redis_url=url, prefix=ctx.prefix)
-    pub.redis().ping()  # connect before the clock starts
+                        redis_url=ctx.redis_url, prefix=ctx.prefix)
+    pub.watcher()  # connect and subscribe before the clock starts
     q: queue.SimpleQueue = queue.SimpleQueue()
     samples: list[float] = []
     late = timeouts = 0

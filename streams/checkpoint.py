@@ -9,7 +9,7 @@ order, and no other code decides it:
    would survive a failover (the Redis store's ``[redis] wait_replicas``).  A batch whose later step fails is retried from that step with
    these outcomes: the pipeline never runs twice over one batch in one process, since a second
    run would answer replays and lose the alerts the first run fired.
-2. **reply**: each outcome to the scan API's reply list (the worker's Redis lists; the local
+2. **reply**: each outcome to the scan API's reply hashes (``streams.replies``; the local
    driver has none).  Allowed before 3 because step 1 made the answers final: the scan API's
    wait is the pipeline and the reply, not the ClickHouse inserts.  Done before 6.
 3. **store**: every ``Sink`` (``sinks.base``) stores the batch under its token, in the order the

@@ -36,6 +36,7 @@ read top to bottom.
 """
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 import struct
@@ -318,7 +319,8 @@ class ScanPublisher:
         except BaseException:
             self._producer.close(0)
             raise
-        self._redis = None
+        #: await_result's (event loop, ReplyWatcher, its thread), made on first use
+        self._watching = None
         self._cond = threading.Condition(threading.Lock())
         self._buffers: list[_Buffer | None] = [None] * self.partitions
         self._ready: deque[_Message] = deque()
@@ -526,8 +528,7 @@ class ScanPublisher:
                 self._cond.notify_all()
             self._sender.join(timeout)
             self._producer.close(timeout)
-            if self._redis is not None:
-                self._redis.close()
+            self._stop_watching()
             self._closed = True
             with self._cond:
                 self._cond.notify_all()
@@ -546,44 +547,69 @@ class ScanPublisher:
 
     # -- outcomes ----------------------------------------------------------------------------
 
-    def await_result(self, scan_id: str, timeout: float = 0.5, event: dict | None = None) -> dict | None:
+    def await_result(self, scan_id: str, timeout: float = 0.5, event: dict | None = None,
+                     lookback_s: float = replies.LOOKBACK_S) -> dict | None:
         """The outcome of ``scan_id`` (the reply fields of ``streams.replies``), or None after ``timeout`` s.
 
         Pass the ``event`` that was published: the outcome must then answer that event (the same
         code, user_id, role and ts), so a scan_id that someone resent with another code is
         answered with that resend's ``conflict``, never with the first delivery's verdict and
-        prize.  Without it, the scan_id's first outcome, whatever event it answered: only for
-        scan_ids the caller made itself and never resends with other content.
+        prize.  Without it, the scan_id's oldest outcome, whatever event it answered: only for
+        scan_ids the caller made itself and never resends with other content.  Outcomes written
+        up to ``lookback_s`` before the call count, so a retried wait gets it again.
 
-        Outcomes come back through Redis, not the ``scan-results`` topic: the worker pushes
-        each one to a list named after its scan_id (``streams.replies.ReplyWriter``) and this
-        call blocks on that list.  Reading the topic instead would cost a consumer's fetch
-        latency on top of the worker's (too slow for an answer within a few hundred ms), and
-        since any API instance may await any scan, every instance would have to read every
-        outcome of every partition only to find its own.  The reply stays in the list until
-        its time to live ends, so a retried wait gets it again.  Each waiting call holds one
-        Redis connection for up to ``timeout``.
+        Outcomes come back through Redis, not the ``scan-results`` topic: the worker writes each
+        one to its scan_id's reply hash (``streams.replies.ReplyWriter``) and announces it.
+        Reading the topic instead would cost a consumer's fetch latency on top of the worker's
+        (too slow for an answer within a few hundred ms), and since any API instance may await
+        any scan, every instance would have to read every outcome of every partition only to
+        find its own.  One ``streams.replies.ReplyWatcher`` per publisher, on an event loop in a
+        thread of its own, hears the announcements for every waiting thread: a wait costs Redis
+        a read when it starts and one when its outcome is announced, not a poll.
         """
         if not timeout > 0:
-            raise ValueError(f"timeout must be above 0 seconds (Redis reads 0 as 'wait forever'), got {timeout!r}")
-        answers = None
-        if event is not None:
-            want = encode_checked([event])[1][0]
-            answers = lambda reply: replies.outcome_key(reply) == want  # noqa: E731
-        return replies.wait_reply(self.redis(), self.prefix, str(scan_id), timeout, answers)
+            raise ValueError(f"timeout must be above 0 seconds, got {timeout!r}")
+        key = encode_checked([event])[1][0] if event is not None else None
+        loop, watcher = self.watcher()
+        done = asyncio.run_coroutine_threadsafe(watcher.look(str(scan_id), key, timeout, lookback_s), loop)
+        return done.result()
 
-    def redis(self):
-        """The Redis client of ``await_result`` (made on first use; thread-safe)."""
-        if self._redis is None:
+    def watcher(self) -> tuple[asyncio.AbstractEventLoop, replies.ReplyWatcher]:
+        """The event loop and ``ReplyWatcher`` of ``await_result`` (made and subscribed on first use; thread-safe)."""
+        if self._watching is None:
             if self.redis_url is None:
-                raise PublishError("await_result needs redis_url (the Redis the workers push outcomes to)")
-            import redis
-
+                raise PublishError("await_result needs redis_url (the Redis the workers write outcomes to)")
             with self._cond:
-                if self._redis is None:
-                    self._redis = (redis.RedisCluster.from_url(self.redis_url) if self.redis_cluster
-                                   else redis.Redis.from_url(self.redis_url))
-        return self._redis
+                if self._watching is None:
+                    import redis.asyncio as aioredis
+
+                    loop = asyncio.new_event_loop()
+                    thread = threading.Thread(target=loop.run_forever, name="scanstream-replies", daemon=True)
+                    thread.start()
+                    client = (aioredis.RedisCluster.from_url(self.redis_url) if self.redis_cluster
+                              else aioredis.Redis.from_url(self.redis_url))
+                    watcher = replies.ReplyWatcher(client, self.prefix)
+                    asyncio.run_coroutine_threadsafe(watcher.start(), loop).result()
+                    self._watching = (loop, watcher, thread)
+        return self._watching[0], self._watching[1]
+
+    def _stop_watching(self) -> None:
+        if self._watching is None:
+            return
+        loop, watcher, thread = self._watching
+
+        async def stop() -> None:
+            await watcher.close()
+            await watcher.client.aclose()
+
+        try:
+            asyncio.run_coroutine_threadsafe(stop(), loop).result(5)
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(5)
+            if not thread.is_alive():
+                loop.close()
+            self._watching = None
 
     def __repr__(self) -> str:
         return f"ScanPublisher(topic={self.topic!r}, partitions={self.partitions}, {self.stats()})"

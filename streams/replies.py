@@ -1,25 +1,34 @@
 """Each scan's outcome, handed back to the scan API through Redis.
 
 The scan API must answer the consumer within a few hundred milliseconds ("genuine, you won 8.8
-yuan"), so it cannot read the whole ``scan-results`` topic.  The worker therefore also pushes
-each outcome to a Redis list named after its scan_id, with a time to live; ``await_result``
-blocks on that list with ``BLMOVE`` from the list to itself, which returns the outcome and
-leaves it in place for a retried wait.
+yuan"), so it cannot read the whole ``scan-results`` topic.  The worker therefore also writes
+each outcome to Redis, where any API instance finds it by its scan_id for ``result_ttl_s``.
 
-The pushes of a batch go in one Lua script call per ``REPLY_CHUNK`` outcomes (see
-``_PUSH_LUA``), which then publishes a notice of the chunk's scan_ids, and the outcome lines are
-written by ``ext.jsonlines``.  ``await_result`` (threads, one blocking read each) suits a Python
-scan API; an event-loop process waiting for hundreds of scans at once (the HTTP gateway) holds
-one subscription to the notices instead (``ReplyWatcher``).
+Where: the reply hashes.  A scan_id's outcomes are one field of its state shard's hash for the
+minute (``REPLY_EPOCH_S``) in which they were written, ``P rh:{tag}:<epoch>`` (``reply_hash``):
+the outcome lines, oldest first, joined by a newline (JSON lines hold none of their own).  A
+resent scan_id's outcome is appended to the field of the minute it comes in.  A hash expires
+``result_ttl_s`` after its minute ends, so an outcome is kept between one TTL and one TTL plus a
+minute.  A field in a large hash costs about a third of what a list key per scan_id with its own
+TTL cost (a key, a list, an expiry entry, and an RPUSH and an EXPIRE of server time each), and
+one HSET per shard writes a whole chunk.
 
-A reply list lives in the state shard of its scan_id (``reply_key``), as the state store's keys
-do: on a Redis Cluster the pushes go in one call per shard, and their notices reach every
+The writes of a batch go in one Lua script call per ``REPLY_CHUNK`` outcomes (``_PUSH_LUA``),
+which then publishes a notice of the chunk's scan_ids; the outcome lines are written by
+``ext.jsonlines``.  Readers look at the minutes around their wait (``reply_epochs``).  A process
+that waits for many scans at once (the HTTP gateway; ``ScanPublisher.await_result`` for the
+threads of a Python scan API) holds one subscription to the notices and reads only what someone
+there waits for (``ReplyWatcher``): a wait costs a read when it starts and one when its outcome
+is announced, not a poll.
+
+A reply hash lives in the state shard of its scan_ids (``reply_shards``), as the state store's
+keys do: on a Redis Cluster the pushes go in one call per shard, and their notices reach every
 subscriber whichever node publishes them.
 """
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,23 +39,34 @@ from scanstream.engine import outcomes
 from scanstream.engine.state import state_keys
 from scanstream.engine.state.redis_lua import SHARD_LUA, SHARD_TAGS, SHARDS
 
-#: Longest single blocking call of ``wait_reply``.
+#: The span of one reply hash, s.  Long enough that a wait reads two or three hashes, short
+#: enough that an outcome outlives its ``result_ttl_s`` by at most this much.  Writers and readers
+#: must agree on it: changing it changes the hashes' names.
+REPLY_EPOCH_S = 60
+#: Longest single blocking read of the ``ReplyWatcher``'s subscription, s.
 WAIT_SLICE_S = 1.0
+#: How far the clocks of the scan API's hosts and of Redis may differ, s: readers widen the
+#: minutes they read by this much (hosts kept by NTP differ by milliseconds).
+CLOCK_SKEW_S = 5.0
 #: Outcomes per script call: bounds the time one call holds the server (a few ms here).
 REPLY_CHUNK = 5000
-#: Polls while a scan_id's list holds outcomes of other events (a resend): first and longest gap.
-POLL_FIRST_S = 0.005
-POLL_MAX_S = 0.05
 #: How often a ``ReplyWatcher`` wait looks for its outcome itself, should a notice be lost.
 SWEEP_S = 0.25
+#: How far back ``ReplyWatcher.look`` looks at its start by default, s: a retried wait finds an
+#: outcome written shortly before it began, in one or two reads.
+LOOKBACK_S = 60.0
+#: Fields per HMGET or HSET inside the script: Lua's stack takes a few thousand values.
+_SLICE = 1000
 
-#: ARGV: key prefix, TTL, n, scan_id lengths (uint32), scan_ids, outcome lengths (uint32),
-#: outcomes, the notice channel (``notice_channel``), each scan_id's shard (one byte): its list is
-#: ``reply_key``.  After the pushes the script publishes one
-#: notice on that channel: n (uint32) and the chunk's packed scan_ids, which wakes the gateways
-#: waiting for any of them (``ReplyWatcher``); with nobody subscribed it costs next to nothing.  Arrays travel packed, as in the state store's scripts: a pipelined RPUSH and
-#: EXPIRE per scan, or an argument per key and value, cost the worker more Python time (command
-#: packing) than the whole pipeline.
+#: ARGV: key prefix (``P rh:``), TTL, n, scan_id lengths (uint32), scan_ids, outcome lengths
+#: (uint32), outcomes, the notice channel (``notice_channel``), each scan_id's shard (one byte),
+#: ``REPLY_EPOCH_S``.  Per shard: one HMGET of the chunk's scan_ids in this minute's hash (a
+#: resent scan_id already has a field there, to which its outcome is appended), one HSET of every
+#: field, one EXPIREAT.  Then one notice on the channel: n (uint32) and the chunk's packed
+#: scan_ids, which wakes the gateways waiting for any of them (``ReplyWatcher``); with nobody
+#: subscribed it costs next to nothing.  Arrays travel packed, as in the state store's scripts:
+#: an argument per key and value cost the worker more Python time (command packing) than the
+#: whole pipeline.
 _PUSH_LUA = SHARD_LUA + r"""
 local function strings(lens_blob, blob, n)
   local out, pos, done = {}, 1, 0
@@ -61,27 +81,71 @@ local function strings(lens_blob, blob, n)
   end
   return out
 end
-local pre, ttl, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local pre, ttl, n, span = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[10])
 local ids, lines = strings(ARGV[4], ARGV[5], n), strings(ARGV[6], ARGV[7], n)
+local epoch = math.floor(tonumber(redis.call('TIME')[1]) / span)
+local rows_of = {}
 for i = 1, n do
-  local key = shard_key(pre, string.byte(ARGV[9], i)) .. ids[i]
-  redis.call('RPUSH', key, lines[i])
-  redis.call('EXPIRE', key, ttl)
+  local s = string.byte(ARGV[9], i)
+  local r = rows_of[s]
+  if r == nil then r = {}; rows_of[s] = r end
+  r[#r + 1] = i
 end
--- the notice: after the pushes, in the same call, so a gateway woken by it finds the outcomes
+for s, rows in pairs(rows_of) do
+  local key = shard_key(pre, s) .. ':' .. epoch
+  local value, order = {}, {}
+  for a = 1, #rows, """ + str(_SLICE) + r""" do
+    local fields = {}
+    for j = a, math.min(a + """ + str(_SLICE - 1) + r""", #rows) do fields[#fields + 1] = ids[rows[j]] end
+    local held = redis.call('HMGET', key, unpack(fields))
+    for j = 1, #fields do
+      if held[j] and value[fields[j]] == nil then value[fields[j]] = held[j] end
+    end
+  end
+  local listed = {}
+  for _, i in ipairs(rows) do
+    local id = ids[i]
+    local old = value[id]
+    if not listed[id] then listed[id] = true; order[#order + 1] = id end
+    if old == nil then value[id] = lines[i] else value[id] = old .. '\n' .. lines[i] end
+  end
+  for a = 1, #order, """ + str(_SLICE) + r""" do
+    local args = {}
+    for j = a, math.min(a + """ + str(_SLICE - 1) + r""", #order) do
+      args[#args + 1] = order[j]
+      args[#args + 1] = value[order[j]]
+    end
+    redis.call('HSET', key, unpack(args))
+  end
+  redis.call('EXPIREAT', key, (epoch + 1) * span + ttl)
+end
+-- the notice: after the writes, in the same call, so a gateway woken by it finds the outcomes
 redis.call('PUBLISH', ARGV[8], struct.pack('<I4', n) .. ARGV[4] .. ARGV[5])
 return n
 """
 
 
-def reply_key(prefix: str, scan_id: str) -> str:
-    """The reply list of ``scan_id``: ``P reply:{tag}<scan_id>``, in the state shard of the scan_id."""
-    return f"{prefix}reply:{{{SHARD_TAGS[int(reply_shards([scan_id])[0])]}}}{scan_id}"
+def reply_hash(prefix: str, shard: int, epoch: int) -> str:
+    """The reply hash of state shard ``shard`` for minute ``epoch``: ``P rh:{tag}:<epoch>`` (not
+    ``reply:``, the family of the lists an older version kept per scan_id, which a scan_id could
+    otherwise name)."""
+    return f"{prefix}rh:{{{SHARD_TAGS[shard]}}}:{epoch}"
 
 
 def reply_shards(scan_ids: Sequence[str]) -> np.ndarray:
     """The state shard of each scan_id (that of its identity in the state store)."""
     return (state_keys(list(scan_ids)) & np.uint64(SHARDS - 1)).astype(np.uint8)
+
+
+def reply_epochs(first_s: float, last_s: float) -> range:
+    """The minutes whose hashes may hold an outcome written between ``first_s`` and ``last_s``
+    (Unix times by the reader's clock).  The writer's minute is Redis's clock, so the span is
+    widened by ``CLOCK_SKEW_S`` each side: usually one hash, two near a minute's end."""
+    return range(_epoch(first_s - CLOCK_SKEW_S), _epoch(last_s + CLOCK_SKEW_S) + 1)
+
+
+def _epoch(t: float) -> int:
+    return int(t // REPLY_EPOCH_S)
 
 
 def notice_channel(prefix: str) -> str:
@@ -110,13 +174,60 @@ def outcome_key(reply: dict[str, Any]) -> tuple:
     return reply.get("code"), reply.get("user_id"), reply.get("role"), reply.get("ts")
 
 
+#: A scan_id's outcome lines as read, per minute: {epoch: lines, oldest first}.
+Held = dict[int, list[bytes]]
+
+
+def reads(prefix: str, scan_id: str | bytes, epochs: range) -> list[tuple[str, bytes]]:
+    """The (hash, field) pairs to HGET for ``scan_id``'s outcomes in ``epochs``; ``held`` takes the answers."""
+    sid = scan_id if isinstance(scan_id, bytes) else scan_id.encode("utf-8", "surrogatepass")
+    shard = int(reply_shards([sid.decode("utf-8", "surrogatepass")])[0])
+    return [(reply_hash(prefix, shard, e), sid) for e in epochs]
+
+
+def held(epochs: range, values: Sequence[bytes | None]) -> Held:
+    """The outcomes that the HGETs of ``reads`` answered, per minute."""
+    return {e: v.split(b"\n") for e, v in zip(epochs, values) if v}
+
+
+def counts(lines: Held, epochs: range) -> dict[int, int]:
+    """How many outcomes each minute of ``epochs`` holds (the read of ``lines``): what a wait
+    registers as seen before it publishes, and where its reads start."""
+    return {e: len(lines.get(e, ())) for e in epochs}
+
+
+def fresh(lines: Held, seen: dict[int, int]) -> list[bytes]:
+    """The outcomes written after ``seen`` (``counts`` of an earlier read), oldest first."""
+    return [line for e in sorted(lines) for line in lines[e][seen.get(e, 0):]]
+
+
+def read_replies(client, prefix: str, scan_ids: Sequence[str], epochs: range) -> list[Held]:
+    """Each scan_id's outcomes in ``epochs`` (a blocking client): one HMGET per reply hash, all in
+    one pipelined round trip."""
+    shards = reply_shards(scan_ids) if len(scan_ids) else np.zeros(0, np.uint8)
+    pipe = client.pipeline(transaction=False)
+    asked = []
+    for s in np.unique(shards).tolist():
+        rows = np.nonzero(shards == s)[0].tolist()
+        fields = [scan_ids[i].encode("utf-8", "surrogatepass") for i in rows]
+        for e in epochs:
+            pipe.hmget(reply_hash(prefix, s, e), fields)
+            asked.append((e, rows))
+    out: list[Held] = [{} for _ in scan_ids]
+    for (e, rows), values in zip(asked, pipe.execute() if asked else []):
+        for i, v in zip(rows, values):
+            if v:
+                out[i][e] = v.split(b"\n")
+    return out
+
+
 def _packed(values: Sequence[bytes]) -> tuple[bytes, bytes]:
     lens = np.fromiter(map(len, values), np.uint32, len(values)).astype("<u4")
     return lens.tobytes(), b"".join(values)
 
 
 class ReplyWriter:
-    """Pushes outcomes to their scan_ids' reply lists, ``REPLY_CHUNK`` per round trip."""
+    """Writes outcomes to their scan_ids' reply hashes, ``REPLY_CHUNK`` per round trip."""
 
     def __init__(self, client, prefix: str, ttl_s: int):
         if ttl_s < 1:
@@ -131,10 +242,10 @@ class ReplyWriter:
         self.cluster = isinstance(client, redis.RedisCluster)
 
     def push(self, scan_ids: Sequence[str], lines: Sequence[bytes]) -> int:
-        """Push ``lines[i]`` to the reply list of ``scan_ids[i]``; the number pushed."""
+        """Append ``lines[i]`` to the outcomes of ``scan_ids[i]``; the number written."""
         if len(scan_ids) != len(lines):
             raise ValueError(f"{len(scan_ids)} scan_ids for {len(lines)} outcomes: expected one each")
-        pre = f"{self.prefix}reply:".encode("utf-8")
+        pre = f"{self.prefix}rh:".encode("utf-8")
         shards = reply_shards(scan_ids) if len(scan_ids) else np.zeros(0, np.uint8)
         groups = ([np.nonzero(shards == s)[0] for s in np.unique(shards).tolist()] if self.cluster
                   else [np.arange(len(lines))])
@@ -142,10 +253,10 @@ class ReplyWriter:
             for a in range(0, len(rows), REPLY_CHUNK):
                 part = rows[a:a + REPLY_CHUNK].tolist()
                 ids = [scan_ids[i].encode("utf-8", "surrogatepass") for i in part]
-                routing = [reply_key(self.prefix, scan_ids[part[0]])]  # where a Cluster runs the call
+                routing = [reply_hash(self.prefix, int(shards[part[0]]), 0)]  # where a Cluster runs the call
                 self._push(keys=routing, args=[pre, self.ttl_s, len(part), *_packed(ids),
                                                *_packed([lines[i] for i in part]), self.channel,
-                                               shards[part].tobytes()])
+                                               shards[part].tobytes(), REPLY_EPOCH_S])
         return len(lines)
 
     def push_outcomes(self, scans: outcomes.Columns) -> int:
@@ -153,61 +264,20 @@ class ReplyWriter:
         return self.push(scans["scan_id"].tolist(), outcomes.outcome_lines(scans))
 
 
-def wait_reply(client, prefix: str, scan_id: str, timeout_s: float,
-               answers: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any] | None:
-    """The outcome of ``scan_id``, waiting up to ``timeout_s``; None when none came in time.
-
-    Without ``answers``, the list's oldest outcome.  With it, the oldest outcome for which
-    ``answers`` is true: a scan_id resent with other content has two outcomes in its list, the
-    first delivery's and the resend's ``conflict``, and only the caller knows which event it is
-    waiting for (``ScanPublisher.await_result`` passes the event).
-    """
-    if not timeout_s > 0:  # Redis reads a zero timeout as "wait for ever"
-        raise ValueError(f"timeout_s {timeout_s!r} must be above 0")
-    key = reply_key(prefix, scan_id)
-    deadline = time.monotonic() + timeout_s
-    pause = POLL_FIRST_S
-    while True:
-        # short blocking slices: a client's socket timeout may be shorter than the whole wait
-        left = deadline - time.monotonic()
-        if answers is None:
-            if left <= 0:
-                return None
-            value = client.blmove(key, key, min(left, WAIT_SLICE_S), "LEFT", "RIGHT")
-            if value is not None:
-                return orjson.loads(value)
-            continue
-        held = client.lrange(key, 0, -1)
-        for value in held:
-            reply = orjson.loads(value)
-            if answers(reply):
-                return reply
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return None
-        if not held:  # block until the first outcome comes (RIGHT to RIGHT: the order stays)
-            client.blmove(key, key, max(min(left, WAIT_SLICE_S), 0.001), "RIGHT", "RIGHT")
-        else:  # outcomes of other events under this scan_id: a resend, rare; poll for ours
-            time.sleep(min(pause, left))
-            pause = min(pause * 2, POLL_MAX_S)
-
-
 class ReplyWatcher:
     """The outcomes awaited by one event-loop process (the HTTP gateway), woken by the worker's notices.
 
-    A blocking read per waiting request (``BLMOVE``) holds a Redis connection each: at 1 000
-    scans/s and 150 ms a wait, 150 connections, past redis.asyncio's pool, and a read per request
-    besides.  Instead one subscription to ``notice_channel`` per process hears every chunk of
-    outcomes the workers push (``_PUSH_LUA`` publishes after pushing), and only the scan_ids
-    someone here waits for are read, all in one pipelined round trip.
+    A poll per waiting request would cost Redis a read every few milliseconds per request.
+    Instead one subscription to ``notice_channel`` per process hears every chunk of outcomes the
+    workers write (``_PUSH_LUA`` publishes after writing), and only the scan_ids someone here
+    waits for are read, all in one pipelined round trip.
 
-    ``expect(scan_id, seen, key)`` before publishing, then ``wait``: the first outcome at index
-    ``seen`` or later of the scan_id's reply list whose ``outcome_key`` is ``key``.  Count the list
-    (``LLEN``) before publishing, so a resent scan_id is answered by its own outcome (a ``replay``, or a
-    ``conflict`` when its content differs), never with the first delivery's verdict and prize,
-    even when two requests carry one scan_id at once.  Pub/sub delivers at most once (a
-    reconnect loses notices), so a wait also looks for itself every ``SWEEP_S``; the reply lists,
-    not the notices, are what holds outcomes.
+    ``seen`` and ``expect`` before publishing, then ``wait``: the first outcome written after
+    ``seen`` whose ``outcome_key`` is ``key``.  So a resent scan_id is answered by its own outcome
+    (a ``replay``, or a ``conflict`` when its content differs), never with the first delivery's
+    verdict and prize, even when two requests carry one scan_id at once.  Pub/sub delivers at
+    most once (a reconnect loses notices), so a wait also looks for itself every ``SWEEP_S``;
+    the reply hashes, not the notices, are what holds outcomes.
     """
 
     def __init__(self, client, prefix: str, sweep_s: float = SWEEP_S):
@@ -216,7 +286,7 @@ class ReplyWatcher:
         self.sweep_s = sweep_s
         self.channel = notice_channel(prefix)
         #: scan_id (bytes) -> the waits for it: (seen, key, future)
-        self._waits: dict[bytes, list[tuple[int, tuple, Any]]] = {}
+        self._waits: dict[bytes, list[tuple[dict[int, int], tuple, Any]]] = {}
         self._listener = None
         self._subscribed = None
 
@@ -277,45 +347,71 @@ class ReplyWatcher:
         except asyncio.TimeoutError:
             return False
 
+    async def read(self, scan_ids: Sequence[bytes], first: Sequence[int]) -> list[Held]:
+        """The outcomes of each of ``scan_ids`` in its reply hashes from minute ``first`` on, in one round trip."""
+        last = _epoch(time.time() + CLOCK_SKEW_S)
+        spans = [range(f, max(f, last) + 1) for f in first]
+        async with self.client.pipeline(transaction=False) as pipe:
+            for sid, epochs in zip(scan_ids, spans):
+                for key, field in reads(self.prefix, sid, epochs):
+                    pipe.hget(key, field)
+            values = await pipe.execute()
+        out, at = [], 0
+        for epochs in spans:
+            out.append(held(epochs, values[at:at + len(epochs)]))
+            at += len(epochs)
+        return out
+
     async def _wake(self, scan_ids: list[bytes]) -> None:
-        """Read the lists of ``scan_ids`` (one round trip) and answer the waits they satisfy."""
+        """Read the outcomes of ``scan_ids`` (one round trip) and answer the waits they satisfy."""
         if not scan_ids:
             return
-        starts = [min(seen for seen, _, _ in self._waits[sid]) for sid in scan_ids]
-        async with self.client.pipeline(transaction=False) as pipe:
-            for sid, start in zip(scan_ids, starts):
-                pipe.lrange(self._key(sid), start, -1)
-            held = await pipe.execute()
-        for sid, start, values in zip(scan_ids, starts, held):
-            self._answer(sid, start, values)
+        # from the first minute any of a scan_id's waits counted
+        first = [min(min(seen) for seen, _, _ in self._waits[sid]) for sid in scan_ids]
+        for sid, lines in zip(scan_ids, await self.read(scan_ids, first)):
+            self._answer(sid, lines)
 
-    def _key(self, scan_id: bytes) -> bytes:
-        return reply_key(self.prefix, scan_id.decode("utf-8", "surrogatepass")).encode("utf-8", "surrogatepass")
-
-    def _answer(self, scan_id: bytes, start: int, values: list[bytes], only: tuple | None = None) -> None:
-        """Answer the waits for ``scan_id`` (or the one wait ``only``) that ``values``, the reply
-        list from index ``start`` on, holds an outcome for."""
-        if not values:
+    def _answer(self, scan_id: bytes, lines: Held, only: tuple | None = None) -> None:
+        """Answer the waits for ``scan_id`` (or the one wait ``only``) that ``lines`` hold an outcome for."""
+        if not lines:
             return
-        replies = [orjson.loads(v) for v in values]
         for seen, key, future in (self._waits.get(scan_id, ()) if only is None else (only,)):
             if future.done():
                 continue
-            for reply in replies[max(0, seen - start):]:
-                if outcome_key(reply) == key:
+            for line in fresh(lines, seen):
+                reply = orjson.loads(line)
+                if key is None or outcome_key(reply) == key:
                     future.set_result(reply)
                     break
 
-    def expect(self, scan_id: str, seen: int, key: tuple) -> Expected:
+    def expect(self, scan_id: str, seen: dict[int, int], key: tuple) -> Expected:
         """Register a wait, before its scan is published (so no notice can pass unheard): the
-        outcome answering the event whose ``outcome_key`` is ``key``, among those pushed after the
-        reply list held ``seen``.  ``wait`` for it, or ``forget`` it when the publish failed."""
+        outcome answering the event whose ``outcome_key`` is ``key``, among those written after
+        ``seen`` (``counts`` of a read just before, over ``reply_epochs(now, now)``; an empty one
+        for a scan_id that had none).  ``wait`` for
+        it, or ``forget`` it when the publish failed."""
         import asyncio
 
         sid = scan_id.encode("utf-8", "surrogatepass")
+        seen = dict(seen) or {_epoch(time.time() - CLOCK_SKEW_S): 0}  # where its reads start
         expected = Expected(sid, seen, key, asyncio.get_running_loop().create_future())
         self._waits.setdefault(sid, []).append(expected.entry)
         return expected
+
+    async def look(self, scan_id: str, key: tuple | None, timeout_s: float,
+                   lookback_s: float = LOOKBACK_S) -> dict[str, Any] | None:
+        """For a wait that starts after its scan was published (``ScanPublisher.await_result``):
+        the oldest outcome of ``scan_id`` written up to ``lookback_s`` before now, or after, whose
+        ``outcome_key`` is ``key`` (any, for None); None after ``timeout_s``.  Registered first,
+        then read once, so an outcome announced in between is not missed."""
+        first = _epoch(time.time() - lookback_s - CLOCK_SKEW_S)
+        expected = self.expect(scan_id, {first: 0}, key)
+        try:
+            self._answer(expected.scan_id, (await self.read([expected.scan_id], [first]))[0], expected.entry)
+        except BaseException:
+            self.forget(expected)
+            raise
+        return await self.wait(expected, timeout_s)
 
     def forget(self, expected: Expected) -> None:
         waits = self._waits.get(expected.scan_id, [])
@@ -339,8 +435,8 @@ class ReplyWatcher:
                         return await asyncio.wait_for(asyncio.shield(future), min(left, self.sweep_s))
                     except asyncio.TimeoutError:
                         pass
-                self._answer(expected.scan_id, expected.seen,
-                             await self.client.lrange(self._key(expected.scan_id), expected.seen, -1), expected.entry)
+                self._answer(expected.scan_id, (await self.read([expected.scan_id], [min(expected.seen)]))[0],
+                             expected.entry)
                 if future.done():
                     return future.result()
                 if deadline - time.monotonic() <= 0:
@@ -354,16 +450,22 @@ class Expected:
     """One registered wait of a ``ReplyWatcher``."""
 
     scan_id: bytes
-    seen: int
+    seen: dict[int, int]
     key: tuple
     future: Any
 
     @property
-    def entry(self) -> tuple[int, tuple, Any]:
+    def entry(self) -> tuple[dict[int, int], tuple, Any]:
         return self.seen, self.key, self.future
 
 
-async def latest_reply(client, prefix: str, scan_id: str) -> dict[str, Any] | None:
-    """The newest outcome of ``scan_id`` (a poll after a 202), or None while there is none."""
-    value = await client.lindex(reply_key(prefix, scan_id), -1)
-    return None if value is None else orjson.loads(value)
+async def latest_reply(client, prefix: str, scan_id: str, ttl_s: float) -> dict[str, Any] | None:
+    """The newest outcome of ``scan_id`` written within ``ttl_s`` (a poll after a 202), or None."""
+    now = time.time()
+    epochs = reply_epochs(now - ttl_s, now)
+    async with client.pipeline(transaction=False) as pipe:
+        for key, field in reads(prefix, scan_id, epochs):
+            pipe.hget(key, field)
+        values = await pipe.execute()
+    lines = fresh(held(epochs, values), {})
+    return orjson.loads(lines[-1]) if lines else None

@@ -6,7 +6,7 @@ broker; ``streams.app`` feeds it from a Faust agent.  The order in which a batch
 
 - before step 1, each message is decoded into scan lines; a message that carries none, and
   each invalid event, becomes a dead letter;
-- step 2 pushes each outcome to its Redis reply list (the scan API's ``await_result``);
+- step 2 writes each outcome to its scan_id's Redis reply hash (the scan API's ``await_result``);
 - step 3 stores the outcome tables in ClickHouse, with a token made of the batch's offsets;
 - step 5 produces ``scan-results``, ``awards``, ``alerts`` and the dead letters;
 - step 6 acks the batch's messages, and the consumer commits acked offsets afterwards.
@@ -154,7 +154,8 @@ class BatchHandler:
         return batch.outcome_lines
 
     def _reply(self, batch: InFlight) -> None:
-        """Step 2: each outcome pushed to its Redis reply list.  Safe to repeat."""
+        """Step 2: each outcome written to its scan_id's reply hash.  Safe to repeat: a repeat
+        appends the same outcome again, and a waiter takes the first that answers its event."""
         lines = self.outcome_lines(batch)
         if self.replies is not None and lines:
             self.replies.push(batch.result.scans["scan_id"].tolist(), lines)

@@ -31,7 +31,7 @@ from scanstream.engine.state.memory import MemoryStateStore
 from scanstream.wiring import build_pipeline
 from scanstream.streams.publisher import InvalidEvent, ScanPublisher, encode_event
 from scanstream.streams.synthetic import build_world, generate_scans
-from scanstream.streams.replies import reply_key
+from scanstream.streams.replies import LOOKBACK_S, read_replies, reply_epochs
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL_TOML = REPO / "config" / "local.toml"
@@ -116,10 +116,8 @@ def test_publisher_worker_redis_clickhouse(broker, redis_deployment, redis_prefi
         client = redis.RedisCluster.from_url(redis_url) if cluster else redis.Redis.from_url(redis_url)
         missing = list(first)
         while missing and worker.poll() is None and time.monotonic() < deadline:
-            pipe = client.pipeline(transaction=False)
-            for sid in missing:
-                pipe.exists(reply_key(redis_prefix, sid))
-            missing = [sid for sid, there in zip(missing, pipe.execute()) if not there]
+            got = read_replies(client, redis_prefix, missing, reply_epochs(time.time() - LOOKBACK_S, time.time()))
+            missing = [sid for sid, held in zip(missing, got) if not held]
             if missing:
                 time.sleep(1)
         assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]

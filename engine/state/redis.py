@@ -54,8 +54,9 @@ Keys (``P`` is the prefix; ``{t}`` the hash tag of a state shard, ``redis_lua.SH
                                     8-byte key -> per set of the key its size byte and packed
                                     8-byte members (or ``SPILLED_SET`` once they moved to
                                     ``P ws:{t}<key><set>``, a set); expires at the end of the next epoch
-    P reply:{t}<scan_id>    list    a scan's outcome for the scan API (``streams/replies.py``,
-                                    written by the worker under the same prefix), EX reply TTL
+    P rh:{t}:<minute>       hash    the scan API's replies (``streams/replies.py``, written by the
+                                    worker under the same prefix): scan_id -> its outcome lines;
+                                    expires the reply TTL after its minute
 
 A uint64 key's shard is its low bits (``key_shards``); a scan_id's that of its hash.
 

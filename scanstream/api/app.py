@@ -15,7 +15,8 @@ One ``POST /v1/scans``, in order:
 3. parse it (400 for JSON that is not, or a key written twice, naming it) and check it with
    the worker's own parse stage (``check_event``: 400 naming the field), then take a token per
    scan from its user_id's bucket (429 past ``[api] user_rate_per_s``; nothing published);
-4. count the scan_id's reply list in Redis (503 when Redis does not answer: nothing published);
+4. count the scan_id's outcomes in its reply hashes (``streams.replies``; 503 when Redis does not
+   answer: nothing published);
 5. publish through ``ScanPublisher`` and flush, so the broker has it (503 when it does not);
 6. await the outcome pushed after that count that answers this event (the same code, user_id,
    role and ts: ``replies.ReplyWatcher``, woken by the worker's notice) until ``[api]
@@ -390,14 +391,18 @@ class Gateway:
                 else "nothing was published")
         return _unavailable("redis", f"Redis does not answer ({type(exc).__name__}); {then}")
 
-    async def seen(self, scan_ids: Sequence[str]) -> list[int]:
-        """How many outcomes each scan_id's reply list holds now (before publishing)."""
+    async def seen(self, scan_ids: Sequence[str]) -> list[dict[int, int]]:
+        """How many outcomes each scan_id has now, per reply hash (before publishing)."""
         prefix = self.config.redis.prefix
+        now = time.time()
+        epochs = replies.reply_epochs(now, now)
         try:
-            return [int(n) for n in await self.trips.run([lambda pipe, sid=sid: pipe.llen(replies.reply_key(prefix, sid))
-                                                          for sid in scan_ids])]
+            values = await self.trips.run([lambda pipe, key=key, field=field: pipe.hget(key, field)
+                                           for sid in scan_ids for key, field in replies.reads(prefix, sid, epochs)])
         except Exception as exc:  # redis.RedisError, OSError
             raise self._redis_down(exc, published=False) from None
+        k = len(epochs)
+        return [replies.counts(replies.held(epochs, values[i * k:(i + 1) * k]), epochs) for i in range(len(scan_ids))]
 
     async def publish_and_wait(self, events: Sequence[dict], keys: Sequence[tuple],
                                deadline: float) -> list[ScanOutcome | Pending]:
@@ -424,7 +429,8 @@ class Gateway:
 
     async def latest(self, scan_id: str) -> ScanOutcome | None:
         try:
-            reply = await replies.latest_reply(self.redis, self.config.redis.prefix, scan_id)
+            reply = await replies.latest_reply(self.redis, self.config.redis.prefix, scan_id,
+                                                 self.config.redis.result_ttl_s)
         except Exception as exc:
             raise self._redis_down(exc, published=False) from None
         return None if reply is None else outcome(reply)

@@ -1,0 +1,161 @@
+"""The reply hashes (``streams.replies``): what the worker writes for the scan API, and what readers find.
+
+Each case runs on the single Redis and on the Redis Cluster (``redis_deployment``).  The attacks
+first: a scan_id resent with other content must keep both outcomes, each for its own waiter;
+a line must never be cut into two by what a consumer typed; a wait registered before a resend
+must never be answered by what was there before it.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import orjson
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from scanstream.engine import outcomes
+from scanstream.streams import replies
+from scanstream.streams.replies import (REPLY_CHUNK, REPLY_EPOCH_S, ReplyWatcher, ReplyWriter, read_replies,
+                                        reply_epochs, reply_hash, reply_shards)
+
+
+def _client(deployment):
+    return redis.RedisCluster.from_url(deployment.url) if deployment.cluster else redis.Redis.from_url(deployment.url)
+
+
+def _aclient(deployment):
+    return (aioredis.RedisCluster.from_url(deployment.url) if deployment.cluster
+            else aioredis.Redis.from_url(deployment.url))
+
+
+def _line(scan_id: str, verdict: str, user: str = "wx-1", code: str = "C1") -> bytes:
+    return orjson.dumps({"scan_id": scan_id, "code": code, "user_id": user, "role": "consumer", "ts": 1,
+                         "verdict": verdict})
+
+
+def _now_epochs() -> range:
+    return reply_epochs(time.time() - 5, time.time())
+
+
+def test_a_resent_scan_id_keeps_every_outcome_in_order(redis_deployment, redis_prefix):
+    """The first delivery's ``ok`` and a thief's ``conflict`` under one scan_id, in one call and
+    in two: nothing overwrites the first outcome."""
+    client = _client(redis_deployment)
+    writer = ReplyWriter(client, redis_prefix, 60)
+    writer.push(["s-1", "s-2", "s-1"], [_line("s-1", "ok"), _line("s-2", "ok"), _line("s-1", "conflict", "thief")])
+    writer.push(["s-1"], [_line("s-1", "replay")])
+    one, two = read_replies(client, redis_prefix, ["s-1", "s-2"], _now_epochs())
+    assert [orjson.loads(x)["verdict"] for x in replies.fresh(one, {})] == ["ok", "conflict", "replay"]
+    assert [orjson.loads(x)["verdict"] for x in replies.fresh(two, {})] == ["ok"]
+    client.close()
+
+
+def test_a_typed_newline_cannot_split_an_outcome(redis_deployment, redis_prefix):
+    """Outcomes of one scan_id are joined by a newline: a user_id or scan_id holding one must come
+    back escaped inside its line, not as a forged second outcome."""
+    client = _client(redis_deployment)
+    cols = outcomes.empty(outcomes.SCAN_COLUMNS, 2)
+    cols["scan_id"][:] = ["s\nnl", "s\nnl"]
+    cols["user_id"][:] = ['wx-1\n{"verdict": "ok", "prize_cents": 99900}', "wx-2"]
+    cols["verdict"][:] = ["conflict", "ok"]
+    ReplyWriter(client, redis_prefix, 60).push_outcomes(cols)
+    got = replies.fresh(read_replies(client, redis_prefix, ["s\nnl"], _now_epochs())[0], {})
+    assert [orjson.loads(x)["user_id"] for x in got] == [cols["user_id"][0], "wx-2"]
+    client.close()
+
+
+def test_a_chunk_spans_every_shard_and_more_fields_than_one_command_takes(redis_deployment, redis_prefix):
+    """More scan_ids than the script's slices (1 000) and than one call's chunk, across all 16
+    shards: each scan_id holds exactly its own line, in one hash per shard and minute."""
+    client = _client(redis_deployment)
+    n = REPLY_CHUNK + 1500
+    ids = [f"bulk-{i}" for i in range(n)]
+    ReplyWriter(client, redis_prefix, 60).push(ids, [_line(s, "ok", f"u{i}") for i, s in enumerate(ids)])
+    got = read_replies(client, redis_prefix, ids, _now_epochs())
+    assert [[orjson.loads(x)["user_id"] for x in replies.fresh(h, {})] for h in got] == [[f"u{i}"] for i in range(n)]
+    assert len(set(reply_shards(ids).tolist())) == 16
+    # one hash per shard holds them all (they were written within a second or two)
+    keys = {k for h, s in zip(got, reply_shards(ids).tolist()) for e in h for k in [reply_hash(redis_prefix, s, e)]}
+    assert 16 <= len(keys) <= 32
+    client.close()
+
+
+def test_a_reply_hash_expires_one_ttl_after_its_minute(redis_deployment, redis_prefix):
+    client = _client(redis_deployment)
+    ReplyWriter(client, redis_prefix, 7).push(["ttl-1"], [_line("ttl-1", "ok")])
+    held = read_replies(client, redis_prefix, ["ttl-1"], _now_epochs())[0]
+    (epoch,) = held
+    ttl = client.ttl(reply_hash(redis_prefix, int(reply_shards(["ttl-1"])[0]), epoch))
+    assert 7 - 1 <= ttl <= 7 + REPLY_EPOCH_S
+    with pytest.raises(ValueError, match="ttl_s"):
+        ReplyWriter(client, redis_prefix, 0)
+    client.close()
+
+
+def test_a_wait_is_answered_only_by_what_came_after_it_counted(redis_deployment, redis_prefix):
+    """The gateway counts before publishing.  Outcomes already there, in this minute's hash and in
+    the minute before (a resend across a minute's end), must not answer the new wait, even when
+    they answer the same event (a replay of a winning scan: the old line says ``ok`` with its
+    prize; the resend's own outcome is what the resender must get)."""
+    client = _client(redis_deployment)
+    sid = "cross-minute"
+    shard = int(reply_shards([sid])[0])
+    before = int(time.time() // REPLY_EPOCH_S) - 1
+    client.hset(reply_hash(redis_prefix, shard, before), sid, _line(sid, "ok"))
+    client.expire(reply_hash(redis_prefix, shard, before), 60)
+    writer = ReplyWriter(client, redis_prefix, 60)
+    writer.push([sid], [_line(sid, "ok")])
+    key = replies.outcome_key(orjson.loads(_line(sid, "ok")))
+
+    async def scenario():
+        aclient = _aclient(redis_deployment)
+        watcher = ReplyWatcher(aclient, redis_prefix, sweep_s=0.05)
+        await watcher.start()
+        try:
+            assert await watcher.subscribed(5)
+            epochs = range(before, before + 2)  # as a read a second into the minute spans it
+            (seen,) = [replies.counts(h, epochs) for h in read_replies(client, redis_prefix, [sid], epochs)]
+            assert sum(seen.values()) == 2
+            expected = watcher.expect(sid, seen, key)
+            assert await watcher.wait(expected, 0.3) is None  # what was there does not answer
+            expected = watcher.expect(sid, seen, key)
+            asyncio.get_running_loop().call_later(0.1, writer.push, [sid], [_line(sid, "replay")])
+            got = await watcher.wait(expected, 5)
+            assert got is not None and got["verdict"] == "replay"
+        finally:
+            await watcher.close()
+            await aclient.aclose()
+
+    asyncio.run(scenario())
+    client.close()
+
+
+def test_latest_reply_is_the_newest_outcome_within_the_ttl(redis_deployment, redis_prefix):
+    client = _client(redis_deployment)
+    writer = ReplyWriter(client, redis_prefix, 60)
+    writer.push(["late-1", "late-1"], [_line("late-1", "ok"), _line("late-1", "conflict", "thief")])
+
+    async def scenario():
+        aclient = _aclient(redis_deployment)
+        try:
+            newest = await replies.latest_reply(aclient, redis_prefix, "late-1", 60)
+            none = await replies.latest_reply(aclient, redis_prefix, "never-written", 60)
+        finally:
+            await aclient.aclose()
+        return newest, none
+
+    newest, none = asyncio.run(scenario())
+    assert (newest["verdict"], newest["user_id"]) == ("conflict", "thief") and none is None
+    client.close()
+
+
+def test_reply_epochs_cover_the_clocks_of_reader_and_server():
+    t = 1_000_000 * REPLY_EPOCH_S + 30.0
+    assert list(reply_epochs(t, t)) == [1_000_000]  # mid-minute: one hash
+    edge = 1_000_000 * REPLY_EPOCH_S + 1.0  # a second into the minute: the one before may be Redis's
+    assert list(reply_epochs(edge, edge)) == [999_999, 1_000_000]
+    assert list(reply_epochs(t - 2 * REPLY_EPOCH_S, t)) == [999_998, 999_999, 1_000_000]
+    assert np.all(reply_shards(["a", "b"]) < 16)
