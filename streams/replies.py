@@ -27,8 +27,9 @@ subscriber whichever node publishes them.
 """
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,7 @@ import numpy as np
 import orjson
 
 from scanstream.engine import outcomes
+from scanstream.engine.config import RedisSettings
 from scanstream.engine.state import state_keys
 from scanstream.engine.state.redis_lua import SHARD_LUA, SHARD_TAGS, SHARDS
 
@@ -52,9 +54,10 @@ CLOCK_SKEW_S = 5.0
 REPLY_CHUNK = 5000
 #: How often a ``ReplyWatcher`` wait looks for its outcome itself, should a notice be lost.
 SWEEP_S = 0.25
-#: How far back ``ReplyWatcher.look`` looks at its start by default, s: a retried wait finds an
-#: outcome written shortly before it began, in one or two reads.
-LOOKBACK_S = 60.0
+#: How far back ``ReplyWatcher.look`` looks at its start by default, s: the default
+#: ``[redis] result_ttl_s``, so a wait finds any outcome Redis still holds (six or seven reads,
+#: in the round trip the waits share).
+LOOKBACK_S = float(RedisSettings.result_ttl_s)
 #: Fields per HMGET or HSET inside the script: Lua's stack takes a few thousand values.
 _SLICE = 1000
 
@@ -264,6 +267,50 @@ class ReplyWriter:
         return self.push(scans["scan_id"].tolist(), outcomes.outcome_lines(scans))
 
 
+class RoundTrips:
+    """The Redis commands of requests that arrive together, sent in one pipelined round trip.
+
+    Under load a gateway (or a ``ReplyWatcher``) holds hundreds of requests at once; a round trip each would cost each
+    request a connection and the event loop a write, a read and a wake-up per command.  Commands
+    queued in one turn of the loop go out together on the next, and each caller gets its own
+    results (or the round trip's error)."""
+
+    def __init__(self, client):
+        self.client = client
+        self._queued: list[tuple[list[Callable[[Any], Any]], asyncio.Future]] = []
+
+    async def run(self, commands: list[Callable[[Any], Any]]) -> list[Any]:
+        """Each of ``commands`` is called with the shared pipeline to add one command; their results."""
+        future = asyncio.get_running_loop().create_future()
+        if not self._queued:
+            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self._send()))
+        self._queued.append((commands, future))
+        return await future
+
+    async def _send(self) -> None:
+        queued, self._queued = self._queued, []
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for commands, _ in queued:
+                    for add in commands:
+                        add(pipe)
+                results = await pipe.execute(raise_on_error=False)
+        except Exception as exc:  # noqa: BLE001 - every caller of this round trip is told
+            for _, future in queued:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        at = 0
+        for commands, future in queued:
+            mine, at = results[at:at + len(commands)], at + len(commands)
+            failed = next((r for r in mine if isinstance(r, Exception)), None)
+            if not future.done():
+                if failed is not None:
+                    future.set_exception(failed)
+                else:
+                    future.set_result(mine)
+
+
 class ReplyWatcher:
     """The outcomes awaited by one event-loop process (the HTTP gateway), woken by the worker's notices.
 
@@ -285,20 +332,19 @@ class ReplyWatcher:
         self.prefix = prefix
         self.sweep_s = sweep_s
         self.channel = notice_channel(prefix)
+        #: the reads of every wait, notice and sweep: many waits at once share one round trip and
+        #: one connection, not one each
+        self.trips = RoundTrips(client)
         #: scan_id (bytes) -> the waits for it: (seen, key, future)
         self._waits: dict[bytes, list[tuple[dict[int, int], tuple, Any]]] = {}
         self._listener = None
         self._subscribed = None
 
     async def start(self) -> None:
-        import asyncio
-
         self._subscribed = asyncio.get_running_loop().create_future()
         self._listener = asyncio.create_task(self._listen())
 
     async def close(self) -> None:
-        import asyncio
-
         if self._listener is not None:
             self._listener.cancel()
             try:
@@ -308,7 +354,6 @@ class ReplyWatcher:
 
     async def _listen(self) -> None:
         """Subscribe and dispatch notices, for ever; a lost connection is logged and re-made."""
-        import asyncio
         import logging
 
         log = logging.getLogger("scanstream.replies")
@@ -339,8 +384,6 @@ class ReplyWatcher:
 
     async def subscribed(self, timeout: float) -> bool:
         """True once the subscription is in place (a readiness check)."""
-        import asyncio
-
         try:
             await asyncio.wait_for(asyncio.shield(self._subscribed), timeout)
             return True
@@ -348,14 +391,13 @@ class ReplyWatcher:
             return False
 
     async def read(self, scan_ids: Sequence[bytes], first: Sequence[int]) -> list[Held]:
-        """The outcomes of each of ``scan_ids`` in its reply hashes from minute ``first`` on, in one round trip."""
+        """The outcomes of each of ``scan_ids`` in its reply hashes from minute ``first`` on, in the
+        round trip that the reads of this turn of the event loop share (``RoundTrips``)."""
         last = _epoch(time.time() + CLOCK_SKEW_S)
         spans = [range(f, max(f, last) + 1) for f in first]
-        async with self.client.pipeline(transaction=False) as pipe:
-            for sid, epochs in zip(scan_ids, spans):
-                for key, field in reads(self.prefix, sid, epochs):
-                    pipe.hget(key, field)
-            values = await pipe.execute()
+        values = await self.trips.run([lambda pipe, key=key, field=field: pipe.hget(key, field)
+                                       for sid, epochs in zip(scan_ids, spans)
+                                       for key, field in reads(self.prefix, sid, epochs)])
         out, at = [], 0
         for epochs in spans:
             out.append(held(epochs, values[at:at + len(epochs)]))
@@ -390,8 +432,6 @@ class ReplyWatcher:
         ``seen`` (``counts`` of a read just before, over ``reply_epochs(now, now)``; an empty one
         for a scan_id that had none).  ``wait`` for
         it, or ``forget`` it when the publish failed."""
-        import asyncio
-
         sid = scan_id.encode("utf-8", "surrogatepass")
         seen = dict(seen) or {_epoch(time.time() - CLOCK_SKEW_S): 0}  # where its reads start
         expected = Expected(sid, seen, key, asyncio.get_running_loop().create_future())
@@ -423,8 +463,6 @@ class ReplyWatcher:
     async def wait(self, expected: Expected, timeout_s: float) -> dict[str, Any] | None:
         """The expected outcome, or None after ``timeout_s``; raises what Redis raises.  Woken by
         a notice; looks for itself every ``sweep_s`` and once more at the deadline."""
-        import asyncio
-
         deadline = time.monotonic() + timeout_s
         future = expected.entry[2]
         try:

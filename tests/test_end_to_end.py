@@ -31,7 +31,7 @@ from scanstream.engine.state.memory import MemoryStateStore
 from scanstream.wiring import build_pipeline
 from scanstream.streams.publisher import InvalidEvent, ScanPublisher, encode_event
 from scanstream.streams.synthetic import build_world, generate_scans
-from scanstream.streams.replies import LOOKBACK_S, read_replies, reply_epochs
+from scanstream.streams.replies import read_replies, reply_epochs
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL_TOML = REPO / "config" / "local.toml"
@@ -87,6 +87,7 @@ def test_publisher_worker_redis_clickhouse(broker, redis_deployment, redis_prefi
     config_path.write_text(text, encoding="utf-8")
 
     log = (tmp_path / "worker.log").open("wb")
+    started = time.time()  # no reply of this run is older
     worker = subprocess.Popen([SCANSTREAM, "--config", str(config_path), "worker"], stdout=log,
                               stderr=subprocess.STDOUT, cwd=tmp_path)
     sample = random.Random(5).sample(range(len(events)), SAMPLE)
@@ -116,7 +117,7 @@ def test_publisher_worker_redis_clickhouse(broker, redis_deployment, redis_prefi
         client = redis.RedisCluster.from_url(redis_url) if cluster else redis.Redis.from_url(redis_url)
         missing = list(first)
         while missing and worker.poll() is None and time.monotonic() < deadline:
-            got = read_replies(client, redis_prefix, missing, reply_epochs(time.time() - LOOKBACK_S, time.time()))
+            got = read_replies(client, redis_prefix, missing, reply_epochs(started, time.time()))
             missing = [sid for sid, held in zip(missing, got) if not held]
             if missing:
                 time.sleep(1)

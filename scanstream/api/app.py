@@ -57,7 +57,7 @@ PROBLEM = "application/problem+json"
 READY_TIMEOUT_S = 1.0
 #: redis.asyncio client options: a dead server fails a request within a second, never hangs it.
 REDIS_OPTIONS = {"socket_connect_timeout": 1.0, "socket_timeout": replies.WAIT_SLICE_S + 4.0}
-#: Redis connections of one gateway.  Requests share round trips (``RoundTrips``), so a few are
+#: Redis connections of one gateway.  Requests share round trips (``replies.RoundTrips``), so a few are
 #: busy at once; past this many a command waits for one (at most ``REDIS_POOL_WAIT_S``) instead
 #: of failing the request.
 REDIS_CONNECTIONS = 32
@@ -172,50 +172,6 @@ def _invalid(exc: InvalidEvent) -> Refused:
 
 # -- the gateway -----------------------------------------------------------------------------
 
-class RoundTrips:
-    """The Redis commands of requests that arrive together, sent in one pipelined round trip.
-
-    Under load a gateway holds hundreds of requests at once; a round trip each would cost each
-    request a connection and the event loop a write, a read and a wake-up per command.  Commands
-    queued in one turn of the loop go out together on the next, and each caller gets its own
-    results (or the round trip's error)."""
-
-    def __init__(self, client):
-        self.client = client
-        self._queued: list[tuple[list[Callable[[Any], Any]], asyncio.Future]] = []
-
-    async def run(self, commands: list[Callable[[Any], Any]]) -> list[Any]:
-        """Each of ``commands`` is called with the shared pipeline to add one command; their results."""
-        future = asyncio.get_running_loop().create_future()
-        if not self._queued:
-            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self._send()))
-        self._queued.append((commands, future))
-        return await future
-
-    async def _send(self) -> None:
-        queued, self._queued = self._queued, []
-        try:
-            async with self.client.pipeline(transaction=False) as pipe:
-                for commands, _ in queued:
-                    for add in commands:
-                        add(pipe)
-                results = await pipe.execute(raise_on_error=False)
-        except Exception as exc:  # noqa: BLE001 - every caller of this round trip is told
-            for _, future in queued:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        at = 0
-        for commands, future in queued:
-            mine, at = results[at:at + len(commands)], at + len(commands)
-            failed = next((r for r in mine if isinstance(r, Exception)), None)
-            if not future.done():
-                if failed is not None:
-                    future.set_exception(failed)
-                else:
-                    future.set_result(mine)
-
-
 class Gateway:
     """The services behind the routes: one publisher (made when the broker first answers) and Redis."""
 
@@ -248,7 +204,7 @@ class Gateway:
             pool = aioredis.BlockingConnectionPool.from_url(self.config.redis.url, max_connections=REDIS_CONNECTIONS,
                                                             timeout=REDIS_POOL_WAIT_S, **REDIS_OPTIONS)
             self.redis = aioredis.Redis(connection_pool=pool)
-        self.trips = RoundTrips(self.redis)
+        self.trips = replies.RoundTrips(self.redis)
         self.watcher = replies.ReplyWatcher(self.redis, self.config.redis.prefix)
         await self.watcher.start()
         a = self.api

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scanstream.streams.replies import LOOKBACK_S, read_replies, reply_epochs
+from scanstream.streams.replies import read_replies, reply_epochs
 
 from .inputs import find_secrets
 from .scenario import Scenario
@@ -212,7 +212,7 @@ def check_promises(sc: Scenario, sent: list[tuple[str, bytes, str]], *, redis_ur
     client = sc.redis_client(redis_url)
     ordered = sorted(names)
     missing_replies = 0
-    epochs = reply_epochs(time.time() - LOOKBACK_S, time.time())
+    epochs = reply_epochs(sc.started, time.time())
     for i in range(0, len(ordered), 5000):
         missing_replies += sum(1 for held in read_replies(client, sc.prefix, ordered[i:i + 5000], epochs) if not held)
     rep.replies_missing = missing_replies

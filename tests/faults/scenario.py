@@ -43,6 +43,7 @@ class Scenario:
         self.redis_url = redis_url
         self.cluster = cluster  # redis_url is a node of a Redis Cluster
         self.label = label
+        self.started = time.time()  # no reply of this scenario is older (``checks``)
         self.tenants = tenants
         self.campaigns = campaigns
         self.partitions = partitions
