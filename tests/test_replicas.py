@@ -169,6 +169,43 @@ def test_on_a_redis_cluster_the_store_waits_on_every_primary(redis_cluster_url):
         store.close()
 
 
+def test_after_a_failover_the_store_answers_without_the_lost_primary():
+    """The killed primary never comes back (a lost machine): its replica serves its slots, and the
+    store must follow it.  The per-primary pipelines and ``durable`` talk to nodes directly, which
+    the cluster client's own refresh never sees, so a refused connection must refresh the slot
+    map: before that fix the store retried the dead node until it returned, for ever if it did not."""
+    from redis_cluster import RedisCluster
+
+    with RedisCluster(replicas=1) as cluster:
+        store = RedisStateStore.from_url(cluster.url, prefix=f"scanstream-test:{uuid.uuid4().hex[:12]}:",
+                                         cluster=True, wait_replicas=1, wait_timeout_ms=WAIT_TIMEOUT_MS)
+        try:
+            rows = [(f"f-{i}", CODE, 100 + i, Verdict.OK) for i in range(64)]  # every shard, every primary
+            assert [v for v, _ in claim(store, rows)] == [Verdict.OK] * 64
+            store.durable()  # each primary's replica holds the claims
+            victim = next(p for p in cluster.primaries() if p != cluster.ports[0])
+            cluster.kill_node(victim)
+            promoted = cluster.wait_failover(victim)
+            errors, answer = [], None
+            deadline = time.monotonic() + 30
+            while answer is None and time.monotonic() < deadline:
+                try:  # the worker's retry loop: a transient error, then the same call again
+                    answer = claim(store, rows + [(f"g-{i}", CODE, 300 + i, Verdict.OK) for i in range(64)])
+                except StateUnavailable as exc:
+                    errors.append(str(exc))
+                    time.sleep(0.2)
+            assert answer is not None, f"the store never answered after {victim} failed over to {promoted}: {errors[-3:]}"
+            # the claims the replica held are replays, the new scans are first scans, nothing paid twice
+            assert [v for v, _ in answer] == [Verdict.OK] * 128 and [r for _, r in answer[:64]] == [True] * 64
+            # the promoted primary has no replica: no batch is durable, and the error names it
+            with pytest.raises(StateUnavailable, match=f"0 of 1 replicas of primary 127.0.0.1:{promoted}"):
+                for _ in range(20):
+                    store.durable()
+                    time.sleep(0.1)
+        finally:
+            store.close()
+
+
 @pytest.mark.parametrize("line, message", [
     ("wait_replicas = -1", "wait_replicas"),
     ("wait_replicas = nan", "wait_replicas"),

@@ -464,6 +464,7 @@ class RedisStateStore(StateStore):
         try:
             return fn()
         except (redis_py.ConnectionError, redis_py.TimeoutError) as exc:
+            self._refresh_slots()
             raise StateUnavailable(f"Redis state store {self.url}: unavailable: {exc}") from exc
         except (redis_py.ReadOnlyError, redis_py.OutOfMemoryError) as exc:
             raise StateUnavailable(f"Redis state store {self.url}: cannot take writes: {exc}") from exc
@@ -473,6 +474,19 @@ class RedisStateStore(StateStore):
             if str(exc).startswith(_TRANSIENT):
                 raise StateUnavailable(f"Redis state store {self.url}: unavailable: {exc}") from exc
             raise
+
+    def _refresh_slots(self) -> None:
+        """On a Cluster, read the slot map again after a node did not answer: the per-primary
+        pipelines (``_sharded``) and ``durable`` talk to nodes directly, where the cluster client's
+        own refresh on errors never runs, so after a failover they would call the dead primary
+        until it came back (for ever, were it lost).  A map that cannot be read now (the cluster
+        is still electing) is read again at the next failure."""
+        if not self.cluster:
+            return
+        try:
+            self.client.nodes_manager.initialize()
+        except Exception:  # noqa: BLE001 - the caller raises StateUnavailable anyway; the retry re-reads
+            pass
 
     def _sharded(self, script, shards: np.ndarray, call: Callable[[np.ndarray], tuple[list, list]]) -> list[tuple[np.ndarray, Any]]:
         """Run ``script`` over rows whose keys live in ``shards`` (one per row): on a single server

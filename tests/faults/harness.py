@@ -567,6 +567,88 @@ def outage_scenario(root: Path, bootstrap: str, shared_redis_url: str, sc_: Scal
             redis_server.stop()
 
 
+def failover_scenario(root: Path, bootstrap: str, sc_: Scale, *, seed: int = 4) -> Report:
+    """A failover mid-stream: the worker's Redis is a private persistent Cluster of three primaries
+    with a replica each, and the workers wait for one replica (``[redis] wait_replicas = 1``).  The
+    primary that serves the most state shards is killed (kill -9); its replica takes its slots
+    over.  The promoted node has no replica of its own, so no batch can be made durable: the
+    worker holds its batch and retries (it must not tell an outcome only one node holds), until
+    the killed node is started again and comes back as the new primary's replica.  Then it
+    catches up: nothing lost, nothing paid twice."""
+    from redis_cluster import RedisCluster
+
+    cluster = RedisCluster(persistent=True, replicas=1).start()
+    tenants = [TenantSpec(7, new_key(), key_id=1, via="file", name="Failover Brewery")]
+    draw_seed = "seed-" + hashlib.sha256(f"failover-{seed}".encode()).hexdigest()[:32]
+    campaigns = [stocked_campaign("failover-campaign", 7, sc_.outage_scans, seed=draw_seed)]
+    sc = Scenario(root, bootstrap, cluster.url, label="failover", tenants=tenants, campaigns=campaigns, take=4,
+                  per_envelope=40, cluster=True, redis_settings={"wait_replicas": 1, "wait_timeout_ms": 500})
+    try:
+        import redis
+        from scanstream.engine.state.redis_lua import SHARD_TAGS
+        client = redis.RedisCluster.from_url(cluster.url)
+        try:
+            serving = [client.get_node_from_key("{%s}" % tag).port for tag in SHARD_TAGS]
+        finally:
+            client.close()
+        # the busiest primary that is not the node the workers were given as their address
+        victim = max(set(serving) - {cluster.ports[0]}, key=serving.count)
+        lines = make_stream(sc.worlds[0], sc_.outage_scans, seed=seed)
+        sc.watch()
+        worker = sc.worker("w1").start()
+        t0 = time.monotonic()
+        publishing = sc.producer.publish_paced(lines, duration_s=sc_.redis_outage_s + 14.0, steps=60)
+        _wait_progress(sc, lambda: sc.answered() >= len(lines) * 0.4, sc_.wait_s, [worker])
+        before_log = len(worker.log_text())
+        at = sc.answered()
+        cluster.kill_node(victim)
+        log(f"failover: primary {victim} killed at {at} answered")
+        promoted = cluster.wait_failover(victim)
+        promoted_after = time.monotonic()
+        log(f"failover: {promoted} took over {victim}'s slots")
+        # the worker follows the slots to the promoted node and finds it alone: it must hold its
+        # batches, saying why (the retry back-off is up to 8 s, so allow a few)
+        time.sleep(sc_.redis_outage_s)
+        deadline = time.monotonic() + 40
+        while "replicas of primary" not in worker.log_text()[before_log:] and time.monotonic() < deadline:
+            time.sleep(0.5)
+        during = sc.answered()
+        cluster.restart_node(victim)
+        deadline = time.monotonic() + 60
+        while victim not in cluster.replicas_of(promoted) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        log(f"failover: {victim} back as a replica of {promoted} after {time.monotonic() - promoted_after:.1f} s; "
+            f"{during - at} answered meanwhile")
+        _wait_progress(sc, lambda: sc.answered() > during + 50 or sc.answered() >= len(lines) * 0.999,
+                       sc_.wait_s, [worker])
+        publishing.join(sc_.wait_s)
+        sc.producer.flush()
+        sent = sc.producer.names()
+        sc.wait_done({n for n, _, _ in sent}, sc_.wait_s)
+        if not worker.alive():
+            raise RuntimeError(f"the worker died:\n{worker.log_tail()}")
+        worker.stop()
+        rep = check_promises(sc, sent, redis_url=cluster.url, reference=local_reference(sc, lines))
+        rep.extra["seconds"] = round(time.monotonic() - t0)
+        rep.extra["answered while a primary had no replica"] = during - at
+        # a batch is told only once a replica of every primary holds it: with the promoted primary
+        # alone no batch completes; what still shows up is what was done before the kill
+        if during - at > len(lines) // 4:
+            rep.fail(f"failover: {during - at} scans were answered while a primary had no replica")
+        text = worker.log_text()[before_log:]
+        retry = [ln for ln in text.splitlines() if "retrying" in ln]
+        rep.extra["failover retry example"] = next((ln[:300] for ln in retry if "replicas of primary" in ln), "")
+        if not any(f"0 of 1 replicas of primary 127.0.0.1:{promoted}" in ln for ln in retry):
+            rep.fail("failover: no 'retrying' line naming the missing replica in the worker log:\n"
+                     + "\n".join(text.splitlines()[-20:]))
+        if "Traceback" in worker.log_text():
+            rep.fail(f"the worker logged a traceback:\n{worker.log_tail()}")
+        return rep
+    finally:
+        sc.close()
+        cluster.stop()
+
+
 def tenants_scenario(root: Path, bootstrap: str, redis_url: str, sc_: Scale, *, seed: int = 5,
                      cluster: bool = False) -> Report:
     """Test 5: tenants A (7) and B (8), a campaign each (B's first and with A's skus); forged codes."""

@@ -34,7 +34,8 @@ class Scenario:
 
     def __init__(self, root: Path, bootstrap: str, redis_url: str, *, label: str, tenants: list[TenantSpec],
                  campaigns: list[CampaignSpec], partitions: int = 4, take: int = 4, within_ms: int = 50,
-                 per_envelope: int = 50, session_timeout_s: float = 4, cluster: bool = False):
+                 per_envelope: int = 50, session_timeout_s: float = 4, cluster: bool = False,
+                 redis_settings: dict | None = None):
         from scanstream.streams.synthetic import build_world
 
         self.root = Path(root)
@@ -42,6 +43,7 @@ class Scenario:
         self.bootstrap = bootstrap
         self.redis_url = redis_url
         self.cluster = cluster  # redis_url is a node of a Redis Cluster
+        self.redis_settings = dict(redis_settings or {})  # more of the workers' [redis] table
         self.label = label
         self.started = time.time()  # no reply of this scenario is older (``checks``)
         self.tenants = tenants
@@ -140,7 +142,7 @@ webhooks = false
 allow_loopback = true
 
 """ + toml_table("redis", {"url": redis_url or self.redis_url, "prefix": self.prefix, "result_ttl_s": 7200,
-                                 "cluster": self.cluster}) + "\n" + \
+                                 "cluster": self.cluster, **self.redis_settings}) + "\n" + \
             toml_table("kafka", {"bootstrap": self.bootstrap, **{f"{n}_topic": k[n] for n in
                                                                   ("scans", "results", "awards", "alerts", "dlq")},
                                  "group": self.group, "partitions": self.partitions, "take": self.take,

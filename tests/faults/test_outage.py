@@ -2,7 +2,8 @@
 
 Real processes: the worker's Redis is a private ``redis-server`` of the harness, stopped and
 started again (the shared Redis is never touched), or a private Redis Cluster one of whose
-primaries is killed and restarted; its ClickHouse is the embedded chdb, which
+primaries is killed and restarted, or one with replicas whose primary fails over to its replica;
+its ClickHouse is the embedded chdb, which
 cannot be stopped like a server, so its storage is made immutable (``chattr -R +i``) for the
 same while: every insert then fails inside the engine, at the new part's directory, as on a
 disk gone read-only.  The worker must keep running, log ``retrying`` with the error and its
@@ -51,6 +52,18 @@ def test_a_redis_cluster_primary_killed_then_restarted_mid_stream(broker, redis_
     rep = h.outage_scenario(tmp_path, broker.bootstrap, redis_url, SCALE, cluster=True, clickhouse=False)
     checks.assert_report(rep)
     assert rep.lost == 0 and rep.doubled == 0
+
+
+@skip_no_cli
+@pytest.mark.timeout(300 if SCALE.name == "short" else 3600)
+def test_a_failover_to_a_replica_mid_stream_loses_and_doubles_nothing(broker, tmp_path):
+    """A Cluster with a replica per primary and ``wait_replicas = 1``: a primary killed, its replica
+    promoted, the worker holding its batches while the promoted primary has no replica, then the
+    killed node back as its replica and the worker caught up."""
+    rep = h.failover_scenario(tmp_path, broker.bootstrap, SCALE)
+    checks.assert_report(rep)
+    assert rep.lost == 0 and rep.doubled == 0
+    assert rep.extra["failover retry example"]
 
 
 # --------------------------------------------------------------------------- in process
