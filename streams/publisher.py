@@ -556,8 +556,8 @@ class ScanPublisher:
         answered with that resend's ``conflict``, never with the first delivery's verdict and
         prize.  Without it, the scan_id's oldest outcome, whatever event it answered: only for
         scan_ids the caller made itself and never resends with other content.  Outcomes written
-        up to ``lookback_s`` before the call count (by default the default ``result_ttl_s``: all
-        that Redis holds), so a retried wait gets it again.
+        up to ``lookback_s`` before the call count (a minute by default; Redis holds them for
+        ``result_ttl_s``), so a retried wait gets it again.
 
         Outcomes come back through Redis, not the ``scan-results`` topic: the worker writes each
         one to its scan_id's reply hash (``streams.replies.ReplyWriter``) and announces it.

@@ -37,7 +37,6 @@ import numpy as np
 import orjson
 
 from scanstream.engine import outcomes
-from scanstream.engine.config import RedisSettings
 from scanstream.engine.state import state_keys
 from scanstream.engine.state.redis_lua import SHARD_LUA, SHARD_TAGS, SHARDS
 
@@ -54,10 +53,11 @@ CLOCK_SKEW_S = 5.0
 REPLY_CHUNK = 5000
 #: How often a ``ReplyWatcher`` wait looks for its outcome itself, should a notice be lost.
 SWEEP_S = 0.25
-#: How far back ``ReplyWatcher.look`` looks at its start by default, s: the default
-#: ``[redis] result_ttl_s``, so a wait finds any outcome Redis still holds (six or seven reads,
-#: in the round trip the waits share).
-LOOKBACK_S = float(RedisSettings.result_ttl_s)
+#: How far back ``ReplyWatcher.look`` looks at its start by default, s: a retried wait finds an
+#: outcome written up to a minute before it began, in two or three reads (each minute is a read:
+#: looking back the whole ``result_ttl_s`` cost a thread-awaiting scan API 4-5 ms a wait in
+#: its event loop, ``benchmarks/bench_reply_wait.py``).
+LOOKBACK_S = 60.0
 #: Fields per HMGET or HSET inside the script: Lua's stack takes a few thousand values.
 _SLICE = 1000
 
@@ -443,11 +443,13 @@ class ReplyWatcher:
         """For a wait that starts after its scan was published (``ScanPublisher.await_result``):
         the oldest outcome of ``scan_id`` written up to ``lookback_s`` before now, or after, whose
         ``outcome_key`` is ``key`` (any, for None); None after ``timeout_s``.  Registered first,
-        then read once, so an outcome announced in between is not missed."""
-        first = _epoch(time.time() - lookback_s - CLOCK_SKEW_S)
-        expected = self.expect(scan_id, {first: 0}, key)
+        then read once over the whole look-back, so an outcome announced in between is not
+        missed; its later reads (notices, sweeps) cover only the minutes from now on."""
+        now = time.time()
+        expected = self.expect(scan_id, {_epoch(now - CLOCK_SKEW_S): 0}, key)
         try:
-            self._answer(expected.scan_id, (await self.read([expected.scan_id], [first]))[0], expected.entry)
+            back = await self.read([expected.scan_id], [_epoch(now - lookback_s - CLOCK_SKEW_S)])
+            self._answer(expected.scan_id, back[0], expected.entry)
         except BaseException:
             self.forget(expected)
             raise

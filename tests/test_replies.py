@@ -159,3 +159,31 @@ def test_reply_epochs_cover_the_clocks_of_reader_and_server():
     assert list(reply_epochs(edge, edge)) == [999_999, 1_000_000]
     assert list(reply_epochs(t - 2 * REPLY_EPOCH_S, t)) == [999_998, 999_999, 1_000_000]
     assert np.all(reply_shards(["a", "b"]) < 16)
+
+
+def test_a_late_wait_finds_what_its_look_back_covers_and_no_more(redis_deployment, redis_prefix):
+    """``look`` (``ScanPublisher.await_result``): an outcome written three minutes before the wait
+    is found when the wait looks back five, not when it looks back one (the default)."""
+    client = _client(redis_deployment)
+    sid = "late-wait"
+    old = int(time.time() // REPLY_EPOCH_S) - 3
+    client.hset(reply_hash(redis_prefix, int(reply_shards([sid])[0]), old), sid, _line(sid, "ok"))
+    key = replies.outcome_key(orjson.loads(_line(sid, "ok")))
+
+    async def scenario():
+        aclient = _aclient(redis_deployment)
+        watcher = ReplyWatcher(aclient, redis_prefix, sweep_s=0.05)
+        await watcher.start()
+        try:
+            short = await watcher.look(sid, key, 0.2)
+            long = await watcher.look(sid, key, 0.2, lookback_s=5 * REPLY_EPOCH_S)
+            anything = await watcher.look(sid, None, 0.2, lookback_s=5 * REPLY_EPOCH_S)
+        finally:
+            await watcher.close()
+            await aclient.aclose()
+        return short, long, anything
+
+    short, long, anything = asyncio.run(scenario())
+    assert short is None and long["verdict"] == "ok" and anything == long
+    client.delete(reply_hash(redis_prefix, int(reply_shards([sid])[0]), old))
+    client.close()
