@@ -8,6 +8,7 @@ must never be answered by what was there before it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import numpy as np
@@ -29,6 +30,20 @@ def _client(deployment):
 def _aclient(deployment):
     return (aioredis.RedisCluster.from_url(deployment.url) if deployment.cluster
             else aioredis.Redis.from_url(deployment.url))
+
+
+@contextlib.asynccontextmanager
+async def _watching(deployment, prefix: str):
+    """A started ``ReplyWatcher`` (sweeping every 50 ms) on a client of its own, closed after."""
+    aclient = _aclient(deployment)
+    watcher = ReplyWatcher(aclient, prefix, sweep_s=0.05)
+    await watcher.start()
+    try:
+        assert await watcher.subscribed(5)
+        yield watcher
+    finally:
+        await watcher.close()
+        await aclient.aclose()
 
 
 def _line(scan_id: str, verdict: str, user: str = "wx-1", code: str = "C1") -> bytes:
@@ -111,11 +126,7 @@ def test_a_wait_is_answered_only_by_what_came_after_it_counted(redis_deployment,
     key = replies.outcome_key(orjson.loads(_line(sid, "ok")))
 
     async def scenario():
-        aclient = _aclient(redis_deployment)
-        watcher = ReplyWatcher(aclient, redis_prefix, sweep_s=0.05)
-        await watcher.start()
-        try:
-            assert await watcher.subscribed(5)
+        async with _watching(redis_deployment, redis_prefix) as watcher:
             epochs = range(before, before + 2)  # as a read a second into the minute spans it
             (seen,) = [replies.counts(h, epochs) for h in read_replies(client, redis_prefix, [sid], epochs)]
             assert sum(seen.values()) == 2
@@ -125,9 +136,6 @@ def test_a_wait_is_answered_only_by_what_came_after_it_counted(redis_deployment,
             asyncio.get_running_loop().call_later(0.1, writer.push, [sid], [_line(sid, "replay")])
             got = await watcher.wait(expected, 5)
             assert got is not None and got["verdict"] == "replay"
-        finally:
-            await watcher.close()
-            await aclient.aclose()
 
     asyncio.run(scenario())
     client.close()
@@ -171,17 +179,10 @@ def test_a_late_wait_finds_what_its_look_back_covers_and_no_more(redis_deploymen
     key = replies.outcome_key(orjson.loads(_line(sid, "ok")))
 
     async def scenario():
-        aclient = _aclient(redis_deployment)
-        watcher = ReplyWatcher(aclient, redis_prefix, sweep_s=0.05)
-        await watcher.start()
-        try:
-            short = await watcher.look(sid, key, 0.2)
-            long = await watcher.look(sid, key, 0.2, lookback_s=5 * REPLY_EPOCH_S)
-            anything = await watcher.look(sid, None, 0.2, lookback_s=5 * REPLY_EPOCH_S)
-        finally:
-            await watcher.close()
-            await aclient.aclose()
-        return short, long, anything
+        async with _watching(redis_deployment, redis_prefix) as watcher:
+            return (await watcher.look(sid, key, 0.2),
+                    await watcher.look(sid, key, 0.2, lookback_s=5 * REPLY_EPOCH_S),
+                    await watcher.look(sid, None, 0.2, lookback_s=5 * REPLY_EPOCH_S))
 
     short, long, anything = asyncio.run(scenario())
     assert short is None and long["verdict"] == "ok" and anything == long

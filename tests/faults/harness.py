@@ -472,6 +472,22 @@ class _ClusterNodeOutage:
         self.cluster.stop()
 
 
+def _finish(sc: Scenario, worker: Worker, publishing: threading.Thread, lines: list[bytes], redis_url: str,
+            sc_: Scale, t0: float) -> Report:
+    """After an outage: the rest of the stream published and processed, the worker stopped (alive
+    until then), every promise checked against the local driver's run of ``lines``."""
+    publishing.join(sc_.wait_s)
+    sc.producer.flush()
+    sent = sc.producer.names()
+    sc.wait_done({n for n, _, _ in sent}, sc_.wait_s)
+    if not worker.alive():
+        raise RuntimeError(f"the worker died:\n{worker.log_tail()}")
+    worker.stop()
+    rep = check_promises(sc, sent, redis_url=redis_url, reference=local_reference(sc, lines))
+    rep.extra["seconds"] = round(time.monotonic() - t0)
+    return rep
+
+
 def outage_scenario(root: Path, bootstrap: str, shared_redis_url: str, sc_: Scale, *, seed: int = 3,
                     cluster: bool = False, clickhouse: bool = True) -> Report:
     """Test 3: the worker's Redis (a private server) stopped mid-stream, then its ClickHouse storage
@@ -526,15 +542,7 @@ def outage_scenario(root: Path, bootstrap: str, shared_redis_url: str, sc_: Scal
             while "worker running (after" not in worker.log_text()[before_log:] and time.monotonic() < deadline:
                 time.sleep(0.5)
             timeline.append((service, worker.log_text()[before_log:], at, during))
-        publishing.join(sc_.wait_s)
-        sc.producer.flush()
-        sent = sc.producer.names()
-        sc.wait_done({n for n, _, _ in sent}, sc_.wait_s)
-        if not worker.alive():
-            raise RuntimeError(f"the worker died:\n{worker.log_tail()}")
-        worker.stop()
-        rep = check_promises(sc, sent, redis_url=redis_server.url, reference=local_reference(sc, lines))
-        rep.extra["seconds"] = round(time.monotonic() - t0)
+        rep = _finish(sc, worker, publishing, lines, redis_server.url, sc_, t0)
         rep.extra["clickhouse outage made by"] = ("chattr +i on the chdb storage" if can_freeze else
                                                   "not possible here" if clickhouse else "not asked for")
         for service, text, at, during in timeline:
@@ -621,15 +629,7 @@ def failover_scenario(root: Path, bootstrap: str, sc_: Scale, *, seed: int = 4) 
             f"{during - at} answered meanwhile")
         _wait_progress(sc, lambda: sc.answered() > during + 50 or sc.answered() >= len(lines) * 0.999,
                        sc_.wait_s, [worker])
-        publishing.join(sc_.wait_s)
-        sc.producer.flush()
-        sent = sc.producer.names()
-        sc.wait_done({n for n, _, _ in sent}, sc_.wait_s)
-        if not worker.alive():
-            raise RuntimeError(f"the worker died:\n{worker.log_tail()}")
-        worker.stop()
-        rep = check_promises(sc, sent, redis_url=cluster.url, reference=local_reference(sc, lines))
-        rep.extra["seconds"] = round(time.monotonic() - t0)
+        rep = _finish(sc, worker, publishing, lines, cluster.url, sc_, t0)
         rep.extra["answered while a primary had no replica"] = during - at
         # a batch is told only once a replica of every primary holds it: with the promoted primary
         # alone no batch completes; what still shows up is what was done before the kill
