@@ -167,7 +167,7 @@ def test_a_resent_scan_id_with_other_content_is_a_conflict_never_the_first_answe
 
 def test_a_scan_id_sent_twice_at_once_with_other_content_answers_each_its_own_outcome(services, winner):
     """The race: the victim's winning scan and an attacker's resend of its scan_id (another user)
-    reach the gateway together, so both count an empty reply list before publishing.  Each is
+    reach the gateway together, so both count no outcome before publishing.  Each is
     answered with the outcome of its own event: the attacker never reads "ok, prize"."""
     import concurrent.futures
 

@@ -399,7 +399,7 @@ def test_a_resent_scan_id_with_another_code_is_not_answered_with_the_first_prize
                                                                                    redis_prefix):
     """The attack on the scan API's answer: a winning scan's scan_id resent with a forged code.  The
     engine answers the resend ``conflict``; the API awaiting the resend's outcome must see that,
-    not "genuine, you won" from the first delivery still in the scan_id's reply list."""
+    not "genuine, you won" from the first delivery still among the scan_id's outcomes."""
     from scanstream.engine.state.memory import MemoryStateStore
     from scanstream.wiring import build_pipeline
     from tests.test_pipeline import T0, code, event, make_config, make_registry

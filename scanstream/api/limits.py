@@ -70,7 +70,7 @@ class RateLimits:
                  run: Callable[[list[Callable[[Any], Any]]], Awaitable[list[Any]]] | None = None,
                  cluster: bool = False):
         """``run``, when given, sends commands in a round trip shared with other requests (the
-        gateway's ``RoundTrips.run``); else each check is a round trip of its own.  ``cluster``:
+        gateway's ``replies.RoundTrips.run``); else each check is a round trip of its own.  ``cluster``:
         ``redis`` is a Redis Cluster client (a take per shard, see the module's docstring)."""
         self.redis = redis
         self.prefix = prefix
