@@ -5,10 +5,14 @@ objects, so the local driver and the Faust worker assemble the engine the same w
 """
 from __future__ import annotations
 
+import logging
+
 from scanstream.engine.config import Config, ConfigError
 from scanstream.engine.pipeline import Pipeline
 from scanstream.engine.registry import Registry
 from scanstream.engine.state import StateStore
+
+log = logging.getLogger("scanstream.wiring")
 
 
 def build_registry(config: Config, clickhouse=None) -> Registry:
@@ -28,7 +32,8 @@ def build_registry(config: Config, clickhouse=None) -> Registry:
 
 def build_state(config: Config) -> StateStore:
     """The state store of ``[state]``: Redis, the embedded store on disk at ``path``, or (no path)
-    the memory store, which forgets everything when the process ends."""
+    the memory store, which forgets everything when the process ends.  A Redis configured so that
+    it would forget claims or stall its clients is logged as a warning (``server_advice``)."""
     if config.state_backend == "memory":
         if config.state_path is not None:
             from scanstream.engine.state.embedded import EmbeddedStateStore
@@ -36,10 +41,13 @@ def build_state(config: Config) -> StateStore:
         from scanstream.engine.state.memory import MemoryStateStore
         return MemoryStateStore(replay_ttl_s=config.engine.replay_ttl_hours * 3600)
     from scanstream.engine.state.redis import RedisStateStore
-    return RedisStateStore.from_url(config.redis.url, prefix=config.redis.prefix, cluster=config.redis.cluster,
-                                    replay_ttl_s=config.engine.replay_ttl_hours * 3600,
-                                    wait_replicas=config.redis.wait_replicas,
-                                    wait_timeout_ms=config.redis.wait_timeout_ms)
+    store = RedisStateStore.from_url(config.redis.url, prefix=config.redis.prefix, cluster=config.redis.cluster,
+                                     replay_ttl_s=config.engine.replay_ttl_hours * 3600,
+                                     wait_replicas=config.redis.wait_replicas,
+                                     wait_timeout_ms=config.redis.wait_timeout_ms)
+    for advice in store.server_advice():  # at every start, where the operator reads the log
+        log.warning("%s", advice)
+    return store
 
 
 def build_pipeline(config: Config, registry: Registry | None = None, state: StateStore | None = None) -> Pipeline:

@@ -457,6 +457,44 @@ class RedisStateStore(StateStore):
         return cls(client, prefix=prefix, replay_ttl_s=replay_ttl_s, url=url, check_layout=check_layout,
                    wait_replicas=wait_replicas, wait_timeout_ms=wait_timeout_ms)
 
+    def server_advice(self) -> list[str]:
+        """What in the servers' configuration breaks a promise or stalls every client, one line per
+        finding and node (``[]`` when nothing does); read with CONFIG GET on each primary.
+
+        - ``appendonly no``: a restart loses the claims and prizes since the last snapshot, and
+          the codes they paid pay again.
+        - ``lazyfree-lazy-expire no``: the state's hashes per shard and period (scan_id
+          identities, replies, clone sets) hold millions of fields, and Redis frees an expired
+          one in its main thread: every client waits (0.6-0.9 s for a hash of 2 million fields,
+          ``benchmarks/bench_expiry_stall.py``), every ``replay_ttl_hours`` and, for the
+          replies, every minute.
+
+        A server that refuses CONFIG (a managed service, a renamed command) gives one line saying
+        so: its operator must check both by hand."""
+        out = []
+        def text(v: Any) -> str:
+            return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+
+        for name, node, _ in self._primaries():
+            have: dict[str, str] = {}
+            try:
+                for setting in ("appendonly", "lazyfree-lazy-expire"):
+                    got = self._call(lambda node=node, setting=setting: node.config_get(setting))
+                    have.update({text(k): text(v) for k, v in got.items()})
+            except redis_py.ResponseError as exc:
+                out.append(f"Redis {name}: CONFIG GET refused ({exc}); check by hand that it runs with appendonly yes "
+                           f"and lazyfree-lazy-expire yes")
+                continue
+            if have.get("appendonly") != "yes":
+                out.append(f"Redis {name}: appendonly is {have.get('appendonly')!r}: a restart loses every claim and "
+                           f"prize written since the last snapshot (all, when it takes none), and their codes "
+                           f"pay again; set appendonly yes")
+            if have.get("lazyfree-lazy-expire") != "yes":
+                out.append(f"Redis {name}: lazyfree-lazy-expire is {have.get('lazyfree-lazy-expire')!r}: an expired "
+                           f"state or reply hash (millions of fields) is freed in Redis's main thread and every client "
+                           f"waits, about 0.4 s per million fields; set lazyfree-lazy-expire yes")
+        return out
+
     def close(self) -> None:
         self.client.close()
 
