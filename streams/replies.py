@@ -38,7 +38,7 @@ import orjson
 
 from scanstream.engine import outcomes
 from scanstream.engine.state import state_keys
-from scanstream.engine.state.redis_lua import SHARD_LUA, SHARD_TAGS, SHARDS
+from scanstream.engine.state.redis_lua import LUA_PRELUDE, SHARD_TAGS, SHARDS
 
 #: The span of one reply hash, s.  Long enough that a wait reads two or three hashes, short
 #: enough that an outcome outlives its ``result_ttl_s`` by at most this much.  Writers and readers
@@ -70,20 +70,7 @@ _SLICE = 1000
 #: subscribed it costs next to nothing.  Arrays travel packed, as in the state store's scripts:
 #: an argument per key and value cost the worker more Python time (command packing) than the
 #: whole pipeline.
-_PUSH_LUA = SHARD_LUA + r"""
-local function strings(lens_blob, blob, n)
-  local out, pos, done = {}, 1, 0
-  while done < n do
-    local k = math.min(n - done, 200)
-    local lens = {struct.unpack('<' .. string.rep('I4', k), lens_blob, 4 * done + 1)}
-    for j = 1, k do
-      out[done + j] = string.sub(blob, pos, pos + lens[j] - 1)
-      pos = pos + lens[j]
-    end
-    done = done + k
-  end
-  return out
-end
+_PUSH_LUA = LUA_PRELUDE + r"""
 local pre, ttl, n, span = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[10])
 local ids, lines = strings(ARGV[4], ARGV[5], n), strings(ARGV[6], ARGV[7], n)
 local epoch = math.floor(tonumber(redis.call('TIME')[1]) / span)
@@ -181,16 +168,53 @@ def outcome_key(reply: dict[str, Any]) -> tuple:
 Held = dict[int, list[bytes]]
 
 
-def reads(prefix: str, scan_id: str | bytes, epochs: range) -> list[tuple[str, bytes]]:
-    """The (hash, field) pairs to HGET for ``scan_id``'s outcomes in ``epochs``; ``held`` takes the answers."""
-    sid = scan_id if isinstance(scan_id, bytes) else scan_id.encode("utf-8", "surrogatepass")
-    shard = int(reply_shards([sid.decode("utf-8", "surrogatepass")])[0])
-    return [(reply_hash(prefix, shard, e), sid) for e in epochs]
+@dataclass(frozen=True)
+class Reads:
+    """The reads of many scan_ids' outcomes, each over its own minutes: one HMGET per reply hash
+    (state shard and minute), whatever the number of scan_ids in it (``reads`` builds them)."""
+
+    #: per HMGET: the reply hash and the fields (scan_ids) asked of it
+    commands: list[tuple[str, list[bytes]]]
+    #: per HMGET: its minute and the index, among the scan_ids read, of each field asked
+    rows: list[tuple[int, list[int]]]
+    #: how many scan_ids were read
+    n: int
+
+    def held(self, answers: Sequence[Sequence[bytes | None]]) -> list[Held]:
+        """Each scan_id's outcomes, per minute, from the answers of ``commands`` (in order)."""
+        if len(answers) != len(self.commands):
+            raise ValueError(f"{len(answers)} answers for {len(self.commands)} reads: expected one each")
+        out: list[Held] = [{} for _ in range(self.n)]
+        for (e, rows), values in zip(self.rows, answers):
+            for i, v in zip(rows, values):
+                if v:
+                    out[i][e] = v.split(b"\n")
+        return out
 
 
-def held(epochs: range, values: Sequence[bytes | None]) -> Held:
-    """The outcomes that the HGETs of ``reads`` answered, per minute."""
-    return {e: v.split(b"\n") for e, v in zip(epochs, values) if v}
+def reads(prefix: str, scan_ids: Sequence[str | bytes], spans: Sequence[range]) -> Reads:
+    """The HMGETs that read ``scan_ids[i]``'s outcomes in the minutes ``spans[i]``, grouped by
+    reply hash; ``Reads.held`` sorts the answers back to each scan_id."""
+    if len(scan_ids) != len(spans):
+        raise ValueError(f"{len(scan_ids)} scan_ids for {len(spans)} spans of minutes: expected one each")
+    ids = [s if isinstance(s, bytes) else s.encode("utf-8", "surrogatepass") for s in scan_ids]
+    lens = np.fromiter((len(r) for r in spans), np.int64, len(spans))
+    if not lens.sum():
+        return Reads([], [], len(ids))
+    # one (scan_id, minute) pair per element, sorted by shard then minute: each run is one HMGET
+    row = np.repeat(np.arange(len(ids)), lens)
+    offset = np.arange(len(row)) - np.repeat(np.cumsum(lens) - lens, lens)
+    epoch = np.repeat(np.fromiter((r.start for r in spans), np.int64, len(spans)), lens) + offset
+    shard = reply_shards(ids).astype(np.int64)[row]
+    order = np.lexsort((row, epoch, shard))
+    shard, epoch, row = shard[order], epoch[order], row[order]
+    cuts = np.flatnonzero((np.diff(shard) != 0) | (np.diff(epoch) != 0)) + 1
+    commands, rows = [], []
+    for a, b in zip(np.r_[0, cuts].tolist(), np.r_[cuts, len(row)].tolist()):
+        e, mine = int(epoch[a]), row[a:b].tolist()
+        commands.append((reply_hash(prefix, int(shard[a]), e), [ids[i] for i in mine]))
+        rows.append((e, mine))
+    return Reads(commands, rows, len(ids))
 
 
 def counts(lines: Held, epochs: range) -> dict[int, int]:
@@ -205,23 +229,22 @@ def fresh(lines: Held, seen: dict[int, int]) -> list[bytes]:
 
 
 def read_replies(client, prefix: str, scan_ids: Sequence[str], epochs: range) -> list[Held]:
-    """Each scan_id's outcomes in ``epochs`` (a blocking client): one HMGET per reply hash, all in
-    one pipelined round trip."""
-    shards = reply_shards(scan_ids) if len(scan_ids) else np.zeros(0, np.uint8)
+    """Each scan_id's outcomes in ``epochs`` (a blocking client), in one pipelined round trip."""
+    plan = reads(prefix, scan_ids, [epochs] * len(scan_ids))
     pipe = client.pipeline(transaction=False)
-    asked = []
-    for s in np.unique(shards).tolist():
-        rows = np.nonzero(shards == s)[0].tolist()
-        fields = [scan_ids[i].encode("utf-8", "surrogatepass") for i in rows]
-        for e in epochs:
-            pipe.hmget(reply_hash(prefix, s, e), fields)
-            asked.append((e, rows))
-    out: list[Held] = [{} for _ in scan_ids]
-    for (e, rows), values in zip(asked, pipe.execute() if asked else []):
-        for i, v in zip(rows, values):
-            if v:
-                out[i][e] = v.split(b"\n")
-    return out
+    for key, fields in plan.commands:
+        pipe.hmget(key, fields)
+    return plan.held(pipe.execute() if plan.commands else [])
+
+
+async def read_async(trips: RoundTrips, prefix: str, scan_ids: Sequence[str | bytes],
+                     spans: Sequence[range]) -> list[Held]:
+    """``read_replies`` for an event loop, each scan_id over its own minutes, in the round trip
+    that the reads of this turn of the loop share (``trips``)."""
+    plan = reads(prefix, scan_ids, spans)
+    answers = await trips.run([lambda pipe, key=key, fields=fields: pipe.hmget(key, fields)
+                               for key, fields in plan.commands])
+    return plan.held(answers)
 
 
 def _packed(values: Sequence[bytes]) -> tuple[bytes, bytes]:
@@ -394,15 +417,7 @@ class ReplyWatcher:
         """The outcomes of each of ``scan_ids`` in its reply hashes from minute ``first`` on, in the
         round trip that the reads of this turn of the event loop share (``RoundTrips``)."""
         last = _epoch(time.time() + CLOCK_SKEW_S)
-        spans = [range(f, max(f, last) + 1) for f in first]
-        values = await self.trips.run([lambda pipe, key=key, field=field: pipe.hget(key, field)
-                                       for sid, epochs in zip(scan_ids, spans)
-                                       for key, field in reads(self.prefix, sid, epochs)])
-        out, at = [], 0
-        for epochs in spans:
-            out.append(held(epochs, values[at:at + len(epochs)]))
-            at += len(epochs)
-        return out
+        return await read_async(self.trips, self.prefix, scan_ids, [range(f, max(f, last) + 1) for f in first])
 
     async def _wake(self, scan_ids: list[bytes]) -> None:
         """Read the outcomes of ``scan_ids`` (one round trip) and answer the waits they satisfy."""
@@ -499,13 +514,9 @@ class Expected:
         return self.seen, self.key, self.future
 
 
-async def latest_reply(client, prefix: str, scan_id: str, ttl_s: float) -> dict[str, Any] | None:
+async def latest_reply(trips: RoundTrips, prefix: str, scan_id: str, ttl_s: float) -> dict[str, Any] | None:
     """The newest outcome of ``scan_id`` written within ``ttl_s`` (a poll after a 202), or None."""
     now = time.time()
-    epochs = reply_epochs(now - ttl_s, now)
-    async with client.pipeline(transaction=False) as pipe:
-        for key, field in reads(prefix, scan_id, epochs):
-            pipe.hget(key, field)
-        values = await pipe.execute()
-    lines = fresh(held(epochs, values), {})
-    return orjson.loads(lines[-1]) if lines else None
+    (lines,) = await read_async(trips, prefix, [scan_id], [reply_epochs(now - ttl_s, now)])
+    newest = fresh(lines, {})
+    return orjson.loads(newest[-1]) if newest else None

@@ -150,8 +150,9 @@ def test_latest_reply_is_the_newest_outcome_within_the_ttl(redis_deployment, red
     async def scenario():
         aclient = _aclient(redis_deployment)
         try:
-            newest = await replies.latest_reply(aclient, redis_prefix, "late-1", 60)
-            none = await replies.latest_reply(aclient, redis_prefix, "never-written", 60)
+            trips = replies.RoundTrips(aclient)
+            newest = await replies.latest_reply(trips, redis_prefix, "late-1", 60)
+            none = await replies.latest_reply(trips, redis_prefix, "never-written", 60)
         finally:
             await aclient.aclose()
         return newest, none
@@ -188,4 +189,35 @@ def test_a_late_wait_finds_what_its_look_back_covers_and_no_more(redis_deploymen
     short, long, anything = asyncio.run(scenario())
     assert short is None and long["verdict"] == "ok" and anything == long
     client.delete(reply_hash(redis_prefix, int(reply_shards([sid])[0]), old))
+    client.close()
+
+
+def test_many_reads_ask_each_reply_hash_once_and_each_scan_id_only_its_minutes(redis_deployment, redis_prefix):
+    """``reads``: scan_ids in every shard, each over its own minutes, are one HMGET per hash; each
+    gets back what its own minutes hold and nothing of a minute outside them."""
+    client = _client(redis_deployment)
+    now = int(time.time() // REPLY_EPOCH_S)
+    ids = [f"span-{i}" for i in range(200)]
+    shards = reply_shards(ids).tolist()
+    for sid, s in zip(ids, shards):  # an outcome three minutes ago and one in this minute
+        client.hset(reply_hash(redis_prefix, s, now - 3), sid, _line(sid, "old"))
+        client.hset(reply_hash(redis_prefix, s, now), sid, _line(sid, "ok"))
+    spans = [range(now - 3, now + 1) if i % 2 else range(now - 1, now + 1) for i in range(len(ids))]
+    plan = replies.reads(redis_prefix, ids, spans)
+    assert len(plan.commands) == len({(s, e) for s, span in zip(shards, spans) for e in span})
+    assert sum(len(fields) for _, fields in plan.commands) == sum(len(span) for span in spans)
+
+    async def scenario():
+        aclient = _aclient(redis_deployment)
+        try:
+            return await replies.read_async(replies.RoundTrips(aclient), redis_prefix, ids, spans)
+        finally:
+            await aclient.aclose()
+
+    for i, (sid, held) in enumerate(zip(ids, asyncio.run(scenario()))):
+        verdicts = [orjson.loads(line)["verdict"] for line in replies.fresh(held, {})]
+        assert verdicts == (["old", "ok"] if i % 2 else ["ok"]), (sid, held)
+    assert replies.reads(redis_prefix, [], []).commands == []
+    for s in set(shards):
+        client.delete(reply_hash(redis_prefix, s, now - 3), reply_hash(redis_prefix, s, now))
     client.close()

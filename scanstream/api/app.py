@@ -204,8 +204,9 @@ class Gateway:
             pool = aioredis.BlockingConnectionPool.from_url(self.config.redis.url, max_connections=REDIS_CONNECTIONS,
                                                             timeout=REDIS_POOL_WAIT_S, **REDIS_OPTIONS)
             self.redis = aioredis.Redis(connection_pool=pool)
-        self.trips = replies.RoundTrips(self.redis)
         self.watcher = replies.ReplyWatcher(self.redis, self.config.redis.prefix)
+        #: one round trip for the reads and rate limits of the requests of one turn of the loop
+        self.trips = self.watcher.trips
         await self.watcher.start()
         a = self.api
         # a Cluster's pipeline cannot load a script a node lacks: its limits take a round trip each
@@ -353,12 +354,10 @@ class Gateway:
         now = time.time()
         epochs = replies.reply_epochs(now, now)
         try:
-            values = await self.trips.run([lambda pipe, key=key, field=field: pipe.hget(key, field)
-                                           for sid in scan_ids for key, field in replies.reads(prefix, sid, epochs)])
+            lines = await replies.read_async(self.trips, prefix, scan_ids, [epochs] * len(scan_ids))
         except Exception as exc:  # redis.RedisError, OSError
             raise self._redis_down(exc, published=False) from None
-        k = len(epochs)
-        return [replies.counts(replies.held(epochs, values[i * k:(i + 1) * k]), epochs) for i in range(len(scan_ids))]
+        return [replies.counts(held, epochs) for held in lines]
 
     async def publish_and_wait(self, events: Sequence[dict], keys: Sequence[tuple],
                                deadline: float) -> list[ScanOutcome | Pending]:
@@ -385,7 +384,7 @@ class Gateway:
 
     async def latest(self, scan_id: str) -> ScanOutcome | None:
         try:
-            reply = await replies.latest_reply(self.redis, self.config.redis.prefix, scan_id,
+            reply = await replies.latest_reply(self.trips, self.config.redis.prefix, scan_id,
                                                  self.config.redis.result_ttl_s)
         except Exception as exc:
             raise self._redis_down(exc, published=False) from None
