@@ -73,3 +73,68 @@ def remember(dict answers, object[::1] scan_id, const int64_t[::1] rows, const u
         if PyUnicode_CheckExact(first_user):  # integers and a str: atoms, never in a cycle
             PyObject_GC_UnTrack(answer)
         PyDict_SetItem(answers, scan_id[r], answer)
+
+
+def distinct_columns(dict store, const uint64_t[::1] keys, const uint64_t[:, ::1] members,
+                     const uint8_t[:, ::1] has, const uint8_t[::1] fresh):
+    """The windows' k sets per key (``MemoryStateStore.distinct`` with columns), compiled:
+    returns ``(sizes, added)``, each row's set sizes after its member went in (int64, n x k) and
+    the keys given a value by this call.
+
+    A key's value is a tuple of k columns, each None (empty), a member (a set of one, kept as
+    the int) or a set; a value of one column (a member or a set, as the one-set calls keep it) is
+    its column 0.  The ``fresh`` rows (their code's first scan) go first, in row order, each
+    starting its sets afresh; then the other rows, in row order, each adding its members (``has``
+    flags the columns a row has a member for).  The order and the values are those the store
+    kept before this loop was compiled, so its snapshots do not change."""
+    cdef Py_ssize_t n = keys.shape[0], k = members.shape[1], i, j
+    sizes = np.zeros((n, k), np.int64)
+    cdef int64_t[:, ::1] size = sizes
+    cdef list added = []
+    cdef list columns
+    cdef object key, value, cur, m, cell
+    cdef PyObject* found
+    for i in range(n):
+        if not fresh[i]:
+            continue
+        key = PyLong_FromUnsignedLongLong(keys[i])
+        value = PyTuple_New(k)
+        for j in range(k):
+            if has[i, j]:
+                cell = PyLong_FromUnsignedLongLong(members[i, j])
+                size[i, j] = 1
+            else:
+                cell = None
+            Py_INCREF(cell)
+            PyTuple_SET_ITEM(value, j, cell)
+        PyDict_SetItem(store, key, value)
+        added.append(key)
+    for i in range(n):
+        if fresh[i]:
+            continue
+        key = PyLong_FromUnsignedLongLong(keys[i])
+        found = PyDict_GetItem(store, key)
+        if found == NULL:
+            columns = [None] * k
+            added.append(key)
+        else:
+            value = <object>found
+            if type(value) is tuple:
+                columns = list(value) + [None] * (k - len(<tuple>value))
+            else:
+                columns = [value] + [None] * (k - 1)
+        for j in range(k):
+            cur = columns[j]
+            if has[i, j]:
+                m = PyLong_FromUnsignedLongLong(members[i, j])
+                if cur is None:
+                    cur = m
+                elif type(cur) is int:
+                    if cur != m:
+                        cur = {cur, m}
+                else:
+                    (<set>cur).add(m)
+                columns[j] = cur
+            size[i, j] = 0 if cur is None else 1 if type(cur) is int else len(<set>cur)
+        PyDict_SetItem(store, key, tuple(columns))
+    return sizes, added

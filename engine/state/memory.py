@@ -347,50 +347,21 @@ class MemoryStateStore(StateStore):
                           present: np.ndarray | None) -> np.ndarray:
         """``distinct`` with k sets per key.  A key's value is then a tuple of k columns, each None
         (empty), a member or a set; a value of one column (a member or a set, as the one-set calls
-        keep it) is its column 0.  Flagged rows, most of a batch, go in with one bulk update."""
+        keep it) is its column 0.  Flagged rows, most of a batch, start their sets afresh."""
         n = len(keys)
         members = np.asarray(members, np.uint64)
         flat = members.ndim == 1
         k = 1 if flat else members.shape[1]
         members = members.reshape(n, k)
         has = np.ones((n, k), bool) if present is None else np.asarray(present, bool).reshape(n, k)
-        sizes = np.zeros((n, k), np.int64)
         fresh = np.zeros(n, bool) if new is None else np.asarray(new, bool)
-        first, rest = np.nonzero(fresh)[0], np.nonzero(~fresh)[0]
         with self._lock:
             now = self._clock()
             self._sweep(now)
-            store = self._windows
-            # flagged rows first, each starting its sets afresh: one tuple a row, built in C
-            added = keys[first].tolist()
-            store.update(zip(added, zip(*(np.where(has[first, j], members[first, j].astype(object), None).tolist()
-                                          for j in range(k)))))
-            sizes[first] = has[first]
-            cells = members[rest].tolist()
-            marks = has[rest].tolist()
-            for i, key, ms, hs in zip(rest.tolist(), keys[rest].tolist(), cells, marks):
-                value = store.get(key)
-                if value is None:
-                    columns = [None] * k
-                    added.append(key)
-                elif type(value) is tuple:
-                    columns = list(value) + [None] * (k - len(value))
-                else:
-                    columns = [value] + [None] * (k - 1)
-                for j in range(k):
-                    cur = columns[j]
-                    if hs[j]:
-                        m = ms[j]
-                        if cur is None:
-                            cur = m
-                        elif type(cur) is int:
-                            if cur != m:
-                                cur = {cur, m}
-                        else:
-                            cur.add(m)
-                        columns[j] = cur
-                    sizes[i, j] = 0 if cur is None else 1 if type(cur) is int else len(cur)
-                store[key] = tuple(columns)
+            # one compiled loop (ext/memstate.pyx): a tuple per row and an insert, or an update
+            sizes, added = memstate.distinct_columns(self._windows, np.ascontiguousarray(keys, np.uint64),
+                                                     np.ascontiguousarray(members), np.ascontiguousarray(has).view(np.uint8),
+                                                     np.ascontiguousarray(fresh).view(np.uint8))
             self._track(added, ttl_s, now)
         return sizes[:, 0] if flat else sizes
 
