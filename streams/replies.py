@@ -28,6 +28,8 @@ subscriber whichever node publishes them.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -58,6 +60,8 @@ SWEEP_S = 0.25
 #: looking back the whole ``result_ttl_s`` cost a thread-awaiting scan API 4-5 ms a wait in
 #: its event loop, ``benchmarks/bench_reply_wait.py``).
 LOOKBACK_S = 60.0
+#: Hex digits of a poll key (``poll_key``): 128 bits, so that no key is found by trying.
+POLL_KEY_HEX = 32
 #: Fields per HMGET or HSET inside the script: Lua's stack takes a few thousand values.
 _SLICE = 1000
 
@@ -162,6 +166,21 @@ def outcome_key(reply: dict[str, Any]) -> tuple:
     """What ties an outcome to the event it answers: its code, user_id, role and ts, as the
     worker's parse stage read them (``publisher.outcome_keys`` gives an event's)."""
     return reply.get("code"), reply.get("user_id"), reply.get("role"), reply.get("ts")
+
+
+def poll_key(scan_id: str, key: tuple) -> str:
+    """The key of the poll address of a request whose event's ``outcome_key`` is ``key``
+    (``POLL_KEY_HEX`` hex digits): what ties a poll to the event it sent.
+
+    The newest outcome of a scan_id is not the poller's to read: after a scan_id was resent with a
+    forged code, it is the first delivery's "ok" and prize until the forgery is judged, and anyone
+    trying scan_ids would read other people's prizes.  The key hashes the scan_id with the event's
+    code, user_id, role and ts: naming an outcome takes its code (and its 40-bit MAC) and its
+    user_id, which only the event's sender has.  Written by the gateway for each 202, computed
+    again from each outcome line when a poll comes (``latest_reply``)."""
+    code, user, role, ts = key
+    blob = orjson.dumps([scan_id, code, user, role, int(ts) if isinstance(ts, (int, float)) else ts])
+    return hashlib.blake2b(blob, digest_size=POLL_KEY_HEX // 2, person=b"scanstream-poll").hexdigest()
 
 
 #: A scan_id's outcome lines as read, per minute: {epoch: lines, oldest first}.
@@ -514,9 +533,14 @@ class Expected:
         return self.seen, self.key, self.future
 
 
-async def latest_reply(trips: RoundTrips, prefix: str, scan_id: str, ttl_s: float) -> dict[str, Any] | None:
-    """The newest outcome of ``scan_id`` written within ``ttl_s`` (a poll after a 202), or None."""
+async def latest_reply(trips: RoundTrips, prefix: str, scan_id: str, ttl_s: float,
+                       key: str) -> dict[str, Any] | None:
+    """The newest outcome of ``scan_id`` written within ``ttl_s`` that answers the event whose
+    ``poll_key`` is ``key`` (a poll after a 202), or None."""
     now = time.time()
     (lines,) = await read_async(trips, prefix, [scan_id], [reply_epochs(now - ttl_s, now)])
-    newest = fresh(lines, {})
-    return orjson.loads(newest[-1]) if newest else None
+    for line in reversed(fresh(lines, {})):
+        reply = orjson.loads(line)
+        if hmac.compare_digest(poll_key(scan_id, outcome_key(reply)), key):
+            return reply
+    return None

@@ -113,6 +113,14 @@ def post(url: str, event, path: str = "/v1/scans", **kw) -> httpx.Response:
                       timeout=30, **kw)
 
 
+def poll_path(event: dict) -> str:
+    """The poll address of ``event`` (the one a 202 for it gives), made by the client."""
+    from scanstream.api.app import poll_address
+    from scanstream.streams.publisher import encode_checked
+
+    return poll_address(str(event["scan_id"]), encode_checked([event])[1][0])
+
+
 def assert_problem(r: httpx.Response, status: int, field: str | None = None) -> dict:
     assert r.status_code == status, r.text
     assert r.headers["content-type"] == "application/problem+json"
@@ -213,7 +221,7 @@ def test_a_genuine_scan_answers_ok_with_its_prize(services, winner):
     assert body["scan_id"] == event["scan_id"] and body["verdict"] == "ok" and body["replay"] is False
     assert body["prize"] == {"tier": tier, "cents": cents} and body["diversion"] in ("none", "region", "channel",
                                                                                     "region+channel")
-    assert httpx.get(f"{url}/v1/scans/{event['scan_id']}").json() == body  # and a poll reads the same
+    assert httpx.get(f"{url}{poll_path(event)}").json() == body  # and a poll reads the same
 
 
 def test_a_batch_answers_each_scan_in_order_and_refuses_all_for_one_bad_scan(services, winners):
@@ -247,6 +255,38 @@ def test_a_batch_smuggling_someone_elses_scan_id_gets_a_conflict_and_pays_nothin
     assert (again["verdict"], again["replay"], again["prize"]) == ("ok", True, {"tier": tier, "cents": cents})
 
 
+def test_a_thief_polling_a_reused_scan_id_never_reads_the_owners_outcome(services, winner):
+    """The attack through the poll: a forged code sent under a victim's scan_id, answered 202, then
+    polled before the worker has judged it.  The poll used to return the scan_id's newest outcome,
+    the victim's "ok" and prize, as the answer to the forged code.  A poll address now carries the
+    key of the request's own event: it answers that event's outcome or 404, and a poll without a
+    key (anyone trying scan_ids) is refused."""
+    _, path = services
+    event, tier, cents = winner
+    config = load(path)
+    url = services[0]
+    assert post(url, event).json()["prize"] == {"tier": tier, "cents": cents}
+    code = event["code"]
+    forged = {**event, "user_id": "wx-poller", "code": code[:-1] + ("0" if code[-1] != "0" else "1")}
+    with Gateway(replace(config, api=replace(config.api, deadline_ms=1))) as g:
+        r = post(g.url, forged)
+        assert r.status_code == 202, r.text
+        poll = r.json()["poll"]
+        first = _until(lambda: (p := httpx.get(f"{g.url}{poll}")).status_code != 404 and p, WAIT_S,
+                       "the polled outcome did not come")
+        assert first.status_code == 200, first.text
+        assert (first.json()["verdict"], first.json()["prize"]) == ("conflict", None), first.json()
+        # no key, a key of another request, a key that is not one: never the victim's outcome
+        assert_problem(httpx.get(f"{g.url}/v1/scans/{event['scan_id']}"), 422, "key")
+        own = poll.split("?key=")[1]
+        other = httpx.get(f"{g.url}/v1/scans/{event['scan_id']}", params={"key": own[::-1]})
+        assert_problem(other, 404, "scan_id")
+        assert_problem(httpx.get(f"{g.url}/v1/scans/{event['scan_id']}", params={"key": "x" * 5000}), 422, "key")
+        # the victim's own key still reads the victim's outcome
+        mine = httpx.get(f"{g.url}{poll_path(event)}")
+        assert mine.status_code == 200 and mine.json()["prize"] == {"tier": tier, "cents": cents}, mine.text
+
+
 # --------------------------------------------------------------------------- bad requests
 
 
@@ -273,7 +313,8 @@ def test_an_oversized_body_is_a_413_and_unknown_routes_are_problems_too(services
     r = post(url, {**winner[0], "device_id": "x" * limit})
     assert_problem(r, 413, "body")
     assert_problem(httpx.get(f"{url}/v2/nothing"), 404)
-    assert_problem(httpx.get(f"{url}/v1/scans/never-sent-{uuid.uuid4().hex}"), 404, "scan_id")
+    never = {**winner[0], "scan_id": f"never-sent-{uuid.uuid4().hex}"}
+    assert_problem(httpx.get(f"{url}{poll_path(never)}"), 404, "scan_id")
 
 
 # --------------------------------------------------------------------------- deadline and outages
@@ -286,7 +327,7 @@ def test_a_passed_deadline_answers_202_and_the_poll_gets_the_outcome(services, w
     with Gateway(replace(config, api=replace(config.api, deadline_ms=1))) as g:
         r = post(g.url, event)
         assert r.status_code == 202, r.text
-        assert r.json() == {"scan_id": event["scan_id"], "poll": f"/v1/scans/{event['scan_id']}"}
+        assert r.json() == {"scan_id": event["scan_id"], "poll": poll_path(event)}
         polled = _until(lambda: (p := httpx.get(f"{g.url}{r.json()['poll']}")).status_code == 200 and p, WAIT_S,
                         "the polled outcome did not come")
         assert polled.json()["verdict"] == "ok" and polled.json()["prize"] == {"tier": tier, "cents": cents}

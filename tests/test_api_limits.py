@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from scanstream.engine.config import ConfigError, load
-from test_api import Gateway, assert_problem, post, services, winners  # noqa: F401 - fixtures
+from test_api import Gateway, assert_problem, poll_path, post, services, winners  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -162,23 +162,23 @@ def test_an_overloaded_gateway_refuses_with_429_and_publishes_nothing_it_refused
                 assert "max_in_flight" in body["detail"] and int(a.headers["retry-after"]) >= 1
         # every admitted scan has its outcome; no refused one was published
         for e in admitted:
-            _poll_outcome(g.url, e["scan_id"])
+            _poll_outcome(g.url, e)
         time.sleep(1.0)  # a refused scan published by mistake would be answered by now
         for e, a in zip(sent, answers):
             if a.status_code == 429:
-                assert httpx.get(f"{g.url}/v1/scans/{e['scan_id']}").status_code == 404, e["scan_id"]
+                assert httpx.get(f"{g.url}{poll_path(e)}").status_code == 404, e["scan_id"]
         # capacity comes back once the admitted requests are answered
         assert post(g.url, event(99, "wx-overload-after")).status_code in (200, 202)
 
 
-def _poll_outcome(url: str, scan_id: str, timeout_s: float = 30.0) -> dict:
+def _poll_outcome(url: str, event: dict, timeout_s: float = 30.0) -> dict:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        r = httpx.get(f"{url}/v1/scans/{scan_id}")
+        r = httpx.get(f"{url}{poll_path(event)}")
         if r.status_code == 200:
             return r.json()
         time.sleep(0.1)
-    raise AssertionError(f"no outcome for {scan_id} within {timeout_s} s")
+    raise AssertionError(f"no outcome for {event['scan_id']} within {timeout_s} s")
 
 
 async def _hold_loop(times: int, seconds: float = 0.12) -> None:

@@ -142,23 +142,32 @@ def test_a_wait_is_answered_only_by_what_came_after_it_counted(redis_deployment,
     client.close()
 
 
-def test_latest_reply_is_the_newest_outcome_within_the_ttl(redis_deployment, redis_prefix):
+def test_a_poll_reads_the_newest_outcome_of_its_own_event_only(redis_deployment, redis_prefix):
+    """``latest_reply``: the owner's key reads the owner's ``ok`` even when a thief's ``conflict`` is
+    newer, the thief's key the ``conflict``; a key of nobody's event, or a scan_id never written,
+    reads nothing (the poll is a 404, never the scan_id's newest outcome)."""
     client = _client(redis_deployment)
     writer = ReplyWriter(client, redis_prefix, 60)
-    writer.push(["late-1", "late-1"], [_line("late-1", "ok"), _line("late-1", "conflict", "thief")])
+    owner, thief = _line("late-1", "ok"), _line("late-1", "conflict", "thief", code="FORGED")
+    writer.push(["late-1", "late-1", "late-1"], [owner, thief, owner])
+    key_of = {name: replies.poll_key("late-1", replies.outcome_key(orjson.loads(line)))
+              for name, line in (("owner", owner), ("thief", thief))}
+    assert key_of["owner"] != key_of["thief"] and len(key_of["owner"]) == replies.POLL_KEY_HEX
 
     async def scenario():
         aclient = _aclient(redis_deployment)
         try:
             trips = replies.RoundTrips(aclient)
-            newest = await replies.latest_reply(trips, redis_prefix, "late-1", 60)
-            none = await replies.latest_reply(trips, redis_prefix, "never-written", 60)
+            return [await replies.latest_reply(trips, redis_prefix, sid, 60, key) for sid, key in (
+                ("late-1", key_of["owner"]), ("late-1", key_of["thief"]), ("late-1", "0" * replies.POLL_KEY_HEX),
+                ("never-written", key_of["owner"]))]
         finally:
             await aclient.aclose()
-        return newest, none
 
-    newest, none = asyncio.run(scenario())
-    assert (newest["verdict"], newest["user_id"]) == ("conflict", "thief") and none is None
+    mine, theirs, nobody, never = asyncio.run(scenario())
+    assert (mine["verdict"], mine["user_id"]) == ("ok", "wx-1")
+    assert (theirs["verdict"], theirs["user_id"]) == ("conflict", "thief")
+    assert nobody is None and never is None
     client.close()
 
 

@@ -38,7 +38,7 @@ from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 from urllib.parse import quote
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.convertors import Convertor, register_url_convertor
@@ -97,10 +97,12 @@ def problem_response(problem: Problem, headers: dict[str, str] | None = None) ->
                         headers=headers)
 
 
-def poll_address(scan_id: str) -> str:
+def poll_address(scan_id: str, key: tuple) -> str:
     """Where a 202's outcome is polled: the scan_id percent-encoded, so that any scan_id (Chinese,
-    a slash, CR LF) is one path segment and fits the Location header (Latin-1, one line)."""
-    return f"/v1/scans/{quote(scan_id, safe='')}"
+    a slash, CR LF) is one path segment and fits the Location header (Latin-1, one line), and the
+    ``poll_key`` of the request's event (its ``outcome_key`` ``key``), so that the poll answers
+    that event and nobody else's."""
+    return f"/v1/scans/{quote(scan_id, safe='')}?key={replies.poll_key(scan_id, key)}"
 
 
 class _AnyText(Convertor):
@@ -380,12 +382,13 @@ class Gateway:
             reply = await self.watcher.wait(expected, deadline - time.monotonic())
         except Exception as exc:
             raise self._redis_down(exc, published=True) from None
-        return Pending(scan_id=scan_id, poll=poll_address(scan_id)) if reply is None else outcome(reply)
+        return Pending(scan_id=scan_id, poll=poll_address(scan_id, expected.key)) if reply is None else outcome(reply)
 
-    async def latest(self, scan_id: str) -> ScanOutcome | None:
+    async def latest(self, scan_id: str, key: str) -> ScanOutcome | None:
+        """The newest outcome of ``scan_id`` that answers the event whose ``replies.poll_key`` is ``key``."""
         try:
             reply = await replies.latest_reply(self.trips, self.config.redis.prefix, scan_id,
-                                                 self.config.redis.result_ttl_s)
+                                               self.config.redis.result_ttl_s, key)
         except Exception as exc:
             raise self._redis_down(exc, published=False) from None
         return None if reply is None else outcome(reply)
@@ -587,14 +590,23 @@ def create_app(config: Config) -> FastAPI:
     app.add_middleware(_Measured, metrics=metrics, direct={"/v1/scans": post_scan, "/v1/scans:batch": post_batch})
 
     @app.get("/v1/scans/{scan_id:any_text}", response_model=ScanOutcome,
-             responses={404: {"model": Problem, "description": "no outcome (yet) for this scan_id",
+             responses={404: {"model": Problem, "description": "no outcome (yet) for this scan_id and key",
                               "content": {PROBLEM: {}}}, 422: _PROBLEM_RESPONSES[422], 503: _PROBLEM_RESPONSES[503]})
-    async def get_scan(scan_id: str):
-        """The newest outcome of ``scan_id``; 404 while there is none (not yet processed, or expired)."""
-        answer = await gateway.latest(scan_id)
+    async def get_scan(scan_id: str, key: str | None = Query(None, description=(
+            "the key of the poll address a 202 gave (its `poll` and `Location`): the outcome of that "
+            "request's event, not the scan_id's newest"))):
+        """The newest outcome of ``scan_id`` answering the event of the 202 that gave this address; 404
+        while there is none (not yet processed, or expired)."""
+        if key is None or len(key) != replies.POLL_KEY_HEX or key.strip("0123456789abcdef"):
+            shown = "no key" if key is None else repr(key if len(key) <= 40 else key[:37] + "...")
+            raise Refused(422, "Invalid poll", f"key: expected the {replies.POLL_KEY_HEX} hex digits of the poll "
+                          f"address a 202 answer gave (its poll field and Location header), got "
+                          f"{shown}; an outcome is only told to the request that sent its event",
+                          field="key")
+        answer = await gateway.latest(scan_id, key)
         if answer is None:
-            raise Refused(404, "Not found", f"no outcome for scan_id {scan_id!r} yet; outcomes are kept "
-                          f"{config.redis.result_ttl_s} s ([redis] result_ttl_s)", field="scan_id")
+            raise Refused(404, "Not found", f"no outcome for scan_id {scan_id!r} and this key yet; outcomes are "
+                          f"kept {config.redis.result_ttl_s} s ([redis] result_ttl_s)", field="scan_id")
         return answer
 
     @app.get("/healthz", response_model=Health)
