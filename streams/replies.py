@@ -53,8 +53,13 @@ WAIT_SLICE_S = 1.0
 CLOCK_SKEW_S = 5.0
 #: Outcomes per script call: bounds the time one call holds the server (a few ms here).
 REPLY_CHUNK = 5000
-#: How often a ``ReplyWatcher`` wait looks for its outcome itself, should a notice be lost.
+#: How often a ``ReplyWatcher`` wait looks for its outcome itself while notices can be lost (the
+#: subscription is down or being made again).
 SWEEP_S = 0.25
+#: How often it looks while the subscription is up: notices are then lost only when a Cluster's
+#: bus drops one, so a sweep every ``SWEEP_S`` would cost Redis a read per wait for nothing (most
+#: waits last longer than 0.25 s under load); a re-made subscription looks for every wait at once.
+LIVE_SWEEP_S = 2.0
 #: How far back ``ReplyWatcher.look`` looks at its start by default, s: a retried wait finds an
 #: outcome written up to a minute before it began, in two or three reads (each minute is a read:
 #: looking back the whole ``result_ttl_s`` cost a thread-awaiting scan API 4-5 ms a wait in
@@ -365,14 +370,18 @@ class ReplyWatcher:
     ``seen`` whose ``outcome_key`` is ``key``.  So a resent scan_id is answered by its own outcome
     (a ``replay``, or a ``conflict`` when its content differs), never with the first delivery's
     verdict and prize, even when two requests carry one scan_id at once.  Pub/sub delivers at
-    most once (a reconnect loses notices), so a wait also looks for itself every ``SWEEP_S``;
-    the reply hashes, not the notices, are what holds outcomes.
+    most once (a reconnect loses notices), so a re-made subscription looks for every wait once, and
+    a wait also looks for itself every ``SWEEP_S`` while the subscription is down (``LIVE_SWEEP_S``
+    while it is up); the reply hashes, not the notices, are what holds outcomes.
     """
 
-    def __init__(self, client, prefix: str, sweep_s: float = SWEEP_S):
+    def __init__(self, client, prefix: str, sweep_s: float = SWEEP_S, live_sweep_s: float = LIVE_SWEEP_S):
         self.client = client
         self.prefix = prefix
         self.sweep_s = sweep_s
+        self.live_sweep_s = max(live_sweep_s, sweep_s)
+        #: the subscription is up: a notice announces every outcome written from here on
+        self.live = False
         self.channel = notice_channel(prefix)
         #: the reads of every wait, notice and sweep: many waits at once share one round trip and
         #: one connection, not one each
@@ -404,8 +413,11 @@ class ReplyWatcher:
             pubsub = self.client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.channel)
+                self.live = True
                 if not self._subscribed.done():
                     self._subscribed.set_result(None)
+                # the notices of outcomes written while it was down are lost: look for every wait once
+                await self._wake(list(self._waits))
                 pause = SWEEP_S
                 while True:
                     message = await pubsub.get_message(timeout=WAIT_SLICE_S)
@@ -414,11 +426,13 @@ class ReplyWatcher:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - Redis away: waits sweep until it is back
+                self.live = False
                 log.warning("reply notices lost (%r); waits look for their outcomes every %.2f s until Redis "
                             "answers", exc, self.sweep_s)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 5.0)
             finally:
+                self.live = False
                 try:
                     await pubsub.aclose()
                 except Exception:  # noqa: BLE001 - the connection is gone already
@@ -498,7 +512,8 @@ class ReplyWatcher:
 
     async def wait(self, expected: Expected, timeout_s: float) -> dict[str, Any] | None:
         """The expected outcome, or None after ``timeout_s``; raises what Redis raises.  Woken by
-        a notice; looks for itself every ``sweep_s`` and once more at the deadline."""
+        a notice; looks for itself every ``live_sweep_s`` while the subscription is up, every
+        ``sweep_s`` while it is not, and once more at the deadline."""
         deadline = time.monotonic() + timeout_s
         future = expected.entry[2]
         try:
@@ -506,7 +521,8 @@ class ReplyWatcher:
                 left = deadline - time.monotonic()
                 if left > 0:
                     try:
-                        return await asyncio.wait_for(asyncio.shield(future), min(left, self.sweep_s))
+                        every = self.live_sweep_s if self.live else self.sweep_s
+                        return await asyncio.wait_for(asyncio.shield(future), min(left, every))
                     except asyncio.TimeoutError:
                         pass
                 self._answer(expected.scan_id, (await self.read([expected.scan_id], [min(expected.seen)]))[0],

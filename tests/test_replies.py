@@ -33,10 +33,11 @@ def _aclient(deployment):
 
 
 @contextlib.asynccontextmanager
-async def _watching(deployment, prefix: str):
-    """A started ``ReplyWatcher`` (sweeping every 50 ms) on a client of its own, closed after."""
+async def _watching(deployment, prefix: str, **sweeps):
+    """A started ``ReplyWatcher`` (sweeping every 50 ms unless ``sweeps`` say otherwise) on a client
+    of its own, closed after."""
     aclient = _aclient(deployment)
-    watcher = ReplyWatcher(aclient, prefix, sweep_s=0.05)
+    watcher = ReplyWatcher(aclient, prefix, **({"sweep_s": 0.05} | sweeps))
     await watcher.start()
     try:
         assert await watcher.subscribed(5)
@@ -229,4 +230,39 @@ def test_many_reads_ask_each_reply_hash_once_and_each_scan_id_only_its_minutes(r
     assert replies.reads(redis_prefix, [], []).commands == []
     for s in set(shards):
         client.delete(reply_hash(redis_prefix, s, now - 3), reply_hash(redis_prefix, s, now))
+    client.close()
+
+
+def test_outcomes_written_while_the_subscription_was_lost_are_found_when_it_is_back(redis_deployment,
+                                                                                    redis_prefix):
+    """Notices are at most once: Redis drops the watcher's subscription (``CLIENT KILL TYPE
+    pubsub``, as it does to a subscriber past its output buffer) and the outcome is written while
+    nobody listens.  With sweeps too rare to find it before the wait's deadline, the re-made
+    subscription must look for every wait itself, and answer this one long before the deadline."""
+    client = _client(redis_deployment)
+    writer = ReplyWriter(client, redis_prefix, 60)
+    sid = "lost-notice"
+    line = _line(sid, "ok")
+    deadline_s = 30.0
+
+    def kill_subscriptions() -> int:
+        if redis_deployment.cluster:
+            return sum(client.get_redis_connection(node).client_kill_filter(_type="pubsub")
+                       for node in client.get_nodes())
+        return client.client_kill_filter(_type="pubsub")
+
+    async def scenario():
+        async with _watching(redis_deployment, redis_prefix, sweep_s=deadline_s, live_sweep_s=deadline_s) as watcher:
+            now = time.time()
+            epochs = reply_epochs(now, now)
+            expected = watcher.expect(sid, replies.counts({}, epochs), replies.outcome_key(orjson.loads(line)))
+            assert kill_subscriptions() >= 1
+            writer.push([sid], [line])  # its notice reaches nobody
+            started = time.monotonic()
+            got = await watcher.wait(expected, deadline_s)
+            return got, time.monotonic() - started
+
+    got, took = asyncio.run(scenario())
+    assert got is not None and got["verdict"] == "ok"
+    assert took < deadline_s / 2, f"answered after {took:.1f} s: by the deadline's last read, not the re-made subscription"
     client.close()
