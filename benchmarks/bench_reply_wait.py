@@ -12,8 +12,9 @@ Two ways of waiting, in one run, against one Redis server, with the same load:
 
 The writer pushes ``--chunk`` outcomes at a time at ``--rate`` scans/s (a worker's batches); each
 wait starts ``--lead-ms`` before its outcome is written (the scan API awaits right after
-publishing).  Printed per way: the wait from the write to the answer (p50, p95, p99), and the
-Redis server's CPU per scan (``INFO cpu``, readers and writer together).  Give it a Redis of its
+publishing).  Printed per way: the wait from the write to the answer (p50, p95, p99), the
+Redis server's CPU per scan (``INFO cpu``, readers and writer together), and that of the same
+writes with nobody waiting, run right after: the difference is what the waits cost Redis.  Give it a Redis of its
 own (its counters count every client):
 
     redis-server --port 6390 --save "" --daemonize yes
@@ -98,7 +99,8 @@ def watcher(url: str, prefix: str, waiters: int) -> tuple[Callable, Callable, Ca
     return push, wait, close
 
 
-def run(way: str, url: str, args: argparse.Namespace) -> dict:
+def run(way: str, url: str, args: argparse.Namespace, waits: bool = True) -> dict:
+    """One run of ``way``; with ``waits`` False the same writes at the same pace, nobody waiting."""
     prefix = f"bench-reply-wait:{uuid.uuid4().hex[:8]}:"
     push, wait, close = (blocking if way == "blocking" else watcher)(url, prefix, args.waiters)
     ids = [f"s{i}" for i in range(args.scans)]
@@ -115,7 +117,7 @@ def run(way: str, url: str, args: argparse.Namespace) -> dict:
             waited.append(time.monotonic() - written[scan_id])
 
     def start_waits(t0: float) -> None:
-        for i, s in enumerate(ids):
+        for i, s in enumerate(ids if waits else ()):
             time.sleep(max(0.0, t0 + i / args.rate - args.lead_ms / 1000 - time.monotonic()))
             pool.submit(one, s)
 
@@ -137,10 +139,10 @@ def run(way: str, url: str, args: argparse.Namespace) -> dict:
     stats.close()
     close()
     waited.sort()
-    n = len(waited)
-    return {"way": way, "answered": n, "missing": len(missing),
-            "p50_ms": waited[n // 2] * 1e3 if n else None, "p95_ms": waited[int(n * 0.95)] * 1e3 if n else None,
-            "p99_ms": waited[int(n * 0.99)] * 1e3 if n else None, "redis_cpu_us_per_scan": cpu / args.scans * 1e6}
+    n = len(waited) or 1
+    return {"way": way, "answered": len(waited), "missing": len(missing),
+            "p50_ms": waited[n // 2] * 1e3 if waited else None, "p95_ms": waited[int(n * 0.95)] * 1e3 if waited else None,
+            "p99_ms": waited[int(n * 0.99)] * 1e3 if waited else None, "redis_cpu_us_per_scan": cpu / args.scans * 1e6}
 
 
 def main() -> int:
@@ -158,9 +160,11 @@ def main() -> int:
     for r in range(args.rounds):
         for way in ("blocking", "watcher"):
             f = run(way, args.redis_url, args)
+            alone = run(way, args.redis_url, args, waits=False)["redis_cpu_us_per_scan"]
             print(f"  round {r + 1} {way:8}  answered {f['answered']:5}  missing {f['missing']}  write -> answer p50 "
                   f"{f['p50_ms']:.1f} ms  p95 {f['p95_ms']:.1f}  p99 {f['p99_ms']:.1f}   Redis CPU "
-                  f"{f['redis_cpu_us_per_scan']:.1f} us/scan")
+                  f"{f['redis_cpu_us_per_scan']:.1f} us/scan (the writes alone {alone:.1f}: the waits "
+                  f"{f['redis_cpu_us_per_scan'] - alone:.1f})")
     return 0
 
 
