@@ -435,6 +435,19 @@ def test_distinct_with_two_sets_per_key(store):
     assert store.distinct(u64([5]), u64([4]), 60, present=np.array([False])).tolist() == [3]
 
 
+def test_distinct_flagged_rows_of_one_key_and_edge_members(store):
+    # the Redis store's caller builds a flagged row's field; whatever its bytes (0, all ones, an
+    # absent set, two flagged rows of one key: the later one starts the set again), every store
+    # must answer alike, and later calls must read back exactly what was written
+    keys = u64([1, 1, 2, 3, 1])
+    members = u64([[0, U64_MAX], [U64_MAX, 0], [2**63, 1], [5, 6], [0, 7]])
+    present = np.array([[1, 1], [1, 0], [0, 0], [0, 1], [1, 1]], bool)
+    new = np.array([True, True, True, True, False])
+    assert store.distinct(keys, members, 60, new, present).tolist() == [[1, 1], [1, 0], [0, 0], [0, 1], [2, 1]]
+    again = store.distinct(u64([1, 1, 2, 3]), u64([[U64_MAX, U64_MAX], [0, 7], [2**63, 1], [5, 6]]), 60)
+    assert again.tolist() == [[2, 2], [2, 2], [1, 1], [1, 1]]
+
+
 def test_distinct_with_two_sets_one_past_the_packed_size(make_store):
     many = np.arange(1, 81, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
     with make_store() as s:

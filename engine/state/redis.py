@@ -235,6 +235,21 @@ def _pack_strings(values: np.ndarray) -> tuple[bytes, bytes]:
     return np.fromiter(map(len, encoded), np.uint32, len(encoded)).astype("<u4").tobytes(), b"".join(encoded)
 
 
+def fresh_sets(members: np.ndarray, present: np.ndarray) -> tuple[bytes, bytes]:
+    """The ``distinct`` fields of flagged rows (``redis_lua.DISTINCT_LUA``), as uint32 lengths and
+    their concatenation: per row its k sets in order, a present member as the size byte 1 and its 8
+    bytes (little-endian), an absent one as the size byte 0.  ``members`` is (rows, k) uint64,
+    ``present`` (rows, k) of 0/1."""
+    rows, k = present.shape
+    cells = np.zeros((rows, k, 9), np.uint8)
+    cells[:, :, 0] = present
+    cells[:, :, 1:] = np.ascontiguousarray(members, "<u8").view(np.uint8).reshape(rows, k, 8)
+    keep = np.ones((rows, k, 9), bool)
+    keep[:, :, 1:] = (present == 1)[:, :, None]
+    lengths = keep.reshape(rows, k * 9).sum(axis=1).astype("<u4")
+    return lengths.tobytes(), cells[keep].tobytes()
+
+
 def _ranks(shards: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """Each flagged row's rank among the flagged rows of its shard, in row order (0 elsewhere):
     the byte of the claim's record (one per shard) that keeps the row's outcome."""
@@ -807,9 +822,11 @@ class RedisStateStore(StateStore):
             packed = np.ascontiguousarray(members).astype("<u8")
 
             def call(rows: np.ndarray) -> tuple[list, list]:
+                started = rows[flags[rows] == 1]
                 return [shard_key(self._pre + b"wd:", int(shards[rows[0]]))], [
                     self._pre, max(int(ttl_s), 1), _keys_blob(keys[rows]), packed[rows].tobytes(),
-                    flags[rows].tobytes(), PACKED_MEMBERS, k, has[rows].tobytes()]
+                    flags[rows].tobytes(), PACKED_MEMBERS, k, has[rows].tobytes(), len(started),
+                    *fresh_sets(members[started], has[started])]
 
             for rows, reply in self._sharded(self._distinct, shards, call):
                 out[rows] = np.frombuffer(reply, "<i8").reshape(len(rows), k)

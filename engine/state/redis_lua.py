@@ -619,7 +619,10 @@ return pack_ints('i8', out)
 #: ``distinct``.  KEYS[1]: a key in the keys' shard (routing only).  ARGV: prefix, TTL (s), keys
 #: (8 bytes each), members (8 bytes each, k per row, row by row), one byte per row (1 where the
 #: caller flags the key as new), the most members kept packed per set (a constant of the store,
-#: passed as ARGV), k, and one byte per member (1 where it is present).
+#: passed as ARGV), k, one byte per member (1 where it is present), then the number of flagged
+#: rows, their fields' lengths (uint32) and their fields, in row order: a flagged row's field is
+#: its present members, one set each, built by the caller (``redis.fresh_sets``) because in Lua
+#: it cost a third of the script's time.
 #: A key's k sets live as one field of a shard hash, ``P wd:{<tag of its key's first byte % SHARDS>}:<epoch>``
 #: with epoch = now // TTL: per set a byte, its size, then its members packed (a code's scanners
 #: in one window are one or two), or ``SPILLED_SET`` once its members moved to a Redis set
@@ -635,14 +638,21 @@ return pack_ints('i8', out)
 SPILLED_SET = 255
 DISTINCT_LUA = LUA_PRELUDE + f"local SPILLED = {SPILLED_SET}\n" + r"""
 local pre, ttl, blob, members = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
-local flagged, spill, k, present = bytes(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
+local flagged, spill, k, present = bytes(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), bytes(ARGV[8])
+local starts = strings(ARGV[10], ARGV[11], tonumber(ARGV[9]))
 local now = redis.call('TIME')
 local epoch = math.floor(tonumber(now[1]) / ttl)
 local n = #blob / 8
-local out, held, fresh = {}, {}, {}
-local function bucket(e, b) return shard_key(pre .. 'wd:', b) .. ':' .. e end
+local out, held, fresh, keys, homes = {}, {}, {}, {}, {}
+for i = 1, n do keys[i] = string.sub(blob, 8 * i - 7, 8 * i) end
+-- a bucket hash's name, built once per call (concatenating it for every row cost a fifth of the script)
+local function bucket(e, b)
+  local at = e * SHARDS + b
+  local home = homes[at]
+  if home == nil then home = shard_key(pre .. 'wd:', b) .. ':' .. e; homes[at] = home end
+  return home
+end
 local function spilled(key, j) return shard_key(pre .. 'ws:', string.byte(key, 1) % SHARDS) .. key .. string.char(j - 1) end
-local function key(i) return string.sub(blob, 8 * i - 7, 8 * i) end
 -- a field's value: its k sets as {packed = members, size = n} or {set = key, size = n}
 local function decode(kk, v, e)
   local h, pos = {epoch = e, cols = {}}, 1
@@ -662,29 +672,20 @@ local function decode(kk, v, e)
   h.rest = string.sub(v, pos)  -- sets past the k asked for, kept as they are
   return h
 end
--- a flagged row's field: its present members, one set each
-local function started(i)
-  local parts = {}
-  for j = 1, k do
-    local at = k * (i - 1) + j
-    if string.byte(present, at) == 1 then
-      parts[j] = '\1' .. string.sub(members, 8 * at - 7, 8 * at)
-      out[at] = 1
-    else
-      parts[j] = '\0'
-      out[at] = 0
-    end
-  end
-  return table.concat(parts)
-end
+-- a flagged row's field (its present members, one set each) as the caller built it
+local f = 0
 for i = 1, n do
-  if flagged[i] == 1 then fresh[key(i)] = started(i) end
+  if flagged[i] == 1 then
+    f = f + 1
+    fresh[keys[i]] = starts[f]
+    for at = k * (i - 1) + 1, k * i do out[at] = present[at] end
+  end
 end
 -- the other rows' keys: one HMGET per bucket in this epoch, then in the one before for the rest
 local wanted = {}
 for i = 1, n do
   if flagged[i] ~= 1 then
-    local kk = key(i)
+    local kk = keys[i]
     if fresh[kk] == nil and wanted[kk] == nil then wanted[kk] = string.byte(kk, 1) % SHARDS end
   end
 end
@@ -711,7 +712,7 @@ end
 for kk in pairs(wanted) do held[kk] = decode(kk, '', epoch) end
 for i = 1, n do
   if flagged[i] ~= 1 then
-    local kk = key(i)
+    local kk = keys[i]
     local h = held[kk]
     if h == nil then  -- a key a flagged row started: its sets become a table now
       h = decode(kk, fresh[kk], epoch)
@@ -722,7 +723,7 @@ for i = 1, n do
     for j = 1, k do
       local at = k * (i - 1) + j
       local c = h.cols[j]
-      if string.byte(present, at) == 1 then
+      if present[at] == 1 then
         local m = string.sub(members, 8 * at - 7, 8 * at)
         if c.set then
           c.size = c.size + redis.call('SADD', c.set, m)
