@@ -915,6 +915,30 @@ def identity_key(store: RedisStateStore, scan_id: str) -> bytes:
     return shard_key(store.prefix.encode() + b"rp:", shard) + b":%d" % (int(time.time()) // store.replay_ttl_s)
 
 
+def test_identities_built_by_the_caller_are_what_the_script_would_have_stored():
+    # the claim's caller packs each row's identity were its scan_id new; users of every kind
+    # (empty, CJK, a lone surrogate, a long one) and every mark must come out byte for byte as
+    # pack_answer writes them, each at its own offset
+    from scanstream.engine.state.redis import _new_identities
+    rng = np.random.default_rng(7)
+    n = 300
+    given = np.where(np.arange(n) % 3 == 0, BAD_MAC, OK).astype(np.uint8)
+    code_shards = rng.integers(0, len(SHARD_TAGS), n).astype(np.uint8)
+    fps = rng.integers(0, 2**64 - 1, n, dtype=np.uint64).astype("<u8")
+    ranks = rng.integers(0, 2**32 - 1, n, dtype=np.uint64).astype("<u4")
+    users = np.array([["", "用户", "u\udc80", "x" * 300][i % 4] + str(i) * (i % 2) for i in range(n)], object)
+    token = bytes(range(1, 9))
+    lengths, blob = _new_identities(given, code_shards, fps, token, ranks, users)
+    ends = np.cumsum(np.frombuffer(lengths, "<u4"))
+    assert ends[-1] == len(blob)
+    for i in range(n):
+        ref = token + int(ranks[i]).to_bytes(4, "little") if given[i] == OK else b""
+        mark = 0x40 + int(code_shards[i]) if given[i] == OK else int(given[i])
+        start = ends[i - 1] if i else 0
+        assert blob[start:ends[i]] == pack_answer(mark, int(fps[i]), users[i], ref), i
+    assert _new_identities(given[:0], code_shards[:0], fps[:0], token, ranks[:0], users[:0]) == (b"", b"")
+
+
 def test_keys_have_their_ttls(redis_store):
     r, p = redis_store.client, redis_store.prefix.encode()
     # the scan_id's identity is a field of this epoch's hash of its shard, naming the shard of

@@ -228,10 +228,15 @@ def connect(url: str, *, cluster: bool = False, **options: Any) -> redis_py.Redi
 _SYNC_TAGS = tuple(b"%d" % i for i in range(20_000))
 
 
+def _utf8(value: Any) -> bytes:
+    """A str in UTF-8 (lone surrogates kept), bytes as they are, anything else as its str."""
+    return (value.encode("utf-8", "surrogatepass") if isinstance(value, str) else value if isinstance(value, bytes)
+            else str(value).encode())
+
+
 def _pack_strings(values: np.ndarray) -> tuple[bytes, bytes]:
     """uint32 lengths and the concatenation of ``values`` (str) in UTF-8."""
-    encoded = [v.encode("utf-8", "surrogatepass") if isinstance(v, str) else v if isinstance(v, bytes)
-               else str(v).encode() for v in values.tolist()]
+    encoded = [_utf8(v) for v in values.tolist()]
     return np.fromiter(map(len, encoded), np.uint32, len(encoded)).astype("<u4").tobytes(), b"".join(encoded)
 
 
@@ -259,6 +264,34 @@ def _ranks(shards: np.ndarray, rows: np.ndarray) -> np.ndarray:
     sorted_shards = shards[at][order]
     out[at[order]] = np.arange(len(at)) - np.searchsorted(sorted_shards, sorted_shards)
     return out
+
+
+def _new_identities(given: np.ndarray, code_shards: np.ndarray, fps: np.ndarray, token: bytes,
+                    ranks: np.ndarray, users: np.ndarray) -> tuple[bytes, bytes]:
+    """Each row's identity (``engine.state.pack_answer``) were its scan_id new (``redis_lua.IDS_LUA``),
+    packed as ``_pack_strings`` packs: a row at OK gets the mark CLAIMED + its code's shard and its
+    reference (the call's ``token`` and its rank), any other its verdict; then its fingerprint
+    (``fps``, "<u8") and its user.  Built in numpy, without a bytes object per row."""
+    n = len(given)
+    claimed = given == Verdict.OK
+    head = np.zeros((n, 1 + 8 + _REF_BYTES), np.uint8)
+    head[:, 0] = np.where(claimed, _CLAIMED + code_shards, given)
+    head[:, 1:9] = np.ascontiguousarray(fps, "<u8").view(np.uint8).reshape(n, 8)
+    head[:, 9:9 + _TOKEN_BYTES] = np.frombuffer(token, np.uint8)
+    head[:, 9 + _TOKEN_BYTES:] = np.ascontiguousarray(ranks, "<u4").view(np.uint8).reshape(n, 4)
+    keep = np.ones(head.shape, bool)
+    keep[:, 9:] = claimed[:, None]
+    head_len = keep.sum(axis=1)
+    user_len, user_blob = _pack_strings(users)
+    user_len = np.frombuffer(user_len, "<u4").astype(np.int64)
+    lengths = head_len + user_len
+    starts = np.cumsum(lengths) - lengths
+    out = np.empty(int(lengths.sum()), np.uint8)
+    out[(starts[:, None] + np.arange(head.shape[1]))[keep]] = head[keep]
+    # each user's bytes after its head: its offset in the blob moved to its row's place
+    shift = starts + head_len - (np.cumsum(user_len) - user_len)
+    out[np.repeat(shift, user_len) + np.arange(len(user_blob))] = np.frombuffer(user_blob, np.uint8)
+    return lengths.astype("<u4").tobytes(), out.tobytes()
 
 
 def claim_token() -> bytes:
@@ -611,9 +644,9 @@ class RedisStateStore(StateStore):
 
         def identities(rows: np.ndarray) -> tuple[list, list]:
             return [shard_key(rp, int(id_shards[rows[0]]))], [
-                rp, self.replay_ttl_s, len(rows), *_pack_strings(ids[rows]), given[rows].tobytes(),
-                id_shards[rows].tobytes(), fps[rows].tobytes(), *_pack_strings(users[rows]), int(Verdict.CONFLICT),
-                _CLAIMED, int(Verdict.OK), code_shards[rows].tobytes(), token, ranks[rows].tobytes()]
+                rp, self.replay_ttl_s, len(rows), *_pack_strings(ids[rows]), id_shards[rows].tobytes(),
+                *_new_identities(given[rows], code_shards[rows], fps[rows], token, ranks[rows], users[rows]),
+                int(Verdict.CONFLICT), _CLAIMED]
 
         out = np.empty(n, np.uint8)
         refs = np.empty((n, _REF_BYTES), np.uint8)
