@@ -744,10 +744,11 @@ class RedisStateStore(StateStore):
         def grant(rows: np.ndarray) -> tuple[list, list]:
             used, index = np.unique(campaign[rows], return_inverse=True)
             ids = [self._campaign_ids[c] for c in used.tolist()]
+            drew = rows[tier[rows] >= 0]  # the rest only ask whether their code won before
             return [self._campaign_key(ids[0])], [
                 self._pre, len(rows), len(ids), index.reshape(-1).astype("<u4").tobytes(), identity[rows].tobytes(),
-                *_pack_strings(users[rows]), day[rows].tobytes(), tier[rows].tobytes(), cents[rows].tobytes(),
-                *_pack_strings(guides[rows]), commission[rows].tobytes(),
+                *_pack_strings(users[drew]), day[drew].tobytes(), tier[rows].tobytes(), cents[drew].tobytes(),
+                *_pack_strings(guides[drew]), commission[drew].tobytes(),
                 int(DrawStatus.WON), int(DrawStatus.NO_PRIZE), int(DrawStatus.OUT_OF_STOCK), int(DrawStatus.BUDGET),
                 int(DrawStatus.CAP), *ids]
 
