@@ -28,6 +28,7 @@ subscriber whichever node publishes them.
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import hmac
 import time
@@ -40,7 +41,7 @@ import orjson
 
 from scanstream.engine import outcomes
 from scanstream.engine.state import state_keys
-from scanstream.engine.state.redis_lua import LUA_PRELUDE, SHARD_TAGS, SHARDS
+from scanstream.engine.state.redis_lua import LUA_PRELUDE, SHARD_TAGS, SHARDS, pack_pairs, pack_strings
 
 #: The span of one reply hash, s.  Long enough that a wait reads two or three hashes, short
 #: enough that an outcome outlives its ``result_ttl_s`` by at most this much.  Writers and readers
@@ -67,59 +68,68 @@ LIVE_SWEEP_S = 2.0
 LOOKBACK_S = 60.0
 #: Hex digits of a poll key (``poll_key``): 128 bits, so that no key is found by trying.
 POLL_KEY_HEX = 32
-#: Fields per HMGET or HSET inside the script: Lua's stack takes a few thousand values.
-_SLICE = 1000
+#: Rows per HMGET and HSET inside the push script, and per unpacking of their strings: struct
+#: unpacks a slice onto Lua's stack, which takes a few thousand values, and slices of 100 were
+#: the fastest (a fifth faster than 1 000 in ``bench_state_calls``).
+_SLICE = 100
 
-#: ARGV: key prefix (``P rh:``), TTL, n, scan_id lengths (uint32), scan_ids, outcome lengths
-#: (uint32), outcomes, the notice channel (``notice_channel``), each scan_id's shard (one byte),
-#: ``REPLY_EPOCH_S``.  Per shard: one HMGET of the chunk's scan_ids in this minute's hash (a
-#: resent scan_id already has a field there, to which its outcome is appended), one HSET of every
-#: field, one EXPIREAT.  Then one notice on the channel: n (uint32) and the chunk's packed
-#: scan_ids, which wakes the gateways waiting for any of them (``ReplyWatcher``); with nobody
-#: subscribed it costs next to nothing.  Arrays travel packed, as in the state store's scripts:
-#: an argument per key and value cost the worker more Python time (command packing) than the
-#: whole pipeline.
+#: ARGV: key prefix (``P rh:``), TTL, n, the notice (n as uint32, the scan_ids' uint32 lengths,
+#: the scan_ids), the notice channel (``notice_channel``), the runs of rows of one shard (per run
+#: its shard, one byte, and its number of rows, uint32), ``REPLY_EPOCH_S``, the scan_ids and the
+#: pairs scan_id, outcome, both in run order and each string after its length (``pack_strings``),
+#: and per row in run order one byte, 1 where its scan_id comes more than once in the call.
+#: Per run (a shard's rows): one HMGET of its scan_ids in this minute's hash per slice, one HSET
+#: of the slice's pairs straight from their unpacking, then, for the scan_ids that held outcomes
+#: (a resend) or come twice, one HSET each of what they held and their new outcomes appended in
+#: row order; one EXPIREAT.  Then the notice, which wakes the gateways waiting for any of the
+#: scan_ids (``ReplyWatcher``); with nobody subscribed it costs next to nothing.  The strings
+#: travel packed and are unpacked by struct in C: a Lua step per row (``string.sub``, building
+#: the HSET's arguments) was most of the script's time, and an argument per string cost the
+#: worker's command packing more than the script saved.
 _PUSH_LUA = LUA_PRELUDE + r"""
-local pre, ttl, n, span = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[10])
-local ids, lines = strings(ARGV[4], ARGV[5], n), strings(ARGV[6], ARGV[7], n)
+local pre, ttl, n, span = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[7])
+local runs, id_blob, pair_blob, twice = ARGV[6], ARGV[8], ARGV[9], ARGV[10]
 local epoch = math.floor(tonumber(redis.call('TIME')[1]) / span)
-local rows_of = {}
-for i = 1, n do
-  local s = string.byte(ARGV[9], i)
-  local r = rows_of[s]
-  if r == nil then r = {}; rows_of[s] = r end
-  r[#r + 1] = i
-end
-for s, rows in pairs(rows_of) do
+local ipos, ppos, row = 1, 1, 0
+for r = 1, #runs / 5 do
+  local s, count = struct.unpack('<BI4', runs, 5 * r - 4)
   local key = shard_key(pre, s) .. ':' .. epoch
-  local value, order = {}, {}
-  for a = 1, #rows, """ + str(_SLICE) + r""" do
-    local fields = {}
-    for j = a, math.min(a + """ + str(_SLICE - 1) + r""", #rows) do fields[#fields + 1] = ids[rows[j]] end
-    local held = redis.call('HMGET', key, unpack(fields))
-    for j = 1, #fields do
-      if held[j] and value[fields[j]] == nil then value[fields[j]] = held[j] end
+  -- every HMGET before any HSET: what each scan_id held before this call
+  local old, mark = {}, {}
+  for done = 0, count - 1, """ + str(_SLICE) + r""" do
+    local k = math.min(count - done, """ + str(_SLICE) + r""")
+    local ids = unpack_strings(id_blob, ipos, k)
+    ipos = ids[k + 1]
+    local held = redis.call('HMGET', key, unpack(ids, 1, k))
+    for j = 1, k do
+      if held[j] or string.byte(twice, row + done + j) == 1 then
+        mark[done + j] = true
+        if old[ids[j]] == nil then old[ids[j]] = held[j] or false end
+      end
     end
   end
-  local listed = {}
-  for _, i in ipairs(rows) do
-    local id = ids[i]
-    local old = value[id]
-    if not listed[id] then listed[id] = true; order[#order + 1] = id end
-    if old == nil then value[id] = lines[i] else value[id] = old .. '\n' .. lines[i] end
-  end
-  for a = 1, #order, """ + str(_SLICE) + r""" do
-    local args = {}
-    for j = a, math.min(a + """ + str(_SLICE - 1) + r""", #order) do
-      args[#args + 1] = order[j]
-      args[#args + 1] = value[order[j]]
+  local joined = {}
+  for done = 0, count - 1, """ + str(_SLICE) + r""" do
+    local k = math.min(count - done, """ + str(_SLICE) + r""")
+    local pairs_ = unpack_strings(pair_blob, ppos, 2 * k)
+    ppos = pairs_[2 * k + 1]
+    redis.call('HSET', key, unpack(pairs_, 1, 2 * k))
+    if next(mark) ~= nil then
+      for j = 1, k do
+        if mark[done + j] then
+          local id, line = pairs_[2 * j - 1], pairs_[2 * j]
+          local v = joined[id] or old[id]
+          if v then joined[id] = v .. '\n' .. line else joined[id] = line end
+        end
+      end
     end
-    redis.call('HSET', key, unpack(args))
   end
+  for id, v in pairs(joined) do redis.call('HSET', key, id, v) end
   redis.call('EXPIREAT', key, (epoch + 1) * span + ttl)
+  row = row + count
 end
 -- the notice: after the writes, in the same call, so a gateway woken by it finds the outcomes
-redis.call('PUBLISH', ARGV[8], struct.pack('<I4', n) .. ARGV[4] .. ARGV[5])
+redis.call('PUBLISH', ARGV[5], ARGV[4])
 return n
 """
 
@@ -263,9 +273,10 @@ async def read_async(trips: RoundTrips, prefix: str, scan_ids: Sequence[str | by
     return plan.held(answers)
 
 
-def _packed(values: Sequence[bytes]) -> tuple[bytes, bytes]:
-    lens = np.fromiter(map(len, values), np.uint32, len(values)).astype("<u4")
-    return lens.tobytes(), b"".join(values)
+def _notice(scan_ids: Sequence[bytes]) -> bytes:
+    """A notice of ``scan_ids`` (``notice_ids`` reads it): their number, their uint32 lengths, them."""
+    lens = np.fromiter(map(len, scan_ids), np.uint32, len(scan_ids)).astype("<u4")
+    return len(scan_ids).to_bytes(4, "little") + lens.tobytes() + b"".join(scan_ids)
 
 
 class ReplyWriter:
@@ -293,12 +304,22 @@ class ReplyWriter:
                   else [np.arange(len(lines))])
         for rows in groups:
             for a in range(0, len(rows), REPLY_CHUNK):
-                part = rows[a:a + REPLY_CHUNK].tolist()
-                ids = [scan_ids[i].encode("utf-8", "surrogatepass") for i in part]
+                part = rows[a:a + REPLY_CHUNK]
+                # the script takes a shard's rows together, in row order within it
+                order = part[np.argsort(shards[part], kind="stable")]
+                run_shards, counts = np.unique(shards[order], return_counts=True)
+                runs = np.zeros(len(counts), [("shard", "u1"), ("count", "<u4")])
+                runs["shard"], runs["count"] = run_shards, counts
+                ids = [scan_ids[i].encode("utf-8", "surrogatepass") for i in order.tolist()]
+                sorted_lines = [lines[i] for i in order.tolist()]
+                twice = np.zeros(len(ids), np.uint8)
+                if len(set(ids)) < len(ids):  # a scan_id twice in one chunk: rare, so counted only then
+                    seen = collections.Counter(ids)
+                    twice = np.fromiter((seen[i] > 1 for i in ids), np.uint8, len(ids))
                 routing = [reply_hash(self.prefix, int(shards[part[0]]), 0)]  # where a Cluster runs the call
-                self._push(keys=routing, args=[pre, self.ttl_s, len(part), *_packed(ids),
-                                               *_packed([lines[i] for i in part]), self.channel,
-                                               shards[part].tobytes(), REPLY_EPOCH_S])
+                self._push(keys=routing, args=[pre, self.ttl_s, len(part), _notice(ids), self.channel,
+                                               runs.tobytes(), REPLY_EPOCH_S, pack_strings(ids),
+                                               pack_pairs(ids, sorted_lines), twice.tobytes()])
         return len(lines)
 
     def push_outcomes(self, scans: outcomes.Columns) -> int:

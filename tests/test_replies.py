@@ -69,6 +69,28 @@ def test_a_resent_scan_id_keeps_every_outcome_in_order(redis_deployment, redis_p
     client.close()
 
 
+def test_a_scan_id_repeated_across_the_scripts_slices_keeps_every_outcome(redis_deployment, redis_prefix):
+    """The push script writes a shard's outcomes a slice at a time (``replies._SLICE``) straight
+    from their unpacking: a scan_id that already held an outcome, and comes again in a later
+    slice of the same call, must still end with every outcome in row order, whatever slice its
+    rows fall in; its neighbours keep exactly their own."""
+    client = _client(redis_deployment)
+    writer = ReplyWriter(client, redis_prefix, 60)
+    writer.push(["hot"], [_line("hot", "ok")])
+    shard = int(reply_shards(["hot"])[0])
+    # enough scan_ids of the same shard that "hot" comes in its first, middle and last slice
+    same = [s for s in (f"n-{i}" for i in range(40 * replies._SLICE)) if int(reply_shards([s])[0]) == shard]
+    same = same[:3 * replies._SLICE]
+    ids = ["hot"] + same[:replies._SLICE] + ["hot"] + same[replies._SLICE:] + ["hot"]
+    verdicts = {0: "conflict", replies._SLICE + 1: "replay", len(ids) - 1: "conflict"}
+    writer.push(ids, [_line(s, verdicts.get(i, "ok"), f"u{i}") for i, s in enumerate(ids)])
+    got = read_replies(client, redis_prefix, ["hot", *same], _now_epochs())
+    assert [orjson.loads(x)["verdict"] for x in replies.fresh(got[0], {})] == ["ok", "conflict", "replay", "conflict"]
+    assert [[orjson.loads(x)["user_id"] for x in replies.fresh(h, {})] for h in got[1:]] == \
+        [[f"u{ids.index(s)}"] for s in same]
+    client.close()
+
+
 def test_a_typed_newline_cannot_split_an_outcome(redis_deployment, redis_prefix):
     """Outcomes of one scan_id are joined by a newline: a user_id or scan_id holding one must come
     back escaped inside its line, not as a forged second outcome."""
@@ -84,7 +106,7 @@ def test_a_typed_newline_cannot_split_an_outcome(redis_deployment, redis_prefix)
 
 
 def test_a_chunk_spans_every_shard_and_more_fields_than_one_command_takes(redis_deployment, redis_prefix):
-    """More scan_ids than the script's slices (1 000) and than one call's chunk, across all 16
+    """More scan_ids than the script's slices (100) and than one call's chunk, across all 16
     shards: each scan_id holds exactly its own line, in one hash per shard and minute."""
     client = _client(redis_deployment)
     n = REPLY_CHUNK + 1500
