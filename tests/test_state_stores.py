@@ -35,7 +35,7 @@ from scanstream.engine.state.memory import MemoryStateStore
 from scanstream.engine.state import StateUnavailable
 from scanstream.engine.state.redis import (CHUNK_BYTES, CHUNK_SERIALS, OldStateLayout, RedisStateStore, chunk_shards,
                                           good_length)
-from scanstream.engine.state.redis_lua import SHARD_TAGS, shard_key
+from scanstream.engine.state.redis_lua import LUA_PRELUDE, SHARD_TAGS, pack_strings, shard_key
 from redis.crc import key_slot
 from scanstream.engine.verdicts import Verdict
 
@@ -928,15 +928,21 @@ def test_identities_built_by_the_caller_are_what_the_script_would_have_stored():
     ranks = rng.integers(0, 2**32 - 1, n, dtype=np.uint64).astype("<u4")
     users = np.array([["", "用户", "u\udc80", "x" * 300][i % 4] + str(i) * (i % 2) for i in range(n)], object)
     token = bytes(range(1, 9))
-    lengths, blob = _new_identities(given, code_shards, fps, token, ranks, users)
-    ends = np.cumsum(np.frombuffer(lengths, "<u4"))
-    assert ends[-1] == len(blob)
-    for i in range(n):
-        ref = token + int(ranks[i]).to_bytes(4, "little") if given[i] == OK else b""
-        mark = 0x40 + int(code_shards[i]) if given[i] == OK else int(given[i])
-        start = ends[i - 1] if i else 0
-        assert blob[start:ends[i]] == pack_answer(mark, int(fps[i]), users[i], ref), i
-    assert _new_identities(given[:0], code_shards[:0], fps[:0], token, ranks[:0], users[:0]) == (b"", b"")
+    blob = _new_identities(given, code_shards, fps, token, ranks, users)
+    want = [pack_answer(0x40 + int(code_shards[i]) if given[i] == OK else int(given[i]), int(fps[i]), users[i],
+                        token + int(ranks[i]).to_bytes(4, "little") if given[i] == OK else b"") for i in range(n)]
+    assert blob == pack_strings(want)
+    assert _new_identities(given[:0], code_shards[:0], fps[:0], token, ranks[:0], users[:0]) == b""
+
+
+def test_strings_packed_for_the_scripts_come_back_whole(redis_store):
+    # every script reads its strings with the prelude's strings(): lengths of 0, of a few hundred
+    # bytes and past a slice of 100, bytes of every value, a count not a multiple of the slice
+    values = [b"", b"\x00" * 4, bytes(range(256)), "用户".encode(), b"x" * 70_000] + [b"%d" % i for i in range(250)]
+    script = redis_store.client.register_script(
+        LUA_PRELUDE + "local got = strings(ARGV[1], tonumber(ARGV[2])) return got")
+    assert script(keys=["k"], args=[pack_strings(values), len(values)]) == values
+    assert script(keys=["k"], args=[b"", 0]) == []
 
 
 def test_keys_have_their_ttls(redis_store):

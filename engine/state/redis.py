@@ -127,7 +127,7 @@ from scanstream.engine.state import (BINDING_HISTORY, Bindings, CampaignLimits, 
                                      resolve_guides, state_keys, unit_identities)
 from scanstream.engine.state.redis_lua import (
     BIND_LUA, BLOCKED_LUA, BLOCK_LUA, CODES_LUA, COUNT_LUA, DEFINE_LUA, DISTINCT_LUA, GRANT_LUA, GUIDES_LUA, IDS_LUA,
-    MARK_ONCE_LUA, SHARDS, SPILLED_SET, shard_key)
+    MARK_ONCE_LUA, SHARDS, SPILLED_SET, pack_strings, shard_key)
 from scanstream.engine.urls import redact_url
 from scanstream.engine.verdicts import Verdict
 
@@ -234,16 +234,15 @@ def _utf8(value: Any) -> bytes:
             else str(value).encode())
 
 
-def _pack_strings(values: np.ndarray) -> tuple[bytes, bytes]:
-    """uint32 lengths and the concatenation of ``values`` (str) in UTF-8."""
-    encoded = [_utf8(v) for v in values.tolist()]
-    return np.fromiter(map(len, encoded), np.uint32, len(encoded)).astype("<u4").tobytes(), b"".join(encoded)
+def _pack_texts(values: np.ndarray) -> bytes:
+    """``values`` (str) in UTF-8, packed for the scripts' ``strings`` (``redis_lua.pack_strings``)."""
+    return pack_strings([_utf8(v) for v in values.tolist()])
 
 
-def fresh_sets(members: np.ndarray, present: np.ndarray) -> tuple[bytes, bytes]:
-    """The ``distinct`` fields of flagged rows (``redis_lua.DISTINCT_LUA``), as uint32 lengths and
-    their concatenation: per row its k sets in order, a present member as the size byte 1 and its 8
-    bytes (little-endian), an absent one as the size byte 0.  ``members`` is (rows, k) uint64,
+def fresh_sets(members: np.ndarray, present: np.ndarray) -> bytes:
+    """The ``distinct`` fields of flagged rows (``redis_lua.DISTINCT_LUA``), packed for the script's
+    ``strings``: per row its k sets in order, a present member as the size byte 1 and its 8 bytes
+    (little-endian), an absent one as the size byte 0.  ``members`` is (rows, k) uint64,
     ``present`` (rows, k) of 0/1."""
     rows, k = present.shape
     cells = np.zeros((rows, k, 9), np.uint8)
@@ -251,8 +250,13 @@ def fresh_sets(members: np.ndarray, present: np.ndarray) -> tuple[bytes, bytes]:
     cells[:, :, 1:] = np.ascontiguousarray(members, "<u8").view(np.uint8).reshape(rows, k, 8)
     keep = np.ones((rows, k, 9), bool)
     keep[:, :, 1:] = (present == 1)[:, :, None]
-    lengths = keep.reshape(rows, k * 9).sum(axis=1).astype("<u4")
-    return lengths.tobytes(), cells[keep].tobytes()
+    # each row: its length (uint32), then its kept cells
+    framed = np.zeros((rows, 4 + k * 9), np.uint8)
+    framed[:, :4] = keep.reshape(rows, k * 9).sum(axis=1).astype("<u4").view(np.uint8).reshape(rows, 4)
+    framed[:, 4:] = cells.reshape(rows, k * 9)
+    mask = np.ones(framed.shape, bool)
+    mask[:, 4:] = keep.reshape(rows, k * 9)
+    return framed[mask].tobytes()
 
 
 def _ranks(shards: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -267,11 +271,12 @@ def _ranks(shards: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 
 def _new_identities(given: np.ndarray, code_shards: np.ndarray, fps: np.ndarray, token: bytes,
-                    ranks: np.ndarray, users: np.ndarray) -> tuple[bytes, bytes]:
+                    ranks: np.ndarray, users: np.ndarray) -> bytes:
     """Each row's identity (``engine.state.pack_answer``) were its scan_id new (``redis_lua.IDS_LUA``),
-    packed as ``_pack_strings`` packs: a row at OK gets the mark CLAIMED + its code's shard and its
-    reference (the call's ``token`` and its rank), any other its verdict; then its fingerprint
-    (``fps``, "<u8") and its user.  Built in numpy, without a bytes object per row."""
+    packed for the script's ``strings`` (``redis_lua.pack_strings``): a row at OK gets the mark
+    CLAIMED + its code's shard and its reference (the call's ``token`` and its rank), any other
+    its verdict; then its fingerprint (``fps``, "<u8") and its user.  Built in numpy, without a
+    bytes object per row."""
     n = len(given)
     claimed = given == Verdict.OK
     head = np.zeros((n, 1 + 8 + _REF_BYTES), np.uint8)
@@ -282,16 +287,18 @@ def _new_identities(given: np.ndarray, code_shards: np.ndarray, fps: np.ndarray,
     keep = np.ones(head.shape, bool)
     keep[:, 9:] = claimed[:, None]
     head_len = keep.sum(axis=1)
-    user_len, user_blob = _pack_strings(users)
-    user_len = np.frombuffer(user_len, "<u4").astype(np.int64)
+    encoded = [_utf8(u) for u in users.tolist()]
+    user_len = np.fromiter(map(len, encoded), np.int64, n)
+    user_blob = np.frombuffer(b"".join(encoded), np.uint8)
     lengths = head_len + user_len
-    starts = np.cumsum(lengths) - lengths
-    out = np.empty(int(lengths.sum()), np.uint8)
+    starts = np.cumsum(lengths + 4) - lengths  # where each identity's head goes, after its length
+    out = np.empty(int(lengths.sum()) + 4 * n, np.uint8)
+    out[(starts[:, None] + np.arange(-4, 0)).reshape(-1)] = lengths.astype("<u4").view(np.uint8)
     out[(starts[:, None] + np.arange(head.shape[1]))[keep]] = head[keep]
     # each user's bytes after its head: its offset in the blob moved to its row's place
     shift = starts + head_len - (np.cumsum(user_len) - user_len)
-    out[np.repeat(shift, user_len) + np.arange(len(user_blob))] = np.frombuffer(user_blob, np.uint8)
-    return lengths.astype("<u4").tobytes(), out.tobytes()
+    out[np.repeat(shift, user_len) + np.arange(len(user_blob))] = user_blob
+    return out.tobytes()
 
 
 def claim_token() -> bytes:
@@ -644,8 +651,8 @@ class RedisStateStore(StateStore):
 
         def identities(rows: np.ndarray) -> tuple[list, list]:
             return [shard_key(rp, int(id_shards[rows[0]]))], [
-                rp, self.replay_ttl_s, len(rows), *_pack_strings(ids[rows]), id_shards[rows].tobytes(),
-                *_new_identities(given[rows], code_shards[rows], fps[rows], token, ranks[rows], users[rows]),
+                rp, self.replay_ttl_s, len(rows), _pack_texts(ids[rows]), id_shards[rows].tobytes(),
+                _new_identities(given[rows], code_shards[rows], fps[rows], token, ranks[rows], users[rows]),
                 int(Verdict.CONFLICT), _CLAIMED]
 
         out = np.empty(n, np.uint8)
@@ -747,8 +754,8 @@ class RedisStateStore(StateStore):
             drew = rows[tier[rows] >= 0]  # the rest only ask whether their code won before
             return [self._campaign_key(ids[0])], [
                 self._pre, len(rows), len(ids), index.reshape(-1).astype("<u4").tobytes(), identity[rows].tobytes(),
-                *_pack_strings(users[drew]), day[drew].tobytes(), tier[rows].tobytes(), cents[drew].tobytes(),
-                *_pack_strings(guides[drew]), commission[drew].tobytes(),
+                _pack_texts(users[drew]), day[drew].tobytes(), tier[rows].tobytes(), cents[drew].tobytes(),
+                _pack_texts(guides[drew]), commission[drew].tobytes(),
                 int(DrawStatus.WON), int(DrawStatus.NO_PRIZE), int(DrawStatus.OUT_OF_STOCK), int(DrawStatus.BUDGET),
                 int(DrawStatus.CAP), *ids]
 
@@ -800,7 +807,7 @@ class RedisStateStore(StateStore):
         uniq, shard, index = _by_bucket(unit_identities(code, serial), key_shards(fold(code, serial)))
         guide = np.asarray(guide, dtype=object)
         raw = self._keyed(self._guides, self._pre + b"gd:", uniq, uniq.dtype.itemsize, shard, index,
-                          np.nonzero(guide != "")[0], lambda rows: [*_pack_strings(guide[rows])])
+                          np.nonzero(guide != "")[0], lambda rows: [_pack_texts(guide[rows])])
         return resolve_guides(index, [v.decode("utf-8", "surrogatepass") for v in raw], guide)[0]
 
     # -- bindings --------------------------------------------------------------------------
@@ -814,7 +821,7 @@ class RedisStateStore(StateStore):
         uniq, shard, index = _by_bucket(keys, key_shards(keys))
         raw = self._keyed(self._bind, self._pre + b"bn:", uniq.astype("<u8"), 8, shard, index,
                           np.nonzero(dealer != "")[0],
-                          lambda rows: [ts[rows].astype("<i8").tobytes(), *_pack_strings(dealer[rows]), BINDING_HISTORY])
+                          lambda rows: [ts[rows].astype("<i8").tobytes(), _pack_texts(dealer[rows]), BINDING_HISTORY])
         before = {k: _history(v) for k, v in zip(uniq.tolist(), raw) if v}
         return resolve_bindings(keys, before, ts, dealer)[0]
 
@@ -860,7 +867,7 @@ class RedisStateStore(StateStore):
                 return [shard_key(self._pre + b"wd:", int(shards[rows[0]]))], [
                     self._pre, max(int(ttl_s), 1), _keys_blob(keys[rows]), packed[rows].tobytes(),
                     flags[rows].tobytes(), PACKED_MEMBERS, k, has[rows].tobytes(), len(started),
-                    *fresh_sets(members[started], has[started])]
+                    fresh_sets(members[started], has[started])]
 
             for rows, reply in self._sharded(self._distinct, shards, call):
                 out[rows] = np.frombuffer(reply, "<i8").reshape(len(rows), k)

@@ -176,11 +176,15 @@ end
 -- {s1, ..., sk, the position after them}; k at most a few hundred (Lua's stack)
 local function unpack_strings(blob, pos, k) return {struct.unpack(strings_format(k), blob, pos)} end
 
-local function strings(lens_blob, blob, n)
-  local lens, out, pos = ints(lens_blob, 'I4', n), {}, 1
-  for i = 1, n do
-    out[i] = string.sub(blob, pos, pos + lens[i] - 1)
-    pos = pos + lens[i]
+-- the n strings of blob, each after its uint32 length (``pack_strings``)
+local function strings(blob, n)
+  local out, pos, done = {}, 1, 0
+  while done < n do
+    local k = math.min(n - done, 100)
+    local vals = unpack_strings(blob, pos, k)
+    for j = 1, k do out[done + j] = vals[j] end
+    pos = vals[k + 1]
+    done = done + k
   end
   return out
 end
@@ -228,8 +232,8 @@ def pack_pairs(keys: list[bytes], values: list[bytes]) -> bytes:
 #: kept between one and two TTLs.
 #:
 #: IDS_LUA.  KEYS[1]: a key in the rows' shard (routing only).  ARGV: identity prefix
-#: (``P rp:``), TTL, n, scan_id lengths (uint32) + scan_ids, each row's shard (one byte), each
-#: row's identity were its scan_id new (lengths + identities), CONFLICT, CLAIMED.  An identity is
+#: (``P rp:``), TTL, n, the scan_ids, each row's shard (one byte), each row's identity were its
+#: scan_id new, CONFLICT, CLAIMED (strings as ``pack_strings`` packs them).  An identity is
 #: ``engine.state.pack_answer``: verdict (or CLAIMED + code shard), fingerprint, for a CLAIMED
 #: mark its reference (token, rank as uint32), first user.  The caller builds each row's (it
 #: knows all of it: the given verdict, the code's shard, the call's token and the row's rank);
@@ -239,11 +243,11 @@ def pack_pairs(keys: list[bytes], values: list[bytes]) -> bytes:
 #: known with the same event; 12 bytes per row: the reference of a CLAIMED row (zeros for the
 #: others); the first user of each CONFLICT row ...}.
 IDS_LUA = LUA_PRELUDE + r"""
-local CONFLICT, CLAIMED = tonumber(ARGV[9]), tonumber(ARGV[10])
+local CONFLICT, CLAIMED = tonumber(ARGV[7]), tonumber(ARGV[8])
 local rp, ttl, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local ids = strings(ARGV[4], ARGV[5], n)
-local shard = bytes(ARGV[6])
-local mine = strings(ARGV[7], ARGV[8], n)
+local ids = strings(ARGV[4], n)
+local shard = bytes(ARGV[5])
+local mine = strings(ARGV[6], n)
 local NOREF = string.rep('\0', 12)
 local now = redis.call('TIME')
 local epoch = math.floor(tonumber(now[1]) / ttl)
@@ -419,8 +423,8 @@ return 1
 #: Outbound bindings.  KEYS[1]: a key in the keys' shard (routing only).  ARGV: the shard hash
 #: prefix (``P bn:``), number of distinct keys k, the keys (8 bytes each, grouped by shard), each
 #: key's shard (one byte), number of writes w, per
-#: write in row order its key (uint32 index, 0-based), ts (int64), dealer lengths (uint32) and
-#: dealer ids, and the history kept per key.  A key's value is its history, entries of ts (int64),
+#: write in row order its key (uint32 index, 0-based), ts (int64), dealer ids (``pack_strings``),
+#: and the history kept per key.  A key's value is its history, entries of ts (int64),
 #: dealer length (uint16) and dealer id, sorted by ts.  The writes are merged as
 #: ``engine.state.merge_binding`` does; the answer is every key's value before the batch
 #: (lengths as uint32, then the values), from which ``engine.state.resolve_bindings`` answers the
@@ -430,8 +434,8 @@ local pre, k = ARGV[1], tonumber(ARGV[2])
 local kb, bucket = ARGV[3], bytes(ARGV[4])
 local w = tonumber(ARGV[5])
 local widx, wts = ints(ARGV[6], 'I4', w), ints(ARGV[7], 'i8', w)
-local wdealer = strings(ARGV[8], ARGV[9], w)
-local keep = tonumber(ARGV[10])
+local wdealer = strings(ARGV[8], w)
+local keep = tonumber(ARGV[9])
 local fields = {}
 for i = 1, k do fields[i] = string.sub(kb, 8 * i - 7, 8 * i) end
 local vals = hmget_buckets(pre, fields, bucket, k)
@@ -468,7 +472,7 @@ return {pack_ints('I4', lens), table.concat(vals)}
 #: Guides of units.  KEYS[1]: a key in the units' shard (routing only).  ARGV: the shard hash
 #: prefix (``P gd:``), number of distinct units k, their identities (12 bytes each,
 #: ``engine.state.unit_identities``, grouped by shard), each unit's shard (one byte), number of sales w, per sale in row order its unit (uint32 index, 0-based),
-#: guide lengths (uint32) and guide ids.  A sale makes its guide the unit's guide unless the unit
+#: guide ids (``pack_strings``).  A sale makes its guide the unit's guide unless the unit
 #: has one.  The answer is every unit's guide before the batch (lengths as uint32, then the ids),
 #: from which ``engine.state.resolve_guides`` answers the rows.
 GUIDES_LUA = LUA_PRELUDE + r"""
@@ -476,7 +480,7 @@ local pre, k = ARGV[1], tonumber(ARGV[2])
 local ib, bucket = ARGV[3], bytes(ARGV[4])
 local w = tonumber(ARGV[5])
 local widx = ints(ARGV[6], 'I4', w)
-local wguide = strings(ARGV[7], ARGV[8], w)
+local wguide = strings(ARGV[7], w)
 local fields = {}
 for i = 1, k do fields[i] = string.sub(ib, 12 * i - 11, 12 * i) end
 local vals = hmget_buckets(pre, fields, bucket, k)
@@ -494,8 +498,8 @@ return {pack_ints('I4', lens), table.concat(vals)}
 """
 
 #: ARGV: prefix, n, number of campaigns m, campaign (uint32 index into the m ids), code
-#: identities (12 bytes each), user_id lengths (uint32), user_ids, day (int64), tier (int16),
-#: cents (int64), guide lengths (uint32), guides, commission (int64), where tier and the rows'
+#: identities (12 bytes each), user_ids (``pack_strings``), day (int64), tier (int16), cents
+#: (int64), guides (``pack_strings``), commission (int64), where tier and the rows'
 #: campaigns and identities are given for every request and the rest only for those that drew a
 #: tier (tier >= 0), in order (unpacking every request's cost a third of the script's time while
 #: about a quarter draw a prize), the DrawStatus codes WON
@@ -504,18 +508,18 @@ return {pack_ints('I4', lens), table.concat(vals)}
 #: Returns 19 bytes per request: status (uint8), tier (int16), cents (int64), commission (int64).
 GRANT_LUA = LUA_PRELUDE + r"""
 local WON, NO_PRIZE, OUT_OF_STOCK, BUDGET, CAP =
-  tonumber(ARGV[14]), tonumber(ARGV[15]), tonumber(ARGV[16]), tonumber(ARGV[17]), tonumber(ARGV[18])
+  tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14]), tonumber(ARGV[15]), tonumber(ARGV[16])
 local pre, n, m = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local camp, tier = ints(ARGV[4], 'I4', n), ints(ARGV[9], 'h', n)
+local camp, tier = ints(ARGV[4], 'I4', n), ints(ARGV[8], 'h', n)
 local drew = 0
 for i = 1, n do if tier[i] >= 0 then drew = drew + 1 end end
 -- the draws' own columns: x-th for the x-th request with a tier
-local users = strings(ARGV[6], ARGV[7], drew)
-local day, cents = ints(ARGV[8], 'i8', drew), ints(ARGV[10], 'i8', drew)
-local guides, commission = strings(ARGV[11], ARGV[12], drew), ints(ARGV[13], 'i8', drew)
+local users = strings(ARGV[6], drew)
+local day, cents = ints(ARGV[7], 'i8', drew), ints(ARGV[9], 'i8', drew)
+local guides, commission = strings(ARGV[10], drew), ints(ARGV[11], 'i8', drew)
 local C = {}
 for c = 1, m do
-  local id = ARGV[18 + c]
+  local id = ARGV[16 + c]
   local base = pre .. 'cp:{' .. id .. '}'
   local h = redis.call('HGETALL', base)
   if #h == 0 then return redis.error_reply('campaign ' .. id .. ' is not defined in the state store') end
@@ -644,7 +648,7 @@ return pack_ints('i8', out)
 #: (8 bytes each), members (8 bytes each, k per row, row by row), one byte per row (1 where the
 #: caller flags the key as new), the most members kept packed per set (a constant of the store,
 #: passed as ARGV), k, one byte per member (1 where it is present), then the number of flagged
-#: rows, their fields' lengths (uint32) and their fields, in row order: a flagged row's field is
+#: rows and their fields (``pack_strings``), in row order: a flagged row's field is
 #: its present members, one set each, built by the caller (``redis.fresh_sets``) because in Lua
 #: it cost a third of the script's time.
 #: A key's k sets live as one field of a shard hash, ``P wd:{<tag of its key's first byte % SHARDS>}:<epoch>``
@@ -663,7 +667,7 @@ SPILLED_SET = 255
 DISTINCT_LUA = LUA_PRELUDE + f"local SPILLED = {SPILLED_SET}\n" + r"""
 local pre, ttl, blob, members = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local flagged, spill, k, present = bytes(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), bytes(ARGV[8])
-local starts = strings(ARGV[10], ARGV[11], tonumber(ARGV[9]))
+local starts = strings(ARGV[10], tonumber(ARGV[9]))
 local now = redis.call('TIME')
 local epoch = math.floor(tonumber(now[1]) / ttl)
 local n = #blob / 8
