@@ -11,7 +11,7 @@ resent scan_id's outcome is appended to the field of the minute it comes in.  A 
 ``result_ttl_s`` after its minute ends, so an outcome is kept between one TTL and one TTL plus a
 minute.  A field in a large hash costs about a third of what a list key per scan_id with its own
 TTL cost (a key, a list, an expiry entry, and an RPUSH and an EXPIRE of server time each), and
-one HSET per shard writes a whole chunk.
+one HSET per shard and slice of ``_SLICE`` writes a chunk's fields.
 
 The writes of a batch go in one Lua script call per ``REPLY_CHUNK`` outcomes (``_PUSH_LUA``),
 which then publishes a notice of the chunk's scan_ids; the outcome lines are written by
