@@ -150,7 +150,11 @@ def race_scenario(root: Path, bootstrap: str, redis_url: str, sc_: Scale, *, see
     """Test 2: two workers in one group; the second joins mid-stream, later the first is stopped.
     ``cluster``: ``redis_url`` is a node of a Redis Cluster."""
     tenants = [TenantSpec(7, new_key(), key_id=0, via="hex", name="Race Brewery")]
-    campaigns = [stocked_campaign("race-campaign", 7, sc_.race_scans, via="seed")]
+    # draws fixed by the scenario's seed, as the outage scenario's: with a random one the budget
+    # ran out before any tier now and then (once in a CI run on a Cluster: every tier at 93-97 %
+    # of its stock), and the run then proved nothing about exhaustion
+    draw_seed = "seed-" + hashlib.sha256(f"race-{seed}".encode()).hexdigest()[:32]
+    campaigns = [stocked_campaign("race-campaign", 7, sc_.race_scans, via="seed", seed=draw_seed)]
     sc = Scenario(root, bootstrap, redis_url, label="race", tenants=tenants, campaigns=campaigns, take=4,
                   per_envelope=40, cluster=cluster)
     try:
