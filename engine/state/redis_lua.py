@@ -130,13 +130,13 @@ local function lookup(pre, ids, shard, n, epoch)
   end
   for s, rows in pairs(rows_of) do
     for e = epoch, epoch - 1, -1 do
-      local ask = {}
+      local ask, m = {}, 0
       for _, i in ipairs(rows) do
-        if stored[i] == nil then ask[#ask + 1] = i end
+        if stored[i] == nil then m = m + 1; ask[m] = i end
       end
-      for a = 1, #ask, 1000 do
+      for a = 1, m, 1000 do
         local fields = {}
-        for j = a, math.min(a + 999, #ask) do fields[#fields + 1] = ids[ask[j]] end
+        for j = a, math.min(a + 999, m) do fields[j - a + 1] = ids[ask[j]] end
         local vals = redis.call('HMGET', shard_key(pre, s) .. ':' .. e, unpack(fields))
         for j = 1, #fields do
           if vals[j] then stored[ask[a + j - 1]] = vals[j] end
@@ -147,19 +147,20 @@ local function lookup(pre, ids, shard, n, epoch)
   return stored
 end
 
--- queue field = value for the epoch hash of shard s; store() writes the queue
+-- queue field = value for the epoch hash of shard s; store() writes the queue.  A queue counts
+-- its length (n): Lua 5.1 finds #t by a binary search, which a row's appends paid twice.
 local function add_write(writes, s, field, value)
   local w = writes[s]
-  if w == nil then w = {}; writes[s] = w end
-  w[#w + 1] = field
-  w[#w + 1] = value
+  if w == nil then w = {n = 0}; writes[s] = w end
+  local n = w.n
+  w[n + 1], w[n + 2], w.n = field, value, n + 2
 end
 
 -- one HSET per shard into this epoch's hash, which expires at the end of the next epoch
 local function store(pre, writes, epoch, ttl)
   for s, w in pairs(writes) do
     local key = shard_key(pre, s) .. ':' .. epoch
-    for a = 1, #w, 1000 do redis.call('HSET', key, unpack(w, a, math.min(a + 999, #w))) end
+    for a = 1, w.n, 1000 do redis.call('HSET', key, unpack(w, a, math.min(a + 999, w.n))) end
     redis.call('EXPIREAT', key, (epoch + 2) * ttl)
   end
 end
@@ -366,12 +367,10 @@ for i = 1, n do
 end
 for c, rows in pairs(ops) do
   for a = 1, #rows, 500 do
-    local args = {}
+    local args, x = {}, 0
     for j = a, math.min(a + 499, #rows) do
-      args[#args + 1] = 'SET'
-      args[#args + 1] = 'u1'
-      args[#args + 1] = offset[rows[j]]
-      args[#args + 1] = 1
+      args[x + 1], args[x + 2], args[x + 3], args[x + 4] = 'SET', 'u1', offset[rows[j]], '1'
+      x = x + 4
     end
     local old = redis.call('BITFIELD', KEYS[c], unpack(args))
     for j = 1, #old do
@@ -774,9 +773,9 @@ local writes = {}
 local function write(e, kk, value)
   local home = bucket(e, string.byte(kk, 1) % SHARDS)
   local w = writes[home]
-  if w == nil then w = {expiry = (e + 2) * ttl}; writes[home] = w end
-  w[#w + 1] = kk
-  w[#w + 1] = value
+  if w == nil then w = {expiry = (e + 2) * ttl, n = 0}; writes[home] = w end
+  local n = w.n
+  w[n + 1], w[n + 2], w.n = kk, value, n + 2
   return w.expiry
 end
 for kk, value in pairs(fresh) do write(epoch, kk, value) end
@@ -809,7 +808,7 @@ for kk, h in pairs(held) do
   end
 end
 for home, w in pairs(writes) do
-  for a = 1, #w, 1000 do redis.call('HSET', home, unpack(w, a, math.min(a + 999, #w))) end
+  for a = 1, w.n, 1000 do redis.call('HSET', home, unpack(w, a, math.min(a + 999, w.n))) end
   redis.call('EXPIREAT', home, w.expiry)
 end
 return pack_ints('i8', out)
