@@ -41,7 +41,7 @@ import orjson
 
 from scanstream.engine import outcomes
 from scanstream.engine.state import state_keys
-from scanstream.engine.state.redis_lua import LUA_PRELUDE, SHARD_TAGS, SHARDS, pack_pairs, pack_strings
+from scanstream.engine.state.redis_lua import LUA_PRELUDE, SHARD_TAGS, SHARDS, pack_pairs
 
 #: The span of one reply hash, s.  Long enough that a wait reads two or three hashes, short
 #: enough that an outcome outlives its ``result_ttl_s`` by at most this much.  Writers and readers
@@ -75,11 +75,11 @@ _SLICE = 100
 
 #: ARGV: key prefix (``P rh:``), TTL, n, the notice (n as uint32, the scan_ids' uint32 lengths,
 #: the scan_ids), the notice channel (``notice_channel``), the runs of rows of one shard (per run
-#: its shard, one byte, and its number of rows, uint32), ``REPLY_EPOCH_S``, the scan_ids and the
-#: pairs scan_id, outcome, both in run order and each string after its length (``pack_strings``),
-#: and per row in run order one byte, 1 where its scan_id comes more than once in the call.
-#: Per run (a shard's rows): one HMGET of its scan_ids in this minute's hash per slice, one HSET
-#: of the slice's pairs straight from their unpacking, then, for the scan_ids that held outcomes
+#: its shard, one byte, and its number of rows, uint32), ``REPLY_EPOCH_S``, the pairs scan_id,
+#: outcome in run order, each string after its length (``pack_pairs``), and per row in run order
+#: one byte, 1 where its scan_id comes more than once in the call.  Per run (a shard's rows),
+#: a slice at a time: the pairs unpacked and one HMGET of their scan_ids in this minute's hash;
+#: then one HSET per slice straight from the unpacked pairs; then, for the scan_ids that held outcomes
 #: (a resend) or come twice, one HSET each of what they held and their new outcomes appended in
 #: row order; one EXPIREAT.  Then the notice, which wakes the gateways waiting for any of the
 #: scan_ids (``ReplyWatcher``); with nobody subscribed it costs next to nothing.  The strings
@@ -88,19 +88,22 @@ _SLICE = 100
 #: worker's command packing more than the script saved.
 _PUSH_LUA = LUA_PRELUDE + r"""
 local pre, ttl, n, span = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[7])
-local runs, id_blob, pair_blob, twice = ARGV[6], ARGV[8], ARGV[9], ARGV[10]
+local runs, pair_blob, twice = ARGV[6], ARGV[8], ARGV[9]
 local epoch = math.floor(tonumber(redis.call('TIME')[1]) / span)
-local ipos, ppos, row = 1, 1, 0
+local pos, row = 1, 0
 for r = 1, #runs / 5 do
   local s, count = struct.unpack('<BI4', runs, 5 * r - 4)
   local key = shard_key(pre, s) .. ':' .. epoch
   -- every HMGET before any HSET: what each scan_id held before this call
-  local old, mark = {}, {}
+  local slices, old, mark = {}, {}, {}
   for done = 0, count - 1, """ + str(_SLICE) + r""" do
     local k = math.min(count - done, """ + str(_SLICE) + r""")
-    local ids = unpack_strings(id_blob, ipos, k)
-    ipos = ids[k + 1]
-    local held = redis.call('HMGET', key, unpack(ids, 1, k))
+    local pairs_ = unpack_strings(pair_blob, pos, 2 * k)
+    pos = pairs_[2 * k + 1]
+    slices[#slices + 1] = pairs_
+    local ids = {}
+    for j = 1, k do ids[j] = pairs_[2 * j - 1] end
+    local held = redis.call('HMGET', key, unpack(ids))
     for j = 1, k do
       if held[j] or string.byte(twice, row + done + j) == 1 then
         mark[done + j] = true
@@ -109,10 +112,8 @@ for r = 1, #runs / 5 do
     end
   end
   local joined = {}
-  for done = 0, count - 1, """ + str(_SLICE) + r""" do
-    local k = math.min(count - done, """ + str(_SLICE) + r""")
-    local pairs_ = unpack_strings(pair_blob, ppos, 2 * k)
-    ppos = pairs_[2 * k + 1]
+  for x, pairs_ in ipairs(slices) do
+    local done, k = (x - 1) * """ + str(_SLICE) + r""", (#pairs_ - 1) / 2
     redis.call('HSET', key, unpack(pairs_, 1, 2 * k))
     if next(mark) ~= nil then
       for j = 1, k do
@@ -318,8 +319,8 @@ class ReplyWriter:
                     twice = np.fromiter((seen[i] > 1 for i in ids), np.uint8, len(ids))
                 routing = [reply_hash(self.prefix, int(shards[part[0]]), 0)]  # where a Cluster runs the call
                 self._push(keys=routing, args=[pre, self.ttl_s, len(part), _notice(ids), self.channel,
-                                               runs.tobytes(), REPLY_EPOCH_S, pack_strings(ids),
-                                               pack_pairs(ids, sorted_lines), twice.tobytes()])
+                                               runs.tobytes(), REPLY_EPOCH_S, pack_pairs(ids, sorted_lines),
+                                               twice.tobytes()])
         return len(lines)
 
     def push_outcomes(self, scans: outcomes.Columns) -> int:

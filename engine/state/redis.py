@@ -239,6 +239,26 @@ def _pack_texts(values: np.ndarray) -> bytes:
     return pack_strings([_utf8(v) for v in values.tolist()])
 
 
+def _pack_rows(cells: np.ndarray, keep: np.ndarray, tails: list[bytes] | None = None) -> bytes:
+    """Each row's kept ``cells`` (a (rows, width) uint8 array, ``keep`` of its shape) then its tail,
+    packed for the scripts' ``strings`` (``redis_lua.pack_strings``: each after its uint32 length),
+    in numpy: a bytes object per row cost twice as much."""
+    rows = len(cells)
+    head_len = keep.sum(axis=1)
+    tail_len = np.fromiter(map(len, tails), np.int64, rows) if tails is not None else np.zeros(rows, np.int64)
+    lengths = head_len + tail_len
+    starts = np.cumsum(lengths + 4) - lengths  # where each row's cells go, after its length
+    out = np.empty(int(lengths.sum()) + 4 * rows, np.uint8)
+    out[(starts[:, None] + np.arange(-4, 0)).reshape(-1)] = lengths.astype("<u4").view(np.uint8)
+    # the kept cells close up: a cell's place is the number of kept cells before it in its row
+    out[(starts[:, None] + np.cumsum(keep, axis=1) - 1)[keep]] = cells[keep]
+    if tails is not None:
+        # each tail's bytes after its row's cells: its offset in the joined tails moved to its place
+        shift = starts + head_len - (np.cumsum(tail_len) - tail_len)
+        out[np.repeat(shift, tail_len) + np.arange(int(tail_len.sum()))] = np.frombuffer(b"".join(tails), np.uint8)
+    return out.tobytes()
+
+
 def fresh_sets(members: np.ndarray, present: np.ndarray) -> bytes:
     """The ``distinct`` fields of flagged rows (``redis_lua.DISTINCT_LUA``), packed for the script's
     ``strings``: per row its k sets in order, a present member as the size byte 1 and its 8 bytes
@@ -250,13 +270,7 @@ def fresh_sets(members: np.ndarray, present: np.ndarray) -> bytes:
     cells[:, :, 1:] = np.ascontiguousarray(members, "<u8").view(np.uint8).reshape(rows, k, 8)
     keep = np.ones((rows, k, 9), bool)
     keep[:, :, 1:] = (present == 1)[:, :, None]
-    # each row: its length (uint32), then its kept cells
-    framed = np.zeros((rows, 4 + k * 9), np.uint8)
-    framed[:, :4] = keep.reshape(rows, k * 9).sum(axis=1).astype("<u4").view(np.uint8).reshape(rows, 4)
-    framed[:, 4:] = cells.reshape(rows, k * 9)
-    mask = np.ones(framed.shape, bool)
-    mask[:, 4:] = keep.reshape(rows, k * 9)
-    return framed[mask].tobytes()
+    return _pack_rows(cells.reshape(rows, k * 9), keep.reshape(rows, k * 9))
 
 
 def _ranks(shards: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -275,8 +289,7 @@ def _new_identities(given: np.ndarray, code_shards: np.ndarray, fps: np.ndarray,
     """Each row's identity (``engine.state.pack_answer``) were its scan_id new (``redis_lua.IDS_LUA``),
     packed for the script's ``strings`` (``redis_lua.pack_strings``): a row at OK gets the mark
     CLAIMED + its code's shard and its reference (the call's ``token`` and its rank), any other
-    its verdict; then its fingerprint (``fps``, "<u8") and its user.  Built in numpy, without a
-    bytes object per row."""
+    its verdict; then its fingerprint (``fps``, "<u8") and its user."""
     n = len(given)
     claimed = given == Verdict.OK
     head = np.zeros((n, 1 + 8 + _REF_BYTES), np.uint8)
@@ -286,19 +299,7 @@ def _new_identities(given: np.ndarray, code_shards: np.ndarray, fps: np.ndarray,
     head[:, 9 + _TOKEN_BYTES:] = np.ascontiguousarray(ranks, "<u4").view(np.uint8).reshape(n, 4)
     keep = np.ones(head.shape, bool)
     keep[:, 9:] = claimed[:, None]
-    head_len = keep.sum(axis=1)
-    encoded = [_utf8(u) for u in users.tolist()]
-    user_len = np.fromiter(map(len, encoded), np.int64, n)
-    user_blob = np.frombuffer(b"".join(encoded), np.uint8)
-    lengths = head_len + user_len
-    starts = np.cumsum(lengths + 4) - lengths  # where each identity's head goes, after its length
-    out = np.empty(int(lengths.sum()) + 4 * n, np.uint8)
-    out[(starts[:, None] + np.arange(-4, 0)).reshape(-1)] = lengths.astype("<u4").view(np.uint8)
-    out[(starts[:, None] + np.arange(head.shape[1]))[keep]] = head[keep]
-    # each user's bytes after its head: its offset in the blob moved to its row's place
-    shift = starts + head_len - (np.cumsum(user_len) - user_len)
-    out[np.repeat(shift, user_len) + np.arange(len(user_blob))] = user_blob
-    return out.tobytes()
+    return _pack_rows(head, keep, [_utf8(u) for u in users.tolist()])
 
 
 def claim_token() -> bytes:

@@ -202,8 +202,7 @@ def pack_strings(values: list[bytes]) -> bytes:
 
 def pack_pairs(keys: list[bytes], values: list[bytes]) -> bytes:
     """``pack_strings`` of key 1, value 1, key 2, value 2, ...: an HSET's arguments."""
-    return b"".join([part for k, v in zip(keys, values)
-                     for part in (len(k).to_bytes(4, "little"), k, len(v).to_bytes(4, "little"), v)])
+    return pack_strings([x for pair in zip(keys, values) for x in pair])
 
 
 #: The claim is two steps, because a scan_id and a code live in different shards (on a Cluster,
