@@ -77,10 +77,15 @@ def _city(region: str) -> str:
 class AlertWindows:
     """Counts evidence per key and window in the state store and builds the alerts that fire."""
 
-    def __init__(self, settings: DiversionSettings, registry: Registry, state: StateStore):
+    def __init__(self, settings: DiversionSettings, registry: Registry, state: StateStore, code_groups: int = 1):
+        """``code_groups``: the partitions of the scans topic, so that a code's clone sets are kept
+        with the worker that reads the code's partition (``StateStore.distinct``'s groups)."""
+        if code_groups < 1:
+            raise ValueError(f"code_groups: expected at least 1, got {code_groups}")
         self.settings = settings
         self.registry = registry
         self.state = state
+        self.code_groups = int(code_groups)
 
     def diversion_alerts(self, rows: np.ndarray, cols: dict[str, np.ndarray], routing: Routing,
                          diversion: np.ndarray) -> outcomes.Columns:
@@ -157,7 +162,9 @@ class AlertWindows:
         province_of = adcode.truncate(place[0][rows], place[1][rows], 2)
         members = np.stack([state_keys(cols["user_id"][rows]), np.maximum(province_of, 0).astype(np.uint64)], axis=1)
         present = np.stack([np.ones(len(rows), bool), province_of >= 0], axis=1)
-        sizes = self.state.distinct(fold(code_window, ones * Namespace.CLONE), members, ttl, new, present)
+        groups = codec.code_partitions(cols["tenant"][rows], cols["batch"][rows], cols["serial"][rows],
+                                       self.code_groups)
+        sizes = self.state.distinct(fold(code_window, ones * Namespace.CLONE), members, ttl, new, present, groups)
         users, provinces = sizes[:, 0], sizes[:, 1]
         by_users = users == s.clone_max_users + 1
         by_provinces = provinces == 2

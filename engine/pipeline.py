@@ -64,7 +64,7 @@ class Pipeline:
         self.state = state
         self.resolve_gps = resolve_gps
         self.lottery = Lottery(list(config.campaigns), state)
-        self.windows = div.AlertWindows(config.diversion, registry, state)
+        self.windows = div.AlertWindows(config.diversion, registry, state, code_groups=config.kafka.partitions)
         self.enumeration = EnumerationGuard(config.enumeration, state)
 
     def set_registry(self, registry: Registry) -> None:

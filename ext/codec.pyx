@@ -7,7 +7,7 @@ take a pointer to its characters; everything else (URL stripping, base32, SipHas
 the key lookup) runs in one ``nogil`` loop over the whole batch.
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from libc.stdint cimport int8_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int8_t, int32_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 from ext.siphash cimport _sipround, _siphash_bytes
@@ -377,4 +377,83 @@ def hash_strings(strings, key):
         else:
             raise TypeError(f"hash_strings: element {i} is {type(item).__name__}; expected str or bytes")
         o[i] = _siphash_bytes(ck0, ck1, <const uint8_t*>p, size)
+    return out
+
+
+# -- the scans topic's partition of a code ------------------------------------------------------
+
+cdef uint32_t MURMUR_M = 0x5BD1E995
+cdef uint32_t MURMUR_SEED = 0x9747B28C
+
+
+cdef inline uint32_t _murmur2(const uint8_t* p, Py_ssize_t n) noexcept nogil:
+    """Kafka's murmur2 (the default partitioner's hash, seed 0x9747B28C), little-endian words."""
+    cdef uint32_t h = MURMUR_SEED ^ <uint32_t>n, k
+    cdef Py_ssize_t i = 0, end = n & ~3
+    while i < end:
+        k = p[i] | (<uint32_t>p[i + 1] << 8) | (<uint32_t>p[i + 2] << 16) | (<uint32_t>p[i + 3] << 24)
+        k *= MURMUR_M
+        k ^= k >> 24
+        k *= MURMUR_M
+        h = (h * MURMUR_M) ^ k
+        i += 4
+    cdef Py_ssize_t rest = n & 3
+    if rest == 3:
+        h ^= <uint32_t>p[end + 2] << 16
+    if rest >= 2:
+        h ^= <uint32_t>p[end + 1] << 8
+    if rest >= 1:
+        h ^= p[end]
+        h *= MURMUR_M
+    h ^= h >> 13
+    h *= MURMUR_M
+    return h ^ (h >> 15)
+
+
+def murmur2(const uint8_t[::1] data) -> int:
+    """Kafka's murmur2 of ``data`` (what ``kafka.partitioner.default.murmur2`` gives)."""
+    return _murmur2(&data[0] if data.shape[0] else NULL, data.shape[0])
+
+
+cdef inline Py_ssize_t _decimal(uint64_t v, char* out) noexcept nogil:
+    """``v`` in decimal at ``out``; its length."""
+    cdef char tmp[20]
+    cdef Py_ssize_t n = 0, i
+    while True:
+        tmp[n] = <char>(48 + v % 10)
+        v //= 10
+        n += 1
+        if v == 0:
+            break
+    for i in range(n):
+        out[i] = tmp[n - 1 - i]
+    return n
+
+
+def code_partitions(tenant, batch, serial, int partitions):
+    """The partition among ``partitions`` of the scans topic that the publisher's key of each
+    decoded code (``tenant:batch:serial``, ``streams.publisher.code_key``) names: Kafka's default
+    partitioner, ``(murmur2(key) & 0x7fffffff) % partitions``, over whole columns (int32)."""
+    if partitions < 1:
+        raise ValueError(f"code_partitions: expected at least 1 partition, got {partitions}")
+    cdef const uint16_t[::1] t = np.ascontiguousarray(tenant, np.uint16)
+    cdef const uint32_t[::1] b = np.ascontiguousarray(batch, np.uint32)
+    cdef const uint32_t[::1] s = np.ascontiguousarray(serial, np.uint32)
+    cdef Py_ssize_t n = t.shape[0], i, m
+    if not (b.shape[0] == n and s.shape[0] == n):
+        raise ValueError(f"columns differ in length: tenant {n}, batch {b.shape[0]}, serial {s.shape[0]}")
+    out = np.empty(n, np.int32)
+    cdef int32_t[::1] o = out
+    cdef char key[48]  # "65535:16777215:4294967295" is 25 characters
+    cdef uint32_t parts = partitions
+    with nogil:
+        for i in range(n):
+            m = _decimal(t[i], key)
+            key[m] = 58  # ':'
+            m += 1
+            m += _decimal(b[i], key + m)
+            key[m] = 58
+            m += 1
+            m += _decimal(s[i], key + m)
+            o[i] = <int32_t>((_murmur2(<const uint8_t*>key, m) & 0x7FFFFFFF) % parts)
     return out

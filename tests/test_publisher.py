@@ -19,6 +19,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.partitioner.default import murmur2 as kafka_murmur2
 
 from scanstream.engine import outcomes
+from scanstream.engine.keys import KeyTable
 from scanstream.ext.codec import mint
 from scanstream.ext.scanparse import parse_events
 from scanstream.streams import envelope
@@ -220,6 +221,28 @@ def test_partition_is_the_default_partitioners():
     dp = DefaultPartitioner()
     for key in code_keys(codes(42, 2000)) + [b"NOTACODE", b""]:
         assert partition_for(key, PARTITIONS) == dp.partition("t", key, key, None, None, Cluster())
+
+
+def test_the_engine_finds_each_codes_partition_as_the_publisher_keys_it():
+    """The worker keeps a code's clone sets with the code's partition (``StateStore.distinct``'s
+    groups): ``code_partitions`` over columns must name the partition the publisher sends it to."""
+    import numpy as np
+    from scanstream.ext.codec import code_partitions, verify_batch
+
+    rng = random.Random(11)
+    tenants = [0, 1, 7, 65535] + [rng.randrange(65536) for _ in range(50)]
+    batches = [0, 1, 42, 16777215] + [rng.randrange(1 << 24) for _ in range(50)]
+    serials = [0, 9, 123456, 4294967295] + [rng.randrange(1 << 32) for _ in range(50)]
+    t, b, s = (np.array(rng.choices(v, k=3000), np.int64) for v in (tenants, batches, serials))
+    for partitions in (1, 4, 7, 128):
+        want = [partition_for(f"{x}:{y}:{z}".encode(), partitions) for x, y, z in zip(t, b, s)]
+        assert code_partitions(t, b, s, partitions).tolist() == want
+    minted = codes(42, 500)
+    v = verify_batch(minted, KeyTable())
+    assert code_partitions(v.tenant, v.batch, v.serial, PARTITIONS).tolist() == \
+        [partition_for(k, PARTITIONS) for k in code_keys(minted)]
+    with pytest.raises(ValueError, match="at least 1 partition"):
+        code_partitions(t, b, s, 0)
 
 
 # -- against the broker ----------------------------------------------------------------------

@@ -33,6 +33,7 @@ from scanstream.engine.state import CampaignLimits, DrawStatus, GrantRequests, S
 from scanstream.engine.state.embedded import EmbeddedStateStore
 from scanstream.engine.state.memory import MemoryStateStore
 from scanstream.engine.state import StateUnavailable
+from scanstream.engine.state.set_log import unpack_call
 from scanstream.engine.state.redis import (CHUNK_BYTES, CHUNK_SERIALS, OldStateLayout, RedisStateStore, chunk_shards,
                                           good_length)
 from scanstream.engine.state.redis_lua import LUA_PRELUDE, SHARD_TAGS, pack_strings, shard_key
@@ -853,16 +854,29 @@ def test_a_claim_cut_between_its_two_steps_is_decided_again_as_the_first_time(ma
 
 def test_each_call_is_one_round_trip_and_a_claim_two(redis_store):
     """On a single server a call is one script over the whole batch; a claim with OK rows is two
-    (the scan_ids' identities, then the codes' bits)."""
+    (the scan_ids' identities, then the codes' bits); ``distinct`` two pipelined round trips (its
+    log read, then its log written: ``set_log``)."""
     calls = []
-    original = redis_store.client.execute_command
+    original, pipeline = redis_store.client.execute_command, redis_store.client.pipeline
 
     def counting(*args, **kwargs):
         calls.append(args[0])
         return original(*args, **kwargs)
 
+    def counted_pipeline(*args, **kwargs):
+        pipe = pipeline(*args, **kwargs)
+        run = pipe.execute
+
+        def execute(*a, **k):
+            calls.append("pipeline: " + " ".join(sorted({c[0][0] for c in pipe.command_stack})))
+            return run(*a, **k)
+
+        pipe.execute = execute
+        return pipe
+
     redis_store.define_campaigns(LIMITS)
     redis_store.client.execute_command = counting
+    redis_store.client.pipeline = counted_pipeline
     n = 5000
     ids = np.array([f"x{i}" for i in range(n)], dtype=object)
     redis_store.claim(ids, np.ones(n, np.uint64), np.full(n, "u", object), u64(np.resize(CODES, n)),
@@ -873,7 +887,7 @@ def test_each_call_is_one_round_trip_and_a_claim_two(redis_store):
     redis_store.count(keys, 60)
     redis_store.distinct(keys + u64(n), keys, 60)
     redis_store.mark_once(keys + u64(2 * n), 60)
-    assert calls == ["EVALSHA"] * 6
+    assert calls == ["EVALSHA"] * 4 + ["pipeline: LRANGE", "pipeline: EXPIREAT RPUSH", "EVALSHA"]
 
 
 def test_dedup_chunks_are_keyed_per_code_and_chunk_with_their_shard_tag(redis_store):
@@ -975,12 +989,15 @@ def test_keys_have_their_ttls(redis_store):
     # the TTL counts from the key's creation, as in the memory store: a later add keeps it
     redis_store.count(u64([1]), 5000)
     assert r.ttl(window_key(1)) <= 100
-    # a small distinct set is a field of packed members in a bucket hash of its epoch, which
-    # expires at the end of the next epoch: between one and two TTLs after the set was made
+    # distinct's sets live in this process; each call is an element of its code group's log for
+    # the epoch, which expires at the end of the next epoch: between one and two TTLs after the call
     redis_store.distinct(u64([2]), u64([5]), 100)
-    (bucket,) = redis_store.keys(b"wd:*")
-    assert r.hget(bucket, (2).to_bytes(8, "little")) == b"\x02" + b"\xff" * 8 + (5).to_bytes(8, "little")
-    assert 100 <= r.ttl(bucket) <= 200
+    (log,) = redis_store.keys(b"cl:*")
+    assert log == redis_store._sets.log_key(0, 100, int(time.time()) // 100)
+    calls = [unpack_call(blob) for blob in r.lrange(log, 0, -1)]
+    assert [(c[0].tolist(), c[1].tolist(), c[2], c[3], c[4]) for c in calls] == \
+        [([2], [U64_MAX], 100, None, None), ([2], [5], 100, None, None)]
+    assert 100 <= r.ttl(log) <= 200
 
 
 def write_layout_1(client, prefix: bytes, ttl_s: int) -> None:
@@ -1027,7 +1044,7 @@ def test_state_of_layout_2_is_refused_until_migrated_then_answers_as_before(serv
     """Layout 2 kept a claim's outcome as a field per scan_id.  After the migration a claim whose
     outcome was recorded answers with it (here REPEAT, which a fresh decision would not give), and
     one killed between its steps decides as its first run would have (not a replay: the first
-    run answered nothing).  Its distinct sets, packed or spilled, count on."""
+    run answered nothing)."""
     kind, url = server
     with open_store(kind, url) as store:
         client, p = store.client, store.prefix.encode()
@@ -1037,23 +1054,16 @@ def test_state_of_layout_2_is_refused_until_migrated_then_answers_as_before(serv
         client.hset(identity_key(store, "done"), "done", pack_answer(0x40 + code_shard, 1, "u"))
         client.hset(shard_key(p + b"ck:", code_shard) + b":%d" % epoch, "done", bytes([REPEAT]))
         client.hset(identity_key(store, "killed"), "killed", pack_answer(0x40 + code_shard, 1, "u"))
-        # distinct sets of layout 2: one packed, one spilled into a set of its own
-        window = shard_key(p + b"wd:", 3) + b":%d" % (int(time.time()) // 600)
-        packed, spilled = (3).to_bytes(8, "little"), (19).to_bytes(8, "little")
-        client.hset(window, packed, (5).to_bytes(8, "little") + (6).to_bytes(8, "little"))
-        client.hset(window, spilled, b"")
-        client.sadd(shard_key(p + b"ws:", 3) + spilled, *[m.to_bytes(8, "little") for m in range(40)])
         client.set(p + b"layout", 2)
         with pytest.raises(OldStateLayout, match="layout 2.*scanstream state migrate"):
             RedisStateStore(client, prefix=store.prefix)
         assert RedisStateStore(client, prefix=store.prefix, check_layout=False).migrate_layout() == \
-            {"rp claimed": 2, "wd": 2}
+            {"rp claimed": 2}
         assert store.keys(b"ck:*") == []  # the per-scan records are gone
         migrated = RedisStateStore(client, prefix=store.prefix, replay_ttl_s=store.replay_ttl_s)
         assert claim(migrated, [("done", CODE, 5, OK), ("killed", CODE, 6, OK), ("killed", CODE, 6, OK),
                                 ("done", CODE, 7, OK, 2)]) == [(REPEAT, True), (OK, False), (OK, True), (CONFLICT, False)]
         assert claim(migrated, [("killed", CODE, 6, OK), ("thief", CODE, 7, OK)]) == [(OK, True), (OK, False)]
-        assert migrated.distinct(u64([3, 19, 19]), u64([7, 0, 99]), 600).tolist() == [3, 40, 41]
         assert RedisStateStore(client, prefix=store.prefix, check_layout=False).migrate_layout() == {}  # idempotent
 
 

@@ -334,7 +334,7 @@ class StateStore(ABC):
 
     @abstractmethod
     def distinct(self, keys: np.ndarray, members: np.ndarray, ttl_s: int, new: np.ndarray | None = None,
-                 present: np.ndarray | None = None) -> np.ndarray:
+                 present: np.ndarray | None = None, groups: np.ndarray | None = None) -> np.ndarray:
         """Add each uint64 member to the set ``keys[i]``, in order; the set's size after each add.
 
         ``members`` may be a matrix of k columns: a key then holds k independent sets, column j's
@@ -346,6 +346,11 @@ class StateStore(ABC):
         ``new`` may flag rows whose key the caller knows has no set yet and appears on no
         earlier row of the batch (a code's first scan ever): such a row starts its sets afresh
         with its members, without the store looking first.
+
+        ``groups`` names each row's code group (``ext.codec.code_partitions``: its code's
+        partition of the scans topic; every row of a key in one group).  A store shared by many
+        workers keeps each group's sets in the worker that uses it (``set_log``); the others
+        ignore it.  The answers never depend on it.
         """
 
     @abstractmethod

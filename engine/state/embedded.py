@@ -241,7 +241,7 @@ class EmbeddedStateStore(MemoryStateStore):
         return self._logged("count", keys, ttl_s)
 
     def distinct(self, keys: np.ndarray, members: np.ndarray, ttl_s: int, new: np.ndarray | None = None,
-                 present: np.ndarray | None = None) -> np.ndarray:
+                 present: np.ndarray | None = None, groups: np.ndarray | None = None) -> np.ndarray:
         return self._logged("distinct", keys, members, ttl_s, new, present)
 
     def mark_once(self, keys: np.ndarray, ttl_s: int) -> np.ndarray:

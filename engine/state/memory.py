@@ -305,7 +305,7 @@ class MemoryStateStore(StateStore):
         return totals
 
     def distinct(self, keys: np.ndarray, members: np.ndarray, ttl_s: int, new: np.ndarray | None = None,
-                 present: np.ndarray | None = None) -> np.ndarray:
+                 present: np.ndarray | None = None, groups: np.ndarray | None = None) -> np.ndarray:
         if np.ndim(members) == 2 or present is not None:
             return self._distinct_columns(keys, members, ttl_s, new, present)
         sizes = np.ones(len(keys), np.int64)

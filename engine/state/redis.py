@@ -50,10 +50,8 @@ Keys (``P`` is the prefix; ``{t}`` the hash tag of a state shard, ``redis_lua.SH
     P bl                    zset    the block list: 8-byte keys scored by their expiry (ms)
     P w:{t}<8 bytes>        windowed state under a uint64 key, EX ttl from its creation:
                                     a counter (count) or a mark (mark_once)
-    P wd:{t}:<epoch>        hash    distinct sets of one shard, made in epoch ``now // ttl``:
-                                    8-byte key -> per set of the key its size byte and packed
-                                    8-byte members (or ``SPILLED_SET`` once they moved to
-                                    ``P ws:{t}<key><set>``, a set); expires at the end of the next epoch
+    P cl:{t}:<g>:<ttl>:<e>  list    ``distinct``'s calls for code group g (``engine.state.set_log``):
+                                    the sets themselves live in the worker that owns the group
     P rh:{t}:<minute>       hash    the scan API's replies (``streams/replies.py``, written by the
                                     worker under the same prefix): scan_id -> its outcome lines;
                                     expires the reply TTL after its minute
@@ -95,10 +93,9 @@ Windows
     memory store sweeps expired window entries after it has answered a call, so a key read in
     the very call that finds it expired still shows its old value there; keys carry their
     window and are never reused after their TTL, so no answer of the engine depends on it.
-    ``distinct``'s ``new`` flags are honoured as the memory store does: flagged rows first,
-    each starting its set afresh (one HSET of its packed member in this epoch's bucket, found
-    before anything older: the same answers even for a wrong flag).  Distinct sets live in
-    bucket hashes per epoch of their TTL (see ``redis_lua.DISTINCT_LUA``): between one and two TTLs.
+    ``distinct``'s sets are the memory store's, kept in the process per code group (the scans
+    topic's partition of the code) and rebuilt from their log in Redis (``engine.state.set_log``):
+    the same answers, at one log element per group and call instead of a hash field per scan.
 
 Errors
     Connection failures, timeouts, a read-only replica or an out-of-memory server raise
@@ -126,8 +123,9 @@ from scanstream.engine.state import (BINDING_HISTORY, Bindings, CampaignLimits, 
                                      GrantRequests, History, StateStore, StateUnavailable, fold, resolve_bindings,
                                      resolve_guides, state_keys, unit_identities)
 from scanstream.engine.state.redis_lua import (
-    BIND_LUA, BLOCKED_LUA, BLOCK_LUA, CODES_LUA, COUNT_LUA, DEFINE_LUA, DISTINCT_LUA, GRANT_LUA, GUIDES_LUA, IDS_LUA,
-    MARK_ONCE_LUA, SHARDS, SPILLED_SET, pack_strings, shard_key)
+    BIND_LUA, BLOCKED_LUA, BLOCK_LUA, CODES_LUA, COUNT_LUA, DEFINE_LUA, GRANT_LUA, GUIDES_LUA, IDS_LUA, MARK_ONCE_LUA,
+    SHARDS, pack_strings, shard_key)
+from scanstream.engine.state.set_log import SetLog
 from scanstream.engine.urls import redact_url
 from scanstream.engine.verdicts import Verdict
 
@@ -135,10 +133,6 @@ from scanstream.engine.verdicts import Verdict
 #: fits jemalloc's 8 KiB size class exactly (2**16 serials would take a 10 KiB block).
 CHUNK_BYTES = (1 << 13) - 16
 CHUNK_SERIALS = CHUNK_BYTES * 8
-#: Members of a ``distinct`` set kept packed in its bucket hash (8 bytes each); a larger set
-#: becomes a Redis set of its own.
-PACKED_MEMBERS = 32
-assert PACKED_MEMBERS < SPILLED_SET  # a set's size byte
 #: Remember a scan_id's answer this long; a redelivery after that is a new scan.
 DEFAULT_REPLAY_TTL_S = 7 * 24 * 3600
 #: Client options unless the URL sets them (``?socket_timeout=...``): a large batch's script
@@ -259,20 +253,6 @@ def _pack_rows(cells: np.ndarray, keep: np.ndarray, tails: list[bytes] | None = 
     return out.tobytes()
 
 
-def fresh_sets(members: np.ndarray, present: np.ndarray) -> bytes:
-    """The ``distinct`` fields of flagged rows (``redis_lua.DISTINCT_LUA``), packed for the script's
-    ``strings``: per row its k sets in order, a present member as the size byte 1 and its 8 bytes
-    (little-endian), an absent one as the size byte 0.  ``members`` is (rows, k) uint64,
-    ``present`` (rows, k) of 0/1."""
-    rows, k = present.shape
-    cells = np.zeros((rows, k, 9), np.uint8)
-    cells[:, :, 0] = present
-    cells[:, :, 1:] = np.ascontiguousarray(members, "<u8").view(np.uint8).reshape(rows, k, 8)
-    keep = np.ones((rows, k, 9), bool)
-    keep[:, :, 1:] = (present == 1)[:, :, None]
-    return _pack_rows(cells.reshape(rows, k * 9), keep.reshape(rows, k * 9))
-
-
 def _ranks(shards: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """Each flagged row's rank among the flagged rows of its shard, in row order (0 elsewhere):
     the byte of the claim's record (one per shard) that keeps the row's outcome."""
@@ -350,14 +330,14 @@ class RedisStateStore(StateStore):
         self._define = client.register_script(DEFINE_LUA)
         self._grant = client.register_script(GRANT_LUA)
         self._count = client.register_script(COUNT_LUA)
-        self._distinct = client.register_script(DISTINCT_LUA)
         self._mark_once = client.register_script(MARK_ONCE_LUA)
         self._block = client.register_script(BLOCK_LUA)
         self._blocked = client.register_script(BLOCKED_LUA)
         self._bind = client.register_script(BIND_LUA)
         self._guides = client.register_script(GUIDES_LUA)
+        self._sets = SetLog(client, self._pre, self._call)
         # load them now: a wrong URL or a server without Lua fails at start, not mid-stream
-        scripts = (self._ids, self._codes, self._define, self._grant, self._count, self._distinct, self._mark_once,
+        scripts = (self._ids, self._codes, self._define, self._grant, self._count, self._mark_once,
                    self._block, self._blocked, self._bind, self._guides)
         self._call(lambda: [client.script_load(s.script) for s in scripts])
         if check_layout:
@@ -425,9 +405,9 @@ class RedisStateStore(StateStore):
         never ran on a Cluster.  Layout 2 to 3 rewrites each CLAIMED identity (``rp``): to the
         verdict its layout-2 outcome record gives, or, without one (a claim killed between its
         steps), to a reference that names no record, so that its redelivery decides as the first
-        run would have; then it deletes the layout-2 records (``ck``), and gives each ``distinct``
-        set its size byte (``wd``, ``ws``).  Reply lists are left to expire (minutes): they answer
-        requests of the old workers."""
+        run would have; then it deletes the layout-2 records (``ck``).  Reply lists and the sets
+        ``distinct`` kept in Redis before its set log (``wd``, ``ws``) are left to expire (minutes):
+        the clone checks of the window in progress start afresh."""
         changed: dict[str, int] = {}
         found = self._call(lambda: self.client.get(self._pre + b"layout"))
         if found is not None and int(found) > LAYOUT:
@@ -443,29 +423,8 @@ class RedisStateStore(StateStore):
             claims = self._migrate_claims()
             if claims:
                 changed["rp claimed"] = claims
-            sets = self._migrate_distinct_sets()
-            if sets:
-                changed["wd"] = sets
         self._call(lambda: self.client.set(self._pre + b"layout", LAYOUT))
         return changed
-
-    def _migrate_distinct_sets(self) -> int:
-        """Layout 2 to 3 for ``distinct``'s sets: a field of packed members becomes a field of one set
-        (its size, then the members), an empty one (moved to ``ws:{t}<key>``) the spilled mark, and
-        the spilled set is renamed ``ws:{t}<key>`` + set 0; the number of fields rewritten."""
-        rewritten = 0
-        for key in self.keys(b"wd:{*}:*"):
-            for field, value in self._call(lambda: list(self.client.hscan_iter(key, count=1000))):
-                if value:
-                    new = bytes((len(value) // 8,)) + value
-                else:
-                    new = bytes((SPILLED_SET,))
-                    old_set = shard_key(self._pre + b"ws:", field[0] % SHARDS) + field  # a key's shard: its first byte's
-                    if self._call(lambda: self.client.exists(old_set)):
-                        self._call(lambda: self.client.rename(old_set, old_set + b"\x00"))
-                self._call(lambda: self.client.hset(key, field, new))
-                rewritten += 1
-        return rewritten
 
     def _migrate_claims(self) -> int:
         """Layout 2 to 3 (see ``migrate_layout``); the number of identities rewritten."""
@@ -848,31 +807,9 @@ class RedisStateStore(StateStore):
         return out
 
     def distinct(self, keys: np.ndarray, members: np.ndarray, ttl_s: int, new: np.ndarray | None = None,
-                 present: np.ndarray | None = None) -> np.ndarray:
-        n = len(keys)
-        flat = np.ndim(members) == 1
-        members = np.asarray(members, np.uint64)
-        k = 1 if flat else members.shape[1]
-        members = members.reshape(n, k)
-        out = np.zeros((n, k), np.int64)
-        if n:
-            flags = np.zeros(n, np.uint8) if new is None else np.asarray(new, bool).astype(np.uint8)
-            has = (np.ones((n, k), np.uint8) if present is None
-                   else np.asarray(present, bool).reshape(n, k).astype(np.uint8))
-            keys = np.asarray(keys, np.uint64)
-            shards = key_shards(keys)
-            packed = np.ascontiguousarray(members).astype("<u8")
-
-            def call(rows: np.ndarray) -> tuple[list, list]:
-                started = rows[flags[rows] == 1]
-                return [shard_key(self._pre + b"wd:", int(shards[rows[0]]))], [
-                    self._pre, max(int(ttl_s), 1), _keys_blob(keys[rows]), packed[rows].tobytes(),
-                    flags[rows].tobytes(), PACKED_MEMBERS, k, has[rows].tobytes(), len(started),
-                    fresh_sets(members[started], has[started])]
-
-            for rows, reply in self._sharded(self._distinct, shards, call):
-                out[rows] = np.frombuffer(reply, "<i8").reshape(len(rows), k)
-        return out[:, 0] if flat else out
+                 present: np.ndarray | None = None, groups: np.ndarray | None = None) -> np.ndarray:
+        """Kept in this process per code group and logged to Redis (``engine.state.set_log``)."""
+        return self._sets.distinct(np.asarray(keys, np.uint64), members, ttl_s, new, present, groups)
 
     def mark_once(self, keys: np.ndarray, ttl_s: int) -> np.ndarray:
         out = np.zeros(len(keys), bool)
