@@ -20,6 +20,7 @@ import redis
 from scanstream.engine.state import StateUnavailable
 from scanstream.engine.state.memory import MemoryStateStore
 from scanstream.engine.state.redis import RedisStateStore
+from scanstream.engine.state import set_log
 from scanstream.engine.state.set_log import SetLogError, pack_call, unpack_call
 
 TTL = 600
@@ -70,10 +71,13 @@ def workers(deployment, client_of=None):
             s.close()
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_a_stream_split_over_workers_and_restarts_gets_the_answers_of_one_run(redis_deployment, seed):
+@pytest.mark.parametrize("seed,page", [(1, set_log.LOG_PAGE), (2, set_log.LOG_PAGE), (3, 3)])
+def test_a_stream_split_over_workers_and_restarts_gets_the_answers_of_one_run(redis_deployment, seed, page,
+                                                                              monkeypatch):
     """Batches of random sizes go to two workers in turn, and now and then to a worker started
-    afresh (a restart, a rebalance): each must first take what the others logged."""
+    afresh (a restart, a rebalance): each must first take what the others logged (with pages of 3
+    elements, a restore reads the log in many pages)."""
+    monkeypatch.setattr(set_log, "LOG_PAGE", page)
     rows = clone_stream(seed)
     one_run = call(MemoryStateStore(), rows)
     rng = random.Random(seed)
@@ -87,6 +91,31 @@ def test_a_stream_split_over_workers_and_restarts_gets_the_answers_of_one_run(re
             got += call(pool[rng.randrange(2)], rows[i:i + size])
             i += size
     assert got == one_run
+
+
+def test_a_restore_reads_the_previous_epochs_log_before_this_ones(redis_deployment, monkeypatch):
+    """A group's calls span two epochs of its log (two list keys): a worker started afresh must
+    apply the older epoch's whole log first, however many pages each takes to read."""
+    monkeypatch.setattr(set_log, "LOG_PAGE", 2)
+    rows = clone_stream(5, n=300)
+    now = [(int(time.time()) // TTL) * TTL - 100.0]  # 100 s before an epoch's end
+    reference = MemoryStateStore(clock=lambda: now[0])
+    with workers(redis_deployment) as open_worker:
+        first = open_worker()
+        first._sets.clock = lambda: now[0]
+        got, want = [], []
+        for a in range(0, 200, 20):  # ten calls, the last five in the next epoch
+            now[0] += 30.0
+            got += call(first, rows[a:a + 20])
+            want += call(reference, rows[a:a + 20])
+        fresh = open_worker()
+        fresh._sets.clock = lambda: now[0]
+        epoch = int(now[0]) // TTL
+        assert all(first.client.llen(first._sets.log_key(g, TTL, e)) > 0 for g in range(GROUPS)
+                   for e in (epoch - 1, epoch))  # every group's calls in both epochs' logs
+        got += call(fresh, rows[200:])
+        want += call(reference, rows[200:])
+    assert got == want
 
 
 class FailingWrites:

@@ -27,9 +27,10 @@ gets the answers of one run, as with sets in Redis, whichever partition a scan a
 group read by two workers is only slower (each reads the other's calls), not wrong.
 
 Cost: one round trip to read (an ``LRANGE`` per group and epoch, empty in the steady state) and
-one to append (an ``RPUSH`` and an ``EXPIREAT`` per group) per call, and about 26 bytes of log
+one to append (an ``RPUSH`` and an ``EXPIREAT`` per group) per call, and about 27 bytes of log
 per scan, against a hash field of about 78 bytes and its Lua work per scan.  A restore reads up
-to two TTLs of a group's calls (the clone window's retention, 30 minutes by default).  Groups not
+to two TTLs of a group's calls (the clone window's retention, 30 minutes by default), the older
+epoch's log first, ``LOG_PAGE`` elements per read.  Groups not
 used for two TTLs are dropped from the process (their partitions moved to another worker).
 """
 from __future__ import annotations
@@ -51,6 +52,10 @@ from scanstream.engine.state.redis_lua import SHARDS, shard_key
 _HEADER = struct.Struct("<BIIBId")
 _FORMAT = 1
 _NEW, _PRESENT = 1, 2
+#: Log elements per read when a group catches up: an element is a batch's calls of one group (a
+#: few KiB), so a page is a few MiB, and a restore of a busy group does not hold Redis for the
+#: whole of a reply of hundreds of MiB.
+LOG_PAGE = 1000
 
 
 def pack_call(keys: np.ndarray, members: np.ndarray, ttl_s: int, new: np.ndarray | None,
@@ -120,9 +125,12 @@ class _Group:
 class SetLog:
     """``distinct`` over the code groups of this process, each logged to Redis (see the module)."""
 
-    def __init__(self, client: Any, prefix: bytes, call: Callable[[Callable[[], Any]], Any]):
-        """``call(fn)`` runs one Redis exchange and maps its failures to ``StateUnavailable``."""
+    def __init__(self, client: Any, prefix: bytes, call: Callable[[Callable[[], Any]], Any],
+                 clock: Callable[[], float] = time.time):
+        """``call(fn)`` runs one Redis exchange and maps its failures to ``StateUnavailable``;
+        ``clock`` gives the time of each call (Unix seconds), which names its log's epoch."""
         self.client = client
+        self.clock = clock
         self._pre = prefix + b"cl:"
         self._call = call
         self._groups: dict[int, _Group] = {}
@@ -140,7 +148,7 @@ class SetLog:
             return np.zeros(members.shape, np.int64)
         groups = np.zeros(n, np.int64) if groups is None else np.asarray(groups, np.int64)
         with self._lock:
-            now = time.time()
+            now = self.clock()
             epoch = int(now // ttl_s)
             names = np.unique(groups).tolist()
             self._catch_up(names, ttl_s, epoch)
@@ -164,29 +172,48 @@ class SetLog:
 
     def _catch_up(self, names: list[int], ttl_s: int, epoch: int) -> None:
         """Apply what the logs of ``names`` hold past what each group applied (all of it for a
-        group new here): the previous epoch's log, then this one's."""
-        asks = [(g, self.log_key(g, ttl_s, e)) for g in names for e in (epoch - 1, epoch)]
+        group new here): the previous epoch's log, then this one's, ``LOG_PAGE`` elements per read
+        (one round trip in the steady state, when both are read to their end at once)."""
+        for g in names:
+            if g not in self._groups:
+                self._groups[g] = _Group()
+        keys = {g: (self.log_key(g, ttl_s, epoch - 1), self.log_key(g, ttl_s, epoch)) for g in names}
+        for g in names:  # an older epoch's log is expired: forget how far it was read
+            group = self._groups[g]
+            group.applied = {k: group.applied.get(k, 0) for k in keys[g]}
+        pending = list(names)
+        while pending:
+            asks = [(g, key) for g in pending for key in keys[g]]
 
-        def read() -> list:
-            pipe = self.client.pipeline(transaction=False)
-            for g, key in asks:
-                group = self._groups.get(g)
-                pipe.lrange(key, group.applied.get(key, 0) if group else 0, -1)
-            return pipe.execute()
+            def read() -> list:
+                pipe = self.client.pipeline(transaction=False)
+                for g, key in asks:
+                    start = self._groups[g].applied[key]
+                    pipe.lrange(key, start, start + LOG_PAGE - 1)
+                return pipe.execute()
 
-        got = self._call(read)
-        for (g, key), blobs in zip(asks, got):
-            group = self._groups.get(g)
-            if group is None:
-                group = self._groups[g] = _Group()
-            try:
-                for blob in blobs:
-                    group.apply(blob)
-            except ValueError as exc:  # half applied: rebuilt from the log once it is readable
-                del self._groups[g]
-                raise SetLogError(f"set log {key!r}: {exc}; it was written by another version of scanstream "
-                                  f"or damaged: stop the workers, delete the key, start them again") from exc
-            group.applied[key] = group.applied.get(key, 0) + len(blobs)
+            pages = dict(zip(asks, self._call(read)))
+            more = []
+            for g in pending:
+                older, newer = keys[g]
+                done_older = self._apply(g, older, pages[(g, older)])
+                # the newer log's page only once the older one is read to its end: calls in order
+                if not done_older or not self._apply(g, newer, pages[(g, newer)]):
+                    more.append(g)
+            pending = more
+
+    def _apply(self, g: int, key: bytes, blobs: list[bytes]) -> bool:
+        """Apply a page of group ``g``'s log ``key``; True when it was the log's last."""
+        group = self._groups[g]
+        try:
+            for blob in blobs:
+                group.apply(blob)
+        except ValueError as exc:  # half applied: rebuilt from the log once it is readable
+            del self._groups[g]
+            raise SetLogError(f"set log {key!r}: {exc}; it was written by another version of scanstream "
+                              f"or damaged: stop the workers, delete the key, start them again") from exc
+        group.applied[key] += len(blobs)
+        return len(blobs) < LOG_PAGE
 
     def _append(self, blobs: list[tuple[int, bytes]], ttl_s: int, epoch: int) -> None:
         """Log each group's call; a group whose call did not land right after what it applied is
