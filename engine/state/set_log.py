@@ -5,8 +5,8 @@ every verified scan, and almost every scan is its code's first in the window, so
 cost a new hash field per scan and the Lua work of building it, about a fifth of Redis's CPU per
 scan (``benchmarks/bench_state_calls.py``).  Redis is the part that does not scale out; the
 workers do.  A code's scans all reach one worker (the publisher keys the scans topic by the code,
-``streams.publisher.code_key``), so its sets can live there, as Faust keeps a table per partition
-with a changelog: the worker keeps the sets of each *code group* (``ext.codec.code_partitions``:
+``streams.publisher.code_key``), so its sets can live there, with a log to rebuild them from: the
+worker keeps the sets of each *code group* (``ext.codec.code_partitions``:
 the code's partition of the scans topic) in a ``MemoryStateStore`` of their own, and appends each
 call's arguments to the group's log, one Redis list element per group and call:
 
@@ -21,10 +21,12 @@ first time, which restores a group after a restart or a rebalance), and after it
 appends; if the append does not land right after what it had read (another writer came between:
 a worker that lost the partition and has not noticed yet), or does not land at all (Redis away),
 the group is dropped and rebuilt from the log at its next use.  A call whose append failed raises
-``StateUnavailable``; its batch is redelivered and answered from the log, which never holds a
-call that was not acknowledged to its caller.  A stream split over any runs or workers therefore
-gets the answers of one run, as with sets in Redis, whichever partition a scan arrives on: a code
-group read by two workers is only slower (each reads the other's calls), not wrong.
+``StateUnavailable``; its batch is redelivered and answered from the log, which holds no call
+that failed before it reached Redis (one that timed out after Redis took it is in the log, and
+its redelivery finds its own members there, as it would have found them in Redis after a state
+script that timed out once it had run).  A stream split over any runs or workers therefore gets
+the answers of one run, as with sets in Redis, whichever partition a scan arrives on: a code group
+read by two workers is only slower (each reads the other's calls), not wrong.
 
 Cost: one round trip to read (an ``LRANGE`` per group and epoch, empty in the steady state) and
 one to append (an ``RPUSH`` and an ``EXPIREAT`` per group) per call, and about 27 bytes of log
