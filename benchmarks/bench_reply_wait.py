@@ -30,6 +30,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import orjson
 import redis
 import redis.asyncio as aioredis
@@ -82,7 +83,7 @@ def watcher(url: str, prefix: str, waiters: int) -> tuple[Callable, Callable, Ca
     asyncio.run_coroutine_threadsafe(watching.start(), loop).result()
 
     def push(ids: list[str]) -> None:
-        writer.push(ids, [_line(s) for s in ids])
+        writer.push(ids, [_line(s) for s in ids], np.ones(len(ids), bool))  # first outcomes, as most are
 
     def wait(scan_id: str) -> dict | None:
         return asyncio.run_coroutine_threadsafe(watching.look(scan_id, KEY, 5), loop).result()

@@ -40,7 +40,7 @@ from worker_bench_costs import census  # noqa: E402  (this folder's module, run 
 from scanstream.engine import outcomes  # noqa: E402
 from scanstream.engine.config import load  # noqa: E402
 from scanstream.engine.state.redis import RedisStateStore  # noqa: E402
-from scanstream.streams.replies import ReplyWriter  # noqa: E402
+from scanstream.streams.replies import ReplyWriter, first_outcomes  # noqa: E402
 from scanstream.wiring import build_pipeline  # noqa: E402
 
 #: The state store's methods that talk to the server (``engine.state.StateStore``).
@@ -103,7 +103,7 @@ def run(config, lines: list[bytes], url: str, batch: int, attribute: bool):
         before = server_cpu_s(store.client)
         for start in range(0, len(lines), batch):
             scans = pipeline.process(lines[start:start + batch]).scans
-            push(scans["scan_id"].tolist(), outcomes.outcome_lines(scans))
+            push(scans["scan_id"].tolist(), outcomes.outcome_lines(scans), first_outcomes(scans))
         cpu_s = server_cpu_s(store.client) - before
         families = census(store.client, prefix).families
     finally:

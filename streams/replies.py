@@ -4,26 +4,35 @@ The scan API must answer the consumer within a few hundred milliseconds ("genuin
 yuan"), so it cannot read the whole ``scan-results`` topic.  The worker therefore also writes
 each outcome to Redis, where any API instance finds it by its scan_id for ``result_ttl_s``.
 
-Where: the reply hashes.  A scan_id's outcomes are one field of its state shard's hash for the
-minute (``REPLY_EPOCH_S``) in which they were written, ``P rh:{tag}:<epoch>`` (``reply_hash``):
-the outcome lines, oldest first, joined by a newline (JSON lines hold none of their own).  A
-resent scan_id's outcome is appended to the field of the minute it comes in.  A hash expires
+Where: the reply hashes.  A scan_id's outcomes are in its state shard's hash for the minute
+(``REPLY_EPOCH_S``) in which they were written, ``P rh:{tag}:<epoch>`` (``reply_hash``), in at most
+two fields: its first outcome under the scan_id, and the outcomes of the minute that came with or
+after another, oldest first, joined by a newline (JSON lines hold none of their own), under
+``HISTORY`` + the scan_id (``history_field``; no scan_id's UTF-8 holds byte 0xFF, so no scan_id
+names another's history).  Read in that order, the history then the first outcome, they are the
+outcomes in the order they were written.  Why two: almost every outcome is its scan_id's first
+(a new identity in the state store: ``first_outcomes``), and those are written blind, with plain
+HSETs and no read; only the rest (a resend, a conflict, an invalid event, which makes no identity,
+or a scan_id twice in one call) is read and joined by the push script: its history, the first
+outcome moved into it, then the new lines.  A resent scan_id's outcome is appended to the history
+of the minute it comes in.  A hash expires
 ``result_ttl_s`` after its minute ends, so an outcome is kept between one TTL and one TTL plus a
 minute.  A field in a large hash costs about a third of what a list key per scan_id with its own
 TTL cost (a key, a list, an expiry entry, and an RPUSH and an EXPIRE of server time each), and
-one HSET per shard and slice of ``_SLICE`` writes a chunk's fields.
+one HSET per shard and slice of ``_SLICE`` writes a chunk's first outcomes.
 
-The writes of a batch go in one Lua script call per ``REPLY_CHUNK`` outcomes (``_PUSH_LUA``),
-which then publishes a notice of the chunk's scan_ids; the outcome lines are written by
-``ext.jsonlines``.  Readers look at the minutes around their wait (``reply_epochs``).  A process
+The writes of a batch go in one round trip per ``REPLY_CHUNK`` outcomes: the first outcomes'
+HSETs, then one call of the push script (``_PUSH_LUA``) with the rest, which then publishes a
+notice of the chunk's scan_ids, pipelined on one connection so that the notice comes after every
+write; the outcome lines are written by ``ext.jsonlines``.  Readers look at the minutes around their wait (``reply_epochs``).  A process
 that waits for many scans at once (the HTTP gateway; ``ScanPublisher.await_result`` for the
 threads of a Python scan API) holds one subscription to the notices and reads only what someone
 there waits for (``ReplyWatcher``): a wait costs a read when it starts and one when its outcome
 is announced, not a poll.
 
 A reply hash lives in the state shard of its scan_ids (``reply_shards``), as the state store's
-keys do: on a Redis Cluster the pushes go in one call per shard, and their notices reach every
-subscriber whichever node publishes them.
+keys do: on a Redis Cluster the pushes go in one round trip per shard, to the node that holds it,
+and their notices reach every subscriber whichever node publishes them.
 """
 from __future__ import annotations
 
@@ -73,63 +82,69 @@ POLL_KEY_HEX = 32
 #: the fastest (a fifth faster than 1 000 in ``bench_state_calls``).
 _SLICE = 100
 
-#: ARGV: key prefix (``P rh:``), TTL, n, the notice (n as uint32, the scan_ids' uint32 lengths,
-#: the scan_ids), the notice channel (``notice_channel``), the runs of rows of one shard (per run
-#: its shard, one byte, and its number of rows, uint32), ``REPLY_EPOCH_S``, the pairs scan_id,
-#: outcome in run order, each string after its length (``pack_pairs``), and per row in run order
-#: one byte, 1 where its scan_id comes more than once in the call.  Per run (a shard's rows),
-#: a slice at a time: the pairs unpacked and one HMGET of their scan_ids in this minute's hash;
-#: then one HSET per slice straight from the unpacked pairs; then, for the scan_ids that held outcomes
-#: (a resend) or come twice, one HSET each of what they held and their new outcomes appended in
-#: row order; one EXPIREAT.  Then the notice, which wakes the gateways waiting for any of the
-#: scan_ids (``ReplyWatcher``); with nobody subscribed it costs next to nothing.  The strings
-#: travel packed and are unpacked by struct in C: a Lua step per row (``string.sub``, building
-#: the HSET's arguments) was most of the script's time, and an argument per string cost the
-#: worker's command packing more than the script saved.
+#: The first byte of a history field's name (``history_field``): never a byte of UTF-8.
+HISTORY = b"\xff"
+
+#: The push script, for the outcomes that are joined (see the module) and the notice.  KEYS[1]:
+#: a key of the call's shard (routing only).  ARGV: key prefix (``P rh:``), TTL, n, the notice (n
+#: as uint32, the scan_ids' uint32 lengths, the scan_ids), the notice channel
+#: (``notice_channel``), the runs of joined rows of one shard (per run its shard, one byte, and
+#: its number of rows, uint32), ``REPLY_EPOCH_S``, the minute, the pairs scan_id, outcome in run
+#: order, each string after its length (``pack_pairs``).  Per run: one HMGET of the rows'
+#: histories and first outcomes (a slice at a time), one HSET each of the history with the first
+#: outcome and the new lines appended in row order, one HDEL of the first outcomes moved, one
+#: EXPIREAT.  Then the notice, which wakes the gateways waiting for any of the scan_ids
+#: (``ReplyWatcher``); with nobody subscribed it costs next to nothing.  The first outcomes are
+#: not the script's: the writer sends them as plain HSETs just before it, on the same connection,
+#: so the notice still comes after them.  Why: Redis spent 2.7 µs of CPU per outcome line written
+#: through a script (packed or an argument each, alike) and 1.4 µs through a plain HSET
+#: (``INFO cpu`` over 50 000 lines of 436 bytes, 100 a command), and most outcomes are first ones.
 _PUSH_LUA = LUA_PRELUDE + r"""
-local pre, ttl, n, span = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[7])
-local runs, pair_blob, twice = ARGV[6], ARGV[8], ARGV[9]
-local epoch = math.floor(tonumber(redis.call('TIME')[1]) / span)
-local pos, row = 1, 0
+local pre, ttl, n, span, epoch = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[7]), ARGV[8]
+local runs, pair_blob = ARGV[6], ARGV[9]
+local SLICE, HISTORY = """ + str(_SLICE) + r""", '\255'
+local pos = 1
 for r = 1, #runs / 5 do
-  local s, count = struct.unpack('<BI4', runs, 5 * r - 4)
+  local s, joined = struct.unpack('<BI4', runs, 5 * r - 4)
   local key = shard_key(pre, s) .. ':' .. epoch
-  -- every HMGET before any HSET: what each scan_id held before this call
-  local slices, old, mark = {}, {}, {}
-  for done = 0, count - 1, """ + str(_SLICE) + r""" do
-    local k = math.min(count - done, """ + str(_SLICE) + r""")
-    local pairs_ = unpack_strings(pair_blob, pos, 2 * k)
-    pos = pairs_[2 * k + 1]
-    slices[#slices + 1] = pairs_
-    local ids = {}
-    for j = 1, k do ids[j] = pairs_[2 * j - 1] end
-    local held = redis.call('HMGET', key, unpack(ids))
-    for j = 1, k do
-      if held[j] or string.byte(twice, row + done + j) == 1 then
-        mark[done + j] = true
-        if old[ids[j]] == nil then old[ids[j]] = held[j] or false end
-      end
-    end
+  local jids, jlines = {}, {}
+  for a = 0, joined - 1, SLICE do
+    local k = math.min(joined - a, SLICE)
+    local p = unpack_strings(pair_blob, pos, 2 * k)
+    pos = p[2 * k + 1]
+    for j = 1, k do jids[a + j], jlines[a + j] = p[2 * j - 1], p[2 * j] end
   end
-  local joined = {}
-  for x, pairs_ in ipairs(slices) do
-    local done, k = (x - 1) * """ + str(_SLICE) + r""", (#pairs_ - 1) / 2
-    redis.call('HSET', key, unpack(pairs_, 1, 2 * k))
-    if next(mark) ~= nil then
-      for j = 1, k do
-        if mark[done + j] then
-          local id, line = pairs_[2 * j - 1], pairs_[2 * j]
-          local v = joined[id] or old[id]
-          if v then joined[id] = v .. '\n' .. line else joined[id] = line end
+  -- what each joined scan_id held before this call: its history, then its first outcome
+  local held, moved, order = {}, {}, {}
+  for a = 1, joined, SLICE do
+    local e = math.min(a + SLICE - 1, joined)
+    local ask = {}
+    for j = a, e do ask[2 * (j - a) + 1], ask[2 * (j - a) + 2] = HISTORY .. jids[j], jids[j] end
+    local got = redis.call('HMGET', key, unpack(ask))
+    for j = a, e do
+      local id = jids[j]
+      if held[id] == nil then
+        local h, f = got[2 * (j - a) + 1], got[2 * (j - a) + 2]
+        if f then
+          moved[#moved + 1] = id
+          if h then h = h .. '\n' .. f else h = f end
         end
+        held[id] = h or false
+        order[#order + 1] = id
       end
     end
   end
-  for id, v in pairs(joined) do redis.call('HSET', key, id, v) end
+  for j = 1, joined do
+    local id = jids[j]
+    local v = held[id]
+    if v then held[id] = v .. '\n' .. jlines[j] else held[id] = jlines[j] end
+  end
+  for _, id in ipairs(order) do redis.call('HSET', key, HISTORY .. id, held[id]) end
+  for a = 1, #moved, SLICE do redis.call('HDEL', key, unpack(moved, a, math.min(a + SLICE - 1, #moved))) end
   redis.call('EXPIREAT', key, (epoch + 1) * span + ttl)
-  row = row + count
 end
--- the notice: after the writes, in the same call, so a gateway woken by it finds the outcomes
+-- the notice: after the writes (the first outcomes' HSETs came before this call on its
+-- connection), so a gateway woken by it finds the outcomes
 redis.call('PUBLISH', ARGV[5], ARGV[4])
 return n
 """
@@ -140,6 +155,19 @@ def reply_hash(prefix: str, shard: int, epoch: int) -> str:
     ``reply:``, the family of the lists an older version kept per scan_id, which a scan_id could
     otherwise name)."""
     return f"{prefix}rh:{{{SHARD_TAGS[shard]}}}:{epoch}"
+
+
+def history_field(scan_id: bytes) -> bytes:
+    """The field of a scan_id's outcomes that came with or after another in one minute."""
+    return HISTORY + scan_id
+
+
+def first_outcomes(scans: outcomes.Columns) -> np.ndarray:
+    """Which outcomes of a batch are their scan_id's first: an event that made a new identity in
+    the state store (neither an invalid event, which makes none, nor a conflict or a replay of
+    one that was there).  ``ReplyWriter.push`` writes those without reading first."""
+    verdict = np.asarray(scans["verdict"], dtype=object)
+    return ~np.isin(verdict, ["invalid_event", "conflict"]) & (np.asarray(scans["replay"]) == 0)
 
 
 def reply_shards(scan_ids: Sequence[str]) -> np.ndarray:
@@ -208,7 +236,7 @@ class Reads:
     """The reads of many scan_ids' outcomes, each over its own minutes: one HMGET per reply hash
     (state shard and minute), whatever the number of scan_ids in it (``reads`` builds them)."""
 
-    #: per HMGET: the reply hash and the fields (scan_ids) asked of it
+    #: per HMGET: the reply hash and the fields asked of it, each scan_id's history then the scan_id
     commands: list[tuple[str, list[bytes]]]
     #: per HMGET: its minute and the index, among the scan_ids read, of each field asked
     rows: list[tuple[int, list[int]]]
@@ -221,9 +249,10 @@ class Reads:
             raise ValueError(f"{len(answers)} answers for {len(self.commands)} reads: expected one each")
         out: list[Held] = [{} for _ in range(self.n)]
         for (e, rows), values in zip(self.rows, answers):
-            for i, v in zip(rows, values):
-                if v:
-                    out[i][e] = v.split(b"\n")
+            for j, i in enumerate(rows):
+                history, first = values[2 * j], values[2 * j + 1]
+                if history or first:
+                    out[i][e] = (history.split(b"\n") if history else []) + (first.split(b"\n") if first else [])
         return out
 
 
@@ -239,7 +268,8 @@ def reads(prefix: str, scan_ids: Sequence[str | bytes], spans: Sequence[range]) 
     for i, (shard, span) in enumerate(zip(reply_shards(ids).tolist() if ids else [], spans)):
         for e in span:
             groups.setdefault((shard, e), []).append(i)
-    commands = [(reply_hash(prefix, shard, e), [ids[i] for i in rows]) for (shard, e), rows in groups.items()]
+    commands = [(reply_hash(prefix, shard, e), [f for i in rows for f in (history_field(ids[i]), ids[i])])
+                for (shard, e), rows in groups.items()]
     rows = [(e, mine) for (_, e), mine in groups.items()]
     return Reads(commands, rows, len(ids))
 
@@ -291,41 +321,90 @@ class ReplyWriter:
         self.ttl_s = int(ttl_s)
         self.channel = notice_channel(prefix).encode("utf-8")
         self._push = client.register_script(_PUSH_LUA)
+        client.script_load(_PUSH_LUA)  # a pipelined call finds it (a node restarted since: see _push_chunk)
+        self._offset, self._offset_until = 0.0, 0.0
         import redis
         #: a Cluster takes one call per shard (a script touches one slot)
         self.cluster = isinstance(client, redis.RedisCluster)
 
-    def push(self, scan_ids: Sequence[str], lines: Sequence[bytes]) -> int:
-        """Append ``lines[i]`` to the outcomes of ``scan_ids[i]``; the number written."""
-        if len(scan_ids) != len(lines):
-            raise ValueError(f"{len(scan_ids)} scan_ids for {len(lines)} outcomes: expected one each")
-        pre = f"{self.prefix}rh:".encode("utf-8")
+    def push(self, scan_ids: Sequence[str], lines: Sequence[bytes], first: np.ndarray | None = None) -> int:
+        """Append ``lines[i]`` to the outcomes of ``scan_ids[i]``; the number written.  ``first``
+        flags the outcomes that are their scan_id's first (``first_outcomes``), written blind with
+        plain HSETs; None: every outcome is joined to what its scan_id holds (the script)."""
+        if len(scan_ids) != len(lines) or (first is not None and len(first) != len(lines)):
+            raise ValueError(f"{len(scan_ids)} scan_ids, {len(lines)} outcomes and "
+                             f"{'no' if first is None else len(first)} first flags: expected one each")
+        blind_rows = np.zeros(len(lines), bool) if first is None else np.asarray(first, bool)
         shards = reply_shards(scan_ids) if len(scan_ids) else np.zeros(0, np.uint8)
+        epoch = _epoch(self._redis_time())
         groups = ([np.nonzero(shards == s)[0] for s in np.unique(shards).tolist()] if self.cluster
                   else [np.arange(len(lines))])
         for rows in groups:
             for a in range(0, len(rows), REPLY_CHUNK):
                 part = rows[a:a + REPLY_CHUNK]
-                # the script takes a shard's rows together, in row order within it
-                order = part[np.argsort(shards[part], kind="stable")]
-                run_shards, counts = np.unique(shards[order], return_counts=True)
-                runs = np.zeros(len(counts), [("shard", "u1"), ("count", "<u4")])
-                runs["shard"], runs["count"] = run_shards, counts
-                ids = [scan_ids[i].encode("utf-8", "surrogatepass") for i in order.tolist()]
-                sorted_lines = [lines[i] for i in order.tolist()]
-                twice = np.zeros(len(ids), np.uint8)
+                ids = [scan_ids[i].encode("utf-8", "surrogatepass") for i in part.tolist()]
+                blind = blind_rows[part]
                 if len(set(ids)) < len(ids):  # a scan_id twice in one chunk: rare, so counted only then
                     seen = collections.Counter(ids)
-                    twice = np.fromiter((seen[i] > 1 for i in ids), np.uint8, len(ids))
-                routing = [reply_hash(self.prefix, int(shards[part[0]]), 0)]  # where a Cluster runs the call
-                self._push(keys=routing, args=[pre, self.ttl_s, len(part), _notice(ids), self.channel,
-                                               runs.tobytes(), REPLY_EPOCH_S, pack_pairs(ids, sorted_lines),
-                                               twice.tobytes()])
+                    blind &= np.fromiter((seen[i] == 1 for i in ids), bool, len(ids))
+                self._push_chunk(ids, [lines[i] for i in part.tolist()], blind, shards[part], epoch)
         return len(lines)
+
+    def _push_chunk(self, ids: list[bytes], lines: list[bytes], blind: np.ndarray, shards: np.ndarray,
+                    epoch: int) -> None:
+        """One chunk's round trip (all of one shard on a Cluster): the blind rows' HSETs per shard,
+        then the script with the joined rows and the notice, pipelined on one connection."""
+        expiry = (epoch + 1) * REPLY_EPOCH_S + self.ttl_s
+        commands: list[tuple] = []
+        for s in np.unique(shards[blind]).tolist():
+            key = reply_hash(self.prefix, s, epoch)
+            mine = np.nonzero(blind & (shards == s))[0].tolist()
+            for b in range(0, len(mine), _SLICE):
+                commands.append(("HSET", key, *[x for i in mine[b:b + _SLICE] for x in (ids[i], lines[i])]))
+            commands.append(("EXPIREAT", key, expiry))
+        joined = np.nonzero(~blind)[0]
+        joined = joined[np.argsort(shards[joined], kind="stable")]  # a shard's rows together, in row order
+        run_shards, counts = np.unique(shards[joined], return_counts=True)
+        runs = np.zeros(len(counts), [("shard", "u1"), ("count", "<u4")])
+        runs["shard"], runs["count"] = run_shards, counts
+        routing = reply_hash(self.prefix, int(shards[0]), 0)  # where a Cluster runs the call
+        args = [self.prefix.encode("utf-8") + b"rh:", self.ttl_s, len(ids), _notice(ids), self.channel,
+                runs.tobytes(), REPLY_EPOCH_S, epoch,
+                pack_pairs([ids[i] for i in joined.tolist()], [lines[i] for i in joined.tolist()])]
+        target = (self.client.get_redis_connection(self.client.get_node_from_key(routing)) if self.cluster
+                  else self.client)
+        pipe = target.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        pipe.evalsha(self._push.sha, 1, routing, *args)
+        answers = pipe.execute(raise_on_error=False)
+        failed = next((x for x in answers if isinstance(x, Exception)), None)
+        if failed is None:
+            return
+        import redis
+        if isinstance(failed, (redis.exceptions.NoScriptError, redis.exceptions.AskError,
+                               redis.exceptions.MovedError)):
+            # a restarted node without the script, or a slot that moved: again through the client,
+            # which loads the script and follows the slot (HSETs of the same lines change nothing)
+            for command in commands:
+                self.client.execute_command(*command)
+            self._push(keys=[routing], args=args)
+            return
+        raise failed
+
+    def _redis_time(self) -> float:
+        """Redis's clock (the minute of the hashes is Redis's), from this host's and an offset
+        read with ``TIME`` once per ``REPLY_EPOCH_S``."""
+        now = time.time()
+        if now >= self._offset_until:
+            seconds, micros = self.client.time()
+            self._offset = seconds + micros / 1e6 - time.time()
+            self._offset_until = now + REPLY_EPOCH_S
+        return now + self._offset
 
     def push_outcomes(self, scans: outcomes.Columns) -> int:
         """Push every outcome of a batch (for callers that have not built the lines yet)."""
-        return self.push(scans["scan_id"].tolist(), outcomes.outcome_lines(scans))
+        return self.push(scans["scan_id"].tolist(), outcomes.outcome_lines(scans), first_outcomes(scans))
 
 
 class RoundTrips:

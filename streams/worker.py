@@ -158,7 +158,8 @@ class BatchHandler:
         appends the same outcome again, and a waiter takes the first that answers its event."""
         lines = self.outcome_lines(batch)
         if self.replies is not None and lines:
-            self.replies.push(batch.result.scans["scan_id"].tolist(), lines)
+            scans = batch.result.scans
+            self.replies.push(scans["scan_id"].tolist(), lines, replies.first_outcomes(scans))
 
     def _produce(self, batch: InFlight) -> None:
         """Step 5: the batch's messages, made once, sent by the agent's producer when there is one."""

@@ -69,6 +69,112 @@ def test_a_resent_scan_id_keeps_every_outcome_in_order(redis_deployment, redis_p
     client.close()
 
 
+def _batch(*rows: tuple[str, str, int]) -> outcomes.Columns:
+    """Outcome columns of (scan_id, verdict, replay) rows, as the pipeline gives them."""
+    cols = outcomes.empty(outcomes.SCAN_COLUMNS, len(rows))
+    cols["scan_id"][:] = [r[0] for r in rows]
+    cols["verdict"][:] = [r[1] for r in rows]
+    cols["replay"][:] = [r[2] for r in rows]
+    cols["user_id"][:] = [f"wx-{i}" for i in range(len(rows))]
+    return cols
+
+
+def _verdicts(client, prefix: str, scan_id: str) -> list[str]:
+    return [orjson.loads(x)["verdict"] for x in replies.fresh(read_replies(client, prefix, [scan_id], _now_epochs())[0], {})]
+
+
+def test_a_first_outcome_written_blind_never_overwrites_nor_hides_another(redis_deployment, redis_prefix):
+    """A scan's first outcome is written without a read.  The attacks on that: an invalid event
+    (which makes no identity, so the worker cannot know it was there) sent under the scan_id just
+    before the genuine scan, and just after; a thief's conflict pushed by another worker before the
+    owner's first outcome lands; a replay.  Every outcome stays, in the order it was written, and
+    the first outcome moves into the history once another comes."""
+    client = _client(redis_deployment)
+    writer = ReplyWriter(client, redis_prefix, 60)
+    writer.push_outcomes(_batch(("inv-first", "invalid_event", 0)))
+    writer.push_outcomes(_batch(("inv-first", "ok", 0), ("inv-after", "ok", 0)))
+    writer.push_outcomes(_batch(("inv-after", "invalid_event", 0)))
+    assert _verdicts(client, redis_prefix, "inv-first") == ["invalid_event", "ok"]
+    assert _verdicts(client, redis_prefix, "inv-after") == ["ok", "invalid_event"]
+    # a thief's conflict, judged and pushed by another worker before the owner's outcome lands
+    writer.push_outcomes(_batch(("race", "conflict", 0)))
+    writer.push_outcomes(_batch(("race", "ok", 0)))
+    writer.push_outcomes(_batch(("race", "repeat", 1)))
+    assert _verdicts(client, redis_prefix, "race") == ["conflict", "ok", "repeat"]
+    # once joined, a scan_id's outcomes are one field, its history; a lone first outcome is its own
+    key = reply_hash(redis_prefix, int(reply_shards(["inv-after"])[0]), int(time.time() // REPLY_EPOCH_S))
+    assert client.hget(key, "inv-after") is None
+    assert client.hget(key, replies.history_field(b"inv-after")).count(b"\n") == 1
+    writer.push_outcomes(_batch(("alone", "ok", 0)))
+    alone = reply_hash(redis_prefix, int(reply_shards(["alone"])[0]), int(time.time() // REPLY_EPOCH_S))
+    assert client.hget(alone, replies.history_field(b"alone")) is None and client.hget(alone, "alone")
+    client.close()
+
+
+def test_blind_and_joined_outcomes_of_every_shard_in_one_call_each_reach_their_scan_id(redis_deployment,
+                                                                                       redis_prefix):
+    """One call with first outcomes, resends and a scan_id twice, across shards and past the
+    script's slices: the blind rows travel as arguments of their own and the joined ones packed,
+    and each scan_id must end with exactly its own outcomes, in order."""
+    client = _client(redis_deployment)
+    writer = ReplyWriter(client, redis_prefix, 60)
+    writer.push_outcomes(_batch(*[(f"old-{i}", "ok", 0) for i in range(30)]))
+    rows = [(f"new-{i}", "ok", 0) for i in range(3 * replies._SLICE)]
+    rows[::7] = [(f"old-{i}", "conflict", 0) for i in range(len(rows[::7]))]
+    rows += [("twice", "ok", 0), ("new-1", "ok", 1), ("twice", "conflict", 0)]
+    writer.push_outcomes(_batch(*rows))
+    want: dict[str, list[str]] = {f"old-{i}": ["ok"] for i in range(30)}
+    for sid, verdict, _ in rows:
+        want.setdefault(sid, []).append(verdict)
+    got = read_replies(client, redis_prefix, list(want), _now_epochs())
+    assert {sid: [orjson.loads(x)["verdict"] for x in replies.fresh(h, {})] for sid, h in zip(want, got)} == want
+    client.close()
+
+
+def test_a_node_that_forgot_the_push_script_still_gets_every_outcome(redis_deployment, redis_prefix):
+    """The script is loaded when the writer starts; a node restarted since (``SCRIPT FLUSH`` here)
+    answers the pipelined call NOSCRIPT after it took the first outcomes' HSETs: the writer sends
+    the call again through the client, and nothing is lost or written twice."""
+    client = _client(redis_deployment)
+    writer = ReplyWriter(client, redis_prefix, 60)
+    client.script_flush()
+    writer.push_outcomes(_batch(("flushed", "ok", 0), ("flushed-2", "ok", 0)))
+    client.script_flush()
+    writer.push_outcomes(_batch(("flushed", "conflict", 0)))
+    assert _verdicts(client, redis_prefix, "flushed") == ["ok", "conflict"]
+    assert _verdicts(client, redis_prefix, "flushed-2") == ["ok"]
+    client.close()
+
+
+def test_a_wait_counts_a_first_outcome_once_when_it_moves_into_the_history(redis_deployment, redis_prefix):
+    """A wait counted the owner's ``ok`` (a lone first outcome); the thief's conflict then moves it
+    into the history: the wait must get the conflict, never the ``ok`` again as if it were new."""
+    client = _client(redis_deployment)
+    writer = ReplyWriter(client, redis_prefix, 60)
+    writer.push_outcomes(_batch(("moved", "ok", 0)))
+    epochs = _now_epochs()
+    seen = replies.counts(read_replies(client, redis_prefix, ["moved"], epochs)[0], epochs)
+    assert sum(seen.values()) == 1
+    writer.push_outcomes(_batch(("moved", "conflict", 0)))
+    new = replies.fresh(read_replies(client, redis_prefix, ["moved"], epochs)[0], seen)
+    assert [orjson.loads(x)["verdict"] for x in new] == ["conflict"]
+    client.close()
+
+
+def test_outcomes_an_older_worker_joined_in_the_scan_ids_field_are_read_and_kept(redis_deployment, redis_prefix):
+    """During an upgrade an older worker still joins every outcome into the scan_id's own field:
+    a reader splits it into its lines, and a newer worker's join keeps them, in order."""
+    client = _client(redis_deployment)
+    sid = "older"
+    key = reply_hash(redis_prefix, int(reply_shards([sid])[0]), int(time.time() // REPLY_EPOCH_S))
+    client.hset(key, sid, _line(sid, "ok") + b"\n" + _line(sid, "conflict"))
+    client.expire(key, 120)
+    assert _verdicts(client, redis_prefix, sid) == ["ok", "conflict"]
+    ReplyWriter(client, redis_prefix, 60).push_outcomes(_batch((sid, "conflict", 0)))
+    assert _verdicts(client, redis_prefix, sid) == ["ok", "conflict", "conflict"]
+    client.close()
+
+
 def test_a_scan_id_repeated_across_the_scripts_slices_keeps_every_outcome(redis_deployment, redis_prefix):
     """The push script writes a shard's outcomes a slice at a time (``replies._SLICE``) straight
     from their unpacking: a scan_id that already held an outcome, and comes again in a later
@@ -237,7 +343,8 @@ def test_many_reads_ask_each_reply_hash_once_and_each_scan_id_only_its_minutes(r
     spans = [range(now - 3, now + 1) if i % 2 else range(now - 1, now + 1) for i in range(len(ids))]
     plan = replies.reads(redis_prefix, ids, spans)
     assert len(plan.commands) == len({(s, e) for s, span in zip(shards, spans) for e in span})
-    assert sum(len(fields) for _, fields in plan.commands) == sum(len(span) for span in spans)
+    # each scan_id's two fields (its history, then its first outcome) in each of its minutes
+    assert sum(len(fields) for _, fields in plan.commands) == 2 * sum(len(span) for span in spans)
 
     async def scenario():
         aclient = _aclient(redis_deployment)
