@@ -320,8 +320,8 @@ class ReplyWriter:
         self.prefix = prefix
         self.ttl_s = int(ttl_s)
         self.channel = notice_channel(prefix).encode("utf-8")
+        #: loaded by its first call (and after a node's restart): see ``_push_chunk``
         self._push = client.register_script(_PUSH_LUA)
-        client.script_load(_PUSH_LUA)  # a pipelined call finds it (a node restarted since: see _push_chunk)
         self._offset, self._offset_until = 0.0, 0.0
         import redis
         #: a Cluster takes one call per shard (a script touches one slot)
