@@ -155,7 +155,8 @@ class BatchHandler:
 
     def _reply(self, batch: InFlight) -> None:
         """Step 2: each outcome written to its scan_id's reply hash.  Safe to repeat: a repeat
-        appends the same outcome again, and a waiter takes the first that answers its event."""
+        writes a first outcome over itself and appends a joined one again, and a waiter takes the
+        first that answers its event."""
         lines = self.outcome_lines(batch)
         if self.replies is not None and lines:
             scans = batch.result.scans
