@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+import redis
 
 from scanstream.engine import outcomes
 from scanstream.engine.state import state_keys
@@ -323,7 +324,6 @@ class ReplyWriter:
         #: loaded by its first call (and after a node's restart): see ``_push_chunk``
         self._push = client.register_script(_PUSH_LUA)
         self._offset, self._offset_until = 0.0, 0.0
-        import redis
         #: a Cluster takes one call per shard (a script touches one slot)
         self.cluster = isinstance(client, redis.RedisCluster)
 
@@ -381,7 +381,6 @@ class ReplyWriter:
         failed = next((x for x in answers if isinstance(x, Exception)), None)
         if failed is None:
             return
-        import redis
         if isinstance(failed, (redis.exceptions.NoScriptError, redis.exceptions.AskError,
                                redis.exceptions.MovedError)):
             # a restarted node without the script, or a slot that moved: again through the client,

@@ -149,26 +149,35 @@ class SetLog:
         if not n:
             return np.zeros(members.shape, np.int64)
         groups = np.zeros(n, np.int64) if groups is None else np.asarray(groups, np.int64)
+        new = None if new is None else np.asarray(new, bool)
+        present = None if present is None else np.asarray(present, bool)
+        # each group's rows, in row order
+        order = np.argsort(groups, kind="stable")
+        names, starts = np.unique(groups[order], return_index=True)
+        names = names.tolist()
         with self._lock:
             now = self.clock()
             epoch = int(now // ttl_s)
-            names = np.unique(groups).tolist()
             self._catch_up(names, ttl_s, epoch)
             out = np.zeros(members.shape, np.int64)
-            blobs = []
-            for g in names:
-                rows = np.nonzero(groups == g)[0]
-                sub = (keys[rows], members[rows], ttl_s, None if new is None else np.asarray(new)[rows],
-                       None if present is None else np.asarray(present)[rows])
-                group = self._groups[g]
-                group.at = now  # the answer and the log's replay see one clock
-                try:
-                    out[rows] = group.sets.distinct(*sub)
-                finally:
-                    group.at = None
-                group.used = now
-                blobs.append((g, pack_call(*sub, at=now)))
-            self._append(blobs, ttl_s, epoch)
+            try:
+                blobs = []
+                for g, rows in zip(names, np.split(order, starts[1:])):
+                    sub = (keys[rows], members[rows], ttl_s, None if new is None else new[rows],
+                           None if present is None else present[rows])
+                    group = self._groups[g]
+                    group.at = now  # the answer and the log's replay see one clock
+                    try:
+                        out[rows] = group.sets.distinct(*sub)
+                    finally:
+                        group.at = None
+                    group.used = now
+                    blobs.append((g, pack_call(*sub, at=now)))
+                self._append(blobs, ttl_s, epoch)
+            except BaseException:  # sets changed but not logged: rebuilt from the log at their next use
+                for g in names:
+                    self._groups.pop(g, None)
+                raise
             self._forget(now, ttl_s)
         return out
 
@@ -219,7 +228,7 @@ class SetLog:
 
     def _append(self, blobs: list[tuple[int, bytes]], ttl_s: int, epoch: int) -> None:
         """Log each group's call; a group whose call did not land right after what it applied is
-        dropped (rebuilt from its log at its next use), and a failure drops every group of the call."""
+        dropped (rebuilt from its log at its next use)."""
         key_of = {g: self.log_key(g, ttl_s, epoch) for g, _ in blobs}
 
         def write() -> list:
@@ -229,13 +238,7 @@ class SetLog:
                 pipe.expireat(key_of[g], (epoch + 2) * ttl_s)
             return pipe.execute()
 
-        try:
-            lengths = self._call(write)[0::2]
-        except BaseException:
-            for g, _ in blobs:
-                self._groups.pop(g, None)
-            raise
-        for (g, _), length in zip(blobs, lengths):
+        for (g, _), length in zip(blobs, self._call(write)[0::2]):
             group, key = self._groups[g], key_of[g]
             if length == group.applied.get(key, 0) + 1:
                 group.applied[key] = length
