@@ -9,9 +9,12 @@ batch), and writes each batch's outcome lines to the reply hashes as the worker 
 1. plain: the server's CPU (``INFO cpu``, user + system) read once before and once after: the
    whole cost, command parsing and network included; then the prefix's keys are walked
    (entries and ``MEMORY USAGE`` by key family);
-2. attributed: around every store call and every push, ``INFO commandstats``: the server's own
-   timing of the commands (and scripts) that call ran, summed, by method.  It leaves out the
-   I/O, which is why the plain pass gives the total.
+2. attributed: around every store call and every push, ``INFO cpu`` again: the server's CPU
+   that call cost, parsing and I/O included, less what a reading itself costs (the median of
+   empty reading pairs, measured at the start), summed by method.  ``INFO commandstats`` cannot
+   say it: it leaves out the parsing of a plain command's arguments, and it counts the commands
+   a script runs among the top-level ones of the same name, so a plain HMGET or HSET could not
+   be told from one inside a script.
 
     redis-server --port 6390 --save "" --daemonize yes
     python benchmarks/process_batches.py --save /tmp/stream
@@ -34,6 +37,8 @@ from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from worker_bench_costs import census  # noqa: E402  (this folder's module, run by path)
 
@@ -45,44 +50,35 @@ from scanstream.wiring import build_pipeline  # noqa: E402
 
 #: The state store's methods that talk to the server (``engine.state.StateStore``).
 METHODS = ("claim", "grant", "count", "distinct", "mark_once", "block", "blocked", "bind", "guides")
-#: Commands of the readings themselves, left out of the attributed time.
-READING_COMMANDS = ("cmdstat_info",)
-
-
 def server_cpu_s(client) -> float:
     cpu = client.info("cpu")
     return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
 
 
-#: Commands the store and the reply writer run only inside their scripts: counted in their
-#: script's time (EVALSHA's), so not again on their own.
-SCRIPTED = frozenset(f"cmdstat_{c}" for c in (
-    "hmget", "hset", "hget", "hgetall", "hsetnx", "expireat", "expire", "bitfield", "setrange", "strlen", "get",
-    "set", "time", "incr", "sadd", "scard", "del", "zadd", "zremrangebyscore", "zmscore", "exists", "rpush",
-    "publish"))
-
-
-def command_usec(client) -> int:
-    """The server's own timing, in µs, of every top-level command so far but the readings."""
-    stats = client.info("commandstats")
-    return sum(int(v["usec"]) for k, v in stats.items() if k not in SCRIPTED and k not in READING_COMMANDS)
+#: Empty reading pairs whose median is a reading's own cost.
+CALIBRATION_READINGS = 50
 
 
 class Attribution:
-    """Server-timed µs and calls per method."""
+    """Server CPU µs and calls per method, each call's reading less a reading's own cost."""
 
     def __init__(self, client):
         self.client = client
-        self.usec: dict[str, int] = defaultdict(int)
+        self.usec: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
+        deltas = []
+        for _ in range(CALIBRATION_READINGS):
+            start = server_cpu_s(client)
+            deltas.append(server_cpu_s(client) - start)
+        self.reading_us = float(np.median(deltas)) * 1e6
 
     def wrap(self, name: str, fn):
         def measured(*args, **kwargs):
-            start = command_usec(self.client)
+            start = server_cpu_s(self.client)
             try:
                 return fn(*args, **kwargs)
             finally:
-                self.usec[name] += command_usec(self.client) - start
+                self.usec[name] += (server_cpu_s(self.client) - start) * 1e6 - self.reading_us
                 self.calls[name] += 1
         return measured
 
@@ -133,7 +129,7 @@ def main() -> int:
     figures = {
         "scans": n, "batch": args.batch, "wall_s": round(wall, 2),
         "server_cpu_us_per_scan": round(cpu_s / n * 1e6, 2),
-        "command_us_per_scan": {"total": round(sum(attribution.usec.values()) / n, 2),
+        "server_cpu_us_by_method": {"total": round(sum(attribution.usec.values()) / n, 2),
                                 **{k: round(attribution.usec[k] / n, 2) for k in order}},
         "calls_per_batch": {k: round(attribution.calls[k] / -(-n // args.batch), 2) for k in order},
         "entries_per_scan": {"total": round(sum(f.entries for f in families.values()) / n, 3),

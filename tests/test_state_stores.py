@@ -75,13 +75,15 @@ def open_store(kind: str, url: str | None = None, replay_ttl_s: int = 3600):
         store.close()
 
 
-def answers_on_every_backend(call, rows: list, sizes: tuple[int, ...], redis_url: str) -> list:
+def answers_on_every_backend(call, rows: list, sizes: tuple[int, ...], redis_url: str,
+                             cluster_url: str | None = None) -> list:
     """``call(store, rows)`` over ``rows`` cut into batches of ``sizes``, on a fresh memory, embedded
-    and Redis store; the three answers, each a list of the rows' answers in order."""
+    and Redis store, and a Redis Cluster's when ``cluster_url`` is given; their answers, each a list
+    of the rows' answers in order."""
     assert sum(sizes) == len(rows)
     answers = []
-    for backend in ("memory", "embedded", "redis"):
-        with open_store(backend, redis_url) as s:
+    for backend in ("memory", "embedded", "redis") + (("cluster",) if cluster_url else ()):
+        with open_store(backend, cluster_url if backend == "cluster" else redis_url) as s:
             got, i = [], 0
             for size in sizes:
                 got += call(s, rows[i:i + size])

@@ -99,13 +99,14 @@ def test_dealer_ids_of_any_text_round_trip(store):
     assert bind(store, [(CASE, 7, "")]) == [(odd, 5)]
 
 
-def test_stores_agree_on_a_random_stream(redis_url):
+def test_stores_agree_on_a_random_stream(redis_url, redis_cluster_url):
     rng = np.random.default_rng(15)
     rows = [(int(k), int(t), f"D{d}" if w else "") for k, t, d, w in
             zip((k * 0x9E3779B97F4A7C15 % 2**64 for k in rng.integers(0, 6, 3000).tolist()), rng.integers(0, 400, 3000),
                 rng.integers(0, 5, 3000), rng.random(3000) < 0.2)]
-    answers = answers_on_every_backend(bind, rows, (1, 7, 100, 500, 2392), redis_url)
-    assert answers[0] == answers[1] == answers[2]
+    # batches in which a key is only read (plain reads) and in which it is written (the script)
+    answers = answers_on_every_backend(bind, rows, (1, 7, 100, 500, 2380, 3, 5, 4), redis_url, redis_cluster_url)
+    assert answers[0] == answers[1] == answers[2] == answers[3]
     assert sum(d != "" for d, _ in answers[0]) > 1000  # the stream really reads bindings
 
 

@@ -419,7 +419,8 @@ return 1
 """
 
 #: Outbound bindings.  KEYS[1]: a key in the keys' shard (routing only).  ARGV: the shard hash
-#: prefix (``P bn:``), number of distinct keys k, the keys (8 bytes each, grouped by shard), each
+#: prefix (``P bn:``), number of distinct keys k that the batch writes (the caller reads the rest
+#: with plain HMGETs, ``RedisStateStore._keyed``), the keys (8 bytes each, grouped by shard), each
 #: key's shard (one byte), number of writes w, per
 #: write in row order its key (uint32 index, 0-based), ts (int64), dealer ids (``pack_strings``),
 #: and the history kept per key.  A key's value is its history, entries of ts (int64),
@@ -468,7 +469,8 @@ return {pack_ints('I4', lens), table.concat(vals)}
 """
 
 #: Guides of units.  KEYS[1]: a key in the units' shard (routing only).  ARGV: the shard hash
-#: prefix (``P gd:``), number of distinct units k, their identities (12 bytes each,
+#: prefix (``P gd:``), number of distinct units k that the batch sells (the caller reads the rest
+#: with plain HMGETs, ``RedisStateStore._keyed``), their identities (12 bytes each,
 #: ``engine.state.unit_identities``, grouped by shard), each unit's shard (one byte), number of sales w, per sale in row order its unit (uint32 index, 0-based),
 #: guide ids (``pack_strings``).  A sale makes its guide the unit's guide unless the unit
 #: has one.  The answer is every unit's guide before the batch (lengths as uint32, then the ids),
