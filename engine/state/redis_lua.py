@@ -499,10 +499,9 @@ return {pack_ints('I4', lens), table.concat(vals)}
 
 #: ARGV: prefix, n, number of campaigns m, campaign (uint32 index into the m ids), code
 #: identities (12 bytes each), user_ids (``pack_strings``), day (int64), tier (int16), cents
-#: (int64), guides (``pack_strings``), commission (int64), where tier and the rows'
-#: campaigns and identities are given for every request and the rest only for those that drew a
-#: tier (tier >= 0), in order (unpacking every request's cost a third of the script's time while
-#: about a quarter draw a prize), the DrawStatus codes WON
+#: (int64), guides (``pack_strings``), commission (int64), per request: the requests that drew a
+#: tier (tier >= 0; a request without one only asks whether its code won before, which the caller
+#: reads itself with a plain HMGET, ``RedisStateStore.grant``), the DrawStatus codes WON
 #: NO_PRIZE OUT_OF_STOCK BUDGET CAP, then the m ids.  A code's prize is kept as
 #: "tier:cents:commission" (a prize stored before commissions existed, "tier:cents", had none).
 #: Returns 19 bytes per request: status (uint8), tier (int16), cents (int64), commission (int64).
@@ -511,12 +510,9 @@ local WON, NO_PRIZE, OUT_OF_STOCK, BUDGET, CAP =
   tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14]), tonumber(ARGV[15]), tonumber(ARGV[16])
 local pre, n, m = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local camp, tier = ints(ARGV[4], 'I4', n), ints(ARGV[8], 'h', n)
-local drew = 0
-for i = 1, n do if tier[i] >= 0 then drew = drew + 1 end end
--- the draws' own columns: x-th for the x-th request with a tier
-local users = strings(ARGV[6], drew)
-local day, cents = ints(ARGV[7], 'i8', drew), ints(ARGV[9], 'i8', drew)
-local guides, commission = strings(ARGV[10], drew), ints(ARGV[11], 'i8', drew)
+local users = strings(ARGV[6], n)
+local day, cents = ints(ARGV[7], 'i8', n), ints(ARGV[9], 'i8', n)
+local guides, commission = strings(ARGV[10], n), ints(ARGV[11], 'i8', n)
 local C = {}
 for c = 1, m do
   local id = ARGV[16 + c]
@@ -557,12 +553,10 @@ for c, rows in pairs(rows_of) do
   end
 end
 -- drawn prizes, in request order: the earlier scan takes the last one
-local x = 0
 for i = 1, n do
   local t = tier[i]
-  if t >= 0 then x = x + 1 end
   if t >= 0 and not prior[i] then
-    local c, amount = C[camp[i] + 1], cents[x]
+    local c, amount = C[camp[i] + 1], cents[i]
     local again = c.won[field[i]]
     if again then
       status[i], otier[i], ocents[i], ocomm[i] = WON, again[1], again[2], again[3]
@@ -570,7 +564,7 @@ for i = 1, n do
       if c.stock[t] == nil then
         return redis.error_reply('campaign ' .. c.base .. ' has no tier ' .. t)
       end
-      local dkey = c.base .. ':ud:' .. string.format('%d', day[x])
+      local dkey = c.base .. ':ud:' .. string.format('%d', day[i])
       local users_of_day = c.days[dkey]
       if users_of_day == nil then users_of_day = {}; c.days[dkey] = users_of_day end
       if c.stock[t] <= 0 then
@@ -578,7 +572,7 @@ for i = 1, n do
       elseif c.budget < amount then
         status[i] = BUDGET
       else
-        local u = users[x]
+        local u = users[i]
         local got = users_of_day[u]
         if got == nil then
           got = {tonumber(redis.call('HGET', dkey, u) or 0), false}
@@ -594,8 +588,8 @@ for i = 1, n do
           got[1], got[2] = got[1] + 1, true
           -- the guide's commission: after the prize, only while the budget covers it
           local paid = 0
-          if guides[x] ~= '' and commission[x] > 0 and c.budget >= commission[x] then
-            paid = commission[x]
+          if guides[i] ~= '' and commission[i] > 0 and c.budget >= commission[i] then
+            paid = commission[i]
             c.budget = c.budget - paid
             c.commissions = c.commissions + 1
           end
