@@ -50,7 +50,9 @@ def test_a_flooding_client_gets_429_with_retry_after_and_the_bucket_refills(serv
         assert codes[:5] == [400] * 5 and set(codes[5:]) == {429}
         r = post(g.url, bad_event(99))
         body = assert_problem(r, 429, "ip")
-        assert "127.0.0.1" in body["detail"] and int(r.headers["retry-after"]) == math.ceil(1 / 0.5)
+        # a token every 2 s: the wait left is at most that, rounded up, and at least a second (it
+        # is less than 2 s when the burst's requests took a while on a loaded machine)
+        assert "127.0.0.1" in body["detail"] and 1 <= int(r.headers["retry-after"]) <= math.ceil(1 / 0.5)
         # the health probes are not limited: an orchestrator keeps seeing the process alive
         assert httpx.get(f"{g.url}/healthz").status_code == 200
         time.sleep(2.2)  # a token every 2 s: one more request passes, the next does not

@@ -475,7 +475,8 @@ def facts(registry) -> dict[str, object]:
     }
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# 20 registries: each costs a schema and a round trip through chdb (about 2 s here)
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(given_rows=registries())
 def test_the_registry_read_back_from_clickhouse_answers_as_its_csv_files(chdb_target: str, tmp_path: Path,
                                                                         given_rows) -> None:
