@@ -108,7 +108,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -746,22 +746,24 @@ class RedisStateStore(StateStore):
         order = rows[np.argsort(campaign[rows], kind="stable")]
         runs = np.split(order, np.nonzero(np.diff(campaign[order]))[0] + 1)
         keys = [self._campaign_key(self._campaign_ids[int(campaign[run[0]])]) + b":aw" for run in runs]
-        for run, values in zip(runs, self._hmgets(keys, [[x.tobytes() for x in identity[run]] for run in runs])):
-            for i, v in zip(run.tolist(), values):
-                if v is not None:
-                    parts = v.split(b":")
-                    out[i] = (int(DrawStatus.WON), int(parts[0]), int(parts[1]),
-                              int(parts[2]) if len(parts) > 2 and parts[2] else 0)
+        for i, v in self._found(keys, runs, [[x.tobytes() for x in identity[run]] for run in runs]):
+            parts = v.split(b":")
+            out[i] = (int(DrawStatus.WON), int(parts[0]), int(parts[1]),
+                      int(parts[2]) if len(parts) > 2 and parts[2] else 0)
 
-    def _hmgets(self, keys: list[bytes], fields: list[list[bytes]]) -> list[list[bytes | None]]:
-        """HMGET ``fields[i]`` of ``keys[i]`` for every i, pipelined in one round trip (on a Cluster
-        the client sends each primary its own)."""
+    def _found(self, keys: list[bytes], runs: list[np.ndarray],
+               fields: list[list[bytes]]) -> Iterator[tuple[int, bytes]]:
+        """(row, value) of every field found by HMGET ``fields[j]`` of ``keys[j]``, whose rows are
+        ``runs[j]``: one pipelined round trip (on a Cluster the client sends each primary its own)."""
         if not keys:
-            return []
+            return
         pipe = self.client.pipeline(transaction=False)
         for key, names in zip(keys, fields):
             pipe.hmget(key, names)
-        return self._call(pipe.execute)
+        for run, values in zip(runs, self._call(pipe.execute)):
+            for i, v in zip(run.tolist(), values):
+                if v is not None:
+                    yield i, v
 
     def campaign_state(self, campaign: str) -> CampaignState:
         key = self._campaign_key(campaign)
@@ -820,10 +822,8 @@ class RedisStateStore(StateStore):
             return
         runs = np.split(which, np.nonzero(np.diff(shard[which]))[0] + 1)
         keys = [shard_key(name, int(shard[run[0]])) for run in runs]
-        for run, values in zip(runs, self._hmgets(keys, [[row.tobytes() for row in blob[run]] for run in runs])):
-            for i, v in zip(run.tolist(), values):
-                if v is not None:
-                    out[i] = v
+        for i, v in self._found(keys, runs, [[row.tobytes() for row in blob[run]] for run in runs]):
+            out[i] = v
 
     def guides(self, code: np.ndarray, serial: np.ndarray, guide: np.ndarray) -> np.ndarray:
         if not len(code):
