@@ -79,7 +79,7 @@ def watcher(url: str, prefix: str, waiters: int) -> tuple[Callable, Callable, Ca
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     aclient = aioredis.Redis.from_url(url)
-    watching = replies.ReplyWatcher(aclient, prefix)
+    watching = replies.ReplyWatcher(aclient, prefix, 3600)  # no identities here: every outcome is a field
     asyncio.run_coroutine_threadsafe(watching.start(), loop).result()
 
     def push(ids: list[str]) -> None:

@@ -98,8 +98,11 @@ def run(config, lines: list[bytes], url: str, batch: int, attribute: bool):
     try:
         before = server_cpu_s(store.client)
         for start in range(0, len(lines), batch):
-            scans = pipeline.process(lines[start:start + batch]).scans
-            push(scans["scan_id"].tolist(), outcomes.outcome_lines(scans), first_outcomes(scans))
+            result = pipeline.process(lines[start:start + batch])
+            scans = result.scans
+            refs = getattr(result, "refs", None)  # an older checkout's engine files no outcome
+            push(scans["scan_id"].tolist(), outcomes.outcome_lines(scans), first_outcomes(scans),
+                 *([] if refs is None else [refs]))
         cpu_s = server_cpu_s(store.client) - before
         families = census(store.client, prefix).families
     finally:

@@ -35,7 +35,7 @@ from scanstream.engine.enrich import enrich
 from scanstream.engine.enumeration import EnumerationGuard
 from scanstream.engine.lottery import Lottery
 from scanstream.engine.registry import Registry, batch_key
-from scanstream.engine.state import DRAW_LABELS, StateStore
+from scanstream.engine.state import DRAW_LABELS, OUTCOME_REF, StateStore
 from scanstream.engine.verdicts import LABELS, Verdict
 from scanstream.ext import codec
 from scanstream.ext.scanparse import parse_events
@@ -52,6 +52,10 @@ class BatchResult:
     scans: outcomes.Columns
     alerts: outcomes.Columns
     awards: outcomes.Columns
+    #: ``OUTCOME_REF`` per scan: where the state store recorded its code step (token 0: nowhere).
+    #: Not an output: the worker files a new scan's first outcome there for the scan API
+    #: (``streams/replies.py``); None where nobody made one (a result put together from parts)
+    refs: np.ndarray | None = None
 
 
 class Pipeline:
@@ -103,6 +107,7 @@ class Pipeline:
         # scan_id must not pass for that scan's redelivery.
         replay = np.zeros(n, bool)
         first_user = outcomes.texts(n)
+        outcome_ref = np.zeros(n, OUTCOME_REF)  # where the scan API finds a first outcome (streams/replies.py)
         readable = np.nonzero(valid)[0]
         if len(readable):
             claims = self.state.claim(cols["scan_id"][readable], cols["fingerprint"][readable],
@@ -112,6 +117,8 @@ class Pipeline:
                                       cols["serial"][readable], verdict[readable])
             verdict[readable], replay[readable] = claims.verdict, claims.replay
             first_user[readable] = claims.first_user
+            if claims.ref is not None:
+                outcome_ref[readable] = claims.ref
         conflicts = conflict_alerts(np.nonzero(verdict == Verdict.CONFLICT)[0], cols, first_user)
         # 5 diversion, against where the goods were sent (an outbound scan's binding, else shipments.csv)
         routing = bindings.route(self.registry, self.state, cols, verdict, replay, e.dealer)
@@ -164,7 +171,7 @@ class Pipeline:
         }
         # nothing of the batch is told before its state writes would survive a failover
         self.state.durable()
-        return BatchResult(scans, alerts, awards)
+        return BatchResult(scans, alerts, awards, outcome_ref)
 
 
 def _name_anonymous(cols: dict[str, np.ndarray], lines: list, positions: np.ndarray | None,

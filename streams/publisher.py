@@ -50,6 +50,7 @@ import orjson
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.errors import KafkaError, KafkaTimeoutError
 
+from scanstream.engine.config import EngineSettings
 from scanstream.engine.keys import KeyTable
 from scanstream.engine.verdicts import Verdict
 from scanstream.ext.codec import murmur2, verify, verify_batch
@@ -263,7 +264,8 @@ class ScanPublisher:
                  keys: KeyTable | None = None, redis_url: str | None = None, prefix: str = "scanstream:",
                  max_envelope_bytes: int = envelope.MAX_ENVELOPE_BYTES, *, retries: int = 5,
                  max_block_ms: int = 10_000, max_pending: int = MAX_PENDING_MESSAGES,
-                 idempotent: bool = True, redis_cluster: bool = False, **producer_config: Any):
+                 idempotent: bool = True, redis_cluster: bool = False,
+                 replay_ttl_s: int = EngineSettings.replay_ttl_hours * 3600, **producer_config: Any):
         if not MAX_EVENT_BYTES <= max_envelope_bytes <= envelope.MAX_ENVELOPE_BYTES:
             raise ValueError(f"max_envelope_bytes {max_envelope_bytes} must be in {MAX_EVENT_BYTES}.."
                              f"{envelope.MAX_ENVELOPE_BYTES} (one event .. the envelope cap)")
@@ -275,6 +277,8 @@ class ScanPublisher:
         self.redis_url = redis_url
         self.redis_cluster = redis_cluster  # redis_url is a node of a Redis Cluster (``[redis] cluster``)
         self.prefix = prefix
+        #: the workers' ``[engine] replay_ttl_hours``: ``await_result`` finds outcomes through the identities
+        self.replay_ttl_s = replay_ttl_s
         self.max_envelope_bytes = max_envelope_bytes
         self.max_block_s = max_block_ms / 1000
         self.max_pending = max_pending
@@ -562,7 +566,7 @@ class ScanPublisher:
                     thread.start()
                     client = (aioredis.RedisCluster.from_url(self.redis_url) if self.redis_cluster
                               else aioredis.Redis.from_url(self.redis_url))
-                    watcher = replies.ReplyWatcher(client, self.prefix)
+                    watcher = replies.ReplyWatcher(client, self.prefix, self.replay_ttl_s)
                     asyncio.run_coroutine_threadsafe(watcher.start(), loop).result()
                     self._watching = (loop, watcher, thread)
         return self._watching[0], self._watching[1]

@@ -4,15 +4,25 @@ The scan API must answer the consumer within a few hundred milliseconds ("genuin
 yuan"), so it cannot read the whole ``scan-results`` topic.  The worker therefore also writes
 each outcome to Redis, where any API instance finds it by its scan_id for ``result_ttl_s``.
 
-Where: the reply hashes.  A scan_id's outcomes are in its state shard's hash for the minute
+Where, for almost every scan: its claim's outcome file.  A new scan whose code decides its verdict
+(an identity marked CLAIMED in the state store, ``engine.state.redis``) already names where its
+claim recorded that: the claim call's token, its rank, its code's shard (``OUTCOME_REF``, a
+``BatchResult``'s ``refs``).  The
+worker files the scan's first outcome line there too, in one string per claim call and code shard,
+``P rb:{tag}:<token>`` (``file_outcomes``: the slots' offsets, then the lines), and a reader follows
+the scan_id's identity to it (``_reading``): no hash field per scan, which cost Redis a new entry and
+about 1 us of CPU a scan, most of what a reply cost.  A file expires with the reply hash of its
+minute, and is written before the notice that announces its scans.
+
+Where, for the rest: the reply hashes.  A scan_id's outcomes are in its state shard's hash for the minute
 (``REPLY_EPOCH_S``) in which they were written, ``P rh:{tag}:<epoch>`` (``reply_hash``), in at most
 two fields: its first outcome under the scan_id, and the outcomes of the minute that came with or
 after another, oldest first, joined by a newline (JSON lines hold none of their own), under
 ``HISTORY`` + the scan_id (``history_field``; no scan_id's UTF-8 holds byte 0xFF, so no scan_id
 names another's history).  Read in that order, the history then the first outcome, they are the
-outcomes in the order they were written.  Why two: almost every outcome is its scan_id's first
-(a new identity in the state store: ``first_outcomes``), and those are written blind, with plain
-HSETs and no read; only the rest (a resend, a conflict, an invalid event, which makes no identity,
+outcomes in the order they were written.  Why two: a first outcome that has no file (a forged
+or unknown code, whose identity holds its final verdict: ``first_outcomes``) is written blind,
+with a plain HSET and no read; only the rest (a resend, a conflict, an invalid event, which makes no identity,
 or a scan_id twice in one call) is read and joined by the push script: its history, the first
 outcome moved into it, then the new lines.  A resent scan_id's outcome is appended to the history
 of the minute it comes in.  A hash expires
@@ -28,7 +38,13 @@ write; the outcome lines are written by ``ext.jsonlines``.  Readers look at the 
 that waits for many scans at once (the HTTP gateway; ``ScanPublisher.await_result`` for the
 threads of a Python scan API) holds one subscription to the notices and reads only what someone
 there waits for (``ReplyWatcher``): a wait costs a read when it starts and one when its outcome
-is announced, not a poll.
+is announced, not a poll.  A read is one round trip for scan_ids without an identity (a wait
+before its publish), and at most three for the others: the hashes and the identities, the
+slot's offsets, the slot.
+
+Upgrades: readers of this version read fields and files alike; an older reader finds no filed
+outcome.  Upgrade the scan API's side (the gateways, ``ScanPublisher.await_result``) before the
+workers.
 
 A reply hash lives in the state shard of its scan_ids (``reply_shards``), as the state store's
 keys do: on a Redis Cluster the pushes go in one round trip per shard, to the node that holds it,
@@ -40,8 +56,9 @@ import asyncio
 import collections
 import hashlib
 import hmac
+import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,7 +68,8 @@ import redis
 
 from scanstream.engine import outcomes
 from scanstream.engine.state import state_keys
-from scanstream.engine.state.redis_lua import LUA_PRELUDE, SHARD_TAGS, SHARDS, pack_pairs
+from scanstream.engine.state.redis import identity_epochs, identity_hash, outcome_ref
+from scanstream.engine.state.redis_lua import LUA_PRELUDE, SHARD_TAGS, SHARDS, pack_pairs, shard_key
 
 #: The span of one reply hash, s.  Long enough that a wait reads two or three hashes, short
 #: enough that an outcome outlives its ``result_ttl_s`` by at most this much.  Writers and readers
@@ -171,6 +189,44 @@ def first_outcomes(scans: outcomes.Columns) -> np.ndarray:
     return ~np.isin(verdict, ["invalid_event", "conflict"]) & (np.asarray(scans["replay"]) == 0)
 
 
+def outcome_file(prefix: str, shard: int, token: bytes) -> bytes:
+    """``P rb:{tag}:<token as hex>``: the first outcomes of one claim call's rows in code shard
+    ``shard`` (``file_outcomes``), beside that call's record of their code step (``P ck:``)."""
+    return b"%b%s:%s" % (prefix.encode("utf-8"), shard_key(b"rb:", shard), token.hex().encode())
+
+
+def file_outcomes(prefix: str, lines: Sequence[bytes], refs: np.ndarray,
+                  rows: np.ndarray) -> list[tuple[bytes, bytes]]:
+    """The outcome files of ``lines[rows]``, as (key, value): per claim token and code shard of
+    their ``refs`` (``engine.state.OUTCOME_REF``), the uint32 offsets (little-endian) of slot 0 ..
+    m, then the lines, the line of rank r in bytes [offset r, offset r + 1) and m one past the
+    highest rank filed; a rank filed by no row (a replay's, a row whose code did not decide) is
+    empty.  One string per claim call and shard, where a field per scan cost a hash entry each."""
+    rows = np.nonzero(rows)[0]
+    if not len(rows):
+        return []
+    ref = refs[rows]
+    groups = np.lexsort((ref["rank"], ref["shard"], ref["token"]))
+    out = []
+    starts = np.flatnonzero(np.r_[True, (np.diff(ref["token"][groups]) != 0) | (np.diff(ref["shard"][groups]) != 0)])
+    for a, b in zip(starts.tolist(), [*starts[1:].tolist(), len(groups)]):
+        mine = groups[a:b]
+        ranks = ref["rank"][mine].astype(np.int64)
+        if len(np.unique(ranks)) != len(ranks):
+            raise ValueError(f"outcome references: a rank filed twice under one token ({ranks.tolist()})")
+        chosen = [lines[i] for i in rows[mine].tolist()]
+        m = int(ranks[-1]) + 1
+        sizes = np.zeros(m, np.int64)
+        sizes[ranks] = [len(line) for line in chosen]
+        offsets = 4 * (m + 1) + np.concatenate([[0], np.cumsum(sizes)])
+        if offsets[-1] >= 1 << 32:
+            raise ValueError(f"an outcome file of {int(offsets[-1])} bytes: expected under 4 GiB")
+        token = int(ref["token"][mine[0]]).to_bytes(8, "little")
+        out.append((outcome_file(prefix, int(ref["shard"][mine[0]]), token),
+                    offsets.astype("<u4").tobytes() + b"".join(chosen)))
+    return out
+
+
 def reply_shards(scan_ids: Sequence[str]) -> np.ndarray:
     """The state shard of each scan_id (that of its identity in the state store)."""
     return (state_keys(list(scan_ids)) & np.uint64(SHARDS - 1)).astype(np.uint8)
@@ -228,8 +284,13 @@ def poll_key(scan_id: str, key: tuple) -> str:
     return hashlib.blake2b(blob, digest_size=POLL_KEY_HEX // 2, person=b"scanstream-poll").hexdigest()
 
 
-#: A scan_id's outcome lines as read, per minute: {epoch: lines, oldest first}.
+#: A scan_id's outcome lines as read, per minute: {epoch: lines, oldest first}; its filed first
+#: outcome (``file_outcomes``) under ``FILED``, before every minute.
 Held = dict[int, list[bytes]]
+#: The key of ``Held`` for the first outcome found through the scan_id's identity: it is read
+#: first, as the oldest (a joined outcome that another worker wrote before it, a conflict racing
+#: the first delivery's reply, is still answered by its own outcome key, ``ReplyWatcher``).
+FILED = -1
 
 
 @dataclass(frozen=True)
@@ -276,9 +337,15 @@ def reads(prefix: str, scan_ids: Sequence[str | bytes], spans: Sequence[range]) 
 
 
 def counts(lines: Held, epochs: range) -> dict[int, int]:
-    """How many outcomes each minute of ``epochs`` holds (the read of ``lines``): what a wait
-    registers as seen before it publishes, and where its reads start."""
-    return {e: len(lines.get(e, ())) for e in epochs}
+    """How many outcomes each minute of ``epochs`` holds (the read of ``lines``), and whether a
+    filed first outcome was there (``FILED``): what a wait registers as seen before it
+    publishes, and where its reads start."""
+    return {FILED: len(lines.get(FILED, ())), **{e: len(lines.get(e, ())) for e in epochs}}
+
+
+def first_minute(seen: dict[int, int]) -> int:
+    """The first minute that ``seen`` (``counts``) covers: where a wait's reads start."""
+    return min(e for e in seen if e != FILED)
 
 
 def fresh(lines: Held, seen: dict[int, int]) -> list[bytes]:
@@ -286,23 +353,89 @@ def fresh(lines: Held, seen: dict[int, int]) -> list[bytes]:
     return [line for e in sorted(lines) for line in lines[e][seen.get(e, 0):]]
 
 
-def read_replies(client, prefix: str, scan_ids: Sequence[str], epochs: range) -> list[Held]:
-    """Each scan_id's outcomes in ``epochs`` (a blocking client), in one pipelined round trip."""
-    plan = reads(prefix, scan_ids, [epochs] * len(scan_ids))
-    pipe = client.pipeline(transaction=False)
-    for key, fields in plan.commands:
-        pipe.hmget(key, fields)
-    return plan.held(pipe.execute() if plan.commands else [])
+#: What a reading (``_reading``) asks for at each step: Redis commands, sent in one round trip.
+Commands = list[tuple]
 
 
-async def read_async(trips: RoundTrips, prefix: str, scan_ids: Sequence[str | bytes],
-                     spans: Sequence[range]) -> list[Held]:
-    """``read_replies`` for an event loop, each scan_id over its own minutes, in the round trip
-    that the reads of this turn of the loop share (``trips``)."""
+def _reading(prefix: str, replay_ttl_s: int, scan_ids: Sequence[str | bytes],
+             spans: Sequence[range]) -> Generator[Commands, list, list[Held]]:
+    """Each scan_id's outcomes: its minutes ``spans[i]`` of the reply hashes and, through its
+    identity, its filed first outcome.  A generator of the round trips it needs (a driver sends
+    each list of commands and sends back their answers; ``read_replies``, ``read_async``):
+
+    1. the reply hashes (``reads``), and the identity hashes of the epochs a live identity may be
+       in (``identity_epochs``), one HMGET per hash;
+    2. for each identity that names an outcome file, the two offsets of its slot (GETRANGE);
+    3. each non-empty slot (GETRANGE).
+
+    A reading of scan_ids that have no identity yet (a wait before its publish) stops after the
+    first; a file that is not there (a crash between the claim and the reply, or expired) holds
+    nothing."""
     plan = reads(prefix, scan_ids, spans)
-    answers = await trips.run([lambda pipe, key=key, fields=fields: pipe.hmget(key, fields)
-                               for key, fields in plan.commands])
-    return plan.held(answers)
+    ids = [x if isinstance(x, bytes) else x.encode("utf-8", "surrogatepass") for x in scan_ids]
+    now = time.time()
+    epochs = identity_epochs(now - CLOCK_SKEW_S, now + CLOCK_SKEW_S, replay_ttl_s)
+    pre = prefix.encode("utf-8")
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, shard in enumerate(reply_shards(ids).tolist() if ids else []):
+        for e in epochs:
+            groups.setdefault((shard, e), []).append(i)
+    answers = yield ([("HMGET", key, *fields) for key, fields in plan.commands]
+                     + [("HMGET", identity_hash(pre, shard, e), *[ids[i] for i in rows])
+                        for (shard, e), rows in groups.items()])
+    held = plan.held(answers[:len(plan.commands)])
+    found: dict[int, tuple[int, bytes]] = {}  # scan_id -> (epoch, identity): the newest epoch's
+    for ((_, e), rows), values in zip(groups.items(), answers[len(plan.commands):]):
+        for i, value in zip(rows, values):
+            if value is not None and (i not in found or found[i][0] < e):
+                found[i] = (e, value)
+    slots = [(i, outcome_file(prefix, shard, token), rank) for i, (_, value) in sorted(found.items())
+             if (ref := outcome_ref(value)) is not None for shard, token, rank in (ref,)]
+    if not slots:
+        return held
+    heads = yield [("GETRANGE", key, 4 * rank, 4 * rank + 7) for _, key, rank in slots]
+    spans_found = []
+    for (i, key, _), head in zip(slots, heads):
+        if len(head) == 8:
+            a, b = struct.unpack("<II", head)
+            if b > a:
+                spans_found.append((i, key, a, b))
+    if not spans_found:
+        return held
+    lines = yield [("GETRANGE", key, a, b - 1) for _, key, a, b in spans_found]
+    for (i, _, _, _), line in zip(spans_found, lines):
+        if line:
+            held[i][FILED] = [line]
+    return held
+
+
+def read_replies(client, prefix: str, replay_ttl_s: int, scan_ids: Sequence[str], epochs: range) -> list[Held]:
+    """Each scan_id's outcomes in ``epochs`` and its filed first outcome (a blocking client),
+    ``_reading``'s round trips each pipelined."""
+    reading = _reading(prefix, replay_ttl_s, scan_ids, [epochs] * len(scan_ids))
+    try:
+        commands = next(reading)
+        while True:
+            pipe = client.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)
+            commands = reading.send(pipe.execute() if commands else [])
+    except StopIteration as done:
+        return done.value
+
+
+async def read_async(trips: RoundTrips, prefix: str, replay_ttl_s: int, scan_ids: Sequence[str | bytes],
+                     spans: Sequence[range]) -> list[Held]:
+    """``read_replies`` for an event loop, each scan_id over its own minutes, each round trip
+    shared with the reads of the same turn of the loop (``trips``)."""
+    reading = _reading(prefix, replay_ttl_s, scan_ids, spans)
+    try:
+        commands = next(reading)
+        while True:
+            answers = await trips.run([lambda pipe, c=c: pipe.execute_command(*c) for c in commands]) if commands else []
+            commands = reading.send(answers)
+    except StopIteration as done:
+        return done.value
 
 
 def _notice(scan_ids: Sequence[bytes]) -> bytes:
@@ -327,16 +460,27 @@ class ReplyWriter:
         #: a Cluster takes one call per shard (a script touches one slot)
         self.cluster = isinstance(client, redis.RedisCluster)
 
-    def push(self, scan_ids: Sequence[str], lines: Sequence[bytes], first: np.ndarray | None = None) -> int:
+    def push(self, scan_ids: Sequence[str], lines: Sequence[bytes], first: np.ndarray | None = None,
+             refs: np.ndarray | None = None) -> int:
         """Append ``lines[i]`` to the outcomes of ``scan_ids[i]``; the number written.  ``first``
-        flags the outcomes that are their scan_id's first (``first_outcomes``), written blind with
-        plain HSETs; None: every outcome is joined to what its scan_id holds (the script)."""
-        if len(scan_ids) != len(lines) or (first is not None and len(first) != len(lines)):
-            raise ValueError(f"{len(scan_ids)} scan_ids, {len(lines)} outcomes and "
-                             f"{'no' if first is None else len(first)} first flags: expected one each")
+        flags the outcomes that are their scan_id's first (``first_outcomes``), written blind; None:
+        every outcome is joined to what its scan_id holds (the script).  ``refs`` (the batch's
+        ``BatchResult.refs``) files a first outcome whose identity holds a reference in its
+        claim's outcome file (``file_outcomes``) rather than in a field of its own."""
+        if len(scan_ids) != len(lines) or (first is not None and len(first) != len(lines)) or (
+                refs is not None and len(refs) != len(lines)):
+            raise ValueError(f"{len(scan_ids)} scan_ids, {len(lines)} outcomes, "
+                             f"{'no' if first is None else len(first)} first flags and "
+                             f"{'no' if refs is None else len(refs)} references: expected one each")
         blind_rows = np.zeros(len(lines), bool) if first is None else np.asarray(first, bool)
         shards = reply_shards(scan_ids) if len(scan_ids) else np.zeros(0, np.uint8)
         epoch = _epoch(self._redis_time())
+        filed = blind_rows & (refs["token"] != 0) if refs is not None else np.zeros(len(lines), bool)
+        if filed.any():
+            # before any notice: a gateway woken by one must find the file, which on a Cluster
+            # lives on another node than the notice's
+            self._file(lines, refs, filed, epoch)
+            blind_rows = blind_rows & ~filed
         groups = ([np.nonzero(shards == s)[0] for s in np.unique(shards).tolist()] if self.cluster
                   else [np.arange(len(lines))])
         for rows in groups:
@@ -347,13 +491,23 @@ class ReplyWriter:
                 if len(set(ids)) < len(ids):  # a scan_id twice in one chunk: rare, so counted only then
                     seen = collections.Counter(ids)
                     blind &= np.fromiter((seen[i] == 1 for i in ids), bool, len(ids))
-                self._push_chunk(ids, [lines[i] for i in part.tolist()], blind, shards[part], epoch)
+                self._push_chunk(ids, [lines[i] for i in part.tolist()], blind, filed[part], shards[part], epoch)
         return len(lines)
 
-    def _push_chunk(self, ids: list[bytes], lines: list[bytes], blind: np.ndarray, shards: np.ndarray,
-                    epoch: int) -> None:
+    def _file(self, lines: Sequence[bytes], refs: np.ndarray, filed: np.ndarray, epoch: int) -> None:
+        """The ``filed`` rows' outcomes, one string per claim token and code shard (``file_outcomes``),
+        in one round trip (a Cluster's pipeline sends each to its node)."""
+        expiry = (epoch + 1) * REPLY_EPOCH_S + self.ttl_s
+        pipe = self.client.pipeline(transaction=False)
+        for key, value in file_outcomes(self.prefix, lines, refs, filed):
+            pipe.set(key, value, exat=expiry)
+        pipe.execute()
+
+    def _push_chunk(self, ids: list[bytes], lines: list[bytes], blind: np.ndarray, filed: np.ndarray,
+                    shards: np.ndarray, epoch: int) -> None:
         """One chunk's round trip (all of one shard on a Cluster): the blind rows' HSETs per shard,
-        then the script with the joined rows and the notice, pipelined on one connection."""
+        then the script with the joined rows and the notice (of every row, the filed ones too),
+        pipelined on one connection."""
         expiry = (epoch + 1) * REPLY_EPOCH_S + self.ttl_s
         commands: list[tuple] = []
         for s in np.unique(shards[blind]).tolist():
@@ -362,7 +516,7 @@ class ReplyWriter:
             for b in range(0, len(mine), _SLICE):
                 commands.append(("HSET", key, *[x for i in mine[b:b + _SLICE] for x in (ids[i], lines[i])]))
             commands.append(("EXPIREAT", key, expiry))
-        joined = np.nonzero(~blind)[0]
+        joined = np.nonzero(~blind & ~filed)[0]
         joined = joined[np.argsort(shards[joined], kind="stable")]  # a shard's rows together, in row order
         run_shards, counts = np.unique(shards[joined], return_counts=True)
         runs = np.zeros(len(counts), [("shard", "u1"), ("count", "<u4")])
@@ -401,9 +555,10 @@ class ReplyWriter:
             self._offset_until = now + REPLY_EPOCH_S
         return now + self._offset
 
-    def push_outcomes(self, scans: outcomes.Columns) -> int:
-        """Push every outcome of a batch (for callers that have not built the lines yet)."""
-        return self.push(scans["scan_id"].tolist(), outcomes.outcome_lines(scans), first_outcomes(scans))
+    def push_outcomes(self, scans: outcomes.Columns, refs: np.ndarray | None = None) -> int:
+        """Push every outcome of a batch (for callers that have not built the lines yet); ``refs``
+        as ``push`` takes them (a ``BatchResult``'s)."""
+        return self.push(scans["scan_id"].tolist(), outcomes.outcome_lines(scans), first_outcomes(scans), refs)
 
 
 class RoundTrips:
@@ -467,9 +622,12 @@ class ReplyWatcher:
     while it is up); the reply hashes, not the notices, are what holds outcomes.
     """
 
-    def __init__(self, client, prefix: str, sweep_s: float = SWEEP_S, live_sweep_s: float = LIVE_SWEEP_S):
+    def __init__(self, client, prefix: str, replay_ttl_s: int, sweep_s: float = SWEEP_S,
+                 live_sweep_s: float = LIVE_SWEEP_S):
         self.client = client
         self.prefix = prefix
+        #: the state store's (``[engine] replay_ttl_hours``): where the identities are
+        self.replay_ttl_s = replay_ttl_s
         self.sweep_s = sweep_s
         self.live_sweep_s = max(live_sweep_s, sweep_s)
         #: the subscription is up: a notice announces every outcome written from here on
@@ -542,14 +700,15 @@ class ReplyWatcher:
         """The outcomes of each of ``scan_ids`` in its reply hashes from minute ``first`` on, in the
         round trip that the reads of this turn of the event loop share (``RoundTrips``)."""
         last = _epoch(time.time() + CLOCK_SKEW_S)
-        return await read_async(self.trips, self.prefix, scan_ids, [range(f, max(f, last) + 1) for f in first])
+        return await read_async(self.trips, self.prefix, self.replay_ttl_s, scan_ids,
+                                [range(f, max(f, last) + 1) for f in first])
 
     async def _wake(self, scan_ids: list[bytes]) -> None:
         """Read the outcomes of ``scan_ids`` (one round trip) and answer the waits they satisfy."""
         if not scan_ids:
             return
         # from the first minute any of a scan_id's waits counted
-        first = [min(min(seen) for seen, _, _ in self._waits[sid]) for sid in scan_ids]
+        first = [min(first_minute(seen) for seen, _, _ in self._waits[sid]) for sid in scan_ids]
         for sid, lines in zip(scan_ids, await self.read(scan_ids, first)):
             self._answer(sid, lines)
 
@@ -573,7 +732,9 @@ class ReplyWatcher:
         for a scan_id that had none).  ``wait`` for
         it, or ``forget`` it when the publish failed."""
         sid = scan_id.encode("utf-8", "surrogatepass")
-        seen = dict(seen) or {_epoch(time.time() - CLOCK_SKEW_S): 0}  # where its reads start
+        seen = dict(seen)
+        if not any(e != FILED for e in seen):
+            seen[_epoch(time.time() - CLOCK_SKEW_S)] = 0  # where its reads start
         expected = Expected(sid, seen, key, asyncio.get_running_loop().create_future())
         self._waits.setdefault(sid, []).append(expected.entry)
         return expected
@@ -617,7 +778,7 @@ class ReplyWatcher:
                         return await asyncio.wait_for(asyncio.shield(future), min(left, every))
                     except asyncio.TimeoutError:
                         pass
-                self._answer(expected.scan_id, (await self.read([expected.scan_id], [min(expected.seen)]))[0],
+                self._answer(expected.scan_id, (await self.read([expected.scan_id], [first_minute(expected.seen)]))[0],
                              expected.entry)
                 if future.done():
                     return future.result()
@@ -641,12 +802,12 @@ class Expected:
         return self.seen, self.key, self.future
 
 
-async def latest_reply(trips: RoundTrips, prefix: str, scan_id: str, ttl_s: float,
+async def latest_reply(trips: RoundTrips, prefix: str, replay_ttl_s: int, scan_id: str, ttl_s: float,
                        key: str) -> dict[str, Any] | None:
     """The newest outcome of ``scan_id`` written within ``ttl_s`` that answers the event whose
     ``poll_key`` is ``key`` (a poll after a 202), or None."""
     now = time.time()
-    (lines,) = await read_async(trips, prefix, [scan_id], [reply_epochs(now - ttl_s, now)])
+    (lines,) = await read_async(trips, prefix, replay_ttl_s, [scan_id], [reply_epochs(now - ttl_s, now)])
     for line in reversed(fresh(lines, {})):
         reply = orjson.loads(line)
         if hmac.compare_digest(poll_key(scan_id, outcome_key(reply)), key):

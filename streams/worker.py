@@ -154,13 +154,14 @@ class BatchHandler:
         return batch.outcome_lines
 
     def _reply(self, batch: InFlight) -> None:
-        """Step 2: each outcome written to its scan_id's reply hash.  Safe to repeat: a repeat
-        writes a first outcome over itself and appends a joined one again, and a waiter takes the
-        first that answers its event."""
+        """Step 2: each outcome written for the scan API (``streams/replies.py``).  Safe to repeat:
+        a repeat writes a first outcome (and its claim's outcome file) over itself and appends a
+        joined one again, and a waiter takes the first that answers its event."""
         lines = self.outcome_lines(batch)
         if self.replies is not None and lines:
             scans = batch.result.scans
-            self.replies.push(scans["scan_id"].tolist(), lines, replies.first_outcomes(scans))
+            self.replies.push(scans["scan_id"].tolist(), lines, replies.first_outcomes(scans),
+                              batch.result.refs)
 
     def _produce(self, batch: InFlight) -> None:
         """Step 5: the batch's messages, made once, sent by the agent's producer when there is one."""

@@ -601,6 +601,10 @@ OTHER_SETTINGS = {
     "backoff_negative": ({"backoff_s": "-0.5"}, "alerts.backoff_s", "-0.5 out of range", "0..60"),
     "digest_grace_negative": ({"digest_grace_s": "-60"}, "alerts.digest_grace_s", "-60 out of range", "0..86400"),
     "result_ttl_zero": ({"result_ttl_s": "0"}, "redis.result_ttl_s", "0 out of range", "1..86400"),
+    # the outcomes are found through the identities, kept for replay_ttl_hours: a reply that outlived
+    # them would be unreadable
+    "result_ttl_past_the_identities": ({"result_ttl_s": "86400", "replay_ttl_hours": "24"}, "redis.result_ttl_s",
+                                       "86400 s would outlive the identities", "at most half", "43200 s"),
     "session_timeout_zero": ({"session_timeout_s": "0"}, "kafka.session_timeout_s", "0 out of range", "1..300"),
     "partitions_negative": ({"partitions": "-8"}, "kafka.partitions", "-8 out of range", "1..10000"),
 }

@@ -31,6 +31,7 @@ from scanstream.engine.state.memory import MemoryStateStore
 from scanstream.wiring import build_pipeline
 from scanstream.streams.publisher import InvalidEvent, ScanPublisher, encode_event
 from scanstream.streams.synthetic import build_world, generate_scans
+from scanstream.engine.config import EngineSettings
 from scanstream.streams.replies import read_replies, reply_epochs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,7 +118,7 @@ def test_publisher_worker_redis_clickhouse(broker, redis_deployment, redis_prefi
         client = redis.RedisCluster.from_url(redis_url) if cluster else redis.Redis.from_url(redis_url)
         missing = list(first)
         while missing and worker.poll() is None and time.monotonic() < deadline:
-            got = read_replies(client, redis_prefix, missing, reply_epochs(started, time.time()))
+            got = read_replies(client, redis_prefix, EngineSettings.replay_ttl_hours * 3600, missing, reply_epochs(started, time.time()))
             missing = [sid for sid, held in zip(missing, got) if not held]
             if missing:
                 time.sleep(1)

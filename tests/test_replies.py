@@ -23,6 +23,10 @@ from scanstream.streams.replies import (REPLY_CHUNK, REPLY_EPOCH_S, ReplyWatcher
                                         reply_epochs, reply_hash, reply_shards)
 
 
+#: The replay TTL of the identities these tests make (``RedisStateStore``), which readers are told.
+TTL_S = 3600
+
+
 def _client(deployment):
     return redis.RedisCluster.from_url(deployment.url) if deployment.cluster else redis.Redis.from_url(deployment.url)
 
@@ -37,7 +41,7 @@ async def _watching(deployment, prefix: str, **sweeps):
     """A started ``ReplyWatcher`` (sweeping every 50 ms unless ``sweeps`` say otherwise) on a client
     of its own, closed after."""
     aclient = _aclient(deployment)
-    watcher = ReplyWatcher(aclient, prefix, **({"sweep_s": 0.05} | sweeps))
+    watcher = ReplyWatcher(aclient, prefix, TTL_S, **({"sweep_s": 0.05} | sweeps))
     await watcher.start()
     try:
         assert await watcher.subscribed(5)
@@ -63,7 +67,7 @@ def test_a_resent_scan_id_keeps_every_outcome_in_order(redis_deployment, redis_p
     writer = ReplyWriter(client, redis_prefix, 60)
     writer.push(["s-1", "s-2", "s-1"], [_line("s-1", "ok"), _line("s-2", "ok"), _line("s-1", "conflict", "thief")])
     writer.push(["s-1"], [_line("s-1", "replay")])
-    one, two = read_replies(client, redis_prefix, ["s-1", "s-2"], _now_epochs())
+    one, two = read_replies(client, redis_prefix, TTL_S, ["s-1", "s-2"], _now_epochs())
     assert [orjson.loads(x)["verdict"] for x in replies.fresh(one, {})] == ["ok", "conflict", "replay"]
     assert [orjson.loads(x)["verdict"] for x in replies.fresh(two, {})] == ["ok"]
     client.close()
@@ -80,7 +84,7 @@ def _batch(*rows: tuple[str, str, int]) -> outcomes.Columns:
 
 
 def _verdicts(client, prefix: str, scan_id: str) -> list[str]:
-    return [orjson.loads(x)["verdict"] for x in replies.fresh(read_replies(client, prefix, [scan_id], _now_epochs())[0], {})]
+    return [orjson.loads(x)["verdict"] for x in replies.fresh(read_replies(client, prefix, TTL_S, [scan_id], _now_epochs())[0], {})]
 
 
 def test_a_first_outcome_written_blind_never_overwrites_nor_hides_another(redis_deployment, redis_prefix):
@@ -126,7 +130,7 @@ def test_blind_and_joined_outcomes_of_every_shard_in_one_call_each_reach_their_s
     want: dict[str, list[str]] = {f"old-{i}": ["ok"] for i in range(30)}
     for sid, verdict, _ in rows:
         want.setdefault(sid, []).append(verdict)
-    got = read_replies(client, redis_prefix, list(want), _now_epochs())
+    got = read_replies(client, redis_prefix, TTL_S, list(want), _now_epochs())
     assert {sid: [orjson.loads(x)["verdict"] for x in replies.fresh(h, {})] for sid, h in zip(want, got)} == want
     client.close()
 
@@ -153,10 +157,10 @@ def test_a_wait_counts_a_first_outcome_once_when_it_moves_into_the_history(redis
     writer = ReplyWriter(client, redis_prefix, 60)
     writer.push_outcomes(_batch(("moved", "ok", 0)))
     epochs = _now_epochs()
-    seen = replies.counts(read_replies(client, redis_prefix, ["moved"], epochs)[0], epochs)
+    seen = replies.counts(read_replies(client, redis_prefix, TTL_S, ["moved"], epochs)[0], epochs)
     assert sum(seen.values()) == 1
     writer.push_outcomes(_batch(("moved", "conflict", 0)))
-    new = replies.fresh(read_replies(client, redis_prefix, ["moved"], epochs)[0], seen)
+    new = replies.fresh(read_replies(client, redis_prefix, TTL_S, ["moved"], epochs)[0], seen)
     assert [orjson.loads(x)["verdict"] for x in new] == ["conflict"]
     client.close()
 
@@ -190,7 +194,7 @@ def test_a_scan_id_repeated_across_the_scripts_slices_keeps_every_outcome(redis_
     ids = ["hot"] + same[:replies._SLICE] + ["hot"] + same[replies._SLICE:] + ["hot"]
     verdicts = {0: "conflict", replies._SLICE + 1: "replay", len(ids) - 1: "conflict"}
     writer.push(ids, [_line(s, verdicts.get(i, "ok"), f"u{i}") for i, s in enumerate(ids)])
-    got = read_replies(client, redis_prefix, ["hot", *same], _now_epochs())
+    got = read_replies(client, redis_prefix, TTL_S, ["hot", *same], _now_epochs())
     assert [orjson.loads(x)["verdict"] for x in replies.fresh(got[0], {})] == ["ok", "conflict", "replay", "conflict"]
     assert [[orjson.loads(x)["user_id"] for x in replies.fresh(h, {})] for h in got[1:]] == \
         [[f"u{ids.index(s)}"] for s in same]
@@ -206,7 +210,7 @@ def test_a_typed_newline_cannot_split_an_outcome(redis_deployment, redis_prefix)
     cols["user_id"][:] = ['wx-1\n{"verdict": "ok", "prize_cents": 99900}', "wx-2"]
     cols["verdict"][:] = ["conflict", "ok"]
     ReplyWriter(client, redis_prefix, 60).push_outcomes(cols)
-    got = replies.fresh(read_replies(client, redis_prefix, ["s\nnl"], _now_epochs())[0], {})
+    got = replies.fresh(read_replies(client, redis_prefix, TTL_S, ["s\nnl"], _now_epochs())[0], {})
     assert [orjson.loads(x)["user_id"] for x in got] == [cols["user_id"][0], "wx-2"]
     client.close()
 
@@ -218,7 +222,7 @@ def test_a_chunk_spans_every_shard_and_more_fields_than_one_command_takes(redis_
     n = REPLY_CHUNK + 1500
     ids = [f"bulk-{i}" for i in range(n)]
     ReplyWriter(client, redis_prefix, 60).push(ids, [_line(s, "ok", f"u{i}") for i, s in enumerate(ids)])
-    got = read_replies(client, redis_prefix, ids, _now_epochs())
+    got = read_replies(client, redis_prefix, TTL_S, ids, _now_epochs())
     assert [[orjson.loads(x)["user_id"] for x in replies.fresh(h, {})] for h in got] == [[f"u{i}"] for i in range(n)]
     assert len(set(reply_shards(ids).tolist())) == 16
     # one hash per shard holds them all (they were written within a second or two)
@@ -230,7 +234,7 @@ def test_a_chunk_spans_every_shard_and_more_fields_than_one_command_takes(redis_
 def test_a_reply_hash_expires_one_ttl_after_its_minute(redis_deployment, redis_prefix):
     client = _client(redis_deployment)
     ReplyWriter(client, redis_prefix, 7).push(["ttl-1"], [_line("ttl-1", "ok")])
-    held = read_replies(client, redis_prefix, ["ttl-1"], _now_epochs())[0]
+    held = read_replies(client, redis_prefix, TTL_S, ["ttl-1"], _now_epochs())[0]
     (epoch,) = held
     ttl = client.ttl(reply_hash(redis_prefix, int(reply_shards(["ttl-1"])[0]), epoch))
     assert 7 - 1 <= ttl <= 7 + REPLY_EPOCH_S
@@ -258,7 +262,7 @@ def test_a_wait_is_answered_only_by_what_came_after_it_counted(redis_deployment,
         async with _watching(redis_deployment, redis_prefix) as watcher:
             # as a read a second into the minute spans it (and the next minute, should it have begun)
             epochs = range(before, int(time.time() // REPLY_EPOCH_S) + 2)
-            (seen,) = [replies.counts(h, epochs) for h in read_replies(client, redis_prefix, [sid], epochs)]
+            (seen,) = [replies.counts(h, epochs) for h in read_replies(client, redis_prefix, TTL_S, [sid], epochs)]
             assert sum(seen.values()) == 2
             expected = watcher.expect(sid, seen, key)
             assert await watcher.wait(expected, 0.3) is None  # what was there does not answer
@@ -287,7 +291,7 @@ def test_a_poll_reads_the_newest_outcome_of_its_own_event_only(redis_deployment,
         aclient = _aclient(redis_deployment)
         try:
             trips = replies.RoundTrips(aclient)
-            return [await replies.latest_reply(trips, redis_prefix, sid, 60, key) for sid, key in (
+            return [await replies.latest_reply(trips, redis_prefix, TTL_S, sid, 60, key) for sid, key in (
                 ("late-1", key_of["owner"]), ("late-1", key_of["thief"]), ("late-1", "0" * replies.POLL_KEY_HEX),
                 ("never-written", key_of["owner"]))]
         finally:
@@ -349,7 +353,7 @@ def test_many_reads_ask_each_reply_hash_once_and_each_scan_id_only_its_minutes(r
     async def scenario():
         aclient = _aclient(redis_deployment)
         try:
-            return await replies.read_async(replies.RoundTrips(aclient), redis_prefix, ids, spans)
+            return await replies.read_async(replies.RoundTrips(aclient), redis_prefix, TTL_S, ids, spans)
         finally:
             await aclient.aclose()
 

@@ -25,7 +25,7 @@ import numpy as np
 import orjson
 import pytest
 
-from scanstream.engine.config import KafkaSettings, load
+from scanstream.engine.config import EngineSettings, KafkaSettings, load
 from config_writer import worker_toml
 from scanstream.engine.state.memory import MemoryStateStore
 from scanstream.wiring import build_pipeline, build_registry
@@ -306,7 +306,7 @@ def test_worker_on_real_services_matches_the_local_driver(state, world, broker, 
         client = redis.RedisCluster.from_url(redis_url) if cluster else redis.Redis.from_url(redis_url)
         from scanstream.streams.replies import fresh, read_replies, reply_epochs
         sample = expected["scan_id"][123]
-        (held,) = read_replies(client, redis_prefix, [sample], reply_epochs(time.time() - 600, time.time()))
+        (held,) = read_replies(client, redis_prefix, EngineSettings.replay_ttl_hours * 3600, [sample], reply_epochs(time.time() - 600, time.time()))
         assert [orjson.loads(x)["verdict"] for x in fresh(held, {})] == [expected["verdict"][123]]
         dead = consume(broker.bootstrap, names["dlq"], 1 + int((expected["verdict"] == "invalid_event").sum()), 30)
         assert b"\x00 not a scan" in dead

@@ -107,6 +107,17 @@ class Claims:
     verdict: np.ndarray  # uint8
     replay: np.ndarray  # bool
     first_user: np.ndarray  # object: '' except on CONFLICT rows
+    #: ``OUTCOME_REF`` per row: where the store recorded the code step of a row whose code decided
+    #: its verdict (token 0 elsewhere); None from a store that keeps no such record (memory, embedded)
+    ref: np.ndarray | None = None
+
+
+#: Where a store that claims in two steps (``redis_lua``) recorded a row's code outcome: the claim
+#: call's token (never 0 for a record; 0: none), the row's rank among that call's rows in the
+#: code's shard, and that shard.  The scan_id's identity holds the same reference, so the worker
+#: files a new scan's first outcome line under it (``streams/replies.py``) and the scan API finds
+#: it through the identity, instead of through a reply field of its own per scan.
+OUTCOME_REF = np.dtype([("token", "<u8"), ("rank", "<u4"), ("shard", "u1")])
 
 
 def pack_answer(verdict: int, fingerprint: int, user: str, ref: bytes = b"") -> bytes:

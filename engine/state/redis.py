@@ -55,6 +55,10 @@ Keys (``P`` is the prefix; ``{t}`` the hash tag of a state shard, ``redis_lua.SH
     P rh:{t}:<minute>       hash    the scan API's replies (``streams/replies.py``, written by the
                                     worker under the same prefix): scan_id -> its outcome lines;
                                     expires the reply TTL after its minute
+    P rb:{t}:<token hex>    string  the first outcome lines of one claim call's rows in code shard t,
+                                    at the ranks their identities name (``streams/replies.py``
+                                    ``file_outcomes``), in place of a reply field each; expires
+                                    with the reply hash of its minute
 
 A uint64 key's shard is its low bits (``key_shards``); a scan_id's that of its hash.
 
@@ -121,7 +125,7 @@ from scanstream.engine.audiences import AUDIENCE_SHIFT
 from scanstream.engine.errors import PermanentError
 from scanstream.engine.state import (BINDING_HISTORY, Bindings, CampaignLimits, CampaignState, Claims, DrawStatus, Grants,
                                      GrantRequests, History, StateStore, StateUnavailable, fold, resolve_bindings,
-                                     resolve_guides, state_keys, unit_identities)
+                                     OUTCOME_REF, resolve_guides, state_keys, unit_identities)
 from scanstream.engine.state.redis_lua import (
     BIND_LUA, BLOCKED_LUA, BLOCK_LUA, CODES_LUA, COUNT_LUA, DEFINE_LUA, GRANT_LUA, GUIDES_LUA, IDS_LUA, MARK_ONCE_LUA,
     SHARDS, pack_strings, shard_key)
@@ -280,6 +284,30 @@ def _new_identities(given: np.ndarray, code_shards: np.ndarray, fps: np.ndarray,
     keep = np.ones(head.shape, bool)
     keep[:, 9:] = claimed[:, None]
     return _pack_rows(head, keep, [_utf8(u) for u in users.tolist()])
+
+
+def identity_hash(prefix: bytes, shard: int, epoch: int) -> bytes:
+    """``P rp:{t}:<epoch>``: the identities of the scan_ids of ``shard`` first claimed in
+    ``epoch`` (of ``replay_ttl_s``), as ``redis_lua``'s ``store`` names it."""
+    return b"%b:%d" % (shard_key(prefix + b"rp:", shard), epoch)
+
+
+def identity_epochs(first_s: float, last_s: float, replay_ttl_s: int) -> range:
+    """The epochs whose identity hashes may hold a scan_id claimed up to one ``replay_ttl_s``
+    before ``first_s`` and until ``last_s`` (Unix times; a hash outlives its epoch by one)."""
+    return range(int(first_s // replay_ttl_s) - 1, int(last_s // replay_ttl_s) + 1)
+
+
+def outcome_ref(identity: bytes | None) -> tuple[int, bytes, int] | None:
+    """Where a stored identity's code outcome is recorded, (code shard, token, rank), for a
+    CLAIMED identity with a record; None for any other (a final verdict, a reference to no record,
+    a value too short to hold one)."""
+    if not identity or len(identity) < 9 + _REF_BYTES or not _CLAIMED <= identity[0] < _CLAIMED + SHARDS:
+        return None
+    token = identity[9:9 + _TOKEN_BYTES]
+    if not any(token):
+        return None
+    return identity[0] - _CLAIMED, token, int.from_bytes(identity[9 + _TOKEN_BYTES:9 + _REF_BYTES], "little")
 
 
 def claim_token() -> bytes:
@@ -596,7 +624,7 @@ class RedisStateStore(StateStore):
         bits in theirs for the rows whose identity leaves the verdict to the code."""
         n = len(scan_id)
         if not n:
-            return Claims(np.zeros(0, np.uint8), np.zeros(0, bool), np.zeros(0, object))
+            return Claims(np.zeros(0, np.uint8), np.zeros(0, bool), np.zeros(0, object), np.zeros(0, OUTCOME_REF))
         given = np.asarray(verdict, np.uint8)
         ids, users = np.asarray(scan_id), np.asarray(user)
         id_shards = (state_keys(ids) & _SHARD_BITS).astype(np.uint8)
@@ -634,7 +662,12 @@ class RedisStateStore(StateStore):
             lost = claimed[out[claimed] == Verdict.CONFLICT]  # no record there: the first answer is gone
             out[lost] = given[lost]
         verdicts = (out & ~np.uint8(_REPLAY_FLAG)).astype(np.uint8)
-        return Claims(verdicts, out >= _REPLAY_FLAG, first_user)
+        ref = np.zeros(n, OUTCOME_REF)
+        if len(claimed):
+            ref["token"][claimed] = refs[claimed, :_TOKEN_BYTES].copy().view("<u8").reshape(-1)
+            ref["rank"][claimed] = refs[claimed, _TOKEN_BYTES:].copy().view("<u4").reshape(-1)
+            ref["shard"][claimed] = mark[claimed] - _CLAIMED
+        return Claims(verdicts, out >= _REPLAY_FLAG, first_user, ref)
 
     def _claim_codes(self, refs: np.ndarray, given: np.ndarray, groups: np.ndarray, serial: np.ndarray,
                      shards: np.ndarray) -> np.ndarray:

@@ -206,7 +206,8 @@ class Gateway:
             pool = aioredis.BlockingConnectionPool.from_url(self.config.redis.url, max_connections=REDIS_CONNECTIONS,
                                                             timeout=REDIS_POOL_WAIT_S, **REDIS_OPTIONS)
             self.redis = aioredis.Redis(connection_pool=pool)
-        self.watcher = replies.ReplyWatcher(self.redis, self.config.redis.prefix)
+        self.watcher = replies.ReplyWatcher(self.redis, self.config.redis.prefix,
+                                              self.config.engine.replay_ttl_hours * 3600)
         #: one round trip for the reads and rate limits of the requests of one turn of the loop
         self.trips = self.watcher.trips
         await self.watcher.start()
@@ -356,7 +357,8 @@ class Gateway:
         now = time.time()
         epochs = replies.reply_epochs(now, now)
         try:
-            lines = await replies.read_async(self.trips, prefix, scan_ids, [epochs] * len(scan_ids))
+            lines = await replies.read_async(self.trips, prefix, self.watcher.replay_ttl_s, scan_ids,
+                                             [epochs] * len(scan_ids))
         except Exception as exc:  # redis.RedisError, OSError
             raise self._redis_down(exc, published=False) from None
         return [replies.counts(held, epochs) for held in lines]
@@ -387,8 +389,8 @@ class Gateway:
     async def latest(self, scan_id: str, key: str) -> ScanOutcome | None:
         """The newest outcome of ``scan_id`` that answers the event whose ``replies.poll_key`` is ``key``."""
         try:
-            reply = await replies.latest_reply(self.trips, self.config.redis.prefix, scan_id,
-                                               self.config.redis.result_ttl_s, key)
+            reply = await replies.latest_reply(self.trips, self.config.redis.prefix, self.watcher.replay_ttl_s,
+                                               scan_id, self.config.redis.result_ttl_s, key)
         except Exception as exc:
             raise self._redis_down(exc, published=False) from None
         return None if reply is None else outcome(reply)

@@ -156,7 +156,8 @@ def _publish_demo(config: Config, lines: list[bytes], stop: threading.Event) -> 
     started = time.monotonic()
     verdicts: Counter = Counter()
     with ScanPublisher(config.kafka.bootstrap, config.kafka.scans_topic, redis_url=config.redis.url,
-                       prefix=config.redis.prefix, redis_cluster=config.redis.cluster) as publisher:
+                       prefix=config.redis.prefix, redis_cluster=config.redis.cluster,
+                       replay_ttl_s=config.engine.replay_ttl_hours * 3600) as publisher:
         published = []
         for event in events:
             try:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scanstream.engine.config import EngineSettings
 from scanstream.streams.replies import read_replies, reply_epochs
 
 from .inputs import find_secrets
@@ -214,7 +215,7 @@ def check_promises(sc: Scenario, sent: list[tuple[str, bytes, str]], *, redis_ur
     missing_replies = 0
     epochs = reply_epochs(sc.started, time.time())
     for i in range(0, len(ordered), 5000):
-        missing_replies += sum(1 for held in read_replies(client, sc.prefix, ordered[i:i + 5000], epochs) if not held)
+        missing_replies += sum(1 for held in read_replies(client, sc.prefix, EngineSettings.replay_ttl_hours * 3600, ordered[i:i + 5000], epochs) if not held)
     rep.replies_missing = missing_replies
     if missing_replies:
         rep.fail(f"{missing_replies} scans have no Redis reply")
