@@ -8,7 +8,10 @@ Two ways of waiting, in one run, against one Redis server, with the same load:
 - ``watcher``: ``streams.replies`` as the worker and ``ScanPublisher.await_result`` use it: the
   writer's ``ReplyWriter.push`` (one script call per chunk, a field per scan_id in the reply
   hash of its shard and minute, then a notice), the waits on one ``ReplyWatcher`` on an event
-  loop in a thread of its own, woken by the notices.
+  loop in a thread of its own, woken by the notices;
+- ``filed``: the same, with each chunk claimed first in a ``RedisStateStore`` as a worker's batch
+  is, so that each first outcome is filed under its identity's reference (``file_outcomes``) and
+  each wait reads the identity, the slot's offsets and the slot.
 
 The writer pushes ``--chunk`` outcomes at a time at ``--rate`` scans/s (a worker's batches); each
 wait starts ``--lead-ms`` before its outcome is written (the scan API awaits right after
@@ -35,7 +38,13 @@ import orjson
 import redis
 import redis.asyncio as aioredis
 
+from scanstream.engine.registry import batch_key
+from scanstream.engine.state.redis import RedisStateStore
+from scanstream.engine.verdicts import Verdict
 from scanstream.streams import replies
+
+#: The replay TTL of the ``filed`` way's identities, which its waits are told.
+REPLAY_TTL_S = 3600
 
 #: The event every outcome of the run answers (``replies.outcome_key``).
 KEY = ("C", "u", "consumer", 1)
@@ -71,19 +80,29 @@ def blocking(url: str, prefix: str, waiters: int) -> tuple[Callable, Callable, C
     return push, wait, lambda: (writer.close(), readers.close())
 
 
-def watcher(url: str, prefix: str, waiters: int) -> tuple[Callable, Callable, Callable]:
-    """``streams.replies`` as the worker and ``ScanPublisher.await_result`` use it."""
+def watcher(url: str, prefix: str, waiters: int, claimed: bool = False) -> tuple[Callable, Callable, Callable]:
+    """``streams.replies`` as the worker and ``ScanPublisher.await_result`` use it; ``claimed``:
+    each chunk claimed first, so that its outcomes are filed (the ``filed`` way)."""
     client = redis.Redis.from_url(url)
+    store = RedisStateStore(client, prefix=prefix, replay_ttl_s=REPLAY_TTL_S) if claimed else None
     writer = replies.ReplyWriter(client, prefix, 60)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     aclient = aioredis.Redis.from_url(url)
-    watching = replies.ReplyWatcher(aclient, prefix, 3600)  # no identities here: every outcome is a field
+    watching = replies.ReplyWatcher(aclient, prefix, REPLAY_TTL_S)
     asyncio.run_coroutine_threadsafe(watching.start(), loop).result()
 
     def push(ids: list[str]) -> None:
-        writer.push(ids, [_line(s) for s in ids], np.ones(len(ids), bool))  # first outcomes, as most are
+        lines = [_line(s) for s in ids]
+        if store is None:
+            writer.push(ids, lines, np.ones(len(ids), bool))  # first outcomes, as most are
+            return
+        n = len(ids)
+        serial = np.array([int(s[1:]) for s in ids], np.uint32)
+        claims = store.claim(np.array(ids, object), serial.astype(np.uint64) + 1, np.full(n, KEY[1], object),
+                             np.full(n, batch_key(1, 0, 1), np.uint64), serial, np.full(n, int(Verdict.OK), np.uint8))
+        writer.push(ids, lines, ~claims.replay, claims.ref)
 
     def wait(scan_id: str) -> dict | None:
         return asyncio.run_coroutine_threadsafe(watching.look(scan_id, KEY, 5), loop).result()
@@ -103,7 +122,8 @@ def watcher(url: str, prefix: str, waiters: int) -> tuple[Callable, Callable, Ca
 def run(way: str, url: str, args: argparse.Namespace, waits: bool = True) -> dict:
     """One run of ``way``; with ``waits`` False the same writes at the same pace, nobody waiting."""
     prefix = f"bench-reply-wait:{uuid.uuid4().hex[:8]}:"
-    push, wait, close = (blocking if way == "blocking" else watcher)(url, prefix, args.waiters)
+    push, wait, close = (blocking(url, prefix, args.waiters) if way == "blocking"
+                         else watcher(url, prefix, args.waiters, claimed=way == "filed"))
     ids = [f"s{i}" for i in range(args.scans)]
     written: dict[str, float] = {}
     waited: list[float] = []
@@ -155,11 +175,12 @@ def main() -> int:
     p.add_argument("--lead-ms", type=float, default=50, help="how long before its outcome a wait starts (default 50)")
     p.add_argument("--waiters", type=int, default=256, help="waiting threads (default 256)")
     p.add_argument("--rounds", type=int, default=3, help="runs of each way, interleaved (default 3)")
+    p.add_argument("--ways", default="blocking,watcher,filed", help="which ways, comma-separated (default all three)")
     args = p.parse_args()
     print(f"{args.scans} outcomes at {args.rate:.0f}/s in chunks of {args.chunk}, each awaited from {args.lead_ms:.0f} "
           f"ms before it is written by a pool of {args.waiters} threads; Redis {args.redis_url}")
     for r in range(args.rounds):
-        for way in ("blocking", "watcher"):
+        for way in args.ways.split(","):
             f = run(way, args.redis_url, args)
             alone = run(way, args.redis_url, args, waits=False)["redis_cpu_us_per_scan"]
             print(f"  round {r + 1} {way:8}  answered {f['answered']:5}  missing {f['missing']}  write -> answer p50 "

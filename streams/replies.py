@@ -105,8 +105,8 @@ _SLICE = 100
 HISTORY = b"\xff"
 
 #: The push script, for the outcomes that are joined (see the module) and the notice.  KEYS[1]:
-#: a key of the call's shard (routing only).  ARGV: key prefix (``P rh:``), TTL, n, the notice (n
-#: as uint32, the scan_ids' uint32 lengths, the scan_ids), the notice channel
+#: a key of the call's shard (routing only).  ARGV: key prefix (``P rh:``), TTL, n, the notice
+#: (``_notice``: the scan_ids, then the places of the filed ones), the notice channel
 #: (``notice_channel``), the runs of joined rows of one shard (per run its shard, one byte, and
 #: its number of rows, uint32), ``REPLY_EPOCH_S``, the minute, the pairs scan_id, outcome in run
 #: order, each string after its length (``pack_pairs``).  Per run: one HMGET of the rows'
@@ -195,16 +195,30 @@ def outcome_file(prefix: str, shard: int, token: bytes) -> bytes:
     return b"%b%s:%s" % (prefix.encode("utf-8"), shard_key(b"rb:", shard), token.hex().encode())
 
 
-def file_outcomes(prefix: str, lines: Sequence[bytes], refs: np.ndarray,
-                  rows: np.ndarray) -> list[tuple[bytes, bytes]]:
+#: Where a filed outcome is: its file's code shard and claim token (``OUTCOME_REF``'s), and the
+#: bytes [start, end) of its slot.  A notice carries it for each filed outcome it announces, so
+#: that a wait it wakes reads the slot alone (``parse_notice``).
+PLACE = np.dtype([("row", "<u4"), ("shard", "u1"), ("token", "<u8"), ("start", "<u4"), ("end", "<u4")])
+
+
+@dataclass(frozen=True)
+class Filed:
+    """``file_outcomes``: the files to write, and each filed row's place (``PLACE``, ``row`` its index)."""
+
+    files: list[tuple[bytes, bytes]]
+    places: np.ndarray
+
+
+def file_outcomes(prefix: str, lines: Sequence[bytes], refs: np.ndarray, rows: np.ndarray) -> Filed:
     """The outcome files of ``lines[rows]``, as (key, value): per claim token and code shard of
     their ``refs`` (``engine.state.OUTCOME_REF``), the uint32 offsets (little-endian) of slot 0 ..
     m, then the lines, the line of rank r in bytes [offset r, offset r + 1) and m one past the
     highest rank filed; a rank filed by no row (a replay's, a row whose code did not decide) is
     empty.  One string per claim call and shard, where a field per scan cost a hash entry each."""
     rows = np.nonzero(rows)[0]
+    places = np.zeros(len(rows), PLACE)
     if not len(rows):
-        return []
+        return Filed([], places)
     ref = refs[rows]
     groups = np.lexsort((ref["rank"], ref["shard"], ref["token"]))
     out = []
@@ -224,7 +238,9 @@ def file_outcomes(prefix: str, lines: Sequence[bytes], refs: np.ndarray,
         token = int(ref["token"][mine[0]]).to_bytes(8, "little")
         out.append((outcome_file(prefix, int(ref["shard"][mine[0]]), token),
                     offsets.astype("<u4").tobytes() + b"".join(chosen)))
-    return out
+        places["row"][mine], places["shard"][mine], places["token"][mine] = rows[mine], ref["shard"][mine], ref["token"][mine]
+        places["start"][mine], places["end"][mine] = offsets[ranks], offsets[ranks + 1]
+    return Filed(out, places)
 
 
 def reply_shards(scan_ids: Sequence[str]) -> np.ndarray:
@@ -248,19 +264,26 @@ def notice_channel(prefix: str) -> str:
     return f"{prefix}replied"
 
 
-def notice_ids(message: bytes) -> list[bytes]:
-    """The scan_ids of a notice (``_PUSH_LUA``), as bytes; [] for a message of another shape."""
+def parse_notice(message: bytes) -> tuple[list[bytes], dict[bytes, tuple[int, int, int, int]]]:
+    """The scan_ids of a notice (``_notice``), as bytes, and the place of each that was filed:
+    {scan_id: (code shard, claim token, start, end)}; ([], {}) for a message of another shape."""
     if len(message) < 4:
-        return []
+        return [], {}
     n = int.from_bytes(message[:4], "little")
     if len(message) < 4 + 4 * n:
-        return []
+        return [], {}
     lens = np.frombuffer(message, "<u4", n, 4)
     ends = np.cumsum(lens, dtype=np.int64) + 4 + 4 * n
-    if n and ends[-1] != len(message):
-        return []
+    tail = int(ends[-1]) if n else 4
+    if tail + 4 > len(message) or (len(message) - tail - 4) % PLACE.itemsize:
+        return [], {}
     starts = ends - lens
-    return [message[a:b] for a, b in zip(starts.tolist(), ends.tolist())]
+    ids = [message[a:b] for a, b in zip(starts.tolist(), ends.tolist())]
+    places = np.frombuffer(message, PLACE, offset=tail + 4)
+    if len(places) != int.from_bytes(message[tail:tail + 4], "little") or (len(places) and places["row"].max() >= n):
+        return [], {}
+    return ids, {ids[p["row"]]: (int(p["shard"]), int(p["token"]), int(p["start"]), int(p["end"]))
+                 for p in places}
 
 
 def outcome_key(reply: dict[str, Any]) -> tuple:
@@ -357,35 +380,44 @@ def fresh(lines: Held, seen: dict[int, int]) -> list[bytes]:
 Commands = list[tuple]
 
 
-def _reading(prefix: str, replay_ttl_s: int, scan_ids: Sequence[str | bytes],
-             spans: Sequence[range]) -> Generator[Commands, list, list[Held]]:
-    """Each scan_id's outcomes: its minutes ``spans[i]`` of the reply hashes and, through its
-    identity, its filed first outcome.  A generator of the round trips it needs (a driver sends
-    each list of commands and sends back their answers; ``read_replies``, ``read_async``):
+def _reading(prefix: str, replay_ttl_s: int, scan_ids: Sequence[str | bytes], spans: Sequence[range],
+             known: Sequence[tuple[int, int, int, int] | None] | None = None) -> Generator[Commands, list, list[Held]]:
+    """Each scan_id's outcomes: its minutes ``spans[i]`` of the reply hashes and its filed first
+    outcome, at its place ``known[i]`` (code shard, token, start, end: a notice's) or through its
+    identity.  A generator of the round trips it needs (a driver sends each list of commands and
+    sends back their answers; ``read_replies``, ``read_async``):
 
-    1. the reply hashes (``reads``), and the identity hashes of the epochs a live identity may be
-       in (``identity_epochs``), one HMGET per hash;
+    1. the reply hashes (``reads``), one HMGET per hash; the slots of known places (GETRANGE); for
+       the others, the identity hashes of the epochs a live identity may be in
+       (``identity_epochs``), one HMGET per hash;
     2. for each identity that names an outcome file, the two offsets of its slot (GETRANGE);
     3. each non-empty slot (GETRANGE).
 
-    A reading of scan_ids that have no identity yet (a wait before its publish) stops after the
-    first; a file that is not there (a crash between the claim and the reply, or expired) holds
-    nothing."""
+    A reading that needs no identity (a wait woken by a notice that placed its outcome), or finds
+    none (a wait before its publish), is one round trip.  A file that is not there (a crash
+    between the claim and the reply, or expired) holds nothing, and a slot is kept only if its
+    line names the scan_id read."""
     plan = reads(prefix, scan_ids, spans)
     ids = [x if isinstance(x, bytes) else x.encode("utf-8", "surrogatepass") for x in scan_ids]
+    known = list(known) if known is not None else [None] * len(ids)
+    placed = [(i, outcome_file(prefix, shard, token.to_bytes(8, "little")), a, b)
+              for i, place in enumerate(known) if place is not None for shard, token, a, b in (place,) if b > a]
     now = time.time()
     epochs = identity_epochs(now - CLOCK_SKEW_S, now + CLOCK_SKEW_S, replay_ttl_s)
     pre = prefix.encode("utf-8")
     groups: dict[tuple[int, int], list[int]] = {}
     for i, shard in enumerate(reply_shards(ids).tolist() if ids else []):
-        for e in epochs:
-            groups.setdefault((shard, e), []).append(i)
+        if known[i] is None:
+            for e in epochs:
+                groups.setdefault((shard, e), []).append(i)
     answers = yield ([("HMGET", key, *fields) for key, fields in plan.commands]
+                     + [("GETRANGE", key, a, b - 1) for _, key, a, b in placed]
                      + [("HMGET", identity_hash(pre, shard, e), *[ids[i] for i in rows])
                         for (shard, e), rows in groups.items()])
     held = plan.held(answers[:len(plan.commands)])
+    _keep_filed(held, ids, [i for i, _, _, _ in placed], answers[len(plan.commands):len(plan.commands) + len(placed)])
     found: dict[int, tuple[int, bytes]] = {}  # scan_id -> (epoch, identity): the newest epoch's
-    for ((_, e), rows), values in zip(groups.items(), answers[len(plan.commands):]):
+    for ((_, e), rows), values in zip(groups.items(), answers[len(plan.commands) + len(placed):]):
         for i, value in zip(rows, values):
             if value is not None and (i not in found or found[i][0] < e):
                 found[i] = (e, value)
@@ -403,10 +435,21 @@ def _reading(prefix: str, replay_ttl_s: int, scan_ids: Sequence[str | bytes],
     if not spans_found:
         return held
     lines = yield [("GETRANGE", key, a, b - 1) for _, key, a, b in spans_found]
-    for (i, _, _, _), line in zip(spans_found, lines):
-        if line:
-            held[i][FILED] = [line]
+    _keep_filed(held, ids, [i for i, _, _, _ in spans_found], lines)
     return held
+
+
+def _keep_filed(held: list[Held], ids: list[bytes], rows: list[int], lines: list[bytes]) -> None:
+    """``lines[j]``, read from a slot, as the filed outcome of scan_id ``rows[j]``, if it is that
+    scan_id's: a place from a notice, or an identity, never makes another scan's outcome answer."""
+    for i, line in zip(rows, lines):
+        if line:
+            try:
+                mine = orjson.loads(line).get("scan_id") == ids[i].decode("utf-8", "surrogatepass")
+            except (orjson.JSONDecodeError, AttributeError):
+                mine = False
+            if mine:
+                held[i][FILED] = [line]
 
 
 def read_replies(client, prefix: str, replay_ttl_s: int, scan_ids: Sequence[str], epochs: range) -> list[Held]:
@@ -425,10 +468,12 @@ def read_replies(client, prefix: str, replay_ttl_s: int, scan_ids: Sequence[str]
 
 
 async def read_async(trips: RoundTrips, prefix: str, replay_ttl_s: int, scan_ids: Sequence[str | bytes],
-                     spans: Sequence[range]) -> list[Held]:
-    """``read_replies`` for an event loop, each scan_id over its own minutes, each round trip
-    shared with the reads of the same turn of the loop (``trips``)."""
-    reading = _reading(prefix, replay_ttl_s, scan_ids, spans)
+                     spans: Sequence[range], known: Sequence[tuple[int, int, int, int] | None] | None = None
+                     ) -> list[Held]:
+    """``read_replies`` for an event loop, each scan_id over its own minutes (and its filed
+    outcome's place ``known[i]``, when a notice gave it), each round trip shared with the reads of
+    the same turn of the loop (``trips``)."""
+    reading = _reading(prefix, replay_ttl_s, scan_ids, spans, known)
     try:
         commands = next(reading)
         while True:
@@ -438,10 +483,12 @@ async def read_async(trips: RoundTrips, prefix: str, replay_ttl_s: int, scan_ids
         return done.value
 
 
-def _notice(scan_ids: Sequence[bytes]) -> bytes:
-    """A notice of ``scan_ids`` (``notice_ids`` reads it): their number, their uint32 lengths, them."""
+def _notice(scan_ids: Sequence[bytes], places: np.ndarray) -> bytes:
+    """A notice of ``scan_ids`` (``parse_notice`` reads it): their number, their uint32 lengths,
+    them, then the number of ``places`` (``PLACE``, ``row`` an index into ``scan_ids``) and them."""
     lens = np.fromiter(map(len, scan_ids), np.uint32, len(scan_ids)).astype("<u4")
-    return len(scan_ids).to_bytes(4, "little") + lens.tobytes() + b"".join(scan_ids)
+    return (len(scan_ids).to_bytes(4, "little") + lens.tobytes() + b"".join(scan_ids)
+            + len(places).to_bytes(4, "little") + np.ascontiguousarray(places, PLACE).tobytes())
 
 
 class ReplyWriter:
@@ -476,11 +523,14 @@ class ReplyWriter:
         shards = reply_shards(scan_ids) if len(scan_ids) else np.zeros(0, np.uint8)
         epoch = _epoch(self._redis_time())
         filed = blind_rows & (refs["token"] != 0) if refs is not None else np.zeros(len(lines), bool)
+        places = np.zeros(0, PLACE)
         if filed.any():
             # before any notice: a gateway woken by one must find the file, which on a Cluster
             # lives on another node than the notice's
-            self._file(lines, refs, filed, epoch)
+            places = self._file(lines, refs, filed, epoch)
             blind_rows = blind_rows & ~filed
+        place_of = np.full(len(lines), -1, np.int64)  # each row's index in ``places``
+        place_of[places["row"]] = np.arange(len(places))
         groups = ([np.nonzero(shards == s)[0] for s in np.unique(shards).tolist()] if self.cluster
                   else [np.arange(len(lines))])
         for rows in groups:
@@ -491,23 +541,29 @@ class ReplyWriter:
                 if len(set(ids)) < len(ids):  # a scan_id twice in one chunk: rare, so counted only then
                     seen = collections.Counter(ids)
                     blind &= np.fromiter((seen[i] == 1 for i in ids), bool, len(ids))
-                self._push_chunk(ids, [lines[i] for i in part.tolist()], blind, filed[part], shards[part], epoch)
+                mine = np.nonzero(place_of[part] >= 0)[0]
+                placed = places[place_of[part[mine]]]
+                placed["row"] = mine  # the notice names rows of its chunk
+                self._push_chunk(ids, [lines[i] for i in part.tolist()], blind, filed[part], placed, shards[part],
+                                 epoch)
         return len(lines)
 
-    def _file(self, lines: Sequence[bytes], refs: np.ndarray, filed: np.ndarray, epoch: int) -> None:
+    def _file(self, lines: Sequence[bytes], refs: np.ndarray, filed: np.ndarray, epoch: int) -> np.ndarray:
         """The ``filed`` rows' outcomes, one string per claim token and code shard (``file_outcomes``),
-        in one round trip (a Cluster's pipeline sends each to its node)."""
+        in one round trip (a Cluster's pipeline sends each to its node); their places."""
         expiry = (epoch + 1) * REPLY_EPOCH_S + self.ttl_s
+        done = file_outcomes(self.prefix, lines, refs, filed)
         pipe = self.client.pipeline(transaction=False)
-        for key, value in file_outcomes(self.prefix, lines, refs, filed):
+        for key, value in done.files:
             pipe.set(key, value, exat=expiry)
         pipe.execute()
+        return done.places
 
     def _push_chunk(self, ids: list[bytes], lines: list[bytes], blind: np.ndarray, filed: np.ndarray,
-                    shards: np.ndarray, epoch: int) -> None:
+                    places: np.ndarray, shards: np.ndarray, epoch: int) -> None:
         """One chunk's round trip (all of one shard on a Cluster): the blind rows' HSETs per shard,
-        then the script with the joined rows and the notice (of every row, the filed ones too),
-        pipelined on one connection."""
+        then the script with the joined rows and the notice (of every row, with the filed ones'
+        ``places``), pipelined on one connection."""
         expiry = (epoch + 1) * REPLY_EPOCH_S + self.ttl_s
         commands: list[tuple] = []
         for s in np.unique(shards[blind]).tolist():
@@ -522,7 +578,7 @@ class ReplyWriter:
         runs = np.zeros(len(counts), [("shard", "u1"), ("count", "<u4")])
         runs["shard"], runs["count"] = run_shards, counts
         routing = reply_hash(self.prefix, int(shards[0]), 0)  # where a Cluster runs the call
-        args = [self.prefix.encode("utf-8") + b"rh:", self.ttl_s, len(ids), _notice(ids), self.channel,
+        args = [self.prefix.encode("utf-8") + b"rh:", self.ttl_s, len(ids), _notice(ids, places), self.channel,
                 runs.tobytes(), REPLY_EPOCH_S, epoch,
                 pack_pairs([ids[i] for i in joined.tolist()], [lines[i] for i in joined.tolist()])]
         target = (self.client.get_redis_connection(self.client.get_node_from_key(routing)) if self.cluster
@@ -672,7 +728,8 @@ class ReplyWatcher:
                 while True:
                     message = await pubsub.get_message(timeout=WAIT_SLICE_S)
                     if message is not None and message["type"] == "message":
-                        await self._wake([sid for sid in notice_ids(message["data"]) if sid in self._waits])
+                        ids, places = parse_notice(message["data"])
+                        await self._wake([sid for sid in ids if sid in self._waits], places)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - Redis away: waits sweep until it is back
@@ -696,20 +753,24 @@ class ReplyWatcher:
         except asyncio.TimeoutError:
             return False
 
-    async def read(self, scan_ids: Sequence[bytes], first: Sequence[int]) -> list[Held]:
-        """The outcomes of each of ``scan_ids`` in its reply hashes from minute ``first`` on, in the
-        round trip that the reads of this turn of the event loop share (``RoundTrips``)."""
+    async def read(self, scan_ids: Sequence[bytes], first: Sequence[int],
+                   places: dict[bytes, tuple[int, int, int, int]] | None = None) -> list[Held]:
+        """The outcomes of each of ``scan_ids`` in its reply hashes from minute ``first`` on, and
+        its filed first outcome (at its place in ``places``, as a notice gives it, if there), in
+        the round trips that the reads of this turn of the event loop share (``RoundTrips``)."""
         last = _epoch(time.time() + CLOCK_SKEW_S)
         return await read_async(self.trips, self.prefix, self.replay_ttl_s, scan_ids,
-                                [range(f, max(f, last) + 1) for f in first])
+                                [range(f, max(f, last) + 1) for f in first],
+                                [places.get(s) for s in scan_ids] if places else None)
 
-    async def _wake(self, scan_ids: list[bytes]) -> None:
-        """Read the outcomes of ``scan_ids`` (one round trip) and answer the waits they satisfy."""
+    async def _wake(self, scan_ids: list[bytes], places: dict[bytes, tuple[int, int, int, int]] | None = None) -> None:
+        """Read the outcomes of ``scan_ids`` and answer the waits they satisfy: one round trip when
+        a notice gave the place of each filed one (``places``)."""
         if not scan_ids:
             return
         # from the first minute any of a scan_id's waits counted
         first = [min(first_minute(seen) for seen, _, _ in self._waits[sid]) for sid in scan_ids]
-        for sid, lines in zip(scan_ids, await self.read(scan_ids, first)):
+        for sid, lines in zip(scan_ids, await self.read(scan_ids, first, places)):
             self._answer(sid, lines)
 
     def _answer(self, scan_id: bytes, lines: Held, only: tuple | None = None) -> None:

@@ -193,6 +193,19 @@ def test_a_wait_woken_by_the_notice_finds_the_file(redis_deployment):
             aclient = (aioredis.RedisCluster.from_url(redis_deployment.url) if redis_deployment.cluster
                        else aioredis.Redis.from_url(redis_deployment.url))
             watcher = ReplyWatcher(aclient, store.prefix, TTL_S, sweep_s=30, live_sweep_s=30)
+            sent: list[list[bytes]] = []  # each round trip's commands
+            run = watcher.trips.run
+
+            async def counted(commands):
+                class Recorder:
+                    def execute_command(self, *args):
+                        sent[-1].append(args[0].encode() + b" " + (args[1] if isinstance(args[1], bytes)
+                                                                   else str(args[1]).encode()))
+                sent.append([])
+                for add in commands:
+                    add(Recorder())
+                return await run(commands)
+            watcher.trips.run = counted
             await watcher.start()
             try:
                 assert await watcher.subscribed(5)
@@ -200,15 +213,19 @@ def test_a_wait_woken_by_the_notice_finds_the_file(redis_deployment):
                 started = time.monotonic()
                 await asyncio.to_thread(_deliver, store, writer, events)
                 got = [await watcher.wait(w, 10) for w in waits]
-                return got, time.monotonic() - started
+                return got, time.monotonic() - started, sent
             finally:
                 await watcher.close()
                 await aclient.aclose()
 
-        got, took = asyncio.run(scenario())
+        got, took, sent = asyncio.run(scenario())
         assert [g and g["scan_id"] for g in got] == [e["scan_id"] for e in events]
         assert took < 10  # not a sweep's doing: those would come after 30 s, past every wait's end
         assert _fields(store) == 0
+        # the notices placed every outcome: each wake read the slots it named, no identity
+        assert sent and all(c.startswith((b"HMGET", b"GETRANGE")) for trip in sent for c in trip)
+        assert not [c for trip in sent for c in trip if b"rp:" in c]
+        assert sum(c.startswith(b"GETRANGE") for trip in sent for c in trip) == len(events)
 
 
 def test_outcome_files_hold_each_rank_at_its_offsets():
@@ -219,17 +236,68 @@ def test_outcome_files_hold_each_rank_at_its_offsets():
     refs["shard"] = [3, 3, 3, 5, 3]
     refs["rank"] = [2, 0, 0, 0, 4]
     lines = [b"two", b"zero", b"other-token", b"other-shard", b"four"]
-    files = dict(file_outcomes("p:", lines, refs, np.array([True, True, True, True, True])))
+    filed = file_outcomes("p:", lines, refs, np.array([True, True, True, True, True]))
+    files = dict(filed.files)
     seven = (7).to_bytes(8, "little")
     blob = files[outcome_file("p:", 3, seven)]
     offsets = np.frombuffer(blob, "<u4", 6)
     slot = [blob[a:b] for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
     assert slot == [b"zero", b"", b"two", b"", b"four"]
     assert len(files) == 3 and files[outcome_file("p:", 5, seven)].endswith(b"other-shard")
-    assert file_outcomes("p:", lines, refs, np.zeros(5, bool)) == []
+    # each row's place: its file and the bytes of its slot, as a notice carries it
+    for p in filed.places:
+        key = outcome_file("p:", int(p["shard"]), int(p["token"]).to_bytes(8, "little"))
+        assert files[key][p["start"]:p["end"]] == lines[p["row"]]
+    assert file_outcomes("p:", lines, refs, np.zeros(5, bool)).files == []
     refs["rank"][1] = 2
     with pytest.raises(ValueError, match="a rank filed twice"):
         file_outcomes("p:", lines, refs, np.ones(5, bool))
+
+
+def test_a_notice_that_places_another_scans_slot_answers_nothing(redis_deployment):
+    """A forged notice (anyone who may PUBLISH on the channel) naming, for a waited scan_id, the
+    slot of another scan's outcome with the waiter's own code and user: the read keeps a slot only
+    when its line names the scan_id read, so the wait stays unanswered."""
+    with _store(redis_deployment) as store:
+        writer = ReplyWriter(store.client, store.prefix, 60)
+        _deliver(store, writer, [_event("other-1", 1, "wx-1", code="SAME")])
+        found = store.client.hmget(_identity_key(store, "other-1"), [b"other-1"])[0]
+        shard, token, rank = outcome_ref(found)
+        blob = store.client.get(outcome_file(store.prefix, shard, token))
+        start, end = np.frombuffer(blob, "<u4", 2, 4 * rank).tolist()
+        place = (shard, int.from_bytes(token, "little"), start, end)
+
+        async def scenario():
+            aclient = (aioredis.RedisCluster.from_url(redis_deployment.url) if redis_deployment.cluster
+                       else aioredis.Redis.from_url(redis_deployment.url))
+            try:
+                trips = replies.RoundTrips(aclient)
+                epochs = reply_epochs(time.time(), time.time())
+                return await replies.read_async(trips, store.prefix, TTL_S, ["victim-9", "other-1"], [epochs] * 2,
+                                                [place, place])
+            finally:
+                await aclient.aclose()
+
+        victim, other = asyncio.run(scenario())
+        assert victim == {} and FILED in other
+
+
+def test_notices_carry_the_places_of_filed_outcomes_and_refuse_other_shapes():
+    """``parse_notice``: scan_ids and places back as sent; a truncated or padded notice is no notice."""
+    places = np.zeros(2, replies.PLACE)
+    places["row"], places["shard"], places["token"] = [2, 0], [4, 9], [77, 88]
+    places["start"], places["end"] = [40, 50], [45, 60]
+    ids = [b"a", b"bb", "码".encode()]
+    message = replies._notice(ids, places)
+    got_ids, got_places = replies.parse_notice(message)
+    assert got_ids == ids
+    assert got_places == {ids[2]: (4, 77, 40, 45), b"a": (9, 88, 50, 60)}
+    assert replies.parse_notice(replies._notice(ids, places[:0])) == (ids, {})
+    for broken in (message[:-1], message + b"x", message[:3], b""):
+        assert replies.parse_notice(broken) == ([], {})
+    far = places.copy()
+    far["row"][0] = 3  # past the notice's scan_ids
+    assert replies.parse_notice(replies._notice(ids, far)) == ([], {})
 
 
 def test_only_a_claimed_identity_with_a_record_leads_to_a_file():
