@@ -15,7 +15,8 @@ Two ways of waiting, in one run, against one Redis server, with the same load:
 
 The writer pushes ``--chunk`` outcomes at a time at ``--rate`` scans/s (a worker's batches); each
 wait starts ``--lead-ms`` before its outcome is written (the scan API awaits right after
-publishing).  Printed per way: the wait from the write to the answer (p50, p95, p99), the
+publishing).  Printed per way: the wait from the write (the reply step, after ``filed``'s claim)
+to the answer (p50, p95, p99), the
 Redis server's CPU per scan (``INFO cpu``, readers and writer together), and that of the same
 writes with nobody waiting, run right after: the difference is what the waits cost Redis.  Give it a Redis of its
 own (its counters count every client):
@@ -65,7 +66,8 @@ def blocking(url: str, prefix: str, waiters: int) -> tuple[Callable, Callable, C
     writer = redis.Redis.from_url(url)
     readers = redis.Redis.from_url(url, max_connections=waiters + 8)
 
-    def push(ids: list[str]) -> None:
+    def push(ids: list[str], stamp: Callable[[], None]) -> None:
+        stamp()
         pipe = writer.pipeline(transaction=False)
         for s in ids:
             pipe.rpush(prefix + s, _line(s))
@@ -93,15 +95,18 @@ def watcher(url: str, prefix: str, waiters: int, claimed: bool = False) -> tuple
     watching = replies.ReplyWatcher(aclient, prefix, REPLAY_TTL_S)
     asyncio.run_coroutine_threadsafe(watching.start(), loop).result()
 
-    def push(ids: list[str]) -> None:
+    def push(ids: list[str], stamp: Callable[[], None]) -> None:
+        """Write ``ids``' outcomes, calling ``stamp`` when the reply step starts (after the claim)."""
         lines = [_line(s) for s in ids]
         if store is None:
+            stamp()
             writer.push(ids, lines, np.ones(len(ids), bool))  # first outcomes, as most are
             return
         n = len(ids)
         serial = np.array([int(s[1:]) for s in ids], np.uint32)
         claims = store.claim(np.array(ids, object), serial.astype(np.uint64) + 1, np.full(n, KEY[1], object),
                              np.full(n, batch_key(1, 0, 1), np.uint64), serial, np.full(n, int(Verdict.OK), np.uint8))
+        stamp()
         writer.push(ids, lines, ~claims.replay, claims.ref)
 
     def wait(scan_id: str) -> dict | None:
@@ -150,10 +155,12 @@ def run(way: str, url: str, args: argparse.Namespace, waits: bool = True) -> dic
     for a in range(0, len(ids), args.chunk):
         time.sleep(max(0.0, t0 + a / args.rate - time.monotonic()))
         part = ids[a:a + args.chunk]
-        now = time.monotonic()
-        for s in part:
-            written[s] = now
-        push(part)
+
+        def stamp(part=part) -> None:
+            now = time.monotonic()
+            for s in part:
+                written[s] = now
+        push(part, stamp)
     starter.join()
     pool.shutdown(wait=True)
     cpu = _server_cpu_s(stats) - cpu0

@@ -266,7 +266,8 @@ def notice_channel(prefix: str) -> str:
 
 def parse_notice(message: bytes) -> tuple[list[bytes], dict[bytes, tuple[int, int, int, int]]]:
     """The scan_ids of a notice (``_notice``), as bytes, and the place of each that was filed:
-    {scan_id: (code shard, claim token, start, end)}; ([], {}) for a message of another shape."""
+    {scan_id: (code shard, claim token, start, end)}; an older worker's notice (the scan_ids alone)
+    places none; ([], {}) for a message of another shape."""
     if len(message) < 4:
         return [], {}
     n = int.from_bytes(message[:4], "little")
@@ -275,10 +276,12 @@ def parse_notice(message: bytes) -> tuple[list[bytes], dict[bytes, tuple[int, in
     lens = np.frombuffer(message, "<u4", n, 4)
     ends = np.cumsum(lens, dtype=np.int64) + 4 + 4 * n
     tail = int(ends[-1]) if n else 4
-    if tail + 4 > len(message) or (len(message) - tail - 4) % PLACE.itemsize:
+    if tail != len(message) and (tail + 4 > len(message) or (len(message) - tail - 4) % PLACE.itemsize):
         return [], {}
     starts = ends - lens
     ids = [message[a:b] for a, b in zip(starts.tolist(), ends.tolist())]
+    if tail == len(message):
+        return ids, {}
     places = np.frombuffer(message, PLACE, offset=tail + 4)
     if len(places) != int.from_bytes(message[tail:tail + 4], "little") or (len(places) and places["row"].max() >= n):
         return [], {}

@@ -293,7 +293,9 @@ def test_notices_carry_the_places_of_filed_outcomes_and_refuse_other_shapes():
     assert got_ids == ids
     assert got_places == {ids[2]: (4, 77, 40, 45), b"a": (9, 88, 50, 60)}
     assert replies.parse_notice(replies._notice(ids, places[:0])) == (ids, {})
-    for broken in (message[:-1], message + b"x", message[:3], b""):
+    older = replies._notice(ids, places[:0])[:-4]  # an older worker's: the scan_ids alone
+    assert replies.parse_notice(older) == (ids, {})
+    for broken in (message[:-1], message + b"x", message[:3], b"", older + b"xy"):
         assert replies.parse_notice(broken) == ([], {})
     far = places.copy()
     far["row"][0] = 3  # past the notice's scan_ids
