@@ -24,6 +24,13 @@ Give it a Redis of its own: the server's counters count every client.  Run by pa
 checkout's interpreter (a ``git worktree`` with its own venv) runs the same file on the same
 input: the two engines' figures then come from one machine in one sitting.  The figures are
 per scan of the stream (junk lines included).
+
+A fresh prefix has empty identity hashes; a server hours into a deployment holds millions of
+identities in each.  ``--fill N`` puts N in each shard's hash of this replay epoch and the last
+before each pass, so the claim looks up and inserts into hashes of that size.  A hash that grew
+past a power of two is rehashed a bucket per command on it, and meanwhile each lookup searches
+both tables: N just above a power of two (300 000) measures that state, N well past it
+(1 000 000, rehashed while it was filled) the settled one.
 """
 from __future__ import annotations
 
@@ -44,7 +51,8 @@ from worker_bench_costs import census  # noqa: E402  (this folder's module, run 
 
 from scanstream.engine import outcomes  # noqa: E402
 from scanstream.engine.config import load  # noqa: E402
-from scanstream.engine.state.redis import RedisStateStore  # noqa: E402
+from scanstream.engine.state.redis import RedisStateStore, identity_hash  # noqa: E402
+from scanstream.engine.state.redis_lua import SHARDS  # noqa: E402
 from scanstream.streams.replies import ReplyWriter, first_outcomes  # noqa: E402
 from scanstream.wiring import build_pipeline  # noqa: E402
 
@@ -83,10 +91,35 @@ class Attribution:
         return measured
 
 
-def run(config, lines: list[bytes], url: str, batch: int, attribute: bool):
-    """One pass over ``lines`` on a fresh prefix: (server CPU s, Attribution or None, key families)."""
+#: Fields per HSET and HSETs per round trip of ``fill``.
+FILL_FIELDS, FILL_COMMANDS = 1_000, 5
+
+
+def fill(client, prefix: str, per_hash: int, replay_ttl_s: int) -> None:
+    """``per_hash`` made-up identities (60-byte values) in each shard's identity hash of this
+    replay epoch and the one before (``P rp:{t}:<epoch>``), as a server holds them hours into a
+    deployment: the claim then looks up and inserts into large hashes, not empty ones."""
+    epoch = int(time.time() // replay_ttl_s)
+    value = bytes(60)
+    step = FILL_FIELDS * FILL_COMMANDS
+    for e in (epoch - 1, epoch):
+        for shard in range(SHARDS):
+            key = identity_hash(prefix.encode(), shard, e)
+            for a in range(0, per_hash, step):
+                pipe = client.pipeline(transaction=False)
+                for x in range(a, min(a + step, per_hash), FILL_FIELDS):
+                    pipe.execute_command("HSET", key, *[v for y in range(x, min(x + FILL_FIELDS, per_hash))
+                                                        for v in (b"filled-%d-%d" % (shard, y), value)])
+                pipe.execute()
+
+
+def run(config, lines: list[bytes], url: str, batch: int, attribute: bool, per_hash: int = 0):
+    """One pass over ``lines`` on a fresh prefix (its identity hashes filled with ``per_hash``
+    fields first): (server CPU s, Attribution or None, key families)."""
     prefix = f"bench-state:{uuid.uuid4().hex[:12]}:"
     store = RedisStateStore.from_url(url, prefix=prefix, replay_ttl_s=config.engine.replay_ttl_hours * 3600)
+    if per_hash:
+        fill(store.client, prefix, per_hash, store.replay_ttl_s)
     replies = ReplyWriter(store.client, prefix, config.redis.result_ttl_s)
     push = replies.push
     attribution = Attribution(store.client) if attribute else None
@@ -104,7 +137,7 @@ def run(config, lines: list[bytes], url: str, batch: int, attribute: bool):
             push(scans["scan_id"].tolist(), outcomes.outcome_lines(scans), first_outcomes(scans),
                  *([] if refs is None else [refs]))
         cpu_s = server_cpu_s(store.client) - before
-        families = census(store.client, prefix).families
+        families = census(store.client, prefix).families if not per_hash else {}
     finally:
         store.flush_prefix()
         store.close()
@@ -118,19 +151,22 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=1_000, help="scans per batch (default 1000)")
     p.add_argument("--scans", type=int, default=50_000, help="scans of the stream to process (default all 50000)")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON to FILE")
+    p.add_argument("--fill", type=int, default=0, metavar="N",
+                   help="N identities in each shard's identity hash of this replay epoch and the last, "
+                        "before the passes (default 0: empty hashes); entries and bytes are then not walked")
     args = p.parse_args()
-    if args.batch < 1 or args.scans < 1:
-        p.error("--batch and --scans must be at least 1")
+    if args.batch < 1 or args.scans < 1 or args.fill < 0:
+        p.error("--batch and --scans must be at least 1, --fill at least 0")
     lines = pickle.loads((args.load / "lines.pkl").read_bytes())[:args.scans]
     config = replace(load(args.load / "scanstream.toml"), registry_dir=args.load / "registry", clickhouse="")
     started = time.perf_counter()
-    cpu_s, _, families = run(config, lines, args.redis_url, args.batch, attribute=False)
+    cpu_s, _, families = run(config, lines, args.redis_url, args.batch, attribute=False, per_hash=args.fill)
     wall = time.perf_counter() - started
-    _, attribution, _ = run(config, lines, args.redis_url, args.batch, attribute=True)
+    _, attribution, _ = run(config, lines, args.redis_url, args.batch, attribute=True, per_hash=args.fill)
     n = len(lines)
     order = sorted(attribution.usec, key=attribution.usec.get, reverse=True)
     figures = {
-        "scans": n, "batch": args.batch, "wall_s": round(wall, 2),
+        "scans": n, "batch": args.batch, "filled_per_hash": args.fill, "wall_s": round(wall, 2),
         "server_cpu_us_per_scan": round(cpu_s / n * 1e6, 2),
         "server_cpu_us_by_method": {"total": round(sum(attribution.usec.values()) / n, 2),
                                 **{k: round(attribution.usec[k] / n, 2) for k in order}},
