@@ -169,6 +169,31 @@ def test_a_crash_between_the_claim_and_the_reply_leaves_the_redelivery_readable(
         assert [orjson.dumps(x) for x in got] == [first[0], again[0]]
 
 
+def test_a_claim_cut_between_its_steps_is_answered_whoever_redelivers_it(redis_deployment):
+    """A worker dies between the claim's two steps: its identities name its token, and no code
+    step recorded them.  The survivors that redeliver the batch, split over two of them, decide
+    those scans as the first time (not replays), but the file under the dead worker's token is
+    not theirs to write: one survivor's file would overwrite the other's rows.  Every scan keeps
+    its outcome (found in 4 workers with one killed, where 65 scans had none)."""
+    with _store(redis_deployment) as store:
+        writer = ReplyWriter(store.client, store.prefix, 60)
+        events = [_event(f"cut-{i}", i, f"wx-{i}") for i in range(40)]
+        code_step = store._claim_codes
+
+        def killed(*args, **kwargs):
+            raise RuntimeError("killed between the claim's steps")
+        store._claim_codes = killed
+        with pytest.raises(RuntimeError, match="killed"):
+            _deliver(store, writer, events)
+        store._claim_codes = code_step
+        first_half = _deliver(store, writer, events[::2])
+        second_half = _deliver(store, writer, events[1::2])
+        got = _read(store, [e["scan_id"] for e in events])
+        assert [[orjson.dumps(x) for x in g] for g in got] == [
+            [line] for pair in zip(first_half, second_half) for line in pair]
+        assert [g[0]["verdict"] for g in got] == ["ok"] * 40
+
+
 def _identity_key(store, scan_id: str) -> bytes:
     from scanstream.engine.state.redis import identity_hash
     from scanstream.streams.replies import reply_shards

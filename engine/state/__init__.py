@@ -107,8 +107,9 @@ class Claims:
     verdict: np.ndarray  # uint8
     replay: np.ndarray  # bool
     first_user: np.ndarray  # object: '' except on CONFLICT rows
-    #: ``OUTCOME_REF`` per row: where the store recorded the code step of a row whose code decided
-    #: its verdict (token 0 elsewhere); None from a store that keeps no such record (memory, embedded)
+    #: ``OUTCOME_REF`` per row: where the store recorded the code step of a row whose identity this
+    #: call made and whose code decided its verdict (token 0 elsewhere: a redelivered identity's
+    #: reference is an earlier call's); None from a store that keeps no such record (memory, embedded)
     ref: np.ndarray | None = None
 
 

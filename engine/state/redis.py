@@ -653,6 +653,10 @@ class RedisStateStore(StateStore):
             first_user[rows[got == Verdict.CONFLICT]] = [u.decode("utf-8", "surrogatepass") for u in reply[2:]]
         mark = out & ~np.uint8(_REPLAY_FLAG)
         claimed = np.nonzero(mark >= _CLAIMED)[0]
+        # the references this call minted (its token): only their outcomes are this call's to file;
+        # a redelivered identity names an earlier call's token, even when its code step decides
+        # afresh (that call died between its steps), and other redeliveries may share that token
+        minted = claimed[out[claimed] < _REPLAY_FLAG]
         if len(claimed):
             # the shard the identity names: a redelivery's own code's, unless the same event
             # fingerprint came with another code (then only its record can answer: no bit is set)
@@ -663,10 +667,10 @@ class RedisStateStore(StateStore):
             out[lost] = given[lost]
         verdicts = (out & ~np.uint8(_REPLAY_FLAG)).astype(np.uint8)
         ref = np.zeros(n, OUTCOME_REF)
-        if len(claimed):
-            ref["token"][claimed] = refs[claimed, :_TOKEN_BYTES].copy().view("<u8").reshape(-1)
-            ref["rank"][claimed] = refs[claimed, _TOKEN_BYTES:].copy().view("<u4").reshape(-1)
-            ref["shard"][claimed] = mark[claimed] - _CLAIMED
+        if len(minted):
+            ref["token"][minted] = refs[minted, :_TOKEN_BYTES].copy().view("<u8").reshape(-1)
+            ref["rank"][minted] = refs[minted, _TOKEN_BYTES:].copy().view("<u4").reshape(-1)
+            ref["shard"][minted] = mark[minted] - _CLAIMED
         return Claims(verdicts, out >= _REPLAY_FLAG, first_user, ref)
 
     def _claim_codes(self, refs: np.ndarray, given: np.ndarray, groups: np.ndarray, serial: np.ndarray,
