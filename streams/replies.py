@@ -8,7 +8,8 @@ Where, for almost every scan: its claim's outcome file.  A new scan whose code d
 (an identity marked CLAIMED in the state store, ``engine.state.redis``) already names where its
 claim recorded that: the claim call's token, its rank, its code's shard (``OUTCOME_REF``, a
 ``BatchResult``'s ``refs``).  The
-worker files the scan's first outcome line there too, in one string per claim call and code shard,
+worker files the scan's first outcome line there too, in one string per claim call and code shard
+(only the call that made the identity, so a file has one writer),
 ``P rb:{tag}:<token>`` (``file_outcomes``: the slots' offsets, then the lines), and a reader follows
 the scan_id's identity to it (``_reading``): no hash field per scan, which cost Redis a new entry and
 about 1 us of CPU a scan, most of what a reply cost.  A file expires with the reply hash of its
