@@ -245,6 +245,11 @@ class EngineSettings:
     replay_ttl_hours: int = 24  # how long a scan_id's answer is remembered (redeliveries come within hours)
     resolve_gps: bool = True  # GPS -> adcode when an event has no region
 
+    @property
+    def replay_ttl_s(self) -> int:
+        """``replay_ttl_hours`` in seconds: what the state stores and the reply readers take."""
+        return self.replay_ttl_hours * 3600
+
 
 @dataclass(frozen=True)
 class AlertSettings:
@@ -687,12 +692,12 @@ def parse(data: dict[str, Any], source: Path) -> Config:
     enumeration = _read_enumeration(root.sub("enumeration"))
     segments = _read_segments(root.sub("segments"))
     root.done()
-    if redis.result_ttl_s * 2 > engine.replay_ttl_hours * 3600:
+    if redis.result_ttl_s * 2 > engine.replay_ttl_s:
         # the scan API finds a scan's first outcome through its scan_id's identity (streams/replies.py),
         # which lives at least replay_ttl_hours from the claim; half of it is left for the claim to reply
         raise ConfigError(f"redis.result_ttl_s: {redis.result_ttl_s} s would outlive the identities that lead to "
                           f"the outcomes; expected at most half of engine.replay_ttl_hours "
-                          f"({engine.replay_ttl_hours * 1800} s), or a longer replay_ttl_hours")
+                          f"({engine.replay_ttl_s // 2} s), or a longer replay_ttl_hours")
     if registry_source == "clickhouse" and not clickhouse:
         raise ConfigError("registry.source: 'clickhouse' needs sink.clickhouse to name a ClickHouse")
     return Config(source=source, tenants=tenants, keys=keys, engine=engine, registry_dir=registry_dir,

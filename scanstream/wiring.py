@@ -37,12 +37,12 @@ def build_state(config: Config) -> StateStore:
     if config.state_backend == "memory":
         if config.state_path is not None:
             from scanstream.engine.state.embedded import EmbeddedStateStore
-            return EmbeddedStateStore(config.state_path, replay_ttl_s=config.engine.replay_ttl_hours * 3600)
+            return EmbeddedStateStore(config.state_path, replay_ttl_s=config.engine.replay_ttl_s)
         from scanstream.engine.state.memory import MemoryStateStore
-        return MemoryStateStore(replay_ttl_s=config.engine.replay_ttl_hours * 3600)
+        return MemoryStateStore(replay_ttl_s=config.engine.replay_ttl_s)
     from scanstream.engine.state.redis import RedisStateStore
     store = RedisStateStore.from_url(config.redis.url, prefix=config.redis.prefix, cluster=config.redis.cluster,
-                                     replay_ttl_s=config.engine.replay_ttl_hours * 3600,
+                                     replay_ttl_s=config.engine.replay_ttl_s,
                                      wait_replicas=config.redis.wait_replicas,
                                      wait_timeout_ms=config.redis.wait_timeout_ms)
     for advice in store.server_advice():  # at every start, where the operator reads the log

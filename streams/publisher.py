@@ -265,7 +265,7 @@ class ScanPublisher:
                  max_envelope_bytes: int = envelope.MAX_ENVELOPE_BYTES, *, retries: int = 5,
                  max_block_ms: int = 10_000, max_pending: int = MAX_PENDING_MESSAGES,
                  idempotent: bool = True, redis_cluster: bool = False,
-                 replay_ttl_s: int = EngineSettings.replay_ttl_hours * 3600, **producer_config: Any):
+                 replay_ttl_s: int = EngineSettings().replay_ttl_s, **producer_config: Any):
         if not MAX_EVENT_BYTES <= max_envelope_bytes <= envelope.MAX_ENVELOPE_BYTES:
             raise ValueError(f"max_envelope_bytes {max_envelope_bytes} must be in {MAX_EVENT_BYTES}.."
                              f"{envelope.MAX_ENVELOPE_BYTES} (one event .. the envelope cap)")

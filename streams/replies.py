@@ -329,8 +329,14 @@ class Reads:
     commands: list[tuple[str, list[bytes]]]
     #: per HMGET: its minute and the index, among the scan_ids read, of each field asked
     rows: list[tuple[int, list[int]]]
-    #: how many scan_ids were read
-    n: int
+    #: the scan_ids read (UTF-8) and the state shard of each
+    ids: list[bytes]
+    shards: list[int]
+
+    @property
+    def n(self) -> int:
+        """How many scan_ids were read."""
+        return len(self.ids)
 
     def held(self, answers: Sequence[Sequence[bytes | None]]) -> list[Held]:
         """Each scan_id's outcomes, per minute, from the answers of ``commands`` (in order)."""
@@ -353,14 +359,15 @@ def reads(prefix: str, scan_ids: Sequence[str | bytes], spans: Sequence[range]) 
     ids = [s if isinstance(s, bytes) else s.encode("utf-8", "surrogatepass") for s in scan_ids]
     # the shards in one call; the grouping in a dict: a wait reads one to three scan_ids, where
     # numpy's fixed cost per call (a sort and a dozen arrays) made a read of one cost 37 us
+    shards = reply_shards(ids).tolist() if ids else []
     groups: dict[tuple[int, int], list[int]] = {}
-    for i, (shard, span) in enumerate(zip(reply_shards(ids).tolist() if ids else [], spans)):
+    for i, (shard, span) in enumerate(zip(shards, spans)):
         for e in span:
             groups.setdefault((shard, e), []).append(i)
     commands = [(reply_hash(prefix, shard, e), [f for i in rows for f in (history_field(ids[i]), ids[i])])
                 for (shard, e), rows in groups.items()]
     rows = [(e, mine) for (_, e), mine in groups.items()]
-    return Reads(commands, rows, len(ids))
+    return Reads(commands, rows, ids, shards)
 
 
 def counts(lines: Held, epochs: range) -> dict[int, int]:
@@ -402,18 +409,21 @@ def _reading(prefix: str, replay_ttl_s: int, scan_ids: Sequence[str | bytes], sp
     between the claim and the reply, or expired) holds nothing, and a slot is kept only if its
     line names the scan_id read."""
     plan = reads(prefix, scan_ids, spans)
-    ids = [x if isinstance(x, bytes) else x.encode("utf-8", "surrogatepass") for x in scan_ids]
+    ids = plan.ids
     known = list(known) if known is not None else [None] * len(ids)
-    placed = [(i, outcome_file(prefix, shard, token.to_bytes(8, "little")), a, b)
-              for i, place in enumerate(known) if place is not None for shard, token, a, b in (place,) if b > a]
     now = time.time()
     epochs = identity_epochs(now - CLOCK_SKEW_S, now + CLOCK_SKEW_S, replay_ttl_s)
     pre = prefix.encode("utf-8")
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, shard in enumerate(reply_shards(ids).tolist() if ids else []):
+    placed: list[tuple[int, bytes, int, int]] = []  # (scan_id, file, start, end) of the notices' places
+    groups: dict[tuple[int, int], list[int]] = {}  # (shard, epoch) -> the scan_ids whose identity is read
+    for i, shard in enumerate(plan.shards):
         if known[i] is None:
             for e in epochs:
                 groups.setdefault((shard, e), []).append(i)
+        else:
+            code_shard, token, a, b = known[i]
+            if b > a:
+                placed.append((i, outcome_file(prefix, code_shard, token.to_bytes(8, "little")), a, b))
     answers = yield ([("HMGET", key, *fields) for key, fields in plan.commands]
                      + [("GETRANGE", key, a, b - 1) for _, key, a, b in placed]
                      + [("HMGET", identity_hash(pre, shard, e), *[ids[i] for i in rows])
@@ -425,8 +435,12 @@ def _reading(prefix: str, replay_ttl_s: int, scan_ids: Sequence[str | bytes], sp
         for i, value in zip(rows, values):
             if value is not None and (i not in found or found[i][0] < e):
                 found[i] = (e, value)
-    slots = [(i, outcome_file(prefix, shard, token), rank) for i, (_, value) in sorted(found.items())
-             if (ref := outcome_ref(value)) is not None for shard, token, rank in (ref,)]
+    slots = []  # (scan_id, file, rank) of each identity that names a file
+    for i, (_, value) in sorted(found.items()):
+        ref = outcome_ref(value)
+        if ref is not None:
+            code_shard, token, rank = ref
+            slots.append((i, outcome_file(prefix, code_shard, token), rank))
     if not slots:
         return held
     heads = yield [("GETRANGE", key, 4 * rank, 4 * rank + 7) for _, key, rank in slots]
@@ -548,8 +562,7 @@ class ReplyWriter:
                 mine = np.nonzero(place_of[part] >= 0)[0]
                 placed = places[place_of[part[mine]]]
                 placed["row"] = mine  # the notice names rows of its chunk
-                self._push_chunk(ids, [lines[i] for i in part.tolist()], blind, filed[part], placed, shards[part],
-                                 epoch)
+                self._push_chunk(ids, [lines[i] for i in part.tolist()], blind, placed, shards[part], epoch)
         return len(lines)
 
     def _file(self, lines: Sequence[bytes], refs: np.ndarray, filed: np.ndarray, epoch: int) -> np.ndarray:
@@ -563,8 +576,8 @@ class ReplyWriter:
         pipe.execute()
         return done.places
 
-    def _push_chunk(self, ids: list[bytes], lines: list[bytes], blind: np.ndarray, filed: np.ndarray,
-                    places: np.ndarray, shards: np.ndarray, epoch: int) -> None:
+    def _push_chunk(self, ids: list[bytes], lines: list[bytes], blind: np.ndarray, places: np.ndarray,
+                    shards: np.ndarray, epoch: int) -> None:
         """One chunk's round trip (all of one shard on a Cluster): the blind rows' HSETs per shard,
         then the script with the joined rows and the notice (of every row, with the filed ones'
         ``places``), pipelined on one connection."""
@@ -576,7 +589,9 @@ class ReplyWriter:
             for b in range(0, len(mine), _SLICE):
                 commands.append(("HSET", key, *[x for i in mine[b:b + _SLICE] for x in (ids[i], lines[i])]))
             commands.append(("EXPIREAT", key, expiry))
-        joined = np.nonzero(~blind & ~filed)[0]
+        joined = ~blind
+        joined[places["row"]] = False  # filed already: only in the notice
+        joined = np.nonzero(joined)[0]
         joined = joined[np.argsort(shards[joined], kind="stable")]  # a shard's rows together, in row order
         run_shards, counts = np.unique(shards[joined], return_counts=True)
         runs = np.zeros(len(counts), [("shard", "u1"), ("count", "<u4")])

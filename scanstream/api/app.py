@@ -207,7 +207,7 @@ class Gateway:
                                                             timeout=REDIS_POOL_WAIT_S, **REDIS_OPTIONS)
             self.redis = aioredis.Redis(connection_pool=pool)
         self.watcher = replies.ReplyWatcher(self.redis, self.config.redis.prefix,
-                                              self.config.engine.replay_ttl_hours * 3600)
+                                              self.config.engine.replay_ttl_s)
         #: one round trip for the reads and rate limits of the requests of one turn of the loop
         self.trips = self.watcher.trips
         await self.watcher.start()

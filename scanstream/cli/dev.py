@@ -157,7 +157,7 @@ def _publish_demo(config: Config, lines: list[bytes], stop: threading.Event) -> 
     verdicts: Counter = Counter()
     with ScanPublisher(config.kafka.bootstrap, config.kafka.scans_topic, redis_url=config.redis.url,
                        prefix=config.redis.prefix, redis_cluster=config.redis.cluster,
-                       replay_ttl_s=config.engine.replay_ttl_hours * 3600) as publisher:
+                       replay_ttl_s=config.engine.replay_ttl_s) as publisher:
         published = []
         for event in events:
             try:
