@@ -158,6 +158,10 @@ class PrivateRedis:
             self.proc.kill()
 
 
+#: How often ``FrozenStorage.thaw`` walks the folder again, and the pause between walks, s.
+THAW_ATTEMPTS, THAW_PAUSE_S = 5, 0.2
+
+
 class FrozenStorage:
     """Makes a chdb data folder's table storage immutable (``chattr -R +i``) while active.
 
@@ -195,7 +199,17 @@ class FrozenStorage:
         FrozenStorage._active.append(self.store)
 
     def thaw(self) -> None:
-        subprocess.run(["chattr", "-R", "-i", str(self.store)], check=True, capture_output=True)
+        # chattr -R exits 1 when an entry under its walk could not be changed (one CI run failed so,
+        # once, its stderr not kept; an entry that vanished mid-walk would do it): walk again, and
+        # say what it printed if it never succeeds
+        for attempt in range(THAW_ATTEMPTS):
+            done = subprocess.run(["chattr", "-R", "-i", str(self.store)], capture_output=True)
+            if done.returncode == 0:
+                break
+            time.sleep(THAW_PAUSE_S)
+        else:
+            raise RuntimeError(f"chattr -R -i {self.store} failed {THAW_ATTEMPTS} times: "
+                               f"{done.stderr.decode(errors='replace')[:500]}")
         if self.store in FrozenStorage._active:
             FrozenStorage._active.remove(self.store)
 
