@@ -722,6 +722,38 @@ def test_large_random_batches_give_identical_answers(server):
             assert [mem.campaign_state(c) for c in "ab"] == [red.campaign_state(c) for c in "ab"]
 
 
+def test_reused_scan_ids_across_the_claims_slices_of_one_shard_agree_with_memory(server):
+    """The attack on the claim's fast path: a scan_id only goes through the script's table of
+    identities made in the call when the caller marks it repeated, and the script reads a shard's
+    rows in slices of 1000.  So: 2 500 rows of one shard, scan_ids stored by an earlier batch and
+    new ones, each coming back up to four times in the batch, across the slices' edges, with its
+    own event, another one (a thief's) or the stored one, in every order."""
+    rng = np.random.default_rng(17)
+    pool = [f"r-{x}" for x in range(20_000)]
+    keys = state_keys(np.array(pool, dtype=object))
+    one_shard = [i for i, k in zip(pool, keys.tolist()) if k % 16 == 3][:900]
+    assert len(one_shard) == 900
+    stored, fresh = one_shard[:300], one_shard[300:]
+    with open_store("memory") as mem, open_store(*server) as red:
+        def both(ids, fps, users):
+            n = len(ids)
+            args = (np.array(ids, dtype=object), u64(fps), np.array(users, dtype=object),
+                    u64([CODE] * n), (np.arange(n) % 5000).astype(np.uint32),
+                    rng.choice(np.array([OK] * 6 + [BAD_MAC], np.uint8), n))
+            a, r = mem.claim(*args), red.claim(*args)
+            assert a.verdict.tolist() == r.verdict.tolist()
+            assert a.replay.tolist() == r.replay.tolist()
+            assert a.first_user.tolist() == r.first_user.tolist()
+            return r
+        both(stored, [1] * len(stored), ["owner"] * len(stored))
+        ids = [stored[x] for x in rng.integers(0, 300, 1200)] + [fresh[x] for x in rng.integers(0, 600, 1300)]
+        rng.shuffle(ids)
+        fps = rng.choice(np.array([1, 1, 2, 3], np.uint64), len(ids))  # own event, or a thief's
+        got = both(ids, fps, [f"u{f}" for f in fps.tolist()])
+        verdicts = got.verdict.tolist()
+        assert verdicts.count(CONFLICT) > 300 and got.replay.sum() > 300
+
+
 def test_grants_agree_on_neighbouring_codes_with_commissions(redis_url, redis_cluster_url):
     """Codes of adjacent batches and serials (whose packed identities differ in a few low bits, so
     any cheap hash of them collides often), prizes drawn again and again, guides' commissions and

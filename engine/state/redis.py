@@ -627,7 +627,8 @@ class RedisStateStore(StateStore):
             return Claims(np.zeros(0, np.uint8), np.zeros(0, bool), np.zeros(0, object), np.zeros(0, OUTCOME_REF))
         given = np.asarray(verdict, np.uint8)
         ids, users = np.asarray(scan_id), np.asarray(user)
-        id_shards = (state_keys(ids) & _SHARD_BITS).astype(np.uint8)
+        id_keys = state_keys(ids)
+        id_shards = (id_keys & _SHARD_BITS).astype(np.uint8)
         fps = np.asarray(fingerprint, np.uint64).astype("<u8")
         code, serial = np.asarray(code, np.uint64), np.asarray(serial).astype(np.uint64)
         # a chunk as one integer: batch key (42 bits) and chunk number (20 bits)
@@ -636,21 +637,35 @@ class RedisStateStore(StateStore):
         ranks = _ranks(code_shards, given == Verdict.OK).astype("<u4")
         token = claim_token()
         rp = self._pre + b"rp:"
+        # the script takes its rows grouped by shard (a run each); on a Cluster ``_sharded`` keeps
+        # this order, so each call's rows are one run
+        by_shard = np.argsort(id_shards, kind="stable")
+        # each row's reference were its scan_id new; the script gives the known rows' their own
+        refs = np.zeros((n, _REF_BYTES), np.uint8)
+        refs[:, :_TOKEN_BYTES] = np.frombuffer(token, np.uint8)
+        refs[:, _TOKEN_BYTES:] = ranks.view(np.uint8).reshape(n, 4)
+        _, which, counts = np.unique(id_keys, return_inverse=True, return_counts=True)
+        repeated = counts[which.reshape(-1)] > 1  # a 64-bit key shared by chance only costs a slower path
 
         def identities(rows: np.ndarray) -> tuple[list, list]:
-            return [shard_key(rp, int(id_shards[rows[0]]))], [
-                rp, self.replay_ttl_s, len(rows), _pack_texts(ids[rows]), id_shards[rows].tobytes(),
-                _new_identities(given[rows], code_shards[rows], fps[rows], token, ranks[rows], users[rows]),
-                int(Verdict.CONFLICT), _CLAIMED]
+            src = by_shard[rows]
+            run_shards, run_rows = np.unique(id_shards[src], return_counts=True)
+            again = np.nonzero(repeated[src])[0]
+            return [shard_key(rp, int(id_shards[src[0]]))], [
+                rp, self.replay_ttl_s, len(rows), int(Verdict.CONFLICT), _CLAIMED,
+                np.stack([run_shards, run_rows], 1).astype("<u4").tobytes(), len(run_shards),
+                again.astype("<u4").tobytes(), len(again), _pack_texts(ids[src]),
+                _new_identities(given[src], code_shards[src], fps[src], token, ranks[src], users[src])]
 
         out = np.empty(n, np.uint8)
-        refs = np.empty((n, _REF_BYTES), np.uint8)
         first_user = np.full(n, "", dtype=object)
-        for rows, reply in self._sharded(self._ids, id_shards, identities):
+        for rows, reply in self._sharded(self._ids, id_shards[by_shard], identities):
+            src = by_shard[rows]
             got = np.frombuffer(reply[0], np.uint8)
-            out[rows] = got
-            refs[rows] = np.frombuffer(reply[1], np.uint8).reshape(len(rows), _REF_BYTES)
-            first_user[rows[got == Verdict.CONFLICT]] = [u.decode("utf-8", "surrogatepass") for u in reply[2:]]
+            out[src] = got
+            known = src[got >= _REPLAY_FLAG]
+            refs[known] = np.frombuffer(reply[1], np.uint8).reshape(len(known), _REF_BYTES)
+            first_user[src[got == Verdict.CONFLICT]] = [u.decode("utf-8", "surrogatepass") for u in reply[2:]]
         mark = out & ~np.uint8(_REPLAY_FLAG)
         claimed = np.nonzero(mark >= _CLAIMED)[0]
         # the references this call minted (its token): only their outcomes are this call's to file;
@@ -701,7 +716,8 @@ class RedisStateStore(StateStore):
             tokens, which = np.unique(token_ids[rows], return_inverse=True)
             return keys, [ck, self.replay_ttl_s, len(rows), tokens.astype("<u8").tobytes(),
                           which.reshape(-1).astype("<u4").tobytes(), ranks[rows].tobytes(), given[rows].tobytes(),
-                          shards[rows].tobytes(), chunk.astype("<u4").tobytes(), offset[rows].astype("<u4").tobytes(),
+                          shards[rows].tobytes(), chunk.astype("<u4").tobytes(),
+                          pack_strings([b"%d" % o for o in offset[rows].tolist()]),
                           want.astype("<u4").tobytes(), int(Verdict.OK), int(Verdict.REPEAT)]
 
         out = np.empty(len(refs), np.uint8)

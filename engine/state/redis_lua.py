@@ -119,34 +119,6 @@ local function hmget_buckets(pre, fields, bucket, k)
   return vals
 end
 
--- records of ids[1..n] (shard[i] naming each one's hash shard_key(pre, shard) .. ':' .. epoch):
--- one HMGET per shard in this epoch, then in the one before for the rest; nil when none
-local function lookup(pre, ids, shard, n, epoch)
-  local rows_of, stored = {}, {}
-  for i = 1, n do
-    local r = rows_of[shard[i]]
-    if r == nil then r = {}; rows_of[shard[i]] = r end
-    r[#r + 1] = i
-  end
-  for s, rows in pairs(rows_of) do
-    for e = epoch, epoch - 1, -1 do
-      local ask, m = {}, 0
-      for _, i in ipairs(rows) do
-        if stored[i] == nil then m = m + 1; ask[m] = i end
-      end
-      for a = 1, m, 1000 do
-        local fields = {}
-        for j = a, math.min(a + 999, m) do fields[j - a + 1] = ids[ask[j]] end
-        local vals = redis.call('HMGET', shard_key(pre, s) .. ':' .. e, unpack(fields))
-        for j = 1, #fields do
-          if vals[j] then stored[ask[a + j - 1]] = vals[j] end
-        end
-      end
-    end
-  end
-  return stored
-end
-
 -- queue field = value for the epoch hash of shard s; store() writes the queue.  A queue counts
 -- its length (n): Lua 5.1 finds #t by a binary search, which a row's appends paid twice.
 local function add_write(writes, s, field, value)
@@ -156,13 +128,16 @@ local function add_write(writes, s, field, value)
   w[n + 1], w[n + 2], w.n = field, value, n + 2
 end
 
+-- w[1..wn] (field, value, field, value, ...) into the hash key, in HSETs of up to 500 pairs (Lua's
+-- stack), and the hash expires at expire_at
+local function hset_all(key, w, wn, expire_at)
+  for a = 1, wn, 1000 do redis.call('HSET', key, unpack(w, a, math.min(a + 999, wn))) end
+  redis.call('EXPIREAT', key, expire_at)
+end
+
 -- one HSET per shard into this epoch's hash, which expires at the end of the next epoch
 local function store(pre, writes, epoch, ttl)
-  for s, w in pairs(writes) do
-    local key = shard_key(pre, s) .. ':' .. epoch
-    for a = 1, w.n, 1000 do redis.call('HSET', key, unpack(w, a, math.min(a + 999, w.n))) end
-    redis.call('EXPIREAT', key, (epoch + 2) * ttl)
-  end
+  for s, w in pairs(writes) do hset_all(shard_key(pre, s) .. ':' .. epoch, w, w.n, (epoch + 2) * ttl) end
 end
 
 -- the struct format of k strings, each after its uint32 length (``pack_strings``), made once per k
@@ -231,60 +206,81 @@ def pack_pairs(keys: list[bytes], values: list[bytes]) -> bytes:
 #: of server time) and 130 bytes.  A hash expires at the end of the next epoch, so a record is
 #: kept between one and two TTLs.
 #:
-#: IDS_LUA.  KEYS[1]: a key in the rows' shard (routing only).  ARGV: identity prefix
-#: (``P rp:``), TTL, n, the scan_ids, each row's shard (one byte), each row's identity were its
-#: scan_id new, CONFLICT, CLAIMED (strings as ``pack_strings`` packs them).  An identity is
-#: ``engine.state.pack_answer``: verdict (or CLAIMED + code shard), fingerprint, for a CLAIMED
+#: IDS_LUA.  KEYS[1]: a key in the rows' shard (routing only).  ARGV: identity prefix (``P rp:``),
+#: TTL, n, CONFLICT, CLAIMED, the runs (per run its shard and its number of rows, uint32 each: the
+#: rows come grouped by shard, one run on a Cluster), the number of runs, the rows whose scan_id
+#: occurs more than once in the call (uint32 indices, 0-based, and their number), the scan_ids,
+#: each row's identity were its scan_id new (strings as ``pack_strings`` packs them).  An identity
+#: is ``engine.state.pack_answer``: verdict (or CLAIMED + code shard), fingerprint, for a CLAIMED
 #: mark its reference (token, rank as uint32), first user.  The caller builds each row's (it
 #: knows all of it: the given verdict, the code's shard, the call's token and the row's rank);
 #: building them in Lua was a third of the script's time, and Redis is the part that does not
 #: scale out.
+#:
+#: Its cost is Lua's, not the hash's (callgrind: three quarters of a row's instructions were the
+#: interpreter's and its allocator's), so a row makes as few Lua values as it can: a run's
+#: scan_ids go to the HMGETs as one slice of the unpacked ones, its writes to one HSET queue, and
+#: only the rows the caller marks as repeated in the call go through the table of identities this
+#: call made (an earlier row of the same scan_id decides a later one's answer).
 #: Returns {one byte per row: its verdict, or CLAIMED + code shard, + 128 when its scan_id was
-#: known with the same event; 12 bytes per row: the reference of a CLAIMED row (zeros for the
-#: others); the first user of each CONFLICT row ...}.
+#: known with the same event; per such row (in row order) its stored reference, 12 bytes, zeros
+#: when its mark is not CLAIMED (a new row's reference is the caller's own); the first user of
+#: each CONFLICT row ...}.
 IDS_LUA = LUA_PRELUDE + r"""
-local CONFLICT, CLAIMED = tonumber(ARGV[7]), tonumber(ARGV[8])
 local rp, ttl, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local ids = strings(ARGV[4], n)
-local shard = bytes(ARGV[5])
-local mine = strings(ARGV[6], n)
+local CONFLICT, CLAIMED = tonumber(ARGV[4]), tonumber(ARGV[5])
+local runs = ints(ARGV[6], 'I4', 2 * tonumber(ARGV[7]))
+local repeated = {}
+for _, i in ipairs(ints(ARGV[8], 'I4', tonumber(ARGV[9]))) do repeated[i + 1] = true end
+local ids, mine = strings(ARGV[10], n), strings(ARGV[11], n)
 local NOREF = string.rep('\0', 12)
 local now = redis.call('TIME')
 local epoch = math.floor(tonumber(now[1]) / ttl)
-local stored = lookup(rp, ids, shard, n, epoch)
-local known, out, refs, writes, firsts = {}, {}, {}, {}, {}
-for i = 1, n do
-  local id, answer = ids[i], mine[i]
-  local first = known[id] or stored[i]  -- the stored identity, or the one an earlier row made
-  refs[i] = NOREF
-  if first ~= nil then
-    known[id] = first
-    local mark = string.byte(first, 1)
-    if string.sub(first, 2, 9) == string.sub(answer, 2, 9) then
-      out[i] = mark + 128
-      if mark >= CLAIMED then refs[i] = string.sub(first, 10, 21) end
-    else
-      out[i] = CONFLICT
-      if mark >= CLAIMED then firsts[#firsts + 1] = string.sub(first, 22) else firsts[#firsts + 1] = string.sub(first, 10) end
+local out, found, firsts, made = {}, {}, {}, {}
+local a = 1
+for r = 1, #runs, 2 do
+  local s, z = runs[r], a + runs[r + 1] - 1
+  local key = shard_key(rp, s) .. ':'
+  local w, wn = {}, 0
+  for b0 = a, z, 1000 do
+    local b1 = math.min(b0 + 999, z)
+    -- this epoch's record first, then the one before (HMGET gives false for a missing field)
+    local cur = redis.call('HMGET', key .. epoch, unpack(ids, b0, b1))
+    local old = redis.call('HMGET', key .. (epoch - 1), unpack(ids, b0, b1))
+    for i = b0, b1 do
+      local id, answer = ids[i], mine[i]
+      local first = cur[i - b0 + 1] or old[i - b0 + 1]
+      if repeated[i] then first = made[id] or first end
+      if first then
+        local mark = string.byte(first, 1)
+        if string.sub(first, 2, 9) == string.sub(answer, 2, 9) then
+          out[i] = mark + 128
+          if mark >= CLAIMED then found[#found + 1] = string.sub(first, 10, 21) else found[#found + 1] = NOREF end
+        else
+          out[i] = CONFLICT
+          if mark >= CLAIMED then firsts[#firsts + 1] = string.sub(first, 22) else firsts[#firsts + 1] = string.sub(first, 10) end
+        end
+      else
+        if repeated[i] then made[id] = answer end
+        w[wn + 1], w[wn + 2] = id, answer
+        wn = wn + 2
+        out[i] = string.byte(answer, 1)
+      end
     end
-  else
-    local v = string.byte(answer, 1)
-    if v >= CLAIMED then refs[i] = string.sub(answer, 10, 21) end
-    add_write(writes, shard[i], id, answer)
-    known[id] = answer
-    out[i] = v
   end
+  if wn > 0 then hset_all(key .. epoch, w, wn, (epoch + 2) * ttl) end
+  a = z + 1
 end
-store(rp, writes, epoch, ttl)
-return {chars(out), table.concat(refs), unpack(firsts)}
+return {chars(out), table.concat(found), unpack(firsts)}
 """
 
 #: CODES_LUA.  KEYS: a key of the rows' shard (routing only), then the dedup chunks in which rows
 #: may set a bit (one shard's on a Cluster).  ARGV: outcome prefix (``P ck:``), TTL, n, the
 #: distinct tokens of the rows' references (8 bytes each), each row's token (uint32 index into
 #: them, 0-based) and rank (uint32), given verdicts, each row's shard (its chunk's), chunk (uint32
-#: index into KEYS, 0-based) and bit offset (uint32) per row, per chunk the length to grow it to
-#: before any bit is set (0: no row sets a bit there), OK, REPEAT.  A token's record (``P
+#: index into KEYS, 0-based) and bit offset (decimal text, ``pack_strings``: BITFIELD takes it as
+#: text, and Lua's number to text was a quarter of a row's cost) per row, per chunk the length to
+#: grow it to before any bit is set (0: no row sets a bit there), OK, REPEAT.  A token's record (``P
 #: ck:{t}:<epoch>`` field token) holds one byte per rank, 0 where none is recorded.  A row whose
 #: reference has a byte (recorded before, or by an earlier row) gets it back; else an OK row sets
 #: its bit (OK, or REPEAT when it was set) and records that; any other row keeps its verdict (its
@@ -296,7 +292,7 @@ local tokens = ARGV[4]
 local tidx, rank = ints(ARGV[5], 'I4', n), ints(ARGV[6], 'I4', n)
 local given = bytes(ARGV[7])
 local shard = bytes(ARGV[8])
-local chunk, offset = ints(ARGV[9], 'I4', n), ints(ARGV[10], 'I4', n)
+local chunk, offset = ints(ARGV[9], 'I4', n), strings(ARGV[10], n)
 local want = ints(ARGV[11], 'I4', #KEYS)
 -- grow each chunk at an exact length first: BITFIELD and SETBIT would double the allocation
 for g = 1, #KEYS do
@@ -358,16 +354,17 @@ for i = 1, n do
     record_of[i] = r
     local c = chunk[i] + 1
     local list = ops[c]
-    if list == nil then list = {}; ops[c] = list end
-    list[#list + 1] = i
+    if list == nil then list = {n = 0}; ops[c] = list end
+    list.n = list.n + 1
+    list[list.n] = i
   else
     out[i] = given[i]
   end
 end
 for c, rows in pairs(ops) do
-  for a = 1, #rows, 500 do
+  for a = 1, rows.n, 500 do
     local args, x = {}, 0
-    for j = a, math.min(a + 499, #rows) do
+    for j = a, math.min(a + 499, rows.n) do
       args[x + 1], args[x + 2], args[x + 3], args[x + 4] = 'SET', 'u1', offset[rows[j]], '1'
       x = x + 4
     end
@@ -377,10 +374,11 @@ for c, rows in pairs(ops) do
       local v = OK
       if old[j] == 1 then v = REPEAT end
       out[i] = v
-      local r = record_of[i]
-      if r.t == nil then r.t = bytes(r.raw) end
-      for x = #r.t + 1, rank[i] do r.t[x] = 0 end
-      r.t[rank[i] + 1] = v
+      local r, at = record_of[i], rank[i] + 1
+      if r.t == nil then r.t, r.len = bytes(r.raw), #r.raw end
+      for x = r.len + 1, at - 1 do r.t[x] = 0 end
+      r.t[at] = v
+      if at > r.len then r.len = at end
     end
   end
 end
