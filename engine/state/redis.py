@@ -677,7 +677,8 @@ class RedisStateStore(StateStore):
             # fingerprint came with another code (then only its record can answer: no bit is set)
             where = (mark[claimed] - _CLAIMED).astype(np.uint8)
             setting = np.where(where == code_shards[claimed], given[claimed], np.uint8(Verdict.CONFLICT))
-            out[claimed] = self._claim_codes(refs[claimed], setting, groups[claimed], serial[claimed], where)
+            out[claimed] = self._claim_codes(refs[claimed], setting, groups[claimed], serial[claimed], where,
+                                             out[claimed] < _REPLAY_FLAG)
             lost = claimed[out[claimed] == Verdict.CONFLICT]  # no record there: the first answer is gone
             out[lost] = given[lost]
         verdicts = (out & ~np.uint8(_REPLAY_FLAG)).astype(np.uint8)
@@ -689,10 +690,11 @@ class RedisStateStore(StateStore):
         return Claims(verdicts, out >= _REPLAY_FLAG, first_user, ref)
 
     def _claim_codes(self, refs: np.ndarray, given: np.ndarray, groups: np.ndarray, serial: np.ndarray,
-                     shards: np.ndarray) -> np.ndarray:
+                     shards: np.ndarray, minted: np.ndarray) -> np.ndarray:
         """Step 2 of the claim (``redis_lua.CODES_LUA``) for rows whose identity is CLAIMED, with
         their identities' references ``refs`` (12 bytes a row), in the code shards ``shards``: one
-        byte per row (a row not at OK gets its record or keeps its verdict)."""
+        byte per row (a row not at OK gets its record or keeps its verdict).  ``minted``: the rows
+        whose identity this claim made, under its own token, which has no record yet."""
         offset = (serial % np.uint64(CHUNK_SERIALS)).astype(np.int64)
         ck = self._pre + b"ck:"
         setting = given == Verdict.OK  # the caller sends a row at OK only to its own chunk's shard
@@ -714,11 +716,18 @@ class RedisStateStore(StateStore):
                 self.dedup_key(g >> 20, g & 0xFFFFF, sh) for g, sh in zip(uniq.tolist(), chunk_shards(uniq).tolist())]
             # the rows' tokens once each (a call's rows share a few), and each row's by its index
             tokens, which = np.unique(token_ids[rows], return_inverse=True)
+            which = which.reshape(-1)
+            # the claim's own token is FRESH when only its minted rows name it (a scan_id repeated
+            # in the batch names it too, and takes the first's outcome from its record)
+            own = np.unique(token_ids[rows][minted[rows]])
+            fresh = 0
+            if len(own) == 1 and minted[rows][token_ids[rows] == own[0]].all():
+                fresh = int(np.searchsorted(tokens, own[0])) + 1
             return keys, [ck, self.replay_ttl_s, len(rows), tokens.astype("<u8").tobytes(),
-                          which.reshape(-1).astype("<u4").tobytes(), ranks[rows].tobytes(), given[rows].tobytes(),
+                          which.astype("<u4").tobytes(), ranks[rows].tobytes(), given[rows].tobytes(),
                           shards[rows].tobytes(), chunk.astype("<u4").tobytes(),
                           pack_strings([b"%d" % o for o in offset[rows].tolist()]),
-                          want.astype("<u4").tobytes(), int(Verdict.OK), int(Verdict.REPEAT)]
+                          want.astype("<u4").tobytes(), int(Verdict.OK), int(Verdict.REPEAT), fresh]
 
         out = np.empty(len(refs), np.uint8)
         for rows, reply in self._sharded(self._codes, shards, codes):

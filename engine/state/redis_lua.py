@@ -280,7 +280,9 @@ return {chars(out), table.concat(found), unpack(firsts)}
 #: them, 0-based) and rank (uint32), given verdicts, each row's shard (its chunk's), chunk (uint32
 #: index into KEYS, 0-based) and bit offset (decimal text, ``pack_strings``: BITFIELD takes it as
 #: text, and Lua's number to text was a quarter of a row's cost) per row, per chunk the length to
-#: grow it to before any bit is set (0: no row sets a bit there), OK, REPEAT.  A token's record (``P
+#: grow it to before any bit is set (0: no row sets a bit there), OK, REPEAT, and the FRESH token
+#: (1-based index; 0: none): the claim's own, when only rows whose identity it minted name it, so
+#: that it has no record yet and its rows need not look one up.  A token's record (``P
 #: ck:{t}:<epoch>`` field token) holds one byte per rank, 0 where none is recorded.  A row whose
 #: reference has a byte (recorded before, or by an earlier row) gets it back; else an OK row sets
 #: its bit (OK, or REPEAT when it was set) and records that; any other row keeps its verdict (its
@@ -294,6 +296,7 @@ local given = bytes(ARGV[7])
 local shard = bytes(ARGV[8])
 local chunk, offset = ints(ARGV[9], 'I4', n), strings(ARGV[10], n)
 local want = ints(ARGV[11], 'I4', #KEYS)
+local FRESH = tonumber(ARGV[14])
 -- grow each chunk at an exact length first: BITFIELD and SETBIT would double the allocation
 for g = 1, #KEYS do
   local have = redis.call('STRLEN', KEYS[g])
@@ -315,7 +318,7 @@ for i = 1, n do
   local s, t = shard[i], tidx[i] + 1
   local rs = rec[s]
   if rs == nil then rs = {}; rec[s] = rs; asked[s] = {} end
-  if rs[t] == nil then
+  if rs[t] == nil and t ~= FRESH then
     rs[t] = false
     local list = asked[s]
     list[#list + 1] = t
@@ -340,18 +343,25 @@ end
 -- which rows set a bit: those at OK whose reference has no byte yet (a later row of the same
 -- reference takes the outcome of the first); their bits are set per chunk in row order, with one
 -- BITFIELD per slice of a chunk's rows instead of a SETBIT per row
+-- A row of the FRESH token (this claim's own, which no other row names) has no record to read
+-- and sets its bit: it skips the records (the common case, a third of a row's cost)
 local out, copies, ops, record_of = {}, {}, {}, {}
 for i = 1, n do
-  local r, at = rec[shard[i]][tidx[i] + 1], rank[i] + 1
-  local b
-  if r.t then b = r.t[at] else b = string.byte(r.raw, at) end
+  local t, at = tidx[i] + 1, rank[i] + 1
+  local r, b = nil, nil
+  if t ~= FRESH then
+    r = rec[shard[i]][t]
+    if r.t then b = r.t[at] else b = string.byte(r.raw, at) end
+  end
   if b ~= nil and b ~= 0 then
     out[i] = b + 128
-  elseif r.first[at] ~= nil then
+  elseif r and r.first[at] ~= nil then
     copies[#copies + 1] = i
   elseif given[i] == OK then
-    r.first[at] = i
-    record_of[i] = r
+    if r then
+      r.first[at] = i
+      record_of[i] = r
+    end
     local c = chunk[i] + 1
     local list = ops[c]
     if list == nil then list = {n = 0}; ops[c] = list end
@@ -361,6 +371,7 @@ for i = 1, n do
     out[i] = given[i]
   end
 end
+local fresh, fresh_len = {}, {}  -- the FRESH token's record in each shard, and its length
 for c, rows in pairs(ops) do
   for a = 1, rows.n, 500 do
     local args, x = {}, 0
@@ -375,10 +386,18 @@ for c, rows in pairs(ops) do
       if old[j] == 1 then v = REPEAT end
       out[i] = v
       local r, at = record_of[i], rank[i] + 1
-      if r.t == nil then r.t, r.len = bytes(r.raw), #r.raw end
-      for x = r.len + 1, at - 1 do r.t[x] = 0 end
-      r.t[at] = v
-      if at > r.len then r.len = at end
+      if r == nil then
+        local s = shard[i]
+        local f = fresh[s]
+        if f == nil then f = {}; fresh[s] = f; fresh_len[s] = 0 end
+        f[at] = v
+        if at > fresh_len[s] then fresh_len[s] = at end
+      else
+        if r.t == nil then r.t, r.len = bytes(r.raw), #r.raw end
+        for x = r.len + 1, at - 1 do r.t[x] = 0 end
+        r.t[at] = v
+        if at > r.len then r.len = at end
+      end
     end
   end
 end
@@ -389,6 +408,10 @@ for s, rs in pairs(rec) do
   for t, r in pairs(rs) do
     if r.t then add_write(writes, s, token(t), chars(r.t)) end
   end
+end
+for s, f in pairs(fresh) do
+  for x = 1, fresh_len[s] do f[x] = f[x] or 0 end  -- ranks of rows that did not set a bit
+  add_write(writes, s, token(FRESH), chars(f))
 end
 store(ck, writes, epoch, ttl)
 return chars(out)
