@@ -29,7 +29,8 @@ from hypothesis import strategies as st
 from scanstream.engine import config as config_mod
 from scanstream.engine.pipeline import Pipeline
 from scanstream.engine.registry import Registry, batch_key
-from scanstream.engine.state import CampaignLimits, DrawStatus, GrantRequests, StateStore, pack_answer, state_keys
+from scanstream.engine.state import (CampaignLimits, CampaignState, DrawStatus, GrantRequests, StateStore, pack_answer,
+                                     state_keys)
 from scanstream.engine.state.embedded import EmbeddedStateStore
 from scanstream.engine.state.memory import MemoryStateStore
 from scanstream.engine.state import StateUnavailable
@@ -294,6 +295,22 @@ def test_budget_is_never_exceeded(store):
                         (0, 4, "d", 1, 0, 50), (0, 5, "e", 1, 0, 1)])
     assert got == [(WON, 0, 100), (WON, 0, 100), (BUDGET, -1, 0), (WON, 0, 50), (BUDGET, -1, 0)]
     assert store.campaign_state("c").budget_left == 0
+
+
+def test_a_grant_refused_mid_batch_writes_nothing_so_its_retry_pays_within_the_budget(server):
+    """The attack on the grant script's atomicity: a batch whose later row names a tier the stored
+    campaign lacks (a config and state out of step) is refused.  Had the rows before it written
+    their prizes, the batch's retry would give those codes their prize back as won before, paid
+    out of a budget that was never charged."""
+    import redis as redis_py
+    with open_store(*server) as s:
+        s.define_campaigns([CampaignLimits("c", 1_000, (5,), daily_cap=5)])
+        with pytest.raises(redis_py.ResponseError, match="has no tier 3"):
+            grant(s, [(0, 1, "a", 1, 0, 100), (0, 2, "b", 1, 0, 100), (0, 3, "c", 1, 3, 100)])
+        assert s.campaign_state("c") == CampaignState(1_000, (5,), 0, 0)
+        # the retry without the bad row pays each code once, and the budget says so
+        assert grant(s, [(0, 1, "a", 1, 0, 100), (0, 2, "b", 1, 0, 100)]) == [(WON, 0, 100)] * 2
+        assert s.campaign_state("c") == CampaignState(800, (3,), 2, 0)
 
 
 def test_daily_cap_per_user_and_day(store):

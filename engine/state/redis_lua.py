@@ -526,6 +526,10 @@ return {pack_ints('I4', lens), table.concat(vals)}
 #: NO_PRIZE OUT_OF_STOCK BUDGET CAP, then the m ids.  A code's prize is kept as
 #: "tier:cents:commission" (a prize stored before commissions existed, "tier:cents", had none).
 #: Returns 19 bytes per request: status (uint8), tier (int16), cents (int64), commission (int64).
+#: It reads first (prizes won before, the users' daily counts) and writes last (the campaign, its
+#: prizes, the counts), one command per key: a refusal midway (a tier the stored campaign lacks)
+#: then writes nothing, where a prize written before it would come back on the batch's retry as
+#: won before, out of a budget never charged.
 GRANT_LUA = LUA_PRELUDE + r"""
 local WON, NO_PRIZE, OUT_OF_STOCK, BUDGET, CAP =
   tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14]), tonumber(ARGV[15]), tonumber(ARGV[16])
@@ -545,7 +549,8 @@ for c = 1, m do
   local stock = {}
   for t = 0, st.tiers - 1 do stock[t] = st['s' .. t] end
   C[c] = {base = base, aw = base .. ':aw', budget = st.budget, cap = st.cap, prizes = st.prizes,
-          commissions = st.commissions or 0, stock = stock, won = {}, days = {}, paid = false}
+          commissions = st.commissions or 0, stock = stock, won = {}, days = {}, dkeys = {},
+          awards = {n = 0}, paid = false}
 end
 local field, status, otier, ocents, ocomm, prior = {}, {}, {}, {}, {}, {}
 -- prizes won before this batch are given back whatever was drawn now: one HMGET per campaign
@@ -573,6 +578,37 @@ for c, rows in pairs(rows_of) do
     end
   end
 end
+-- each drawn row's day hash (keyed once per campaign and day), and the prizes its user was paid
+-- that day, read up front: nothing below writes them before the end (an HGET per user cost a
+-- command each)
+local dkey_of, asked = {}, {}
+for i = 1, n do
+  if tier[i] >= 0 and not prior[i] then
+    local c = C[camp[i] + 1]
+    local d = day[i]
+    local dkey = c.dkeys[d]
+    if dkey == nil then
+      dkey = c.base .. ':ud:' .. string.format('%d', d)
+      c.dkeys[d] = dkey
+      c.days[dkey] = {}
+      asked[dkey] = {n = 0, days = c.days[dkey]}
+    end
+    dkey_of[i] = dkey
+    local q, u = asked[dkey], users[i]
+    if q.days[u] == nil then
+      q.days[u] = false
+      q.n = q.n + 1
+      q[q.n] = u
+    end
+  end
+end
+for dkey, q in pairs(asked) do
+  for a = 1, q.n, 1000 do
+    local b = math.min(a + 999, q.n)
+    local got = redis.call('HMGET', dkey, unpack(q, a, b))
+    for j = a, b do q.days[q[j]] = {tonumber(got[j - a + 1] or 0), false} end
+  end
+end
 -- drawn prizes, in request order: the earlier scan takes the last one
 for i = 1, n do
   local t = tier[i]
@@ -585,20 +621,12 @@ for i = 1, n do
       if c.stock[t] == nil then
         return redis.error_reply('campaign ' .. c.base .. ' has no tier ' .. t)
       end
-      local dkey = c.base .. ':ud:' .. string.format('%d', day[i])
-      local users_of_day = c.days[dkey]
-      if users_of_day == nil then users_of_day = {}; c.days[dkey] = users_of_day end
       if c.stock[t] <= 0 then
         status[i] = OUT_OF_STOCK
       elseif c.budget < amount then
         status[i] = BUDGET
       else
-        local u = users[i]
-        local got = users_of_day[u]
-        if got == nil then
-          got = {tonumber(redis.call('HGET', dkey, u) or 0), false}
-          users_of_day[u] = got
-        end
+        local got = c.days[dkey_of[i]][users[i]]
         if got[1] >= c.cap then
           status[i] = CAP
         else
@@ -614,7 +642,8 @@ for i = 1, n do
             c.budget = c.budget - paid
             c.commissions = c.commissions + 1
           end
-          redis.call('HSET', c.aw, field[i], string.format('%d:%d:%d', t, amount, paid))
+          c.awards[c.awards.n + 1], c.awards[c.awards.n + 2] = field[i], string.format('%d:%d:%d', t, amount, paid)
+          c.awards.n = c.awards.n + 2
           c.won[field[i]] = {t, amount, paid}
           status[i], otier[i], ocents[i], ocomm[i] = WON, t, amount, paid
         end
@@ -632,10 +661,13 @@ for c = 1, m do
       args[#args + 1] = string.format('%d', left)
     end
     redis.call('HSET', s.base, unpack(args))
+    for a = 1, s.awards.n, 1000 do redis.call('HSET', s.aw, unpack(s.awards, a, math.min(a + 999, s.awards.n))) end
     for dkey, users_of_day in pairs(s.days) do
+      local w, wn = {}, 0
       for u, got in pairs(users_of_day) do
-        if got[2] then redis.call('HSET', dkey, u, got[1]) end
+        if got and got[2] then w[wn + 1], w[wn + 2], wn = u, got[1], wn + 2 end
       end
+      for a = 1, wn, 1000 do redis.call('HSET', dkey, unpack(w, a, math.min(a + 999, wn))) end
     end
   end
 end
