@@ -783,8 +783,8 @@ def test_grants_agree_on_neighbouring_codes_with_commissions(redis_url, redis_cl
     opened = [s.__enter__() for s in stores]
     seen: set[int] = set()
     try:
-        for st in opened:
-            st.define_campaigns(limits)
+        for each in opened:
+            each.define_campaigns(limits)
         for _ in range(30):
             n = 200
             camp = rng.integers(0, 2, n)
@@ -957,6 +957,14 @@ def test_dedup_chunks_are_keyed_per_code_and_chunk_with_their_shard_tag(redis_st
         assert key_slot(key) == key_slot(b"{%s}" % SHARD_TAGS[shard].encode())
     assert redis_store.client.getbit(redis_store.dedup_key(code, 0), CHUNK_SERIALS - 1) == 1
     assert redis_store.client.getbit(redis_store.dedup_key(code, 1), 0) == 1
+
+
+def test_bit_offsets_travel_as_redis_reads_integers():
+    """BITFIELD refuses "007": the offsets' text has no leading zeros, and 0 keeps its digit."""
+    from scanstream.engine.state.redis import _decimal_texts
+    offsets = [0, 1, 9, 10, 99, 100, 1000, 10000, CHUNK_SERIALS - 1]
+    assert _decimal_texts(np.array(offsets)) == pack_strings([b"%d" % o for o in offsets])
+    assert _decimal_texts(np.array([], np.int64)) == b""
 
 
 def test_bitmaps_grow_to_exact_size_classes(redis_store):

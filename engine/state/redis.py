@@ -257,6 +257,22 @@ def _pack_rows(cells: np.ndarray, keep: np.ndarray, tails: list[bytes] | None = 
     return out.tobytes()
 
 
+#: Decimal digits of a bit offset in a dedup chunk (``CHUNK_SERIALS`` < 10 ** 5).
+_OFFSET_DIGITS = 5
+
+
+def _decimal_texts(values: np.ndarray) -> bytes:
+    """Non-negative integers below 10 ** ``_OFFSET_DIGITS`` as decimal text, packed for the scripts'
+    ``strings`` (``redis_lua.pack_strings``), in numpy: a formatted bytes object per value cost
+    the worker 0.36 µs."""
+    values = np.asarray(values, np.int64)
+    powers = 10 ** np.arange(_OFFSET_DIGITS - 1, -1, -1, dtype=np.int64)
+    digits = (values[:, None] // powers % 10 + ord("0")).astype(np.uint8)
+    # no leading zeros (Redis reads "007" as no integer), but 0 keeps its one digit
+    keep = (values[:, None] >= powers) | (powers == 1)
+    return _pack_rows(digits, keep)
+
+
 def _ranks(shards: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """Each flagged row's rank among the flagged rows of its shard, in row order (0 elsewhere):
     the byte of the claim's record (one per shard) that keeps the row's outcome."""
@@ -640,7 +656,7 @@ class RedisStateStore(StateStore):
         # the script takes its rows grouped by shard (a run each); on a Cluster ``_sharded`` keeps
         # this order, so each call's rows are one run
         by_shard = np.argsort(id_shards, kind="stable")
-        # each row's reference were its scan_id new; the script gives the known rows' their own
+        # each row's reference were its scan_id new; the script sends back the known rows' own
         refs = np.zeros((n, _REF_BYTES), np.uint8)
         refs[:, :_TOKEN_BYTES] = np.frombuffer(token, np.uint8)
         refs[:, _TOKEN_BYTES:] = ranks.view(np.uint8).reshape(n, 4)
@@ -726,7 +742,7 @@ class RedisStateStore(StateStore):
             return keys, [ck, self.replay_ttl_s, len(rows), tokens.astype("<u8").tobytes(),
                           which.astype("<u4").tobytes(), ranks[rows].tobytes(), given[rows].tobytes(),
                           shards[rows].tobytes(), chunk.astype("<u4").tobytes(),
-                          pack_strings([b"%d" % o for o in offset[rows].tolist()]),
+                          _decimal_texts(offset[rows]),
                           want.astype("<u4").tobytes(), int(Verdict.OK), int(Verdict.REPEAT), fresh]
 
         out = np.empty(len(refs), np.uint8)
