@@ -802,6 +802,8 @@ class RedisStateStore(StateStore):
                              np.asarray(requests.commission).astype("<i8")[drew])
 
         def grant(rows: np.ndarray) -> tuple[list, list]:
+            # each request's prize as the script stores it, were it won (its tier and cents)
+            t, c = tier[rows].tolist(), cents[rows].tolist()
             used, index = np.unique(campaign[rows], return_inverse=True)
             ids = [self._campaign_ids[c] for c in used.tolist()]
             return [self._campaign_key(ids[0])], [
@@ -809,7 +811,10 @@ class RedisStateStore(StateStore):
                 _pack_texts(users[rows]), day[rows].tobytes(), tier[rows].tobytes(), cents[rows].tobytes(),
                 _pack_texts(guides[rows]), commission[rows].tobytes(),
                 int(DrawStatus.WON), int(DrawStatus.NO_PRIZE), int(DrawStatus.OUT_OF_STOCK), int(DrawStatus.BUDGET),
-                int(DrawStatus.CAP), *ids]
+                int(DrawStatus.CAP), pack_strings([b"%d:%d:0" % tc for tc in zip(t, c)]),
+                pack_strings([b"%d:%d:%d" % (tc + (g,)) if guide else b""
+                              for tc, g, guide in zip(zip(t, c), commission[rows].tolist(), guides[rows].tolist())]),
+                *ids]
 
         # a campaign's keys share its slot: on a Cluster one call per campaign
         for rows, reply in self._sharded(self._grant, campaign, grant):
