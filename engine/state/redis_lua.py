@@ -542,9 +542,14 @@ local users = strings(ARGV[6], n)
 local day, cents = ints(ARGV[7], 'i8', n), ints(ARGV[9], 'i8', n)
 local guides, commission = strings(ARGV[10], n), ints(ARGV[11], 'i8', n)
 local as_won, as_won_paying = strings(ARGV[17], n), strings(ARGV[18], n)
--- a user's prizes of a day as the text HSET takes, for the counts a cap allows
+-- a user's prizes of a day as the text HSET takes: each count turned to text once a call (Lua's
+-- number to text is a libc snprintf)
 local COUNTS = {}
-for k = 1, 32 do COUNTS[k] = tostring(k) end
+local function count_text(k)
+  local t = COUNTS[k]
+  if t == nil then t = tostring(k); COUNTS[k] = t end
+  return t
+end
 local C = {}
 for c = 1, m do
   local id = ARGV[18 + c]
@@ -674,7 +679,7 @@ for c = 1, m do
     for dkey, users_of_day in pairs(s.days) do
       local w, wn = {}, 0
       for u, got in pairs(users_of_day) do
-        if got and got[2] then w[wn + 1], w[wn + 2], wn = u, COUNTS[got[1]] or tostring(got[1]), wn + 2 end
+        if got and got[2] then w[wn + 1], w[wn + 2], wn = u, count_text(got[1]), wn + 2 end
       end
       for a = 1, wn, 1000 do redis.call('HSET', dkey, unpack(w, a, math.min(a + 999, wn))) end
     end
