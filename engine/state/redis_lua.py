@@ -129,10 +129,10 @@ local function add_write(writes, s, field, value)
 end
 
 -- w[1..wn] (field, value, field, value, ...) into the hash key, in HSETs of up to 500 pairs (Lua's
--- stack), and the hash expires at expire_at
+-- stack), and the hash expires at expire_at (kept for ever without one)
 local function hset_all(key, w, wn, expire_at)
   for a = 1, wn, 1000 do redis.call('HSET', key, unpack(w, a, math.min(a + 999, wn))) end
-  redis.call('EXPIREAT', key, expire_at)
+  if expire_at then redis.call('EXPIREAT', key, expire_at) end
 end
 
 -- one HSET per shard into this epoch's hash, which expires at the end of the next epoch
@@ -675,13 +675,13 @@ for c = 1, m do
       args[#args + 1] = string.format('%d', left)
     end
     redis.call('HSET', s.base, unpack(args))
-    for a = 1, s.awards.n, 1000 do redis.call('HSET', s.aw, unpack(s.awards, a, math.min(a + 999, s.awards.n))) end
+    hset_all(s.aw, s.awards, s.awards.n)
     for dkey, users_of_day in pairs(s.days) do
       local w, wn = {}, 0
-      for u, got in pairs(users_of_day) do
-        if got and got[2] then w[wn + 1], w[wn + 2], wn = u, count_text(got[1]), wn + 2 end
+      for u, got in pairs(users_of_day) do  -- every user asked was read: got is {count, changed}
+        if got[2] then w[wn + 1], w[wn + 2], wn = u, count_text(got[1]), wn + 2 end
       end
-      for a = 1, wn, 1000 do redis.call('HSET', dkey, unpack(w, a, math.min(a + 999, wn))) end
+      hset_all(dkey, w, wn)
     end
   end
 end
