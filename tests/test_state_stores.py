@@ -771,6 +771,51 @@ def test_reused_scan_ids_across_the_claims_slices_of_one_shard_agree_with_memory
         assert verdicts.count(CONFLICT) > 300 and got.replay.sum() > 300
 
 
+def test_new_scans_behind_a_redelivered_cut_claim_of_their_codes_do_not_take_its_bits(server, monkeypatch):
+    """The attack on the code step's fresh part, which sets the bits of the rows a claim minted
+    before the rows of the other part: a claim dies between its steps, and its redelivery comes
+    back with new scans of the same codes behind it (a code's later scans come after it in its
+    partition).  The redelivered scans were first: they must keep OK, the new ones get REPEAT,
+    as in a claim that was never cut."""
+    first = [(f"first-{i}", CODE, 100 + i, OK) for i in range(40)]
+    later = [(f"later-{i}", CODE, 100 + i, OK) for i in range(0, 40, 3)] + \
+        [(f"new-{i}", CODE, 5000 + i, OK) for i in range(30)]
+    with open_store("memory") as whole, open_store(*server) as cut:
+        claim(whole, first)
+        with monkeypatch.context() as m:
+            m.setattr(type(cut), "_claim_codes", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+            with pytest.raises(KeyboardInterrupt):
+                claim(cut, first)
+        expected = claim(whole, first + later)
+        assert expected[:40] == [(OK, True)] * 40 and expected[40:54] == [(REPEAT, False)] * 14
+        assert claim(cut, first + later) == [(OK, False)] * 40 + expected[40:]
+        assert claim(cut, first + later) == claim(whole, first + later)
+
+
+def test_ranks_of_known_scan_ids_stay_unused_in_the_fresh_part_s_record(server):
+    """The fresh part writes a shard's record as its rows' outcomes in rank order, with a 0 for
+    each rank of the claim that no row of it holds: the OK rows whose scan_id was known (a
+    redelivery, a thief's reuse).  Such rows, scan_ids repeated in the batch, and new scans of
+    one code, in every order; then the whole batch again, whose every row reads its record."""
+    rng = np.random.default_rng(23)
+    stored = [(f"s-{i}", CODE, i, OK) for i in range(0, 400, 2)]
+    with open_store("memory") as mem, open_store(*server) as red:
+        assert claim(mem, stored, full=True) == claim(red, stored, full=True)
+        rows = []
+        for x in rng.integers(0, 4, 1500).tolist():
+            i = int(rng.integers(0, 400))
+            if x == 0:  # a redelivery of a stored scan, or a thief's reuse of its scan_id
+                rows.append((f"s-{i - i % 2}", CODE, i - i % 2, OK, int(rng.integers(1, 3)), "t"))
+            elif x == 1:  # a new scan of a code scanned before, or again in this batch
+                rows.append((f"n-{i}", CODE, i, OK))
+            else:  # a new scan of a new code, in chunks of every shard
+                rows.append((f"m-{i}-{x}", CODE + x, int(rng.integers(0, 3 * CHUNK_SERIALS)), OK))
+        got = claim(red, rows, full=True)
+        assert got == claim(mem, rows, full=True)
+        assert {v for v, _, _ in got} == {OK, REPEAT, CONFLICT}
+        assert claim(red, rows, full=True) == claim(mem, rows, full=True)
+
+
 def test_grants_agree_on_neighbouring_codes_with_commissions(redis_url, redis_cluster_url):
     """Codes of adjacent batches and serials (whose packed identities differ in a few low bits, so
     any cheap hash of them collides often), prizes drawn again and again, guides' commissions and

@@ -273,12 +273,15 @@ def _decimal_texts(values: np.ndarray) -> bytes:
     return _pack_rows(digits, keep)
 
 
-def _ranks(shards: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Each flagged row's rank among the flagged rows of its shard, in row order (0 elsewhere):
-    the byte of the claim's record (one per shard) that keeps the row's outcome."""
+def _ranks(shards: np.ndarray, groups: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Each flagged row's rank among the flagged rows of its shard, in the order of their dedup
+    chunks (``groups``), then of the rows (0 elsewhere): the byte of the claim's record (one per
+    shard) that keeps the row's outcome.  Chunk order lets the code step take a shard's rows
+    chunk by chunk and write its record in the order it sets their bits (``redis_lua.CODES_LUA``,
+    its fresh form); row order within a chunk keeps a code's first scan first."""
     out = np.zeros(len(shards), np.int64)
     at = np.nonzero(rows)[0]
-    order = np.argsort(shards[at], kind="stable")
+    order = np.lexsort((groups[at], shards[at]))  # stable: rows of a chunk keep their order
     sorted_shards = shards[at][order]
     out[at[order]] = np.arange(len(at)) - np.searchsorted(sorted_shards, sorted_shards)
     return out
@@ -650,7 +653,7 @@ class RedisStateStore(StateStore):
         # a chunk as one integer: batch key (42 bits) and chunk number (20 bits)
         groups = (code << np.uint64(20)) | (serial // np.uint64(CHUNK_SERIALS))
         code_shards = chunk_shards(groups).astype(np.uint8)
-        ranks = _ranks(code_shards, given == Verdict.OK).astype("<u4")
+        ranks = _ranks(code_shards, groups, given == Verdict.OK).astype("<u4")
         token = claim_token()
         rp = self._pre + b"rp:"
         # the script takes its rows grouped by shard (a run each); on a Cluster ``_sharded`` keeps
@@ -710,44 +713,90 @@ class RedisStateStore(StateStore):
         """Step 2 of the claim (``redis_lua.CODES_LUA``) for rows whose identity is CLAIMED, with
         their identities' references ``refs`` (12 bytes a row), in the code shards ``shards``: one
         byte per row (a row not at OK gets its record or keeps its verdict).  ``minted``: the rows
-        whose identity this claim made, under its own token, which has no record yet."""
+        whose identity this claim made, under its own token, which has no record yet.
+
+        A call's rows go in two parts.  The fresh part, the rows this claim minted at OK (all of
+        a batch without redeliveries), sets their bits with no record to read, in rank order per
+        shard, which is chunk by chunk (``_ranks``), and writes each shard's record in that order.
+        The other part takes the rest in row order, after it.  Unless a row of the other part may
+        set a bit of the fresh part's: then every row goes to the other part, where row order
+        decides which scan of a code is first."""
         offset = (serial % np.uint64(CHUNK_SERIALS)).astype(np.int64)
         ck = self._pre + b"ck:"
         setting = given == Verdict.OK  # the caller sends a row at OK only to its own chunk's shard
         refs = np.ascontiguousarray(refs)
         token_ids = refs[:, :_TOKEN_BYTES].copy().view("<u8").reshape(-1)
         ranks = refs[:, _TOKEN_BYTES:].copy().view("<u4").reshape(-1)
+        own = token_ids[minted][0] if minted.any() else 0  # this claim's token (never 0)
+        # a code's bit as one number: rows of one bit always match, of different bits only by
+        # chance (which costs that call its fresh part, never an answer)
+        bit = (groups * _FOLD_SHARD) ^ offset.astype(np.uint64)
+        # a row of the other part naming this claim's token (its scan_id came earlier in the batch)
+        # reads the byte the fresh part recorded for its first and sets no bit
+        may_set = setting & (token_ids != own)
+        answers: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+        def chunk_keys(uniq: np.ndarray) -> list[bytes]:
+            return [self.dedup_key(g >> 20, g & 0xFFFFF, sh) for g, sh in zip(uniq.tolist(), chunk_shards(uniq).tolist())]
+
+        def fresh_part(fr: np.ndarray) -> tuple[list[bytes], list, np.ndarray]:
+            """The fresh part's chunk keys and arguments, and where each row's outcome is in its answer."""
+            fr = fr[np.lexsort((ranks[fr], shards[fr]))]
+            # per shard: its record's length (its last rank + 1) and the ranks no fresh row holds
+            # (OK rows whose scan_id was known: their rank of this claim stays unused)
+            run_shards, firsts, counts = np.unique(shards[fr], return_index=True, return_counts=True)
+            lengths = ranks[fr][firsts + counts - 1].astype(np.int64) + 1
+            holes = [np.setdiff1d(np.arange(length), ranks[fr][f:f + c]) for f, c, length in
+                     zip(firsts.tolist(), counts.tolist(), lengths.tolist())]
+            starts = np.r_[0, np.nonzero(np.diff(groups[fr]))[0] + 1]  # a run of rows per chunk
+            sizes = np.diff(np.r_[starts, len(fr)])
+            want = good_length(np.maximum.reduceat(offset[fr] >> 3, starts) + 1)
+            chunks_of = np.bincount(np.searchsorted(run_shards, shards[fr][starts]), minlength=len(run_shards))
+            record_at = np.zeros(SHARDS, np.int64)  # where each shard's record starts in the answer
+            record_at[run_shards] = np.cumsum(lengths) - lengths
+            answers_at = record_at[shards[fr]] + ranks[fr]
+            return chunk_keys(groups[fr][starts]), [
+                refs[fr[0], :_TOKEN_BYTES].tobytes(), len(fr),
+                np.stack([run_shards, chunks_of, [len(h) for h in holes]], 1).astype("<u4").tobytes(),
+                len(run_shards), np.stack([sizes, want], 1).astype("<u4").tobytes(),
+                np.concatenate(holes).astype("<u4").tobytes(), _decimal_texts(offset[fr])], (fr, answers_at)
+
+        def other_part(rest: np.ndarray, first_key: int) -> tuple[list[bytes], list]:
+            """The other part's chunk keys (those where its rows may set a bit, from KEYS index
+            ``first_key`` on) and arguments."""
+            sets = setting[rest]
+            uniq, inverse = np.unique(groups[rest][sets], return_inverse=True)
+            chunk = np.zeros(len(rest), np.int64)
+            chunk[sets] = inverse.reshape(-1) + first_key
+            last = np.full(len(uniq), -1, np.int64)
+            np.maximum.at(last, inverse.reshape(-1), offset[rest][sets] >> 3)
+            # the rows' tokens once each (a call's rows share a few), and each row's by its index
+            tokens, which = np.unique(token_ids[rest], return_inverse=True)
+            return chunk_keys(uniq), [
+                len(rest), tokens.astype("<u8").tobytes(), which.reshape(-1).astype("<u4").tobytes(),
+                ranks[rest].tobytes(), given[rest].tobytes(), shards[rest].tobytes(), chunk.astype("<u4").tobytes(),
+                _decimal_texts(offset[rest]), good_length(last + 1).astype("<u4").tobytes(), len(uniq)]
 
         def codes(rows: np.ndarray) -> tuple[list, list]:
-            # KEYS: the chunks of the rows that may set a bit (the others only read records),
-            # after a key of the shard that routes a call without any
-            sets = setting[rows]
-            uniq, inverse = np.unique(groups[rows][sets], return_inverse=True)
-            chunk = np.zeros(len(rows), np.int64)
-            chunk[sets] = inverse.reshape(-1) + 1
-            last = np.full(len(uniq) + 1, -1, np.int64)  # the routing key is not grown
-            np.maximum.at(last, chunk[sets], offset[rows][sets] >> 3)
-            want = np.where(last >= 0, good_length(np.maximum(last, 0) + 1), 0)
-            keys = [shard_key(ck, int(shards[rows[0]]))] + [
-                self.dedup_key(g >> 20, g & 0xFFFFF, sh) for g, sh in zip(uniq.tolist(), chunk_shards(uniq).tolist())]
-            # the rows' tokens once each (a call's rows share a few), and each row's by its index
-            tokens, which = np.unique(token_ids[rows], return_inverse=True)
-            which = which.reshape(-1)
-            # the claim's own token is FRESH when only its minted rows name it (a scan_id repeated
-            # in the batch names it too, and takes the first's outcome from its record)
-            own = np.unique(token_ids[rows][minted[rows]])
-            fresh = 0
-            if len(own) == 1 and minted[rows][token_ids[rows] == own[0]].all():
-                fresh = int(np.searchsorted(tokens, own[0])) + 1
-            return keys, [ck, self.replay_ttl_s, len(rows), tokens.astype("<u8").tobytes(),
-                          which.astype("<u4").tobytes(), ranks[rows].tobytes(), given[rows].tobytes(),
-                          shards[rows].tobytes(), chunk.astype("<u4").tobytes(),
-                          _decimal_texts(offset[rows]),
-                          want.astype("<u4").tobytes(), int(Verdict.OK), int(Verdict.REPEAT), fresh]
+            fresh = minted[rows] & setting[rows]
+            if fresh.any() and np.isin(bit[rows][~fresh & may_set[rows]], bit[rows][fresh]).any():
+                fresh[:] = False
+            keys, args, fr, at = [shard_key(ck, int(shards[rows[0]]))], [], rows[:0], np.zeros(0, np.int64)
+            if fresh.any():
+                fresh_keys, args, (fr, at) = fresh_part(rows[fresh])
+                keys += fresh_keys
+            else:
+                args = [b"", 0, b"", 0, b"", b"", b""]
+            rest = rows[~fresh]
+            other_keys, other_args = other_part(rest, len(keys))
+            answers[int(rows[0])] = (fr, at, rest)
+            return keys + other_keys, [ck, self.replay_ttl_s, int(Verdict.OK), int(Verdict.REPEAT), *args, *other_args]
 
         out = np.empty(len(refs), np.uint8)
-        for rows, reply in self._sharded(self._codes, shards, codes):
-            out[rows] = np.frombuffer(reply, np.uint8)
+        for rows, (records, other) in self._sharded(self._codes, shards, codes):
+            fr, at, rest = answers[int(rows[0])]
+            out[fr] = np.frombuffer(records, np.uint8)[at]
+            out[rest] = np.frombuffer(other, np.uint8)
         return out
 
     def dedup_bytes(self) -> int:

@@ -140,6 +140,18 @@ local function store(pre, writes, epoch, ttl)
   for s, w in pairs(writes) do hset_all(shard_key(pre, s) .. ':' .. epoch, w, w.n, (epoch + 2) * ttl) end
 end
 
+-- grow a dedup chunk to want bytes (0: leave it) before any bit is set: BITFIELD and SETBIT would
+-- double the allocation, where an exact length fills its allocator class (``good_length``)
+local function grow(key, want)
+  if want == 0 then return end
+  local have = redis.call('STRLEN', key)
+  if have == 0 then
+    redis.call('SETRANGE', key, want - 1, '\0')
+  elseif have < want then
+    redis.call('SET', key, redis.call('GET', key) .. string.rep('\0', want - have))
+  end
+end
+
 -- the struct format of k strings, each after its uint32 length (``pack_strings``), made once per k
 local STRING_FORMATS = {}
 local function strings_format(k)
@@ -274,42 +286,93 @@ end
 return {chars(out), table.concat(found), unpack(firsts)}
 """
 
-#: CODES_LUA.  KEYS: a key of the rows' shard (routing only), then the dedup chunks in which rows
-#: may set a bit (one shard's on a Cluster).  ARGV: outcome prefix (``P ck:``), TTL, n, the
-#: distinct tokens of the rows' references (8 bytes each), each row's token (uint32 index into
-#: them, 0-based) and rank (uint32), given verdicts, each row's shard (its chunk's), chunk (uint32
-#: index into KEYS, 0-based) and bit offset (decimal text, ``pack_strings``: BITFIELD takes it as
-#: text, and Lua's number to text was a quarter of a row's cost) per row, per chunk the length to
-#: grow it to before any bit is set (0: no row sets a bit there), OK, REPEAT, and the FRESH token
-#: (1-based index; 0: none): the claim's own, when only rows whose identity it minted name it, so
-#: that it has no record yet and its rows need not look one up.  A token's record (``P
-#: ck:{t}:<epoch>`` field token) holds one byte per rank, 0 where none is recorded.  A row whose
-#: reference has a byte (recorded before, or by an earlier row) gets it back; else an OK row sets
-#: its bit (OK, or REPEAT when it was set) and records that; any other row keeps its verdict (its
-#: record has expired).  Returns one byte per row: verdict, + 128 when it was recorded before.
+#: CODES_LUA.  KEYS: a key of the rows' shard (routing only), then the dedup chunks of the fresh
+#: part, then those where a row of the other part may set a bit (one shard's on a Cluster).  A
+#: claim's record (``P ck:{t}:<epoch>`` field token) holds one byte per rank, 0 where none is
+#: recorded.  Bits are set with one BITFIELD per slice of a chunk's rows, not a SETBIT per row.
+#: The rows come in two parts (``RedisStateStore._claim_codes``), the fresh part first:
+#:
+#: - fresh: the rows this claim minted (its token, which has no record yet), at OK, chunk by
+#:   chunk in each shard, which is their rank order (``_ranks``).  So no record is read, each sets
+#:   its bit (OK, or REPEAT when it was set), and a shard's record is their outcomes in order,
+#:   with a 0 at each rank no row of the part holds (a row whose identity was known).  A row of
+#:   it makes a third of the Lua values of the other part's.  The caller keeps a row out of it
+#:   when a row of the other part may set the same bit (row order then decides which is first).
+#: - other: any rows, in row order.  A row whose reference has a byte (recorded before, by an
+#:   earlier row, or by the fresh part) gets it back; else an OK row sets its bit and records
+#:   that; any other row keeps its verdict (its record has expired).
+#:
+#: ARGV: outcome prefix (``P ck:``), TTL, OK, REPEAT; the fresh part: the token (8 bytes), its
+#: number of rows, per shard its number, its number of chunks and of unused ranks (uint32 each),
+#: the number of shards, per chunk its number of rows and the length to grow it to (uint32 each),
+#: the unused ranks (uint32, 0-based, per shard in order), each row's bit offset (decimal text,
+#: ``pack_strings``: BITFIELD takes it as text, and Lua's number to text was a quarter of a row's
+#: cost); the other part: its number of rows, the distinct tokens of their references (8 bytes
+#: each), each row's token (uint32 index into them, 0-based) and rank (uint32), given verdicts,
+#: shards (its chunk's), chunk (uint32 index into KEYS, 0-based; 0 for a row that sets no bit) and
+#: bit offset (decimal text), per chunk of the part the length to grow it to (uint32), and their
+#: number.  Returns {the fresh part's records, one per shard in order; one byte per row of the
+#: other part: its verdict, + 128 when it was recorded before}.
 CODES_LUA = LUA_PRELUDE + r"""
-local OK, REPEAT = tonumber(ARGV[12]), tonumber(ARGV[13])
-local ck, ttl, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local tokens = ARGV[4]
-local tidx, rank = ints(ARGV[5], 'I4', n), ints(ARGV[6], 'I4', n)
-local given = bytes(ARGV[7])
-local shard = bytes(ARGV[8])
-local chunk, offset = ints(ARGV[9], 'I4', n), strings(ARGV[10], n)
-local want = ints(ARGV[11], 'I4', #KEYS)
-local FRESH = tonumber(ARGV[14])
--- grow each chunk at an exact length first: BITFIELD and SETBIT would double the allocation
-for g = 1, #KEYS do
-  local have = redis.call('STRLEN', KEYS[g])
-  if want[g] == 0 then  -- no row sets a bit in it
-  elseif have == 0 then
-    redis.call('SETRANGE', KEYS[g], want[g] - 1, '\0')
-  elseif have < want[g] then
-    redis.call('SET', KEYS[g], redis.call('GET', KEYS[g]) .. string.rep('\0', want[g] - have))
-  end
-end
+local ck, ttl = ARGV[1], tonumber(ARGV[2])
+local OK, REPEAT = tonumber(ARGV[3]), tonumber(ARGV[4])
 local now = redis.call('TIME')
 local epoch = math.floor(tonumber(now[1]) / ttl)
-local function token(t) return string.sub(tokens, 8 * t - 7, 8 * t) end
+-- set the bits at offset[a..b] in the chunk key, in order: the old bit of each
+local function set_bits(key, offset, a, b)
+  local args, x = {}, 0
+  for j = a, b do
+    args[x + 1], args[x + 2], args[x + 3], args[x + 4] = 'SET', 'u1', offset[j], '1'
+    x = x + 4
+  end
+  return redis.call('BITFIELD', key, unpack(args))
+end
+
+-- the fresh part
+local token, m = ARGV[5], tonumber(ARGV[6])
+local runs = ints(ARGV[7], 'I4', 3 * tonumber(ARGV[8]))
+local fresh_chunks = 0
+for r = 2, #runs, 3 do fresh_chunks = fresh_chunks + runs[r] end
+local sizes = ints(ARGV[9], 'I4', 2 * fresh_chunks)
+local unused = 0
+for r = 3, #runs, 3 do unused = unused + runs[r] end
+local holes = ints(ARGV[10], 'I4', unused)
+local offset = strings(ARGV[11], m)
+local records, i, g, h = {}, 0, 1, 0
+for r = 1, #runs, 3 do
+  local rec, k, hole = {}, 0, {}
+  for x = h + 1, h + runs[r + 2] do hole[holes[x] + 1] = true end
+  h = h + runs[r + 2]
+  for _ = 1, runs[r + 1] do
+    g = g + 1
+    local key, rows = KEYS[g], sizes[2 * g - 3]
+    grow(key, sizes[2 * g - 2])
+    for a = i + 1, i + rows, 500 do
+      local old = set_bits(key, offset, a, math.min(a + 499, i + rows))
+      for j = 1, #old do
+        k = k + 1
+        while hole[k] do rec[k] = 0; k = k + 1 end
+        if old[j] == 1 then rec[k] = REPEAT else rec[k] = OK end
+      end
+    end
+    i = i + rows
+  end
+  local text = chars(rec)
+  hset_all(shard_key(ck, runs[r]) .. ':' .. epoch, {token, text}, 2, (epoch + 2) * ttl)
+  records[#records + 1] = text
+end
+records = table.concat(records)
+
+-- the other part
+local n = tonumber(ARGV[12])
+if n == 0 then return {records, ''} end
+local tokens = ARGV[13]
+local tidx, rank = ints(ARGV[14], 'I4', n), ints(ARGV[15], 'I4', n)
+local given, shard = bytes(ARGV[16]), bytes(ARGV[17])
+local chunk, offset = ints(ARGV[18], 'I4', n), strings(ARGV[19], n)
+local want = ints(ARGV[20], 'I4', tonumber(ARGV[21]))
+for c = 1, #want do grow(KEYS[g + c], want[c]) end
+local function token_of(t) return string.sub(tokens, 8 * t - 7, 8 * t) end
 -- the records of the rows' tokens, rec[shard][token] = {raw = the stored string, t = its bytes
 -- once changed, first = the first row of each rank}: one HMGET per shard in this epoch, then in
 -- the one before for the rest
@@ -318,7 +381,7 @@ for i = 1, n do
   local s, t = shard[i], tidx[i] + 1
   local rs = rec[s]
   if rs == nil then rs = {}; rec[s] = rs; asked[s] = {} end
-  if rs[t] == nil and t ~= FRESH then
+  if rs[t] == nil then
     rs[t] = false
     local list = asked[s]
     list[#list + 1] = t
@@ -329,7 +392,7 @@ for s, missing in pairs(asked) do
     local rest = {}
     for a = 1, #missing, 1000 do
       local fields = {}
-      for j = a, math.min(a + 999, #missing) do fields[#fields + 1] = token(missing[j]) end
+      for j = a, math.min(a + 999, #missing) do fields[#fields + 1] = token_of(missing[j]) end
       local vals = redis.call('HMGET', shard_key(ck, s) .. ':' .. e, unpack(fields))
       for j = 1, #fields do
         local t = missing[a + j - 1]
@@ -341,63 +404,40 @@ for s, missing in pairs(asked) do
   for _, t in ipairs(missing) do rec[s][t] = {raw = '', first = {}} end
 end
 -- which rows set a bit: those at OK whose reference has no byte yet (a later row of the same
--- reference takes the outcome of the first); their bits are set per chunk in row order, with one
--- BITFIELD per slice of a chunk's rows instead of a SETBIT per row
--- A row of the FRESH token (this claim's own, which no other row names) has no record to read
--- and sets its bit: it skips the records (the common case, a third of a row's cost)
-local out, copies, ops, record_of = {}, {}, {}, {}
+-- reference takes the outcome of the first), each chunk's in a list of their offsets
+local out, copies, ops = {}, {}, {}
 for i = 1, n do
-  local t, at = tidx[i] + 1, rank[i] + 1
-  local r, b = nil, nil
-  if t ~= FRESH then
-    r = rec[shard[i]][t]
-    if r.t then b = r.t[at] else b = string.byte(r.raw, at) end
-  end
+  local r, at = rec[shard[i]][tidx[i] + 1], rank[i] + 1
+  local b
+  if r.t then b = r.t[at] else b = string.byte(r.raw, at) end
   if b ~= nil and b ~= 0 then
     out[i] = b + 128
-  elseif r and r.first[at] ~= nil then
+  elseif r.first[at] ~= nil then
     copies[#copies + 1] = i
   elseif given[i] == OK then
-    if r then
-      r.first[at] = i
-      record_of[i] = r
-    end
+    r.first[at] = i
     local c = chunk[i] + 1
     local list = ops[c]
-    if list == nil then list = {n = 0}; ops[c] = list end
+    if list == nil then list = {n = 0, rows = {}}; ops[c] = list end
     list.n = list.n + 1
-    list[list.n] = i
+    list[list.n], list.rows[list.n] = offset[i], i
   else
     out[i] = given[i]
   end
 end
-local fresh, fresh_len = {}, {}  -- the FRESH token's record in each shard, and its length
-for c, rows in pairs(ops) do
-  for a = 1, rows.n, 500 do
-    local args, x = {}, 0
-    for j = a, math.min(a + 499, rows.n) do
-      args[x + 1], args[x + 2], args[x + 3], args[x + 4] = 'SET', 'u1', offset[rows[j]], '1'
-      x = x + 4
-    end
-    local old = redis.call('BITFIELD', KEYS[c], unpack(args))
+for c, list in pairs(ops) do
+  for a = 1, list.n, 500 do
+    local old = set_bits(KEYS[c], list, a, math.min(a + 499, list.n))
     for j = 1, #old do
-      local i = rows[a + j - 1]
+      local i = list.rows[a + j - 1]
       local v = OK
       if old[j] == 1 then v = REPEAT end
       out[i] = v
-      local r, at = record_of[i], rank[i] + 1
-      if r == nil then
-        local s = shard[i]
-        local f = fresh[s]
-        if f == nil then f = {}; fresh[s] = f; fresh_len[s] = 0 end
-        f[at] = v
-        if at > fresh_len[s] then fresh_len[s] = at end
-      else
-        if r.t == nil then r.t, r.len = bytes(r.raw), #r.raw end
-        for x = r.len + 1, at - 1 do r.t[x] = 0 end
-        r.t[at] = v
-        if at > r.len then r.len = at end
-      end
+      local r, at = rec[shard[i]][tidx[i] + 1], rank[i] + 1
+      if r.t == nil then r.t, r.len = bytes(r.raw), #r.raw end
+      for x = r.len + 1, at - 1 do r.t[x] = 0 end
+      r.t[at] = v
+      if at > r.len then r.len = at end
     end
   end
 end
@@ -406,15 +446,11 @@ for _, i in ipairs(copies) do out[i] = out[rec[shard[i]][tidx[i] + 1].first[rank
 local writes = {}
 for s, rs in pairs(rec) do
   for t, r in pairs(rs) do
-    if r.t then add_write(writes, s, token(t), chars(r.t)) end
+    if r.t then add_write(writes, s, token_of(t), chars(r.t)) end
   end
 end
-for s, f in pairs(fresh) do
-  for x = 1, fresh_len[s] do f[x] = f[x] or 0 end  -- ranks of rows that did not set a bit
-  add_write(writes, s, token(FRESH), chars(f))
-end
 store(ck, writes, epoch, ttl)
-return chars(out)
+return {records, chars(out)}
 """
 
 #: KEYS[1]: the first campaign's hash (routing only; on a Cluster one call per campaign).  ARGV:
