@@ -856,6 +856,37 @@ def test_grants_agree_on_neighbouring_codes_with_commissions(redis_url, redis_cl
             s.__exit__(None, None, None)
 
 
+def test_grant_requests_that_share_a_tier_a_day_or_a_guide_keep_their_own_amounts(server):
+    """The grant script takes what requests share once: a campaign and day (whose users' counts
+    one read gets), a tier and amount (with the prize's text as stored), and only the requests
+    with a guide carry a commission.  The attack on that sharing: one call where tier 0 pays
+    another amount in each campaign, and even within one (a tier whose amount changed), days
+    cross, each guide's commission differs, and codes are drawn again in the batch.  Every
+    request must be paid, capped and stored as its own, as the memory store does."""
+    rng = np.random.default_rng(31)
+    limits = [CampaignLimits("a", 90_000, (400, 60), 3), CampaignLimits("b", 40_000, (300,), 2)]
+    with open_store("memory") as mem, open_store(*server) as red:
+        for each in (mem, red):
+            each.define_campaigns(limits)
+        for _ in range(12):
+            n = 300
+            camp = rng.integers(0, 2, n)
+            tier = np.where(camp == 0, rng.integers(-1, 2, n), rng.integers(-1, 1, n)).astype(np.int16)
+            cents = np.where(tier < 0, 0, 100 * (tier + 1) + 7 * camp + rng.integers(0, 2, n)).astype(np.int64)
+            req = GrantRequests(camp, rng.integers(0, 3, n).astype(np.uint64) + u64(1 << 30),
+                                rng.integers(0, 120, n).astype(np.uint32),
+                                np.array([f"u{x}" for x in rng.integers(0, 30, n)], dtype=object),
+                                rng.integers(0, 3, n).astype(np.int64), tier, cents,
+                                np.array(["", "g1", "g2"], dtype=object)[rng.integers(0, 3, n)],
+                                rng.integers(0, 60, n).astype(np.int64))
+            a, r = mem.grant(req), red.grant(req)
+            for f in ("status", "tier", "cents", "commission"):
+                assert getattr(r, f).tolist() == getattr(a, f).tolist(), f
+        assert [red.campaign_state(c.id) for c in limits] == [mem.campaign_state(c.id) for c in limits]
+        paid = mem.campaign_state("a")
+        assert paid.commissions > 0 and paid.prizes > 0
+
+
 # --- the real pipeline over both stores --------------------------------------------------------
 
 KEY = bytes.fromhex("000102030405060708090a0b0c0d0e0f")

@@ -170,7 +170,11 @@ _OLD_EPOCH_BUCKET = re.compile(rb"(rp|wd):(\d+):(\d+)")
 _OLD_BUCKET = re.compile(rb"(bn|gd):(\d+)")
 _WINDOW_KEY_BYTES = 8
 FAMILY = re.compile(rb"[a-z]+")  # a key's family: its first word after the prefix
-_GRANT_DTYPE = np.dtype([("status", "u1"), ("tier", "<i2"), ("cents", "<i8"), ("commission", "<i8")])  # 19 bytes
+_GRANT_DTYPE = np.dtype([("status", "u1"), ("tier", "<i2"), ("cents", "<i8"), ("commission", "<i8")])
+#: ``GRANT_LUA``'s flag on a request's status: its guide's commission was paid now.
+_COMMISSION_PAID = 0x80
+#: ``GRANT_LUA``'s answer for a request given a prize won before (22 bytes, as ``struct`` packs it).
+_PRIZE_BEFORE = np.dtype([("row", "<u4"), ("tier", "<i2"), ("cents", "<i8"), ("commission", "<i8")])
 
 
 def _size_classes(limit: int) -> list[int]:
@@ -850,24 +854,43 @@ class RedisStateStore(StateStore):
         cents, commission = (np.asarray(requests.cents).astype("<i8")[drew],
                              np.asarray(requests.commission).astype("<i8")[drew])
 
+        guided = (guides != "") & (commission > 0)
+
         def grant(rows: np.ndarray) -> tuple[list, list]:
-            # each request's prize as the script stores it, were it won (its tier and cents)
-            t, c = tier[rows].tolist(), cents[rows].tolist()
             used, index = np.unique(campaign[rows], return_inverse=True)
             ids = [self._campaign_ids[c] for c in used.tolist()]
+            # what the requests share goes once: their campaign and day (a group), their tier and
+            # cents (a prize), and the prize's text as stored
+            groups, group = np.unique(np.stack([index.reshape(-1), day[rows]], 1), axis=0, return_inverse=True)
+            prizes, prize = np.unique(np.stack([tier[rows], cents[rows]], 1), axis=0, return_inverse=True)
+            mine = np.nonzero(guided[rows])[0]
+            g = rows[mine]
             return [self._campaign_key(ids[0])], [
-                self._pre, len(rows), len(ids), index.reshape(-1).astype("<u4").tobytes(), identity[rows].tobytes(),
-                _pack_texts(users[rows]), day[rows].tobytes(), tier[rows].tobytes(), cents[rows].tobytes(),
-                _pack_texts(guides[rows]), commission[rows].tobytes(),
+                self._pre, len(rows), len(ids), identity[rows].tobytes(), _pack_texts(users[rows]),
+                group.reshape(-1).astype("<u4").tobytes(), len(groups), groups[:, 0].astype("<u4").tobytes(),
+                pack_strings([b"%d" % d for d in groups[:, 1].tolist()]),
+                prize.reshape(-1).astype("<u4").tobytes(), len(prizes), prizes[:, 0].astype("<i2").tobytes(),
+                prizes[:, 1].astype("<i8").tobytes(), pack_strings([b"%d:%d:0" % (t, c) for t, c in prizes.tolist()]),
+                len(mine), mine.astype("<u4").tobytes(), commission[g].tobytes(),
+                pack_strings([b"%d:%d:%d" % x for x in zip(tier[g].tolist(), cents[g].tolist(), commission[g].tolist())]),
                 int(DrawStatus.WON), int(DrawStatus.NO_PRIZE), int(DrawStatus.OUT_OF_STOCK), int(DrawStatus.BUDGET),
-                int(DrawStatus.CAP), pack_strings([b"%d:%d:0" % tc for tc in zip(t, c)]),
-                pack_strings([b"%d:%d:%d" % (tc + (g,)) if guide else b""
-                              for tc, g, guide in zip(zip(t, c), commission[rows].tolist(), guides[rows].tolist())]),
-                *ids]
+                int(DrawStatus.CAP), _COMMISSION_PAID, *ids]
 
         # a campaign's keys share its slot: on a Cluster one call per campaign
-        for rows, reply in self._sharded(self._grant, campaign, grant):
-            out[drew[rows]] = np.frombuffer(reply, _GRANT_DTYPE)
+        for rows, (status, found) in self._sharded(self._grant, campaign, grant):
+            got = np.frombuffer(status, np.uint8)
+            paid = (got & _COMMISSION_PAID) != 0
+            got = got & ~np.uint8(_COMMISSION_PAID)
+            won = got == DrawStatus.WON
+            answer = np.zeros(len(rows), _GRANT_DTYPE)
+            answer["status"], answer["tier"] = got, np.where(won, tier[rows], -1)
+            answer["cents"] = np.where(won, cents[rows], 0)
+            answer["commission"] = np.where(paid, commission[rows], 0)
+            before = np.frombuffer(found, _PRIZE_BEFORE)  # won before: stored, or earlier in the batch
+            at = before["row"].astype(np.int64)
+            answer["tier"][at], answer["cents"][at], answer["commission"][at] = (
+                before["tier"], before["cents"], before["commission"])
+            out[drew[rows]] = answer
         return _grants(out)
 
     def _prizes_before(self, campaign: np.ndarray, identity: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:
