@@ -282,7 +282,7 @@ def _ranks(shards: np.ndarray, groups: np.ndarray, rows: np.ndarray) -> np.ndarr
     chunks (``groups``), then of the rows (0 elsewhere): the byte of the claim's record (one per
     shard) that keeps the row's outcome.  Chunk order lets the code step take a shard's rows
     chunk by chunk and write its record in the order it sets their bits (``redis_lua.CODES_LUA``,
-    its fresh form); row order within a chunk keeps a code's first scan first."""
+    its fresh part); row order within a chunk keeps a code's first scan first."""
     out = np.zeros(len(shards), np.int64)
     at = np.nonzero(rows)[0]
     order = np.lexsort((groups[at], shards[at]))  # stable: rows of a chunk keep their order
