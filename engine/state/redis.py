@@ -789,7 +789,7 @@ class RedisStateStore(StateStore):
             if fresh.any():
                 fresh_keys, args, (fr, at) = fresh_part(rows[fresh])
                 keys += fresh_keys
-            else:
+            else:  # an empty fresh part: no token, rows, shards, chunks, unused ranks or offsets
                 args = [b"", 0, b"", 0, b"", b"", b""]
             rest = rows[~fresh]
             other_keys, other_args = other_part(rest, len(keys))
