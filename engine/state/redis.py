@@ -743,7 +743,7 @@ class RedisStateStore(StateStore):
         def chunk_keys(uniq: np.ndarray) -> list[bytes]:
             return [self.dedup_key(g >> 20, g & 0xFFFFF, sh) for g, sh in zip(uniq.tolist(), chunk_shards(uniq).tolist())]
 
-        def fresh_part(fr: np.ndarray) -> tuple[list[bytes], list, np.ndarray]:
+        def fresh_part(fr: np.ndarray) -> tuple[list[bytes], list, tuple[np.ndarray, np.ndarray]]:
             """The fresh part's chunk keys and arguments, and where each row's outcome is in its answer."""
             fr = fr[np.lexsort((ranks[fr], shards[fr]))]
             # per shard: its record's length (its last rank + 1) and the ranks no fresh row holds
@@ -785,7 +785,7 @@ class RedisStateStore(StateStore):
             fresh = minted[rows] & setting[rows]
             if fresh.any() and np.isin(bit[rows][~fresh & may_set[rows]], bit[rows][fresh]).any():
                 fresh[:] = False
-            keys, args, fr, at = [shard_key(ck, int(shards[rows[0]]))], [], rows[:0], np.zeros(0, np.int64)
+            keys, fr, at = [shard_key(ck, int(shards[rows[0]]))], rows[:0], np.zeros(0, np.int64)
             if fresh.any():
                 fresh_keys, args, (fr, at) = fresh_part(rows[fresh])
                 keys += fresh_keys
